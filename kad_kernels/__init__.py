@@ -1,0 +1,26 @@
+"""kad_kernels: fused kernels for Knapsack Approximation Deferral (KAD) decoding.
+
+``π = p⊙(1−d) + α q``: the base model's deferred tokens (mask ``d``, mass α) go
+to the aligned model q.  See DESIGN §1 for the math, §2 for this API.
+"""
+
+from ._backends import available_backends
+from .api import Mixture, Verified, mixture, sample, verify
+from .rules import Dual, ImplicitReward, Nudging, Primal, Rule, Threshold, rule_from_name
+
+__all__ = [
+    "mixture",
+    "sample",
+    "verify",
+    "available_backends",
+    "Mixture",
+    "Verified",
+    "Rule",
+    "Dual",
+    "Primal",
+    "Nudging",
+    "Threshold",
+    "ImplicitReward",
+    "rule_from_name",
+]
+__version__ = "0.1.0"

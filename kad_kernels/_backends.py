@@ -1,0 +1,126 @@
+"""Backend registry and dispatch (DESIGN §3).
+
+A backend is three functions on already validated, normalized arguments
+(``kind``, ``param`` f32 ``[N]``, temperature f32 ``[N]``) that also return the
+per-row bad-logits flags, 2 bits per input tensor (p, q, ref).  ``sample`` and
+``verify`` draw from the given uniforms; a backend with ``philox_in_kernel``
+is instead handed ``seed``/``offset`` (uniforms None) to draw inside its kernels,
+the others never see a seed.  New backends register a loader here;
+callers never change.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from torch import Tensor
+
+from . import reference
+from ._random import philox_uniform
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    mixture: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    sample: Callable[..., tuple[Tensor, Tensor]]
+    verify: Callable[..., tuple[Tensor, Tensor, Tensor]]
+    philox_in_kernel: bool
+
+
+def philox_draws(seed: Tensor, offset: Tensor, batch: int, positions: int) -> Tensor:
+    """Uniforms ``[batch, positions]`` of the counter layout documented in ``_random``."""
+    counter = offset + torch.arange(batch * positions, device=offset.device)
+    return philox_uniform(seed, counter).view(batch, positions)
+
+
+def _flags(p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor:
+    flags = reference.bad_logits_flag(p) | (reference.bad_logits_flag(q) << 2)
+    if ref is not None:
+        flags |= reference.bad_logits_flag(ref) << 4
+    return flags
+
+
+def _torch_mixture(kind, param, p, q, ref, temperature):
+    probs, alpha = reference.mixture(kind, param, p, q, ref, temperature)
+    return probs, alpha, _flags(p, q, ref)
+
+
+def _torch_sample(kind, param, p, q, ref, temperature, uniforms, seed=None, offset=None):
+    tokens = reference.sample(kind, param, p, q, ref, temperature, uniforms)
+    return tokens, _flags(p, q, ref)
+
+
+def _torch_verify(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed=None, offset=None):
+    tokens, accepted = reference.verify(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms)
+    flags = _flags(*(None if x is None else x.flatten(0, 1) for x in (p, q, ref))).view(p.shape[:2])
+    return tokens, accepted, flags
+
+
+def _load_torch() -> Backend:
+    return Backend("torch", _torch_mixture, _torch_sample, _torch_verify, philox_in_kernel=False)
+
+
+def _load_triton() -> Backend:
+    from .triton import backend
+
+    return backend()
+
+
+# name -> (loader, device types it serves, how to get it)
+_REGISTRY: dict[str, tuple[Callable[[], Backend], tuple[str, ...], str]] = {
+    "torch": (_load_torch, ("cpu", "cuda"), "always available"),
+    "triton": (
+        _load_triton,
+        ("cuda", "cpu"),
+        "install triton (pip install triton) and use CUDA tensors, or set TRITON_INTERPRET=1 for CPU tensors",
+    ),
+}
+
+# Fastest first, per device type.
+_AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("torch",)}
+
+
+@functools.cache
+def _load(name: str) -> Backend | None:
+    loader = _REGISTRY[name][0]
+    try:
+        return loader()
+    except ImportError:
+        return None
+
+
+def _serves(name: str, device: torch.device) -> bool:
+    if device.type not in _REGISTRY[name][1]:
+        return False
+    if name == "triton" and device.type == "cpu":
+        return os.environ.get("TRITON_INTERPRET") == "1"
+    return True
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that load on this machine (for some device)."""
+    return [name for name in _REGISTRY if _load(name) is not None]
+
+
+def resolve(name: str, device: torch.device) -> Backend:
+    """The backend ``name`` (or the fastest for ``device`` if ``"auto"``)."""
+    if name == "auto":
+        for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
+            backend = _load(candidate)
+            if backend is not None and _serves(candidate, device):
+                return backend
+        name = "torch"
+    if name not in _REGISTRY:
+        raise RuntimeError(f"unknown backend {name!r}; known: {', '.join(_REGISTRY)} or 'auto'")
+    backend = _load(name)
+    how = _REGISTRY[name][2]
+    if backend is None:
+        raise RuntimeError(f"backend {name!r} is not available here: {how}")
+    if not _serves(name, device):
+        raise RuntimeError(f"backend {name!r} does not run on {device.type} tensors: {how}")
+    return backend

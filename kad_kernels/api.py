@@ -1,0 +1,169 @@
+"""Public entry points (DESIGN §2): validate, normalize, dispatch to a backend."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from . import _validate
+from ._backends import Backend, philox_draws, resolve
+from ._random import as_int64_scalar
+from .rules import Rule
+
+
+class Mixture(NamedTuple):
+    """``probs``: π, f32 ``[B, V]``; ``alpha``: deferred mass α, f32 ``[B]``."""
+
+    probs: Tensor
+    alpha: Tensor
+
+
+class Verified(NamedTuple):
+    """``tokens``: i64 ``[B, γ+1]``, −1 after the ``num_accepted + 1`` emitted ones;
+    ``num_accepted``: i64 ``[B]``."""
+
+    tokens: Tensor
+    num_accepted: Tensor
+
+
+def _prepare(p_logits, q_logits, ref_logits, rule: Rule, temperature, ndim: int, backend: str, check: bool):
+    _validate.logits(p_logits, q_logits, ref_logits, rule, ndim)
+    batch, device = p_logits.shape[0], p_logits.device
+    kind, param = rule.spec(batch, device)
+    t = _validate.temperature(temperature, batch, device)
+    if check and isinstance(temperature, Tensor):
+        _validate.temperature_values(t)
+    return resolve(backend, device), kind, param, t
+
+
+def _randomness(
+    impl: Backend,
+    batch: int,
+    positions: int,
+    device: torch.device,
+    generator: torch.Generator | None,
+    seed: int | Tensor | None,
+    offset: int | Tensor | None,
+) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """``(uniforms [B, positions], seed, offset)``: exactly one of uniforms or seed is set."""
+    if seed is None:
+        if offset is not None:
+            raise ValueError("offset needs seed")
+        return torch.rand(batch, positions, generator=generator, device=device), None, None
+    if generator is not None:
+        raise ValueError("pass either generator or seed/offset, not both")
+    seed_t = as_int64_scalar("seed", seed, device)
+    offset_t = as_int64_scalar("offset", 0 if offset is None else offset, device)
+    if impl.philox_in_kernel:
+        return None, seed_t, offset_t
+    return philox_draws(seed_t, offset_t, batch, positions), None, None
+
+
+def _refuse_mixed_randomness(uniforms, generator, seed, offset) -> None:
+    if uniforms is not None and (generator is not None or seed is not None or offset is not None):
+        raise ValueError("uniforms fixes the randomness: do not also pass generator, seed or offset")
+
+
+def mixture(
+    p_logits: Tensor,
+    q_logits: Tensor,
+    rule: Rule,
+    temperature: float | Tensor = 1.0,
+    *,
+    ref_logits: Tensor | None = None,
+    backend: str = "auto",
+    check: bool = True,
+) -> Mixture:
+    """The target distribution ``π = p⊙(1−d) + α q`` and ``α`` for logits ``[B, V]``.
+
+    For analysis and tests; decoding should call :func:`sample` or :func:`verify`,
+    which never materialize π."""
+    impl, kind, param, t = _prepare(p_logits, q_logits, ref_logits, rule, temperature, 2, backend, check)
+    probs, alpha, flags = impl.mixture(kind, param, p_logits, q_logits, ref_logits, t)
+    if check:
+        _validate.raise_on_bad_logits(flags)
+    return Mixture(probs, alpha)
+
+
+def sample(
+    p_logits: Tensor,
+    q_logits: Tensor,
+    rule: Rule,
+    temperature: float | Tensor = 1.0,
+    *,
+    ref_logits: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | Tensor | None = None,
+    offset: int | Tensor | None = None,
+    uniforms: Tensor | None = None,
+    backend: str = "auto",
+    check: bool = True,
+) -> Tensor:
+    """One token per row from π, i64 ``[B]``, for logits ``[B, V]``.
+
+    Randomness: ``uniforms`` f32 ``[B]`` (inverse CDF in vocabulary order, the same
+    tokens on every backend), else ``seed``/``offset`` (Philox, graph-capturable),
+    else ``generator`` (or torch's default generator).  Greedy rows (T = 0) take
+    the arg-max of π."""
+    _refuse_mixed_randomness(uniforms, generator, seed, offset)
+    impl, kind, param, t = _prepare(p_logits, q_logits, ref_logits, rule, temperature, 2, backend, check)
+    batch, device = p_logits.shape[0], p_logits.device
+    if uniforms is not None:
+        u = _validate.uniforms("uniforms", uniforms, (batch,), device, check)
+        seed_t = offset_t = None
+    else:
+        u, seed_t, offset_t = _randomness(impl, batch, 1, device, generator, seed, offset)
+        u = None if u is None else u[:, 0]
+    tokens, flags = impl.sample(kind, param, p_logits, q_logits, ref_logits, t, u, seed_t, offset_t)
+    if check:
+        _validate.raise_on_bad_logits(flags)
+    return tokens
+
+
+def verify(
+    p_logits: Tensor,
+    q_logits: Tensor,
+    draft_tokens: Tensor,
+    rule: Rule,
+    temperature: float | Tensor = 1.0,
+    *,
+    ref_logits: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    seed: int | Tensor | None = None,
+    offset: int | Tensor | None = None,
+    uniforms: tuple[Tensor, Tensor] | None = None,
+    backend: str = "auto",
+    check: bool = True,
+) -> Verified:
+    """Speculative verification with draft distribution q and target π.
+
+    Logits ``[B, γ+1, V]``, ``draft_tokens`` ``[B, γ]`` drawn from q.  Draft ``x_i`` is
+    accepted iff ``a_i · q_i(x_i) < π_i(x_i)``, in order; at the first rejection a
+    token is drawn from ``max(π_i − q_i, 0)`` (π_i if that is empty), and if all γ
+    pass a bonus token from π_γ.  ``uniforms = (a [B, γ], s [B])`` fixes the coins
+    and the draw; otherwise as :func:`sample`."""
+    _refuse_mixed_randomness(uniforms, generator, seed, offset)
+    impl, kind, param, t = _prepare(p_logits, q_logits, ref_logits, rule, temperature, 3, backend, check)
+    batch, positions, vocab = p_logits.shape
+    device = p_logits.device
+    if positions < 2:
+        raise ValueError(f"verify needs γ >= 1 drafts: p_logits must be [B, γ+1, V], got {list(p_logits.shape)}")
+    gamma = positions - 1
+    _validate.draft_tokens(draft_tokens, batch, gamma, vocab, device, check)
+    seed_t = offset_t = None
+    if uniforms is not None:
+        if not isinstance(uniforms, (tuple, list)) or len(uniforms) != 2:
+            raise TypeError("uniforms must be a pair (accept [B, γ], draw [B])")
+        accept = _validate.uniforms("uniforms[0] (accept)", uniforms[0], (batch, gamma), device, check)
+        draw = _validate.uniforms("uniforms[1] (draw)", uniforms[1], (batch,), device, check)
+    else:
+        u, seed_t, offset_t = _randomness(impl, batch, positions, device, generator, seed, offset)
+        accept, draw = (None, None) if u is None else (u[:, :gamma], u[:, gamma])
+    tokens, accepted, flags = impl.verify(
+        kind, param, p_logits, q_logits, ref_logits, draft_tokens, t, accept, draw, seed_t, offset_t
+    )
+    if check:
+        _validate.raise_on_bad_logits(flags)
+    return Verified(tokens, accepted)

@@ -1,0 +1,196 @@
+"""Deferral rules (DESIGN §1): which tokens of the base model p go to the aligned model q.
+
+A rule is a small immutable object holding its parameter, a Python float or a
+per-row tensor ``[B]``.  Backends never look at the classes: they receive
+``(kind, param)`` from :meth:`Rule.spec`, so a new backend needs one branch per
+:class:`Kind`, not per class.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import IntEnum
+from typing import Literal, Union
+
+import torch
+
+Param = Union[float, torch.Tensor]
+Loss = Literal["logistic", "perceptron", "zero_one", "squared"]
+ThresholdForm = Literal["max_q_minus", "max_q_plus", "max_p_plus", "minus_max_p_plus"]
+
+__all__ = [
+    "Kind",
+    "Rule",
+    "Dual",
+    "Primal",
+    "Nudging",
+    "Threshold",
+    "ImplicitReward",
+    "rule_from_name",
+]
+
+
+class Kind(IntEnum):
+    """The deferral mask ``d_v = 1`` iff ... (the exact definitions live in reference.py)."""
+
+    LOGISTIC = 0  # p_v < lam
+    PERCEPTRON = 1  # max p - p_v > mu
+    ZERO_ONE = 2  # [p_v < max p] > mu
+    SQUARED = 3  # 1 - 2 p_v + ||p||^2 > mu
+    NUDGING = 4  # max p < lam (every v at once)
+    MAX_Q_MINUS = 5  # p_v < max q - lam
+    MAX_Q_PLUS = 6  # p_v < max q + lam
+    MAX_P_PLUS = 7  # q_v < max p + lam
+    MINUS_MAX_P_PLUS = 8  # q_v > max p + lam
+    PRIMAL = 9  # C_v <= budget, C_v = sum_{u: p_u <= p_v} p_u
+    IMPLICIT_REWARD = 10  # not a mask: pi ∝ p q / q_ref
+
+
+def _check_param(name: str, value: Param, low: float, high: float) -> Param:
+    """Refuse NaN and values outside ``[low, high]``; a tensor must be 0-d or ``[B]``."""
+    if isinstance(value, torch.Tensor):
+        if value.dim() > 1:
+            raise ValueError(f"{name} must be a float or a 1-d tensor [B], got shape {tuple(value.shape)}")
+        if value.is_complex() or not (value.is_floating_point() or value.dtype in (torch.int32, torch.int64)):
+            raise TypeError(f"{name} must be a real tensor, got {value.dtype}")
+        v = value.double()
+        if v.numel() and (torch.isnan(v).any() or (v < low).any() or (v > high).any()):
+            raise ValueError(f"{name} must lie in [{low}, {high}] (no NaN), got {value.tolist()}")
+        return value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a float or a tensor [B], got {type(value).__name__}")
+    value = float(value)
+    if math.isnan(value) or not low <= value <= high:
+        raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
+    return value
+
+
+class Rule:
+    """Base class of the deferral rules; ``kind`` and ``param`` are all a backend sees."""
+
+    kind: Kind
+    param: Param = 0.0
+    needs_ref: bool = False
+
+    def spec(self, rows: int, device: torch.device) -> tuple[Kind, torch.Tensor]:
+        """``(kind, param)`` with ``param`` as f32 ``[rows]`` on ``device``."""
+        p = self.param
+        if isinstance(p, torch.Tensor):
+            if p.dim() == 1 and p.shape[0] != rows:
+                raise ValueError(f"{type(self).__name__} parameter has {p.shape[0]} values for {rows} rows")
+            if p.device != device:
+                raise ValueError(f"{type(self).__name__} parameter is on {p.device}, logits on {device}")
+            return self.kind, p.to(torch.float32).expand(rows).contiguous()
+        return self.kind, torch.full((rows,), p, dtype=torch.float32, device=device)
+
+    def __eq__(self, other: object) -> bool:
+        return type(self) is type(other) and self.__dict__ == other.__dict__
+
+    def __repr__(self) -> str:
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k != "kind")
+        return f"{type(self).__name__}({fields})"
+
+
+_LOSS_KIND = {
+    "logistic": Kind.LOGISTIC,
+    "perceptron": Kind.PERCEPTRON,
+    "zero_one": Kind.ZERO_ONE,
+    "squared": Kind.SQUARED,
+}
+
+
+class Dual(Rule):
+    """KAD dual approximation: defer v iff its loss ``l(p, v)`` exceeds ``mu``.
+
+    ``Dual(lam)`` is the logistic loss ``-log p_v > mu`` written with ``lam = e^(-mu)``,
+    i.e. ``d_v = [p_v < lam]`` (the paper uses lam = 0.3–0.4).  The other losses take
+    ``mu``: perceptron ``max p - p_v``, zero_one ``[v is not an arg-max of p]``,
+    squared ``||p - e_v||^2 = 1 - 2 p_v + ||p||^2``.
+    """
+
+    def __init__(self, lam: Param | None = None, loss: Loss = "logistic", *, mu: Param | None = None):
+        if loss not in _LOSS_KIND:
+            raise ValueError(f"loss must be one of {sorted(_LOSS_KIND)}, got {loss!r}")
+        if (lam is None) == (mu is None):
+            raise ValueError("Dual needs exactly one of lam (logistic loss) or mu")
+        self.loss = loss
+        self.kind = _LOSS_KIND[loss]
+        if loss == "logistic":
+            if mu is not None:
+                mu = _check_param("mu", mu, 0.0, math.inf)
+                lam = torch.exp(-mu) if isinstance(mu, torch.Tensor) else math.exp(-mu)
+            self.param = _check_param("lam", lam, 0.0, 1.0)
+        else:
+            if lam is not None:
+                raise ValueError(f"the {loss} loss takes mu=, not lam")
+            self.param = _check_param("mu", mu, 0.0, math.inf)
+
+
+class Primal(Rule):
+    """KAD primal (greedy knapsack with critical item): defer the least likely tokens
+    while their cumulative mass fits ``budget``; ties go together or not at all;
+    ``budget >= 1`` defers everything (pi = q exactly).  Paper: budget = 0.9."""
+
+    kind = Kind.PRIMAL
+
+    def __init__(self, budget: Param):
+        self.param = _check_param("budget", budget, 0.0, math.inf)
+
+
+class Nudging(Rule):
+    """Distribution-level baseline: defer the whole row iff ``max p < lam``."""
+
+    kind = Kind.NUDGING
+
+    def __init__(self, lam: Param):
+        self.param = _check_param("lam", lam, 0.0, 1.0)
+
+
+_FORM_KIND = {
+    "max_q_minus": Kind.MAX_Q_MINUS,
+    "max_q_plus": Kind.MAX_Q_PLUS,
+    "max_p_plus": Kind.MAX_P_PLUS,
+    "minus_max_p_plus": Kind.MINUS_MAX_P_PLUS,
+}
+
+
+class Threshold(Rule):
+    """The q-dependent rules of the authors' code, named by their strings:
+    ``max_q_minus``: p_v < max q - lam, ``max_q_plus``: p_v < max q + lam,
+    ``max_p_plus``: q_v < max p + lam, ``minus_max_p_plus``: q_v > max p + lam."""
+
+    def __init__(self, lam: Param, form: ThresholdForm):
+        if form not in _FORM_KIND:
+            raise ValueError(f"form must be one of {sorted(_FORM_KIND)}, got {form!r}")
+        self.form = form
+        self.kind = _FORM_KIND[form]
+        self.param = _check_param("lam", lam, 0.0, 1.0)
+
+
+class ImplicitReward(Rule):
+    """Not a deferral rule: ``pi ∝ p q / q_ref`` with ``q_ref`` from ``ref_logits``
+    (the small unaligned model); uniform where no token has ``p q > 0``."""
+
+    kind = Kind.IMPLICIT_REWARD
+    needs_ref = True
+
+
+def rule_from_name(name: str, alpha: Param) -> Rule:
+    """The rule a configuration of the authors' code names, ``alpha`` being its hyper-parameter.
+
+    ``token_max`` (defer every non-arg-max token) has no parameter and ignores ``alpha``.
+    """
+    if name == "token_wise":
+        return Dual(alpha)
+    if name == "max":
+        return Nudging(alpha)
+    if name in _FORM_KIND:
+        return Threshold(alpha, name)  # type: ignore[arg-type]
+    if name == "token_v2":
+        return Dual(mu=alpha, loss="perceptron")
+    if name == "token_max":
+        return Dual(mu=0.0, loss="zero_one")
+    if name == "budget_lr":
+        return Primal(alpha)
+    known = ["token_wise", "max", *_FORM_KIND, "token_v2", "token_max", "budget_lr"]
+    raise ValueError(f"unknown rule name {name!r}; known: {', '.join(known)}")
