@@ -1,0 +1,104 @@
+"""``torch.library`` custom ops around the Triton launchers, with fake (meta)
+implementations so ``torch.compile`` traces through them without graph breaks."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+from ..rules import Kind
+from . import mixture as _mixture
+from . import sample as _sample
+from . import verify as _verify
+
+
+def _same_strides(p: Tensor, *others: Optional[Tensor]) -> tuple[Tensor, ...]:
+    """The kernels address p, q and ref with p's strides: copy in the rare case they differ."""
+    tensors = (p, *others)
+    if all(t is None or t.stride() == p.stride() for t in others):
+        return tensors
+    return tuple(None if t is None else t.contiguous() for t in tensors)
+
+
+@torch.library.custom_op("kad::triton_mixture", mutates_args=())
+def _mixture_op(
+    kind: int, param: Tensor, p: Tensor, q: Tensor, ref: Optional[Tensor], temperature: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    p, q, ref = _same_strides(p, q, ref)
+    return _mixture.mixture(Kind(kind), param, p, q, ref, temperature)
+
+
+@_mixture_op.register_fake
+def _(kind, param, p, q, ref, temperature):
+    batch, vocab = p.shape
+    return (
+        p.new_empty(batch, vocab, dtype=torch.float32),
+        p.new_empty(batch, dtype=torch.float32),
+        p.new_empty(batch, dtype=torch.int32),
+    )
+
+
+@torch.library.custom_op("kad::triton_sample", mutates_args=())
+def _sample_op(
+    kind: int,
+    param: Tensor,
+    p: Tensor,
+    q: Tensor,
+    ref: Optional[Tensor],
+    temperature: Tensor,
+    uniforms: Optional[Tensor],
+    seed: Optional[Tensor],
+    offset: Optional[Tensor],
+) -> tuple[Tensor, Tensor]:
+    p, q, ref = _same_strides(p, q, ref)
+    return _sample.sample(Kind(kind), param, p, q, ref, temperature, uniforms, seed, offset)
+
+
+@_sample_op.register_fake
+def _(kind, param, p, q, ref, temperature, uniforms, seed, offset):
+    batch = p.shape[0]
+    return p.new_empty(batch, dtype=torch.int64), p.new_empty(batch, dtype=torch.int32)
+
+
+@torch.library.custom_op("kad::triton_verify", mutates_args=())
+def _verify_op(
+    kind: int,
+    param: Tensor,
+    p: Tensor,
+    q: Tensor,
+    ref: Optional[Tensor],
+    draft: Tensor,
+    temperature: Tensor,
+    accept_uniforms: Optional[Tensor],
+    draw_uniforms: Optional[Tensor],
+    seed: Optional[Tensor],
+    offset: Optional[Tensor],
+) -> tuple[Tensor, Tensor, Tensor]:
+    p, q, ref = _same_strides(p, q, ref)
+    return _verify.verify(
+        Kind(kind), param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset
+    )
+
+
+@_verify_op.register_fake
+def _(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset):
+    batch, positions, _ = p.shape
+    return (
+        p.new_empty(batch, positions, dtype=torch.int64),
+        p.new_empty(batch, dtype=torch.int64),
+        p.new_empty(batch, positions, dtype=torch.int32),
+    )
+
+
+def mixture_op(kind, param, p, q, ref, temperature):
+    return _mixture_op(int(kind), param, p, q, ref, temperature)
+
+
+def sample_op(kind, param, p, q, ref, temperature, uniforms, seed, offset):
+    return _sample_op(int(kind), param, p, q, ref, temperature, uniforms, seed, offset)
+
+
+def verify_op(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset):
+    return _verify_op(int(kind), param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset)

@@ -1,0 +1,56 @@
+"""``sample``: one token per row from π (DESIGN §2), logits ``[B, V]``."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..rules import Kind
+from .draw import _argmax_kernel, draw_row
+from .stats import layout, num_warps, row_statistics
+
+
+@triton.jit
+def _sample_kernel(
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+    u_ptr, seed_ptr, offset_ptr, out_ptr,
+    N, V, stride_b, slice_len, S,
+    PHILOX: tl.constexpr, KIND: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    b = tl.program_id(0)
+    if PHILOX:
+        u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b)  # counter layout of _random.py
+    else:
+        u = tl.load(u_ptr + b)
+    token = draw_row(
+        p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+        u_ptr, u, b, b, False,
+        N, V, 1, stride_b, 0, slice_len, S,
+        KIND, SP, BLOCK,
+    )
+    tl.store(out_ptr + b, token.to(tl.int64))
+
+
+def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset):
+    """Tokens i64 [B] and bad-logits flags [B]."""
+    batch, vocab = p.shape
+    lay = layout(batch, 1, vocab, p.device)
+    stats, hist, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
+    best_val = torch.empty(batch, lay.slices, dtype=torch.float32, device=p.device)
+    best_idx = torch.empty(batch, lay.slices, dtype=torch.int32, device=p.device)
+    r = ref if ref is not None else p
+    common = dict(SP=lay.slices_pow2, BLOCK=lay.block, num_warps=num_warps(lay))
+    _argmax_kernel[(batch, lay.slices)](
+        p, q, r, temperature, param, stats, hist, best_val, best_idx,
+        batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), **common,
+    )
+    tokens = torch.empty(batch, dtype=torch.int64, device=p.device)
+    philox = uniforms is None
+    _sample_kernel[(batch,)](
+        p, q, r, temperature, param, stats, hist, best_val, best_idx,
+        stats if philox else uniforms, seed if philox else flags, offset if philox else flags, tokens,
+        batch, vocab, p.stride(0), lay.slice_len, lay.slices,
+        PHILOX=philox, KIND=int(kind), **common,
+    )
+    return tokens, flags

@@ -1,0 +1,414 @@
+"""Row statistics shared by every Triton operation (DESIGN §4, passes 1–2).
+
+Each row of the flattened ``[N, V]`` logits is cut into ``S`` slices; a program
+``(n, j)`` handles slice ``j`` of row ``n`` so that a batch of one still fills
+the GPU, and ``S = 1`` for large batches.  Per-slice partial statistics go to
+a small ``[FIELDS, N, S]`` f32 buffer that later kernels combine (a few dozen
+floats per row), never a ``[N, V]`` intermediate:
+
+    pass 1  max and Σexp of p, q (and of y = log p + log q − log q_ref for
+            ImplicitReward), Σ exp² of p (squared loss), bad-logits bits;
+    primal  a radix select of the threshold key over the fp32 bit pattern of
+            e_v = exp(x_v − max): 8 passes of a 4-bit digit (no sort);
+    pass 2  S_d = Σ p_v d_v and S_kept = Σ p_v (1 − d_v), so α = S_d / (S_d + S_kept).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from ..rules import Kind
+
+# Fields of the statistics buffer.
+M_P, Z_P, S2_P, M_Q, Z_Q, M_Y, Z_Y, S_D, S_K, M_R = range(10)
+FIELDS = 10
+# Radix select of the primal threshold: 4-bit digits over a 32-bit key.
+DIGIT_BITS = 4
+LEVELS = 32 // DIGIT_BITS
+ALL_KEYS = 1 << 40  # exclusive key threshold above every key: defer everything
+
+LOGISTIC: tl.constexpr = Kind.LOGISTIC.value
+PERCEPTRON: tl.constexpr = Kind.PERCEPTRON.value
+ZERO_ONE: tl.constexpr = Kind.ZERO_ONE.value
+SQUARED: tl.constexpr = Kind.SQUARED.value
+NUDGING: tl.constexpr = Kind.NUDGING.value
+MAX_Q_MINUS: tl.constexpr = Kind.MAX_Q_MINUS.value
+MAX_Q_PLUS: tl.constexpr = Kind.MAX_Q_PLUS.value
+MAX_P_PLUS: tl.constexpr = Kind.MAX_P_PLUS.value
+MINUS_MAX_P_PLUS: tl.constexpr = Kind.MINUS_MAX_P_PLUS.value
+PRIMAL: tl.constexpr = Kind.PRIMAL.value
+IMPLICIT_REWARD: tl.constexpr = Kind.IMPLICIT_REWARD.value
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How the logits of one call are cut: ``rows`` = N, ``positions`` per batch row
+    (γ+1 in verify, 1 in sample), ``slices`` = S of ``slice_len`` (a multiple of ``block``)."""
+
+    rows: int
+    positions: int
+    vocab: int
+    block: int
+    slice_len: int
+    slices: int
+
+    @property
+    def slices_pow2(self) -> int:
+        return triton.next_power_of_2(self.slices)
+
+
+def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layout:
+    """Split each row so that about four programs per SM are in flight."""
+    block = min(2048, max(16, triton.next_power_of_2(vocab)))
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    chunks = triton.cdiv(vocab, block)
+    slices = max(1, min(chunks, triton.cdiv(4 * sms, rows)))
+    slice_len = triton.cdiv(chunks, slices) * block
+    return Layout(rows, positions, vocab, block, slice_len, triton.cdiv(vocab, slice_len))
+
+
+def num_warps(lay: Layout) -> int:
+    return 8 if lay.block >= 2048 else 4
+
+
+@triton.jit
+def row_offset(n, P, stride_b, stride_p):
+    """Element offset of flattened row ``n`` = (batch n // P, position n % P)."""
+    return (n // P).to(tl.int64) * stride_b + (n % P).to(tl.int64) * stride_p
+
+
+@triton.jit
+def inverse_temperature(temp_ptr, b):
+    """1/T, and T = 1 on greedy rows (T = 0): DESIGN §1."""
+    t = tl.load(temp_ptr + b)
+    return tl.where(t > 0, 1.0 / tl.where(t > 0, t, 1.0), 1.0)
+
+
+@triton.jit
+def combine_lse(stats_ptr, FM: tl.constexpr, FZ: tl.constexpr, n, N, S, SP: tl.constexpr):
+    """Row max and Σexp(x − max) from the per-slice partials of fields (FM, FZ)."""
+    j = tl.arange(0, SP)
+    m = tl.load(stats_ptr + (FM * N + n) * S + j, mask=j < S, other=float("-inf"))
+    z = tl.load(stats_ptr + (FZ * N + n) * S + j, mask=j < S, other=0.0)
+    big = tl.max(m, 0)
+    safe = tl.where(big == float("-inf"), 0.0, big)
+    return big, tl.sum(z * tl.exp(m - safe), 0)
+
+
+@triton.jit
+def row_sum(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr):
+    j = tl.arange(0, SP)
+    return tl.sum(tl.load(stats_ptr + (F * N + n) * S + j, mask=j < S, other=0.0), 0)
+
+
+@triton.jit
+def row_softmax(stats_ptr, n, N, S, SP: tl.constexpr):
+    """(max p-logit, Σexp p, ||p||², max q-logit, Σexp q) of row ``n``."""
+    m_p, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP)
+    m_q, z_q = combine_lse(stats_ptr, 3, 4, n, N, S, SP)
+    # Σ exp(2(x − m_j)) rescales by exp(2(m_j − m)).
+    j = tl.arange(0, SP)
+    m = tl.load(stats_ptr + (0 * N + n) * S + j, mask=j < S, other=float("-inf"))
+    s2 = tl.load(stats_ptr + (2 * N + n) * S + j, mask=j < S, other=0.0)
+    r = tl.exp(m - tl.where(m_p == float("-inf"), 0.0, m_p))
+    sum_p2 = tl.sum(s2 * r * r, 0) / (z_p * z_p)
+    return m_p, z_p, sum_p2, m_q, z_q
+
+
+@triton.jit
+def row_alpha(stats_ptr, n, N, S, SP: tl.constexpr):
+    """α = S_d / (S_d + S_kept): exactly 0 if nothing is deferred, 1 if all is."""
+    deferred = row_sum(stats_ptr, 7, n, N, S, SP)
+    kept = row_sum(stats_ptr, 8, n, N, S, SP)
+    return deferred / (deferred + kept)
+
+
+@triton.jit
+def deferred(KIND: tl.constexpr, p, q, key, a, max_p, max_q, sum_p2, key_limit):
+    """The mask d of DESIGN §1 on a chunk; the forms mirror reference.deferral_mask."""
+    if KIND == LOGISTIC:
+        d = p < a
+    elif KIND == PERCEPTRON:
+        d = (max_p - p) > a
+    elif KIND == ZERO_ONE:
+        d = (p < max_p) & (a < 1.0)  # [p_v < max p] > a with a >= 0
+    elif KIND == SQUARED:
+        d = (1.0 - 2.0 * p + sum_p2) > a
+    elif KIND == NUDGING:
+        d = (tl.zeros_like(p) + max_p) < a
+    elif KIND == MAX_Q_MINUS:
+        d = p < max_q - a
+    elif KIND == MAX_Q_PLUS:
+        d = p < max_q + a
+    elif KIND == MAX_P_PLUS:
+        d = q < max_p + a
+    elif KIND == MINUS_MAX_P_PLUS:
+        d = q > max_p + a
+    else:  # PRIMAL: C_v <= budget  <=>  key_v below the critical key (radix select)
+        d = key.to(tl.int64) < key_limit
+    return d
+
+
+@triton.jit
+def primal_descend(hist_ptr, level, prefix, base, done, limit, n, N, S, SP: tl.constexpr):
+    """One radix step: from the digit histogram of ``level`` pick the digit whose
+    bucket holds the critical item (the first where the cumulative mass exceeds
+    ``limit``).  Returns the new (prefix, base, done); when the whole range fits,
+    ``prefix`` becomes the exclusive key threshold and ``done`` is set."""
+    shift = tl.full((), 28, tl.int64) - 4 * level
+    j = tl.arange(0, SP)[:, None]
+    digit = tl.arange(0, 16)[None, :]
+    h = tl.load(hist_ptr + ((level * N + n) * S + j) * 16 + digit, mask=j < S, other=0.0)
+    h = tl.sum(h, 0)
+    digits = tl.arange(0, 16)
+    over = (base + tl.cumsum(h, 0)) > limit
+    first = tl.min(tl.where(over, digits, 16), 0).to(tl.int64)
+    fits = first == 16
+    new_base = base + tl.sum(tl.where(digits < first, h, 0.0), 0)
+    new_prefix = tl.where(fits, prefix + (first << shift), prefix | (first << shift))
+    return (
+        tl.where(done, prefix, new_prefix),
+        tl.where(done, base, new_base),
+        done | fits,
+    )
+
+
+@triton.jit
+def primal_walk(hist_ptr, levels, limit, n, N, S, SP: tl.constexpr):
+    """(prefix, base, done) after the first ``levels`` radix steps, replayed from the
+    stored histograms (a few hundred floats) rather than kept in a state buffer."""
+    prefix = tl.full((), 0, tl.int64)
+    base = tl.full((), 0.0, tl.float32)
+    done = tl.full((), 0, tl.int1)
+    for level in range(0, levels):
+        prefix, base, done = primal_descend(hist_ptr, level, prefix, base, done, limit, n, N, S, SP)
+    return prefix, base, done
+
+
+@triton.jit
+def primal_key_limit(hist_ptr, budget, z_p, n, N, S, SP: tl.constexpr):
+    """Exclusive key threshold of the primal rule: d_v = key_v < limit."""
+    prefix, base, done = primal_walk(hist_ptr, 8, budget * z_p, n, N, S, SP)
+    return tl.where(budget >= 1.0, tl.full((), 1 << 40, tl.int64), prefix)
+
+
+@triton.jit
+def _stats_kernel(
+    p_ptr, q_ptr, r_ptr, temp_ptr, stats_ptr, flag_ptr,
+    N, V, P, stride_b, stride_p, slice_len, S,
+    HAS_REF: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Pass 1 for slice j of row n: online max/Σexp (one exp per element)."""
+    n = tl.program_id(0)
+    j = tl.program_id(1)
+    row = row_offset(n, P, stride_b, stride_p)
+    inv_t = inverse_temperature(temp_ptr, n // P)
+    start = j * slice_len
+    end = tl.minimum(start + slice_len, V)
+    m_p = float("-inf")
+    z_p = 0.0
+    s2_p = 0.0
+    m_q = float("-inf")
+    z_q = 0.0
+    m_y = float("-inf")
+    z_y = 0.0
+    m_r = float("-inf")
+    bad_p = 0
+    bad_q = 0
+    bad_r = 0
+    for off in range(start, end, BLOCK):
+        cols = off + tl.arange(0, BLOCK)
+        mask = cols < end
+        xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        bad_p |= tl.max(((xp != xp) | (xp == float("inf"))).to(tl.int32), 0)
+        bad_q |= tl.max(((xq != xq) | (xq == float("inf"))).to(tl.int32), 0)
+        xp = xp * inv_t
+        xq = xq * inv_t
+        new_m = tl.maximum(m_p, tl.max(xp, 0))
+        safe = tl.where(new_m == float("-inf"), 0.0, new_m)
+        scale = tl.exp(m_p - safe)
+        e = tl.exp(xp - safe)
+        z_p = z_p * scale + tl.sum(e, 0)
+        s2_p = s2_p * scale * scale + tl.sum(e * e, 0)
+        m_p = new_m
+        new_m = tl.maximum(m_q, tl.max(xq, 0))
+        safe = tl.where(new_m == float("-inf"), 0.0, new_m)
+        z_q = z_q * tl.exp(m_q - safe) + tl.sum(tl.exp(xq - safe), 0)
+        m_q = new_m
+        if HAS_REF:
+            xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            bad_r |= tl.max(((xr != xr) | (xr == float("inf"))).to(tl.int32), 0)
+            xr = xr * inv_t
+            m_r = tl.maximum(m_r, tl.max(xr, 0))
+            # log p + log q − log q_ref up to a row constant; q_ref = 0 excludes v.
+            y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
+            y = tl.where(y != y, float("-inf"), y)
+            new_m = tl.maximum(m_y, tl.max(y, 0))
+            safe = tl.where(new_m == float("-inf"), 0.0, new_m)
+            z_y = z_y * tl.exp(m_y - safe) + tl.sum(tl.exp(y - safe), 0)
+            m_y = new_m
+    base = n * S + j
+    NS = N * S
+    tl.store(stats_ptr + 0 * NS + base, m_p)
+    tl.store(stats_ptr + 1 * NS + base, z_p)
+    tl.store(stats_ptr + 2 * NS + base, s2_p)
+    tl.store(stats_ptr + 3 * NS + base, m_q)
+    tl.store(stats_ptr + 4 * NS + base, z_q)
+    tl.store(stats_ptr + 5 * NS + base, m_y)
+    tl.store(stats_ptr + 6 * NS + base, z_y)
+    tl.store(stats_ptr + 9 * NS + base, m_r)
+    tl.store(flag_ptr + base, bad_p | (bad_q << 2) | (bad_r << 4))
+
+
+@triton.jit
+def _primal_hist_kernel(
+    p_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr,
+    level, N, V, P, stride_b, stride_p, slice_len, S,
+    SP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Radix level ``level``: mass histogram (in units of exp(x − max)) of the next
+    4-bit digit of the key, over the keys that share the prefix found so far."""
+    n = tl.program_id(0)
+    j = tl.program_id(1)
+    m_p, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP)
+    budget = tl.load(param_ptr + n // P)
+    prefix, base, done = primal_walk(hist_ptr, level, budget * z_p, n, N, S, SP)
+    row = row_offset(n, P, stride_b, stride_p)
+    inv_t = inverse_temperature(temp_ptr, n // P)
+    shift = tl.full((), 28, tl.int64) - 4 * level
+    digits = tl.arange(0, 16)
+    h = tl.zeros([16], tl.float32)
+    start = j * slice_len
+    end = tl.minimum(start + slice_len, V)
+    if not done:
+        for off in range(start, end, BLOCK):
+            cols = off + tl.arange(0, BLOCK)
+            mask = cols < end
+            x = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+            e = tl.exp(x - m_p)
+            key = e.to(tl.int32, bitcast=True).to(tl.int64)
+            inside = mask & ((key >> (shift + 4)) == (prefix >> (shift + 4)))
+            digit = (key >> shift) & 15
+            hit = inside[:, None] & (digit[:, None] == digits[None, :])
+            h += tl.sum(tl.where(hit, e[:, None], 0.0), 0)
+    tl.store(hist_ptr + ((level * N + n) * S + j) * 16 + digits, h)
+
+
+@triton.jit
+def row_state(stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.constexpr, KIND: tl.constexpr):
+    """Everything a kernel needs to evaluate π on any chunk of row ``n``."""
+    m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, N, S, SP)
+    m_y, z_y = combine_lse(stats_ptr, 5, 6, n, N, S, SP)
+    a = tl.load(param_ptr + n // P)
+    if KIND == PRIMAL:
+        key_limit = primal_key_limit(hist_ptr, a, z_p, n, N, S, SP)
+    else:
+        key_limit = tl.full((), 0, tl.int64)
+    inv_t = inverse_temperature(temp_ptr, n // P)
+    return m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t
+
+
+@triton.jit
+def chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q):
+    """p, q (fp32) on a chunk, and the key exp(x_p − max) of the primal select."""
+    xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+    xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+    e = tl.exp(xp - m_p)
+    return e / z_p, tl.exp(xq - m_q) / z_q, e.to(tl.int32, bitcast=True)
+
+
+@triton.jit
+def chunk_mixture(
+    p_ptr, q_ptr, r_ptr, row, cols, mask, V,
+    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
+    KIND: tl.constexpr,
+):
+    """(π, q) on a chunk: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
+    p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q)
+    if KIND == IMPLICIT_REWARD:
+        xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+        xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+        xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+        y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
+        y = tl.where(y != y, float("-inf"), y)
+        uniform = tl.where(mask, 1.0 / V, 0.0)
+        pi = tl.where(m_y == float("-inf"), uniform, tl.exp(y - tl.where(m_y == float("-inf"), 0.0, m_y)) / z_y)
+    else:
+        d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
+        pi = tl.where(d, 0.0, p) + alpha * q
+    return pi, q
+
+
+@triton.jit
+def _mass_kernel(
+    p_ptr, q_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, slice_flag_ptr, flag_ptr,
+    N, V, P, stride_b, stride_p, slice_len, S,
+    KIND: tl.constexpr, HAS_REF: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Pass 2 for slice j of row n: S_d and S_kept; slice 0 also folds the row's
+    bad-logits bits (any slice's NaN/+inf, or a row max of −inf)."""
+    n = tl.program_id(0)
+    j = tl.program_id(1)
+    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
+        stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+    )
+    if j == 0:
+        js = tl.arange(0, SP)
+        bits = tl.reduce_or(tl.load(slice_flag_ptr + n * S + js, mask=js < S, other=0), 0)
+        bits |= (m_p == float("-inf")).to(tl.int32) * 2 | (m_q == float("-inf")).to(tl.int32) * 8
+        if HAS_REF:
+            m_r = tl.max(tl.load(stats_ptr + (9 * N + n) * S + js, mask=js < S, other=float("-inf")), 0)
+            bits |= (m_r == float("-inf")).to(tl.int32) * 32
+        tl.store(flag_ptr + n, bits)
+    if KIND != IMPLICIT_REWARD:
+        row = row_offset(n, P, stride_b, stride_p)
+        start = j * slice_len
+        end = tl.minimum(start + slice_len, V)
+        s_d = 0.0
+        s_k = 0.0
+        for off in range(start, end, BLOCK):
+            cols = off + tl.arange(0, BLOCK)
+            mask = cols < end
+            p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q)
+            d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
+            s_d += tl.sum(tl.where(d & mask, p, 0.0), 0)
+            s_k += tl.sum(tl.where(d | ~mask, 0.0, p), 0)
+        tl.store(stats_ptr + (7 * N + n) * S + j, s_d)
+        tl.store(stats_ptr + (8 * N + n) * S + j, s_k)
+
+
+def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
+    """Launch passes 1–2 (and the primal select) over ``[N, V]`` rows of ``[B, P, V]``
+    logits.  Returns the statistics buffer, the radix histograms and the flags [N]."""
+    device = p.device
+    N, S = lay.rows, lay.slices
+    stats = torch.empty(FIELDS, N, S, dtype=torch.float32, device=device)
+    hist = torch.zeros(LEVELS, N, S, 16, dtype=torch.float32, device=device)
+    slice_flags = torch.empty(N, S, dtype=torch.int32, device=device)
+    flags = torch.empty(N, dtype=torch.int32, device=device)
+    strides = (p.stride(0), p.stride(1) if p.dim() == 3 else 0)
+    grid = (N, S)
+    common = dict(BLOCK=lay.block, num_warps=num_warps(lay))
+    has_ref = kind == Kind.IMPLICIT_REWARD
+    _stats_kernel[grid](
+        p, q, ref if has_ref else p, temperature, stats, slice_flags,
+        N, lay.vocab, lay.positions, *strides, lay.slice_len, S, HAS_REF=has_ref, **common,
+    )
+    if kind == Kind.PRIMAL:
+        for level in range(LEVELS):
+            _primal_hist_kernel[grid](
+                p, temperature, param, stats, hist,
+                level, N, lay.vocab, lay.positions, *strides, lay.slice_len, S, SP=lay.slices_pow2, **common,
+            )
+    _mass_kernel[grid](
+        p, q, temperature, param, stats, hist, slice_flags, flags,
+        N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
+        KIND=int(kind), HAS_REF=has_ref, SP=lay.slices_pow2, **common,
+    )
+    return stats, hist, flags

@@ -1,0 +1,160 @@
+"""``verify``: speculative verification with draft q and target π (DESIGN §2).
+
+Logits ``[B, γ+1, V]`` are ``N = B·(γ+1)`` mixture rows for the statistics
+passes.  Then one program per batch row runs the accept chain on the draft
+tokens (point evaluations of π and q, no pass over V); rows that rejected
+compute the slice masses of the residual ``max(π − q, 0)`` — positive only on
+kept tokens, since ``π − q = p(1 − d) + (α − 1) q`` — and the shared draw
+(draw.py) emits the last token.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..rules import Kind
+from .draw import _argmax_kernel, draw_row
+from .stats import IMPLICIT_REWARD, chunk_mixture, layout, num_warps, row_alpha, row_offset, row_state, row_statistics
+
+
+@triton.jit
+def _accept_kernel(
+    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+    a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr,
+    N, V, P, stride_b, stride_p, S,
+    PHILOX: tl.constexpr, KIND: tl.constexpr, SP: tl.constexpr,
+):
+    """Accept x_i iff a_i q_i(x_i) < π_i(x_i) (greedy: x_i = argmax π_i), in order."""
+    b = tl.program_id(0)
+    gamma = P - 1
+    greedy = tl.load(temp_ptr + b) == 0
+    js = tl.arange(0, SP)
+    going = 1
+    accepted = 0
+    for i in range(0, gamma):
+        n = b * P + i
+        x = tl.load(draft_ptr + b * gamma + i).to(tl.int32)
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
+            stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+        )
+        if KIND == IMPLICIT_REWARD:
+            alpha = 0.0
+        else:
+            alpha = row_alpha(stats_ptr, n, N, S, SP)
+        row = row_offset(n, P, stride_b, stride_p)
+        # A one-lane chunk at x: the same arithmetic as every other kernel.
+        cols = x + tl.arange(0, 1)
+        pi, q = chunk_mixture(
+            p_ptr, q_ptr, r_ptr, row, cols, (cols >= 0) & (cols < V), V,
+            m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
+        )
+        pi_x = tl.sum(pi, 0)
+        q_x = tl.sum(q, 0)
+        if PHILOX:
+            coin = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * P + i)
+        else:
+            coin = tl.load(a_ptr + b * gamma + i)
+        vals = tl.load(best_val_ptr + n * S + js, mask=js < S, other=-2.0)
+        idxs = tl.load(best_idx_ptr + n * S + js, mask=js < S, other=2147483647)
+        target_argmax = tl.min(tl.where(vals == tl.max(vals, 0), idxs, 2147483647), 0)
+        ok = tl.where(greedy, x == target_argmax, coin * q_x < pi_x)
+        going = going & ok.to(tl.int32)
+        accepted += going
+        tl.store(tokens_ptr + b * P + i, tl.where(going != 0, x.to(tl.int64), -1))
+    tl.store(tokens_ptr + b * P + gamma, tl.full((), -1, tl.int64))
+    tl.store(accepted_ptr + b, accepted.to(tl.int64))
+
+
+@triton.jit
+def _residual_kernel(
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, accepted_ptr, res_mass_ptr,
+    N, V, P, stride_b, stride_p, slice_len, S,
+    KIND: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Slice masses of max(π_i − q_i, 0) at the rejected position i of row b."""
+    b = tl.program_id(0)
+    j = tl.program_id(1)
+    i = tl.load(accepted_ptr + b).to(tl.int32)
+    total = 0.0
+    if (i < P - 1) & (tl.load(temp_ptr + b) > 0):
+        n = b * P + i
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
+            stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+        )
+        if KIND == IMPLICIT_REWARD:
+            alpha = 0.0
+        else:
+            alpha = row_alpha(stats_ptr, n, N, S, SP)
+        row = row_offset(n, P, stride_b, stride_p)
+        start = j * slice_len
+        end = tl.minimum(start + slice_len, V)
+        for off in range(start, end, BLOCK):
+            cols = off + tl.arange(0, BLOCK)
+            mask = cols < end
+            pi, q = chunk_mixture(
+                p_ptr, q_ptr, r_ptr, row, cols, mask, V,
+                m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
+            )
+            total += tl.sum(tl.where(mask, tl.maximum(pi - q, 0.0), 0.0), 0)
+    tl.store(res_mass_ptr + b * S + j, total)
+
+
+@triton.jit
+def _verify_draw_kernel(
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+    res_mass_ptr, accepted_ptr, s_ptr, seed_ptr, offset_ptr, tokens_ptr,
+    N, V, P, stride_b, stride_p, slice_len, S,
+    PHILOX: tl.constexpr, KIND: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    b = tl.program_id(0)
+    i = tl.load(accepted_ptr + b).to(tl.int32)
+    if PHILOX:
+        u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * P + P - 1)
+    else:
+        u = tl.load(s_ptr + b)
+    token = draw_row(
+        p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+        res_mass_ptr, u, b, b * P + i, i < P - 1,
+        N, V, P, stride_b, stride_p, slice_len, S,
+        KIND, SP, BLOCK,
+    )
+    tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
+
+
+def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset):
+    """Tokens i64 [B, γ+1], num_accepted i64 [B], flags [B, γ+1]."""
+    batch, positions, vocab = p.shape
+    rows = batch * positions
+    lay = layout(rows, positions, vocab, p.device)
+    stats, hist, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
+    device = p.device
+    best_val = torch.empty(rows, lay.slices, dtype=torch.float32, device=device)
+    best_idx = torch.empty(rows, lay.slices, dtype=torch.int32, device=device)
+    r = ref if ref is not None else p
+    geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slice_len, lay.slices)
+    common = dict(KIND=int(kind), SP=lay.slices_pow2, BLOCK=lay.block, num_warps=num_warps(lay))
+    _argmax_kernel[(rows, lay.slices)](
+        p, q, r, temperature, param, stats, hist, best_val, best_idx, *geometry, **common
+    )
+    tokens = torch.empty(batch, positions, dtype=torch.int64, device=device)
+    accepted = torch.empty(batch, dtype=torch.int64, device=device)
+    philox = accept_uniforms is None
+    randomness = (seed, offset) if philox else (flags, flags)
+    _accept_kernel[(batch,)](
+        p, q, r, draft.contiguous(), temperature, param, stats, hist, best_val, best_idx,
+        stats if philox else accept_uniforms.contiguous(), *randomness, tokens, accepted,
+        rows, vocab, positions, p.stride(0), p.stride(1), lay.slices,
+        PHILOX=philox, KIND=int(kind), SP=lay.slices_pow2,
+    )
+    res_mass = torch.empty(batch, lay.slices, dtype=torch.float32, device=device)
+    _residual_kernel[(batch, lay.slices)](
+        p, q, r, temperature, param, stats, hist, accepted, res_mass, *geometry, **common
+    )
+    _verify_draw_kernel[(batch,)](
+        p, q, r, temperature, param, stats, hist, best_val, best_idx,
+        res_mass, accepted, stats if philox else draw_uniforms, *randomness, tokens,
+        *geometry, PHILOX=philox, **common,
+    )
+    return tokens, accepted, flags.view(batch, positions)
