@@ -11,7 +11,6 @@ callers never change.
 
 from __future__ import annotations
 
-import functools
 import os
 from dataclasses import dataclass
 from typing import Callable
@@ -85,13 +84,18 @@ _REGISTRY: dict[str, tuple[Callable[[], Backend], tuple[str, ...], str]] = {
 _AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("torch",)}
 
 
-@functools.cache
+_LOADED: dict[str, Backend | None] = {}
+
+
 def _load(name: str) -> Backend | None:
-    loader = _REGISTRY[name][0]
-    try:
-        return loader()
-    except ImportError:
-        return None
+    """The backend, loaded once; None if its package is missing.  (A plain dict
+    rather than functools.cache, which torch.compile warns about.)"""
+    if name not in _LOADED:
+        try:
+            _LOADED[name] = _REGISTRY[name][0]()
+        except ImportError:
+            _LOADED[name] = None
+    return _LOADED[name]
 
 
 def _serves(name: str, device: torch.device) -> bool:

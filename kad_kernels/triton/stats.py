@@ -136,7 +136,7 @@ def deferred(KIND: tl.constexpr, p, q, key, a, max_p, max_q, sum_p2, key_limit):
     elif KIND == PERCEPTRON:
         d = (max_p - p) > a
     elif KIND == ZERO_ONE:
-        d = (p < max_p) & (a < 1.0)  # [p_v < max p] > a with a >= 0
+        d = (p < max_p) & ((tl.zeros_like(p) + a) < 1.0)  # [p_v < max p] > a with a >= 0
     elif KIND == SQUARED:
         d = (1.0 - 2.0 * p + sum_p2) > a
     elif KIND == NUDGING:
@@ -286,7 +286,7 @@ def _primal_hist_kernel(
     h = tl.zeros([16], tl.float32)
     start = j * slice_len
     end = tl.minimum(start + slice_len, V)
-    if not done:
+    if done == 0:
         for off in range(start, end, BLOCK):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
@@ -346,6 +346,11 @@ def chunk_mixture(
 
 
 @triton.jit
+def _bit_or(a, b):
+    return a | b
+
+
+@triton.jit
 def _mass_kernel(
     p_ptr, q_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, slice_flag_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
@@ -360,7 +365,7 @@ def _mass_kernel(
     )
     if j == 0:
         js = tl.arange(0, SP)
-        bits = tl.reduce_or(tl.load(slice_flag_ptr + n * S + js, mask=js < S, other=0), 0)
+        bits = tl.reduce(tl.load(slice_flag_ptr + n * S + js, mask=js < S, other=0), 0, _bit_or)
         bits |= (m_p == float("-inf")).to(tl.int32) * 2 | (m_q == float("-inf")).to(tl.int32) * 8
         if HAS_REF:
             m_r = tl.max(tl.load(stats_ptr + (9 * N + n) * S + js, mask=js < S, other=float("-inf")), 0)
