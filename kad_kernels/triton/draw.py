@@ -16,7 +16,7 @@ import triton.language as tl
 from .stats import IMPLICIT_REWARD, chunk_mixture, row_alpha, row_offset, row_state
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'P', 'S'])
 def _argmax_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,

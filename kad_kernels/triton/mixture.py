@@ -10,7 +10,7 @@ from ..rules import Kind
 from .stats import IMPLICIT_REWARD, chunk_mixture, layout, num_warps, row_alpha, row_offset, row_state, row_statistics
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'P', 'S'])
 def _mixture_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, out_ptr, alpha_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,

@@ -11,7 +11,7 @@ from .draw import _argmax_kernel, draw_row
 from .stats import layout, num_warps, row_statistics
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'S'])
 def _sample_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
     u_ptr, seed_ptr, offset_ptr, out_ptr,

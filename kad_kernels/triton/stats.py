@@ -64,7 +64,7 @@ class Layout:
 
 def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layout:
     """Split each row so that about four programs per SM are in flight."""
-    block = min(2048, max(16, triton.next_power_of_2(vocab)))
+    block = min(2048, max(256, triton.next_power_of_2(vocab)))
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
     chunks = triton.cdiv(vocab, block)
     slices = max(1, min(chunks, triton.cdiv(4 * sms, rows)))
@@ -197,7 +197,8 @@ def primal_key_limit(hist_ptr, budget, z_p, n, N, S, SP: tl.constexpr):
     return tl.where(budget >= 1.0, tl.full((), 1 << 40, tl.int64), prefix)
 
 
-@triton.jit
+# Row and slice counts change with every batch: specializing on them only multiplies compiles.
+@triton.jit(do_not_specialize=['N', 'P', 'S'])
 def _stats_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, stats_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
@@ -266,7 +267,7 @@ def _stats_kernel(
     tl.store(flag_ptr + base, bad_p | (bad_q << 2) | (bad_r << 4))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'level'])
 def _primal_hist_kernel(
     p_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr,
     level, N, V, P, stride_b, stride_p, slice_len, S,
@@ -350,7 +351,7 @@ def _bit_or(a, b):
     return a | b
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'P', 'S'])
 def _mass_kernel(
     p_ptr, q_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, slice_flag_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,

@@ -19,7 +19,7 @@ from .draw import _argmax_kernel, draw_row
 from .stats import IMPLICIT_REWARD, chunk_mixture, layout, num_warps, row_alpha, row_offset, row_state, row_statistics
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'P', 'S'])
 def _accept_kernel(
     p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
     a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr,
@@ -67,7 +67,7 @@ def _accept_kernel(
     tl.store(accepted_ptr + b, accepted.to(tl.int64))
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'P', 'S'])
 def _residual_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, accepted_ptr, res_mass_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
@@ -101,7 +101,7 @@ def _residual_kernel(
     tl.store(res_mass_ptr + b * S + j, total)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=['N', 'P', 'S'])
 def _verify_draw_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
     res_mass_ptr, accepted_ptr, s_ptr, seed_ptr, offset_ptr, tokens_ptr,
