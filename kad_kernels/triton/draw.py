@@ -16,11 +16,11 @@ import triton.language as tl
 from .stats import IMPLICIT_REWARD, chunk_mixture, row_alpha, row_offset, row_state
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S'])
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _argmax_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
-    KIND: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+    KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Per-slice arg-max of π on greedy rows (T = 0); sampled rows return at once."""
     n = tl.program_id(0)
@@ -61,7 +61,7 @@ def draw_row(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
     res_mass_ptr, u, b, n, use_residual,
     N, V, P, stride_b, stride_p, slice_len, S,
-    KIND: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+    KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """The token of row ``n``: arg-max of π if greedy, else the inverse CDF at ``u`` of
     π, or of the residual max(π − q, 0) when ``use_residual`` (its slice masses at

@@ -7,14 +7,14 @@ import triton
 import triton.language as tl
 
 from ..rules import Kind
-from .stats import IMPLICIT_REWARD, chunk_mixture, layout, num_warps, row_alpha, row_offset, row_state, row_statistics
+from .stats import BLOCK, NUM_WARPS, IMPLICIT_REWARD, chunk_mixture, layout, row_alpha, row_offset, row_state, row_statistics
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S'])
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _mixture_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, out_ptr, alpha_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
-    KIND: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+    KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     n = tl.program_id(0)
     j = tl.program_id(1)
@@ -50,6 +50,6 @@ def mixture(kind: Kind, param, p, q, ref, temperature):
     _mixture_kernel[(batch, lay.slices)](
         p, q, ref if ref is not None else p, temperature, param, stats, hist, probs, alpha,
         batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices,
-        KIND=int(kind), SP=lay.slices_pow2, BLOCK=lay.block, num_warps=num_warps(lay),
+        KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )
     return probs, alpha, flags

@@ -8,15 +8,15 @@ import triton.language as tl
 
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row
-from .stats import layout, num_warps, row_statistics
+from .stats import BLOCK, NUM_WARPS, layout, row_statistics
 
 
-@triton.jit(do_not_specialize=['N', 'S'])
+@triton.jit(do_not_specialize=['N', 'S', 'KIND'])
 def _sample_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
     u_ptr, seed_ptr, offset_ptr, out_ptr,
     N, V, stride_b, slice_len, S,
-    PHILOX: tl.constexpr, KIND: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
     if PHILOX:
@@ -40,7 +40,7 @@ def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset):
     best_val = torch.empty(batch, lay.slices, dtype=torch.float32, device=p.device)
     best_idx = torch.empty(batch, lay.slices, dtype=torch.int32, device=p.device)
     r = ref if ref is not None else p
-    common = dict(SP=lay.slices_pow2, BLOCK=lay.block, num_warps=num_warps(lay))
+    common = dict(SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
     _argmax_kernel[(batch, lay.slices)](
         p, q, r, temperature, param, stats, hist, best_val, best_idx,
         batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), **common,

@@ -30,7 +30,12 @@ FIELDS = 10
 # Radix select of the primal threshold: 4-bit digits over a 32-bit key.
 DIGIT_BITS = 4
 LEVELS = 32 // DIGIT_BITS
-ALL_KEYS = 1 << 40  # exclusive key threshold above every key: defer everything
+# One block size for every vocabulary: each distinct value would be one more
+# compile of every kernel, and masked lanes cost nothing on a memory-bound pass.
+# The radix histogram holds [HIST_BLOCK, 16] values, hence its smaller block.
+BLOCK = 2048
+HIST_BLOCK = 512
+NUM_WARPS = 8  # 256 threads: 8 elements, one 16-byte bf16 load, per thread and chunk
 
 LOGISTIC: tl.constexpr = Kind.LOGISTIC.value
 PERCEPTRON: tl.constexpr = Kind.PERCEPTRON.value
@@ -48,12 +53,11 @@ IMPLICIT_REWARD: tl.constexpr = Kind.IMPLICIT_REWARD.value
 @dataclass(frozen=True)
 class Layout:
     """How the logits of one call are cut: ``rows`` = N, ``positions`` per batch row
-    (γ+1 in verify, 1 in sample), ``slices`` = S of ``slice_len`` (a multiple of ``block``)."""
+    (γ+1 in verify, 1 in sample), ``slices`` = S of ``slice_len`` (a multiple of BLOCK)."""
 
     rows: int
     positions: int
     vocab: int
-    block: int
     slice_len: int
     slices: int
 
@@ -64,16 +68,13 @@ class Layout:
 
 def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layout:
     """Split each row so that about four programs per SM are in flight."""
-    block = min(2048, max(256, triton.next_power_of_2(vocab)))
     sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
-    chunks = triton.cdiv(vocab, block)
+    chunks = triton.cdiv(vocab, BLOCK)
     slices = max(1, min(chunks, triton.cdiv(4 * sms, rows)))
-    slice_len = triton.cdiv(chunks, slices) * block
-    return Layout(rows, positions, vocab, block, slice_len, triton.cdiv(vocab, slice_len))
+    slice_len = triton.cdiv(chunks, slices) * BLOCK
+    return Layout(rows, positions, vocab, slice_len, triton.cdiv(vocab, slice_len))
 
 
-def num_warps(lay: Layout) -> int:
-    return 8 if lay.block >= 2048 else 4
 
 
 @triton.jit
@@ -129,7 +130,7 @@ def row_alpha(stats_ptr, n, N, S, SP: tl.constexpr):
 
 
 @triton.jit
-def deferred(KIND: tl.constexpr, p, q, key, a, max_p, max_q, sum_p2, key_limit):
+def deferred(KIND, p, q, key, a, max_p, max_q, sum_p2, key_limit):
     """The mask d of DESIGN §1 on a chunk; the forms mirror reference.deferral_mask."""
     if KIND == LOGISTIC:
         d = p < a
@@ -302,7 +303,7 @@ def _primal_hist_kernel(
 
 
 @triton.jit
-def row_state(stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.constexpr, KIND: tl.constexpr):
+def row_state(stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.constexpr, KIND):
     """Everything a kernel needs to evaluate π on any chunk of row ``n``."""
     m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, N, S, SP)
     m_y, z_y = combine_lse(stats_ptr, 5, 6, n, N, S, SP)
@@ -328,7 +329,7 @@ def chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q):
 def chunk_mixture(
     p_ptr, q_ptr, r_ptr, row, cols, mask, V,
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
-    KIND: tl.constexpr,
+    KIND,
 ):
     """(π, q) on a chunk: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
     p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q)
@@ -351,11 +352,11 @@ def _bit_or(a, b):
     return a | b
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S'])
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _mass_kernel(
     p_ptr, q_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, slice_flag_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
-    KIND: tl.constexpr, HAS_REF: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+    KIND, HAS_REF: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Pass 2 for slice j of row n: S_d and S_kept; slice 0 also folds the row's
     bad-logits bits (any slice's NaN/+inf, or a row max of −inf)."""
@@ -400,7 +401,7 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     flags = torch.empty(N, dtype=torch.int32, device=device)
     strides = (p.stride(0), p.stride(1) if p.dim() == 3 else 0)
     grid = (N, S)
-    common = dict(BLOCK=lay.block, num_warps=num_warps(lay))
+    common = dict(BLOCK=BLOCK, num_warps=NUM_WARPS)
     has_ref = kind == Kind.IMPLICIT_REWARD
     _stats_kernel[grid](
         p, q, ref if has_ref else p, temperature, stats, slice_flags,
@@ -410,7 +411,8 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
         for level in range(LEVELS):
             _primal_hist_kernel[grid](
                 p, temperature, param, stats, hist,
-                level, N, lay.vocab, lay.positions, *strides, lay.slice_len, S, SP=lay.slices_pow2, **common,
+                level, N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
+                SP=lay.slices_pow2, **dict(common, BLOCK=HIST_BLOCK),
             )
     _mass_kernel[grid](
         p, q, temperature, param, stats, hist, slice_flags, flags,

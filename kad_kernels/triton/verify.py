@@ -16,15 +16,15 @@ import triton.language as tl
 
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row
-from .stats import IMPLICIT_REWARD, chunk_mixture, layout, num_warps, row_alpha, row_offset, row_state, row_statistics
+from .stats import BLOCK, NUM_WARPS, IMPLICIT_REWARD, chunk_mixture, layout, row_alpha, row_offset, row_state, row_statistics
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S'])
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _accept_kernel(
     p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
     a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr,
     N, V, P, stride_b, stride_p, S,
-    PHILOX: tl.constexpr, KIND: tl.constexpr, SP: tl.constexpr,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr,
 ):
     """Accept x_i iff a_i q_i(x_i) < π_i(x_i) (greedy: x_i = argmax π_i), in order."""
     b = tl.program_id(0)
@@ -67,11 +67,11 @@ def _accept_kernel(
     tl.store(accepted_ptr + b, accepted.to(tl.int64))
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S'])
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _residual_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, accepted_ptr, res_mass_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
-    KIND: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+    KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Slice masses of max(π_i − q_i, 0) at the rejected position i of row b."""
     b = tl.program_id(0)
@@ -101,12 +101,12 @@ def _residual_kernel(
     tl.store(res_mass_ptr + b * S + j, total)
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S'])
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _verify_draw_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
     res_mass_ptr, accepted_ptr, s_ptr, seed_ptr, offset_ptr, tokens_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
-    PHILOX: tl.constexpr, KIND: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
     i = tl.load(accepted_ptr + b).to(tl.int32)
@@ -134,7 +134,7 @@ def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, dr
     best_idx = torch.empty(rows, lay.slices, dtype=torch.int32, device=device)
     r = ref if ref is not None else p
     geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slice_len, lay.slices)
-    common = dict(KIND=int(kind), SP=lay.slices_pow2, BLOCK=lay.block, num_warps=num_warps(lay))
+    common = dict(KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
     _argmax_kernel[(rows, lay.slices)](
         p, q, r, temperature, param, stats, hist, best_val, best_idx, *geometry, **common
     )
