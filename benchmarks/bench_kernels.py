@@ -10,8 +10,9 @@ Backends: every backend of ``kk.available_backends()`` that serves the device
 reference functions (``kad_kernels.reference.sample`` / ``verify``) called
 directly.  It is compiled with ``dynamic=True`` so that one graph serves every
 batch size and vocabulary (the grid would otherwise recompile for each of its
-shapes), with ``backed_size_oblivious`` so that B = 1 does not compile apart:
-one compilation per (op, rule, dtype), 12 for the full grid.  The
+shapes); dynamo still specializes B = 1, so about two compilations per
+(op, rule, dtype).  (``backed_size_oblivious`` would merge those, but on an H200
+with torch 2.11 Inductor then failed to lower the cumsum of the reference.)  The
 ``mismatch_rows`` column compares every backend's tokens with eager ``torch``
 on the same uniforms.
 
@@ -205,9 +206,8 @@ def compiled_reference(torch, op: str, kind):
 def _configure_compile(torch) -> None:
     """Keep torch-compile's compilations to one per (op, rule, dtype).
 
-    ``dynamic=True`` makes B and V symbolic, but dynamo still specializes sizes 0
-    and 1, so B = 1 would compile apart; ``backed_size_oblivious`` (where this torch
-    has it) lifts that.  The mismatch column checks the compiled tokens against
+    ``dynamic=True`` makes B and V symbolic; dynamo still specializes sizes 0 and 1,
+    so B = 1 compiles apart.  The mismatch column checks the compiled tokens against
     eager.  All compilations share one code object per op, hence the higher
     recompile limit (default 8, which would silently fall back to eager)."""
     config = torch._dynamo.config
@@ -215,13 +215,6 @@ def _configure_compile(torch) -> None:
         config.recompile_limit = 64
     else:
         config.cache_size_limit = 64
-    try:
-        import torch.fx.experimental._config as fx_config
-
-        if hasattr(fx_config, "backed_size_oblivious"):
-            fx_config.backed_size_oblivious = True
-    except ImportError:
-        pass
 
 
 def make_call(torch, kk, backend: str, op: str, rule, x: Inputs):

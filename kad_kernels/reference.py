@@ -121,7 +121,7 @@ def inverse_cdf(weights: Tensor, u: Tensor) -> Tensor:
     ``u`` in [0, 1); if rounding puts ``u · Σ`` at the very top, the last token of
     positive weight is taken, so a zero-weight token is never returned."""
     cdf = weights.cumsum(-1)
-    target = u.float()[:, None] * cdf[:, -1:]
+    target = u.float()[:, None] * cdf.amax(-1, keepdim=True)  # the last entry: cdf is non-decreasing
     token = torch.searchsorted(cdf, target, right=True).squeeze(-1)
     last_positive = weights.shape[-1] - 1 - (weights > 0).flip(-1).int().argmax(-1)
     return torch.minimum(token, last_positive)

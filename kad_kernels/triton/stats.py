@@ -37,17 +37,17 @@ BLOCK = 2048
 HIST_BLOCK = 512
 NUM_WARPS = 8  # 256 threads: 8 elements, one 16-byte bf16 load, per thread and chunk
 
-LOGISTIC: tl.constexpr = Kind.LOGISTIC.value
-PERCEPTRON: tl.constexpr = Kind.PERCEPTRON.value
-ZERO_ONE: tl.constexpr = Kind.ZERO_ONE.value
-SQUARED: tl.constexpr = Kind.SQUARED.value
-NUDGING: tl.constexpr = Kind.NUDGING.value
-MAX_Q_MINUS: tl.constexpr = Kind.MAX_Q_MINUS.value
-MAX_Q_PLUS: tl.constexpr = Kind.MAX_Q_PLUS.value
-MAX_P_PLUS: tl.constexpr = Kind.MAX_P_PLUS.value
-MINUS_MAX_P_PLUS: tl.constexpr = Kind.MINUS_MAX_P_PLUS.value
-PRIMAL: tl.constexpr = Kind.PRIMAL.value
-IMPLICIT_REWARD: tl.constexpr = Kind.IMPLICIT_REWARD.value
+LOGISTIC = tl.constexpr(Kind.LOGISTIC.value)
+PERCEPTRON = tl.constexpr(Kind.PERCEPTRON.value)
+ZERO_ONE = tl.constexpr(Kind.ZERO_ONE.value)
+SQUARED = tl.constexpr(Kind.SQUARED.value)
+NUDGING = tl.constexpr(Kind.NUDGING.value)
+MAX_Q_MINUS = tl.constexpr(Kind.MAX_Q_MINUS.value)
+MAX_Q_PLUS = tl.constexpr(Kind.MAX_Q_PLUS.value)
+MAX_P_PLUS = tl.constexpr(Kind.MAX_P_PLUS.value)
+MINUS_MAX_P_PLUS = tl.constexpr(Kind.MINUS_MAX_P_PLUS.value)
+PRIMAL = tl.constexpr(Kind.PRIMAL.value)
+IMPLICIT_REWARD = tl.constexpr(Kind.IMPLICIT_REWARD.value)
 
 
 @dataclass(frozen=True)
