@@ -22,7 +22,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from kad_kernels.triton import draw, mixture, sample, stats, verify  # noqa: E402
 
 LOGITS = ("p_ptr", "q_ptr", "r_ptr")
-INT64_POINTERS = ("draft_ptr", "seed_ptr", "offset_ptr", "tokens_ptr", "accepted_ptr")
+INT64_POINTERS = ("draft_ptr", "seed_ptr", "offset_ptr", "tokens_ptr", "accepted_ptr", "limit_ptr")
 INT32_POINTERS = ("best_idx_ptr", "slice_flag_ptr", "flag_ptr")
 
 
@@ -49,6 +49,7 @@ def variants():
     common = {"SP": 16, "BLOCK": stats.BLOCK}
     yield stats._stats_kernel, {}, [{"HAS_REF": h, "BLOCK": stats.BLOCK} for h in (False, True)]
     yield stats._primal_hist_kernel, {}, [{"SP": 16, "BLOCK": stats.HIST_BLOCK}]
+    yield stats._primal_limit_kernel, {}, [{"SP": 16}]
     yield stats._mass_kernel, {}, [dict(common, HAS_REF=h) for h in (False, True)]
     yield mixture._mixture_kernel, {}, [common]
     yield draw._argmax_kernel, {}, [common]

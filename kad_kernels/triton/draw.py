@@ -18,7 +18,7 @@ from .stats import IMPLICIT_REWARD, chunk_mixture, row_alpha, row_offset, row_st
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _argmax_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -27,7 +27,7 @@ def _argmax_kernel(
     j = tl.program_id(1)
     if tl.load(temp_ptr + n // P) == 0:
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
-            stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
         if KIND == IMPLICIT_REWARD:
             alpha = 0.0
@@ -58,7 +58,7 @@ def _argmax_kernel(
 
 @triton.jit
 def draw_row(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     res_mass_ptr, u, b, n, use_residual,
     N, V, P, stride_b, stride_p, slice_len, S,
     KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
@@ -74,7 +74,7 @@ def draw_row(
         token = tl.min(tl.where(vals == tl.max(vals, 0), idxs, 2147483647), 0)
     else:
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
-            stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
         if KIND == IMPLICIT_REWARD:
             alpha = 0.0

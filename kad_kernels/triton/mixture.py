@@ -12,14 +12,14 @@ from .stats import BLOCK, NUM_WARPS, IMPLICIT_REWARD, chunk_mixture, layout, row
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _mixture_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, out_ptr, alpha_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, out_ptr, alpha_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     n = tl.program_id(0)
     j = tl.program_id(1)
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
-        stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+        stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
     )
     if KIND == IMPLICIT_REWARD:
         alpha = 0.0
@@ -44,11 +44,11 @@ def mixture(kind: Kind, param, p, q, ref, temperature):
     """π f32 [B, V], α f32 [B] and the bad-logits flags [B] of logits [B, V]."""
     batch, vocab = p.shape
     lay = layout(batch, 1, vocab, p.device)
-    stats, hist, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
+    stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
     probs = torch.empty(batch, vocab, dtype=torch.float32, device=p.device)
     alpha = torch.empty(batch, dtype=torch.float32, device=p.device)
     _mixture_kernel[(batch, lay.slices)](
-        p, q, ref if ref is not None else p, temperature, param, stats, hist, probs, alpha,
+        p, q, ref if ref is not None else p, temperature, param, stats, limits, probs, alpha,
         batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices,
         KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )

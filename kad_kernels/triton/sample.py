@@ -13,7 +13,7 @@ from .stats import BLOCK, NUM_WARPS, layout, row_statistics
 
 @triton.jit(do_not_specialize=['N', 'S', 'KIND'])
 def _sample_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     u_ptr, seed_ptr, offset_ptr, out_ptr,
     N, V, stride_b, slice_len, S,
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
@@ -24,7 +24,7 @@ def _sample_kernel(
     else:
         u = tl.load(u_ptr + b)
     token = draw_row(
-        p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+        p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
         u_ptr, u, b, b, False,
         N, V, 1, stride_b, 0, slice_len, S,
         KIND, SP, BLOCK,
@@ -36,19 +36,19 @@ def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset):
     """Tokens i64 [B] and bad-logits flags [B]."""
     batch, vocab = p.shape
     lay = layout(batch, 1, vocab, p.device)
-    stats, hist, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
+    stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
     best_val = torch.empty(batch, lay.slices, dtype=torch.float32, device=p.device)
     best_idx = torch.empty(batch, lay.slices, dtype=torch.int32, device=p.device)
     r = ref if ref is not None else p
     common = dict(SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
     _argmax_kernel[(batch, lay.slices)](
-        p, q, r, temperature, param, stats, hist, best_val, best_idx,
+        p, q, r, temperature, param, stats, limits, best_val, best_idx,
         batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), **common,
     )
     tokens = torch.empty(batch, dtype=torch.int64, device=p.device)
     philox = uniforms is None
     _sample_kernel[(batch,)](
-        p, q, r, temperature, param, stats, hist, best_val, best_idx,
+        p, q, r, temperature, param, stats, limits, best_val, best_idx,
         stats if philox else uniforms, seed if philox else flags, offset if philox else flags, tokens,
         batch, vocab, p.stride(0), lay.slice_len, lay.slices,
         PHILOX=philox, KIND=int(kind), **common,

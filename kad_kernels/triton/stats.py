@@ -137,7 +137,8 @@ def deferred(KIND, p, q, key, a, max_p, max_q, sum_p2, key_limit):
     elif KIND == PERCEPTRON:
         d = (max_p - p) > a
     elif KIND == ZERO_ONE:
-        d = (p < max_p) & ((tl.zeros_like(p) + a) < 1.0)  # [p_v < max p] > a with a >= 0
+        # [p_v < max p] > a with a >= 0; e = exp(x − max) is 1.0 exactly at the maximum
+        d = (key < 0x3F800000) & ((tl.zeros_like(p) + a) < 1.0)
     elif KIND == SQUARED:
         d = (1.0 - 2.0 * p + sum_p2) > a
     elif KIND == NUDGING:
@@ -191,11 +192,15 @@ def primal_walk(hist_ptr, levels, limit, n, N, S, SP: tl.constexpr):
     return prefix, base, done
 
 
-@triton.jit
-def primal_key_limit(hist_ptr, budget, z_p, n, N, S, SP: tl.constexpr):
-    """Exclusive key threshold of the primal rule: d_v = key_v < limit."""
+@triton.jit(do_not_specialize=["N", "P", "S"])
+def _primal_limit_kernel(stats_ptr, hist_ptr, param_ptr, limit_ptr, N, P, S, SP: tl.constexpr):
+    """After the last radix level: the exclusive key threshold of row n, d_v = key_v < limit
+    (every later kernel reads it instead of replaying the radix walk)."""
+    n = tl.program_id(0)
+    _, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP)
+    budget = tl.load(param_ptr + n // P)
     prefix, base, done = primal_walk(hist_ptr, 8, budget * z_p, n, N, S, SP)
-    return tl.where(budget >= 1.0, tl.full((), 1 << 40, tl.int64), prefix)
+    tl.store(limit_ptr + n, tl.where(budget >= 1.0, tl.full((), 1 << 40, tl.int64), prefix))
 
 
 # Row and slice counts change with every batch: specializing on them only multiplies compiles.
@@ -205,67 +210,74 @@ def _stats_kernel(
     N, V, P, stride_b, stride_p, slice_len, S,
     HAS_REF: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Pass 1 for slice j of row n: online max/Σexp (one exp per element)."""
+    """Pass 1 for slice j of row n: per-lane online max/Σexp, one reduction at the end."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     row = row_offset(n, P, stride_b, stride_p)
     inv_t = inverse_temperature(temp_ptr, n // P)
     start = j * slice_len
     end = tl.minimum(start + slice_len, V)
-    m_p = float("-inf")
-    z_p = 0.0
-    s2_p = 0.0
-    m_q = float("-inf")
-    z_q = 0.0
-    m_y = float("-inf")
-    z_y = 0.0
-    m_r = float("-inf")
-    bad_p = 0
-    bad_q = 0
-    bad_r = 0
+    m_p = tl.full([BLOCK], float("-inf"), tl.float32)
+    z_p = tl.zeros([BLOCK], tl.float32)
+    s2_p = tl.zeros([BLOCK], tl.float32)
+    m_q = tl.full([BLOCK], float("-inf"), tl.float32)
+    z_q = tl.zeros([BLOCK], tl.float32)
+    m_y = tl.full([BLOCK], float("-inf"), tl.float32)
+    z_y = tl.zeros([BLOCK], tl.float32)
+    m_r = tl.full([BLOCK], float("-inf"), tl.float32)
+    bad = tl.zeros([BLOCK], tl.int32)
     for off in range(start, end, BLOCK):
         cols = off + tl.arange(0, BLOCK)
         mask = cols < end
         xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        bad_p |= tl.max(((xp != xp) | (xp == float("inf"))).to(tl.int32), 0)
-        bad_q |= tl.max(((xq != xq) | (xq == float("inf"))).to(tl.int32), 0)
-        xp = xp * inv_t
-        xq = xq * inv_t
-        new_m = tl.maximum(m_p, tl.max(xp, 0))
-        safe = tl.where(new_m == float("-inf"), 0.0, new_m)
-        scale = tl.exp(m_p - safe)
-        e = tl.exp(xp - safe)
-        z_p = z_p * scale + tl.sum(e, 0)
-        s2_p = s2_p * scale * scale + tl.sum(e * e, 0)
-        m_p = new_m
-        new_m = tl.maximum(m_q, tl.max(xq, 0))
-        safe = tl.where(new_m == float("-inf"), 0.0, new_m)
-        z_q = z_q * tl.exp(m_q - safe) + tl.sum(tl.exp(xq - safe), 0)
-        m_q = new_m
+        bad |= ((xp != xp) | (xp == float("inf"))).to(tl.int32) | ((xq != xq) | (xq == float("inf"))).to(tl.int32) << 2
+        m_p, z_p, s2_p = lane_update(m_p, z_p, s2_p, xp * inv_t)
+        m_q, z_q, _ = lane_update(m_q, z_q, z_q, xq * inv_t)
         if HAS_REF:
             xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-            bad_r |= tl.max(((xr != xr) | (xr == float("inf"))).to(tl.int32), 0)
+            bad |= ((xr != xr) | (xr == float("inf"))).to(tl.int32) << 4
             xr = xr * inv_t
-            m_r = tl.maximum(m_r, tl.max(xr, 0))
+            m_r = tl.maximum(m_r, xr)
             # log p + log q − log q_ref up to a row constant; q_ref = 0 excludes v.
-            y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
+            y = tl.where(xr > float("-inf"), xp * inv_t + xq * inv_t - xr, float("-inf"))
             y = tl.where(y != y, float("-inf"), y)
-            new_m = tl.maximum(m_y, tl.max(y, 0))
-            safe = tl.where(new_m == float("-inf"), 0.0, new_m)
-            z_y = z_y * tl.exp(m_y - safe) + tl.sum(tl.exp(y - safe), 0)
-            m_y = new_m
+            m_y, z_y, _ = lane_update(m_y, z_y, z_y, y)
     base = n * S + j
     NS = N * S
-    tl.store(stats_ptr + 0 * NS + base, m_p)
-    tl.store(stats_ptr + 1 * NS + base, z_p)
-    tl.store(stats_ptr + 2 * NS + base, s2_p)
-    tl.store(stats_ptr + 3 * NS + base, m_q)
-    tl.store(stats_ptr + 4 * NS + base, z_q)
-    tl.store(stats_ptr + 5 * NS + base, m_y)
-    tl.store(stats_ptr + 6 * NS + base, z_y)
-    tl.store(stats_ptr + 9 * NS + base, m_r)
-    tl.store(flag_ptr + base, bad_p | (bad_q << 2) | (bad_r << 4))
+    big, z, s2 = lane_reduce(m_p, z_p, s2_p)
+    tl.store(stats_ptr + 0 * NS + base, big)
+    tl.store(stats_ptr + 1 * NS + base, z)
+    tl.store(stats_ptr + 2 * NS + base, s2)
+    big, z, _ = lane_reduce(m_q, z_q, z_q)
+    tl.store(stats_ptr + 3 * NS + base, big)
+    tl.store(stats_ptr + 4 * NS + base, z)
+    big, z, _ = lane_reduce(m_y, z_y, z_y)
+    tl.store(stats_ptr + 5 * NS + base, big)
+    tl.store(stats_ptr + 6 * NS + base, z)
+    tl.store(stats_ptr + 9 * NS + base, tl.max(m_r, 0))
+    tl.store(flag_ptr + base, tl.reduce(bad, 0, _bit_or))
+
+
+@triton.jit
+def lane_update(m, z, s2, x):
+    """Online Σexp(x − m) and Σexp(2(x − m)) per lane with ONE exp per element:
+    with d = x − m, either x is the new max (rescale the sums by e^(−d)) or it adds
+    e^d — both are e^(−|d|).  −inf entries add nothing (d is NaN when both are −inf)."""
+    d = x - m
+    e = tl.where(x > float("-inf"), tl.exp(-tl.abs(d)), 0.0)
+    grow = d > 0
+    z = tl.where(grow, z * e + 1.0, z + e)
+    s2 = tl.where(grow, s2 * e * e + 1.0, s2 + e * e)
+    return tl.maximum(m, x), z, s2
+
+
+@triton.jit
+def lane_reduce(m, z, s2):
+    """Combine the per-lane (max, Σexp, Σexp²) into one triple."""
+    big = tl.max(m, 0)
+    scale = tl.exp(m - tl.where(big == float("-inf"), 0.0, big))
+    return big, tl.sum(z * scale, 0), tl.sum(s2 * scale * scale, 0)
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'level'])
@@ -285,7 +297,7 @@ def _primal_hist_kernel(
     inv_t = inverse_temperature(temp_ptr, n // P)
     shift = tl.full((), 28, tl.int64) - 4 * level
     digits = tl.arange(0, 16)
-    h = tl.zeros([16], tl.float32)
+    h = tl.zeros([BLOCK, 16], tl.float32)  # per lane: one reduction after the loop
     start = j * slice_len
     end = tl.minimum(start + slice_len, V)
     if done == 0:
@@ -298,18 +310,18 @@ def _primal_hist_kernel(
             inside = mask & ((key >> (shift + 4)) == (prefix >> (shift + 4)))
             digit = (key >> shift) & 15
             hit = inside[:, None] & (digit[:, None] == digits[None, :])
-            h += tl.sum(tl.where(hit, e[:, None], 0.0), 0)
-    tl.store(hist_ptr + ((level * N + n) * S + j) * 16 + digits, h)
+            h += tl.where(hit, e[:, None], 0.0)
+    tl.store(hist_ptr + ((level * N + n) * S + j) * 16 + digits, tl.sum(h, 0))
 
 
 @triton.jit
-def row_state(stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.constexpr, KIND):
+def row_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.constexpr, KIND):
     """Everything a kernel needs to evaluate π on any chunk of row ``n``."""
     m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, N, S, SP)
     m_y, z_y = combine_lse(stats_ptr, 5, 6, n, N, S, SP)
     a = tl.load(param_ptr + n // P)
     if KIND == PRIMAL:
-        key_limit = primal_key_limit(hist_ptr, a, z_p, n, N, S, SP)
+        key_limit = tl.load(limit_ptr + n)
     else:
         key_limit = tl.full((), 0, tl.int64)
     inv_t = inverse_temperature(temp_ptr, n // P)
@@ -317,12 +329,13 @@ def row_state(stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.const
 
 
 @triton.jit
-def chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q):
-    """p, q (fp32) on a chunk, and the key exp(x_p − max) of the primal select."""
+def chunk_probs(p_ptr, q_ptr, row, cols, mask, q_mask, inv_t, m_p, z_p, m_q, z_q):
+    """p, q (fp32) on a chunk (q only where ``q_mask``), and the key exp(x_p − max) of the
+    primal select.  p = e · (1/z): the arg-max then equals max p = 1/z exactly."""
     xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
-    xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+    xq = tl.load(q_ptr + row + cols, mask=q_mask, other=float("-inf")).to(tl.float32) * inv_t
     e = tl.exp(xp - m_p)
-    return e / z_p, tl.exp(xq - m_q) / z_q, e.to(tl.int32, bitcast=True)
+    return e * (1.0 / z_p), tl.exp(xq - m_q) * (1.0 / z_q), e.to(tl.int32, bitcast=True)
 
 
 @triton.jit
@@ -332,7 +345,7 @@ def chunk_mixture(
     KIND,
 ):
     """(π, q) on a chunk: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
-    p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q)
+    p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, mask, inv_t, m_p, z_p, m_q, z_q)
     if KIND == IMPLICIT_REWARD:
         xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
         xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
@@ -354,7 +367,7 @@ def _bit_or(a, b):
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _mass_kernel(
-    p_ptr, q_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, slice_flag_ptr, flag_ptr,
+    p_ptr, q_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     KIND, HAS_REF: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -363,7 +376,7 @@ def _mass_kernel(
     n = tl.program_id(0)
     j = tl.program_id(1)
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
-        stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+        stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
     )
     if j == 0:
         js = tl.arange(0, SP)
@@ -377,26 +390,28 @@ def _mass_kernel(
         row = row_offset(n, P, stride_b, stride_p)
         start = j * slice_len
         end = tl.minimum(start + slice_len, V)
-        s_d = 0.0
-        s_k = 0.0
+        # Only the max_p_plus forms test q_v: the others never fetch q here.
+        needs_q = (KIND == MAX_P_PLUS) | (KIND == MINUS_MAX_P_PLUS)
+        s_d = tl.zeros([BLOCK], tl.float32)
+        s_k = tl.zeros([BLOCK], tl.float32)
         for off in range(start, end, BLOCK):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
-            p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q)
+            p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, mask & needs_q, inv_t, m_p, z_p, m_q, z_q)
             d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
-            s_d += tl.sum(tl.where(d & mask, p, 0.0), 0)
-            s_k += tl.sum(tl.where(d | ~mask, 0.0, p), 0)
-        tl.store(stats_ptr + (7 * N + n) * S + j, s_d)
-        tl.store(stats_ptr + (8 * N + n) * S + j, s_k)
+            s_d += tl.where(d & mask, p, 0.0)
+            s_k += tl.where(d | ~mask, 0.0, p)
+        tl.store(stats_ptr + (7 * N + n) * S + j, tl.sum(s_d, 0))
+        tl.store(stats_ptr + (8 * N + n) * S + j, tl.sum(s_k, 0))
 
 
 def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     """Launch passes 1–2 (and the primal select) over ``[N, V]`` rows of ``[B, P, V]``
-    logits.  Returns the statistics buffer, the radix histograms and the flags [N]."""
+    logits.  Returns the statistics buffer, the primal key limits [N] and the flags [N]."""
     device = p.device
     N, S = lay.rows, lay.slices
     stats = torch.empty(FIELDS, N, S, dtype=torch.float32, device=device)
-    hist = torch.zeros(LEVELS, N, S, 16, dtype=torch.float32, device=device)
+    limits = torch.empty(N, dtype=torch.int64, device=device)
     slice_flags = torch.empty(N, S, dtype=torch.int32, device=device)
     flags = torch.empty(N, dtype=torch.int32, device=device)
     strides = (p.stride(0), p.stride(1) if p.dim() == 3 else 0)
@@ -408,15 +423,17 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S, HAS_REF=has_ref, **common,
     )
     if kind == Kind.PRIMAL:
+        hist = torch.empty(LEVELS, N, S, 16, dtype=torch.float32, device=device)
         for level in range(LEVELS):
             _primal_hist_kernel[grid](
                 p, temperature, param, stats, hist,
                 level, N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
                 SP=lay.slices_pow2, **dict(common, BLOCK=HIST_BLOCK),
             )
+        _primal_limit_kernel[(N,)](stats, hist, param, limits, N, lay.positions, S, SP=lay.slices_pow2)
     _mass_kernel[grid](
-        p, q, temperature, param, stats, hist, slice_flags, flags,
+        p, q, temperature, param, stats, limits, slice_flags, flags,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
         KIND=int(kind), HAS_REF=has_ref, SP=lay.slices_pow2, **common,
     )
-    return stats, hist, flags
+    return stats, limits, flags

@@ -21,7 +21,7 @@ from .stats import BLOCK, NUM_WARPS, IMPLICIT_REWARD, chunk_mixture, layout, row
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _accept_kernel(
-    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr,
     N, V, P, stride_b, stride_p, S,
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr,
@@ -37,7 +37,7 @@ def _accept_kernel(
         n = b * P + i
         x = tl.load(draft_ptr + b * gamma + i).to(tl.int32)
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
-            stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
         if KIND == IMPLICIT_REWARD:
             alpha = 0.0
@@ -69,7 +69,7 @@ def _accept_kernel(
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _residual_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, accepted_ptr, res_mass_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, accepted_ptr, res_mass_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -81,7 +81,7 @@ def _residual_kernel(
     if (i < P - 1) & (tl.load(temp_ptr + b) > 0):
         n = b * P + i
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
-            stats_ptr, hist_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
         if KIND == IMPLICIT_REWARD:
             alpha = 0.0
@@ -103,7 +103,7 @@ def _residual_kernel(
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _verify_draw_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     res_mass_ptr, accepted_ptr, s_ptr, seed_ptr, offset_ptr, tokens_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
@@ -115,7 +115,7 @@ def _verify_draw_kernel(
     else:
         u = tl.load(s_ptr + b)
     token = draw_row(
-        p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, best_val_ptr, best_idx_ptr,
+        p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
         res_mass_ptr, u, b, b * P + i, i < P - 1,
         N, V, P, stride_b, stride_p, slice_len, S,
         KIND, SP, BLOCK,
@@ -128,7 +128,7 @@ def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, dr
     batch, positions, vocab = p.shape
     rows = batch * positions
     lay = layout(rows, positions, vocab, p.device)
-    stats, hist, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
+    stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
     device = p.device
     best_val = torch.empty(rows, lay.slices, dtype=torch.float32, device=device)
     best_idx = torch.empty(rows, lay.slices, dtype=torch.int32, device=device)
@@ -136,24 +136,24 @@ def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, dr
     geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slice_len, lay.slices)
     common = dict(KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
     _argmax_kernel[(rows, lay.slices)](
-        p, q, r, temperature, param, stats, hist, best_val, best_idx, *geometry, **common
+        p, q, r, temperature, param, stats, limits, best_val, best_idx, *geometry, **common
     )
     tokens = torch.empty(batch, positions, dtype=torch.int64, device=device)
     accepted = torch.empty(batch, dtype=torch.int64, device=device)
     philox = accept_uniforms is None
     randomness = (seed, offset) if philox else (flags, flags)
     _accept_kernel[(batch,)](
-        p, q, r, draft.contiguous(), temperature, param, stats, hist, best_val, best_idx,
+        p, q, r, draft.contiguous(), temperature, param, stats, limits, best_val, best_idx,
         stats if philox else accept_uniforms.contiguous(), *randomness, tokens, accepted,
         rows, vocab, positions, p.stride(0), p.stride(1), lay.slices,
         PHILOX=philox, KIND=int(kind), SP=lay.slices_pow2,
     )
     res_mass = torch.empty(batch, lay.slices, dtype=torch.float32, device=device)
     _residual_kernel[(batch, lay.slices)](
-        p, q, r, temperature, param, stats, hist, accepted, res_mass, *geometry, **common
+        p, q, r, temperature, param, stats, limits, accepted, res_mass, *geometry, **common
     )
     _verify_draw_kernel[(batch,)](
-        p, q, r, temperature, param, stats, hist, best_val, best_idx,
+        p, q, r, temperature, param, stats, limits, best_val, best_idx,
         res_mass, accepted, stats if philox else draw_uniforms, *randomness, tokens,
         *geometry, PHILOX=philox, **common,
     )
