@@ -8,11 +8,11 @@ vocabularies, dtypes and rules.
 Backends: every backend of ``kk.available_backends()`` that serves the device
 (``--backends`` to choose), plus ``torch-compile``: ``torch.compile`` of the
 reference functions (``kad_kernels.reference.sample`` / ``verify``) called
-directly.  It is compiled with ``dynamic=True`` so that one graph serves every
-batch size and vocabulary (the grid would otherwise recompile for each of its
-shapes); dynamo still specializes B = 1, so about two compilations per
-(op, rule, dtype).  (``backed_size_oblivious`` would merge those, but on an H200
-with torch 2.11 Inductor then failed to lower the cumsum of the reference.)  The
+directly.  It is compiled with torch's defaults: static shapes first, dynamic
+after the first recompilation.  (``dynamic=True`` from the start failed on an H200
+with torch 2.11: Inductor could not lower the reference's cumsum for symbolic
+shapes, "NYI TritonSplitDimKernel reductions".)  So each shape of the grid costs a
+compilation: time torch-compile on a few shapes (gpu_check.sh's headline pass).  The
 ``mismatch_rows`` column compares every backend's tokens with eager ``torch``
 on the same uniforms.
 
@@ -188,7 +188,7 @@ _COMPILED: dict = {}
 
 
 def compiled_reference(torch, op: str, kind):
-    """``torch.compile(dynamic=True)`` of the reference function for (op, rule kind)."""
+    """``torch.compile`` of the reference function for (op, rule kind)."""
     key = (op, int(kind))
     if key not in _COMPILED:
         from kad_kernels import reference
@@ -199,17 +199,14 @@ def compiled_reference(torch, op: str, kind):
         else:
             def fn(p, q, drafts, param, t, a, s):
                 return reference.verify(kind, param, p, q, None, drafts, t, a, s)
-        _COMPILED[key] = torch.compile(fn, dynamic=True)
+        _COMPILED[key] = torch.compile(fn)
     return _COMPILED[key]
 
 
 def _configure_compile(torch) -> None:
-    """Keep torch-compile's compilations to one per (op, rule, dtype).
-
-    ``dynamic=True`` makes B and V symbolic; dynamo still specializes sizes 0 and 1,
-    so B = 1 compiles apart.  The mismatch column checks the compiled tokens against
-    eager.  All compilations share one code object per op, hence the higher
-    recompile limit (default 8, which would silently fall back to eager)."""
+    """Let torch-compile recompile per shape: all compilations of an op share one code
+    object, and past the default limit of 8 dynamo would silently fall back to eager.
+    (The mismatch column checks the compiled tokens against eager.)"""
     config = torch._dynamo.config
     if hasattr(config, "recompile_limit"):
         config.recompile_limit = 64

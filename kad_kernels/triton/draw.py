@@ -118,7 +118,9 @@ def draw_row(
             w = tl.where(residual, tl.maximum(pi - q, 0.0), pi)
             w = tl.where(mask, w, 0.0)
             cdf = running + tl.cumsum(w, 0)
-            token = tl.minimum(token, tl.min(tl.where(cdf > target, cols, 2147483647), 0))
+            # A parallel scan is monotone only up to rounding: a zero-weight lane may
+            # sit 1 ulp above its left neighbour, so only positive weights may be taken.
+            token = tl.minimum(token, tl.min(tl.where((cdf > target) & (w > 0), cols, 2147483647), 0))
             last = tl.maximum(last, tl.max(tl.where(w > 0, cols, 0), 0))
             running += tl.sum(w, 0)
         # u·Σ at the very top of the slice (rounding): the last token of positive weight.
