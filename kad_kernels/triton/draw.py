@@ -83,13 +83,13 @@ def draw_row(
             safe = tl.where(m_y == float("-inf"), 0.0, m_y)
             slice_len_j = tl.minimum(V - js * slice_len, slice_len).to(tl.float32)
             uniform = tl.where(in_range, slice_len_j / V, 0.0)
-            masses = tl.where(m_y == float("-inf"), uniform, z_j * tl.exp(m_j - safe) / z_y)
+            masses = tl.where(m_y == float("-inf"), uniform, z_j * tl.exp((m_j - safe) * inv_t) / z_y)
         else:
             alpha = row_alpha(stats_ptr, n, N, S, SP)
             kept = tl.load(stats_ptr + (8 * N + n) * S + js, mask=in_range, other=0.0)
             m_j = tl.load(stats_ptr + (3 * N + n) * S + js, mask=in_range, other=float("-inf"))
             z_j = tl.load(stats_ptr + (4 * N + n) * S + js, mask=in_range, other=0.0)
-            masses = kept + alpha * z_j * tl.exp(m_j - m_q) / z_q
+            masses = kept + alpha * z_j * tl.exp((m_j - m_q) * inv_t) / z_q
         if use_residual:
             res = tl.load(res_mass_ptr + b * S + js, mask=in_range, other=0.0)
             residual = tl.sum(res, 0) > 0

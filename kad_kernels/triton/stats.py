@@ -91,14 +91,15 @@ def inverse_temperature(temp_ptr, b):
 
 
 @triton.jit
-def combine_lse(stats_ptr, FM: tl.constexpr, FZ: tl.constexpr, n, N, S, SP: tl.constexpr):
-    """Row max and Σexp(x − max) from the per-slice partials of fields (FM, FZ)."""
+def combine_lse(stats_ptr, FM: tl.constexpr, FZ: tl.constexpr, n, N, S, SP: tl.constexpr, inv_t):
+    """Row max of the raw logits and Σexp((x − max)/T) from the per-slice partials of
+    fields (FM, FZ)."""
     j = tl.arange(0, SP)
     m = tl.load(stats_ptr + (FM * N + n) * S + j, mask=j < S, other=float("-inf"))
     z = tl.load(stats_ptr + (FZ * N + n) * S + j, mask=j < S, other=0.0)
     big = tl.max(m, 0)
     safe = tl.where(big == float("-inf"), 0.0, big)
-    return big, tl.sum(z * tl.exp(m - safe), 0)
+    return big, tl.sum(z * tl.exp((m - safe) * inv_t), 0)
 
 
 @triton.jit
@@ -108,15 +109,15 @@ def row_sum(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr):
 
 
 @triton.jit
-def row_softmax(stats_ptr, n, N, S, SP: tl.constexpr):
+def row_softmax(stats_ptr, n, N, S, SP: tl.constexpr, inv_t):
     """(max p-logit, Σexp p, ||p||², max q-logit, Σexp q) of row ``n``."""
-    m_p, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP)
-    m_q, z_q = combine_lse(stats_ptr, 3, 4, n, N, S, SP)
-    # Σ exp(2(x − m_j)) rescales by exp(2(m_j − m)).
+    m_p, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP, inv_t)
+    m_q, z_q = combine_lse(stats_ptr, 3, 4, n, N, S, SP, inv_t)
+    # Σ exp(2(x − m_j)/T) rescales by exp(2(m_j − m)/T).
     j = tl.arange(0, SP)
     m = tl.load(stats_ptr + (0 * N + n) * S + j, mask=j < S, other=float("-inf"))
     s2 = tl.load(stats_ptr + (2 * N + n) * S + j, mask=j < S, other=0.0)
-    r = tl.exp(m - tl.where(m_p == float("-inf"), 0.0, m_p))
+    r = tl.exp((m - tl.where(m_p == float("-inf"), 0.0, m_p)) * inv_t)
     sum_p2 = tl.sum(s2 * r * r, 0) / (z_p * z_p)
     return m_p, z_p, sum_p2, m_q, z_q
 
@@ -193,11 +194,11 @@ def primal_walk(hist_ptr, levels, limit, n, N, S, SP: tl.constexpr):
 
 
 @triton.jit(do_not_specialize=["N", "P", "S"])
-def _primal_limit_kernel(stats_ptr, hist_ptr, param_ptr, limit_ptr, N, P, S, SP: tl.constexpr):
+def _primal_limit_kernel(stats_ptr, hist_ptr, param_ptr, temp_ptr, limit_ptr, N, P, S, SP: tl.constexpr):
     """After the last radix level: the exclusive key threshold of row n, d_v = key_v < limit
     (every later kernel reads it instead of replaying the radix walk)."""
     n = tl.program_id(0)
-    _, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP)
+    _, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP, inverse_temperature(temp_ptr, n // P))
     budget = tl.load(param_ptr + n // P)
     prefix, base, done = primal_walk(hist_ptr, 8, budget * z_p, n, N, S, SP)
     tl.store(limit_ptr + n, tl.where(budget >= 1.0, tl.full((), 1 << 40, tl.int64), prefix))
@@ -232,27 +233,26 @@ def _stats_kernel(
         xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         bad |= ((xp != xp) | (xp == float("inf"))).to(tl.int32) | ((xq != xq) | (xq == float("inf"))).to(tl.int32) << 2
-        m_p, z_p, s2_p = lane_update(m_p, z_p, s2_p, xp * inv_t)
-        m_q, z_q, _ = lane_update(m_q, z_q, z_q, xq * inv_t)
+        m_p, z_p, s2_p = lane_update(m_p, z_p, s2_p, xp, inv_t)
+        m_q, z_q, _ = lane_update(m_q, z_q, z_q, xq, inv_t)
         if HAS_REF:
             xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
             bad |= ((xr != xr) | (xr == float("inf"))).to(tl.int32) << 4
-            xr = xr * inv_t
             m_r = tl.maximum(m_r, xr)
-            # log p + log q − log q_ref up to a row constant; q_ref = 0 excludes v.
-            y = tl.where(xr > float("-inf"), xp * inv_t + xq * inv_t - xr, float("-inf"))
+            # T·(log p + log q − log q_ref) up to a row constant; q_ref = 0 excludes v.
+            y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
             y = tl.where(y != y, float("-inf"), y)
-            m_y, z_y, _ = lane_update(m_y, z_y, z_y, y)
+            m_y, z_y, _ = lane_update(m_y, z_y, z_y, y, inv_t)
     base = n * S + j
     NS = N * S
-    big, z, s2 = lane_reduce(m_p, z_p, s2_p)
+    big, z, s2 = lane_reduce(m_p, z_p, s2_p, inv_t)
     tl.store(stats_ptr + 0 * NS + base, big)
     tl.store(stats_ptr + 1 * NS + base, z)
     tl.store(stats_ptr + 2 * NS + base, s2)
-    big, z, _ = lane_reduce(m_q, z_q, z_q)
+    big, z, _ = lane_reduce(m_q, z_q, z_q, inv_t)
     tl.store(stats_ptr + 3 * NS + base, big)
     tl.store(stats_ptr + 4 * NS + base, z)
-    big, z, _ = lane_reduce(m_y, z_y, z_y)
+    big, z, _ = lane_reduce(m_y, z_y, z_y, inv_t)
     tl.store(stats_ptr + 5 * NS + base, big)
     tl.store(stats_ptr + 6 * NS + base, z)
     tl.store(stats_ptr + 9 * NS + base, tl.max(m_r, 0))
@@ -260,11 +260,11 @@ def _stats_kernel(
 
 
 @triton.jit
-def lane_update(m, z, s2, x):
-    """Online Σexp(x − m) and Σexp(2(x − m)) per lane with ONE exp per element:
-    with d = x − m, either x is the new max (rescale the sums by e^(−d)) or it adds
+def lane_update(m, z, s2, x, inv_t):
+    """Online Σexp((x − m)/T) and Σexp(2(x − m)/T) per lane with ONE exp per element:
+    with d = (x − m)/T, either x is the new max (rescale the sums by e^(−d)) or it adds
     e^d — both are e^(−|d|).  −inf entries add nothing (d is NaN when both are −inf)."""
-    d = x - m
+    d = (x - m) * inv_t
     e = tl.where(x > float("-inf"), tl.exp(-tl.abs(d)), 0.0)
     grow = d > 0
     z = tl.where(grow, z * e + 1.0, z + e)
@@ -273,10 +273,10 @@ def lane_update(m, z, s2, x):
 
 
 @triton.jit
-def lane_reduce(m, z, s2):
+def lane_reduce(m, z, s2, inv_t):
     """Combine the per-lane (max, Σexp, Σexp²) into one triple."""
     big = tl.max(m, 0)
-    scale = tl.exp(m - tl.where(big == float("-inf"), 0.0, big))
+    scale = tl.exp((m - tl.where(big == float("-inf"), 0.0, big)) * inv_t)
     return big, tl.sum(z * scale, 0), tl.sum(s2 * scale * scale, 0)
 
 
@@ -290,11 +290,11 @@ def _primal_hist_kernel(
     4-bit digit of the key, over the keys that share the prefix found so far."""
     n = tl.program_id(0)
     j = tl.program_id(1)
-    m_p, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP)
+    inv_t = inverse_temperature(temp_ptr, n // P)
+    m_p, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP, inv_t)
     budget = tl.load(param_ptr + n // P)
     prefix, base, done = primal_walk(hist_ptr, level, budget * z_p, n, N, S, SP)
     row = row_offset(n, P, stride_b, stride_p)
-    inv_t = inverse_temperature(temp_ptr, n // P)
     shift = tl.full((), 28, tl.int64) - 4 * level
     digits = tl.arange(0, 16)
     h = tl.zeros([BLOCK, 16], tl.float32)  # per lane: one reduction after the loop
@@ -304,8 +304,8 @@ def _primal_hist_kernel(
         for off in range(start, end, BLOCK):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
-            x = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
-            e = tl.exp(x - m_p)
+            x = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            e = tl.exp((x - m_p) * inv_t)
             key = e.to(tl.int32, bitcast=True).to(tl.int64)
             inside = mask & ((key >> (shift + 4)) == (prefix >> (shift + 4)))
             digit = (key >> shift) & 15
@@ -317,25 +317,27 @@ def _primal_hist_kernel(
 @triton.jit
 def row_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.constexpr, KIND):
     """Everything a kernel needs to evaluate π on any chunk of row ``n``."""
-    m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, N, S, SP)
-    m_y, z_y = combine_lse(stats_ptr, 5, 6, n, N, S, SP)
+    inv_t = inverse_temperature(temp_ptr, n // P)
+    m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, N, S, SP, inv_t)
+    m_y, z_y = combine_lse(stats_ptr, 5, 6, n, N, S, SP, inv_t)
     a = tl.load(param_ptr + n // P)
     if KIND == PRIMAL:
         key_limit = tl.load(limit_ptr + n)
     else:
         key_limit = tl.full((), 0, tl.int64)
-    inv_t = inverse_temperature(temp_ptr, n // P)
     return m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t
 
 
 @triton.jit
 def chunk_probs(p_ptr, q_ptr, row, cols, mask, q_mask, inv_t, m_p, z_p, m_q, z_q):
     """p, q (fp32) on a chunk (q only where ``q_mask``), and the key exp(x_p − max) of the
-    primal select.  p = e · (1/z): the arg-max then equals max p = 1/z exactly."""
-    xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
-    xq = tl.load(q_ptr + row + cols, mask=q_mask, other=float("-inf")).to(tl.float32) * inv_t
-    e = tl.exp(xp - m_p)
-    return e * (1.0 / z_p), tl.exp(xq - m_q) * (1.0 / z_q), e.to(tl.int32, bitcast=True)
+    primal select.  Logits are shifted by the row max *before* the 1/T scaling, so the
+    arg-max has e = exp(0) = 1 exactly (a fused x/T − max could leave it an ulp off),
+    and p = e · (1/z) then equals max p = 1/z exactly, as the rules assume."""
+    xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+    xq = tl.load(q_ptr + row + cols, mask=q_mask, other=float("-inf")).to(tl.float32)
+    e = tl.exp((xp - m_p) * inv_t)
+    return e * (1.0 / z_p), tl.exp((xq - m_q) * inv_t) * (1.0 / z_q), e.to(tl.int32, bitcast=True)
 
 
 @triton.jit
@@ -347,13 +349,13 @@ def chunk_mixture(
     """(π, q) on a chunk: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
     p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, mask, inv_t, m_p, z_p, m_q, z_q)
     if KIND == IMPLICIT_REWARD:
-        xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
-        xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
-        xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32) * inv_t
+        xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
         y = tl.where(y != y, float("-inf"), y)
         uniform = tl.where(mask, 1.0 / V, 0.0)
-        pi = tl.where(m_y == float("-inf"), uniform, tl.exp(y - tl.where(m_y == float("-inf"), 0.0, m_y)) / z_y)
+        pi = tl.where(m_y == float("-inf"), uniform, tl.exp((y - tl.where(m_y == float("-inf"), 0.0, m_y)) * inv_t) / z_y)
     else:
         d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
         pi = tl.where(d, 0.0, p) + alpha * q
@@ -430,7 +432,7 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
                 level, N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
                 SP=lay.slices_pow2, **dict(common, BLOCK=HIST_BLOCK),
             )
-        _primal_limit_kernel[(N,)](stats, hist, param, limits, N, lay.positions, S, SP=lay.slices_pow2)
+        _primal_limit_kernel[(N,)](stats, hist, param, temperature, limits, N, lay.positions, S, SP=lay.slices_pow2)
     _mass_kernel[grid](
         p, q, temperature, param, stats, limits, slice_flags, flags,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
