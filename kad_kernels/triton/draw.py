@@ -13,7 +13,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .stats import IMPLICIT_REWARD, chunk_mixture, row_alpha, row_offset, row_state
+from .stats import IMPLICIT_REWARD, chunk_mixture, mixture_alpha, row_offset, row_state
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
@@ -29,10 +29,7 @@ def _argmax_kernel(
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
             stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
-        if KIND == IMPLICIT_REWARD:
-            alpha = 0.0
-        else:
-            alpha = row_alpha(stats_ptr, n, N, S, SP)
+        alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
         row = row_offset(n, P, stride_b, stride_p)
         start = j * slice_len
         end = tl.minimum(start + slice_len, V)
@@ -76,8 +73,8 @@ def draw_row(
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
             stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
+        alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
         if KIND == IMPLICIT_REWARD:
-            alpha = 0.0
             m_j = tl.load(stats_ptr + (5 * N + n) * S + js, mask=in_range, other=float("-inf"))
             z_j = tl.load(stats_ptr + (6 * N + n) * S + js, mask=in_range, other=0.0)
             safe = tl.where(m_y == float("-inf"), 0.0, m_y)
@@ -85,7 +82,6 @@ def draw_row(
             uniform = tl.where(in_range, slice_len_j / V, 0.0)
             masses = tl.where(m_y == float("-inf"), uniform, z_j * tl.exp((m_j - safe) * inv_t) / z_y)
         else:
-            alpha = row_alpha(stats_ptr, n, N, S, SP)
             kept = tl.load(stats_ptr + (8 * N + n) * S + js, mask=in_range, other=0.0)
             m_j = tl.load(stats_ptr + (3 * N + n) * S + js, mask=in_range, other=float("-inf"))
             z_j = tl.load(stats_ptr + (4 * N + n) * S + js, mask=in_range, other=0.0)

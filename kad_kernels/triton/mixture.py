@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from ..rules import Kind
-from .stats import BLOCK, NUM_WARPS, IMPLICIT_REWARD, chunk_mixture, layout, row_alpha, row_offset, row_state, row_statistics
+from .stats import BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_alpha, row_offset, row_state, row_statistics
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
@@ -21,10 +21,7 @@ def _mixture_kernel(
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
         stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
     )
-    if KIND == IMPLICIT_REWARD:
-        alpha = 0.0
-    else:
-        alpha = row_alpha(stats_ptr, n, N, S, SP)
+    alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
     if j == 0:
         tl.store(alpha_ptr + n, alpha)
     row = row_offset(n, P, stride_b, stride_p)

@@ -131,6 +131,16 @@ def row_alpha(stats_ptr, n, N, S, SP: tl.constexpr):
 
 
 @triton.jit
+def mixture_alpha(stats_ptr, n, N, S, SP: tl.constexpr, KIND):
+    """α of the mixture; ImplicitReward defers nothing."""
+    if KIND == IMPLICIT_REWARD:
+        alpha = 0.0
+    else:
+        alpha = row_alpha(stats_ptr, n, N, S, SP)
+    return alpha
+
+
+@triton.jit
 def deferred(KIND, p, q, key, a, max_p, max_q, sum_p2, key_limit):
     """The mask d of DESIGN §1 on a chunk; the forms mirror reference.deferral_mask."""
     if KIND == LOGISTIC:
