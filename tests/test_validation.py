@@ -1,0 +1,641 @@
+"""Bad input raises the documented error, naming the argument (DESIGN §1–§3)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import kad_kernels as kk
+from helpers import make_logits
+from kad_kernels import Dual, ImplicitReward, Nudging, Primal, Threshold
+
+B, V, GAMMA = 4, 11, 3
+RULE = Dual(0.3)
+
+
+def _pq(shape=(B, V), dtype=torch.float32):
+    return make_logits(shape, seed=1, dtype=dtype), make_logits(shape, seed=2, dtype=dtype)
+
+
+def _verify_inputs(batch=B, gamma=GAMMA, vocab=V):
+    p, q = _pq((batch, gamma + 1, vocab))
+    drafts = torch.randint(0, vocab, (batch, gamma), generator=torch.Generator().manual_seed(3))
+    return p, q, drafts
+
+
+# Each entry point, called with the logits of the right rank.
+CALLS = {
+    "mixture": lambda p, q, rule=RULE, **kw: kk.mixture(p, q, rule, **kw),
+    "sample": lambda p, q, rule=RULE, **kw: kk.sample(p, q, rule, **kw),
+    "verify": lambda p, q, rule=RULE, **kw: kk.verify(
+        p, q, torch.zeros(p.shape[0], p.shape[1] - 1, dtype=torch.long), rule, **kw
+    ),
+}
+ENTRY = list(CALLS)
+
+
+def _shape(entry: str, vocab: int = V) -> tuple[int, ...]:
+    return (B, GAMMA + 1, vocab) if entry == "verify" else (B, vocab)
+
+
+# --------------------------------------------------------------------------- logits
+
+
+@pytest.mark.parametrize("entry", ENTRY)
+def test_shape_mismatch(entry):
+    p, _ = _pq(_shape(entry))
+    _, q = _pq(_shape(entry, V + 1))
+    with pytest.raises(ValueError, match=r"q_logits has shape .*but p_logits has"):
+        CALLS[entry](p, q)
+
+
+@pytest.mark.parametrize("entry", ENTRY)
+def test_dtype_mismatch(entry):
+    p, _ = _pq(_shape(entry))
+    _, q = _pq(_shape(entry), dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"q_logits is torch.float16 but p_logits is torch.float32"):
+        CALLS[entry](p, q)
+
+
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.float64, torch.bool])
+@pytest.mark.parametrize("which", ["p_logits", "q_logits"])
+def test_unsupported_logits_dtype(which, dtype):
+    p, q = _pq()
+    bad = torch.zeros(B, V, dtype=dtype)
+    args = (bad, q) if which == "p_logits" else (p, bad)
+    with pytest.raises(TypeError, match=rf"{which} must be float32, bfloat16 or float16"):
+        kk.mixture(*args, RULE)
+
+
+@pytest.mark.parametrize(
+    "entry,shape",
+    [("mixture", (B, 2, V)), ("mixture", (V,)), ("sample", (B, 2, V)), ("sample", (V,)), ("verify", (B, V)),
+     ("verify", (1, B, 2, V))],
+)
+def test_wrong_ndim(entry, shape):
+    p, q = _pq(shape)
+    dims = 3 if entry == "verify" else 2
+    with pytest.raises(ValueError, match=rf"p_logits must have {dims} dims, got shape"):
+        if entry == "verify":
+            kk.verify(p, q, torch.zeros(B, GAMMA, dtype=torch.long), RULE)
+        else:
+            CALLS[entry](p, q)
+
+
+@pytest.mark.parametrize("which", ["p_logits", "q_logits"])
+@pytest.mark.parametrize("entry", ENTRY)
+def test_last_dim_not_contiguous(entry, which):
+    shape = _shape(entry)
+    p, q = _pq(shape)
+    strided = make_logits(shape[:-1] + (2 * V,), seed=4)[..., ::2]  # last-dim stride 2
+    assert strided.stride(-1) == 2
+    args = (strided, q) if which == "p_logits" else (p, strided)
+    with pytest.raises(ValueError, match=rf"{which} must be contiguous in its last dim"):
+        CALLS[entry](*args)
+
+
+def test_transposed_logits_refused():
+    p = make_logits((V, B), seed=5).t()
+    _, q = _pq()
+    with pytest.raises(ValueError, match=r"p_logits must be contiguous in its last dim"):
+        kk.mixture(p, q, RULE)
+
+
+def test_non_contiguous_rows_are_fine():
+    # Only the last dim must be contiguous: a row-strided view is accepted.
+    big = make_logits((2 * B, V), seed=6)
+    p, q = big[::2], make_logits((B, V), seed=7)
+    assert not p.is_contiguous() and p.stride(-1) == 1
+    got = kk.mixture(p, q, RULE).probs
+    torch.testing.assert_close(got, kk.mixture(p.contiguous(), q, RULE).probs)
+
+
+def test_empty_vocabulary():
+    p = torch.empty(B, 0)
+    with pytest.raises(ValueError, match=r"p_logits has an empty vocabulary"):
+        kk.mixture(p, p.clone(), RULE)
+
+
+def test_logits_not_a_tensor():
+    _, q = _pq()
+    with pytest.raises(TypeError, match=r"p_logits must be a tensor"):
+        kk.mixture(q.tolist(), q, RULE)
+
+
+@pytest.mark.parametrize("which", ["q_logits", "ref_logits"])
+def test_different_devices(which):
+    p, q = _pq()
+    ref = make_logits((B, V), seed=8)
+    meta = lambda x: torch.empty_like(x, device="meta")  # noqa: E731
+    if which == "q_logits":
+        args = dict(q_logits=meta(q), ref_logits=ref)
+    else:
+        args = dict(q_logits=q, ref_logits=meta(ref))
+    with pytest.raises(ValueError, match=rf"{which} is on meta but p_logits on cpu"):
+        kk.mixture(p, args["q_logits"], ImplicitReward(), ref_logits=args["ref_logits"])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_different_devices_cuda():
+    p, q = _pq()
+    with pytest.raises(ValueError, match=r"q_logits is on cuda:0 but p_logits on cpu"):
+        kk.mixture(p, q.cuda(), RULE)
+
+
+def test_rule_not_a_rule():
+    p, q = _pq()
+    with pytest.raises(TypeError, match=r"rule must be a kad_kernels rule"):
+        kk.mixture(p, q, "token_wise")
+
+
+# --------------------------------------------------------------------------- ref_logits
+
+
+@pytest.mark.parametrize("entry", ENTRY)
+def test_ref_logits_missing_for_implicit_reward(entry):
+    p, q = _pq(_shape(entry))
+    with pytest.raises(ValueError, match=r"ImplicitReward needs ref_logits"):
+        CALLS[entry](p, q, ImplicitReward())
+
+
+@pytest.mark.parametrize("rule", [Dual(0.3), Primal(0.9), Nudging(0.3), Threshold(0.1, "max_q_minus")], ids=repr)
+@pytest.mark.parametrize("entry", ENTRY)
+def test_ref_logits_refused_by_other_rules(entry, rule):
+    p, q = _pq(_shape(entry))
+    with pytest.raises(ValueError, match=rf"ref_logits is only used by ImplicitReward, not {type(rule).__name__}"):
+        CALLS[entry](p, q, rule, ref_logits=p.clone())
+
+
+def test_ref_logits_shape_and_dtype():
+    p, q = _pq()
+    with pytest.raises(ValueError, match=r"ref_logits has shape \(4, 12\) but p_logits has \(4, 11\)"):
+        kk.mixture(p, q, ImplicitReward(), ref_logits=make_logits((B, V + 1), seed=9))
+    with pytest.raises(TypeError, match=r"ref_logits is torch.bfloat16 but p_logits is torch.float32"):
+        kk.mixture(p, q, ImplicitReward(), ref_logits=p.bfloat16())
+
+
+# --------------------------------------------------------------------------- rule parameters
+
+
+@pytest.mark.parametrize(
+    "make,name",
+    [
+        (lambda v: Dual(v), "lam"),
+        (lambda v: Nudging(v), "lam"),
+        (lambda v: Threshold(v, "max_q_minus"), "lam"),
+        (lambda v: Threshold(v, "minus_max_p_plus"), "lam"),
+    ],
+    ids=["Dual", "Nudging", "Threshold-max_q_minus", "Threshold-minus_max_p_plus"],
+)
+@pytest.mark.parametrize("value", [-0.1, 1.5, math.nan, -math.inf, math.inf], ids=str)
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["float", "tensor"])
+def test_lam_outside_unit_interval(make, name, value, as_tensor):
+    arg = torch.tensor([0.2, value, 0.3]) if as_tensor else value
+    with pytest.raises(ValueError, match=rf"{name} must lie in \[0.0, 1.0\]"):
+        make(arg)
+
+
+@pytest.mark.parametrize("value", [-0.1, -1e-9, math.nan, -math.inf], ids=str)
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["float", "tensor"])
+def test_budget_negative_or_nan(value, as_tensor):
+    arg = torch.tensor([0.2, value]) if as_tensor else value
+    with pytest.raises(ValueError, match=r"budget must lie in \[0.0, inf\]"):
+        Primal(arg)
+
+
+@pytest.mark.parametrize("loss", ["logistic", "perceptron", "zero_one", "squared"])
+@pytest.mark.parametrize("value", [-0.5, math.nan], ids=str)
+@pytest.mark.parametrize("as_tensor", [False, True], ids=["float", "tensor"])
+def test_mu_negative_or_nan(loss, value, as_tensor):
+    arg = torch.tensor([value, 0.1]) if as_tensor else value
+    with pytest.raises(ValueError, match=r"mu must lie in \[0.0, inf\]"):
+        Dual(mu=arg, loss=loss)
+
+
+@pytest.mark.parametrize("make", [lambda v: Dual(v), lambda v: Primal(v), lambda v: Dual(mu=v, loss="squared")],
+                         ids=["lam", "budget", "mu"])
+def test_edge_parameters_accepted(make):
+    # The closed ends of the ranges are valid.
+    for value in (0.0, 1.0, torch.tensor([0.0, 1.0])):
+        make(value)
+
+
+@pytest.mark.parametrize("value", ["0.3", None, [0.3], True], ids=repr)
+def test_parameter_of_wrong_type(value):
+    with pytest.raises(TypeError, match=r"budget must be a float or a tensor"):
+        Primal(value)
+
+
+def test_parameter_tensor_2d():
+    with pytest.raises(ValueError, match=r"lam must be a float or a 1-d tensor \[B\], got shape \(2, 2\)"):
+        Dual(torch.full((2, 2), 0.3))
+
+
+def test_parameter_tensor_complex_or_bool():
+    with pytest.raises(TypeError, match=r"budget must be a real tensor"):
+        Primal(torch.tensor([True, False]))
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [Dual(torch.full((B - 1,), 0.3)), Primal(torch.full((B + 1,), 0.5)), Nudging(torch.full((1,), 0.3))],
+    ids=["Dual-3", "Primal-5", "Nudging-1"],
+)
+@pytest.mark.parametrize("entry", ENTRY)
+def test_per_row_parameter_of_wrong_length(entry, rule):
+    p, q = _pq(_shape(entry))
+    n = rule.param.shape[0]
+    with pytest.raises(ValueError, match=rf"{type(rule).__name__} parameter has {n} values for {B} rows"):
+        CALLS[entry](p, q, rule)
+
+
+# --------------------------------------------------------------------------- temperature
+
+
+@pytest.mark.parametrize("value", [-0.5, -1e-12, math.nan, math.inf, -math.inf], ids=str)
+@pytest.mark.parametrize("entry", ENTRY)
+def test_bad_float_temperature(entry, value):
+    p, q = _pq(_shape(entry))
+    with pytest.raises(ValueError, match=r"temperature must be finite and >= 0"):
+        CALLS[entry](p, q, temperature=value)
+
+
+@pytest.mark.parametrize("value", [-0.5, math.nan, math.inf], ids=str)
+@pytest.mark.parametrize("entry", ENTRY)
+def test_bad_tensor_temperature(entry, value):
+    p, q = _pq(_shape(entry))
+    t = torch.tensor([1.0, 0.0, value, 0.7])
+    with pytest.raises(ValueError, match=r"temperature must be finite and >= 0"):
+        CALLS[entry](p, q, temperature=t)
+
+
+@pytest.mark.parametrize("shape", [(B - 1,), (B + 1,), (B, 1)])
+@pytest.mark.parametrize("entry", ENTRY)
+def test_temperature_tensor_of_wrong_shape(entry, shape):
+    p, q = _pq(_shape(entry))
+    with pytest.raises(ValueError, match=rf"temperature must be a float or a tensor \[{B}\], got shape"):
+        CALLS[entry](p, q, temperature=torch.ones(shape))
+
+
+@pytest.mark.parametrize("value", ["1.0", None, True], ids=repr)
+def test_temperature_of_wrong_type(value):
+    p, q = _pq()
+    with pytest.raises(TypeError, match=r"temperature must be a float or a tensor"):
+        kk.mixture(p, q, RULE, temperature=value)
+
+
+def test_temperature_zero_d_tensor_and_int_accepted():
+    p, q = _pq()
+    a = kk.mixture(p, q, RULE, temperature=torch.tensor(0.5)).probs
+    b = kk.mixture(p, q, RULE, temperature=0.5).probs
+    torch.testing.assert_close(a, b)
+    kk.mixture(p, q, RULE, temperature=1)
+    kk.mixture(p, q, RULE, temperature=0)
+
+
+# --------------------------------------------------------------------------- draft tokens
+
+
+@pytest.mark.parametrize(
+    "bad,dtype",
+    [(bad, dtype) for dtype in (torch.int32, torch.int64) for bad in (-1, V, V + 100, -(2**31))] + [(2**40, torch.int64)],
+    ids=str,
+)
+def test_draft_token_out_of_range(bad, dtype):
+    p, q, drafts = _verify_inputs()
+    drafts = drafts.to(dtype)
+    drafts[2, 1] = bad
+    with pytest.raises(ValueError, match=rf"draft_tokens\[2, 1\] = {bad} is outside the vocabulary \[0, {V}\)"):
+        kk.verify(p, q, drafts, RULE)
+
+
+def test_check_false_still_checks_draft_shape():
+    # check=False skips the value checks (a host sync); only shape/dtype are still checked.
+    p, q, drafts = _verify_inputs()
+    with pytest.raises(ValueError, match=r"draft_tokens must have shape"):
+        kk.verify(p, q, drafts[:, :1], RULE, check=False)
+
+
+@pytest.mark.parametrize("shape", [(B, GAMMA + 1), (B, GAMMA - 1), (B + 1, GAMMA), (B * GAMMA,), (B, GAMMA, 1)])
+def test_draft_wrong_shape(shape):
+    p, q, _ = _verify_inputs()
+    with pytest.raises(ValueError, match=rf"draft_tokens must have shape \[B, γ\] = \[{B}, {GAMMA}\]"):
+        kk.verify(p, q, torch.zeros(shape, dtype=torch.long), RULE)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.int16, torch.uint8, torch.bool])
+def test_draft_wrong_dtype(dtype):
+    p, q, drafts = _verify_inputs()
+    with pytest.raises(TypeError, match=r"draft_tokens must be int32 or int64"):
+        kk.verify(p, q, drafts.to(dtype), RULE)
+
+
+def test_draft_not_a_tensor():
+    p, q, drafts = _verify_inputs()
+    with pytest.raises(TypeError, match=r"draft_tokens must be a tensor"):
+        kk.verify(p, q, drafts.tolist(), RULE)
+
+
+def test_draft_on_other_device():
+    p, q, drafts = _verify_inputs()
+    with pytest.raises(ValueError, match=r"draft_tokens is on meta"):
+        kk.verify(p, q, torch.empty_like(drafts, device="meta"), RULE)
+
+
+def test_gamma_zero():
+    p, q = _pq((B, 1, V))
+    with pytest.raises(ValueError, match=r"verify needs γ >= 1 drafts: p_logits must be \[B, γ\+1, V\]"):
+        kk.verify(p, q, torch.zeros(B, 0, dtype=torch.long), RULE)
+
+
+# --------------------------------------------------------------------------- uniforms
+
+
+@pytest.mark.parametrize("shape", [(B + 1,), (B, 1), (1,), ()])
+def test_sample_uniforms_wrong_shape(shape):
+    p, q = _pq()
+    with pytest.raises(ValueError, match=rf"uniforms must have shape \[{B}\]"):
+        kk.sample(p, q, RULE, uniforms=torch.full(shape, 0.5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16, torch.int64])
+def test_sample_uniforms_wrong_dtype(dtype):
+    p, q = _pq()
+    with pytest.raises(TypeError, match=r"uniforms must be float32"):
+        kk.sample(p, q, RULE, uniforms=torch.zeros(B, dtype=dtype))
+
+
+@pytest.mark.parametrize("value", [1.0, 1.5, -1e-7, math.nan, math.inf], ids=str)
+def test_sample_uniforms_out_of_range(value):
+    p, q = _pq()
+    u = torch.tensor([0.1, 0.2, value, 0.3])
+    with pytest.raises(ValueError, match=r"uniforms must lie in \[0, 1\)"):
+        kk.sample(p, q, RULE, uniforms=u)
+
+
+def test_sample_uniforms_not_a_tensor():
+    p, q = _pq()
+    with pytest.raises(TypeError, match=r"uniforms must be a tensor"):
+        kk.sample(p, q, RULE, uniforms=[0.5] * B)
+
+
+def test_sample_uniforms_other_device():
+    p, q = _pq()
+    with pytest.raises(ValueError, match=r"uniforms is on meta"):
+        kk.sample(p, q, RULE, uniforms=torch.empty(B, device="meta"))
+
+
+def test_verify_uniforms_not_a_pair():
+    p, q, drafts = _verify_inputs()
+    with pytest.raises(TypeError, match=r"uniforms must be a pair \(accept \[B, γ\], draw \[B\]\)"):
+        kk.verify(p, q, drafts, RULE, uniforms=torch.rand(B, GAMMA + 1))
+    with pytest.raises(TypeError, match=r"uniforms must be a pair"):
+        kk.verify(p, q, drafts, RULE, uniforms=(torch.rand(B, GAMMA),))
+
+
+@pytest.mark.parametrize(
+    "accept,draw,error,match",
+    [
+        ((B, GAMMA + 1), (B,), ValueError, r"uniforms\[0\] \(accept\) must have shape \[4, 3\]"),
+        ((B,), (B,), ValueError, r"uniforms\[0\] \(accept\) must have shape"),
+        ((B, GAMMA), (B, 1), ValueError, r"uniforms\[1\] \(draw\) must have shape \[4\]"),
+        ((B, GAMMA), (B + 1,), ValueError, r"uniforms\[1\] \(draw\) must have shape"),
+    ],
+)
+def test_verify_uniforms_wrong_shape(accept, draw, error, match):
+    p, q, drafts = _verify_inputs()
+    with pytest.raises(error, match=match):
+        kk.verify(p, q, drafts, RULE, uniforms=(torch.rand(accept), torch.rand(draw)))
+
+
+def test_verify_uniforms_wrong_dtype_and_range():
+    p, q, drafts = _verify_inputs()
+    a, s = torch.rand(B, GAMMA), torch.rand(B)
+    with pytest.raises(TypeError, match=r"uniforms\[0\] \(accept\) must be float32"):
+        kk.verify(p, q, drafts, RULE, uniforms=(a.double(), s))
+    with pytest.raises(TypeError, match=r"uniforms\[1\] \(draw\) must be float32"):
+        kk.verify(p, q, drafts, RULE, uniforms=(a, s.half()))
+    bad = a.clone()
+    bad[1, 2] = 1.0
+    with pytest.raises(ValueError, match=r"uniforms\[0\] \(accept\) must lie in \[0, 1\)"):
+        kk.verify(p, q, drafts, RULE, uniforms=(bad, s))
+    with pytest.raises(ValueError, match=r"uniforms\[1\] \(draw\) must lie in \[0, 1\)"):
+        kk.verify(p, q, drafts, RULE, uniforms=(a, -s))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [dict(generator=torch.Generator()), dict(seed=1), dict(offset=3), dict(seed=1, offset=2)],
+    ids=["generator", "seed", "offset", "seed+offset"],
+)
+@pytest.mark.parametrize("entry", ["sample", "verify"])
+def test_uniforms_with_other_randomness(entry, extra):
+    if entry == "sample":
+        p, q = _pq()
+        call = lambda: kk.sample(p, q, RULE, uniforms=torch.rand(B), **extra)  # noqa: E731
+    else:
+        p, q, drafts = _verify_inputs()
+        call = lambda: kk.verify(  # noqa: E731
+            p, q, drafts, RULE, uniforms=(torch.rand(B, GAMMA), torch.rand(B)), **extra
+        )
+    with pytest.raises(ValueError, match=r"uniforms fixes the randomness: do not also pass generator, seed or offset"):
+        call()
+
+
+@pytest.mark.parametrize("entry", ["sample", "verify"])
+def test_generator_with_seed(entry):
+    kw = dict(generator=torch.Generator().manual_seed(0), seed=5)
+    with pytest.raises(ValueError, match=r"pass either generator or seed/offset, not both"):
+        if entry == "sample":
+            kk.sample(*_pq(), RULE, **kw)
+        else:
+            p, q, drafts = _verify_inputs()
+            kk.verify(p, q, drafts, RULE, **kw)
+
+
+@pytest.mark.parametrize("entry", ["sample", "verify"])
+def test_offset_without_seed(entry):
+    with pytest.raises(ValueError, match=r"offset needs seed"):
+        if entry == "sample":
+            kk.sample(*_pq(), RULE, offset=4)
+        else:
+            p, q, drafts = _verify_inputs()
+            kk.verify(p, q, drafts, RULE, offset=4)
+
+
+@pytest.mark.parametrize(
+    "kw,error,match",
+    [
+        (dict(seed=1.5), TypeError, r"seed must be an int or a 1-element int64 tensor"),
+        (dict(seed=True), TypeError, r"seed must be an int"),
+        (dict(seed=2**63), ValueError, r"seed must fit in int64"),
+        (dict(seed=-(2**63) - 1), ValueError, r"seed must fit in int64"),
+        (dict(seed=torch.tensor([1], dtype=torch.int32)), ValueError, r"seed must be an int or a 1-element int64"),
+        (dict(seed=torch.tensor([1, 2])), ValueError, r"seed must be an int or a 1-element int64"),
+        (dict(seed=1, offset=0.5), TypeError, r"offset must be an int"),
+        (dict(seed=1, offset=torch.tensor([1.0])), ValueError, r"offset must be an int or a 1-element int64"),
+        (dict(seed=torch.empty(1, dtype=torch.long, device="meta")), ValueError, r"seed is on meta"),
+    ],
+    ids=["float-seed", "bool-seed", "seed-2^63", "seed-below-int64", "int32-tensor", "two-seeds", "float-offset",
+         "float-offset-tensor", "seed-device"],
+)
+def test_bad_seed_or_offset(kw, error, match):
+    with pytest.raises(error, match=match):
+        kk.sample(*_pq(), RULE, **kw)
+
+
+# --------------------------------------------------------------------------- bad logits
+
+
+def _bad_row(x, row, kind):
+    x = x.clone()
+    if kind == "nan":
+        x[row, ..., 3] = float("nan")
+    elif kind == "posinf":
+        x[row, ..., 5] = float("inf")
+    else:
+        x[row] = float("-inf")
+    return x
+
+
+BAD_KINDS = [
+    pytest.param("nan", r"contains NaN or \+inf", id="nan"),
+    pytest.param("posinf", r"contains NaN or \+inf", id="posinf"),
+    pytest.param("all_neg_inf", r"is -inf everywhere", id="all_neg_inf"),
+]
+
+
+@pytest.mark.parametrize("which", ["p_logits", "q_logits", "ref_logits"])
+@pytest.mark.parametrize("kind,message", BAD_KINDS)
+@pytest.mark.parametrize("entry", ["mixture", "sample"])
+def test_bad_logits_row_raises(backend, device, entry, kind, message, which):
+    p, q = _pq()
+    ref = make_logits((B, V), seed=9)
+    tensors = {"p_logits": p, "q_logits": q, "ref_logits": ref}
+    tensors[which] = _bad_row(tensors[which], 2, kind)
+    p, q, ref = (tensors[k].to(device) for k in ("p_logits", "q_logits", "ref_logits"))
+    rule = ImplicitReward() if which == "ref_logits" else RULE
+    ref = ref if rule.needs_ref else None
+    fn = kk.mixture if entry == "mixture" else kk.sample
+    with pytest.raises(ValueError, match=rf"{which} row \[2\] {message}"):
+        fn(p, q, rule, ref_logits=ref, backend=backend)
+
+
+@pytest.mark.parametrize("which", ["p_logits", "q_logits"])
+@pytest.mark.parametrize("kind,message", BAD_KINDS)
+def test_bad_logits_row_raises_in_verify(backend, device, kind, message, which):
+    p, q, drafts = _verify_inputs()
+    x = (p if which == "p_logits" else q).clone()
+    if kind == "all_neg_inf":
+        x[1, 2] = float("-inf")
+    else:
+        x[1, 2, 4] = float("nan") if kind == "nan" else float("inf")
+    p, q = (x, q) if which == "p_logits" else (p, x)
+    with pytest.raises(ValueError, match=rf"{which} row \[1, 2\] {message}"):
+        kk.verify(p.to(device), q.to(device), drafts.to(device), RULE, backend=backend)
+
+
+def test_neg_inf_entries_are_fine(backend, device):
+    p, q = _pq()
+    p[:, :3] = float("-inf")
+    q[:, 5:] = float("-inf")
+    kk.mixture(p.to(device), q.to(device), RULE, backend=backend)
+    kk.sample(p.to(device), q.to(device), RULE, backend=backend)
+
+
+@pytest.mark.parametrize("kind", ["nan", "posinf", "all_neg_inf"])
+@pytest.mark.parametrize("entry", ["mixture", "sample", "verify"])
+def test_check_false_skips_bad_logits_check(backend, device, entry, kind):
+    if entry == "verify":
+        p, q, drafts = _verify_inputs()
+        p = _bad_row(p, 1, kind)
+        out = kk.verify(p.to(device), q.to(device), drafts.to(device), RULE, backend=backend, check=False)
+        assert out.tokens.shape == (B, GAMMA + 1)
+        return
+    p, q = _pq()
+    p = _bad_row(p, 1, kind)
+    fn = kk.mixture if entry == "mixture" else kk.sample
+    out = fn(p.to(device), q.to(device), RULE, backend=backend, check=False)
+    shape = (B, V) if entry == "mixture" else (B,)
+    assert (out.probs if entry == "mixture" else out).shape == shape
+    with pytest.raises(ValueError, match=r"p_logits row \[1\]"):
+        fn(p.to(device), q.to(device), RULE, backend=backend, check=True)
+
+
+def test_first_bad_row_is_named():
+    p, q = _pq()
+    p[3, 0] = float("nan")
+    q[1] = float("-inf")
+    with pytest.raises(ValueError, match=r"row \[1\]"):
+        kk.mixture(p, q, RULE)
+
+
+# --------------------------------------------------------------------------- backends and names
+
+
+@pytest.mark.parametrize("name", ["foo", "cuda_graphs", "", "TORCH"])
+def test_unknown_backend(name):
+    p, q = _pq()
+    with pytest.raises(RuntimeError, match=rf"unknown backend '{name}'"):
+        kk.mixture(p, q, RULE, backend=name)
+
+
+def test_unavailable_backend_says_how_to_get_it():
+    from kad_kernels import _backends
+
+    p, q = _pq()
+    for name in _backends._REGISTRY:
+        try:
+            _backends.resolve(name, p.device)
+        except RuntimeError as exc:
+            assert name in str(exc) and ("not available" in str(exc) or "does not run on" in str(exc))
+            with pytest.raises(RuntimeError, match=rf"backend '{name}'"):
+                kk.mixture(p, q, RULE, backend=name)
+            return
+    pytest.skip("every registered backend serves CPU tensors here")
+
+
+def test_available_backends():
+    names = kk.available_backends()
+    assert isinstance(names, list) and "torch" in names
+
+
+@pytest.mark.parametrize("name", ["unknown", "token-wise", "TOKEN_WISE", "budget", ""])
+def test_rule_from_name_unknown(name):
+    with pytest.raises(ValueError, match=rf"unknown rule name {name!r}; known: token_wise"):
+        kk.rule_from_name(name, 0.3)
+
+
+def test_rule_from_name_checks_the_parameter():
+    with pytest.raises(ValueError, match=r"lam must lie in"):
+        kk.rule_from_name("token_wise", 1.5)
+    with pytest.raises(ValueError, match=r"budget must lie in"):
+        kk.rule_from_name("budget_lr", -0.5)
+
+
+def test_dual_wrong_loss():
+    with pytest.raises(ValueError, match=r"loss must be one of \['logistic', 'perceptron', 'squared', 'zero_one'\]"):
+        Dual(0.3, loss="hinge")
+
+
+def test_dual_needs_exactly_one_of_lam_and_mu():
+    with pytest.raises(ValueError, match=r"Dual needs exactly one of lam \(logistic loss\) or mu"):
+        Dual(0.3, mu=1.0)
+    with pytest.raises(ValueError, match=r"Dual needs exactly one of lam"):
+        Dual()
+    with pytest.raises(ValueError, match=r"Dual needs exactly one of lam"):
+        Dual(0.3, loss="perceptron", mu=0.1)
+
+
+@pytest.mark.parametrize("loss", ["perceptron", "zero_one", "squared"])
+def test_dual_lam_with_other_losses(loss):
+    with pytest.raises(ValueError, match=rf"the {loss} loss takes mu=, not lam"):
+        Dual(0.3, loss=loss)
+
+
+def test_threshold_wrong_form():
+    with pytest.raises(ValueError, match=r"form must be one of"):
+        Threshold(0.1, "max_q")
