@@ -70,6 +70,7 @@ class Rule:
 
     kind: Kind
     param: Param = 0.0
+    param_name: str = "param"  # the constructor argument, for error messages
     needs_ref: bool = False
 
     def spec(self, rows: int, device: torch.device) -> tuple[Kind, torch.Tensor]:
@@ -77,9 +78,10 @@ class Rule:
         p = self.param
         if isinstance(p, torch.Tensor):
             if p.dim() == 1 and p.shape[0] != rows:
-                raise ValueError(f"{type(self).__name__} parameter has {p.shape[0]} values for {rows} rows")
+                name = f"{type(self).__name__} {self.param_name}"
+                raise ValueError(f"{name} has {p.shape[0]} values for {rows} rows")
             if p.device != device:
-                raise ValueError(f"{type(self).__name__} parameter is on {p.device}, logits on {device}")
+                raise ValueError(f"{type(self).__name__} {self.param_name} is on {p.device}, logits on {device}")
             return self.kind, p.to(torch.float32).expand(rows).contiguous()
         return self.kind, torch.full((rows,), p, dtype=torch.float32, device=device)
 
@@ -87,7 +89,7 @@ class Rule:
         return type(self) is type(other) and self.__dict__ == other.__dict__
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k != "kind")
+        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k not in ("kind", "param_name"))
         return f"{type(self).__name__}({fields})"
 
 
@@ -120,10 +122,12 @@ class Dual(Rule):
                 mu = _check_param("mu", mu, 0.0, math.inf)
                 lam = torch.exp(-mu) if isinstance(mu, torch.Tensor) else math.exp(-mu)
             self.param = _check_param("lam", lam, 0.0, 1.0)
+            self.param_name = "lam"
         else:
             if lam is not None:
                 raise ValueError(f"the {loss} loss takes mu=, not lam")
             self.param = _check_param("mu", mu, 0.0, math.inf)
+            self.param_name = "mu"
 
 
 class Primal(Rule):
@@ -132,6 +136,7 @@ class Primal(Rule):
     ``budget >= 1`` defers everything (pi = q exactly).  Paper: budget = 0.9."""
 
     kind = Kind.PRIMAL
+    param_name = "budget"
 
     def __init__(self, budget: Param):
         self.param = _check_param("budget", budget, 0.0, math.inf)
@@ -141,6 +146,7 @@ class Nudging(Rule):
     """Distribution-level baseline: defer the whole row iff ``max p < lam``."""
 
     kind = Kind.NUDGING
+    param_name = "lam"
 
     def __init__(self, lam: Param):
         self.param = _check_param("lam", lam, 0.0, 1.0)
@@ -158,6 +164,8 @@ class Threshold(Rule):
     """The q-dependent rules of the authors' code, named by their strings:
     ``max_q_minus``: p_v < max q - lam, ``max_q_plus``: p_v < max q + lam,
     ``max_p_plus``: q_v < max p + lam, ``minus_max_p_plus``: q_v > max p + lam."""
+
+    param_name = "lam"
 
     def __init__(self, lam: Param, form: ThresholdForm):
         if form not in _FORM_KIND:
