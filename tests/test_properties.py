@@ -306,7 +306,7 @@ def test_dual_loss_matches_formula(backend_case, loss, mu):
     device = backend_case.device
     p_logits = _varied_logits(batch, vocab, seed=80, device=device)
     q_logits = make_logits((batch, vocab), seed=81, device=device)
-    p, q = softmax(p_logits), softmax(q_logits)
+    p = softmax(p_logits)
     max_p = p.amax(-1, keepdim=True)
     if loss == "perceptron":
         d = p < max_p - mu

@@ -12,7 +12,6 @@ drafts always accepted), which shows the test has the power to fail.
 from __future__ import annotations
 
 import functools
-import math
 
 import numpy as np
 import pytest

@@ -15,7 +15,7 @@ floats per row), never a ``[N, V]`` intermediate:
 
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -66,9 +66,16 @@ class Layout:
         return triton.next_power_of_2(self.slices)
 
 
+@functools.cache
+def _multiprocessors(index: int) -> int:
+    """SM count of CUDA device ``index``, queried once (a query per call is host time)."""
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layout:
     """Split each row so that about four programs per SM are in flight."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    sms = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device()) \
+        if device.type == "cuda" else 2
     chunks = triton.cdiv(vocab, BLOCK)
     slices = max(1, min(chunks, triton.cdiv(4 * sms, rows)))
     slice_len = triton.cdiv(chunks, slices) * BLOCK
