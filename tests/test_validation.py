@@ -248,7 +248,8 @@ def test_parameter_tensor_complex_or_bool():
 def test_per_row_parameter_of_wrong_length(entry, rule):
     p, q = _pq(_shape(entry))
     n = rule.param.shape[0]
-    with pytest.raises(ValueError, match=rf"{type(rule).__name__} parameter has {n} values for {B} rows"):
+    name = {"Dual": "lam", "Primal": "budget", "Nudging": "lam"}[type(rule).__name__]  # the argument, by name
+    with pytest.raises(ValueError, match=rf"{type(rule).__name__} {name} has {n} values for {B} rows"):
         CALLS[entry](p, q, rule)
 
 
