@@ -13,7 +13,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .stats import IMPLICIT_REWARD, chunk_mixture, mixture_alpha, row_offset, row_state
+from .stats import (
+    IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_mixture, mixture_alpha, row_offset, row_state, slice_stats,
+)
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
@@ -75,16 +77,16 @@ def draw_row(
         )
         alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
         if KIND == IMPLICIT_REWARD:
-            m_j = tl.load(stats_ptr + (5 * N + n) * S + js, mask=in_range, other=float("-inf"))
-            z_j = tl.load(stats_ptr + (6 * N + n) * S + js, mask=in_range, other=0.0)
+            m_j = slice_stats(stats_ptr, M_Y, n, N, S, SP, float("-inf"))
+            z_j = slice_stats(stats_ptr, Z_Y, n, N, S, SP, 0.0)
             safe = tl.where(m_y == float("-inf"), 0.0, m_y)
             slice_len_j = tl.minimum(V - js * slice_len, slice_len).to(tl.float32)
             uniform = tl.where(in_range, slice_len_j / V, 0.0)
             masses = tl.where(m_y == float("-inf"), uniform, z_j * tl.exp((m_j - safe) * inv_t) / z_y)
         else:
-            kept = tl.load(stats_ptr + (8 * N + n) * S + js, mask=in_range, other=0.0)
-            m_j = tl.load(stats_ptr + (3 * N + n) * S + js, mask=in_range, other=float("-inf"))
-            z_j = tl.load(stats_ptr + (4 * N + n) * S + js, mask=in_range, other=0.0)
+            kept = slice_stats(stats_ptr, S_K, n, N, S, SP, 0.0)
+            m_j = slice_stats(stats_ptr, M_Q, n, N, S, SP, float("-inf"))
+            z_j = slice_stats(stats_ptr, Z_Q, n, N, S, SP, 0.0)
             masses = kept + alpha * z_j * tl.exp((m_j - m_q) * inv_t) / z_q
         if use_residual:
             res = tl.load(res_mass_ptr + b * S + js, mask=in_range, other=0.0)

@@ -24,8 +24,9 @@ import triton.language as tl
 
 from ..rules import Kind
 
-# Fields of the statistics buffer.
-M_P, Z_P, S2_P, M_Q, Z_Q, M_Y, Z_Y, S_D, S_K, M_R = range(10)
+# Fields of the statistics buffer [FIELDS, N, S]: max and Σexp of p, Σexp² of p,
+# max and Σexp of q and of y (ImplicitReward), S_d and S_kept, max of ref.
+M_P, Z_P, S2_P, M_Q, Z_Q, M_Y, Z_Y, S_D, S_K, M_R = (tl.constexpr(f) for f in range(10))
 FIELDS = 10
 # Radix select of the primal threshold: 4-bit digits over a 32-bit key.
 DIGIT_BITS = 4
@@ -98,12 +99,18 @@ def inverse_temperature(temp_ptr, b):
 
 
 @triton.jit
+def slice_stats(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr, other):
+    """Field ``F`` of every slice of row ``n``, ``[SP]`` (``other`` past the S slices)."""
+    j = tl.arange(0, SP)
+    return tl.load(stats_ptr + (F * N + n) * S + j, mask=j < S, other=other)
+
+
+@triton.jit
 def combine_lse(stats_ptr, FM: tl.constexpr, FZ: tl.constexpr, n, N, S, SP: tl.constexpr, inv_t):
     """Row max of the raw logits and Σexp((x − max)/T) from the per-slice partials of
     fields (FM, FZ)."""
-    j = tl.arange(0, SP)
-    m = tl.load(stats_ptr + (FM * N + n) * S + j, mask=j < S, other=float("-inf"))
-    z = tl.load(stats_ptr + (FZ * N + n) * S + j, mask=j < S, other=0.0)
+    m = slice_stats(stats_ptr, FM, n, N, S, SP, float("-inf"))
+    z = slice_stats(stats_ptr, FZ, n, N, S, SP, 0.0)
     big = tl.max(m, 0)
     safe = tl.where(big == float("-inf"), 0.0, big)
     return big, tl.sum(z * tl.exp((m - safe) * inv_t), 0)
@@ -111,19 +118,17 @@ def combine_lse(stats_ptr, FM: tl.constexpr, FZ: tl.constexpr, n, N, S, SP: tl.c
 
 @triton.jit
 def row_sum(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr):
-    j = tl.arange(0, SP)
-    return tl.sum(tl.load(stats_ptr + (F * N + n) * S + j, mask=j < S, other=0.0), 0)
+    return tl.sum(slice_stats(stats_ptr, F, n, N, S, SP, 0.0), 0)
 
 
 @triton.jit
 def row_softmax(stats_ptr, n, N, S, SP: tl.constexpr, inv_t):
     """(max p-logit, Σexp p, ||p||², max q-logit, Σexp q) of row ``n``."""
-    m_p, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP, inv_t)
-    m_q, z_q = combine_lse(stats_ptr, 3, 4, n, N, S, SP, inv_t)
+    m_p, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inv_t)
+    m_q, z_q = combine_lse(stats_ptr, M_Q, Z_Q, n, N, S, SP, inv_t)
     # Σ exp(2(x − m_j)/T) rescales by exp(2(m_j − m)/T).
-    j = tl.arange(0, SP)
-    m = tl.load(stats_ptr + (0 * N + n) * S + j, mask=j < S, other=float("-inf"))
-    s2 = tl.load(stats_ptr + (2 * N + n) * S + j, mask=j < S, other=0.0)
+    m = slice_stats(stats_ptr, M_P, n, N, S, SP, float("-inf"))
+    s2 = slice_stats(stats_ptr, S2_P, n, N, S, SP, 0.0)
     r = tl.exp((m - tl.where(m_p == float("-inf"), 0.0, m_p)) * inv_t)
     sum_p2 = tl.sum(s2 * r * r, 0) / (z_p * z_p)
     return m_p, z_p, sum_p2, m_q, z_q
@@ -132,8 +137,8 @@ def row_softmax(stats_ptr, n, N, S, SP: tl.constexpr, inv_t):
 @triton.jit
 def row_alpha(stats_ptr, n, N, S, SP: tl.constexpr):
     """α = S_d / (S_d + S_kept): exactly 0 if nothing is deferred, 1 if all is."""
-    deferred = row_sum(stats_ptr, 7, n, N, S, SP)
-    kept = row_sum(stats_ptr, 8, n, N, S, SP)
+    deferred = row_sum(stats_ptr, S_D, n, N, S, SP)
+    kept = row_sum(stats_ptr, S_K, n, N, S, SP)
     return deferred / (deferred + kept)
 
 
@@ -215,7 +220,7 @@ def _primal_limit_kernel(stats_ptr, hist_ptr, param_ptr, temp_ptr, limit_ptr, N,
     """After the last radix level: the exclusive key threshold of row n, d_v = key_v < limit
     (every later kernel reads it instead of replaying the radix walk)."""
     n = tl.program_id(0)
-    _, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP, inverse_temperature(temp_ptr, n // P))
+    _, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inverse_temperature(temp_ptr, n // P))
     budget = tl.load(param_ptr + n // P)
     prefix, base, done = primal_walk(hist_ptr, 8, budget * z_p, n, N, S, SP)
     tl.store(limit_ptr + n, tl.where(budget >= 1.0, tl.full((), 1 << 40, tl.int64), prefix))
@@ -263,16 +268,16 @@ def _stats_kernel(
     base = n * S + j
     NS = N * S
     big, z, s2 = lane_reduce(m_p, z_p, s2_p, inv_t)
-    tl.store(stats_ptr + 0 * NS + base, big)
-    tl.store(stats_ptr + 1 * NS + base, z)
-    tl.store(stats_ptr + 2 * NS + base, s2)
+    tl.store(stats_ptr + M_P * NS + base, big)
+    tl.store(stats_ptr + Z_P * NS + base, z)
+    tl.store(stats_ptr + S2_P * NS + base, s2)
     big, z, _ = lane_reduce(m_q, z_q, z_q, inv_t)
-    tl.store(stats_ptr + 3 * NS + base, big)
-    tl.store(stats_ptr + 4 * NS + base, z)
+    tl.store(stats_ptr + M_Q * NS + base, big)
+    tl.store(stats_ptr + Z_Q * NS + base, z)
     big, z, _ = lane_reduce(m_y, z_y, z_y, inv_t)
-    tl.store(stats_ptr + 5 * NS + base, big)
-    tl.store(stats_ptr + 6 * NS + base, z)
-    tl.store(stats_ptr + 9 * NS + base, tl.max(m_r, 0))
+    tl.store(stats_ptr + M_Y * NS + base, big)
+    tl.store(stats_ptr + Z_Y * NS + base, z)
+    tl.store(stats_ptr + M_R * NS + base, tl.max(m_r, 0))
     tl.store(flag_ptr + base, tl.reduce(bad, 0, _bit_or))
 
 
@@ -308,7 +313,7 @@ def _primal_hist_kernel(
     n = tl.program_id(0)
     j = tl.program_id(1)
     inv_t = inverse_temperature(temp_ptr, n // P)
-    m_p, z_p = combine_lse(stats_ptr, 0, 1, n, N, S, SP, inv_t)
+    m_p, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inv_t)
     budget = tl.load(param_ptr + n // P)
     prefix, base, done = primal_walk(hist_ptr, level, budget * z_p, n, N, S, SP)
     row = row_offset(n, P, stride_b, stride_p)
@@ -336,7 +341,7 @@ def row_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.cons
     """Everything a kernel needs to evaluate π on any chunk of row ``n``."""
     inv_t = inverse_temperature(temp_ptr, n // P)
     m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, N, S, SP, inv_t)
-    m_y, z_y = combine_lse(stats_ptr, 5, 6, n, N, S, SP, inv_t)
+    m_y, z_y = combine_lse(stats_ptr, M_Y, Z_Y, n, N, S, SP, inv_t)
     a = tl.load(param_ptr + n // P)
     if KIND == PRIMAL:
         key_limit = tl.load(limit_ptr + n)
@@ -402,7 +407,7 @@ def _mass_kernel(
         bits = tl.reduce(tl.load(slice_flag_ptr + n * S + js, mask=js < S, other=0), 0, _bit_or)
         bits |= (m_p == float("-inf")).to(tl.int32) * 2 | (m_q == float("-inf")).to(tl.int32) * 8
         if HAS_REF:
-            m_r = tl.max(tl.load(stats_ptr + (9 * N + n) * S + js, mask=js < S, other=float("-inf")), 0)
+            m_r = tl.max(slice_stats(stats_ptr, M_R, n, N, S, SP, float("-inf")), 0)
             bits |= (m_r == float("-inf")).to(tl.int32) * 32
         tl.store(flag_ptr + n, bits)
     if KIND != IMPLICIT_REWARD:
@@ -420,8 +425,8 @@ def _mass_kernel(
             d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
             s_d += tl.where(d & mask, p, 0.0)
             s_k += tl.where(d | ~mask, 0.0, p)
-        tl.store(stats_ptr + (7 * N + n) * S + j, tl.sum(s_d, 0))
-        tl.store(stats_ptr + (8 * N + n) * S + j, tl.sum(s_k, 0))
+        tl.store(stats_ptr + (S_D * N + n) * S + j, tl.sum(s_d, 0))
+        tl.store(stats_ptr + (S_K * N + n) * S + j, tl.sum(s_k, 0))
 
 
 def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
