@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .stats import (
-    IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_mixture, mixture_alpha, row_offset, row_state, slice_stats,
+    IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_mixture, mixture_state, row_offset, slice_bounds, slice_stats,
 )
 
 
@@ -28,13 +28,11 @@ def _argmax_kernel(
     n = tl.program_id(0)
     j = tl.program_id(1)
     if tl.load(temp_ptr + n // P) == 0:
-        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
             stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
-        alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
         row = row_offset(n, P, stride_b, stride_p)
-        start = j * slice_len
-        end = tl.minimum(start + slice_len, V)
+        start, end = slice_bounds(j, slice_len, V)
         best = -1.0
         best_idx = start
         for off in range(start, end, BLOCK):
@@ -72,10 +70,9 @@ def draw_row(
         idxs = tl.load(best_idx_ptr + n * S + js, mask=in_range, other=2147483647)
         token = tl.min(tl.where(vals == tl.max(vals, 0), idxs, 2147483647), 0)
     else:
-        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
             stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
-        alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
         if KIND == IMPLICIT_REWARD:
             m_j = slice_stats(stats_ptr, M_Y, n, N, S, SP, float("-inf"))
             z_j = slice_stats(stats_ptr, Z_Y, n, N, S, SP, 0.0)

@@ -7,7 +7,7 @@ import triton
 import triton.language as tl
 
 from ..rules import Kind
-from .stats import BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_alpha, row_offset, row_state, row_statistics
+from .stats import BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_state, row_offset, row_statistics, slice_bounds
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
@@ -18,15 +18,13 @@ def _mixture_kernel(
 ):
     n = tl.program_id(0)
     j = tl.program_id(1)
-    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
+    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
         stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
     )
-    alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
     if j == 0:
         tl.store(alpha_ptr + n, alpha)
     row = row_offset(n, P, stride_b, stride_p)
-    start = j * slice_len
-    end = tl.minimum(start + slice_len, V)
+    start, end = slice_bounds(j, slice_len, V)
     for off in range(start, end, BLOCK):
         cols = off + tl.arange(0, BLOCK)
         mask = cols < end

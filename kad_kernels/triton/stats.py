@@ -92,6 +92,13 @@ def row_offset(n, P, stride_b, stride_p):
 
 
 @triton.jit
+def slice_bounds(j, slice_len, V):
+    """[start, end) of slice ``j`` of a row."""
+    start = j * slice_len
+    return start, tl.minimum(start + slice_len, V)
+
+
+@triton.jit
 def inverse_temperature(temp_ptr, b):
     """1/T, and T = 1 on greedy rows (T = 0): DESIGN §1."""
     t = tl.load(temp_ptr + b)
@@ -238,8 +245,7 @@ def _stats_kernel(
     j = tl.program_id(1)
     row = row_offset(n, P, stride_b, stride_p)
     inv_t = inverse_temperature(temp_ptr, n // P)
-    start = j * slice_len
-    end = tl.minimum(start + slice_len, V)
+    start, end = slice_bounds(j, slice_len, V)
     m_p = tl.full([BLOCK], float("-inf"), tl.float32)
     z_p = tl.zeros([BLOCK], tl.float32)
     s2_p = tl.zeros([BLOCK], tl.float32)
@@ -320,8 +326,7 @@ def _primal_hist_kernel(
     shift = tl.full((), 28, tl.int64) - 4 * level
     digits = tl.arange(0, 16)
     h = tl.zeros([BLOCK, 16], tl.float32)  # per lane: one reduction after the loop
-    start = j * slice_len
-    end = tl.minimum(start + slice_len, V)
+    start, end = slice_bounds(j, slice_len, V)
     if done == 0:
         for off in range(start, end, BLOCK):
             cols = off + tl.arange(0, BLOCK)
@@ -348,6 +353,16 @@ def row_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.cons
     else:
         key_limit = tl.full((), 0, tl.int64)
     return m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t
+
+
+@triton.jit
+def mixture_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.constexpr, KIND):
+    """``row_state`` and α: all that ``chunk_mixture`` needs, once pass 2 is done."""
+    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
+        stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+    )
+    alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
+    return m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha
 
 
 @triton.jit
@@ -412,8 +427,7 @@ def _mass_kernel(
         tl.store(flag_ptr + n, bits)
     if KIND != IMPLICIT_REWARD:
         row = row_offset(n, P, stride_b, stride_p)
-        start = j * slice_len
-        end = tl.minimum(start + slice_len, V)
+        start, end = slice_bounds(j, slice_len, V)
         # Only the max_p_plus forms test q_v: the others never fetch q here.
         needs_q = (KIND == MAX_P_PLUS) | (KIND == MINUS_MAX_P_PLUS)
         s_d = tl.zeros([BLOCK], tl.float32)

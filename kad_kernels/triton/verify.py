@@ -16,7 +16,7 @@ import triton.language as tl
 
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row
-from .stats import BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_alpha, row_offset, row_state, row_statistics
+from .stats import BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_state, row_offset, row_statistics, slice_bounds
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
@@ -36,10 +36,9 @@ def _accept_kernel(
     for i in range(0, gamma):
         n = b * P + i
         x = tl.load(draft_ptr + b * gamma + i).to(tl.int32)
-        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
             stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
-        alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
         row = row_offset(n, P, stride_b, stride_p)
         # A one-lane chunk at x: the same arithmetic as every other kernel.
         cols = x + tl.arange(0, 1)
@@ -77,13 +76,11 @@ def _residual_kernel(
     total = 0.0
     if (i < P - 1) & (tl.load(temp_ptr + b) > 0):
         n = b * P + i
-        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
             stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
-        alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
         row = row_offset(n, P, stride_b, stride_p)
-        start = j * slice_len
-        end = tl.minimum(start + slice_len, V)
+        start, end = slice_bounds(j, slice_len, V)
         for off in range(start, end, BLOCK):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
