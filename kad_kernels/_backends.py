@@ -70,6 +70,18 @@ def _load_triton() -> Backend:
     return backend()
 
 
+def _load_cpu() -> Backend:
+    from ._native import cpu_backend
+
+    return cpu_backend()
+
+
+def _load_cuda() -> Backend:
+    from ._native import cuda_backend
+
+    return cuda_backend()
+
+
 # name -> (loader, device types it serves, how to get it)
 _REGISTRY: dict[str, tuple[Callable[[], Backend], tuple[str, ...], str]] = {
     "torch": (_load_torch, ("cpu", "cuda"), "always available"),
@@ -78,10 +90,17 @@ _REGISTRY: dict[str, tuple[Callable[[], Backend], tuple[str, ...], str]] = {
         ("cuda", "cpu"),
         "install triton (pip install triton) and use CUDA tensors, or set TRITON_INTERPRET=1 for CPU tensors",
     ),
+    "cpu": (_load_cpu, ("cpu",), "the C++ extension of csrc/ is built on first use: it needs a C++ compiler (g++)"),
+    "cuda": (
+        _load_cuda,
+        ("cuda",),
+        "the C++ extension of csrc/ builds its CUDA kernels only with a CUDA build of torch and nvcc (CUDA_HOME)",
+    ),
 }
 
-# Fastest first, per device type.
-_AUTO_ORDER = {"cuda": ("triton", "torch"), "cpu": ("torch",)}
+# Fastest first, per device type.  CUDA: triton before cuda until the cuda kernels
+# have GPU measurements in benchmarks/RESULTS.md.  CPU: the C++ kernels (see there).
+_AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 
 
 _LOADED: dict[str, Backend | None] = {}

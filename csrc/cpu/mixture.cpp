@@ -1,0 +1,41 @@
+// kad::native_mixture on CPU tensors: π [N, V] and α [N] (DESIGN §1), for tests and analysis.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "row.h"
+
+namespace kad::cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture(int64_t kind, const at::Tensor& param, const at::Tensor& p,
+                                                       const at::Tensor& q, const c10::optional<at::Tensor>& ref,
+                                                       const at::Tensor& temperature) {
+  const int64_t rows = p.size(0), vocab = p.size(1);
+  check_inputs(param, p, q, ref, temperature, rows);
+  at::Tensor probs = at::empty({rows, vocab}, p.options().dtype(at::kFloat));
+  at::Tensor alpha = at::empty({rows}, p.options().dtype(at::kFloat));
+  at::Tensor flags = at::empty({rows}, p.options().dtype(at::kInt));
+  const float* params = param.data_ptr<float>();
+  const float* temps = temperature.data_ptr<float>();
+  float* probs_out = probs.data_ptr<float>();
+  float* alpha_out = alpha.data_ptr<float>();
+  int32_t* flags_out = flags.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "kad_cpu_mixture", [&] {
+    const LogitRows<scalar_t> logits(p, q, ref, 1);
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      Workspace ws(vocab);
+      for (int64_t n = begin; n < end; ++n) {
+        const Mixed mixed = mixture_row(kind, params[n], temps[n], logits.row(n), vocab, ws, probs_out + n * vocab);
+        alpha_out[n] = mixed.alpha;
+        flags_out[n] = mixed.flag;
+      }
+    });
+  });
+  return {probs, alpha, flags};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kad, CPU, m) { m.impl("native_mixture", &mixture); }
+
+}  // namespace kad::cpu

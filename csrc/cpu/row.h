@@ -1,0 +1,415 @@
+// One row of the CPU backend: the passes of DESIGN §4 over fp32 scratch rows.
+//
+// A thread takes whole rows (at::parallel_for over the batch) and keeps a
+// Workspace of three fp32 rows of length V, so the logits are read once from
+// memory in their own dtype and every later pass runs over L2-resident fp32.
+// Loops are written for the compiler's auto-vectorizer: fixed-width lane
+// accumulators instead of a scalar running sum or max, and a polynomial exp
+// instead of std::exp (which GCC does not vectorize without -ffast-math, and
+// -ffast-math would also remove the NaN checks the bad-logits flag needs).
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "kad/philox.h"
+#include "kad/rules.h"
+
+namespace kad::cpu {
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32 (two AVX2 ones)
+
+inline float to_float(float x) { return x; }
+inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
+inline float to_float(at::Half x) { return static_cast<float>(x); }
+
+// e^x for x <= 0, the only arguments a softmax produces (x - max).  Cody–Waite
+// reduction x = n ln 2 + r, |r| <= ln2 / 2, and Cephes' degree-6 polynomial for
+// e^r: within 2 ulp of expf, and exactly 1 at x = 0, so the arg-max of a row
+// keeps p = 1 / Σ exactly as torch.softmax does.  x < -87 (including -inf)
+// gives 0 where expf would give a subnormal.
+inline float exp_nonpositive(float x) {
+  const float clamped = std::max(x, -87.0f);
+  const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
+  float r = clamped - n * 0.693359375f;
+  r = r - n * -2.12194440e-4f;
+  float poly = 1.9875691500e-4f;
+  poly = poly * r + 1.3981999507e-3f;
+  poly = poly * r + 8.3334519073e-3f;
+  poly = poly * r + 4.1665795894e-2f;
+  poly = poly * r + 1.6666665459e-1f;
+  poly = poly * r + 5.0000001201e-1f;
+  const float er = poly * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return x < -87.0f ? 0.0f : er * scale;
+}
+
+// Scratch rows of one thread.  `pi` may be a row of the caller's output instead.
+struct Workspace {
+  explicit Workspace(int64_t vocab) : p(vocab), q(vocab), aux(vocab), blocks((vocab + 255) / 256) {}
+  std::vector<float> p, q, aux;
+  std::vector<double> blocks;  // inverse-CDF block sums
+};
+
+// max_v x_v and the bad-logits bits of one row (NaN or +inf; every entry -inf).
+struct RowMax {
+  float max;
+  int32_t flag;
+};
+
+template <typename T>
+RowMax row_max(const T* x, int64_t vocab) {
+  float lane_max[kLanes];
+  int32_t lane_bad[kLanes];
+  std::fill_n(lane_max, kLanes, -kInf);
+  std::fill_n(lane_bad, kLanes, 0);
+  int64_t v = 0;
+  for (; v + kLanes <= vocab; v += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) {
+      const float xv = to_float(x[v + l]);
+      lane_max[l] = xv > lane_max[l] ? xv : lane_max[l];  // NaN never wins: it is flagged instead
+      lane_bad[l] |= (xv != xv) | (xv == kInf);
+    }
+  }
+  for (; v < vocab; ++v) {
+    const float xv = to_float(x[v]);
+    lane_max[0] = xv > lane_max[0] ? xv : lane_max[0];
+    lane_bad[0] |= (xv != xv) | (xv == kInf);
+  }
+  RowMax out{-kInf, 0};
+  for (int64_t l = 0; l < kLanes; ++l) {
+    out.max = std::max(out.max, lane_max[l]);
+    out.flag |= lane_bad[l] ? kBadNonfinite : 0;
+  }
+  if (out.max == -kInf) out.flag |= kBadAllNegInf;
+  return out;
+}
+
+// Σ_v x_v over an fp32 row, in kLanes partial sums (the order torch's vectorized sum uses too).
+template <typename F>
+float lane_sum(int64_t vocab, F&& term) {
+  float lane[kLanes] = {};
+  int64_t v = 0;
+  for (; v + kLanes <= vocab; v += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] += term(v + l);
+  for (; v < vocab; ++v) lane[0] += term(v);
+  float total = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) total += lane[l];
+  return total;
+}
+
+// Softmax statistics of one row of logits at temperature 1 / inv_t.
+struct RowSoftmax {
+  float max;      // of the raw logits: the shift is applied before 1/T (see below)
+  float sum;      // Σ_v exp((x_v − max) / T)
+  int32_t flag;
+};
+
+// exp((x_v − max) / T) into `out` [V] and its statistics.  Shifting by the raw
+// max before scaling by 1/T makes the arg-max's term exactly e^0 = 1.
+template <typename T>
+RowSoftmax exp_row(const T* x, int64_t vocab, float inv_t, float* out) {
+  RowMax m = row_max(x, vocab);
+  const float shift = m.max == -kInf ? 0.0f : m.max;  // an all -inf row: flagged, kept NaN-free here
+  for (int64_t v = 0; v < vocab; ++v) out[v] = exp_nonpositive((to_float(x[v]) - shift) * inv_t);
+  const float sum = lane_sum(vocab, [out](int64_t v) { return out[v]; });
+  return {shift, sum, m.flag};
+}
+
+// p = softmax(x / T) in fp32 into `out` [V] (DESIGN §1); returns the statistics.
+template <typename T>
+RowSoftmax softmax_row(const T* x, int64_t vocab, float inv_t, float* out) {
+  RowSoftmax s = exp_row(x, vocab, inv_t, out);
+  const float inv_sum = 1.0f / s.sum;
+  for (int64_t v = 0; v < vocab; ++v) out[v] *= inv_sum;
+  return s;
+}
+
+// Primal threshold key (DESIGN §1, Primal): defer v iff bits(p_v) < key, where key
+// is the bit pattern of the smallest value whose cumulative mass
+// C = Σ_{u: p_u <= p_v} p_u exceeds the budget.  Non-negative floats order like
+// their bit patterns, so a radix select over 11 + 11 + 10 bits finds it in three
+// histogram passes (the last over the few candidates left) instead of a sort.
+// Tied tokens share one key, hence are deferred together or not at all.
+inline uint32_t primal_key(const float* p, int64_t vocab, float budget, std::vector<int64_t>& candidates) {
+  if (budget >= 1.0f) return 0xFFFFFFFFu;
+  constexpr int kShifts[3] = {21, 10, 0};
+  constexpr int kWidths[3] = {11, 11, 10};
+  std::vector<double> hist(size_t{1} << 11);
+  uint32_t prefix = 0, prefix_mask = 0;
+  double below = 0.0;  // mass of every key below the current prefix range
+  candidates.clear();
+  for (int level = 0; level < 3; ++level) {
+    const int shift = kShifts[level];
+    const uint32_t digit_mask = (1u << kWidths[level]) - 1;
+    std::fill(hist.begin(), hist.end(), 0.0);
+    auto add = [&](int64_t v) {
+      const uint32_t key = float_key(p[v]);
+      if ((key & prefix_mask) != prefix) return false;
+      hist[(key >> shift) & digit_mask] += p[v];
+      return true;
+    };
+    if (level == 0) {
+      for (int64_t v = 0; v < vocab; ++v) add(v);
+    } else if (level == 1) {
+      for (int64_t v = 0; v < vocab; ++v)
+        if (add(v)) candidates.push_back(v);
+    } else {
+      for (int64_t v : candidates) add(v);
+    }
+    uint32_t digit = 0;
+    while (digit <= digit_mask && below + hist[digit] <= budget) below += hist[digit++];
+    if (digit > digit_mask) {
+      // Everything in range fits: at level 0 the whole row; deeper, the parent
+      // bucket crossed the budget only by the rounding of a different summation order.
+      return level == 0 ? 0xFFFFFFFFu : prefix + (1u << kShifts[level - 1]);
+    }
+    prefix |= digit << shift;
+    prefix_mask |= digit_mask << shift;
+  }
+  return prefix;
+}
+
+// Calls f(std::integral_constant<int64_t, KIND>) for the runtime kind of a deferral rule.
+template <typename F>
+auto dispatch_rule(int64_t kind, F&& f) {
+  switch (kind) {
+    case kLogistic: return f(std::integral_constant<int64_t, kLogistic>{});
+    case kPerceptron: return f(std::integral_constant<int64_t, kPerceptron>{});
+    case kZeroOne: return f(std::integral_constant<int64_t, kZeroOne>{});
+    case kSquared: return f(std::integral_constant<int64_t, kSquared>{});
+    case kNudging: return f(std::integral_constant<int64_t, kNudging>{});
+    case kMaxQMinus: return f(std::integral_constant<int64_t, kMaxQMinus>{});
+    case kMaxQPlus: return f(std::integral_constant<int64_t, kMaxQPlus>{});
+    case kMaxPPlus: return f(std::integral_constant<int64_t, kMaxPPlus>{});
+    case kMinusMaxPPlus: return f(std::integral_constant<int64_t, kMinusMaxPPlus>{});
+    case kPrimal: return f(std::integral_constant<int64_t, kPrimal>{});
+    default: TORCH_CHECK(false, "kad: kind ", kind, " is not a deferral rule");
+  }
+}
+
+// α = S_d / (S_d + S_kept) and π_v = p_v (1 − d_v) + α q_v (DESIGN §1) into pi [V].
+// The ratio form gives α = 0 exactly when nothing is deferred and 1 when everything is.
+template <int64_t KIND>
+float defer_and_mix(const float* p, const float* q, int64_t vocab, const RowLoss& loss, float* pi) {
+  const float deferred = lane_sum(vocab, [&](int64_t v) { return defers<KIND>(p[v], q[v], loss) ? p[v] : 0.0f; });
+  const float kept = lane_sum(vocab, [&](int64_t v) { return defers<KIND>(p[v], q[v], loss) ? 0.0f : p[v]; });
+  const float alpha = deferred / (deferred + kept);
+  for (int64_t v = 0; v < vocab; ++v) {
+    const float shared = alpha * q[v];
+    pi[v] = defers<KIND>(p[v], q[v], loss) ? shared : p[v] + shared;
+  }
+  return alpha;
+}
+
+// π ∝ p · q / q_ref (ImplicitReward) into pi [V], in log space as reference.implicit_reward:
+// score = log p + log q − log q_ref where q_ref > 0, softmax of the score, uniform if
+// no score is finite.
+template <typename T>
+void implicit_reward_row(const T* p, const T* q, const T* ref, int64_t vocab, float inv_t,
+                         const RowSoftmax& sp, const RowSoftmax& sq, const RowSoftmax& sr, float* pi) {
+  const float log_sp = std::log(sp.sum), log_sq = std::log(sq.sum), log_sr = std::log(sr.sum);
+  for (int64_t v = 0; v < vocab; ++v) {
+    const float log_ref = (to_float(ref[v]) - sr.max) * inv_t - log_sr;
+    const float log_p = (to_float(p[v]) - sp.max) * inv_t - log_sp;
+    const float log_q = (to_float(q[v]) - sq.max) * inv_t - log_sq;
+    pi[v] = log_ref > -kInf ? log_p + log_q - log_ref : -kInf;
+  }
+  const RowSoftmax score = softmax_row(pi, vocab, 1.0f, pi);
+  if (score.flag & kBadAllNegInf) std::fill_n(pi, vocab, 1.0f / static_cast<float>(vocab));
+}
+
+// One row of logits of each model (ref only for ImplicitReward).
+template <typename T>
+struct RowLogits {
+  const T* p;
+  const T* q;
+  const T* ref;  // nullptr unless the rule needs it
+};
+
+// Row n of logits viewed as [N, V] rows: [N, V] itself, or [B, P, V] with n = b·P + i
+// (verify's positions); each tensor keeps its own strides.
+template <typename T>
+class LogitRows {
+ public:
+  LogitRows(const at::Tensor& p, const at::Tensor& q, const c10::optional<at::Tensor>& ref, int64_t positions)
+      : p_(view(p)), q_(view(q)), ref_(ref.has_value() ? view(*ref) : View{}), positions_(positions) {}
+
+  RowLogits<T> row(int64_t n) const {
+    const int64_t b = n / positions_, i = n % positions_;
+    return {p_.at(b, i), q_.at(b, i), ref_.base == nullptr ? nullptr : ref_.at(b, i)};
+  }
+
+ private:
+  struct View {
+    const T* base = nullptr;
+    int64_t stride_b = 0, stride_i = 0;
+    const T* at(int64_t b, int64_t i) const { return base + b * stride_b + i * stride_i; }
+  };
+  static View view(const at::Tensor& x) {
+    return {x.data_ptr<T>(), x.stride(0), x.dim() == 3 ? x.stride(1) : 0};
+  }
+  View p_, q_, ref_;
+  int64_t positions_;
+};
+
+struct Mixed {
+  float alpha;
+  int32_t flag;  // 2 bad-logits bits per tensor: p, q, ref
+};
+
+// The mixture π of one row into pi [V]; leaves q = softmax(q_logits / T) in ws.q
+// (verify's accept test and residual need it).  T = 0 (greedy) mixes at T = 1.
+template <typename T>
+Mixed mixture_row(int64_t kind, float param, float temperature, const RowLogits<T>& row, int64_t vocab,
+                  Workspace& ws, float* pi) {
+  const float inv_t = temperature > 0.0f ? 1.0f / temperature : 1.0f;
+  if (kind == kImplicitReward) {
+    const RowSoftmax sp = exp_row(row.p, vocab, inv_t, ws.p.data());
+    const RowSoftmax sr = exp_row(row.ref, vocab, inv_t, ws.aux.data());
+    const RowSoftmax sq = softmax_row(row.q, vocab, inv_t, ws.q.data());
+    implicit_reward_row(row.p, row.q, row.ref, vocab, inv_t, sp, sq, sr, pi);
+    return {0.0f, sp.flag | (sq.flag << 2) | (sr.flag << 4)};
+  }
+  const RowSoftmax sp = softmax_row(row.p, vocab, inv_t, ws.p.data());
+  const RowSoftmax sq = softmax_row(row.q, vocab, inv_t, ws.q.data());
+  const float* p = ws.p.data();
+  const float* q = ws.q.data();
+  // The arg-max holds e^0 = 1, so max p is 1 · (1 / Σ), the very value softmax_row stored there.
+  RowLoss loss{param, 1.0f * (1.0f / sp.sum), 1.0f * (1.0f / sq.sum), 0.0f, 0u};
+  if (kind == kSquared) loss.sum_p2 = lane_sum(vocab, [p](int64_t v) { return p[v] * p[v]; });
+  if (kind == kPrimal) {
+    std::vector<int64_t> candidates;
+    loss.primal_key = primal_key(p, vocab, param, candidates);
+  }
+  const float alpha = dispatch_rule(kind, [&](auto k) { return defer_and_mix<decltype(k)::value>(p, q, vocab, loss, pi); });
+  return {alpha, sp.flag | (sq.flag << 2)};
+}
+
+// Bad-logits bits of one row without computing anything else (verify's positions
+// after a rejection still report their flags).
+template <typename T>
+int32_t row_flags(const RowLogits<T>& row, int64_t vocab) {
+  int32_t flag = row_max(row.p, vocab).flag | (row_max(row.q, vocab).flag << 2);
+  if (row.ref != nullptr) flag |= row_max(row.ref, vocab).flag << 4;
+  return flag;
+}
+
+// arg-max of w [V], lowest index on ties (greedy rows, DESIGN §1).
+inline int64_t argmax(const float* w, int64_t vocab) {
+  float lane[kLanes];
+  std::fill_n(lane, kLanes, -kInf);
+  int64_t v = 0;
+  for (; v + kLanes <= vocab; v += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) lane[l] = w[v + l] > lane[l] ? w[v + l] : lane[l];
+  for (; v < vocab; ++v) lane[0] = w[v] > lane[0] ? w[v] : lane[0];
+  const float best = *std::max_element(lane, lane + kLanes);
+  return std::find(w, w + vocab, best) - w;
+}
+
+// Inverse CDF of non-negative weights w [V] (DESIGN §2): the smallest v with
+// Σ_{u<=v} w_u > u · Σ w, clamped to the last positive weight, with cumulative
+// sums in double rounded to fp32 as torch.cumsum does on CPU.  Block sums first,
+// so the sequential scan covers one block instead of the whole vocabulary.
+class InverseCdf {
+ public:
+  static constexpr int64_t kBlock = 256;
+
+  InverseCdf(const float* w, int64_t vocab, std::vector<double>& blocks) : w_(w), vocab_(vocab), blocks_(blocks) {
+    for (int64_t start = 0, k = 0; start < vocab; start += kBlock, ++k) {
+      const int64_t end = std::min(start + kBlock, vocab);
+      double lane[8] = {};
+      for (int64_t v = start; v < end; ++v) {
+        lane[v % 8] += w[v];
+        if (w[v] > 0.0f) last_positive_ = v;
+      }
+      double block = 0.0;
+      for (double x : lane) block += x;
+      blocks_[k] = block;
+      total_ += block;
+    }
+    if (last_positive_ < 0) last_positive_ = vocab - 1;
+  }
+
+  double total() const { return total_; }
+
+  int64_t draw(float u) const {
+    const float target = u * static_cast<float>(total_);
+    double cumulative = 0.0;
+    for (int64_t start = 0, k = 0; start < vocab_; start += kBlock, ++k) {
+      if (static_cast<float>(cumulative + blocks_[k]) <= target) {
+        cumulative += blocks_[k];
+        continue;
+      }
+      const int64_t end = std::min(start + kBlock, vocab_);
+      for (int64_t v = start; v < end; ++v) {
+        cumulative += w_[v];
+        if (static_cast<float>(cumulative) > target) return std::min(v, last_positive_);
+      }
+    }
+    return last_positive_;
+  }
+
+ private:
+  const float* w_;
+  int64_t vocab_;
+  std::vector<double>& blocks_;
+  double total_ = 0.0;
+  int64_t last_positive_ = -1;
+};
+
+// Uniform number `index` of a call: from the caller's tensor, or Philox at
+// offset + counter (the counter layout of kad_kernels/_random.py).
+class Uniforms {
+ public:
+  // `uniforms` if given, else the Philox seed/offset (the caller sets one of the two).
+  Uniforms(const c10::optional<at::Tensor>& uniforms, const c10::optional<at::Tensor>& seed,
+           const c10::optional<at::Tensor>& offset) {
+    if (uniforms.has_value()) {
+      TORCH_CHECK(uniforms->scalar_type() == at::kFloat, "kad: uniforms must be f32");
+      given_ = uniforms->contiguous();
+      data_ = given_.data_ptr<float>();
+      return;
+    }
+    TORCH_CHECK(seed.has_value() && offset.has_value(), "kad: pass uniforms or seed and offset");
+    seed_ = seed->item<int64_t>();
+    offset_ = offset->item<int64_t>();
+  }
+
+  float at(int64_t index, int64_t counter) const {
+    return data_ != nullptr ? data_[index] : philox_uniform(seed_, offset_ + counter);
+  }
+
+ private:
+  at::Tensor given_;
+  const float* data_ = nullptr;
+  int64_t seed_ = 0, offset_ = 0;
+};
+
+// Common argument checks of the three ops; the public API has validated shapes already.
+inline void check_inputs(const at::Tensor& param, const at::Tensor& p, const at::Tensor& q,
+                         const c10::optional<at::Tensor>& ref, const at::Tensor& temperature, int64_t rows) {
+  for (const at::Tensor* t : {&p, &q}) {
+    TORCH_CHECK(t->device().is_cpu(), "kad cpu backend: tensors must be on the CPU");
+    TORCH_CHECK(t->stride(-1) == 1 || t->size(-1) == 1, "kad: logits must be contiguous in the last dim");
+  }
+  TORCH_CHECK(p.sizes() == q.sizes() && p.scalar_type() == q.scalar_type(), "kad: p and q must match");
+  if (ref.has_value())
+    TORCH_CHECK(ref->sizes() == p.sizes() && ref->scalar_type() == p.scalar_type() &&
+                    (ref->stride(-1) == 1 || ref->size(-1) == 1),
+                "kad: ref must match p");
+  for (const at::Tensor* t : {&param, &temperature})
+    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == rows,
+                "kad: param and temperature must be contiguous f32 [", rows, "]");
+}
+
+}  // namespace kad::cpu

@@ -1,0 +1,42 @@
+// kad::native_sample on CPU tensors: one token per row from π (DESIGN §2).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "row.h"
+
+namespace kad::cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> sample(int64_t kind, const at::Tensor& param, const at::Tensor& p,
+                                          const at::Tensor& q, const c10::optional<at::Tensor>& ref,
+                                          const at::Tensor& temperature, const c10::optional<at::Tensor>& uniforms,
+                                          const c10::optional<at::Tensor>& seed,
+                                          const c10::optional<at::Tensor>& offset) {
+  const int64_t rows = p.size(0), vocab = p.size(1);
+  check_inputs(param, p, q, ref, temperature, rows);
+  const Uniforms u(uniforms, seed, offset);
+  at::Tensor tokens = at::empty({rows}, p.options().dtype(at::kLong));
+  at::Tensor flags = at::empty({rows}, p.options().dtype(at::kInt));
+  const float* params = param.data_ptr<float>();
+  const float* temps = temperature.data_ptr<float>();
+  int64_t* tokens_out = tokens.data_ptr<int64_t>();
+  int32_t* flags_out = flags.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "kad_cpu_sample", [&] {
+    const LogitRows<scalar_t> logits(p, q, ref, 1);
+    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+      Workspace ws(vocab);
+      float* pi = ws.aux.data();
+      for (int64_t n = begin; n < end; ++n) {
+        flags_out[n] = mixture_row(kind, params[n], temps[n], logits.row(n), vocab, ws, pi).flag;
+        tokens_out[n] = temps[n] == 0.0f ? argmax(pi, vocab) : InverseCdf(pi, vocab, ws.blocks).draw(u.at(n, n));
+      }
+    });
+  });
+  return {tokens, flags};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kad, CPU, m) { m.impl("native_sample", &sample); }
+
+}  // namespace kad::cpu

@@ -1,0 +1,83 @@
+// kad::native_verify on CPU tensors: speculative verification of γ drafts from q
+// against the target π (DESIGN §2).  A row is sequential: position i is mixed only
+// if drafts 0..i−1 were accepted, so a rejection skips the rest of the row's work.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "row.h"
+
+namespace kad::cpu {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
+    int64_t kind, const at::Tensor& param, const at::Tensor& p, const at::Tensor& q,
+    const c10::optional<at::Tensor>& ref, const at::Tensor& draft, const at::Tensor& temperature,
+    const c10::optional<at::Tensor>& accept_uniforms, const c10::optional<at::Tensor>& draw_uniforms,
+    const c10::optional<at::Tensor>& seed, const c10::optional<at::Tensor>& offset) {
+  const int64_t batch = p.size(0), positions = p.size(1), vocab = p.size(2), gamma = positions - 1;
+  check_inputs(param, p, q, ref, temperature, batch);
+  TORCH_CHECK(draft.dim() == 2 && draft.size(0) == batch && draft.size(1) == gamma,
+              "kad: draft must be [", batch, ", ", gamma, "]");
+  const at::Tensor drafts = draft.to(at::kLong).contiguous();
+  // Philox counters: offset + b·(γ+1) + i for accept coin i, offset + b·(γ+1) + γ for the draw.
+  const Uniforms accept_u(accept_uniforms, seed, offset);
+  const Uniforms draw_u(draw_uniforms, seed, offset);
+  at::Tensor tokens = at::full({batch, positions}, -1, p.options().dtype(at::kLong));
+  at::Tensor num_accepted = at::empty({batch}, p.options().dtype(at::kLong));
+  at::Tensor flags = at::empty({batch, positions}, p.options().dtype(at::kInt));
+  const float* params = param.data_ptr<float>();
+  const float* temps = temperature.data_ptr<float>();
+  const int64_t* draft_tokens = drafts.data_ptr<int64_t>();
+  int64_t* tokens_out = tokens.data_ptr<int64_t>();
+  int64_t* accepted_out = num_accepted.data_ptr<int64_t>();
+  int32_t* flags_out = flags.data_ptr<int32_t>();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "kad_cpu_verify", [&] {
+    const LogitRows<scalar_t> logits(p, q, ref, positions);
+    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+      Workspace ws(vocab);
+      float* pi = ws.aux.data();
+      for (int64_t b = begin; b < end; ++b) {
+        const bool greedy = temps[b] == 0.0f;
+        int64_t i = 0;
+        for (;; ++i) {
+          const int64_t n = b * positions + i;
+          flags_out[n] = mixture_row(kind, params[b], temps[b], logits.row(n), vocab, ws, pi).flag;
+          const float* qi = ws.q.data();
+          const int64_t target = greedy ? argmax(pi, vocab) : -1;
+          if (i == gamma) {  // every draft accepted: the bonus token from π_γ
+            tokens_out[n] = greedy ? target : InverseCdf(pi, vocab, ws.blocks).draw(draw_u.at(b, n));
+            break;
+          }
+          const int64_t x = draft_tokens[b * gamma + i];
+          // Accept x with probability min(1, π(x) / q(x)): u · q(x) < π(x).
+          const bool accept = greedy ? x == target : accept_u.at(b * gamma + i, n) * qi[x] < pi[x];
+          if (accept) {
+            tokens_out[n] = x;
+            continue;
+          }
+          if (greedy) {
+            tokens_out[n] = target;
+            break;
+          }
+          // Rejected: draw from the residual max(π − q, 0), or from π if it is empty.
+          // π − q = p(1 − d) + (α − 1) q is positive on kept tokens only (DESIGN §4).
+          float* residual = ws.p.data();
+          for (int64_t v = 0; v < vocab; ++v) residual[v] = std::max(pi[v] - qi[v], 0.0f);
+          const InverseCdf from_residual(residual, vocab, ws.blocks);
+          const float u = draw_u.at(b, b * positions + gamma);
+          tokens_out[n] = from_residual.total() > 0.0 ? from_residual.draw(u) : InverseCdf(pi, vocab, ws.blocks).draw(u);
+          break;
+        }
+        accepted_out[b] = i;
+        for (int64_t j = i + 1; j < positions; ++j) flags_out[b * positions + j] = row_flags(logits.row(b * positions + j), vocab);
+      }
+    });
+  });
+  return {tokens, num_accepted, flags};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(kad, CPU, m) { m.impl("native_verify", &verify); }
+
+}  // namespace kad::cpu

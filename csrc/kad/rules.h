@@ -1,0 +1,68 @@
+// The deferral rules of DESIGN §1 for one token, shared by the CPU and CUDA kernels.
+// Kind values mirror kad_kernels.rules.Kind; the reference is deferral_mask() in
+// kad_kernels/reference.py.
+#pragma once
+
+#include <cstdint>
+
+#include "philox.h"  // KAD_HOST_DEVICE
+
+namespace kad {
+
+enum Kind : int64_t {
+  kLogistic = 0,        // p_v < lam
+  kPerceptron = 1,      // max p - p_v > mu
+  kZeroOne = 2,         // [p_v < max p] > mu
+  kSquared = 3,         // 1 - 2 p_v + ||p||^2 > mu
+  kNudging = 4,         // max p < lam, every v at once
+  kMaxQMinus = 5,       // p_v < max q - lam
+  kMaxQPlus = 6,        // p_v < max q + lam
+  kMaxPPlus = 7,        // q_v < max p + lam
+  kMinusMaxPPlus = 8,   // q_v > max p + lam
+  kPrimal = 9,          // key(p_v) < primal_key (the radix-selected threshold)
+  kImplicitReward = 10  // not a mask: pi ∝ p q / q_ref
+};
+constexpr int64_t kNumKinds = 11;
+
+// Bits of the per-row bad-logits flag (reference.BAD_*), 2 per input tensor: p, q, ref.
+constexpr int32_t kBadNonfinite = 1;
+constexpr int32_t kBadAllNegInf = 2;
+
+// The per-row quantities a mask needs besides p_v and q_v.
+struct RowLoss {
+  float param;           // lam, mu or the primal budget
+  float max_p, max_q;    // max_v p_v, max_v q_v
+  float sum_p2;          // Σ p_v², for the squared loss
+  uint32_t primal_key;   // defer v iff bits(p_v) < primal_key (Primal only)
+};
+
+// The fp32 bit pattern of p >= 0 orders like p: the primal rule compares keys.
+KAD_HOST_DEVICE uint32_t float_key(float p) {
+#if defined(__CUDA_ARCH__)
+  return __float_as_uint(p);
+#else
+  uint32_t key;
+  __builtin_memcpy(&key, &p, sizeof key);
+  return key;
+#endif
+}
+
+// d_v of DESIGN §1.  KIND is a template argument so each rule's loop compiles
+// (and vectorizes) without a branch per token.
+template <int64_t KIND>
+KAD_HOST_DEVICE bool defers(float p, float q, const RowLoss& row) {
+  const float a = row.param;
+  if constexpr (KIND == kLogistic) return p < a;
+  if constexpr (KIND == kPerceptron) return row.max_p - p > a;
+  if constexpr (KIND == kZeroOne) return (p < row.max_p ? 1.0f : 0.0f) > a;
+  if constexpr (KIND == kSquared) return 1.0f - 2.0f * p + row.sum_p2 > a;
+  if constexpr (KIND == kNudging) return row.max_p < a;
+  if constexpr (KIND == kMaxQMinus) return p < row.max_q - a;
+  if constexpr (KIND == kMaxQPlus) return p < row.max_q + a;
+  if constexpr (KIND == kMaxPPlus) return q < row.max_p + a;
+  if constexpr (KIND == kMinusMaxPPlus) return q > row.max_p + a;
+  if constexpr (KIND == kPrimal) return float_key(p) < row.primal_key;
+  return false;
+}
+
+}  // namespace kad

@@ -1,0 +1,60 @@
+"""How the C++/CUDA extension of ``csrc/`` is compiled: one list of sources and flags
+shared by ``setup.py`` (install-time build) and :mod:`kad_kernels._native` (JIT build
+on first use).  Imported by file path from ``setup.py``, so it needs torch only.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+from torch.utils import cpp_extension
+
+NAME = "kad_kernels._C"
+CSRC = Path(__file__).resolve().parent.parent / "csrc"
+
+# -march=native: the CPU kernels rely on the auto-vectorizer, and the extension is
+# built on the machine that runs it (from source, at install or on first use).
+# -ffp-contract=off: no fused multiply-adds the reference's separate roundings lack.
+# -fopenmp: at::parallel_for is an inline OpenMP region in torch's headers.
+CXX_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fopenmp", "-std=c++17"]
+LD_FLAGS = ["-fopenmp"]
+# sm_80 (A100) and sm_90 (H100/H200); PTX of sm_90 for newer GPUs.
+NVCC_FLAGS = [
+    "-O3",
+    "-std=c++17",
+    "-gencode=arch=compute_80,code=sm_80",
+    "-gencode=arch=compute_90,code=sm_90",
+    "-gencode=arch=compute_90,code=compute_90",
+    "-DKAD_WITH_CUDA",
+]
+
+
+def with_cuda() -> bool:
+    """Build the CUDA kernels: torch is a CUDA build and nvcc is found."""
+    return torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None and bool(cuda_sources())
+
+
+def cuda_sources() -> list[Path]:
+    return sorted((CSRC / "cuda").glob("*.cu"))
+
+
+def sources() -> list[Path]:
+    cpu = [CSRC / "ops.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
+    return cpu + (cuda_sources() if with_cuda() else [])
+
+
+def has_compiler() -> bool:
+    return shutil.which("c++") is not None or shutil.which("g++") is not None
+
+
+def extension_kwargs() -> dict:
+    """Keyword arguments of ``CppExtension``/``CUDAExtension`` and of ``cpp_extension.load``."""
+    cuda = with_cuda()
+    return dict(
+        sources=[str(s) for s in sources()],
+        include_dirs=[str(CSRC)],
+        extra_compile_args={"cxx": CXX_FLAGS + (["-DKAD_WITH_CUDA"] if cuda else []), "nvcc": NVCC_FLAGS},
+        extra_link_args=LD_FLAGS,
+    )

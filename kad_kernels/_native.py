@@ -1,0 +1,101 @@
+"""The ``cpu`` and ``cuda`` backends: the C++/CUDA kernels of ``csrc/`` (DESIGN §3).
+
+The extension ``kad_kernels._C`` is compiled by ``setup.py`` when torch is
+importable at install time (``pip install --no-build-isolation``), otherwise
+here, with ninja, on first use (about a minute; cached by torch in
+``~/.cache/torch_extensions``).  Its ops ``torch.ops.kad.native_*`` dispatch on
+the tensors' device; the fake implementations below let ``torch.compile``
+trace them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import types
+
+import torch
+from torch import Tensor
+
+from ._backends import Backend
+
+
+def _jit_build() -> types.ModuleType:
+    from torch.utils import cpp_extension
+
+    from . import _build
+
+    if not _build.has_compiler():
+        raise ImportError("no C++ compiler found: install g++ (or clang) to build the cpu/cuda backends")
+    print("kad_kernels: compiling the C++ extension (first use, about a minute) ...", file=sys.stderr, flush=True)
+    kwargs = _build.extension_kwargs()
+    try:
+        return cpp_extension.load(
+            name=_build.NAME.replace(".", "_"),
+            sources=kwargs["sources"],
+            extra_include_paths=kwargs["include_dirs"],
+            extra_cflags=kwargs["extra_compile_args"]["cxx"],
+            extra_cuda_cflags=kwargs["extra_compile_args"]["nvcc"],
+            extra_ldflags=kwargs["extra_link_args"],
+            with_cuda=_build.with_cuda(),
+        )
+    except (RuntimeError, OSError, SystemExit) as exc:  # compiler errors surface as these
+        raise ImportError(f"building the kad_kernels C++ extension failed: {exc}") from exc
+
+
+def _extension() -> types.ModuleType:
+    try:
+        return importlib.import_module("kad_kernels._C")
+    except ImportError:
+        return _jit_build()
+
+
+_C = _extension()
+
+
+@torch.library.register_fake("kad::native_mixture")
+def _(kind, param, p, q, ref, temperature):
+    batch, vocab = p.shape
+    return (
+        p.new_empty(batch, vocab, dtype=torch.float32),
+        p.new_empty(batch, dtype=torch.float32),
+        p.new_empty(batch, dtype=torch.int32),
+    )
+
+
+@torch.library.register_fake("kad::native_sample")
+def _(kind, param, p, q, ref, temperature, uniforms, seed, offset):
+    batch = p.shape[0]
+    return p.new_empty(batch, dtype=torch.int64), p.new_empty(batch, dtype=torch.int32)
+
+
+@torch.library.register_fake("kad::native_verify")
+def _(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset):
+    batch, positions, _ = p.shape
+    return (
+        p.new_empty(batch, positions, dtype=torch.int64),
+        p.new_empty(batch, dtype=torch.int64),
+        p.new_empty(batch, positions, dtype=torch.int32),
+    )
+
+
+def _mixture(kind, param, p, q, ref, temperature) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.ops.kad.native_mixture(int(kind), param, p, q, ref, temperature)
+
+
+def _sample(kind, param, p, q, ref, temperature, uniforms, seed, offset) -> tuple[Tensor, Tensor]:
+    return torch.ops.kad.native_sample(int(kind), param, p, q, ref, temperature, uniforms, seed, offset)
+
+
+def _verify(kind, param, p, q, ref, draft, temperature, accept_u, draw_u, seed, offset) -> tuple[Tensor, Tensor, Tensor]:
+    return torch.ops.kad.native_verify(int(kind), param, p, q, ref, draft, temperature, accept_u, draw_u, seed, offset)
+
+
+def cpu_backend() -> Backend:
+    return Backend("cpu", _mixture, _sample, _verify, philox_in_kernel=True)
+
+
+def cuda_backend() -> Backend:
+    if not _C.with_cuda:
+        raise ImportError("the kad_kernels extension was built without CUDA (needs a CUDA build of torch and nvcc)")
+    return Backend("cuda", _mixture, _sample, _verify, philox_in_kernel=True)
