@@ -1,5 +1,39 @@
-"""Build script: pure Python for now; the C++/CUDA extension of csrc/ hooks in here."""
+"""Build script: the C++/CUDA extension ``kad_kernels._C`` of ``csrc/`` (DESIGN §3).
+
+The extension is compiled here, with ninja, when torch is importable in the
+build environment: ``pip install --no-build-isolation .`` (or ``-e .``) after
+torch.  A plain ``pip install .`` builds in an isolated environment without
+torch, installs the Python package alone, and the extension is compiled on
+first use instead (``kad_kernels/_native.py``).  The CUDA kernels are included
+when torch is a CUDA build and nvcc is found; sources and flags live in
+``kad_kernels/_build.py``, shared with the on-first-use build.
+"""
+
+import importlib.util
+from pathlib import Path
 
 from setuptools import setup
 
-setup()
+ROOT = Path(__file__).resolve().parent
+
+
+def _extension() -> dict:
+    try:
+        from torch.utils import cpp_extension
+    except ImportError:
+        return {}
+    spec = importlib.util.spec_from_file_location("_kad_build", ROOT / "kad_kernels" / "_build.py")
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    if not build.has_compiler():
+        return {}
+    kwargs = build.extension_kwargs()
+    kwargs["sources"] = [str(Path(s).relative_to(ROOT)) for s in kwargs["sources"]]
+    kind = cpp_extension.CUDAExtension if build.with_cuda() else cpp_extension.CppExtension
+    return {
+        "ext_modules": [kind(build.NAME, **kwargs)],
+        "cmdclass": {"build_ext": cpp_extension.BuildExtension},
+    }
+
+
+setup(**_extension())

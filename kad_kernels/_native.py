@@ -27,7 +27,7 @@ def _jit_build() -> types.ModuleType:
 
     if not _build.has_compiler():
         raise ImportError("no C++ compiler found: install g++ (or clang) to build the cpu/cuda backends")
-    print("kad_kernels: compiling the C++ extension (first use, about a minute) ...", file=sys.stderr, flush=True)
+    print("kad_kernels: loading the C++ extension (compiled with ninja on first use: about a minute) ...", file=sys.stderr, flush=True)
     kwargs = _build.extension_kwargs()
     try:
         return cpp_extension.load(

@@ -20,7 +20,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture(int64_t kind, const at::T
   float* probs_out = probs.data_ptr<float>();
   float* alpha_out = alpha.data_ptr<float>();
   int32_t* flags_out = flags.data_ptr<int32_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "kad_cpu_mixture", [&] {
+  KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_mixture", [&] {
     const LogitRows<scalar_t> logits(p, q, ref, 1);
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       Workspace ws(vocab);

@@ -23,12 +23,26 @@
 
 namespace kad::cpu {
 
+// AT_DISPATCH over the logits dtypes of DESIGN §2 (fp32, bf16, fp16), scalar_t inside.
+#define KAD_DISPATCH_LOGITS(TYPE, NAME, ...)                                      \
+  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)       \
+                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) \
+                                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
+
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32 (two AVX2 ones)
 
-inline float to_float(float x) { return x; }
-inline float to_float(at::BFloat16 x) { return static_cast<float>(x); }
-inline float to_float(at::Half x) { return static_cast<float>(x); }
+// Logit v of a row as fp32.  Half-precision rows are read as raw 16-bit words (and
+// widened by hand or by the F16C/AVX-512 conversion of _Float16) because the
+// compiler does not vectorize loops over the c10::BFloat16 / c10::Half structs.
+inline float load(const float* x, int64_t v) { return x[v]; }
+inline float load(const at::BFloat16* x, int64_t v) {
+  const uint32_t bits = static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(x)[v]) << 16;
+  float out;
+  std::memcpy(&out, &bits, sizeof out);
+  return out;
+}
+inline float load(const at::Half* x, int64_t v) { return static_cast<float>(reinterpret_cast<const _Float16*>(x)[v]); }
 
 // e^x for x <= 0, the only arguments a softmax produces (x - max).  Cody–Waite
 // reduction x = n ln 2 + r, |r| <= ln2 / 2, and Cephes' degree-6 polynomial for
@@ -75,13 +89,13 @@ RowMax row_max(const T* x, int64_t vocab) {
   int64_t v = 0;
   for (; v + kLanes <= vocab; v += kLanes) {
     for (int64_t l = 0; l < kLanes; ++l) {
-      const float xv = to_float(x[v + l]);
+      const float xv = load(x, v + l);
       lane_max[l] = xv > lane_max[l] ? xv : lane_max[l];  // NaN never wins: it is flagged instead
       lane_bad[l] |= (xv != xv) | (xv == kInf);
     }
   }
   for (; v < vocab; ++v) {
-    const float xv = to_float(x[v]);
+    const float xv = load(x, v);
     lane_max[0] = xv > lane_max[0] ? xv : lane_max[0];
     lane_bad[0] |= (xv != xv) | (xv == kInf);
   }
@@ -120,7 +134,7 @@ template <typename T>
 RowSoftmax exp_row(const T* x, int64_t vocab, float inv_t, float* out) {
   RowMax m = row_max(x, vocab);
   const float shift = m.max == -kInf ? 0.0f : m.max;  // an all -inf row: flagged, kept NaN-free here
-  for (int64_t v = 0; v < vocab; ++v) out[v] = exp_nonpositive((to_float(x[v]) - shift) * inv_t);
+  for (int64_t v = 0; v < vocab; ++v) out[v] = exp_nonpositive((load(x, v) - shift) * inv_t);
   const float sum = lane_sum(vocab, [out](int64_t v) { return out[v]; });
   return {shift, sum, m.flag};
 }
@@ -200,9 +214,10 @@ auto dispatch_rule(int64_t kind, F&& f) {
 // α = S_d / (S_d + S_kept) and π_v = p_v (1 − d_v) + α q_v (DESIGN §1) into pi [V].
 // The ratio form gives α = 0 exactly when nothing is deferred and 1 when everything is.
 template <int64_t KIND>
-float defer_and_mix(const float* p, const float* q, int64_t vocab, const RowLoss& loss, float* pi) {
-  const float deferred = lane_sum(vocab, [&](int64_t v) { return defers<KIND>(p[v], q[v], loss) ? p[v] : 0.0f; });
-  const float kept = lane_sum(vocab, [&](int64_t v) { return defers<KIND>(p[v], q[v], loss) ? 0.0f : p[v]; });
+float defer_and_mix(const float* p, const float* q, int64_t vocab, RowLoss loss, float* pi) {
+  // Captures by value: the vectorizer gives up on loads through captured references.
+  const float deferred = lane_sum(vocab, [p, q, loss](int64_t v) { return defers<KIND>(p[v], q[v], loss) ? p[v] : 0.0f; });
+  const float kept = lane_sum(vocab, [p, q, loss](int64_t v) { return defers<KIND>(p[v], q[v], loss) ? 0.0f : p[v]; });
   const float alpha = deferred / (deferred + kept);
   for (int64_t v = 0; v < vocab; ++v) {
     const float shared = alpha * q[v];
@@ -219,9 +234,9 @@ void implicit_reward_row(const T* p, const T* q, const T* ref, int64_t vocab, fl
                          const RowSoftmax& sp, const RowSoftmax& sq, const RowSoftmax& sr, float* pi) {
   const float log_sp = std::log(sp.sum), log_sq = std::log(sq.sum), log_sr = std::log(sr.sum);
   for (int64_t v = 0; v < vocab; ++v) {
-    const float log_ref = (to_float(ref[v]) - sr.max) * inv_t - log_sr;
-    const float log_p = (to_float(p[v]) - sp.max) * inv_t - log_sp;
-    const float log_q = (to_float(q[v]) - sq.max) * inv_t - log_sq;
+    const float log_ref = (load(ref, v) - sr.max) * inv_t - log_sr;
+    const float log_p = (load(p, v) - sp.max) * inv_t - log_sp;
+    const float log_q = (load(q, v) - sq.max) * inv_t - log_sq;
     pi[v] = log_ref > -kInf ? log_p + log_q - log_ref : -kInf;
   }
   const RowSoftmax score = softmax_row(pi, vocab, 1.0f, pi);
@@ -328,16 +343,22 @@ class InverseCdf {
     for (int64_t start = 0, k = 0; start < vocab; start += kBlock, ++k) {
       const int64_t end = std::min(start + kBlock, vocab);
       double lane[8] = {};
-      for (int64_t v = start; v < end; ++v) {
-        lane[v % 8] += w[v];
-        if (w[v] > 0.0f) last_positive_ = v;
-      }
+      int64_t v = start;
+      for (; v + 8 <= end; v += 8)
+        for (int64_t l = 0; l < 8; ++l) lane[l] += w[v + l];
+      for (; v < end; ++v) lane[0] += w[v];
       double block = 0.0;
       for (double x : lane) block += x;
       blocks_[k] = block;
       total_ += block;
     }
-    if (last_positive_ < 0) last_positive_ = vocab - 1;
+    last_positive_ = vocab - 1;  // also when no weight is positive, as reference.inverse_cdf
+    for (int64_t v = vocab - 1; v >= 0; --v) {
+      if (w[v] > 0.0f) {
+        last_positive_ = v;
+        break;
+      }
+    }
   }
 
   double total() const { return total_; }
@@ -364,7 +385,7 @@ class InverseCdf {
   int64_t vocab_;
   std::vector<double>& blocks_;
   double total_ = 0.0;
-  int64_t last_positive_ = -1;
+  int64_t last_positive_;
 };
 
 // Uniform number `index` of a call: from the caller's tensor, or Philox at

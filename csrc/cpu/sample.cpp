@@ -21,7 +21,7 @@ std::tuple<at::Tensor, at::Tensor> sample(int64_t kind, const at::Tensor& param,
   const float* temps = temperature.data_ptr<float>();
   int64_t* tokens_out = tokens.data_ptr<int64_t>();
   int32_t* flags_out = flags.data_ptr<int32_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "kad_cpu_sample", [&] {
+  KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_sample", [&] {
     const LogitRows<scalar_t> logits(p, q, ref, 1);
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
       Workspace ws(vocab);

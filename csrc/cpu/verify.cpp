@@ -31,7 +31,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
   int64_t* tokens_out = tokens.data_ptr<int64_t>();
   int64_t* accepted_out = num_accepted.data_ptr<int64_t>();
   int32_t* flags_out = flags.data_ptr<int32_t>();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, p.scalar_type(), "kad_cpu_verify", [&] {
+  KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_verify", [&] {
     const LogitRows<scalar_t> logits(p, q, ref, positions);
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
       Workspace ws(vocab);
