@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One-shot check on a GPU machine, from the repo root:  bash benchmarks/gpu_check.sh
+#   0. install: builds the C++/CUDA extension of csrc/ (setup.py; CUDA kernels when nvcc is there)
 #   1. GPU tests (pytest -m gpu $PYTEST_ARGS)  -> $OUT/gpu_tests.log
 #   2. kernel benchmarks, two passes           -> $OUT/bench.log, $OUT/{headline,grid}/bench_kernels.{csv,md,png}
 # Every step runs even if an earlier one fails; the exit status is nonzero if any failed.
@@ -45,6 +46,9 @@ else
     rm -f "$OUT/pip.log"  # the device tool returns at most 8 files
 fi
 
+echo "== backends (the cuda backend needs the extension built with nvcc)"
+"$PY" -c "import kad_kernels as kk; print(kk.available_backends())" || failed+=("backends")
+
 PYTEST_ARGS=${PYTEST_ARGS:--x -q}
 echo "== GPU tests: pytest -m gpu $PYTEST_ARGS (timeout ${TEST_TIMEOUT}s) -> $OUT/gpu_tests.log"
 start=$SECONDS
@@ -62,8 +66,8 @@ esac
 # Two passes: the full grid for the backends alone, then the headline comparison
 # with torch.compile of the reference (each shape costs a compilation of seconds).
 # HEADLINE_ARGS / BENCH_ARGS override them (e.g. BENCH_ARGS=--quick).
-HEADLINE_ARGS=${HEADLINE_ARGS:---dtypes bf16 --vocab 151936 --batch 64 --backends torch,torch-compile,triton}
-BENCH_ARGS=${BENCH_ARGS:---backends torch,triton}
+HEADLINE_ARGS=${HEADLINE_ARGS:---dtypes bf16 --vocab 151936 --batch 64 --backends torch,torch-compile,triton,cuda}
+BENCH_ARGS=${BENCH_ARGS:---backends torch,triton,cuda}
 bench() {  # bench NAME ARGS...: one pass into $OUT/NAME
     local name=$1
     shift

@@ -23,7 +23,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture(int64_t kind, const at::T
   KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_mixture", [&] {
     const LogitRows<scalar_t> logits(p, q, ref, 1);
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      Workspace ws(vocab);
+      Workspace& ws = Workspace::local(vocab);
       for (int64_t n = begin; n < end; ++n) {
         const Mixed mixed = mixture_row(kind, params[n], temps[n], logits.row(n), vocab, ws, probs_out + n * vocab);
         alpha_out[n] = mixed.alpha;

@@ -67,11 +67,20 @@ inline float exp_nonpositive(float x) {
   return x < -87.0f ? 0.0f : er * scale;
 }
 
-// Scratch rows of one thread.  `pi` may be a row of the caller's output instead.
+// Scratch rows of one thread, kept between calls: fresh pages for 2 MB of scratch
+// per call would cost more than a batch-1 call's arithmetic.
 struct Workspace {
-  explicit Workspace(int64_t vocab) : p(vocab), q(vocab), aux(vocab), blocks((vocab + 255) / 256) {}
+  static Workspace& local(int64_t vocab) {
+    thread_local Workspace ws;
+    if (static_cast<int64_t>(ws.p.size()) < vocab) {
+      for (std::vector<float>* row : {&ws.p, &ws.q, &ws.aux}) row->resize(vocab);
+      ws.blocks.resize((vocab + 255) / 256);
+    }
+    return ws;
+  }
   std::vector<float> p, q, aux;
   std::vector<double> blocks;  // inverse-CDF block sums
+  std::vector<int64_t> candidates;  // primal radix select
 };
 
 // max_v x_v and the bad-logits bits of one row (NaN or +inf; every entry -inf).
@@ -302,10 +311,7 @@ Mixed mixture_row(int64_t kind, float param, float temperature, const RowLogits<
   // The arg-max holds e^0 = 1, so max p is 1 · (1 / Σ), the very value softmax_row stored there.
   RowLoss loss{param, 1.0f * (1.0f / sp.sum), 1.0f * (1.0f / sq.sum), 0.0f, 0u};
   if (kind == kSquared) loss.sum_p2 = lane_sum(vocab, [p](int64_t v) { return p[v] * p[v]; });
-  if (kind == kPrimal) {
-    std::vector<int64_t> candidates;
-    loss.primal_key = primal_key(p, vocab, param, candidates);
-  }
+  if (kind == kPrimal) loss.primal_key = primal_key(p, vocab, param, ws.candidates);
   const float alpha = dispatch_rule(kind, [&](auto k) { return defer_and_mix<decltype(k)::value>(p, q, vocab, loss, pi); });
   return {alpha, sp.flag | (sq.flag << 2)};
 }

@@ -24,7 +24,7 @@ std::tuple<at::Tensor, at::Tensor> sample(int64_t kind, const at::Tensor& param,
   KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_sample", [&] {
     const LogitRows<scalar_t> logits(p, q, ref, 1);
     at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
-      Workspace ws(vocab);
+      Workspace& ws = Workspace::local(vocab);
       float* pi = ws.aux.data();
       for (int64_t n = begin; n < end; ++n) {
         flags_out[n] = mixture_row(kind, params[n], temps[n], logits.row(n), vocab, ws, pi).flag;

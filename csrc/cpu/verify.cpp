@@ -34,7 +34,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
   KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_verify", [&] {
     const LogitRows<scalar_t> logits(p, q, ref, positions);
     at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
-      Workspace ws(vocab);
+      Workspace& ws = Workspace::local(vocab);
       float* pi = ws.aux.data();
       for (int64_t b = begin; b < end; ++b) {
         const bool greedy = temps[b] == 0.0f;
