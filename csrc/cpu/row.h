@@ -1,8 +1,9 @@
 // One row of the CPU backend: the passes of DESIGN §4 over fp32 scratch rows.
 //
 // A thread takes whole rows (at::parallel_for over the batch) and keeps a
-// Workspace of three fp32 rows of length V, so the logits are read once from
-// memory in their own dtype and every later pass runs over L2-resident fp32.
+// Workspace of three fp32 rows of length V: the logits are read twice in their own
+// dtype (max; exp and Σ, which stores e_v = exp((x_v − max) / T)) and every later
+// pass runs over cache-resident fp32, forming p_v = e_v / Σ where it is used.
 // Loops are written for the compiler's auto-vectorizer: fixed-width lane
 // accumulators instead of a scalar running sum or max, and a polynomial exp
 // instead of std::exp (which GCC does not vectorize without -ffast-math, and
@@ -132,29 +133,26 @@ float lane_sum(int64_t vocab, F&& term) {
 
 // Softmax statistics of one row of logits at temperature 1 / inv_t.
 struct RowSoftmax {
-  float max;      // of the raw logits: the shift is applied before 1/T (see below)
+  float max;      // of the raw logits: the shift is applied before 1/T (see exp_row)
   float sum;      // Σ_v exp((x_v − max) / T)
   int32_t flag;
+  float scale() const { return 1.0f / sum; }  // p_v = e_v · scale, as torch.softmax normalizes
 };
 
-// exp((x_v − max) / T) into `out` [V] and its statistics.  Shifting by the raw
-// max before scaling by 1/T makes the arg-max's term exactly e^0 = 1.
+// e_v = exp((x_v − max) / T) into `out` [V] and its statistics, in two passes over the
+// logits (max, then exp and Σ).  The probabilities are e_v · scale(), formed where
+// they are used rather than in a pass of their own.  Shifting by the raw max before
+// scaling by 1/T makes the arg-max's term exactly e^0 = 1, hence max p = scale().
 template <typename T>
 RowSoftmax exp_row(const T* x, int64_t vocab, float inv_t, float* out) {
   RowMax m = row_max(x, vocab);
   const float shift = m.max == -kInf ? 0.0f : m.max;  // an all -inf row: flagged, kept NaN-free here
-  for (int64_t v = 0; v < vocab; ++v) out[v] = exp_nonpositive((load(x, v) - shift) * inv_t);
-  const float sum = lane_sum(vocab, [out](int64_t v) { return out[v]; });
+  const float sum = lane_sum(vocab, [x, out, shift, inv_t](int64_t v) {
+    const float e = exp_nonpositive((load(x, v) - shift) * inv_t);
+    out[v] = e;
+    return e;
+  });
   return {shift, sum, m.flag};
-}
-
-// p = softmax(x / T) in fp32 into `out` [V] (DESIGN §1); returns the statistics.
-template <typename T>
-RowSoftmax softmax_row(const T* x, int64_t vocab, float inv_t, float* out) {
-  RowSoftmax s = exp_row(x, vocab, inv_t, out);
-  const float inv_sum = 1.0f / s.sum;
-  for (int64_t v = 0; v < vocab; ++v) out[v] *= inv_sum;
-  return s;
 }
 
 // Primal threshold key (DESIGN §1, Primal): defer v iff bits(p_v) < key, where key
@@ -163,7 +161,7 @@ RowSoftmax softmax_row(const T* x, int64_t vocab, float inv_t, float* out) {
 // their bit patterns, so a radix select over 11 + 11 + 10 bits finds it in three
 // histogram passes (the last over the few candidates left) instead of a sort.
 // Tied tokens share one key, hence are deferred together or not at all.
-inline uint32_t primal_key(const float* p, int64_t vocab, float budget, std::vector<int64_t>& candidates) {
+inline uint32_t primal_key(const float* e, float scale, int64_t vocab, float budget, std::vector<int64_t>& candidates) {
   if (budget >= 1.0f) return 0xFFFFFFFFu;
   constexpr int kShifts[3] = {21, 10, 0};
   constexpr int kWidths[3] = {11, 11, 10};
@@ -176,9 +174,10 @@ inline uint32_t primal_key(const float* p, int64_t vocab, float budget, std::vec
     const uint32_t digit_mask = (1u << kWidths[level]) - 1;
     std::fill(hist.begin(), hist.end(), 0.0);
     auto add = [&](int64_t v) {
-      const uint32_t key = float_key(p[v]);
+      const float p = e[v] * scale;
+      const uint32_t key = float_key(p);
       if ((key & prefix_mask) != prefix) return false;
-      hist[(key >> shift) & digit_mask] += p[v];
+      hist[(key >> shift) & digit_mask] += p;
       return true;
     };
     if (level == 0) {
@@ -220,17 +219,35 @@ auto dispatch_rule(int64_t kind, F&& f) {
   }
 }
 
-// α = S_d / (S_d + S_kept) and π_v = p_v (1 − d_v) + α q_v (DESIGN §1) into pi [V].
-// The ratio form gives α = 0 exactly when nothing is deferred and 1 when everything is.
+// α = S_d / (S_d + S_kept) and π_v = p_v (1 − d_v) + α q_v (DESIGN §1) into pi [V],
+// from e_p, e_q and their scales (p_v = e_p[v] · p_scale).  The ratio form gives
+// α = 0 exactly when nothing is deferred and 1 when everything is.
 template <int64_t KIND>
-float defer_and_mix(const float* p, const float* q, int64_t vocab, RowLoss loss, float* pi) {
-  // Captures by value: the vectorizer gives up on loads through captured references.
-  const float deferred = lane_sum(vocab, [p, q, loss](int64_t v) { return defers<KIND>(p[v], q[v], loss) ? p[v] : 0.0f; });
-  const float kept = lane_sum(vocab, [p, q, loss](int64_t v) { return defers<KIND>(p[v], q[v], loss) ? 0.0f : p[v]; });
-  const float alpha = deferred / (deferred + kept);
-  for (int64_t v = 0; v < vocab; ++v) {
-    const float shared = alpha * q[v];
-    pi[v] = defers<KIND>(p[v], q[v], loss) ? shared : p[v] + shared;
+float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_scale, int64_t vocab, RowLoss loss,
+                    float* pi) {
+  // Both sums in one pass; lambdas capture by value (the vectorizer gives up on
+  // loads through captured references).
+  float deferred[kLanes] = {}, kept[kLanes] = {};
+  auto accumulate = [ep, p_scale, eq, q_scale, loss, &deferred, &kept](int64_t v, int64_t l) {
+    const float p = ep[v] * p_scale;
+    const bool d = defers<KIND>(p, eq[v] * q_scale, loss);
+    deferred[l] += d ? p : 0.0f;
+    kept[l] += d ? 0.0f : p;
+  };
+  int64_t v = 0;
+  for (; v + kLanes <= vocab; v += kLanes)
+    for (int64_t l = 0; l < kLanes; ++l) accumulate(v + l, l);
+  for (; v < vocab; ++v) accumulate(v, 0);
+  float s_d = 0.0f, s_k = 0.0f;
+  for (int64_t l = 0; l < kLanes; ++l) {
+    s_d += deferred[l];
+    s_k += kept[l];
+  }
+  const float alpha = s_d / (s_d + s_k);
+  for (v = 0; v < vocab; ++v) {
+    const float p = ep[v] * p_scale, q = eq[v] * q_scale;
+    const float shared = alpha * q;
+    pi[v] = defers<KIND>(p, q, loss) ? shared : p + shared;
   }
   return alpha;
 }
@@ -248,8 +265,13 @@ void implicit_reward_row(const T* p, const T* q, const T* ref, int64_t vocab, fl
     const float log_q = (load(q, v) - sq.max) * inv_t - log_sq;
     pi[v] = log_ref > -kInf ? log_p + log_q - log_ref : -kInf;
   }
-  const RowSoftmax score = softmax_row(pi, vocab, 1.0f, pi);
-  if (score.flag & kBadAllNegInf) std::fill_n(pi, vocab, 1.0f / static_cast<float>(vocab));
+  const RowSoftmax score = exp_row(pi, vocab, 1.0f, pi);
+  if (score.flag & kBadAllNegInf) {
+    std::fill_n(pi, vocab, 1.0f / static_cast<float>(vocab));
+    return;
+  }
+  const float scale = score.scale();
+  for (int64_t v = 0; v < vocab; ++v) pi[v] *= scale;
 }
 
 // One row of logits of each model (ref only for ImplicitReward).
@@ -288,32 +310,33 @@ class LogitRows {
 
 struct Mixed {
   float alpha;
-  int32_t flag;  // 2 bad-logits bits per tensor: p, q, ref
+  int32_t flag;   // 2 bad-logits bits per tensor: p, q, ref
+  float q_scale;  // q_v = ws.q[v] · q_scale
 };
 
-// The mixture π of one row into pi [V]; leaves q = softmax(q_logits / T) in ws.q
-// (verify's accept test and residual need it).  T = 0 (greedy) mixes at T = 1.
+// The mixture π of one row into pi [V]; leaves e_q in ws.q (verify's accept test and
+// residual need q).  T = 0 (greedy) mixes at T = 1.
 template <typename T>
 Mixed mixture_row(int64_t kind, float param, float temperature, const RowLogits<T>& row, int64_t vocab,
                   Workspace& ws, float* pi) {
   const float inv_t = temperature > 0.0f ? 1.0f / temperature : 1.0f;
+  const RowSoftmax sp = exp_row(row.p, vocab, inv_t, ws.p.data());
+  const RowSoftmax sq = exp_row(row.q, vocab, inv_t, ws.q.data());
   if (kind == kImplicitReward) {
-    const RowSoftmax sp = exp_row(row.p, vocab, inv_t, ws.p.data());
     const RowSoftmax sr = exp_row(row.ref, vocab, inv_t, ws.aux.data());
-    const RowSoftmax sq = softmax_row(row.q, vocab, inv_t, ws.q.data());
     implicit_reward_row(row.p, row.q, row.ref, vocab, inv_t, sp, sq, sr, pi);
-    return {0.0f, sp.flag | (sq.flag << 2) | (sr.flag << 4)};
+    return {0.0f, sp.flag | (sq.flag << 2) | (sr.flag << 4), sq.scale()};
   }
-  const RowSoftmax sp = softmax_row(row.p, vocab, inv_t, ws.p.data());
-  const RowSoftmax sq = softmax_row(row.q, vocab, inv_t, ws.q.data());
-  const float* p = ws.p.data();
-  const float* q = ws.q.data();
-  // The arg-max holds e^0 = 1, so max p is 1 · (1 / Σ), the very value softmax_row stored there.
-  RowLoss loss{param, 1.0f * (1.0f / sp.sum), 1.0f * (1.0f / sq.sum), 0.0f, 0u};
-  if (kind == kSquared) loss.sum_p2 = lane_sum(vocab, [p](int64_t v) { return p[v] * p[v]; });
-  if (kind == kPrimal) loss.primal_key = primal_key(p, vocab, param, ws.candidates);
-  const float alpha = dispatch_rule(kind, [&](auto k) { return defer_and_mix<decltype(k)::value>(p, q, vocab, loss, pi); });
-  return {alpha, sp.flag | (sq.flag << 2)};
+  const float* ep = ws.p.data();
+  const float p_scale = sp.scale(), q_scale = sq.scale();
+  // max p = e^0 · scale: the arg-max's e is exactly 1 (exp_row).
+  RowLoss loss{param, 1.0f * p_scale, 1.0f * q_scale, 0.0f, 0u};
+  if (kind == kSquared) loss.sum_p2 = lane_sum(vocab, [ep, p_scale](int64_t v) { return (ep[v] * p_scale) * (ep[v] * p_scale); });
+  if (kind == kPrimal) loss.primal_key = primal_key(ep, p_scale, vocab, param, ws.candidates);
+  const float alpha = dispatch_rule(kind, [&](auto k) {
+    return defer_and_mix<decltype(k)::value>(ep, p_scale, ws.q.data(), q_scale, vocab, loss, pi);
+  });
+  return {alpha, sp.flag | (sq.flag << 2), q_scale};
 }
 
 // Bad-logits bits of one row without computing anything else (verify's positions

@@ -41,8 +41,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
         int64_t i = 0;
         for (;; ++i) {
           const int64_t n = b * positions + i;
-          flags_out[n] = mixture_row(kind, params[b], temps[b], logits.row(n), vocab, ws, pi).flag;
-          const float* qi = ws.q.data();
+          const Mixed mixed = mixture_row(kind, params[b], temps[b], logits.row(n), vocab, ws, pi);
+          flags_out[n] = mixed.flag;
+          const float* eq = ws.q.data();
+          const float q_scale = mixed.q_scale;
           const int64_t target = greedy ? argmax(pi, vocab) : -1;
           if (i == gamma) {  // every draft accepted: the bonus token from π_γ
             tokens_out[n] = greedy ? target : InverseCdf(pi, vocab, ws.blocks).draw(draw_u.at(b, n));
@@ -50,7 +52,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
           }
           const int64_t x = draft_tokens[b * gamma + i];
           // Accept x with probability min(1, π(x) / q(x)): u · q(x) < π(x).
-          const bool accept = greedy ? x == target : accept_u.at(b * gamma + i, n) * qi[x] < pi[x];
+          const bool accept = greedy ? x == target : accept_u.at(b * gamma + i, n) * (eq[x] * q_scale) < pi[x];
           if (accept) {
             tokens_out[n] = x;
             continue;
@@ -62,7 +64,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
           // Rejected: draw from the residual max(π − q, 0), or from π if it is empty.
           // π − q = p(1 − d) + (α − 1) q is positive on kept tokens only (DESIGN §4).
           float* residual = ws.p.data();
-          for (int64_t v = 0; v < vocab; ++v) residual[v] = std::max(pi[v] - qi[v], 0.0f);
+          for (int64_t v = 0; v < vocab; ++v) residual[v] = std::max(pi[v] - eq[v] * q_scale, 0.0f);
           const InverseCdf from_residual(residual, vocab, ws.blocks);
           const float u = draw_u.at(b, b * positions + gamma);
           tokens_out[n] = from_residual.total() > 0.0 ? from_residual.draw(u) : InverseCdf(pi, vocab, ws.blocks).draw(u);
