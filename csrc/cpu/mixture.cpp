@@ -1,5 +1,4 @@
 // kad::native_mixture on CPU tensors: π [N, V] and α [N] (DESIGN §1), for tests and analysis.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "row.h"
@@ -22,13 +21,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture(int64_t kind, const at::T
   int32_t* flags_out = flags.data_ptr<int32_t>();
   KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_mixture", [&] {
     const LogitRows<scalar_t> logits(p, q, ref, 1);
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for_rows(rows, [&](int64_t n) {
       Workspace& ws = Workspace::local(vocab);
-      for (int64_t n = begin; n < end; ++n) {
-        const Mixed mixed = mixture_row(kind, params[n], temps[n], logits.row(n), vocab, ws, probs_out + n * vocab);
-        alpha_out[n] = mixed.alpha;
-        flags_out[n] = mixed.flag;
-      }
+      const Mixed mixed = mixture_row(kind, params[n], temps[n], logits.row(n), vocab, ws, probs_out + n * vocab);
+      alpha_out[n] = mixed.alpha;
+      flags_out[n] = mixed.flag;
     });
   });
   return {probs, alpha, flags};

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cmath>
@@ -90,45 +91,121 @@ struct RowMax {
   int32_t flag;
 };
 
-template <typename T>
-RowMax row_max(const T* x, int64_t vocab) {
-  float lane_max[kLanes];
-  int32_t lane_bad[kLanes];
-  std::fill_n(lane_max, kLanes, -kInf);
-  std::fill_n(lane_bad, kLanes, 0);
-  int64_t v = 0;
-  for (; v + kLanes <= vocab; v += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) {
-      const float xv = load(x, v + l);
-      lane_max[l] = xv > lane_max[l] ? xv : lane_max[l];  // NaN never wins: it is flagged instead
-      lane_bad[l] |= (xv != xv) | (xv == kInf);
-    }
+// The vocabulary is walked in fixed chunks: a call with fewer rows than threads
+// runs each pass's chunks in parallel (at::parallel_for; inside the row-parallel
+// loop of a larger batch the same call runs inline), and reductions combine the
+// per-chunk partials in chunk order, so results never depend on the thread count.
+constexpr int64_t kChunk = 16384;
+
+inline int64_t num_chunks(int64_t vocab) { return (vocab + kChunk - 1) / kChunk; }
+
+// body(begin, end, chunk) for every chunk of [0, vocab).
+template <typename F>
+void for_chunks(int64_t vocab, const F& body) {
+  at::parallel_for(0, num_chunks(vocab), 1, [&](int64_t first, int64_t last) {
+    for (int64_t c = first; c < last; ++c) body(c * kChunk, std::min((c + 1) * kChunk, vocab), c);
+  });
+}
+
+// combine(...combine(init, partial(chunk 0)), ...) with partial(begin, end) per chunk.
+template <typename P, typename F, typename C>
+P reduce_chunks(int64_t vocab, P init, const F& partial, const C& combine) {
+  std::vector<P> parts(num_chunks(vocab), init);
+  for_chunks(vocab, [&](int64_t begin, int64_t end, int64_t c) { parts[c] = partial(begin, end); });
+  P out = init;
+  for (const P& part : parts) out = combine(out, part);
+  return out;
+}
+
+// Rows of a call in parallel when there are enough of them to occupy the threads;
+// otherwise one after the other, each row's passes split over the threads.
+template <typename F>
+void for_rows(int64_t rows, const F& body) {
+  if (rows >= at::get_num_threads()) {
+    at::parallel_for(0, rows, 1, [&](int64_t first, int64_t last) {
+      for (int64_t n = first; n < last; ++n) body(n);
+    });
+  } else {
+    for (int64_t n = 0; n < rows; ++n) body(n);
   }
-  for (; v < vocab; ++v) {
-    const float xv = load(x, v);
-    lane_max[0] = xv > lane_max[0] ? xv : lane_max[0];
-    lane_bad[0] |= (xv != xv) | (xv == kInf);
+}
+
+// 16 fp32 lanes as a GCC/Clang vector: the max-and-NaN scan below is written with
+// it because the auto-vectorizer leaves `x > m ? x : m` scalar (it may not assume
+// the NaN and signed-zero behaviour of a vector max).
+typedef float f32x16 __attribute__((vector_size(64)));
+typedef int32_t i32x16 __attribute__((vector_size(64)));
+typedef uint16_t u16x16 __attribute__((vector_size(32)));
+typedef _Float16 f16x16 __attribute__((vector_size(32)));
+
+inline f32x16 load16(const float* x, int64_t v) {
+  f32x16 out;
+  std::memcpy(&out, x + v, sizeof out);
+  return out;
+}
+inline f32x16 load16(const at::BFloat16* x, int64_t v) {
+  u16x16 raw;
+  std::memcpy(&raw, x + v, sizeof raw);
+  return reinterpret_cast<f32x16>(__builtin_convertvector(raw, i32x16) << 16);
+}
+inline f32x16 load16(const at::Half* x, int64_t v) {
+  f16x16 raw;
+  std::memcpy(&raw, x + v, sizeof raw);
+  return __builtin_convertvector(raw, f32x16);
+}
+
+template <typename T>
+RowMax slice_max(const T* x, int64_t begin, int64_t end) {
+  static_assert(kLanes == 16, "slice_max reads 16 lanes at a time");
+  f32x16 lane_max = f32x16{} - kInf;
+  i32x16 lane_bad = {};
+  int64_t v = begin;
+  for (; v + kLanes <= end; v += kLanes) {
+    const f32x16 xv = load16(x, v);
+    lane_max = xv > lane_max ? xv : lane_max;  // NaN never wins: it is flagged instead
+    lane_bad |= (xv != xv) | (xv == kInf);
   }
   RowMax out{-kInf, 0};
   for (int64_t l = 0; l < kLanes; ++l) {
     out.max = std::max(out.max, lane_max[l]);
     out.flag |= lane_bad[l] ? kBadNonfinite : 0;
   }
+  for (; v < end; ++v) {
+    const float xv = load(x, v);
+    out.max = xv > out.max ? xv : out.max;
+    out.flag |= (xv != xv) | (xv == kInf) ? kBadNonfinite : 0;
+  }
+  return out;
+}
+
+template <typename T>
+RowMax row_max(const T* x, int64_t vocab) {
+  RowMax out = reduce_chunks(
+      vocab, RowMax{-kInf, 0}, [x](int64_t begin, int64_t end) { return slice_max(x, begin, end); },
+      [](RowMax a, RowMax b) { return RowMax{std::max(a.max, b.max), a.flag | b.flag}; });
   if (out.max == -kInf) out.flag |= kBadAllNegInf;
   return out;
 }
 
-// Σ_v x_v over an fp32 row, in kLanes partial sums (the order torch's vectorized sum uses too).
+// Σ_{begin <= v < end} term(v) in kLanes partial sums (the order torch's vectorized sum uses too).
 template <typename F>
-float lane_sum(int64_t vocab, F&& term) {
+float lane_sum(int64_t begin, int64_t end, const F& term) {
   float lane[kLanes] = {};
-  int64_t v = 0;
-  for (; v + kLanes <= vocab; v += kLanes)
+  int64_t v = begin;
+  for (; v + kLanes <= end; v += kLanes)
     for (int64_t l = 0; l < kLanes; ++l) lane[l] += term(v + l);
-  for (; v < vocab; ++v) lane[0] += term(v);
+  for (; v < end; ++v) lane[0] += term(v);
   float total = 0.0f;
   for (int64_t l = 0; l < kLanes; ++l) total += lane[l];
   return total;
+}
+
+// Σ_v term(v) over a row, chunk by chunk.
+template <typename F>
+float row_sum(int64_t vocab, const F& term) {
+  return reduce_chunks(
+      vocab, 0.0f, [&term](int64_t begin, int64_t end) { return lane_sum(begin, end, term); },
+      [](float a, float b) { return a + b; });
 }
 
 // Softmax statistics of one row of logits at temperature 1 / inv_t.
@@ -147,7 +224,7 @@ template <typename T>
 RowSoftmax exp_row(const T* x, int64_t vocab, float inv_t, float* out) {
   RowMax m = row_max(x, vocab);
   const float shift = m.max == -kInf ? 0.0f : m.max;  // an all -inf row: flagged, kept NaN-free here
-  const float sum = lane_sum(vocab, [x, out, shift, inv_t](int64_t v) {
+  const float sum = row_sum(vocab, [x, out, shift, inv_t](int64_t v) {
     const float e = exp_nonpositive((load(x, v) - shift) * inv_t);
     out[v] = e;
     return e;
@@ -225,30 +302,40 @@ auto dispatch_rule(int64_t kind, F&& f) {
 template <int64_t KIND>
 float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_scale, int64_t vocab, RowLoss loss,
                     float* pi) {
+  struct Masses {
+    float deferred, kept;
+  };
   // Both sums in one pass; lambdas capture by value (the vectorizer gives up on
   // loads through captured references).
-  float deferred[kLanes] = {}, kept[kLanes] = {};
-  auto accumulate = [ep, p_scale, eq, q_scale, loss, &deferred, &kept](int64_t v, int64_t l) {
-    const float p = ep[v] * p_scale;
-    const bool d = defers<KIND>(p, eq[v] * q_scale, loss);
-    deferred[l] += d ? p : 0.0f;
-    kept[l] += d ? 0.0f : p;
+  auto slice_masses = [ep, p_scale, eq, q_scale, loss](int64_t begin, int64_t end) {
+    float deferred[kLanes] = {}, kept[kLanes] = {};
+    auto accumulate = [ep, p_scale, eq, q_scale, loss, &deferred, &kept](int64_t v, int64_t l) {
+      const float p = ep[v] * p_scale;
+      const bool d = defers<KIND>(p, eq[v] * q_scale, loss);
+      deferred[l] += d ? p : 0.0f;
+      kept[l] += d ? 0.0f : p;
+    };
+    int64_t v = begin;
+    for (; v + kLanes <= end; v += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) accumulate(v + l, l);
+    for (; v < end; ++v) accumulate(v, 0);
+    Masses out{0.0f, 0.0f};
+    for (int64_t l = 0; l < kLanes; ++l) {
+      out.deferred += deferred[l];
+      out.kept += kept[l];
+    }
+    return out;
   };
-  int64_t v = 0;
-  for (; v + kLanes <= vocab; v += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) accumulate(v + l, l);
-  for (; v < vocab; ++v) accumulate(v, 0);
-  float s_d = 0.0f, s_k = 0.0f;
-  for (int64_t l = 0; l < kLanes; ++l) {
-    s_d += deferred[l];
-    s_k += kept[l];
-  }
-  const float alpha = s_d / (s_d + s_k);
-  for (v = 0; v < vocab; ++v) {
-    const float p = ep[v] * p_scale, q = eq[v] * q_scale;
-    const float shared = alpha * q;
-    pi[v] = defers<KIND>(p, q, loss) ? shared : p + shared;
-  }
+  const Masses m = reduce_chunks(vocab, Masses{0.0f, 0.0f}, slice_masses,
+                                 [](Masses a, Masses b) { return Masses{a.deferred + b.deferred, a.kept + b.kept}; });
+  const float alpha = m.deferred / (m.deferred + m.kept);
+  for_chunks(vocab, [=](int64_t begin, int64_t end, int64_t) {
+    for (int64_t v = begin; v < end; ++v) {
+      const float p = ep[v] * p_scale, q = eq[v] * q_scale;
+      const float shared = alpha * q;
+      pi[v] = defers<KIND>(p, q, loss) ? shared : p + shared;
+    }
+  });
   return alpha;
 }
 
@@ -259,19 +346,23 @@ template <typename T>
 void implicit_reward_row(const T* p, const T* q, const T* ref, int64_t vocab, float inv_t,
                          const RowSoftmax& sp, const RowSoftmax& sq, const RowSoftmax& sr, float* pi) {
   const float log_sp = std::log(sp.sum), log_sq = std::log(sq.sum), log_sr = std::log(sr.sum);
-  for (int64_t v = 0; v < vocab; ++v) {
-    const float log_ref = (load(ref, v) - sr.max) * inv_t - log_sr;
-    const float log_p = (load(p, v) - sp.max) * inv_t - log_sp;
-    const float log_q = (load(q, v) - sq.max) * inv_t - log_sq;
-    pi[v] = log_ref > -kInf ? log_p + log_q - log_ref : -kInf;
-  }
+  for_chunks(vocab, [=](int64_t begin, int64_t end, int64_t) {
+    for (int64_t v = begin; v < end; ++v) {
+      const float log_ref = (load(ref, v) - sr.max) * inv_t - log_sr;
+      const float log_p = (load(p, v) - sp.max) * inv_t - log_sp;
+      const float log_q = (load(q, v) - sq.max) * inv_t - log_sq;
+      pi[v] = log_ref > -kInf ? log_p + log_q - log_ref : -kInf;
+    }
+  });
   const RowSoftmax score = exp_row(pi, vocab, 1.0f, pi);
   if (score.flag & kBadAllNegInf) {
     std::fill_n(pi, vocab, 1.0f / static_cast<float>(vocab));
     return;
   }
   const float scale = score.scale();
-  for (int64_t v = 0; v < vocab; ++v) pi[v] *= scale;
+  for_chunks(vocab, [=](int64_t begin, int64_t end, int64_t) {
+    for (int64_t v = begin; v < end; ++v) pi[v] *= scale;
+  });
 }
 
 // One row of logits of each model (ref only for ImplicitReward).
@@ -331,7 +422,7 @@ Mixed mixture_row(int64_t kind, float param, float temperature, const RowLogits<
   const float p_scale = sp.scale(), q_scale = sq.scale();
   // max p = e^0 · scale: the arg-max's e is exactly 1 (exp_row).
   RowLoss loss{param, 1.0f * p_scale, 1.0f * q_scale, 0.0f, 0u};
-  if (kind == kSquared) loss.sum_p2 = lane_sum(vocab, [ep, p_scale](int64_t v) { return (ep[v] * p_scale) * (ep[v] * p_scale); });
+  if (kind == kSquared) loss.sum_p2 = row_sum(vocab, [ep, p_scale](int64_t v) { return (ep[v] * p_scale) * (ep[v] * p_scale); });
   if (kind == kPrimal) loss.primal_key = primal_key(ep, p_scale, vocab, param, ws.candidates);
   const float alpha = dispatch_rule(kind, [&](auto k) {
     return defer_and_mix<decltype(k)::value>(ep, p_scale, ws.q.data(), q_scale, vocab, loss, pi);
@@ -350,14 +441,23 @@ int32_t row_flags(const RowLogits<T>& row, int64_t vocab) {
 
 // arg-max of w [V], lowest index on ties (greedy rows, DESIGN §1).
 inline int64_t argmax(const float* w, int64_t vocab) {
-  float lane[kLanes];
-  std::fill_n(lane, kLanes, -kInf);
-  int64_t v = 0;
-  for (; v + kLanes <= vocab; v += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) lane[l] = w[v + l] > lane[l] ? w[v + l] : lane[l];
-  for (; v < vocab; ++v) lane[0] = w[v] > lane[0] ? w[v] : lane[0];
-  const float best = *std::max_element(lane, lane + kLanes);
-  return std::find(w, w + vocab, best) - w;
+  struct Best {
+    float value;
+    int64_t index;
+  };
+  auto slice_best = [w](int64_t begin, int64_t end) {
+    float lane[kLanes];
+    std::fill_n(lane, kLanes, -kInf);
+    int64_t v = begin;
+    for (; v + kLanes <= end; v += kLanes)
+      for (int64_t l = 0; l < kLanes; ++l) lane[l] = w[v + l] > lane[l] ? w[v + l] : lane[l];
+    for (; v < end; ++v) lane[0] = w[v] > lane[0] ? w[v] : lane[0];
+    const float best = *std::max_element(lane, lane + kLanes);
+    return Best{best, std::find(w + begin, w + end, best) - w};
+  };
+  // Chunks combine in order, so a tie keeps the earlier chunk's (lower) index.
+  return reduce_chunks(vocab, Best{-kInf, 0}, slice_best, [](Best a, Best b) { return b.value > a.value ? b : a; })
+      .index;
 }
 
 // Inverse CDF of non-negative weights w [V] (DESIGN §2): the smallest v with
@@ -369,18 +469,22 @@ class InverseCdf {
   static constexpr int64_t kBlock = 256;
 
   InverseCdf(const float* w, int64_t vocab, std::vector<double>& blocks) : w_(w), vocab_(vocab), blocks_(blocks) {
-    for (int64_t start = 0, k = 0; start < vocab; start += kBlock, ++k) {
-      const int64_t end = std::min(start + kBlock, vocab);
-      double lane[8] = {};
-      int64_t v = start;
-      for (; v + 8 <= end; v += 8)
-        for (int64_t l = 0; l < 8; ++l) lane[l] += w[v + l];
-      for (; v < end; ++v) lane[0] += w[v];
-      double block = 0.0;
-      for (double x : lane) block += x;
-      blocks_[k] = block;
-      total_ += block;
-    }
+    static_assert(kChunk % kBlock == 0, "a chunk holds whole blocks");
+    double* sums = blocks.data();
+    for_chunks(vocab, [w, sums](int64_t chunk_begin, int64_t chunk_end, int64_t) {
+      for (int64_t start = chunk_begin; start < chunk_end; start += kBlock) {
+        const int64_t end = std::min(start + kBlock, chunk_end);
+        double lane[8] = {};
+        int64_t v = start;
+        for (; v + 8 <= end; v += 8)
+          for (int64_t l = 0; l < 8; ++l) lane[l] += w[v + l];
+        for (; v < end; ++v) lane[0] += w[v];
+        double block = 0.0;
+        for (double x : lane) block += x;
+        sums[start / kBlock] = block;
+      }
+    });
+    for (int64_t k = 0; k < (vocab + kBlock - 1) / kBlock; ++k) total_ += blocks_[k];
     last_positive_ = vocab - 1;  // also when no weight is positive, as reference.inverse_cdf
     for (int64_t v = vocab - 1; v >= 0; --v) {
       if (w[v] > 0.0f) {

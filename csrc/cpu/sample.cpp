@@ -1,5 +1,4 @@
 // kad::native_sample on CPU tensors: one token per row from π (DESIGN §2).
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "row.h"
@@ -23,13 +22,11 @@ std::tuple<at::Tensor, at::Tensor> sample(int64_t kind, const at::Tensor& param,
   int32_t* flags_out = flags.data_ptr<int32_t>();
   KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_sample", [&] {
     const LogitRows<scalar_t> logits(p, q, ref, 1);
-    at::parallel_for(0, rows, 1, [&](int64_t begin, int64_t end) {
+    for_rows(rows, [&](int64_t n) {
       Workspace& ws = Workspace::local(vocab);
       float* pi = ws.aux.data();
-      for (int64_t n = begin; n < end; ++n) {
-        flags_out[n] = mixture_row(kind, params[n], temps[n], logits.row(n), vocab, ws, pi).flag;
-        tokens_out[n] = temps[n] == 0.0f ? argmax(pi, vocab) : InverseCdf(pi, vocab, ws.blocks).draw(u.at(n, n));
-      }
+      flags_out[n] = mixture_row(kind, params[n], temps[n], logits.row(n), vocab, ws, pi).flag;
+      tokens_out[n] = temps[n] == 0.0f ? argmax(pi, vocab) : InverseCdf(pi, vocab, ws.blocks).draw(u.at(n, n));
     });
   });
   return {tokens, flags};

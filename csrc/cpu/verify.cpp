@@ -1,7 +1,6 @@
 // kad::native_verify on CPU tensors: speculative verification of γ drafts from q
 // against the target π (DESIGN §2).  A row is sequential: position i is mixed only
 // if drafts 0..i−1 were accepted, so a rejection skips the rest of the row's work.
-#include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include "row.h"
@@ -33,46 +32,46 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
   int32_t* flags_out = flags.data_ptr<int32_t>();
   KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_verify", [&] {
     const LogitRows<scalar_t> logits(p, q, ref, positions);
-    at::parallel_for(0, batch, 1, [&](int64_t begin, int64_t end) {
+    for_rows(batch, [&](int64_t b) {
       Workspace& ws = Workspace::local(vocab);
       float* pi = ws.aux.data();
-      for (int64_t b = begin; b < end; ++b) {
-        const bool greedy = temps[b] == 0.0f;
-        int64_t i = 0;
-        for (;; ++i) {
-          const int64_t n = b * positions + i;
-          const Mixed mixed = mixture_row(kind, params[b], temps[b], logits.row(n), vocab, ws, pi);
-          flags_out[n] = mixed.flag;
-          const float* eq = ws.q.data();
-          const float q_scale = mixed.q_scale;
-          const int64_t target = greedy ? argmax(pi, vocab) : -1;
-          if (i == gamma) {  // every draft accepted: the bonus token from π_γ
-            tokens_out[n] = greedy ? target : InverseCdf(pi, vocab, ws.blocks).draw(draw_u.at(b, n));
-            break;
-          }
-          const int64_t x = draft_tokens[b * gamma + i];
-          // Accept x with probability min(1, π(x) / q(x)): u · q(x) < π(x).
-          const bool accept = greedy ? x == target : accept_u.at(b * gamma + i, n) * (eq[x] * q_scale) < pi[x];
-          if (accept) {
-            tokens_out[n] = x;
-            continue;
-          }
-          if (greedy) {
-            tokens_out[n] = target;
-            break;
-          }
-          // Rejected: draw from the residual max(π − q, 0), or from π if it is empty.
-          // π − q = p(1 − d) + (α − 1) q is positive on kept tokens only (DESIGN §4).
-          float* residual = ws.p.data();
-          for (int64_t v = 0; v < vocab; ++v) residual[v] = std::max(pi[v] - eq[v] * q_scale, 0.0f);
-          const InverseCdf from_residual(residual, vocab, ws.blocks);
-          const float u = draw_u.at(b, b * positions + gamma);
-          tokens_out[n] = from_residual.total() > 0.0 ? from_residual.draw(u) : InverseCdf(pi, vocab, ws.blocks).draw(u);
+      const bool greedy = temps[b] == 0.0f;
+      int64_t i = 0;
+      for (;; ++i) {
+        const int64_t n = b * positions + i;
+        const Mixed mixed = mixture_row(kind, params[b], temps[b], logits.row(n), vocab, ws, pi);
+        flags_out[n] = mixed.flag;
+        const float* eq = ws.q.data();
+        const float q_scale = mixed.q_scale;
+        const int64_t target = greedy ? argmax(pi, vocab) : -1;
+        if (i == gamma) {  // every draft accepted: the bonus token from π_γ
+          tokens_out[n] = greedy ? target : InverseCdf(pi, vocab, ws.blocks).draw(draw_u.at(b, n));
           break;
         }
-        accepted_out[b] = i;
-        for (int64_t j = i + 1; j < positions; ++j) flags_out[b * positions + j] = row_flags(logits.row(b * positions + j), vocab);
+        const int64_t x = draft_tokens[b * gamma + i];
+        // Accept x with probability min(1, π(x) / q(x)): u · q(x) < π(x).
+        const bool accept = greedy ? x == target : accept_u.at(b * gamma + i, n) * (eq[x] * q_scale) < pi[x];
+        if (accept) {
+          tokens_out[n] = x;
+          continue;
+        }
+        if (greedy) {
+          tokens_out[n] = target;
+          break;
+        }
+        // Rejected: draw from the residual max(π − q, 0), or from π if it is empty.
+        // π − q = p(1 − d) + (α − 1) q is positive on kept tokens only (DESIGN §4).
+        float* residual = ws.p.data();
+        for_chunks(vocab, [=](int64_t begin, int64_t end, int64_t) {
+          for (int64_t v = begin; v < end; ++v) residual[v] = std::max(pi[v] - eq[v] * q_scale, 0.0f);
+        });
+        const InverseCdf from_residual(residual, vocab, ws.blocks);
+        const float u = draw_u.at(b, b * positions + gamma);
+        tokens_out[n] = from_residual.total() > 0.0 ? from_residual.draw(u) : InverseCdf(pi, vocab, ws.blocks).draw(u);
+        break;
       }
+      accepted_out[b] = i;
+      for (int64_t j = i + 1; j < positions; ++j) flags_out[b * positions + j] = row_flags(logits.row(b * positions + j), vocab);
     });
   });
   return {tokens, num_accepted, flags};
