@@ -17,6 +17,7 @@ import types
 import torch
 from torch import Tensor
 
+from . import _fake
 from ._backends import Backend
 
 
@@ -53,30 +54,9 @@ def _extension() -> types.ModuleType:
 _C = _extension()
 
 
-@torch.library.register_fake("kad::native_mixture")
-def _(kind, param, p, q, ref, temperature):
-    batch, vocab = p.shape
-    return (
-        p.new_empty(batch, vocab, dtype=torch.float32),
-        p.new_empty(batch, dtype=torch.float32),
-        p.new_empty(batch, dtype=torch.int32),
-    )
-
-
-@torch.library.register_fake("kad::native_sample")
-def _(kind, param, p, q, ref, temperature, uniforms, seed, offset):
-    batch = p.shape[0]
-    return p.new_empty(batch, dtype=torch.int64), p.new_empty(batch, dtype=torch.int32)
-
-
-@torch.library.register_fake("kad::native_verify")
-def _(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset):
-    batch, positions, _ = p.shape
-    return (
-        p.new_empty(batch, positions, dtype=torch.int64),
-        p.new_empty(batch, dtype=torch.int64),
-        p.new_empty(batch, positions, dtype=torch.int32),
-    )
+torch.library.register_fake("kad::native_mixture")(_fake.mixture)
+torch.library.register_fake("kad::native_sample")(_fake.sample)
+torch.library.register_fake("kad::native_verify")(_fake.verify)
 
 
 def _mixture(kind, param, p, q, ref, temperature) -> tuple[Tensor, Tensor, Tensor]:

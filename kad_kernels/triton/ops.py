@@ -8,6 +8,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from .. import _fake
 from ..rules import Kind
 from . import mixture as _mixture
 from . import sample as _sample
@@ -30,14 +31,7 @@ def _mixture_op(
     return _mixture.mixture(Kind(kind), param, p, q, ref, temperature)
 
 
-@_mixture_op.register_fake
-def _(kind, param, p, q, ref, temperature):
-    batch, vocab = p.shape
-    return (
-        p.new_empty(batch, vocab, dtype=torch.float32),
-        p.new_empty(batch, dtype=torch.float32),
-        p.new_empty(batch, dtype=torch.int32),
-    )
+_mixture_op.register_fake(_fake.mixture)
 
 
 @torch.library.custom_op("kad::triton_sample", mutates_args=())
@@ -56,10 +50,7 @@ def _sample_op(
     return _sample.sample(Kind(kind), param, p, q, ref, temperature, uniforms, seed, offset)
 
 
-@_sample_op.register_fake
-def _(kind, param, p, q, ref, temperature, uniforms, seed, offset):
-    batch = p.shape[0]
-    return p.new_empty(batch, dtype=torch.int64), p.new_empty(batch, dtype=torch.int32)
+_sample_op.register_fake(_fake.sample)
 
 
 @torch.library.custom_op("kad::triton_verify", mutates_args=())
@@ -82,14 +73,7 @@ def _verify_op(
     )
 
 
-@_verify_op.register_fake
-def _(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset):
-    batch, positions, _ = p.shape
-    return (
-        p.new_empty(batch, positions, dtype=torch.int64),
-        p.new_empty(batch, dtype=torch.int64),
-        p.new_empty(batch, positions, dtype=torch.int32),
-    )
+_verify_op.register_fake(_fake.verify)
 
 
 def mixture_op(kind, param, p, q, ref, temperature):

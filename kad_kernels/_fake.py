@@ -1,0 +1,36 @@
+"""Output shapes of the backend ops, for their fake (meta) implementations: what
+``torch.compile`` traces in place of a kernel (the Triton custom ops and the C++
+``kad::native_*`` ops share them)."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def mixture(kind, param, p: Tensor, q, ref, temperature) -> tuple[Tensor, Tensor, Tensor]:
+    """probs f32 [N, V], alpha f32 [N], flags i32 [N]."""
+    batch, vocab = p.shape
+    return (
+        p.new_empty(batch, vocab, dtype=torch.float32),
+        p.new_empty(batch, dtype=torch.float32),
+        p.new_empty(batch, dtype=torch.int32),
+    )
+
+
+def sample(kind, param, p: Tensor, q, ref, temperature, uniforms, seed, offset) -> tuple[Tensor, Tensor]:
+    """tokens i64 [N], flags i32 [N]."""
+    batch = p.shape[0]
+    return p.new_empty(batch, dtype=torch.int64), p.new_empty(batch, dtype=torch.int32)
+
+
+def verify(
+    kind, param, p: Tensor, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset
+) -> tuple[Tensor, Tensor, Tensor]:
+    """tokens i64 [B, γ+1], num_accepted i64 [B], flags i32 [B, γ+1]."""
+    batch, positions, _ = p.shape
+    return (
+        p.new_empty(batch, positions, dtype=torch.int64),
+        p.new_empty(batch, dtype=torch.int64),
+        p.new_empty(batch, positions, dtype=torch.int32),
+    )
