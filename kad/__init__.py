@@ -1,7 +1,19 @@
 """kad: KAD decoding on Hugging Face causal LMs (DESIGN §5), built on ``kad_kernels``.
 
-This package holds the batched decoding loop, the evaluation harness and the ``kad``
-command line; none of them exists yet (the decoding-loop issue adds them).  Until
-then, use ``kad_kernels.sample`` / ``kad_kernels.verify`` directly, as in
-``examples/quickstart.py``.
+:class:`Decoder` runs a base model and an aligned model (and, for the implicit
+reward baseline, a reference model) in one batched loop, drawing every token
+with ``kad_kernels.sample`` or verifying drafts with ``kad_kernels.verify``::
+
+    import kad, kad_kernels as kk
+    decoder = kad.Decoder.from_pretrained("Qwen/Qwen2.5-1.5B", "Qwen/Qwen2.5-0.5B-Instruct")
+    out = decoder.generate(["What is 17 * 3?"], mode="kad-spec", rule=kk.Dual(0.4), gamma=4, chat=True)
+    print(out.texts[0]); print(out.stats.summary())
+
+The command line is ``kad generate`` (:mod:`kad.cli`).
 """
+
+from .decoding import MODES, SYSTEM_PROMPT, Decoder, Generation, Mode
+from .models import check_same_vocabulary
+from .stats import GenerationStats
+
+__all__ = ["Decoder", "Generation", "GenerationStats", "Mode", "MODES", "SYSTEM_PROMPT", "check_same_vocabulary"]

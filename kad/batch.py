@@ -1,0 +1,123 @@
+"""The token layout a batch of sequences shares with every model's KV cache.
+
+Rows of a batch hold different numbers of real tokens: prompts differ in length,
+and in speculative decoding rows accept different numbers of drafts per round.
+All caches nevertheless need one common length, so the batch is laid out in
+**columns**: column ``j`` of every row is slot ``j`` of every cache, and a
+mask says which columns of a row hold one of its real tokens.  Left padding and
+rejected drafts are columns with mask 0 (padding in the middle): no later
+token attends to them, and position ids count only the real tokens, so each
+row sees exactly its own sequence, at its own positions, as a fresh forward
+over that sequence would.
+
+A speculative round appends γ draft columns to every row; after verification
+the rejected drafts of each row are masked, and only the trailing columns that
+no row accepted are cropped from the layout and the caches (for one row that
+is the usual crop to the accepted length).  The masked columns stay in the
+caches, costing memory (at most γ columns per round) but no re-computation.
+The alternative, cropping every cache to the shortest accepted length and
+re-feeding the longer rows' accepted tokens, would need the same padding in
+the re-fed input and one more forward per round.
+
+The last column is always the **pending** token: emitted but not yet fed to
+any model.  A model's cache covers a prefix of the columns; :meth:`CachedLM.advance`
+feeds it the columns it has not seen, so a model that skipped steps (the
+aligned model under nudging) catches up in one forward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+from transformers import DynamicCache, PreTrainedModel
+
+# Position id of the padding columns (never attended to; HF generate uses the same).
+_PAD_POSITION = 1
+
+
+class Batch:
+    """Columns of tokens, mask and position ids, ``[B, W]`` each, on one device.
+
+    ``lengths`` ``[B]`` counts each row's real tokens, so it is the position id of
+    the row's next token."""
+
+    def __init__(self, prompts: Sequence[Sequence[int]], device: torch.device):
+        """Left-pad ``prompts`` (token ids, possibly empty) into columns on ``device``."""
+        width = max(len(p) for p in prompts)
+        self.tokens = torch.zeros(len(prompts), width, dtype=torch.long)
+        self.mask = torch.zeros(len(prompts), width, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            if prompt:  # a prompt of one token has an empty prefix to prefill
+                self.tokens[row, width - len(prompt) :] = torch.tensor(prompt)
+                self.mask[row, width - len(prompt) :] = 1
+        self.tokens, self.mask = self.tokens.to(device), self.mask.to(device)
+        self.positions = (self.mask.cumsum(-1) - 1).masked_fill(self.mask == 0, _PAD_POSITION)
+        self.lengths = self.mask.sum(-1)
+
+    @property
+    def width(self) -> int:
+        return self.tokens.shape[1]
+
+    def append(self, tokens: Tensor) -> None:
+        """Append one column of real tokens, i64 ``[B]``."""
+        self.tokens = torch.cat([self.tokens, tokens[:, None]], dim=1)
+        self.mask = torch.cat([self.mask, torch.ones_like(tokens)[:, None]], dim=1)
+        self.positions = torch.cat([self.positions, self.lengths[:, None]], dim=1)
+        self.lengths = self.lengths + 1
+
+    def reject(self, first: int, num_accepted: Tensor) -> None:
+        """Mask the drafts a row rejected: the columns from ``first + num_accepted[b]``
+        on, where ``first`` is the column of the first draft and ``num_accepted`` i64 ``[B]``."""
+        column = torch.arange(self.width, device=self.tokens.device)
+        rejected = column[None, :] >= first + num_accepted[:, None]
+        self.mask = self.mask.masked_fill(rejected, 0)
+        self.lengths = self.mask.sum(-1)
+
+    def truncate(self, width: int) -> None:
+        """Keep the first ``width`` columns (the others must be masked in every row)."""
+        self.tokens, self.mask, self.positions = (x[:, :width] for x in (self.tokens, self.mask, self.positions))
+
+    def select(self, rows: Tensor) -> None:
+        """Keep the rows ``rows`` (i64 indices), in that order."""
+        self.tokens, self.mask, self.positions, self.lengths = (
+            x[rows] for x in (self.tokens, self.mask, self.positions, self.lengths)
+        )
+
+
+class CachedLM:
+    """A causal LM with its KV cache, which covers the first ``cached`` columns of a
+    :class:`Batch`; logits are cut to the ``vocab_size`` tokens of the tokenizer
+    (models may pad their lm_head with extra rows)."""
+
+    def __init__(self, model: PreTrainedModel, vocab_size: int):
+        self.model = model
+        self.vocab_size = vocab_size
+        self.cache = DynamicCache(config=model.config)
+        self.cached = 0
+
+    def advance(self, batch: Batch, keep: int = 1) -> Tensor:
+        """Feed the columns ``[cached, batch.width)`` and return the logits after the
+        last ``keep`` of them, ``[B, keep, V]`` (contiguous, the model's dtype)."""
+        start, end = self.cached, batch.width
+        out = self.model(
+            input_ids=batch.tokens[:, start:end],
+            attention_mask=batch.mask[:, :end],
+            position_ids=batch.positions[:, start:end],
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=keep,
+        )
+        self.cached = end
+        return out.logits[..., : self.vocab_size].contiguous()
+
+    def truncate(self, width: int) -> None:
+        """Drop the cached columns from ``width`` on."""
+        if self.cached > width:
+            self.cache.crop(width - self.cached)  # a negative count: tokens removed from the end
+            self.cached = width
+
+    def select(self, rows: Tensor) -> None:
+        """Keep the cache rows ``rows`` (i64 indices), in that order."""
+        self.cache.batch_select_indices(rows)

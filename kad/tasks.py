@@ -1,0 +1,306 @@
+r"""Evaluation tasks of ``kad eval``: the paper's six benchmarks, their prompts and grading.
+
+A :class:`Task` loads its test set from the JSONL files shipped in ``kad/data``
+(sources and licences in ``kad/data/README.md`` and ``LICENSES.md``), writes
+the user message of the paper's zero-shot chain-of-thought protocol, pulls the
+final answer out of a generation and grades it::
+
+    task = TASKS["gsm8k"]
+    item = task.load(limit=1)[0]
+    messages = chat_messages(task.user_message(item))  # for tokenizer.apply_chat_template
+    text = ...  # generate with TEMPERATURE and MAX_NEW_TOKENS
+    task.is_correct(task.extract(text), item)
+
+The paper's protocol is the default: the system message ``SYSTEM_PROMPT`` in
+the aligned model's chat template, no exemplars, sampling at ``TEMPERATURE``
+for at most ``MAX_NEW_TOKENS`` tokens, answers read the paper's way
+(``strict=True``) and compared as strings:
+
+* ``gsm8k``, ``svamp``: the last number of the text, commas removed;
+* ``math500``: the last ``\boxed{...}``, the part after its last ``=``;
+* ``arc``, ``csqa``, ``tqa``: the last standalone capital letter A–J.
+
+``strict=False`` reads and compares answers better, so that scores measure
+the model rather than its formatting (numeric equivalence, LaTeX
+normalization, "the answer is (B)" phrases); its scores are not comparable
+with the paper's.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from fractions import Fraction
+from importlib import resources
+from itertools import islice
+from string import ascii_uppercase
+
+from .decoding import SYSTEM_PROMPT
+
+# Sampling settings of the paper's evaluations.
+TEMPERATURE = 1.0
+MAX_NEW_TOKENS = 1024
+
+
+@dataclass(frozen=True)
+class Item:
+    """One test question.
+
+    ``answer`` is the reference answer: a number (``"18"``), a LaTeX
+    expression (``"\\frac{14}{3}"``) or an option letter (``"C"``).  ``choices`` are the option texts of a multiple-choice
+    question in the order they are shown, labelled A, B, ... (empty otherwise)."""
+
+    id: str
+    question: str
+    answer: str
+    choices: tuple[str, ...] = ()
+
+
+def chat_messages(user_message: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """The conversation to pass to ``tokenizer.apply_chat_template``: a system
+    turn with ``system_prompt`` (none if empty or ``None``), then the user turn."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": user_message})
+    return messages
+
+
+@dataclass(frozen=True)
+class Task(ABC):
+    """A benchmark: its test set (``filename`` in ``kad/data``), prompt and grading."""
+
+    name: str
+    filename: str
+
+    def load(self, limit: int | None = None, seed: int = 0) -> list[Item]:
+        """The first ``limit`` items of the test set (all of them if ``None``), in
+        file order.  ``seed`` fixes the option order of a task that shuffles its
+        choices and is ignored by the others."""
+        path = resources.files(__package__) / "data" / self.filename
+        with path.open(encoding="utf-8") as lines:
+            return [self._item(json.loads(line), seed) for line in islice(lines, limit)]
+
+    def _item(self, row: dict, seed: int) -> Item:
+        return Item(row["id"], row["question"], row["answer"])
+
+    @abstractmethod
+    def user_message(self, item: Item) -> str:
+        """The user turn of the paper's prompt for ``item``."""
+
+    @abstractmethod
+    def extract(self, text: str, strict: bool = True) -> str | None:
+        """The final answer given in the generated ``text``, ``None`` if there is none."""
+
+    def is_correct(self, extracted: str | None, item: Item, strict: bool = True) -> bool:
+        """Whether ``extracted`` (from :meth:`extract` with the same ``strict``)
+        answers ``item``; a missing answer is wrong."""
+        return extracted is not None and self._matches(extracted, item.answer, strict)
+
+    @abstractmethod
+    def _matches(self, extracted: str, reference: str, strict: bool) -> bool: ...
+
+
+def _trim(answer: str) -> str:
+    """``answer`` without surrounding whitespace and a sentence's final period."""
+    return answer.strip().removesuffix(".").rstrip()
+
+
+_LATEX_FRACTION = re.compile(r"\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}")
+
+
+def _plain_fractions(text: str) -> str:
+    """``text`` with ``\\frac{a}{b}`` of integers written ``a/b``."""
+    return _LATEX_FRACTION.sub(r"\1/\2", text)
+
+
+def _as_number(text: str) -> Fraction | None:
+    """The exact value of an integer, decimal, ``a/b`` or ``\\frac{a}{b}``; ``None`` for anything else."""
+    try:
+        return Fraction(_plain_fractions(text))
+    except (ValueError, ZeroDivisionError):
+        return None
+
+
+def _last_braced(text: str, commands: tuple[str, ...]) -> str | None:
+    """The argument of the last ``command{...}`` in ``text`` for any of ``commands``,
+    nested braces included; ``None`` if there is none or it is never closed
+    (a generation cut off by the token limit)."""
+    index, command = max((text.rfind(command + "{"), command) for command in commands)
+    if index < 0:
+        return None
+    start = index + len(command) + 1
+    depth = 1
+    for end in range(start, len(text)):
+        depth += {"{": 1, "}": -1}.get(text[end], 0)
+        if depth == 0:
+            return text[start:end]
+    return None
+
+
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+# Better extraction: a fraction or a percentage is one answer, and a comma is
+# dropped only between digit groups, so that "3,4" stays two numbers.
+_NUMBER_WITH_FORM = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?%?")
+_DIGIT_GROUP_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+
+
+@dataclass(frozen=True)
+class NumberTask(Task):
+    """Word problems with a numeric answer (GSM8K, SVAMP), prompted with the bare question."""
+
+    def user_message(self, item: Item) -> str:
+        return item.question
+
+    def extract(self, text: str, strict: bool = True) -> str | None:
+        """The last number of ``text`` with commas removed (``"$1,234"`` gives
+        ``"1234"``).  Not strict: the last number inside the last ``\\boxed{}``
+        if there is one (a final answer followed by more arithmetic), and
+        fractions and percentages are kept whole (``"3/4"``, ``"25%"``)."""
+        if strict:
+            numbers = _NUMBER.findall(text.replace(",", ""))
+        else:
+            text = _plain_fractions(_last_braced(text, ("\\boxed",)) or text)
+            numbers = _NUMBER_WITH_FORM.findall(_DIGIT_GROUP_COMMA.sub("", text))
+        return numbers[-1] if numbers else None
+
+    def _matches(self, extracted: str, reference: str, strict: bool) -> bool:
+        if strict:
+            return _trim(extracted) == _trim(reference)
+        # Equal values, whatever their form: "18.00" is 18, "1/2" is 0.5; a
+        # percentage matches the number of percent or the fraction it stands for.
+        value, expected = _as_number(extracted.removesuffix("%")), _as_number(reference)
+        if value is None or expected is None:
+            return False
+        return expected == value or (extracted.endswith("%") and expected == value / 100)
+
+
+# Rewrites that make equal LaTeX answers equal strings, in order (spacing
+# commands go before whitespace, whose removal would strand their backslash).
+_LATEX_REWRITES = tuple(
+    (re.compile(pattern), replacement)
+    for pattern, replacement in (
+        (r"\\(?:left|right)(?![A-Za-z])", ""),
+        (r"\\[!,;: ]", ""),
+        (r"\\[dt]frac", r"\\frac"),
+        (r"\\(?:text|textbf|textrm|mathrm|mbox)\{([^{}]*)\}", r"\1"),
+        (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", ""),
+        (r"\\?%|\$|\s", ""),
+        (r"\\frac(\d)(\d)", r"\\frac{\1}{\2}"),
+        (r"\\sqrt(\w)", r"\\sqrt{\1}"),
+        (_DIGIT_GROUP_COMMA.pattern, ""),
+        (r"(\d)\.0+(?!\d)", r"\1"),
+        (r"\.$", ""),
+    )
+)
+
+
+def _normalize_latex(answer: str) -> str:
+    for pattern, replacement in _LATEX_REWRITES:
+        answer = pattern.sub(replacement, answer)
+    return answer
+
+
+_ASSIGNED_VARIABLE = re.compile(r"^\s*[A-Za-z]\s*=")
+# The paper's instruction after a MATH problem, so that the answer can be found.
+_MATH_INSTRUCTION = "\n\nPresent the answer in LaTex format: \\boxed{Your answer}"
+
+
+@dataclass(frozen=True)
+class MathTask(Task):
+    """Competition problems with a LaTeX answer (MATH500)."""
+
+    def user_message(self, item: Item) -> str:
+        return item.question + _MATH_INSTRUCTION
+
+    def extract(self, text: str, strict: bool = True) -> str | None:
+        """The content of the last ``\\boxed{...}``, the part after its last
+        ``=`` (``"x = 5"`` gives ``"5"``).  Not strict: ``\\fbox{...}`` counts
+        too and the content stays whole; :meth:`is_correct` decides about ``=``."""
+        if strict:
+            boxed = _last_braced(text, ("\\boxed",))
+            return None if boxed is None else boxed.split("=")[-1].strip()
+        return _last_braced(text, ("\\boxed", "\\fbox"))
+
+    def _matches(self, extracted: str, reference: str, strict: bool) -> bool:
+        if strict:
+            # The reference is cut at "=" too: the paper read both sides with one function.
+            return _trim(extracted) == _trim(reference.split("=")[-1])
+        reference = _ASSIGNED_VARIABLE.sub("", reference)  # "y = 2x + 3" asks for 2x + 3
+        if "=" not in reference:  # "x = 5" answers 5; equations (of a plane, say) stay whole
+            extracted = extracted.split("=")[-1]
+        extracted, reference = _normalize_latex(extracted), _normalize_latex(reference)
+        if extracted == reference:
+            return True
+        value, expected = _as_number(extracted), _as_number(reference)
+        return value is not None and value == expected
+
+
+_MC_HEADER = "Choose the correct answer to the following multiple-choice question.\n\n"
+_MC_FOOTER = (
+    "Provide your reasoning about the answer and finish your answer with the letter "
+    "corresponding to the correct option (e.g., A, B, C, or D).\n\n"
+)
+_STANDALONE_LETTER = re.compile(r"\b[A-J]\b")
+
+
+@dataclass(frozen=True)
+class ChoiceTask(Task):
+    """Multiple-choice questions (ARC-Challenge, CommonsenseQA, TruthfulQA MC1)
+    with at most ``max_options`` options.  With ``shuffle`` the options are put
+    in a fixed random order per item: TruthfulQA lists the correct one first."""
+
+    max_options: int
+    shuffle: bool = False
+
+    def _item(self, row: dict, seed: int) -> Item:
+        labels = [choice["label"] for choice in row["choices"]]
+        # Indices rather than texts: a few CommonsenseQA items repeat an option text.
+        order = list(range(len(labels)))
+        if self.shuffle:
+            # Seeded by the item, so that the order does not depend on `limit` or on the other items.
+            random.Random(f"{seed}:{row['id']}").shuffle(order)
+        return Item(
+            row["id"],
+            row["question"],
+            ascii_uppercase[order.index(labels.index(row["answer"]))],
+            tuple(row["choices"][i]["text"] for i in order),
+        )
+
+    def user_message(self, item: Item) -> str:
+        options = "".join(f"{letter}). {text}\n" for letter, text in zip(ascii_uppercase, item.choices))
+        return f"{_MC_HEADER}Question: {item.question}\n\n{options}\n{_MC_FOOTER}"
+
+    def extract(self, text: str, strict: bool = True) -> str | None:
+        """The last standalone capital letter A–J of ``text`` (not one inside a
+        word).  Not strict: the letter of the last "answer is (B)", "Answer: B",
+        "correct option is B" or ``\\boxed{B}``, otherwise the last standalone
+        letter among this task's options that is not the pronoun "I"."""
+        if strict:
+            letters = _STANDALONE_LETTER.findall(text)
+            return letters[-1] if letters else None
+        letter = f"[A-{ascii_uppercase[self.max_options - 1]}]"
+        stated = re.findall(
+            rf"(?i:answer|option|choice)\s*(?:is\s*:?|:)\s*[(\[*]*\s*({letter})\b|\\boxed\{{({letter})\}}", text
+        )
+        if stated:
+            return "".join(stated[-1])
+        letters = re.findall(rf"\b(?!I(?:['’]|\s+[a-z]))({letter})\b", text)
+        return letters[-1] if letters else None
+
+    def _matches(self, extracted: str, reference: str, strict: bool) -> bool:
+        return extracted == reference
+
+
+TASKS: dict[str, Task] = {
+    task.name: task
+    for task in (
+        NumberTask("gsm8k", "gsm8k.jsonl"),
+        MathTask("math500", "math500.jsonl"),
+        NumberTask("svamp", "svamp.jsonl"),
+        ChoiceTask("arc", "arc_challenge.jsonl", max_options=5),
+        ChoiceTask("csqa", "commonsenseqa.jsonl", max_options=5),
+        ChoiceTask("tqa", "truthfulqa_mc1.jsonl", max_options=13, shuffle=True),
+    )
+}

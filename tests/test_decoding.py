@@ -1,0 +1,400 @@
+"""The decoding loop (kad/) on tiny random-weight models, CPU, no network.
+
+What is checked against what: speculative decoding against sequential decoding
+(greedy: the same tokens; sampling: the same distribution, and both the
+mixture computed from fresh forwards), every forward of the loop against a
+fresh forward over the row's sequence (caches after rejections, padding and
+dropped rows), batched against per-prompt decoding.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import scipy.stats  # noqa: E402
+import torch  # noqa: E402
+from decoding_helpers import CHARS, PROMPTS, make_models, make_tokenizer  # noqa: E402
+
+import kad  # noqa: E402
+import kad_kernels as kk  # noqa: E402
+from kad import cli  # noqa: E402
+from kad.batch import CachedLM  # noqa: E402
+
+MODELS = make_models()
+TOKENIZER = make_tokenizer()
+V = len(TOKENIZER)
+DECODER = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER, reference=MODELS["reference"])
+
+# Rows finish at different steps: budgets differ and the stop token may come early.
+BUDGETS = [12, 16, 9, 14]
+
+RULES = [
+    kk.Dual(0.4),
+    kk.Dual(mu=0.2, loss="perceptron"),
+    kk.Dual(mu=0.0, loss="zero_one"),
+    kk.Dual(mu=0.9, loss="squared"),
+    kk.Primal(0.9),
+    kk.Nudging(0.4),
+    kk.Threshold(0.1, "max_q_minus"),
+    kk.Threshold(0.1, "max_q_plus"),
+    kk.Threshold(0.1, "max_p_plus"),
+    kk.Threshold(0.1, "minus_max_p_plus"),
+    kk.ImplicitReward(),
+]
+RULE_PARAMS = [pytest.param(i, id=repr(r)) for i, r in enumerate(RULES)]
+
+
+def _batch(size: int) -> tuple[list[str], list[int]]:
+    """Batch 1 is the second prompt alone; batch 4 all the (ragged) prompts."""
+    return (PROMPTS, BUDGETS) if size == 4 else (PROMPTS[1:2], BUDGETS[1:2])
+
+
+@functools.cache
+def _greedy_sequential(rule_index: int, size: int) -> list[list[int]]:
+    prompts, budgets = _batch(size)
+    return DECODER.generate(prompts, "kad", RULES[rule_index], temperature=0.0, max_new_tokens=budgets).token_ids
+
+
+# ----------------------------------------------------------------------------- greedy: spec == sequential
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 7])
+@pytest.mark.parametrize("size", [1, 4])
+@pytest.mark.parametrize("rule_index", RULE_PARAMS)
+def test_greedy_speculative_emits_the_sequential_tokens(rule_index, size, gamma):
+    prompts, budgets = _batch(size)
+    out = DECODER.generate(prompts, "kad-spec", RULES[rule_index], gamma=gamma, temperature=0.0, max_new_tokens=budgets)
+    assert out.token_ids == _greedy_sequential(rule_index, size)
+    for tokens, budget in zip(out.token_ids, budgets):
+        assert 1 <= len(tokens) <= budget
+
+
+def test_greedy_speculative_is_not_trivial():
+    """The checks above mean something only if drafts are sometimes rejected and sometimes accepted."""
+    prompts, budgets = _batch(4)
+    stats = DECODER.generate(prompts, "kad-spec", kk.Dual(0.4), gamma=3, temperature=0.0, max_new_tokens=budgets).stats
+    assert 0.2 < stats.acceptance_rate < 0.9
+
+
+# ----------------------------------------------------------------------------- sampling: distributions
+
+ROWS = 6000  # one prompt repeated: i.i.d. samples in a single batched generation
+CHI_PROMPT = "hello"
+
+
+def _mixture_probs(rule: kk.Rule, contexts: list[list[int]], temperature: float) -> torch.Tensor:
+    """π [N, V] after each context, from fresh full forwards of the models (no cache)."""
+
+    def last_logits(model) -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_ids=torch.tensor(contexts)).logits[:, -1, :V]
+
+    p, q = last_logits(MODELS["base"]), last_logits(MODELS["aligned"])
+    ref = last_logits(MODELS["reference"]) if rule.needs_ref else None
+    return kk.mixture(p, q, rule, temperature, ref_logits=ref).probs.double()
+
+
+def _exact_pairs(rule: kk.Rule, prompt: list[int], temperature: float) -> np.ndarray:
+    """P(first two tokens = (a, b)) [V, V + 1] when every token is drawn from π; column V:
+    the row stopped after ``a`` (a stop token)."""
+    first = _mixture_probs(rule, [prompt], temperature)[0]
+    second = _mixture_probs(rule, [prompt + [a] for a in range(V)], temperature)
+    second = torch.cat([second, torch.zeros(V, 1, dtype=torch.double)], 1)
+    for a in DECODER.stop_ids:
+        second[a] = 0
+        second[a, V] = 1
+    return (first[:, None] * second).numpy()
+
+
+def _pair_counts(token_ids: list[list[int]]) -> np.ndarray:
+    counts = np.zeros((V, V + 1))
+    for tokens in token_ids:
+        counts[tokens[0], tokens[1] if len(tokens) > 1 else V] += 1
+    return counts
+
+
+def _goodness_of_fit(counts: np.ndarray, probs: np.ndarray) -> float:
+    """Chi-square p-value of ``counts`` against ``probs``; cells expected below 5 are pooled."""
+    expected = probs.ravel() * counts.sum()
+    big = expected >= 5
+    observed = np.append(counts.ravel()[big], counts.ravel()[~big].sum())
+    expected = np.append(expected[big], expected[~big].sum())
+    return scipy.stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
+
+
+def _two_sample(a: np.ndarray, b: np.ndarray) -> float:
+    """Chi-square p-value that two count tables come from one distribution (rare cells pooled)."""
+    total = a.ravel() + b.ravel()
+    big = total >= 10
+    table = np.stack([np.append(x.ravel()[big], x.ravel()[~big].sum()) for x in (a, b)])
+    return scipy.stats.chi2_contingency(table[:, table.sum(0) > 0]).pvalue
+
+
+@pytest.mark.parametrize(
+    "mode, rule, temperature",
+    [("kad", kk.Dual(0.4), 1.0), ("nudging", kk.Nudging(0.4), 0.7), ("implicit-reward", kk.ImplicitReward(), 1.3)],
+    ids=["dual", "nudging-T0.7", "implicit-reward-T1.3"],
+)
+def test_sampled_pairs_follow_the_mixture(mode, rule, temperature):
+    """The first two tokens (a speculative round can emit both) are distributed as π,
+    sequentially and speculatively; the test can fail: the same samples are far
+    from the base model alone (what a verify against p instead of π would give)."""
+    prompt = DECODER.encode(CHI_PROMPT)
+    rows = [prompt] * ROWS
+    # Budget γ + 1 keeps the whole round: both tokens may come from accepted drafts, a correction or the bonus.
+    spec = DECODER.generate(rows, f"{mode}-spec", rule, gamma=3, temperature=temperature, max_new_tokens=4, seed=1)
+    seq = DECODER.generate(rows, mode, rule, temperature=temperature, max_new_tokens=2, seed=2)
+    exact = _exact_pairs(rule, prompt, temperature)
+    spec_counts, seq_counts = _pair_counts(spec.token_ids), _pair_counts(seq.token_ids)
+    assert _goodness_of_fit(spec_counts, exact) > 1e-3
+    assert _goodness_of_fit(seq_counts, exact) > 1e-3
+    assert _two_sample(spec_counts, seq_counts) > 1e-3
+    assert 0.1 < spec.stats.acceptance_rate < 0.95  # rejections (residual draws) and bonus tokens both occur
+    base_alone = _exact_pairs(kk.Dual(0.0), prompt, temperature)  # defers nothing: π = p
+    assert _goodness_of_fit(spec_counts, base_alone) < 1e-6
+
+
+# ----------------------------------------------------------------------------- caches
+
+
+@pytest.mark.parametrize(
+    "mode, rule, temperature",
+    [
+        ("kad-spec", kk.Dual(0.4), 1.0),
+        ("implicit-reward-spec", kk.ImplicitReward(), 1.0),
+        ("nudging-spec", kk.Nudging(0.4), 0.0),
+        ("nudging", kk.Nudging(0.5), 1.0),
+    ],
+    ids=["kad-spec", "implicit-reward-spec", "nudging-spec-greedy", "nudging-lagging-aligned"],
+)
+def test_every_forward_equals_a_fresh_forward(monkeypatch, mode, rule, temperature):
+    """Each forward of the loop (prefill, drafts, verification, catch-up of a skipped
+    model) gives, for every row, the logits of a fresh cacheless forward over the
+    row's real tokens: rejected drafts, padding and dropped rows leave no trace."""
+    original = CachedLM.advance
+    checked = {"positions": 0, "rejected": 0}
+
+    def advance_and_check(self: CachedLM, batch, keep: int = 1):
+        logits = original(self, batch, keep)
+        end = batch.width
+        for b in range(batch.tokens.shape[0]):
+            mask = batch.mask[b, :end].bool()
+            if not mask.any():  # the prefix of a one-token prompt: nothing to prefill
+                continue
+            checked["rejected"] += int((~mask & (mask.cumsum(0) > 0)).sum())  # masked columns after real tokens
+            sequence = batch.tokens[b, :end][mask]
+            fresh = self.model(input_ids=sequence[None]).logits[0, :, : self.vocab_size]
+            for k, column in enumerate(range(end - keep, end)):
+                if mask[column]:
+                    index = int(mask[: column + 1].sum()) - 1
+                    torch.testing.assert_close(logits[b, k], fresh[index], atol=2e-5, rtol=1e-4)
+                    checked["positions"] += 1
+        return logits
+
+    monkeypatch.setattr(CachedLM, "advance", advance_and_check)
+    out = DECODER.generate(PROMPTS, mode, rule, gamma=3, temperature=temperature, max_new_tokens=BUDGETS, seed=0)
+    assert checked["positions"] > 50
+    if mode.endswith("-spec"):
+        assert out.stats.drafts_accepted < out.stats.drafts_proposed  # some drafts were rejected
+        assert checked["rejected"] > 0  # and sat masked in the middle of a later forward's context
+
+
+def test_nudging_skips_the_aligned_model_when_no_row_defers(monkeypatch):
+    calls = {"aligned": 0}
+    original = CachedLM.advance
+
+    def counting(self, batch, keep=1):
+        calls["aligned"] += self.model is MODELS["aligned"]
+        return original(self, batch, keep)
+
+    monkeypatch.setattr(CachedLM, "advance", counting)
+    out = DECODER.generate(PROMPTS[:1], "nudging", kk.Nudging(0.4), temperature=0.0, max_new_tokens=30)
+    steps = out.stats.rounds
+    deferring = round(out.stats.deferral_fraction * steps)
+    assert 0 < deferring < steps
+    assert calls["aligned"] == 1 + deferring  # the prefill, then only the steps that defer
+
+
+# ----------------------------------------------------------------------------- batching
+
+
+@pytest.mark.parametrize(
+    "mode, rule",
+    [
+        ("base", None),
+        ("aligned", None),
+        ("kad", kk.Primal(0.9)),
+        ("kad-spec", kk.Dual(0.4)),
+        ("nudging", kk.Nudging(0.4)),
+        ("implicit-reward-spec", None),
+    ],
+)
+def test_batched_output_equals_per_prompt_output(mode, rule):
+    batched = DECODER.generate(PROMPTS, mode, rule, gamma=3, temperature=0.0, max_new_tokens=BUDGETS)
+    single = [
+        DECODER.generate([p], mode, rule, gamma=3, temperature=0.0, max_new_tokens=b).token_ids[0]
+        for p, b in zip(PROMPTS, BUDGETS)
+    ]
+    assert batched.token_ids == single
+    assert batched.texts == [TOKENIZER.decode(t, skip_special_tokens=True) for t in single]
+
+
+def test_rows_stop_at_their_own_stop_token():
+    """A stop token ends its row mid-round (the rest of the round is dropped); the other rows go on."""
+    rule = kk.Dual(0.4)
+    free = DECODER.generate(PROMPTS, "kad-spec", rule, gamma=3, temperature=0.0, max_new_tokens=BUDGETS).token_ids
+    stop = free[0][4]  # the fifth token of the first row becomes a stop token
+    decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], make_tokenizer(eos=TOKENIZER.convert_ids_to_tokens(stop)))
+    assert stop in decoder.stop_ids
+    stopped = decoder.generate(PROMPTS, "kad-spec", rule, gamma=3, temperature=0.0, max_new_tokens=BUDGETS).token_ids
+    for before, after in zip(free, stopped):
+        expected = before[: before.index(stop) + 1] if stop in before else before
+        assert after == expected
+    assert len(stopped[0]) <= 5 and any(len(s) > 5 for s in stopped)
+
+
+def test_logits_are_cut_to_the_tokenizer_vocabulary():
+    """The base model has 80 logits for 72 tokens; its padded rows carry real mass here."""
+    with torch.no_grad():
+        probs = MODELS["base"](input_ids=torch.tensor([DECODER.encode("hello")])).logits.softmax(-1)
+    assert probs[0, :, V:].sum(-1).mean() > 0.01  # uncut, ~8 of the 800 tokens below would be padding
+    out = DECODER.generate(PROMPTS * 25, "base", temperature=1.0, max_new_tokens=8, seed=0)
+    assert max(max(t) for t in out.token_ids) < V
+
+
+# ----------------------------------------------------------------------------- statistics, chat, streaming
+
+
+def test_statistics():
+    prompts, budgets = _batch(4)
+    spec = DECODER.generate(prompts, "kad-spec", kk.Dual(0.4), gamma=3, max_new_tokens=budgets, seed=0).stats
+    seq = DECODER.generate(prompts, "kad", kk.Dual(0.4), max_new_tokens=budgets, seed=0).stats
+    nudging = DECODER.generate(prompts, "nudging", kk.Nudging(0.4), max_new_tokens=budgets, seed=0).stats
+    base = DECODER.generate(prompts, "base", max_new_tokens=budgets, seed=0).stats
+    untracked = DECODER.generate(prompts, "kad", kk.Dual(0.4), max_new_tokens=budgets, track_alpha=False).stats
+    for stats in (spec, seq, nudging, base):
+        assert stats.new_tokens > 0 and stats.wall_time_s > 0
+        assert stats.tokens_per_s == pytest.approx(stats.new_tokens / stats.wall_time_s)
+        assert 0 <= stats.mean_alpha <= 1 and 0 <= stats.deferral_fraction <= 1
+        assert stats.alpha_count == stats.new_tokens
+    assert 0 < spec.acceptance_rate < 1
+    assert spec.drafts_proposed <= 3 * spec.verified_rows  # fewer drafts when the budgets are nearly spent
+    assert spec.mean_accepted_length == pytest.approx(1 + spec.drafts_accepted / spec.verified_rows)
+    assert 1 < spec.mean_accepted_length <= 4
+    assert spec.rounds < seq.rounds == max(budgets)
+    assert np.isnan(seq.acceptance_rate) and np.isnan(seq.mean_accepted_length)
+    assert seq.deferral_fraction == 1.0 and 0 < seq.mean_alpha < 1  # dual defers the unlikely tokens at every step
+    assert nudging.mean_alpha == pytest.approx(nudging.deferral_fraction)  # nudging: α ∈ {0, 1}
+    assert base.mean_alpha == 0 and base.deferral_fraction == 0
+    assert np.isnan(untracked.mean_alpha) and untracked.alpha_count == 0
+    assert "acceptance rate" in spec.summary() and "tokens/s" in spec.summary()
+
+
+def test_chat_template_and_system_message():
+    expected = TOKENIZER(f"<system>{kad.SYSTEM_PROMPT}<user>hi<assistant>", add_special_tokens=False).input_ids
+    assert DECODER.encode("hi", chat=True) == expected
+    assert DECODER.encode("hi", chat=True, system_prompt=None) == TOKENIZER("<user>hi<assistant>").input_ids
+    out = DECODER.generate(["hi"], "base", temperature=0.0, max_new_tokens=5, chat=True)
+    assert out.token_ids == DECODER.generate([expected], "base", temperature=0.0, max_new_tokens=5).token_ids
+
+
+class _Recorder:
+    """A transformers-style streamer that records what it receives."""
+
+    def __init__(self):
+        self.puts: list[list[int]] = []
+        self.ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts.append(value.tolist())
+
+    def end(self) -> None:
+        self.ended = True
+
+
+def test_streamer_receives_the_prompt_then_each_round():
+    recorder = _Recorder()
+    prompt = DECODER.encode(PROMPTS[0])
+    out = DECODER.generate([prompt], "kad-spec", kk.Dual(0.4), gamma=3, max_new_tokens=20, seed=0, streamer=recorder)
+    assert recorder.puts[0] == prompt and recorder.ended
+    assert sum(recorder.puts[1:], []) == out.token_ids[0]
+    assert len(recorder.puts) - 1 == out.stats.rounds
+
+
+def test_cli_generate_streams_and_prints_statistics(tmp_path, capsys):
+    # The base model serves as both models: AutoTokenizer picks the tokenizer class from the
+    # model's architecture, so two architectures would load two different vocabularies.
+    MODELS["base"].save_pretrained(tmp_path / "model")
+    TOKENIZER.save_pretrained(tmp_path / "model")
+    model = str(tmp_path / "model")
+    args = ["generate", "--base", model, "--aligned", model, "--mode", "kad-spec", "--rule", "dual", "--lam", "0.4",
+            "--gamma", "3", "--temperature", "0", "--max-new-tokens", "12", "--device", "cpu",
+            "--prompt", "hello"]  # fmt: skip
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    decoder = kad.Decoder.from_pretrained(model, model, device="cpu")
+    expected = decoder.generate("hello", "kad-spec", kk.Dual(0.4), gamma=3, temperature=0, max_new_tokens=12, chat=True)
+    assert expected.texts[0] and printed.startswith(expected.texts[0])
+    assert "acceptance rate" in printed and "tokens/s" in printed
+
+
+def test_cli_rule_names():
+    assert cli.build_rule("kad-spec", None, 0.3) == kk.Dual(0.3)
+    assert cli.build_rule("kad", "primal", 0.9) == kk.Primal(0.9)
+    assert cli.build_rule("kad", "token_v2", 0.1) == kk.Dual(mu=0.1, loss="perceptron")
+    assert cli.build_rule("nudging-spec", None, 0.4) == kk.Nudging(0.4)
+    assert cli.build_rule("implicit-reward", None, 0.4) == kk.ImplicitReward()
+    assert cli.build_rule("base", None, 0.4) is None
+    with pytest.raises(ValueError, match="fixes its rule"):
+        cli.build_rule("nudging", "dual", 0.4)
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def test_mismatched_tokenizers_are_refused_naming_both():
+    shuffled = make_tokenizer(chars=CHARS[::-1])
+    with pytest.raises(ValueError, match="the aligned model.*the base model.*differ"):
+        kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER, base_tokenizer=shuffled)
+    with pytest.raises(ValueError, match="reference model.*differ"):
+        kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER, reference_tokenizer=make_tokenizer(chars=CHARS + "#"))
+
+
+def test_a_model_with_fewer_logits_than_tokens_is_refused():
+    with pytest.raises(ValueError, match="the aligned model has 76 output logits, fewer than the tokenizer's 77"):
+        kad.Decoder(MODELS["base"], MODELS["aligned"], make_tokenizer(chars=CHARS + "#$%&*"))
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(prompts=[]), ValueError, "prompts is empty"),
+        (dict(prompts=[[]]), ValueError, "prompt 0 has no tokens"),
+        (dict(prompts=[[1, 999]]), ValueError, "prompt 0 has token ids outside"),
+        (dict(mode="kad-spec", gamma=0), ValueError, "gamma"),
+        (dict(mode="kad-spec", gamma=-2), ValueError, "gamma"),
+        (dict(mode="kad", rule=None), ValueError, "needs a rule"),
+        (dict(mode="nudging", rule=kk.Dual(0.4)), TypeError, "needs a Nudging rule"),
+        (dict(mode="base", rule=kk.Dual(0.4)), ValueError, "takes no rule"),
+        (dict(mode="speculative"), ValueError, "unknown mode"),
+        (dict(max_new_tokens=[3, 4]), ValueError, "max_new_tokens"),
+        (dict(prompts=["a", "b"], streamer=_Recorder()), ValueError, "streamer takes one prompt"),
+    ],
+    ids=lambda x: x if isinstance(x, str) else None,
+)
+def test_bad_arguments_are_refused(kwargs, error, match):
+    kwargs = dict(dict(prompts=["hello"], mode="kad", rule=kk.Dual(0.4)), **kwargs)
+    with pytest.raises(error, match=match):
+        DECODER.generate(kwargs.pop("prompts"), **kwargs)
+
+
+@pytest.mark.parametrize("mode, rule", [("kad", kk.ImplicitReward()), ("implicit-reward-spec", None)])
+def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
+    decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
+    with pytest.raises(ValueError, match="needs a reference model"):
+        decoder.generate(["hello"], mode, rule)
