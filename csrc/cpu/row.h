@@ -20,16 +20,11 @@
 #include <type_traits>
 #include <vector>
 
+#include "kad/dispatch.h"
 #include "kad/philox.h"
 #include "kad/rules.h"
 
 namespace kad::cpu {
-
-// AT_DISPATCH over the logits dtypes of DESIGN §2 (fp32, bf16, fp16), scalar_t inside.
-#define KAD_DISPATCH_LOGITS(TYPE, NAME, ...)                                      \
-  AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::kFloat, __VA_ARGS__)       \
-                                     AT_DISPATCH_CASE(at::kBFloat16, __VA_ARGS__) \
-                                         AT_DISPATCH_CASE(at::kHalf, __VA_ARGS__))
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr int64_t kLanes = 16;  // one AVX-512 register of fp32 (two AVX2 ones)
@@ -278,24 +273,6 @@ inline uint32_t primal_key(const float* e, float scale, int64_t vocab, float bud
   return prefix;
 }
 
-// Calls f(std::integral_constant<int64_t, KIND>) for the runtime kind of a deferral rule.
-template <typename F>
-auto dispatch_rule(int64_t kind, F&& f) {
-  switch (kind) {
-    case kLogistic: return f(std::integral_constant<int64_t, kLogistic>{});
-    case kPerceptron: return f(std::integral_constant<int64_t, kPerceptron>{});
-    case kZeroOne: return f(std::integral_constant<int64_t, kZeroOne>{});
-    case kSquared: return f(std::integral_constant<int64_t, kSquared>{});
-    case kNudging: return f(std::integral_constant<int64_t, kNudging>{});
-    case kMaxQMinus: return f(std::integral_constant<int64_t, kMaxQMinus>{});
-    case kMaxQPlus: return f(std::integral_constant<int64_t, kMaxQPlus>{});
-    case kMaxPPlus: return f(std::integral_constant<int64_t, kMaxPPlus>{});
-    case kMinusMaxPPlus: return f(std::integral_constant<int64_t, kMinusMaxPPlus>{});
-    case kPrimal: return f(std::integral_constant<int64_t, kPrimal>{});
-    default: TORCH_CHECK(false, "kad: kind ", kind, " is not a deferral rule");
-  }
-}
-
 // α = S_d / (S_d + S_kept) and π_v = p_v (1 − d_v) + α q_v (DESIGN §1) into pi [V],
 // from e_p, e_q and their scales (p_v = e_p[v] · p_scale).  The ratio form gives
 // α = 0 exactly when nothing is deferred and 1 when everything is.
@@ -424,7 +401,7 @@ Mixed mixture_row(int64_t kind, float param, float temperature, const RowLogits<
   RowLoss loss{param, 1.0f * p_scale, 1.0f * q_scale, 0.0f, 0u};
   if (kind == kSquared) loss.sum_p2 = row_sum(vocab, [ep, p_scale](int64_t v) { return (ep[v] * p_scale) * (ep[v] * p_scale); });
   if (kind == kPrimal) loss.primal_key = primal_key(ep, p_scale, vocab, param, ws.candidates);
-  const float alpha = dispatch_rule(kind, [&](auto k) {
+  const float alpha = with_kind(kind, [&](auto k) {
     return defer_and_mix<decltype(k)::value>(ep, p_scale, ws.q.data(), q_scale, vocab, loss, pi);
   });
   return {alpha, sp.flag | (sq.flag << 2), q_scale};
