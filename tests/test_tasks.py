@@ -206,28 +206,22 @@ def test_choice_extraction(name, text, strict, better):
 # ---------------------------------------------------------------- grading
 
 
-@pytest.mark.parametrize(
-    "extracted, reference, strict, better",
-    [
-        ("18", "18", True, True),
-        ("17", "18", False, False),
-        (None, "18", False, False),
-        ("18.00", "18", False, True),
-        ("1/2", "0.5", False, True),
-        ("50%", "50", False, True),
-        ("50%", "0.5", False, True),
-        ("50%", "5", False, False),
-    ],
-)
-def test_number_grading(extracted, reference, strict, better):
-    task, item = TASKS["svamp"], Item("q", "question", reference)
-    assert task.is_correct(extracted, item) is strict
-    assert task.is_correct(extracted, item, strict=False) is better
+NUMBER_GRADES = [
+    ("18", "18", True, True),
+    ("17", "18", False, False),
+    (None, "18", False, False),
+    ("18.00", "18", False, True),
+    ("1/2", "0.5", False, True),
+    ("50%", "50", False, True),
+    ("50%", "0.5", False, True),
+    ("50%", "5", False, False),
+]
 
 
 @pytest.mark.parametrize(
-    "extracted, reference, strict, better",
-    [
+    "task_name, extracted, reference, strict, better",
+    [("svamp", *case) for case in NUMBER_GRADES]
+    + [("math500", *case) for case in [
         ("\\frac{14}{3}", "\\frac{14}{3}", True, True),
         ("\\frac{14}{3}.", "\\frac{14}{3}", True, True),
         ("\\frac{14}{5}", "\\frac{14}{3}", False, False),
@@ -250,10 +244,11 @@ def test_number_grading(extracted, reference, strict, better):
         ("y=2x+3", "y = 2x + 3", False, True),
         ("0", "5x - 7y + 11z + 4 = 0", True, False),
         ("5x-7y+11z+4=0", "5x - 7y + 11z + 4 = 0", False, True),
-    ],
+    ]],
 )
-def test_math_grading(extracted, reference, strict, better):
-    task, item = TASKS["math500"], Item("q", "question", reference)
+def test_grading(task_name, extracted, reference, strict, better):
+    """Strict (the paper's) and better (strict=False) grading of one extracted answer."""
+    task, item = TASKS[task_name], Item("q", "question", reference)
     assert task.is_correct(extracted, item) is strict
     assert task.is_correct(extracted, item, strict=False) is better
 
