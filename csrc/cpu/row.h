@@ -17,7 +17,6 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
-#include <type_traits>
 #include <vector>
 
 #include "kad/dispatch.h"
@@ -64,6 +63,9 @@ inline float exp_nonpositive(float x) {
   return x < -87.0f ? 0.0f : er * scale;
 }
 
+// Tokens per block of the inverse CDF's block sums (InverseCdf).
+constexpr int64_t kCdfBlock = 256;
+
 // Scratch rows of one thread, kept between calls: fresh pages for 2 MB of scratch
 // per call would cost more than a batch-1 call's arithmetic.
 struct Workspace {
@@ -71,7 +73,7 @@ struct Workspace {
     thread_local Workspace ws;
     if (static_cast<int64_t>(ws.p.size()) < vocab) {
       for (std::vector<float>* row : {&ws.p, &ws.q, &ws.aux}) row->resize(vocab);
-      ws.blocks.resize((vocab + 255) / 256);
+      ws.blocks.resize((vocab + kCdfBlock - 1) / kCdfBlock);
     }
     return ws;
   }
@@ -443,7 +445,7 @@ inline int64_t argmax(const float* w, int64_t vocab) {
 // so the sequential scan covers one block instead of the whole vocabulary.
 class InverseCdf {
  public:
-  static constexpr int64_t kBlock = 256;
+  static constexpr int64_t kBlock = kCdfBlock;
 
   InverseCdf(const float* w, int64_t vocab, std::vector<double>& blocks) : w_(w), vocab_(vocab), blocks_(blocks) {
     static_assert(kChunk % kBlock == 0, "a chunk holds whole blocks");
