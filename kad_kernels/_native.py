@@ -3,13 +3,14 @@
 The extension ``kad_kernels._C`` is compiled by ``setup.py`` when torch is
 importable at install time (``pip install --no-build-isolation``), otherwise
 here, with ninja, on first use (about a minute; cached by torch in
-``~/.cache/torch_extensions``).  Its ops ``torch.ops.kad.native_*`` dispatch on
+``~/.cache/torch_extensions``, one directory per checkout).  Its ops ``torch.ops.kad.native_*`` dispatch on
 the tensors' device; the fake implementations below let ``torch.compile``
 trace them.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import sys
 import types
@@ -30,9 +31,11 @@ def _jit_build() -> types.ModuleType:
         raise ImportError("no C++ compiler found: install g++ (or clang) to build the cpu/cuda backends")
     print("kad_kernels: loading the C++ extension (compiled with ninja on first use: about a minute) ...", file=sys.stderr, flush=True)
     kwargs = _build.extension_kwargs()
+    # One build directory per checkout: two checkouts sharing one name would rebuild over each other.
+    checkout = hashlib.sha1(str(_build.CSRC).encode()).hexdigest()[:8]
     try:
         return cpp_extension.load(
-            name=_build.NAME.replace(".", "_"),
+            name=f"{_build.NAME.replace('.', '_')}_{checkout}",
             sources=kwargs["sources"],
             extra_include_paths=kwargs["include_dirs"],
             extra_cflags=kwargs["extra_compile_args"]["cxx"],
