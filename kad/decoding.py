@@ -67,11 +67,13 @@ class Generation:
     """What :meth:`Decoder.generate` returns, one entry per prompt in prompt order.
 
     ``token_ids`` are the new tokens (a final stop token included); ``texts`` their
-    decoding without special tokens."""
+    decoding without special tokens.  ``stats`` counts all rows together;
+    ``row_stats`` each row alone, its wall time ending when the row finished."""
 
     texts: list[str]
     token_ids: list[list[int]]
     stats: GenerationStats
+    row_stats: list[GenerationStats]
 
 
 @dataclass
@@ -263,11 +265,11 @@ class Decoder:
         if streamer is not None:
             streamer.put(torch.tensor(ids[0]))
         loop = _Loop(self._plan(mode, rule), self.stop_ids, temperature, generator, track_alpha, streamer)
-        outputs, stats = loop.run(ids, budgets, gamma)
+        outputs = loop.run(ids, budgets, gamma)
         if streamer is not None:
             streamer.end()
         texts = self.tokenizer.batch_decode(outputs, skip_special_tokens=True)
-        return Generation(texts, outputs, stats)
+        return Generation(texts, outputs, loop.stats, loop.row_stats)
 
     def _prompt_ids(self, row: int, prompt: str | Sequence[int], chat: bool, system_prompt: str | None) -> list[int]:
         ids = self.encode(prompt, chat=chat, system_prompt=system_prompt) if isinstance(prompt, str) else list(prompt)
@@ -309,10 +311,12 @@ class _Loop:
         self.track_alpha = track_alpha
         self.streamer = streamer
         self.stats = GenerationStats()
+        self.row_stats: list[GenerationStats] = []
 
-    def run(self, prompts: list[list[int]], budgets: list[int], gamma: int) -> tuple[list[list[int]], GenerationStats]:
-        """New tokens per prompt and the statistics."""
+    def run(self, prompts: list[list[int]], budgets: list[int], gamma: int) -> list[list[int]]:
+        """New tokens per prompt; fills :attr:`stats` and :attr:`row_stats`."""
         start = time.perf_counter()
+        self.row_stats = [GenerationStats() for _ in prompts]
         outputs: list[list[int]] = [[] for _ in prompts]
         active = [row for row, budget in enumerate(budgets) if budget > 0]  # original indices of the batch rows
         left = list(budgets)
@@ -332,6 +336,10 @@ class _Loop:
                 tokens, emitted, alpha = self._step(batch)
             self.stats.rounds += 1
             keep = self._commit(active, tokens, emitted, alpha, outputs, left)
+            now = time.perf_counter() - start
+            for row in active:
+                self.row_stats[row].wall_time_s = now
+                self.row_stats[row].rounds += 1
             if len(keep) < len(active):
                 rows = torch.tensor(keep, dtype=torch.long, device=batch.tokens.device)
                 batch.select(rows)
@@ -339,7 +347,7 @@ class _Loop:
                     model.select(rows)
                 active = [active[i] for i in keep]
         self.stats.wall_time_s = time.perf_counter() - start
-        return outputs, self.stats
+        return outputs
 
     def _alpha(self, p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor | None:
         """α ``[N]`` of the mixtures of logits ``[N, V]``, if tracked.  One model
@@ -390,20 +398,16 @@ class _Loop:
             p, q, drafts, plan.rule, self.temperature, ref_logits=ref, generator=self.generator, check=False
         )
         accepted = verified.num_accepted
-        accepted_host = accepted.tolist()
 
         # Mask each row's rejected drafts; crop the columns no row accepted.
         batch.reject(first, accepted)
-        width = first + max(accepted_host)
+        width = first + int(accepted.max())
         batch.truncate(width)
         for model in plan.models:
             model.truncate(width)
         batch.append(verified.tokens.gather(1, accepted[:, None])[:, 0])  # correction or bonus: the new pending token
 
-        rows = len(accepted_host)
-        self.stats.drafts_proposed += rows * gamma
-        self.stats.drafts_accepted += sum(accepted_host)
-        self.stats.verified_rows += rows
+        rows = accepted.shape[0]
         flat = [None if x is None else x.flatten(0, 1) for x in (p, q, ref)]
         alpha = self._alpha(*flat)
         return verified.tokens, accepted + 1, None if alpha is None else alpha.view(rows, gamma + 1)
@@ -418,9 +422,11 @@ class _Loop:
         left: list[int],
     ) -> list[int]:
         """Append each row's emitted tokens to its output, cut after a stop token or at
-        its budget; update the statistics.  Returns the batch rows still going."""
+        its budget; update the statistics (a speculative round's drafts count whole,
+        before the cut).  Returns the batch rows still going."""
         tokens_h, emitted_h = tokens.tolist(), emitted.tolist()
         alpha_h = None if alpha is None else alpha.tolist()
+        gamma = tokens.shape[1] - 1 if self.plan.speculative else 0
         keep = []
         for i, row in enumerate(active):
             new = tokens_h[i][: min(emitted_h[i], left[row])]
@@ -429,12 +435,17 @@ class _Loop:
                 new = new[: stop + 1]
             outputs[row].extend(new)
             left[row] -= len(new)
-            self.stats.new_tokens += len(new)
-            if alpha_h is not None:
-                kept = alpha_h[i][: len(new)]
-                self.stats.alpha_sum += sum(kept)
-                self.stats.alpha_count += len(kept)
-                self.stats.deferring_steps += sum(a > 0 for a in kept)
+            kept = None if alpha_h is None else alpha_h[i][: len(new)]
+            for stats in (self.stats, self.row_stats[row]):
+                stats.new_tokens += len(new)
+                if gamma:
+                    stats.drafts_proposed += gamma
+                    stats.drafts_accepted += emitted_h[i] - 1
+                    stats.verified_rows += 1
+                if kept is not None:
+                    stats.alpha_sum += sum(kept)
+                    stats.alpha_count += len(kept)
+                    stats.deferring_steps += sum(a > 0 for a in kept)
             if self.streamer is not None and new:
                 self.streamer.put(torch.tensor(new))
             if stop is None and left[row] > 0:

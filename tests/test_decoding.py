@@ -295,6 +295,21 @@ def test_statistics():
     assert "acceptance rate" in spec.summary() and "tokens/s" in spec.summary()
 
 
+@pytest.mark.parametrize("mode, rule", [("kad-spec", kk.Dual(0.4)), ("kad", kk.Dual(0.4)), ("nudging", kk.Nudging(0.4))])
+def test_row_statistics_add_up_to_the_totals(mode, rule):
+    prompts, budgets = _batch(4)
+    out = DECODER.generate(prompts, mode, rule, gamma=3, max_new_tokens=budgets, seed=0)
+    rows, total = out.row_stats, out.stats
+    assert len(rows) == len(prompts)
+    for field in ("new_tokens", "drafts_proposed", "drafts_accepted", "verified_rows", "alpha_count", "deferring_steps"):
+        assert sum(getattr(r, field) for r in rows) == getattr(total, field), field
+    assert sum(r.alpha_sum for r in rows) == pytest.approx(total.alpha_sum)
+    assert [r.new_tokens for r in rows] == [len(t) for t in out.token_ids]
+    assert max(r.rounds for r in rows) == total.rounds
+    assert max(r.wall_time_s for r in rows) <= total.wall_time_s
+    assert all(r.wall_time_s > 0 for r in rows)
+
+
 def test_chat_template_and_system_message():
     expected = TOKENIZER(f"<system>{kad.SYSTEM_PROMPT}<user>hi<assistant>", add_special_tokens=False).input_ids
     assert DECODER.encode("hi", chat=True) == expected
