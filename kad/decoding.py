@@ -46,6 +46,7 @@ from transformers.generation.streamers import BaseStreamer
 
 import kad_kernels as kk
 
+from . import default_pair
 from .batch import Batch, CachedLM
 from .models import check_same_vocabulary, load
 from .stats import GenerationStats
@@ -89,6 +90,29 @@ class _Plan:
     @property
     def models(self) -> list[CachedLM]:
         return [m for m in (self.target, self.draft, self.reference) if m is not None]
+
+
+# Rule names of `build_rule` (and `kad --rule`): the paper's rules, then the rule names of the authors' code (kad_kernels.rule_from_name).
+_AUTHOR_RULES = (
+    "token_wise", "max", "max_q_minus", "max_q_plus", "max_p_plus", "minus_max_p_plus",
+    "token_v2", "token_max", "budget_lr",
+)  # fmt: skip
+RULES = ("dual", "primal", "nudging", "implicit-reward", *_AUTHOR_RULES)
+
+
+def build_rule(mode: str, name: str | None, lam: float) -> kk.Rule | None:
+    """The rule of ``mode``: none for one model, fixed by the baseline modes, else ``name``
+    (default ``dual``) with parameter ``lam`` (λ, μ or the primal budget)."""
+    family = mode.removesuffix("-spec")
+    if family in ("base", "aligned", "nudging", "implicit-reward") and name not in (None, family):
+        raise ValueError(f"mode {mode!r} fixes its rule: drop --rule {name}")
+    if family in ("base", "aligned"):
+        return None
+    name = family if family in ("nudging", "implicit-reward") else name or "dual"
+    if name == "implicit-reward":
+        return kk.ImplicitReward()
+    constructors = {"dual": kk.Dual, "primal": kk.Primal, "nudging": kk.Nudging}
+    return constructors[name](lam) if name in constructors else kk.rule_from_name(name, lam)
 
 
 def _resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:
@@ -175,15 +199,19 @@ class Decoder:
     @classmethod
     def from_pretrained(
         cls,
-        base: str,
-        aligned: str,
+        base: str | None = None,
+        aligned: str | None = None,
         reference: str | None = None,
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype = "auto",
     ) -> Decoder:
-        """Load the models and tokenizers by hub id or local path (default device: CUDA if available)."""
+        """Load the models and tokenizers by hub id or local path (default device: CUDA
+        if available).  A missing ``base`` or ``aligned`` is that model of the default
+        pair (:mod:`kad.default_pair`), prepared on first use."""
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        base = base or str(default_pair.local_path(default_pair.BASE))
+        aligned = aligned or str(default_pair.local_path(default_pair.ALIGNED))
         base_model, base_tokenizer = load(base, device, dtype)
         aligned_model, tokenizer = load(aligned, device, dtype)
         ref_model, ref_tokenizer = load(reference, device, dtype) if reference else (None, None)

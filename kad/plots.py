@@ -1,0 +1,84 @@
+"""``kad plot``: figures from ``kad eval`` result files (matplotlib, PNG).
+
+* ``acceptance_vs_gamma.png``: acceptance rate of the speculative runs vs γ;
+* ``tokens_per_s_vs_gamma.png``: tok/s vs γ, runs without speculation as dashed lines;
+* ``accuracy_vs_lambda.png`` / ``accuracy_vs_budget.png``: accuracy with its 95 %
+  interval vs λ (dual, nudging and the other thresholded rules) / vs the primal
+  budget, the single-model runs as dashed lines in a shaded interval.
+
+A line joins the runs of one task that differ only in the plotted parameter; a
+figure is written only when some line has two or more points.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from .evaluate import Summary, run_label, summarize
+
+# (file name, x field, which runs make the lines, y, y label, which runs are drawn as baselines)
+_FIGURES: tuple[tuple[str, str, Callable[[dict], bool], str, str, Callable[[dict], bool]], ...] = (
+    ("acceptance_vs_gamma.png", "gamma", lambda c: True, "acceptance_rate", "acceptance rate", lambda c: False),
+    ("tokens_per_s_vs_gamma.png", "gamma", lambda c: True, "tokens_per_s", "tokens/s", lambda c: c["gamma"] is None),
+    ("accuracy_vs_lambda.png", "lam", lambda c: c["rule"] != "primal", "accuracy", "accuracy",
+     lambda c: c["rule"] is None),
+    ("accuracy_vs_budget.png", "lam", lambda c: c["rule"] == "primal", "accuracy", "accuracy",
+     lambda c: c["rule"] is None),
+)  # fmt: skip
+_X_LABELS = {"gamma": "γ (drafts per round)", "lam": "λ", "budget": "primal budget b"}
+
+
+def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dict[str, list[tuple[float, Summary]]]:
+    """``{label: [(x, summary), ...]}`` sorted by x, over the runs that have ``x`` and pass ``keep``."""
+    lines: dict[str, list[tuple[float, Summary]]] = defaultdict(list)
+    for result in results:
+        config = result["config"]
+        if config[x] is not None and keep(config):
+            lines[f"{config['task']}: {run_label(config, without=x)}"].append((config[x], summarize(result)))
+    return {label: sorted(points, key=lambda p: p[0]) for label, points in lines.items()}
+
+
+def plot_results(results: Sequence[dict], out_dir: str | Path) -> list[Path]:
+    """Write the figures the results support to ``out_dir``; returns their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, x, keep, y, y_label, is_baseline in _FIGURES:
+        lines = _lines(results, x, keep)
+        if not any(len(points) > 1 for points in lines.values()):
+            continue
+        fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        for label, points in lines.items():
+            xs, ys = [p[0] for p in points], [getattr(s, y) for _, s in points]
+            if y == "accuracy":
+                errors = [[v - s.ci_low for v, (_, s) in zip(ys, points)], [s.ci_high - v for v, (_, s) in zip(ys, points)]]
+                ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=3, label=label)
+            else:
+                ax.plot(xs, ys, "o-", label=label)
+        for result in results:
+            if is_baseline(result["config"]):
+                s = summarize(result)
+                level = getattr(s, y)
+                ax.axhline(level, ls="--", lw=1, color="gray")
+                if y == "accuracy":
+                    ax.axhspan(s.ci_low, s.ci_high, alpha=0.1, color="gray")
+                ax.annotate(f"{result['config']['task']}: {run_label(result['config'])}", (0.01, level),
+                            xycoords=("axes fraction", "data"), fontsize="x-small", va="bottom")  # fmt: skip
+        x_label = _X_LABELS["budget" if name == "accuracy_vs_budget.png" else x]
+        ax.set(xlabel=x_label, ylabel=y_label, title=f"{y_label} vs {x_label}")
+        if y != "tokens_per_s":
+            ax.set_ylim(0, 1.02)
+        ax.legend(fontsize="small")
+        fig.tight_layout()
+        path = out_dir / name
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,208 @@
+"""``kad eval``, ``kad summary``, ``kad plot`` and ``kad demo`` end to end on tiny
+random-weight models (CPU, no network): the result file's schema, incremental
+saving and resume, the summary's statistics and confidence interval, the figures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+from decoding_helpers import make_models, make_tokenizer  # noqa: E402
+
+import kad  # noqa: E402
+from kad import cli, evaluate  # noqa: E402
+from kad.demo import RUNS, demo  # noqa: E402
+from kad.evaluate import RunConfig, summarize, wilson_interval  # noqa: E402
+from kad.plots import plot_results  # noqa: E402
+from kad.tasks import TASKS  # noqa: E402
+
+MODELS = make_models()
+TOKENIZER = make_tokenizer()
+DECODER = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
+
+
+def _config(**changes) -> RunConfig:
+    config = RunConfig(
+        task="gsm8k", mode="kad-spec", rule="dual", lam=0.4, gamma=3, temperature=1.0, max_new_tokens=6, seed=0,
+        batch_size=2, strict=True, system_prompt=kad.SYSTEM_PROMPT, base="tiny-base", aligned="tiny-aligned",
+        reference=None, dtype="float32", device="cpu",
+    )  # fmt: skip
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    # One model as base and aligned: AutoTokenizer picks the tokenizer class from the
+    # architecture, so two architectures would load two different vocabularies.
+    path = tmp_path_factory.mktemp("model")
+    MODELS["base"].save_pretrained(path)
+    TOKENIZER.save_pretrained(path)
+    return str(path)
+
+
+def test_result_file_schema(tmp_path):
+    path = tmp_path / "run.json"
+    result = evaluate.evaluate(DECODER, _config(), path, limit=3)
+    saved = json.loads(path.read_text())
+    assert saved == json.loads(json.dumps(result))
+    assert saved["format"] == evaluate.FORMAT and saved["limit"] == 3
+    assert saved["config"] == dataclasses.asdict(_config())
+    assert [b["first"] for b in saved["batches"]] == [0, 2] and [b["size"] for b in saved["batches"]] == [2, 1]
+    items = TASKS["gsm8k"].load(3)
+    assert [r["index"] for r in saved["items"]] == [0, 1, 2]
+    for record, item in zip(saved["items"], items):
+        assert record["id"] == item.id and record["answer"] == item.answer and record["question"] == item.question
+        assert record["extracted"] == TASKS["gsm8k"].extract(record["generation"])
+        assert record["correct"] == TASKS["gsm8k"].is_correct(record["extracted"], item)
+        stats = record["stats"]
+        assert 1 <= stats["new_tokens"] <= 6 and stats["wall_time_s"] > 0
+        assert stats["drafts_proposed"] >= stats["drafts_accepted"] >= 0 and stats["verified_rows"] >= 1
+        assert stats["alpha_count"] == stats["new_tokens"]
+    summary = saved["summary"]
+    assert summary["items"] == 3 and summary["new_tokens"] == sum(r["stats"]["new_tokens"] for r in saved["items"])
+    assert 0 <= summary["acceptance_rate"] <= 1 and 0 <= summary["mean_alpha"] <= 1
+    assert summary["tokens_per_s"] == pytest.approx(
+        summary["new_tokens"] / sum(b["wall_time_s"] for b in saved["batches"])
+    )
+
+
+def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, monkeypatch):
+    config = _config(mode="kad", gamma=None, batch_size=1)
+    whole = evaluate.evaluate(DECODER, config, tmp_path / "whole.json", limit=3)
+
+    path = tmp_path / "run.json"
+    generate = DECODER.generate
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return generate(*args, **kwargs)
+
+    monkeypatch.setattr(DECODER, "generate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate(DECODER, config, path, limit=3)
+    monkeypatch.undo()
+    saved = json.loads(path.read_text())
+    assert len(saved["items"]) == 1  # the batch before the interruption was saved
+    assert not list(tmp_path.glob("*.tmp"))
+
+    with pytest.raises(FileExistsError, match="--resume"):
+        evaluate.evaluate(DECODER, config, path, limit=3)
+    resumed = evaluate.evaluate(DECODER, config, path, limit=3, resume=True)
+    assert [r["generation"] for r in resumed["items"]] == [r["generation"] for r in whole["items"]]
+    assert [r["index"] for r in resumed["items"]] == [0, 1, 2]
+    # A larger limit extends the run; a different configuration is refused.
+    assert len(evaluate.evaluate(DECODER, config, path, limit=4, resume=True)["items"]) == 4
+    with pytest.raises(ValueError, match="lam: 0.4 → 0.5"):
+        evaluate.evaluate(DECODER, dataclasses.replace(config, lam=0.5), path, limit=4, resume=True)
+
+
+def test_load_result_rejects_other_json(tmp_path):
+    path = tmp_path / "x.json"
+    path.write_text('{"items": []}')
+    with pytest.raises(ValueError, match="not a kad eval result"):
+        evaluate.load_result(path)
+
+
+@pytest.mark.parametrize(
+    "successes, trials, low, high",
+    [(0, 10, 0.0, 0.2775), (10, 10, 0.7225, 1.0), (15, 30, 0.3315, 0.6685), (1, 1, 0.2065, 1.0)],
+)
+def test_wilson_interval(successes, trials, low, high):
+    assert wilson_interval(successes, trials) == pytest.approx((low, high), abs=1e-4)
+
+
+def test_wilson_interval_of_nothing_is_nan():
+    assert all(math.isnan(x) for x in wilson_interval(0, 0))
+
+
+def _fake_result(accuracy_of: int, **config) -> dict:
+    """A result of 10 items with ``accuracy_of`` correct, made by hand."""
+    stats = dict(new_tokens=20, wall_time_s=1.0, rounds=5, drafts_proposed=12, drafts_accepted=9, verified_rows=4,
+                 alpha_sum=2.0, alpha_count=20, deferring_steps=10)  # fmt: skip
+    items = [{"correct": i < accuracy_of, "stats": stats} for i in range(10)]
+    return {"format": evaluate.FORMAT, "config": dataclasses.asdict(_config(**config)), "items": items,
+            "batches": [{"first": 0, "size": 10, "wall_time_s": 4.0}]}  # fmt: skip
+
+
+def test_summarize_sums_items_and_divides_by_batch_time():
+    s = summarize(_fake_result(7))
+    assert (s.items, s.correct, s.accuracy) == (10, 7, 0.7)
+    assert (s.ci_low, s.ci_high) == pytest.approx(wilson_interval(7, 10))
+    assert s.tokens_per_s == 200 / 4.0  # batch wall time, not the overlapping per-row times
+    assert s.acceptance_rate == 90 / 120 and s.mean_accepted_length == (90 + 40) / 40 and s.mean_alpha == 0.1
+
+
+def test_summary_table_and_cli_summary(tmp_path, capsys):
+    paths = []
+    for name, result in {"a": _fake_result(7), "b": _fake_result(3, mode="base", rule=None, lam=None, gamma=None)}.items():
+        paths.append(tmp_path / f"{name}.json")
+        paths[-1].write_text(json.dumps(result))
+    assert cli.main(["summary", *map(str, paths)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].startswith("| task | run | n | accuracy (95 % CI) | tok/s")
+    assert table[2] == "| gsm8k | kad-spec dual 0.4 γ=3 | 10 | 70.0% (40%–89%) | 50.00 | 0.750 | 3.25 | 0.100 |"
+    assert table[3].startswith("| gsm8k | base | 10 | 30.0% (11%–60%) |")
+
+
+def test_plots_from_results(tmp_path):
+    results = [_fake_result(5, gamma=g) for g in (2, 4, 6)]
+    results += [_fake_result(k, mode="kad", lam=lam, gamma=None) for k, lam in ((4, 0.2), (6, 0.6))]
+    results += [_fake_result(k, mode="kad", rule="primal", lam=b, gamma=None) for k, b in ((4, 0.5), (6, 0.9))]
+    results.append(_fake_result(2, mode="base", rule=None, lam=None, gamma=None))
+    written = plot_results(results, tmp_path / "plots")
+    names = sorted(p.name for p in written)
+    assert names == ["acceptance_vs_gamma.png", "accuracy_vs_budget.png", "accuracy_vs_lambda.png",
+                     "tokens_per_s_vs_gamma.png"]  # fmt: skip
+    for path in written:
+        assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
+    # One run per configuration: nothing to draw a line through.
+    assert plot_results(results[:1], tmp_path / "none") == []
+
+
+def test_cli_eval_end_to_end(model_dir, tmp_path, capsys):
+    out = tmp_path / "results"
+    args = ["eval", "--task", "arc", "--limit", "3", "--base", model_dir, "--aligned", model_dir, "--device", "cpu",
+            "--mode", "kad-spec", "--lam", "0.4", "--gamma", "2", "--batch-size", "2", "--max-new-tokens", "5",
+            "--out-dir", str(out)]  # fmt: skip
+    assert cli.main(args) == 0
+    path = out / "arc-kad-spec-dual0.4-g2-s0.json"
+    result = evaluate.load_result(path)
+    assert len(result["items"]) == 3 and result["config"]["base"] == model_dir and result["config"]["gamma"] == 2
+    assert result["items"][0]["choices"] == list(TASKS["arc"].load(1)[0].choices)
+    assert "| arc | kad-spec dual 0.4 γ=2 | 3 |" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # exists, no --resume: argparse error, file untouched
+        cli.main(args)
+    assert evaluate.load_result(path) == result
+    assert cli.main([*args, "--resume", "--limit", "4"]) == 0
+    assert len(evaluate.load_result(path)["items"]) == 4
+    assert cli.main(["plot", str(path), "--out", str(tmp_path / "plots")]) == 0  # one run: no figure, no error
+
+
+@pytest.mark.parametrize("mode, expected", [("base", (None, None, None)), ("nudging", ("nudging", 0.3, None)),
+                                            ("kad", ("primal", 0.3, None)), ("kad-spec", ("primal", 0.3, 3))])  # fmt: skip
+def test_cli_eval_records_only_the_parameters_a_mode_uses(model_dir, tmp_path, mode, expected):
+    rule = [] if mode in ("base", "nudging") else ["--rule", "primal"]
+    args = ["eval", "--task", "svamp", "--limit", "1", "--base", model_dir, "--aligned", model_dir, "--mode", mode,
+            *rule, "--lam", "0.3", "--gamma", "3", "--max-new-tokens", "2", "--output", str(tmp_path / "r.json")]  # fmt: skip
+    assert cli.main(args) == 0
+    config = evaluate.load_result(tmp_path / "r.json")["config"]
+    assert (config["rule"], config["lam"], config["gamma"]) == expected
+
+
+def test_demo_prints_each_run_and_a_table(capsys):
+    table = demo(DECODER, max_new_tokens=4)
+    printed = capsys.readouterr().out
+    assert TASKS["gsm8k"].load(1)[0].question in printed
+    lines = table.splitlines()
+    assert lines[0] == "| run | correct | tokens | tok/s | acceptance | mean α |"
+    assert [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]] == [title for title, _, _ in RUNS]
+    assert lines[-1].split(" | ")[4].endswith("%")  # kad-spec reports its acceptance rate
+    assert lines[2].split(" | ")[4] == "–"  # base does not speculate
