@@ -2,7 +2,7 @@
 
 Qwen2.5-Coder-1.5B-Instruct (the base ``p``) and Qwen2.5-Coder-0.5B-Instruct (the
 aligned ``q*``), GGUF Q4_K_M, share Qwen2.5's vocabulary.  Each GGUF file is
-split into byte ranges shipped as PyPI packages (``pip install 'kad[models]'``);
+split into byte ranges shipped as PyPI packages (``pip install 'kad-kernels[models]'``);
 each package's module has ``get_part_path()``.  On first use a file is
 
 1. *assembled*: its parts concatenated in order into the cache, checked against
@@ -12,7 +12,11 @@ each package's module has ``get_part_path()``.  On first use a file is
 
 Later runs load the converted directory directly.  The cache is ``$KAD_CACHE``,
 else ``$XDG_CACHE_HOME/kad``, else ``~/.cache/kad``; the assembled GGUF is
-deleted once converted (the packages still hold the bytes).
+deleted once converted, or when conversion fails (the packages still hold the
+bytes).  Intermediate files have names of their own per process, and the
+converted directory appears in one rename: two processes preparing the same
+model at once both succeed, and an interrupted one leaves nothing that a later
+run would take for a model.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-INSTALL_COMMAND = "pip install 'kad[models]'  (from a checkout: pip install '.[models]')"
+INSTALL_COMMAND = "pip install 'kad-kernels[models]'  (from a checkout: pip install -e '.[models]')"
 
 # The converted weights' dtype: half the size of fp32, and native on GPUs and on
 # CPUs with AVX-512 BF16.
@@ -101,47 +106,51 @@ ALIGNED = PackagedGGUF(
 
 def cache_dir() -> Path:
     """Where assembled and converted models live (created on demand)."""
-    if "KAD_CACHE" in os.environ:
+    if os.environ.get("KAD_CACHE"):
         return Path(os.environ["KAD_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "kad"
+    xdg = Path(os.environ.get("XDG_CACHE_HOME", ""))
+    return (xdg if xdg.is_absolute() else Path.home() / ".cache") / "kad"  # XDG: ignore empty or relative
 
 
 def assemble(model: PackagedGGUF, directory: Path) -> Path:
-    """Concatenate the parts of ``model`` into ``directory/<name>.gguf`` and check size
-    and SHA-256 while writing; ``ModelIntegrityError`` (and no file) on a mismatch."""
+    """Concatenate the parts of ``model`` into a new file ``directory/<name>.<random>.gguf``,
+    checking size and SHA-256 while writing; ``ModelIntegrityError`` on a mismatch.
+    No file is left unless the check passed."""
     parts = model.part_paths()
-    target = directory / f"{model.name}.gguf"
-    partial = target.with_suffix(".gguf.partial")
     directory.mkdir(parents=True, exist_ok=True)
     digest = hashlib.sha256()
     total = sum(p.stat().st_size for p in parts)
-    with open(partial, "wb") as out, tqdm(
-        total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"assembling {model.name}"
-    ) as progress:
-        for part in parts:
-            with open(part, "rb") as source:
-                while chunk := source.read(_CHUNK):
-                    out.write(chunk)
-                    digest.update(chunk)
-                    progress.update(len(chunk))
-    if total != model.size or digest.hexdigest() != model.sha256:
-        partial.unlink()
-        raise ModelIntegrityError(
-            f"the {model.parts} parts of {model.name} make {total} bytes with SHA-256 {digest.hexdigest()}, "
-            f"expected {model.size} bytes with {model.sha256}: reinstall them ({INSTALL_COMMAND})"
-        )
-    partial.replace(target)
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=f"{model.name}.", suffix=".gguf", delete=False) as out:
+        target = Path(out.name)
+    try:
+        with open(target, "wb") as out, tqdm(
+            total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=f"assembling {model.name}"
+        ) as progress:
+            for part in parts:
+                with open(part, "rb") as source:
+                    while chunk := source.read(_CHUNK):
+                        out.write(chunk)
+                        digest.update(chunk)
+                        progress.update(len(chunk))
+        if total != model.size or digest.hexdigest() != model.sha256:
+            raise ModelIntegrityError(
+                f"the {model.parts} parts of {model.name} make {total} bytes with SHA-256 {digest.hexdigest()}, "
+                f"expected {model.size} bytes with {model.sha256}: reinstall them ({INSTALL_COMMAND})"
+            )
+    except BaseException:  # Ctrl-C included: never leave a partial file of a gigabyte
+        target.unlink(missing_ok=True)
+        raise
     return target
 
 
 def convert(gguf: Path, target: Path, dtype: torch.dtype = _DTYPE) -> Path:
     """Dequantize ``gguf`` with transformers' GGUF loader and save model (safetensors,
     ``dtype``) and tokenizer to the directory ``target``, atomically: a partly written
-    directory is never taken for a converted model."""
+    directory is never taken for a converted model, and if another process has
+    converted the same model meanwhile, its directory is kept."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    staging = target.with_name(target.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.", suffix=".partial"))
     tqdm.write(f"converting {gguf.name} to {str(dtype).removeprefix('torch.')} safetensors (once)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     unpacked = AutoModelForCausalLM.from_pretrained(
@@ -153,11 +162,16 @@ def convert(gguf: Path, target: Path, dtype: torch.dtype = _DTYPE) -> Path:
     model.load_state_dict(unpacked.state_dict())
     model.generation_config = unpacked.generation_config
     del unpacked
-    model.save_pretrained(staging)
-    tokenizer.save_pretrained(staging)
-    drop_padding_tokens(staging / "tokenizer.json")
-    shutil.rmtree(target, ignore_errors=True)
-    staging.replace(target)
+    try:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        drop_padding_tokens(staging / "tokenizer.json")
+        staging.rename(target)
+    except OSError:
+        if not (target / "config.json").is_file():  # not a concurrent conversion that won the rename
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -185,6 +199,7 @@ def local_path(model: PackagedGGUF, directory: Path | None = None) -> Path:
         return target
     model.part_paths()  # fail with the install command before doing anything
     gguf = assemble(model, directory)
-    convert(gguf, target)
-    gguf.unlink()
-    return target
+    try:
+        return convert(gguf, target)
+    finally:
+        gguf.unlink()
