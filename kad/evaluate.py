@@ -126,7 +126,9 @@ def run_label(config: dict, without: str | None = None) -> str:
     field ``without`` (``"lam"`` or ``"gamma"``, the x axis of a plot)."""
     label = config["mode"]
     if config["rule"] is not None:
-        label += f" {config['rule']}" + (f" {config['lam']:g}" if without != "lam" else "")
+        if config["rule"] != config["mode"].removesuffix("-spec"):  # "nudging 0.4", not "nudging nudging 0.4"
+            label += f" {config['rule']}"
+        label += f" {config['lam']:g}" if without != "lam" else ""
     if config["gamma"] is not None and without != "gamma":
         label += f" γ={config['gamma']}"
     return label

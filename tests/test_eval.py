@@ -152,6 +152,16 @@ def test_summary_table_and_cli_summary(tmp_path, capsys):
     assert table[3].startswith("| gsm8k | base | 10 | 30.0% (11%–60%) |")
 
 
+@pytest.mark.parametrize(
+    "changes, without, label",
+    [({}, None, "kad-spec dual 0.4 γ=3"), ({}, "gamma", "kad-spec dual 0.4"), ({}, "lam", "kad-spec dual γ=3"),
+     ({"mode": "nudging-spec", "rule": "nudging"}, None, "nudging-spec 0.4 γ=3"),
+     ({"mode": "base", "rule": None, "lam": None, "gamma": None}, None, "base")],
+)  # fmt: skip
+def test_run_label(changes, without, label):
+    assert evaluate.run_label(dataclasses.asdict(_config(**changes)), without=without) == label
+
+
 def test_plots_from_results(tmp_path):
     results = [_fake_result(5, gamma=g) for g in (2, 4, 6)]
     results += [_fake_result(k, mode="kad", lam=lam, gamma=None) for k, lam in ((4, 0.2), (6, 0.6))]
