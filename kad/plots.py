@@ -4,7 +4,7 @@
 * ``tokens_per_s_vs_gamma.png``: tok/s vs γ, runs without speculation as dashed lines;
 * ``accuracy_vs_lambda.png`` / ``accuracy_vs_budget.png``: accuracy with its 95 %
   interval vs λ (dual, nudging and the other thresholded rules) / vs the primal
-  budget, the single-model runs as dashed lines in a shaded interval.
+  budget, the single-model runs as dashed lines in their shaded interval.
 
 A line joins the runs of one task that differ only in the plotted parameter; a
 figure is written only when some line has two or more points.
@@ -62,20 +62,18 @@ def plot_results(results: Sequence[dict], out_dir: str | Path) -> list[Path]:
                 ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=3, label=label)
             else:
                 ax.plot(xs, ys, "o-", label=label)
-        for result in results:
-            if is_baseline(result["config"]):
-                s = summarize(result)
-                level = getattr(s, y)
-                ax.axhline(level, ls="--", lw=1, color="gray")
-                if y == "accuracy":
-                    ax.axhspan(s.ci_low, s.ci_high, alpha=0.1, color="gray")
-                ax.annotate(f"{result['config']['task']}: {run_label(result['config'])}", (0.01, level),
-                            xycoords=("axes fraction", "data"), fontsize="x-small", va="bottom")  # fmt: skip
+        baselines = [r for r in results if is_baseline(r["config"])]
+        for color, result in enumerate(baselines, start=len(lines)):
+            s = summarize(result)
+            label = f"{result['config']['task']}: {run_label(result['config'])}"
+            ax.axhline(getattr(s, y), ls="--", lw=1, color=f"C{color}", label=label)
+            if y == "accuracy":
+                ax.axhspan(s.ci_low, s.ci_high, alpha=0.08, color=f"C{color}")
         x_label = _X_LABELS["budget" if name == "accuracy_vs_budget.png" else x]
         ax.set(xlabel=x_label, ylabel=y_label, title=f"{y_label} vs {x_label}")
         if y != "tokens_per_s":
             ax.set_ylim(0, 1.02)
-        ax.legend(fontsize="small")
+        ax.legend(fontsize="x-small", loc="best")
         fig.tight_layout()
         path = out_dir / name
         fig.savefig(path, dpi=120)
