@@ -150,7 +150,6 @@ def convert(gguf: Path, target: Path, dtype: torch.dtype = _DTYPE) -> Path:
     converted the same model meanwhile, its directory is kept."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
 
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.", suffix=".partial"))
     tqdm.write(f"converting {gguf.name} to {str(dtype).removeprefix('torch.')} safetensors (once)")
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     unpacked = AutoModelForCausalLM.from_pretrained(
@@ -162,6 +161,7 @@ def convert(gguf: Path, target: Path, dtype: torch.dtype = _DTYPE) -> Path:
     model.load_state_dict(unpacked.state_dict())
     model.generation_config = unpacked.generation_config
     del unpacked
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.", suffix=".partial"))
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

@@ -301,22 +301,28 @@ def test_second_call_uses_the_cache(make_gguf, install_parts, tmp_path, monkeypa
     assert _leftovers(tmp_path / "cache") == []
 
 
-def test_failed_conversion_leaves_no_model_and_a_later_call_recovers(make_gguf, install_parts, tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["loading", "saving"])
+def test_failed_conversion_leaves_nothing_and_a_later_call_recovers(
+    make_gguf, install_parts, tmp_path, monkeypatch, failing
+):
+    import transformers
     from transformers import PreTrainedTokenizerBase
 
     model = install_parts(make_gguf().data)
     cache = tmp_path / "cache"
-    save = PreTrainedTokenizerBase.save_pretrained
 
-    def interrupted(*args, **kwargs):  # after the weights were written, before the tokenizer
+    def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
     with monkeypatch.context() as patch:
-        patch.setattr(PreTrainedTokenizerBase, "save_pretrained", interrupted)
+        if failing == "loading":  # e.g. a missing dependency of the GGUF loader
+            patch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", interrupted)
+        else:  # after the weights were written, before the tokenizer
+            patch.setattr(PreTrainedTokenizerBase, "save_pretrained", interrupted)
         with pytest.raises(KeyboardInterrupt):
             dp.local_path(model, cache)
-    assert PreTrainedTokenizerBase.save_pretrained is save
     assert not (cache / model.name).exists()  # a half-written model is never taken for one
+    assert _leftovers(cache) == []  # neither the assembled GGUF nor a staging directory
 
     path = dp.local_path(model, cache)
     assert (path / "config.json").is_file() and (path / "tokenizer.json").is_file()
