@@ -19,6 +19,10 @@ run --mode nudging-spec --lam 0.4 --gamma 4
 for gamma in 2 6; do  # γ sweep: acceptance and tok/s vs γ
     run --mode kad-spec --rule dual --lam 0.4 --gamma "$gamma"
 done
+for lam in 0.1 0.7; do  # λ sweep: accuracy vs λ
+    run --mode kad-spec --rule dual --lam "$lam" --gamma 4
+done
+run --mode kad --rule primal --lam 0.5  # budget sweep: accuracy vs b
 kad summary "$OUT"/*.json | tee "$OUT/summary.md"
 kad plot "$OUT"/*.json --out "$OUT"
 
