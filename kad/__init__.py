@@ -9,7 +9,9 @@ with ``kad_kernels.sample`` or verifying drafts with ``kad_kernels.verify``::
     out = decoder.generate(["What is 17 * 3?"], mode="kad-spec", rule=kk.Dual(0.4), gamma=4, chat=True)
     print(out.texts[0]); print(out.stats.summary())
 
-The command line is ``kad generate`` (:mod:`kad.cli`).
+``Decoder.from_pretrained()`` without model names loads the default pair
+(:mod:`kad.default_pair`).  The command line is ``kad`` (:mod:`kad.cli`):
+``demo``, ``generate``, ``eval`` (:mod:`kad.evaluate`), ``summary``, ``plot``.
 """
 
 from .decoding import MODES, SYSTEM_PROMPT, Decoder, Generation, Mode

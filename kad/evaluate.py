@@ -186,7 +186,9 @@ def _start(config: RunConfig, path: Path, resume: bool) -> dict:
     return {"format": FORMAT, "config": asdict(config), "created": now, "batches": [], "items": []}
 
 
-def _item_record(index: int, item: Item, text: str, extracted: str | None, correct: bool, stats) -> dict:
+def _item_record(
+    index: int, item: Item, text: str, extracted: str | None, correct: bool, stats: GenerationStats
+) -> dict:
     return {
         "index": index,
         "id": item.id,
