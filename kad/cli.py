@@ -140,7 +140,9 @@ def run_eval(args: argparse.Namespace) -> int:
         device=str(decoder.device),
     )
     path = args.output or args.out_dir / f"{config.stem()}.json"
-    with tqdm(total=len(TASKS[args.task].load(args.limit)), desc=config.stem(), unit="item") as progress:
+    done = len(load_result(path)["items"]) if args.resume and path.exists() else 0
+    total = len(TASKS[args.task].load(args.limit))
+    with tqdm(total=max(total, done), initial=done, desc=config.stem(), unit="item") as progress:
 
         def on_batch(result: dict, new_items: int) -> None:
             s = summarize(result)
