@@ -3,13 +3,12 @@ KAD and speculative KAD, each answer streamed, then one table to compare them.""
 
 from __future__ import annotations
 
-import math
-
 from transformers import TextStreamer
 
 import kad_kernels as kk
 
 from .decoding import Decoder
+from .evaluate import number
 from .stats import GenerationStats
 from .tasks import TASKS, TEMPERATURE
 
@@ -24,17 +23,13 @@ RUNS: tuple[tuple[str, str, kk.Rule | None], ...] = (
 GAMMA = 4
 
 
-def _cell(x: float, spec: str) -> str:
-    return "–" if math.isnan(x) else format(x, spec)
-
-
 def table(rows: list[tuple[str, bool, GenerationStats]]) -> str:
     """Markdown table: correct?, tokens, tok/s, acceptance rate, mean α per run."""
     lines = ["| run | correct | tokens | tok/s | acceptance | mean α |", "|---|---|---|---|---|---|"]
     for title, correct, s in rows:
         lines.append(
             f"| {title} | {'yes' if correct else 'no'} | {s.new_tokens} | {s.tokens_per_s:.1f} "
-            f"| {_cell(s.acceptance_rate, '.0%')} | {_cell(s.mean_alpha, '.3f')} |"
+            f"| {number(s.acceptance_rate, '.0%')} | {number(s.mean_alpha, '.3f')} |"
         )
     return "\n".join(lines)
 

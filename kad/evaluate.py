@@ -134,12 +134,13 @@ def run_label(config: dict, without: str | None = None) -> str:
     return label
 
 
+def number(x: float, spec: str) -> str:
+    """``x`` formatted with ``spec``, or "–" for a rate with nothing to count (NaN)."""
+    return "–" if math.isnan(x) else format(x, spec)
+
+
 def summary_table(results: Sequence[dict]) -> str:
     """A Markdown table with one line per result."""
-
-    def number(x: float, spec: str) -> str:
-        return "–" if math.isnan(x) else format(x, spec)
-
     lines = [
         "| task | run | n | accuracy (95 % CI) | tok/s | acceptance | accepted length | mean α |",
         "|---|---|---|---|---|---|---|---|",
