@@ -23,8 +23,8 @@ from tqdm.auto import tqdm
 from transformers import TextStreamer
 
 from . import default_pair
-from .decoding import MODES, RULES, SYSTEM_PROMPT, Decoder, build_rule
-from .evaluate import RunConfig, evaluate, load_result, summarize, summary_table
+from .decoding import MODES, RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
+from .evaluate import RunConfig, Summary, evaluate, load_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -118,14 +118,14 @@ def run_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be >= 1")
     build_rule(args.mode, args.rule, args.lam)  # fail on a bad rule before loading models
-    family = args.mode.removesuffix("-spec")
-    takes_rule = family not in ("base", "aligned", "implicit-reward")
+    name = rule_name(args.mode, args.rule)
+    takes_lam = name not in (None, "implicit-reward")
     decoder = _decoder(args)
     config = RunConfig(
         task=args.task,
         mode=args.mode,
-        rule=(args.rule or ("nudging" if family == "nudging" else "dual")) if takes_rule else None,
-        lam=args.lam if takes_rule else None,
+        rule=name if takes_lam else None,
+        lam=args.lam if takes_lam else None,
         gamma=args.gamma if args.mode.endswith("-spec") else None,
         temperature=args.temperature,
         max_new_tokens=args.max_new_tokens,
@@ -144,8 +144,7 @@ def run_eval(args: argparse.Namespace) -> int:
     total = len(TASKS[args.task].load(args.limit))
     with tqdm(total=max(total, done), initial=done, desc=config.stem(), unit="item") as progress:
 
-        def on_batch(result: dict, new_items: int) -> None:
-            s = summarize(result)
+        def on_batch(s: Summary, new_items: int) -> None:
             progress.update(new_items)
             progress.set_postfix(acc=f"{s.accuracy:.1%}", tok_s=f"{s.tokens_per_s:.1f}")
 

@@ -100,15 +100,23 @@ _AUTHOR_RULES = (
 RULES = ("dual", "primal", "nudging", "implicit-reward", *_AUTHOR_RULES)
 
 
-def build_rule(mode: str, name: str | None, lam: float) -> kk.Rule | None:
-    """The rule of ``mode``: none for one model, fixed by the baseline modes, else ``name``
-    (default ``dual``) with parameter ``lam`` (λ, μ or the primal budget)."""
+def rule_name(mode: str, name: str | None) -> str | None:
+    """The name of the rule ``mode`` runs: none for one model, fixed by the baseline
+    modes (``name`` must be absent or that one), else ``name`` (default ``dual``)."""
     family = mode.removesuffix("-spec")
     if family in ("base", "aligned", "nudging", "implicit-reward") and name not in (None, family):
         raise ValueError(f"mode {mode!r} fixes its rule: drop --rule {name}")
     if family in ("base", "aligned"):
         return None
-    name = family if family in ("nudging", "implicit-reward") else name or "dual"
+    return family if family in ("nudging", "implicit-reward") else name or "dual"
+
+
+def build_rule(mode: str, name: str | None, lam: float) -> kk.Rule | None:
+    """The rule of ``mode`` (see :func:`rule_name`) with parameter ``lam`` (λ, μ or the
+    primal budget; ImplicitReward has none)."""
+    name = rule_name(mode, name)
+    if name is None:
+        return None
     if name == "implicit-reward":
         return kk.ImplicitReward()
     constructors = {"dual": kk.Dual, "primal": kk.Primal, "nudging": kk.Nudging}

@@ -21,7 +21,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -199,7 +199,7 @@ def _item_record(
         "generation": text,
         "extracted": extracted,
         "correct": correct,
-        "stats": {f.name: getattr(stats, f.name) for f in fields(stats)},
+        "stats": asdict(stats),
     }
 
 
@@ -210,12 +210,13 @@ def evaluate(
     *,
     limit: int | None = None,
     resume: bool = False,
-    on_batch: Callable[[dict, int], None] | None = None,
+    on_batch: Callable[[Summary, int], None] | None = None,
 ) -> dict:
     """Run ``config`` on the first ``limit`` items of its task (all if ``None``), saving
     to ``path`` after every batch; returns the result.  ``resume``: continue the
     file at ``path`` (same configuration required) instead of refusing to touch
-    it.  ``on_batch(result, new_items)`` is called after each saved batch."""
+    it.  ``on_batch(summary, new_items)`` is called after each saved batch with the
+    :class:`Summary` of the items so far."""
     task = TASKS[config.task]
     rule = build_rule(config.mode, config.rule, config.lam if config.lam is not None else 0.0)
     path = Path(path)
@@ -242,9 +243,9 @@ def evaluate(
             result["items"].append(_item_record(first + offset, item, text, extracted, correct, stats))
         result["batches"].append({"first": first, "size": len(batch), "wall_time_s": out.stats.wall_time_s})
         result["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        summary = asdict(summarize(result))
-        result["summary"] = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in summary.items()}
+        summary = summarize(result)
+        result["summary"] = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(summary).items()}
         _write_atomically(path, result)
         if on_batch is not None:
-            on_batch(result, len(batch))
+            on_batch(summary, len(batch))
     return result

@@ -15,19 +15,30 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 from .evaluate import Summary, run_label, summarize
 
-# (file name, x field, which runs make the lines, y, y label, which runs are drawn as baselines)
-_FIGURES: tuple[tuple[str, str, Callable[[dict], bool], str, str, Callable[[dict], bool]], ...] = (
-    ("acceptance_vs_gamma.png", "gamma", lambda c: True, "acceptance_rate", "acceptance rate", lambda c: False),
-    ("tokens_per_s_vs_gamma.png", "gamma", lambda c: True, "tokens_per_s", "tokens/s", lambda c: c["gamma"] is None),
-    ("accuracy_vs_lambda.png", "lam", lambda c: c["rule"] != "primal", "accuracy", "accuracy",
-     lambda c: c["rule"] is None),
-    ("accuracy_vs_budget.png", "lam", lambda c: c["rule"] == "primal", "accuracy", "accuracy",
-     lambda c: c["rule"] is None),
+class _Figure(NamedTuple):
+    name: str  # file name
+    x: str  # config field on the x axis
+    x_label: str
+    y: str  # Summary field on the y axis
+    y_label: str
+    keep: Callable[[dict], bool]  # which runs make the lines (by config)
+    is_baseline: Callable[[dict], bool]  # which runs are drawn as horizontal lines
+
+
+_FIGURES = (
+    _Figure("acceptance_vs_gamma.png", "gamma", "γ (drafts per round)", "acceptance_rate", "acceptance rate",
+            lambda c: True, lambda c: False),
+    _Figure("tokens_per_s_vs_gamma.png", "gamma", "γ (drafts per round)", "tokens_per_s", "tokens/s",
+            lambda c: True, lambda c: c["gamma"] is None),
+    _Figure("accuracy_vs_lambda.png", "lam", "λ", "accuracy", "accuracy",
+            lambda c: c["rule"] != "primal", lambda c: c["rule"] is None),
+    _Figure("accuracy_vs_budget.png", "lam", "primal budget b", "accuracy", "accuracy",
+            lambda c: c["rule"] == "primal", lambda c: c["rule"] is None),
 )  # fmt: skip
-_X_LABELS = {"gamma": "γ (drafts per round)", "lam": "λ", "budget": "primal budget b"}
 
 
 def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dict[str, list[tuple[float, Summary]]]:
@@ -50,7 +61,7 @@ def plot_results(results: Sequence[dict], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, x, keep, y, y_label, is_baseline in _FIGURES:
+    for name, x, x_label, y, y_label, keep, is_baseline in _FIGURES:
         lines = _lines(results, x, keep)
         if not any(len(points) > 1 for points in lines.values()):
             continue
@@ -69,7 +80,6 @@ def plot_results(results: Sequence[dict], out_dir: str | Path) -> list[Path]:
             ax.axhline(getattr(s, y), ls="--", lw=1, color=f"C{color}", label=label)
             if y == "accuracy":
                 ax.axhspan(s.ci_low, s.ci_high, alpha=0.08, color=f"C{color}")
-        x_label = _X_LABELS["budget" if name == "accuracy_vs_budget.png" else x]
         ax.set(xlabel=x_label, ylabel=y_label, title=f"{y_label} vs {x_label}")
         if y != "tokens_per_s":
             ax.set_ylim(0, 1.02)
