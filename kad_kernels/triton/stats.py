@@ -68,15 +68,21 @@ class Layout:
 
 
 @functools.cache
-def _multiprocessors(index: int) -> int:
+def _cuda_multiprocessors(index: int) -> int:
     """SM count of CUDA device ``index``, queried once (a query per call is host time)."""
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def multiprocessors(device: torch.device) -> int:
+    """SMs to fill on ``device``; the interpreter on CPU gets a small stand-in."""
+    if device.type != "cuda":
+        return 2
+    return _cuda_multiprocessors(device.index if device.index is not None else torch.cuda.current_device())
+
+
 def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layout:
     """Split each row so that about four programs per SM are in flight."""
-    sms = _multiprocessors(device.index if device.index is not None else torch.cuda.current_device()) \
-        if device.type == "cuda" else 2
+    sms = multiprocessors(device)
     chunks = triton.cdiv(vocab, BLOCK)
     slices = max(1, min(chunks, triton.cdiv(4 * sms, rows)))
     slice_len = triton.cdiv(chunks, slices) * BLOCK
