@@ -3,9 +3,10 @@
 Greedy rows take the arg-max of π (per-slice arg-max, then the lowest index
 among the slice winners).  Sampled rows draw by inverse CDF in vocabulary
 order: the slice masses are combined into a prefix, the slice holding
-``u · Σ`` is found, and only that slice is scanned.  Slice masses of π come from
-the statistics alone (``Σ_slice π = S_kept + α Σ_slice q``); after a rejection
-in ``verify`` the residual ``max(π − q, 0)`` needs its own pass (verify.py).
+``u · Σ`` is found, then in it the chunk, and only that chunk is scanned.  Slice
+masses of π come from the statistics alone (``Σ_slice π = S_kept + α Σ_slice q``);
+``verify`` computes the masses of the distribution each row draws from — π or
+the residual ``max(π − q, 0)`` — in a pass of its own (verify.py).
 """
 
 from __future__ import annotations
@@ -54,70 +55,103 @@ def _argmax_kernel(
 
 
 @triton.jit
-def draw_row(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-    res_mass_ptr, u, b, n, use_residual,
-    N, V, P, stride_b, stride_p, slice_len, S,
-    KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """The token of row ``n``: arg-max of π if greedy, else the inverse CDF at ``u`` of
-    π, or of the residual max(π − q, 0) when ``use_residual`` (its slice masses at
-    ``res_mass_ptr[b, :]``, falling back to π when they sum to 0)."""
+def greedy_token(best_val_ptr, best_idx_ptr, n, S, SP: tl.constexpr):
+    """arg-max of π on row ``n`` from the per-slice winners (ties: lowest index)."""
+    js = tl.arange(0, SP)
+    vals = tl.load(best_val_ptr + n * S + js, mask=js < S, other=-2.0)
+    idxs = tl.load(best_idx_ptr + n * S + js, mask=js < S, other=2147483647)
+    return tl.min(tl.where(vals == tl.max(vals, 0), idxs, 2147483647), 0)
+
+
+@triton.jit
+def pi_slice_masses(stats_ptr, n, N, S, SP: tl.constexpr, V, slice_len, m_q, z_q, m_y, z_y, inv_t, alpha, KIND):
+    """Σ π over each slice of row ``n``, ``[SP]``, from the statistics alone:
+    ``S_kept + α Σ_slice q`` (ImplicitReward: the slice's share of Σ exp(y))."""
     js = tl.arange(0, SP)
     in_range = js < S
-    if tl.load(temp_ptr + n // P) == 0:
-        vals = tl.load(best_val_ptr + n * S + js, mask=in_range, other=-2.0)
-        idxs = tl.load(best_idx_ptr + n * S + js, mask=in_range, other=2147483647)
-        token = tl.min(tl.where(vals == tl.max(vals, 0), idxs, 2147483647), 0)
+    if KIND == IMPLICIT_REWARD:
+        m_j = slice_stats(stats_ptr, M_Y, n, N, S, SP, float("-inf"))
+        z_j = slice_stats(stats_ptr, Z_Y, n, N, S, SP, 0.0)
+        safe = tl.where(m_y == float("-inf"), 0.0, m_y)
+        slice_len_j = tl.minimum(V - js * slice_len, slice_len).to(tl.float32)
+        uniform = tl.where(in_range, slice_len_j / V, 0.0)
+        masses = tl.where(m_y == float("-inf"), uniform, z_j * tl.exp((m_j - safe) * inv_t) / z_y)
     else:
-        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
-            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+        kept = slice_stats(stats_ptr, S_K, n, N, S, SP, 0.0)
+        m_j = slice_stats(stats_ptr, M_Q, n, N, S, SP, float("-inf"))
+        z_j = slice_stats(stats_ptr, Z_Q, n, N, S, SP, 0.0)
+        masses = kept + alpha * z_j * tl.exp((m_j - m_q) * inv_t) / z_q
+    return masses
+
+
+@triton.jit
+def chunk_weights(
+    p_ptr, q_ptr, r_ptr, row, off, end, V, residual,
+    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
+    KIND, BLOCK: tl.constexpr,
+):
+    """Columns and draw weights of the chunk at ``off``: π, or max(π − q, 0) if ``residual``."""
+    # Chunks start at multiples of BLOCK: saying so keeps the loads 16 bytes wide.
+    cols = tl.multiple_of(off, BLOCK) + tl.arange(0, BLOCK)
+    mask = cols < end
+    pi, q = chunk_mixture(
+        p_ptr, q_ptr, r_ptr, row, cols, mask, V,
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
+    )
+    w = tl.where(residual, tl.maximum(pi - q, 0.0), pi)
+    return cols, tl.where(mask, w, 0.0)
+
+
+@triton.jit
+def draw_row(
+    p_ptr, q_ptr, r_ptr, row, masses, residual, u, slice_len, V,
+    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
+    KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """The inverse CDF at ``u`` of a row's weights — π, or the residual
+    max(π − q, 0) when ``residual`` — given their ``masses`` over the row's
+    slices of ``slice_len`` (``[SP]``, zero past the last).  ``row`` is the row's
+    element offset, the rest its ``mixture_state``.
+
+    Three steps, so the serial part is short: the slice holding u·Σ from
+    ``masses``; in it, chunk sums until the running mass passes the target (a
+    sum per chunk, no scan, stopping early); the prefix scan of that chunk only."""
+    js = tl.arange(0, SP)
+    prefix = tl.cumsum(masses, 0)
+    target = u * tl.sum(masses, 0)
+    last_positive = tl.max(tl.where(masses > 0, js, 0), 0)
+    j_star = tl.min(tl.where(prefix > target, js, last_positive), 0)
+    target -= tl.sum(tl.where(js < j_star, masses, 0.0), 0)
+    start = j_star * slice_len
+    end = tl.minimum(start + slice_len, V)
+    # Chunk sums: stop at the first chunk whose mass carries the running sum past
+    # the target; if rounding leaves u·Σ above every chunk, the last chunk of
+    # positive mass (its last positive token is then drawn, below).
+    off = start
+    running = 0.0
+    found = 0
+    last_off = start
+    last_running = 0.0
+    while (off < end) & (found == 0):
+        _, w = chunk_weights(
+            p_ptr, q_ptr, r_ptr, row, off, end, V, residual,
+            m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, BLOCK,
         )
-        if KIND == IMPLICIT_REWARD:
-            m_j = slice_stats(stats_ptr, M_Y, n, N, S, SP, float("-inf"))
-            z_j = slice_stats(stats_ptr, Z_Y, n, N, S, SP, 0.0)
-            safe = tl.where(m_y == float("-inf"), 0.0, m_y)
-            slice_len_j = tl.minimum(V - js * slice_len, slice_len).to(tl.float32)
-            uniform = tl.where(in_range, slice_len_j / V, 0.0)
-            masses = tl.where(m_y == float("-inf"), uniform, z_j * tl.exp((m_j - safe) * inv_t) / z_y)
-        else:
-            kept = slice_stats(stats_ptr, S_K, n, N, S, SP, 0.0)
-            m_j = slice_stats(stats_ptr, M_Q, n, N, S, SP, float("-inf"))
-            z_j = slice_stats(stats_ptr, Z_Q, n, N, S, SP, 0.0)
-            masses = kept + alpha * z_j * tl.exp((m_j - m_q) * inv_t) / z_q
-        if use_residual:
-            res = tl.load(res_mass_ptr + b * S + js, mask=in_range, other=0.0)
-            residual = tl.sum(res, 0) > 0
-            masses = tl.where(residual, res, masses)
-        else:
-            residual = use_residual
-        prefix = tl.cumsum(masses, 0)
-        target = u * tl.sum(masses, 0)
-        last_positive = tl.max(tl.where(masses > 0, js, 0), 0)
-        j_star = tl.min(tl.where(prefix > target, js, last_positive), 0)
-        below = tl.sum(tl.where(js < j_star, masses, 0.0), 0)
-        target -= below
-        row = row_offset(n, P, stride_b, stride_p)
-        start = j_star * slice_len
-        end = tl.minimum(start + slice_len, V)
-        running = 0.0
-        token = 2147483647
-        last = start
-        for off in range(start, end, BLOCK):
-            cols = off + tl.arange(0, BLOCK)
-            mask = cols < end
-            pi, q = chunk_mixture(
-                p_ptr, q_ptr, r_ptr, row, cols, mask, V,
-                m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
-            )
-            w = tl.where(residual, tl.maximum(pi - q, 0.0), pi)
-            w = tl.where(mask, w, 0.0)
-            cdf = running + tl.cumsum(w, 0)
-            # A parallel scan is monotone only up to rounding: a zero-weight lane may
-            # sit 1 ulp above its left neighbour, so only positive weights may be taken.
-            token = tl.minimum(token, tl.min(tl.where((cdf > target) & (w > 0), cols, 2147483647), 0))
-            last = tl.maximum(last, tl.max(tl.where(w > 0, cols, 0), 0))
-            running += tl.sum(w, 0)
-        # u·Σ at the very top of the slice (rounding): the last token of positive weight.
-        token = tl.where(token == 2147483647, last, token)
-    return token
+        mass = tl.sum(w, 0)
+        found = ((running + mass > target) & (mass > 0)).to(tl.int32)
+        last_off = tl.where(mass > 0, off, last_off)
+        last_running = tl.where(mass > 0, running, last_running)
+        running = tl.where(found != 0, running, running + mass)
+        off = tl.where(found != 0, off, off + BLOCK)
+    off = tl.where(found != 0, off, last_off)
+    running = tl.where(found != 0, running, last_running)
+    cols, w = chunk_weights(
+        p_ptr, q_ptr, r_ptr, row, off, end, V, residual,
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, BLOCK,
+    )
+    cdf = running + tl.cumsum(w, 0)
+    # A parallel scan is monotone only up to rounding: a zero-weight lane may sit
+    # 1 ulp above its left neighbour, so only positive weights may be taken.
+    token = tl.min(tl.where((cdf > target) & (w > 0), cols, 2147483647), 0)
+    last = tl.max(tl.where(w > 0, cols, off), 0)
+    return tl.where(token == 2147483647, last, token)

@@ -7,8 +7,8 @@ import triton
 import triton.language as tl
 
 from ..rules import Kind
-from .draw import _argmax_kernel, draw_row
-from .stats import BLOCK, NUM_WARPS, layout, row_statistics
+from .draw import _argmax_kernel, draw_row, greedy_token, pi_slice_masses
+from .stats import BLOCK, NUM_WARPS, layout, mixture_state, row_offset, row_statistics
 
 
 @triton.jit(do_not_specialize=['N', 'S', 'KIND'])
@@ -19,16 +19,21 @@ def _sample_kernel(
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
-    if PHILOX:
-        u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b)  # counter layout of _random.py
+    if tl.load(temp_ptr + b) == 0:
+        token = greedy_token(best_val_ptr, best_idx_ptr, b, S, SP)
     else:
-        u = tl.load(u_ptr + b)
-    token = draw_row(
-        p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-        u_ptr, u, b, b, False,
-        N, V, 1, stride_b, 0, slice_len, S,
-        KIND, SP, BLOCK,
-    )
+        if PHILOX:
+            u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b)  # counter layout of _random.py
+        else:
+            u = tl.load(u_ptr + b)
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
+            stats_ptr, limit_ptr, param_ptr, temp_ptr, b, 1, N, S, SP, KIND
+        )
+        masses = pi_slice_masses(stats_ptr, b, N, S, SP, V, slice_len, m_q, z_q, m_y, z_y, inv_t, alpha, KIND)
+        token = draw_row(
+            p_ptr, q_ptr, r_ptr, row_offset(b, 1, stride_b, 0), masses, False, u, slice_len, V,
+            m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, SP, BLOCK,
+        )
     tl.store(out_ptr + b, token.to(tl.int64))
 
 

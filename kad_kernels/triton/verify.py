@@ -2,10 +2,11 @@
 
 Logits ``[B, γ+1, V]`` are ``N = B·(γ+1)`` mixture rows for the statistics
 passes.  Then one program per batch row runs the accept chain on the draft
-tokens (point evaluations of π and q, no pass over V); rows that rejected
-compute the slice masses of the residual ``max(π − q, 0)`` — positive only on
-kept tokens, since ``π − q = p(1 − d) + (α − 1) q`` — and the shared draw
-(draw.py) emits the last token.
+tokens (point evaluations of π and q, no pass over V); a pass over the one
+position each row draws at gives the slice masses of π and, after a rejection,
+of the residual ``max(π − q, 0)`` — positive only on kept tokens, since
+``π − q = p(1 − d) + (α − 1) q`` — and the shared draw (draw.py) emits the last
+token.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..rules import Kind
-from .draw import _argmax_kernel, draw_row
+from .draw import _argmax_kernel, draw_row, greedy_token
 from .stats import BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_state, row_offset, row_statistics, slice_bounds
 
 
@@ -30,7 +31,6 @@ def _accept_kernel(
     b = tl.program_id(0)
     gamma = P - 1
     greedy = tl.load(temp_ptr + b) == 0
-    js = tl.arange(0, SP)
     going = 1
     accepted = 0
     for i in range(0, gamma):
@@ -52,10 +52,7 @@ def _accept_kernel(
             coin = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * P + i)
         else:
             coin = tl.load(a_ptr + b * gamma + i)
-        vals = tl.load(best_val_ptr + n * S + js, mask=js < S, other=-2.0)
-        idxs = tl.load(best_idx_ptr + n * S + js, mask=js < S, other=2147483647)
-        target_argmax = tl.min(tl.where(vals == tl.max(vals, 0), idxs, 2147483647), 0)
-        ok = tl.where(greedy, x == target_argmax, coin * q_x < pi_x)
+        ok = tl.where(greedy, x == greedy_token(best_val_ptr, best_idx_ptr, n, S, SP), coin * q_x < pi_x)
         going = going & ok.to(tl.int32)
         accepted += going
         tl.store(tokens_ptr + b * P + i, tl.where(going != 0, x.to(tl.int64), -1))
@@ -63,24 +60,29 @@ def _accept_kernel(
     tl.store(accepted_ptr + b, accepted.to(tl.int64))
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
-def _residual_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, accepted_ptr, res_mass_ptr,
-    N, V, P, stride_b, stride_p, slice_len, S,
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
+def _draw_masses_kernel(
+    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
+    N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
     KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Slice masses of max(π_i − q_i, 0) at the rejected position i of row b."""
+    """Slice j's masses of π_i and of the residual max(π_i − q_i, 0) at the position
+    i where sampled row b draws (the rejection, or γ for the bonus; no residual
+    there).  The slices are those of a B-row layout, not of the B·(γ+1) rows of the
+    statistics: only one position per row is read, so the grid stays full."""
     b = tl.program_id(0)
     j = tl.program_id(1)
     i = tl.load(accepted_ptr + b).to(tl.int32)
-    total = 0.0
-    if (i < P - 1) & (tl.load(temp_ptr + b) > 0):
+    rejected = i < P - 1
+    res_total = 0.0
+    pi_total = 0.0
+    if tl.load(temp_ptr + b) > 0:
         n = b * P + i
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
             stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
         row = row_offset(n, P, stride_b, stride_p)
-        start, end = slice_bounds(j, slice_len, V)
+        start, end = slice_bounds(j, draw_slice_len, V)
         for off in range(start, end, BLOCK):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
@@ -88,29 +90,43 @@ def _residual_kernel(
                 p_ptr, q_ptr, r_ptr, row, cols, mask, V,
                 m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
             )
-            total += tl.sum(tl.where(mask, tl.maximum(pi - q, 0.0), 0.0), 0)
-    tl.store(res_mass_ptr + b * S + j, total)
+            pi = tl.where(mask, pi, 0.0)
+            pi_total += tl.sum(pi, 0)
+            res_total += tl.sum(tl.where(rejected, tl.maximum(pi - q, 0.0), 0.0), 0)
+    tl.store(res_mass_ptr + b * DS + j, res_total)
+    tl.store(pi_mass_ptr + b * DS + j, pi_total)
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
 def _verify_draw_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-    res_mass_ptr, accepted_ptr, s_ptr, seed_ptr, offset_ptr, tokens_ptr,
-    N, V, P, stride_b, stride_p, slice_len, S,
-    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
+    res_mass_ptr, pi_mass_ptr, accepted_ptr, s_ptr, seed_ptr, offset_ptr, tokens_ptr,
+    N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, DSP: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    """The last token of row b: from the residual after a rejection (from π_i if the
+    residual is all zero), from π_γ as the bonus; the arg-max of π_i if greedy."""
     b = tl.program_id(0)
     i = tl.load(accepted_ptr + b).to(tl.int32)
-    if PHILOX:
-        u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * P + P - 1)
+    n = b * P + i
+    if tl.load(temp_ptr + b) == 0:
+        token = greedy_token(best_val_ptr, best_idx_ptr, n, S, SP)
     else:
-        u = tl.load(s_ptr + b)
-    token = draw_row(
-        p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-        res_mass_ptr, u, b, b * P + i, i < P - 1,
-        N, V, P, stride_b, stride_p, slice_len, S,
-        KIND, SP, BLOCK,
-    )
+        if PHILOX:
+            u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * P + P - 1)
+        else:
+            u = tl.load(s_ptr + b)
+        js = tl.arange(0, DSP)
+        res = tl.load(res_mass_ptr + b * DS + js, mask=js < DS, other=0.0)
+        residual = (i < P - 1) & (tl.sum(res, 0) > 0)
+        masses = tl.where(residual, res, tl.load(pi_mass_ptr + b * DS + js, mask=js < DS, other=0.0))
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
+            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+        )
+        token = draw_row(
+            p_ptr, q_ptr, r_ptr, row_offset(n, P, stride_b, stride_p), masses, residual, u, draw_slice_len, V,
+            m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, DSP, BLOCK,
+        )
     tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
 
 
@@ -139,13 +155,16 @@ def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, dr
         rows, vocab, positions, p.stride(0), p.stride(1), lay.slices,
         PHILOX=philox, KIND=int(kind), SP=lay.slices_pow2,
     )
-    res_mass = torch.empty(batch, lay.slices, dtype=torch.float32, device=device)
-    _residual_kernel[(batch, lay.slices)](
-        p, q, r, temperature, param, stats, limits, accepted, res_mass, *geometry, **common
+    draw = layout(batch, 1, vocab, device)
+    res_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
+    pi_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
+    draw_geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slices, draw.slice_len, draw.slices)
+    _draw_masses_kernel[(batch, draw.slices)](
+        p, q, r, temperature, param, stats, limits, accepted, res_mass, pi_mass, *draw_geometry, **common
     )
     _verify_draw_kernel[(batch,)](
         p, q, r, temperature, param, stats, limits, best_val, best_idx,
-        res_mass, accepted, stats if philox else draw_uniforms, *randomness, tokens,
-        *geometry, PHILOX=philox, **common,
+        res_mass, pi_mass, accepted, stats if philox else draw_uniforms, *randomness, tokens,
+        *draw_geometry, PHILOX=philox, DSP=draw.slices_pow2, **common,
     )
     return tokens, accepted, flags.view(batch, positions)
