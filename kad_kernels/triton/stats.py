@@ -81,14 +81,28 @@ def multiprocessors(device: torch.device) -> int:
 
 
 def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layout:
-    """Split each row so that about four programs per SM are in flight."""
-    sms = multiprocessors(device)
+    """Cut each row into slices of whole chunks: see ``_chunks_per_slice``."""
     chunks = triton.cdiv(vocab, BLOCK)
-    slices = max(1, min(chunks, triton.cdiv(4 * sms, rows)))
-    slice_len = triton.cdiv(chunks, slices) * BLOCK
+    slice_len = _chunks_per_slice(rows, chunks, PROGRAMS_PER_SM * multiprocessors(device)) * BLOCK
     return Layout(rows, positions, vocab, slice_len, triton.cdiv(vocab, slice_len))
 
 
+# Resident programs per SM of the streaming passes (8 warps, <= 64 registers: see
+# benchmarks/kernel_resources.py), so one wave of the grid is 4 programs per SM.
+PROGRAMS_PER_SM = 4
+
+
+@functools.cache
+def _chunks_per_slice(rows: int, chunks: int, slots: int) -> int:
+    """The slice length, in chunks, whose grid of rows × slices programs fills its
+    waves of ``slots`` programs best, within two waves (the passes are latency-bound,
+    so a last wave a tenth full costs nearly a whole wave; more, shorter slices only
+    add partial statistics to combine).  Ties go to fewer, longer slices."""
+    def fill(per_slice: int) -> tuple[float, int]:
+        programs = rows * triton.cdiv(chunks, per_slice)
+        return programs / (triton.cdiv(programs, slots) * slots), per_slice
+    balanced = {triton.cdiv(chunks, slices) for slices in range(1, chunks + 1)}  # even slices only
+    return max((c for c in balanced if c == chunks or rows * triton.cdiv(chunks, c) <= 2 * slots), key=fill)
 
 
 @triton.jit
@@ -244,9 +258,11 @@ def _primal_limit_kernel(stats_ptr, hist_ptr, param_ptr, temp_ptr, limit_ptr, N,
 def _stats_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, stats_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
-    HAS_REF: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_REF: tl.constexpr, SUM_SQUARES: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Pass 1 for slice j of row n: per-lane online max/Σexp, one reduction at the end."""
+    """Pass 1 for slice j of row n: per-lane online max/Σexp, one reduction at the end.
+    The bad-logits bits come from the lane maxima, which keep NaN and +inf, rather
+    than from a test per element: the loop is issue-bound, every instruction counts."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     row = row_offset(n, P, stride_b, stride_p)
@@ -260,25 +276,23 @@ def _stats_kernel(
     m_y = tl.full([BLOCK], float("-inf"), tl.float32)
     z_y = tl.zeros([BLOCK], tl.float32)
     m_r = tl.full([BLOCK], float("-inf"), tl.float32)
-    bad = tl.zeros([BLOCK], tl.int32)
     for off in range(start, end, BLOCK):
         cols = off + tl.arange(0, BLOCK)
         mask = cols < end
         xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        bad |= ((xp != xp) | (xp == float("inf"))).to(tl.int32) | ((xq != xq) | (xq == float("inf"))).to(tl.int32) << 2
-        m_p, z_p, s2_p = lane_update(m_p, z_p, s2_p, xp, inv_t)
-        m_q, z_q, _ = lane_update(m_q, z_q, z_q, xq, inv_t)
+        m_p, z_p, s2_p = lane_update(m_p, z_p, s2_p, xp, inv_t, SUM_SQUARES)
+        m_q, z_q, _ = lane_update(m_q, z_q, z_q, xq, inv_t, False)
         if HAS_REF:
             xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-            bad |= ((xr != xr) | (xr == float("inf"))).to(tl.int32) << 4
-            m_r = tl.maximum(m_r, xr)
+            m_r = tl.maximum(m_r, xr, propagate_nan=tl.PropagateNan.ALL)
             # T·(log p + log q − log q_ref) up to a row constant; q_ref = 0 excludes v.
             y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
             y = tl.where(y != y, float("-inf"), y)
-            m_y, z_y, _ = lane_update(m_y, z_y, z_y, y, inv_t)
+            m_y, z_y, _ = lane_update(m_y, z_y, z_y, y, inv_t, False)
     base = n * S + j
     NS = N * S
+    bits = not_finite(m_p) | not_finite(m_q) << 2
     big, z, s2 = lane_reduce(m_p, z_p, s2_p, inv_t)
     tl.store(stats_ptr + M_P * NS + base, big)
     tl.store(stats_ptr + Z_P * NS + base, z)
@@ -286,24 +300,34 @@ def _stats_kernel(
     big, z, _ = lane_reduce(m_q, z_q, z_q, inv_t)
     tl.store(stats_ptr + M_Q * NS + base, big)
     tl.store(stats_ptr + Z_Q * NS + base, z)
-    big, z, _ = lane_reduce(m_y, z_y, z_y, inv_t)
-    tl.store(stats_ptr + M_Y * NS + base, big)
-    tl.store(stats_ptr + Z_Y * NS + base, z)
-    tl.store(stats_ptr + M_R * NS + base, tl.max(m_r, 0))
-    tl.store(flag_ptr + base, tl.reduce(bad, 0, _bit_or))
+    if HAS_REF:
+        bits |= not_finite(m_r) << 4
+        big, z, _ = lane_reduce(m_y, z_y, z_y, inv_t)
+        tl.store(stats_ptr + M_Y * NS + base, big)
+        tl.store(stats_ptr + Z_Y * NS + base, z)
+        tl.store(stats_ptr + M_R * NS + base, tl.max(m_r, 0))
+    tl.store(flag_ptr + base, bits)
 
 
 @triton.jit
-def lane_update(m, z, s2, x, inv_t):
-    """Online Σexp((x − m)/T) and Σexp(2(x − m)/T) per lane with ONE exp per element:
-    with d = (x − m)/T, either x is the new max (rescale the sums by e^(−d)) or it adds
-    e^d — both are e^(−|d|).  −inf entries add nothing (d is NaN when both are −inf)."""
+def not_finite(m):
+    """1 if a lane maximum is NaN or +inf (a NaN or +inf logit reached it), else 0."""
+    return tl.max(((m != m) | (m == float("inf"))).to(tl.int32), 0)
+
+
+@triton.jit
+def lane_update(m, z, s2, x, inv_t, SUM_SQUARES: tl.constexpr):
+    """Online Σexp((x − m)/T) (and Σexp(2(x − m)/T) if ``SUM_SQUARES``) per lane with
+    ONE exp per element: with d = (x − m)/T, either x is the new max (rescale the sums
+    by e^(−d)) or it adds e^d — both are e^(−|d|).  −inf entries add nothing (d is NaN
+    when both are −inf); the max keeps NaN, for ``not_finite``."""
     d = (x - m) * inv_t
     e = tl.where(x > float("-inf"), tl.exp(-tl.abs(d)), 0.0)
     grow = d > 0
     z = tl.where(grow, z * e + 1.0, z + e)
-    s2 = tl.where(grow, s2 * e * e + 1.0, s2 + e * e)
-    return tl.maximum(m, x), z, s2
+    if SUM_SQUARES:
+        s2 = tl.where(grow, s2 * e * e + 1.0, s2 + e * e)
+    return tl.maximum(m, x, propagate_nan=tl.PropagateNan.ALL), z, s2
 
 
 @triton.jit
@@ -372,15 +396,19 @@ def mixture_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.
 
 
 @triton.jit
-def chunk_probs(p_ptr, q_ptr, row, cols, mask, q_mask, inv_t, m_p, z_p, m_q, z_q):
-    """p, q (fp32) on a chunk (q only where ``q_mask``), and the key exp(x_p − max) of the
+def chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q, WITH_Q: tl.constexpr):
+    """p, q (fp32) on a chunk (q = 0 unless ``WITH_Q``), and the key exp(x_p − max) of the
     primal select.  Logits are shifted by the row max *before* the 1/T scaling, so the
     arg-max has e = exp(0) = 1 exactly (a fused x/T − max could leave it an ulp off),
     and p = e · (1/z) then equals max p = 1/z exactly, as the rules assume."""
     xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-    xq = tl.load(q_ptr + row + cols, mask=q_mask, other=float("-inf")).to(tl.float32)
     e = tl.exp((xp - m_p) * inv_t)
-    return e * (1.0 / z_p), tl.exp((xq - m_q) * inv_t) * (1.0 / z_q), e.to(tl.int32, bitcast=True)
+    if WITH_Q:
+        xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        q = tl.exp((xq - m_q) * inv_t) * (1.0 / z_q)
+    else:
+        q = tl.zeros_like(e)
+    return e * (1.0 / z_p), q, e.to(tl.int32, bitcast=True)
 
 
 @triton.jit
@@ -390,7 +418,7 @@ def chunk_mixture(
     KIND,
 ):
     """(π, q) on a chunk: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
-    p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, mask, inv_t, m_p, z_p, m_q, z_q)
+    p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q, True)
     if KIND == IMPLICIT_REWARD:
         xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
@@ -414,10 +442,11 @@ def _bit_or(a, b):
 def _mass_kernel(
     p_ptr, q_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
-    KIND, HAS_REF: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+    KIND, HAS_REF: tl.constexpr, NEEDS_Q: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Pass 2 for slice j of row n: S_d and S_kept; slice 0 also folds the row's
-    bad-logits bits (any slice's NaN/+inf, or a row max of −inf)."""
+    bad-logits bits (any slice's NaN/+inf, or a row max of −inf).  Only the rules
+    whose mask tests q_v (``NEEDS_Q``) read q here."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
@@ -434,17 +463,16 @@ def _mass_kernel(
     if KIND != IMPLICIT_REWARD:
         row = row_offset(n, P, stride_b, stride_p)
         start, end = slice_bounds(j, slice_len, V)
-        # Only the max_p_plus forms test q_v: the others never fetch q here.
-        needs_q = (KIND == MAX_P_PLUS) | (KIND == MINUS_MAX_P_PLUS)
         s_d = tl.zeros([BLOCK], tl.float32)
         s_k = tl.zeros([BLOCK], tl.float32)
         for off in range(start, end, BLOCK):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
-            p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, mask & needs_q, inv_t, m_p, z_p, m_q, z_q)
+            # p = 0 past the end (exp(−inf)), so the sums need no mask.
+            p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q, NEEDS_Q)
             d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
-            s_d += tl.where(d & mask, p, 0.0)
-            s_k += tl.where(d | ~mask, 0.0, p)
+            s_d += tl.where(d, p, 0.0)
+            s_k += tl.where(d, 0.0, p)
         tl.store(stats_ptr + (S_D * N + n) * S + j, tl.sum(s_d, 0))
         tl.store(stats_ptr + (S_K * N + n) * S + j, tl.sum(s_k, 0))
 
@@ -464,7 +492,8 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     has_ref = kind == Kind.IMPLICIT_REWARD
     _stats_kernel[grid](
         p, q, ref if has_ref else p, temperature, stats, slice_flags,
-        N, lay.vocab, lay.positions, *strides, lay.slice_len, S, HAS_REF=has_ref, **common,
+        N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
+        HAS_REF=has_ref, SUM_SQUARES=kind == Kind.SQUARED, **common,
     )
     if kind == Kind.PRIMAL:
         hist = torch.empty(LEVELS, N, S, 16, dtype=torch.float32, device=device)
@@ -478,6 +507,7 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     _mass_kernel[grid](
         p, q, temperature, param, stats, limits, slice_flags, flags,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
-        KIND=int(kind), HAS_REF=has_ref, SP=lay.slices_pow2, **common,
+        KIND=int(kind), HAS_REF=has_ref, NEEDS_Q=kind in (Kind.MAX_P_PLUS, Kind.MINUS_MAX_P_PLUS),
+        SP=lay.slices_pow2, **common,
     )
     return stats, limits, flags
