@@ -134,7 +134,8 @@ def resources(launch: Launch, multiprocessors: int = H100_SMS) -> Resources:
         MAX_WARPS_PER_SM // warps,
         MAX_BLOCKS_PER_SM,
     )
-    loads = collections.Counter(m or "32" for m in re.findall(r"\bLDG\.E(?:\.(\w+))?", sass))
+    # LDG.E[.EL|.EF][.128|.64|.U16|...]: count by width (no suffix = 32 bits), hints aside.
+    loads = collections.Counter(m or "32" for m in re.findall(r"\bLDG\.E(?:\.E[LF])?(?:\.(\w+))?", sass))
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, re.M))
     return Resources(registers, local, shared, blocks, launch.programs / (blocks * multiprocessors),
                      dict(loads), instructions)

@@ -89,7 +89,9 @@ def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layou
 
 # Resident programs per SM of the streaming passes (8 warps, <= 64 registers: see
 # benchmarks/kernel_resources.py), so one wave of the grid is 4 programs per SM.
+# Pass 1 is capped at that register count (ptxas would take 72 for its prefetch).
 PROGRAMS_PER_SM = 4
+MAX_REGISTERS = 64
 
 
 @functools.cache
@@ -276,15 +278,21 @@ def _stats_kernel(
     m_y = tl.full([BLOCK], float("-inf"), tl.float32)
     z_y = tl.zeros([BLOCK], tl.float32)
     m_r = tl.full([BLOCK], float("-inf"), tl.float32)
+    # Pass 2 reads p again and q hardly at all: ask L2 to keep p rather than q.
+    next_p = chunk_logits(p_ptr, row, start, end, BLOCK, "evict_last")
+    next_q = chunk_logits(q_ptr, row, start, end, BLOCK, "evict_first")
     for off in range(start, end, BLOCK):
-        cols = off + tl.arange(0, BLOCK)
-        mask = cols < end
-        xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+        # The next chunk's loads go out before this chunk's arithmetic, so each warp
+        # keeps a chunk in flight while it computes (past the end they are masked off).
+        xp = next_p.to(tl.float32)
+        xq = next_q.to(tl.float32)
+        next_p = chunk_logits(p_ptr, row, off + BLOCK, end, BLOCK, "evict_last")
+        next_q = chunk_logits(q_ptr, row, off + BLOCK, end, BLOCK, "evict_first")
         m_p, z_p, s2_p = lane_update(m_p, z_p, s2_p, xp, inv_t, SUM_SQUARES)
         m_q, z_q, _ = lane_update(m_q, z_q, z_q, xq, inv_t, False)
         if HAS_REF:
-            xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
+            cols = off + tl.arange(0, BLOCK)
+            xr = tl.load(r_ptr + row + cols, mask=cols < end, other=float("-inf")).to(tl.float32)
             m_r = tl.maximum(m_r, xr, propagate_nan=tl.PropagateNan.ALL)
             # T·(log p + log q − log q_ref) up to a row constant; q_ref = 0 excludes v.
             y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
@@ -307,6 +315,13 @@ def _stats_kernel(
         tl.store(stats_ptr + Z_Y * NS + base, z)
         tl.store(stats_ptr + M_R * NS + base, tl.max(m_r, 0))
     tl.store(flag_ptr + base, bits)
+
+
+@triton.jit
+def chunk_logits(ptr, row, off, end, BLOCK: tl.constexpr, POLICY: tl.constexpr):
+    """The logits of the chunk at ``off`` in their own dtype, −inf at and past ``end``."""
+    cols = off + tl.arange(0, BLOCK)
+    return tl.load(ptr + row + cols, mask=cols < end, other=float("-inf"), eviction_policy=POLICY)
 
 
 @triton.jit
@@ -358,7 +373,9 @@ def _primal_hist_kernel(
     h = tl.zeros([BLOCK, 16], tl.float32)  # per lane: one reduction after the loop
     start, end = slice_bounds(j, slice_len, V)
     if done == 0:
-        for off in range(start, end, BLOCK):
+        # Few bytes per thread and chunk (the histogram is register-hungry): keep
+        # several chunks in flight through Triton's pipeliner (cp.async).
+        for off in tl.range(start, end, BLOCK, num_stages=4):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
             x = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
@@ -396,16 +413,23 @@ def mixture_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.
 
 
 @triton.jit
-def chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q, WITH_Q: tl.constexpr):
-    """p, q (fp32) on a chunk (q = 0 unless ``WITH_Q``), and the key exp(x_p − max) of the
-    primal select.  Logits are shifted by the row max *before* the 1/T scaling, so the
-    arg-max has e = exp(0) = 1 exactly (a fused x/T − max could leave it an ulp off),
-    and p = e · (1/z) then equals max p = 1/z exactly, as the rules assume."""
-    xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-    e = tl.exp((xp - m_p) * inv_t)
+def chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q):
+    """p, q (fp32) on a chunk, and the key of the primal select (``probs``)."""
+    xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf"))
+    xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf"))
+    return probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, True)
+
+
+@triton.jit
+def probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, WITH_Q: tl.constexpr):
+    """p, q (fp32) from logits in their own dtype (q = 0 unless ``WITH_Q``), and the key
+    exp(x_p − max) of the primal select.  Logits are shifted by the row max *before*
+    the 1/T scaling, so the arg-max has e = exp(0) = 1 exactly (a fused x/T − max
+    could leave it an ulp off), and p = e · (1/z) then equals max p = 1/z exactly, as
+    the rules assume."""
+    e = tl.exp((xp.to(tl.float32) - m_p) * inv_t)
     if WITH_Q:
-        xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        q = tl.exp((xq - m_q) * inv_t) * (1.0 / z_q)
+        q = tl.exp((xq.to(tl.float32) - m_q) * inv_t) * (1.0 / z_q)
     else:
         q = tl.zeros_like(e)
     return e * (1.0 / z_p), q, e.to(tl.int32, bitcast=True)
@@ -418,7 +442,7 @@ def chunk_mixture(
     KIND,
 ):
     """(π, q) on a chunk: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
-    p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q, True)
+    p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q)
     if KIND == IMPLICIT_REWARD:
         xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
         xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
@@ -465,11 +489,19 @@ def _mass_kernel(
         start, end = slice_bounds(j, slice_len, V)
         s_d = tl.zeros([BLOCK], tl.float32)
         s_k = tl.zeros([BLOCK], tl.float32)
+        # As in pass 1, the next chunk is loaded before this one is reduced.
+        next_p = chunk_logits(p_ptr, row, start, end, BLOCK, "evict_first")
+        next_q = next_p
+        if NEEDS_Q:
+            next_q = chunk_logits(q_ptr, row, start, end, BLOCK, "evict_first")
         for off in range(start, end, BLOCK):
-            cols = off + tl.arange(0, BLOCK)
-            mask = cols < end
+            xp = next_p
+            xq = next_q
+            next_p = chunk_logits(p_ptr, row, off + BLOCK, end, BLOCK, "evict_first")
+            if NEEDS_Q:
+                next_q = chunk_logits(q_ptr, row, off + BLOCK, end, BLOCK, "evict_first")
             # p = 0 past the end (exp(−inf)), so the sums need no mask.
-            p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q, NEEDS_Q)
+            p, q, key = probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, NEEDS_Q)
             d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
             s_d += tl.where(d, p, 0.0)
             s_k += tl.where(d, 0.0, p)
@@ -493,7 +525,7 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     _stats_kernel[grid](
         p, q, ref if has_ref else p, temperature, stats, slice_flags,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
-        HAS_REF=has_ref, SUM_SQUARES=kind == Kind.SQUARED, **common,
+        HAS_REF=has_ref, SUM_SQUARES=kind == Kind.SQUARED, maxnreg=MAX_REGISTERS, **common,
     )
     if kind == Kind.PRIMAL:
         hist = torch.empty(LEVELS, N, S, 16, dtype=torch.float32, device=device)
