@@ -8,6 +8,11 @@ sizes with and without 16-byte rows, batches with split and unsplit rows,
 uniforms and Philox, greedy rows.  Run as a script (``python tests/sm90_compile.py``)
 in a process without ``TRITON_INTERPRET``; ``test_triton_compiles.py`` does that.
 Prints one line per call.
+
+It also fails on two performance regressions a compiler can show: a launch that
+spills registers to local memory, and a 16-bit load of one element where rows of
+16-byte multiples allow vector loads (the draw lost its vector loads once; only
+the accept chain, which reads single draft tokens, loads elements alone).
 """
 
 from __future__ import annotations
@@ -23,14 +28,18 @@ from kad_kernels.rules import Kind  # noqa: E402
 from kad_kernels.triton import offline  # noqa: E402
 
 
+WIDE = 50304  # rows of 16-byte multiples in every dtype: vector loads possible
+POINT_LOADS = {"_accept_kernel"}
+
+
 def calls():
     """(label, call) for the launches to compile."""
     for kind in Kind:
         for op in ("mixture", "sample", "verify"):
-            yield f"{op} {kind.name} bf16", offline.operation(op, kind, 4, 50304, torch.bfloat16)
+            yield f"{op} {kind.name} bf16", offline.operation(op, kind, 4, WIDE, torch.bfloat16)
     for dtype in (torch.float32, torch.float16):
         for op in ("mixture", "sample", "verify"):
-            yield f"{op} LOGISTIC {dtype}", offline.operation(op, Kind.LOGISTIC, 4, 50304, dtype)
+            yield f"{op} LOGISTIC {dtype}", offline.operation(op, Kind.LOGISTIC, 4, WIDE, dtype)
     for philox in (False, True):
         for temperature in (0.0, 0.7):
             for op in ("sample", "verify"):
@@ -39,15 +48,25 @@ def calls():
                                                philox=philox, temperature=temperature)
 
 
+def regressions(launch: offline.Launch, wide: bool) -> list[str]:
+    r = offline.resources(launch)
+    found = [f"{launch.name} spills {r.local_bytes} B per thread"] if r.local_bytes else []
+    if wide and launch.name not in POINT_LOADS and r.loads.get("U16"):
+        found.append(f"{launch.name} loads 16-bit elements one by one ({r.loads['U16']} LDG.U16)")
+    return found
+
+
 def main() -> int:
     failures = 0
     for label, call in calls():
         try:
             launches = offline.compile_launches(call)
-            print(f"ok   {label}: {', '.join(launch.name for launch in launches)}")
+            found = [x for launch in launches for x in regressions(launch, "odd V" not in label)]
         except Exception as exc:  # report every call, then fail
-            failures += 1
-            print(f"FAIL {label}: {type(exc).__name__}: {exc}")
+            found = [f"{type(exc).__name__}: {exc}"]
+        failures += bool(found)
+        names = ", ".join(launch.name for launch in launches) if not found else "; ".join(found)
+        print(f"{'FAIL' if found else 'ok  '} {label}: {names}")
     return 1 if failures else 0
 
 

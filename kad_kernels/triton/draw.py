@@ -91,8 +91,7 @@ def chunk_weights(
     KIND, BLOCK: tl.constexpr,
 ):
     """Columns and draw weights of the chunk at ``off``: π, or max(π − q, 0) if ``residual``."""
-    # Chunks start at multiples of BLOCK: saying so keeps the loads 16 bytes wide.
-    cols = tl.multiple_of(off, BLOCK) + tl.arange(0, BLOCK)
+    cols = off + tl.arange(0, BLOCK)
     mask = cols < end
     pi, q = chunk_mixture(
         p_ptr, q_ptr, r_ptr, row, cols, mask, V,

@@ -16,6 +16,7 @@ Must run in a process without ``TRITON_INTERPRET=1`` (the kernels are then plain
 from __future__ import annotations
 
 import collections
+import functools
 import re
 import subprocess
 import tempfile
@@ -115,14 +116,21 @@ MAX_WARPS_PER_SM = 64
 MAX_BLOCKS_PER_SM = 32
 
 
-def resources(launch: Launch, multiprocessors: int = H100_SMS) -> Resources:
-    """Static resources of a compiled launch, read from its cubin with cuobjdump."""
+@functools.lru_cache(maxsize=None)
+def _cuobjdump(cubin: bytes) -> tuple[str, str]:
+    """(resource usage, SASS) of a cubin; launches of one kernel share theirs."""
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
-        f.write(launch.kernel.asm["cubin"])
+        f.write(cubin)
         f.flush()
         tool = knobs.nvidia.cuobjdump.path
         usage = subprocess.run([tool, "-res-usage", f.name], capture_output=True, text=True, check=True).stdout
         sass = subprocess.run([tool, "-sass", f.name], capture_output=True, text=True, check=True).stdout
+    return usage, sass
+
+
+def resources(launch: Launch, multiprocessors: int = H100_SMS) -> Resources:
+    """Static resources of a compiled launch, read from its cubin with cuobjdump."""
+    usage, sass = _cuobjdump(launch.kernel.asm["cubin"])
     fields = dict(re.findall(r"(REG|SHARED|LOCAL):(\d+)", usage))
     registers, local = int(fields["REG"]), int(fields["LOCAL"])
     shared = max(int(fields["SHARED"]), launch.kernel.metadata.shared)
