@@ -39,6 +39,7 @@ import csv
 import math
 import sys
 import time
+import traceback
 from pathlib import Path
 
 GAMMA = 4
@@ -303,6 +304,7 @@ def run(args, partial_csv: Path | None = None) -> list[dict]:
     total = len(groups) * len(args.rules) * len(backends)
     progress = _progress(total)
     rows: list[dict] = []
+    reported: set[str] = set()
     sink = _PartialCsv(partial_csv)
     start = time.perf_counter()
     skipped = 0
@@ -343,6 +345,9 @@ def run(args, partial_csv: Path | None = None) -> list[dict]:
                         row["pct_peak"] = _sig(100.0 * gbps / peak)
                 except Exception as exc:  # record and go on: one failure must not lose the grid
                     row["error"] = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+                    if row["error"] not in reported:  # the whole trace once per distinct error, to the log
+                        reported.add(row["error"])
+                        traceback.print_exc()
                     if isinstance(exc, torch.OutOfMemoryError):
                         _free(torch, device)
                 rows.append(row)

@@ -86,8 +86,9 @@ bench() {  # bench NAME ARGS...: one pass into $OUT/NAME
 }
 # shellcheck disable=SC2086
 bench grid $BENCH_ARGS
+# torch.compile has failed here before (Inductor, torch 2.11): keep its internal trace in the log.
 # shellcheck disable=SC2086
-bench headline $HEADLINE_ARGS
+TORCHDYNAMO_VERBOSE=1 bench headline $HEADLINE_ARGS
 
 if ((${#failed[@]})); then
     echo "== gpu_check FAILED: ${failed[*]}"
