@@ -1,0 +1,69 @@
+"""What the ``triton`` backend promises beyond the shared suite: its results do not
+depend on how it cuts rows into slices.
+
+The cut follows the GPU's SM count and the batch (``stats.layout``): one slice per
+row at large batches, many one-chunk slices at small ones, uneven last slices in
+between.  Under the interpreter the SM count is a stand-in of 2, so the shared
+suite sees few of the cuts a GPU makes; here the count is set to others, and every
+cut must give the reference's tokens (uniforms) and its π and α.
+"""
+
+import pytest
+import torch
+
+import kad_kernels as kk
+from helpers import make_logits, masked, neg_inf_mask
+from kad_kernels.triton import stats
+
+pytestmark = pytest.mark.skipif("triton" not in kk.available_backends(), reason="triton not available")
+
+V = 9000  # 5 chunks of 2048, the last one ragged
+B = 3
+GAMMA = 3
+# 1 SM: a slice per row (several chunks each); 3: uneven slices; 132: one chunk each.
+SMS = [1, 3, 132]
+RULES = [kk.Dual(0.002), kk.Primal(0.6), kk.Nudging(0.5), kk.ImplicitReward()]
+TEMPERATURE = torch.tensor([1.0, 0.0, 0.8])  # a greedy row between sampled ones
+
+
+@pytest.fixture(params=SMS, ids=lambda n: f"{n}sm")
+def multiprocessors(request, monkeypatch):
+    monkeypatch.setattr(stats, "multiprocessors", lambda device: request.param)
+    return request.param
+
+
+def _logits(shape, seed):
+    logits = [make_logits(shape, seed=seed + i, dtype=torch.bfloat16) for i in range(3)]
+    mask = neg_inf_mask(shape, seed=seed + 9, fraction=0.2)
+    return [masked(x, mask) for x in logits]
+
+
+@pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__)
+def test_sample_and_mixture_do_not_depend_on_the_cut(multiprocessors, rule):
+    p, q, ref = _logits((B, V), seed=10)
+    ref = ref if rule.needs_ref else None
+    u = torch.tensor([0.31, 0.5, 0.87])
+    kwargs = dict(ref_logits=ref)
+    got = kk.mixture(p, q, rule, TEMPERATURE, backend="triton", **kwargs)
+    want = kk.mixture(p, q, rule, TEMPERATURE, backend="torch", **kwargs)
+    torch.testing.assert_close(got.probs, want.probs, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(got.alpha, want.alpha, rtol=1e-5, atol=1e-7)
+    tokens = kk.sample(p, q, rule, TEMPERATURE, uniforms=u, backend="triton", **kwargs)
+    assert torch.equal(tokens, kk.sample(p, q, rule, TEMPERATURE, uniforms=u, backend="torch", **kwargs))
+
+
+@pytest.mark.parametrize("rule", RULES[:2], ids=lambda r: type(r).__name__)
+def test_verify_does_not_depend_on_the_cut(multiprocessors, rule):
+    p, q, _ = _logits((B, GAMMA + 1, V), seed=20)
+    # Drafts from q itself; row 0 accepts all (zero coins: the bonus draw), row 1 is
+    # greedy, row 2 rejects somewhere (the residual draw).
+    q_probs = torch.softmax(q[:, :GAMMA].float(), -1).reshape(-1, V)
+    drafts = torch.multinomial(q_probs, 1, generator=torch.Generator().manual_seed(5)).view(B, GAMMA)
+    accept = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.1, 0.1], [0.6, 0.95, 0.3]])
+    draw = torch.tensor([0.4, 0.7, 0.05])
+    args = (p, q, drafts, rule, TEMPERATURE)
+    got = kk.verify(*args, uniforms=(accept, draw), backend="triton")
+    want = kk.verify(*args, uniforms=(accept, draw), backend="torch")
+    assert want.num_accepted[0] == GAMMA and want.num_accepted[2] < GAMMA, "both draws are exercised"
+    assert torch.equal(got.num_accepted, want.num_accepted)
+    assert torch.equal(got.tokens, want.tokens)
