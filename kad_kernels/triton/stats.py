@@ -233,25 +233,36 @@ def primal_descend(hist_ptr, level, prefix, base, done, limit, n, N, S, SP: tl.c
 
 
 @triton.jit
-def primal_walk(hist_ptr, levels, limit, n, N, S, SP: tl.constexpr):
-    """(prefix, base, done) after the first ``levels`` radix steps, replayed from the
-    stored histograms (a few hundred floats) rather than kept in a state buffer."""
-    prefix = tl.full((), 0, tl.int64)
-    base = tl.full((), 0.0, tl.float32)
-    done = tl.full((), 0, tl.int1)
-    for level in range(0, levels):
-        prefix, base, done = primal_descend(hist_ptr, level, prefix, base, done, limit, n, N, S, SP)
-    return prefix, base, done
+def primal_state(state_ptr, hist_ptr, level, limit, n, N, S, SP: tl.constexpr):
+    """(prefix, base, done) of row n before radix level ``level`` (>= 1): the state
+    before the previous level, kept by that level's first slice, one step on.  One
+    step per launch: replaying every earlier level's histogram made each level's
+    programs wait on a chain as long as the level number."""
+    slot = state_ptr + ((level - 1) * N + n) * 3
+    prefix = tl.load(slot)
+    base = tl.load(slot + 1).to(tl.int32).to(tl.float32, bitcast=True)
+    done = tl.load(slot + 2) != 0
+    return primal_descend(hist_ptr, level - 1, prefix, base, done, limit, n, N, S, SP)
+
+
+@triton.jit
+def keep_primal_state(state_ptr, level, n, N, prefix, base, done):
+    slot = state_ptr + (level * N + n) * 3
+    tl.store(slot, prefix)
+    tl.store(slot + 1, base.to(tl.int32, bitcast=True).to(tl.int64))
+    tl.store(slot + 2, done.to(tl.int64))
 
 
 @triton.jit(do_not_specialize=["N", "P", "S"])
-def _primal_limit_kernel(stats_ptr, hist_ptr, param_ptr, temp_ptr, limit_ptr, N, P, S, SP: tl.constexpr):
+def _primal_limit_kernel(
+    stats_ptr, hist_ptr, state_ptr, param_ptr, temp_ptr, limit_ptr, N, P, S, SP: tl.constexpr, LEVELS: tl.constexpr,
+):
     """After the last radix level: the exclusive key threshold of row n, d_v = key_v < limit
-    (every later kernel reads it instead of replaying the radix walk)."""
+    (every later kernel reads it instead of the radix state)."""
     n = tl.program_id(0)
     _, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inverse_temperature(temp_ptr, n // P))
     budget = tl.load(param_ptr + n // P)
-    prefix, base, done = primal_walk(hist_ptr, 8, budget * z_p, n, N, S, SP)
+    prefix, base, done = primal_state(state_ptr, hist_ptr, LEVELS, budget * z_p, n, N, S, SP)
     tl.store(limit_ptr + n, tl.where(budget >= 1.0, tl.full((), 1 << 40, tl.int64), prefix))
 
 
@@ -355,7 +366,7 @@ def lane_reduce(m, z, s2, inv_t):
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'level'])
 def _primal_hist_kernel(
-    p_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr,
+    p_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, state_ptr,
     level, N, V, P, stride_b, stride_p, slice_len, S,
     SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -366,7 +377,14 @@ def _primal_hist_kernel(
     inv_t = inverse_temperature(temp_ptr, n // P)
     m_p, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inv_t)
     budget = tl.load(param_ptr + n // P)
-    prefix, base, done = primal_walk(hist_ptr, level, budget * z_p, n, N, S, SP)
+    if level == 0:
+        prefix = tl.full((), 0, tl.int64)
+        base = tl.full((), 0.0, tl.float32)
+        done = tl.full((), 0, tl.int1)
+    else:
+        prefix, base, done = primal_state(state_ptr, hist_ptr, level, budget * z_p, n, N, S, SP)
+    if j == 0:
+        keep_primal_state(state_ptr, level, n, N, prefix, base, done)
     row = row_offset(n, P, stride_b, stride_p)
     shift = tl.full((), 28, tl.int64) - 4 * level
     digits = tl.arange(0, 16)
@@ -529,13 +547,16 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     )
     if kind == Kind.PRIMAL:
         hist = torch.empty(LEVELS, N, S, 16, dtype=torch.float32, device=device)
+        state = torch.empty(LEVELS, N, 3, dtype=torch.int64, device=device)  # before each level
         for level in range(LEVELS):
             _primal_hist_kernel[grid](
-                p, temperature, param, stats, hist,
+                p, temperature, param, stats, hist, state,
                 level, N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
                 SP=lay.slices_pow2, **dict(common, BLOCK=HIST_BLOCK),
             )
-        _primal_limit_kernel[(N,)](stats, hist, param, temperature, limits, N, lay.positions, S, SP=lay.slices_pow2)
+        _primal_limit_kernel[(N,)](
+            stats, hist, state, param, temperature, limits, N, lay.positions, S, SP=lay.slices_pow2, LEVELS=LEVELS,
+        )
     _mass_kernel[grid](
         p, q, temperature, param, stats, limits, slice_flags, flags,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
