@@ -488,7 +488,7 @@ def _mass_kernel(
 ):
     """Pass 2 for slice j of row n: S_d and S_kept; slice 0 also folds the row's
     bad-logits bits (any slice's NaN/+inf, or a row max of −inf).  Only the rules
-    whose mask tests q_v (``NEEDS_Q``) read q here."""
+    whose mask tests q_v (``NEEDS_Q``) read q here, and Nudging reads nothing."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
@@ -502,7 +502,15 @@ def _mass_kernel(
             m_r = tl.max(slice_stats(stats_ptr, M_R, n, N, S, SP, float("-inf")), 0)
             bits |= (m_r == float("-inf")).to(tl.int32) * 32
         tl.store(flag_ptr + n, bits)
-    if KIND != IMPLICIT_REWARD:
+    if KIND == NUDGING:
+        # One decision for the whole row (max p < λ): the slice's deferred or kept mass
+        # is its share of p, which pass 1 already holds, so nothing is read again.
+        m_j = tl.load(stats_ptr + (M_P * N + n) * S + j)
+        share = tl.load(stats_ptr + (Z_P * N + n) * S + j) * tl.exp((m_j - m_p) * inv_t) / z_p
+        defer_all = (1.0 / z_p) < a
+        tl.store(stats_ptr + (S_D * N + n) * S + j, tl.where(defer_all, share, 0.0))
+        tl.store(stats_ptr + (S_K * N + n) * S + j, tl.where(defer_all, 0.0, share))
+    elif KIND != IMPLICIT_REWARD:
         row = row_offset(n, P, stride_b, stride_p)
         start, end = slice_bounds(j, slice_len, V)
         s_d = tl.zeros([BLOCK], tl.float32)
