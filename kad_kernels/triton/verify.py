@@ -25,19 +25,17 @@ def _accept_kernel(
     p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr,
     N, V, P, stride_b, stride_p, S,
-    GAMMA: tl.constexpr, PHILOX: tl.constexpr, KIND, SP: tl.constexpr,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr,
 ):
-    """Accept x_i iff a_i q_i(x_i) < π_i(x_i) (greedy: x_i = argmax π_i), in order.
-    γ is a compile-time constant so the chain unrolls: the γ point evaluations do
-    not depend on each other, and their loads go out together instead of γ
-    round trips one after another."""
+    """Accept x_i iff a_i q_i(x_i) < π_i(x_i) (greedy: x_i = argmax π_i), in order."""
     b = tl.program_id(0)
+    gamma = P - 1
     greedy = tl.load(temp_ptr + b) == 0
     going = 1
     accepted = 0
-    for i in tl.static_range(GAMMA):
+    for i in range(0, gamma):
         n = b * P + i
-        x = tl.load(draft_ptr + b * GAMMA + i).to(tl.int32)
+        x = tl.load(draft_ptr + b * gamma + i).to(tl.int32)
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
             stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
         )
@@ -53,12 +51,12 @@ def _accept_kernel(
         if PHILOX:
             coin = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * P + i)
         else:
-            coin = tl.load(a_ptr + b * GAMMA + i)
+            coin = tl.load(a_ptr + b * gamma + i)
         ok = tl.where(greedy, x == greedy_token(best_val_ptr, best_idx_ptr, n, S, SP), coin * q_x < pi_x)
         going = going & ok.to(tl.int32)
         accepted += going
         tl.store(tokens_ptr + b * P + i, tl.where(going != 0, x.to(tl.int64), -1))
-    tl.store(tokens_ptr + b * P + GAMMA, tl.full((), -1, tl.int64))
+    tl.store(tokens_ptr + b * P + gamma, tl.full((), -1, tl.int64))
     tl.store(accepted_ptr + b, accepted.to(tl.int64))
 
 
@@ -155,7 +153,7 @@ def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, dr
         p, q, r, draft.contiguous(), temperature, param, stats, limits, best_val, best_idx,
         stats if philox else accept_uniforms.contiguous(), *randomness, tokens, accepted,
         rows, vocab, positions, p.stride(0), p.stride(1), lay.slices,
-        GAMMA=positions - 1, PHILOX=philox, KIND=int(kind), SP=lay.slices_pow2,
+        PHILOX=philox, KIND=int(kind), SP=lay.slices_pow2,
     )
     draw = layout(batch, 1, vocab, device)
     res_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
