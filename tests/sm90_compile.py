@@ -40,6 +40,9 @@ def calls():
     for dtype in (torch.float32, torch.float16):
         for op in ("mixture", "sample", "verify"):
             yield f"{op} LOGISTIC {dtype}", offline.operation(op, Kind.LOGISTIC, 4, WIDE, dtype)
+    for gamma in (1, 8):
+        yield f"verify LOGISTIC bf16 γ={gamma}", offline.operation("verify", Kind.LOGISTIC, 4, WIDE, torch.bfloat16,
+                                                                 gamma=gamma)
     for philox in (False, True):
         for temperature in (0.0, 0.7):
             for op in ("sample", "verify"):
