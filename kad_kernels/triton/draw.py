@@ -15,7 +15,8 @@ import triton
 import triton.language as tl
 
 from .stats import (
-    IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_mixture, mixture_state, row_offset, slice_bounds, slice_stats,
+    IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_logits3, chunk_mixture, mixture_of, mixture_state, row_offset,
+    slice_bounds, slice_stats,
 )
 
 
@@ -36,12 +37,16 @@ def _argmax_kernel(
         start, end = slice_bounds(j, slice_len, V)
         best = -1.0
         best_idx = start
+        cols = start + tl.arange(0, BLOCK)
+        next_p, next_q, next_r = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, cols < end, KIND)
         for off in range(start, end, BLOCK):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
-            pi, _ = chunk_mixture(
-                p_ptr, q_ptr, r_ptr, row, cols, mask, V,
-                m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
+            xp, xq, xr = next_p, next_q, next_r
+            # The next chunk's loads go out before this chunk's arithmetic (as in pass 1).
+            next_p, next_q, next_r = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols + BLOCK, cols + BLOCK < end, KIND)
+            pi, _ = mixture_of(
+                xp, xq, xr, mask, V, m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
             )
             pi = tl.where(mask, pi, -1.0)
             chunk_best = tl.max(pi, 0)

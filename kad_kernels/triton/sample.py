@@ -8,7 +8,7 @@ import triton.language as tl
 
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token, pi_slice_masses
-from .stats import BLOCK, NUM_WARPS, layout, mixture_state, row_offset, row_statistics
+from .stats import BLOCK, MAX_REGISTERS, NUM_WARPS, layout, mixture_state, row_offset, row_statistics
 
 
 @triton.jit(do_not_specialize=['N', 'S', 'KIND'])
@@ -48,7 +48,7 @@ def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset):
     common = dict(SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
     _argmax_kernel[(batch, lay.slices)](
         p, q, r, temperature, param, stats, limits, best_val, best_idx,
-        batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), **common,
+        batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), maxnreg=MAX_REGISTERS, **common,
     )
     tokens = torch.empty(batch, dtype=torch.int64, device=p.device)
     philox = uniforms is None

@@ -89,7 +89,8 @@ def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layou
 
 # Resident programs per SM of the streaming passes (8 warps, <= 64 registers: see
 # benchmarks/kernel_resources.py), so one wave of the grid is 4 programs per SM.
-# Pass 1 is capped at that register count (ptxas would take 72 for its prefetch).
+# The passes over whole rows are capped at that register count (ptxas would take
+# 72-80 for their prefetched chunk).
 PROGRAMS_PER_SM = 4
 MAX_REGISTERS = 64
 
@@ -305,10 +306,7 @@ def _stats_kernel(
             cols = off + tl.arange(0, BLOCK)
             xr = tl.load(r_ptr + row + cols, mask=cols < end, other=float("-inf")).to(tl.float32)
             m_r = tl.maximum(m_r, xr, propagate_nan=tl.PropagateNan.ALL)
-            # T·(log p + log q − log q_ref) up to a row constant; q_ref = 0 excludes v.
-            y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
-            y = tl.where(y != y, float("-inf"), y)
-            m_y, z_y, _ = lane_update(m_y, z_y, z_y, y, inv_t, False)
+            m_y, z_y, _ = lane_update(m_y, z_y, z_y, reward_logit(xp, xq, xr), inv_t, False)
     base = n * S + j
     NS = N * S
     bits = not_finite(m_p) | not_finite(m_q) << 2
@@ -431,14 +429,6 @@ def mixture_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.
 
 
 @triton.jit
-def chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q):
-    """p, q (fp32) on a chunk, and the key of the primal select (``probs``)."""
-    xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf"))
-    xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf"))
-    return probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, True)
-
-
-@triton.jit
 def probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, WITH_Q: tl.constexpr):
     """p, q (fp32) from logits in their own dtype (q = 0 unless ``WITH_Q``), and the key
     exp(x_p − max) of the primal select.  Logits are shifted by the row max *before*
@@ -459,20 +449,44 @@ def chunk_mixture(
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
     KIND,
 ):
-    """(π, q) on a chunk: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
-    p, q, key = chunk_probs(p_ptr, q_ptr, row, cols, mask, inv_t, m_p, z_p, m_q, z_q)
+    """(π, q) on a chunk: ``chunk_logits3`` then ``mixture_of``."""
+    xp, xq, xr = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, mask, KIND)
+    return mixture_of(xp, xq, xr, mask, V, m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND)
+
+
+@triton.jit
+def chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, mask, KIND):
+    """The logits of p, q and (ImplicitReward only, else never fetched) ref on a chunk,
+    in their own dtype: loads apart from arithmetic, so loops can fetch ahead."""
+    xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf"))
+    xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf"))
+    xr = tl.load(r_ptr + row + cols, mask=mask & (KIND == IMPLICIT_REWARD), other=float("-inf"))
+    return xp, xq, xr
+
+
+@triton.jit
+def mixture_of(
+    xp, xq, xr, mask, V,
+    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
+    KIND,
+):
+    """(π, q) from a chunk's logits: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
+    p, q, key = probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, True)
     if KIND == IMPLICIT_REWARD:
-        xr = tl.load(r_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-        y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
-        y = tl.where(y != y, float("-inf"), y)
+        y = reward_logit(xp.to(tl.float32), xq.to(tl.float32), xr.to(tl.float32))
         uniform = tl.where(mask, 1.0 / V, 0.0)
         pi = tl.where(m_y == float("-inf"), uniform, tl.exp((y - tl.where(m_y == float("-inf"), 0.0, m_y)) * inv_t) / z_y)
     else:
         d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
         pi = tl.where(d, 0.0, p) + alpha * q
     return pi, q
+
+
+@triton.jit
+def reward_logit(xp, xq, xr):
+    """T·(log p + log q − log q_ref) up to a row constant; q_ref = 0 excludes v."""
+    y = tl.where(xr > float("-inf"), xp + xq - xr, float("-inf"))
+    return tl.where(y != y, float("-inf"), y)
 
 
 @triton.jit
@@ -569,6 +583,6 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
         p, q, temperature, param, stats, limits, slice_flags, flags,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
         KIND=int(kind), HAS_REF=has_ref, NEEDS_Q=kind in (Kind.MAX_P_PLUS, Kind.MINUS_MAX_P_PLUS),
-        SP=lay.slices_pow2, **common,
+        SP=lay.slices_pow2, maxnreg=MAX_REGISTERS, **common,
     )
     return stats, limits, flags

@@ -17,7 +17,10 @@ import triton.language as tl
 
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token
-from .stats import BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_state, row_offset, row_statistics, slice_bounds
+from .stats import (
+    BLOCK, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of, mixture_state, row_offset, row_statistics,
+    slice_bounds,
+)
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
@@ -83,12 +86,15 @@ def _draw_masses_kernel(
         )
         row = row_offset(n, P, stride_b, stride_p)
         start, end = slice_bounds(j, draw_slice_len, V)
+        cols = start + tl.arange(0, BLOCK)
+        next_p, next_q, next_r = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, cols < end, KIND)
         for off in range(start, end, BLOCK):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
-            pi, q = chunk_mixture(
-                p_ptr, q_ptr, r_ptr, row, cols, mask, V,
-                m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
+            xp, xq, xr = next_p, next_q, next_r
+            next_p, next_q, next_r = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols + BLOCK, cols + BLOCK < end, KIND)
+            pi, q = mixture_of(
+                xp, xq, xr, mask, V, m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
             )
             pi = tl.where(mask, pi, 0.0)
             pi_total += tl.sum(pi, 0)
@@ -143,7 +149,7 @@ def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, dr
     geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slice_len, lay.slices)
     common = dict(KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
     _argmax_kernel[(rows, lay.slices)](
-        p, q, r, temperature, param, stats, limits, best_val, best_idx, *geometry, **common
+        p, q, r, temperature, param, stats, limits, best_val, best_idx, *geometry, maxnreg=MAX_REGISTERS, **common
     )
     tokens = torch.empty(batch, positions, dtype=torch.int64, device=device)
     accepted = torch.empty(batch, dtype=torch.int64, device=device)
@@ -160,7 +166,8 @@ def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, dr
     pi_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
     draw_geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slices, draw.slice_len, draw.slices)
     _draw_masses_kernel[(batch, draw.slices)](
-        p, q, r, temperature, param, stats, limits, accepted, res_mass, pi_mass, *draw_geometry, **common
+        p, q, r, temperature, param, stats, limits, accepted, res_mass, pi_mass, *draw_geometry,
+        maxnreg=MAX_REGISTERS, **common,
     )
     _verify_draw_kernel[(batch,)](
         p, q, r, temperature, param, stats, limits, best_val, best_idx,
