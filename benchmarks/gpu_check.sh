@@ -2,20 +2,28 @@
 # One-shot check on a GPU machine, from the repo root:  bash benchmarks/gpu_check.sh
 #   0. install: builds the C++/CUDA extension of csrc/ (setup.py; CUDA kernels when nvcc is there)
 #   1. GPU tests (pytest -m gpu $PYTEST_ARGS)  -> $OUT/gpu_tests.log
-#   2. kernel benchmarks, two passes           -> $OUT/bench.log, $OUT/{headline,grid}/bench_kernels.{csv,md,png}
+#   2. kernel benchmarks, two passes           -> $OUT/bench.log, $OUT/headline/bench_kernels.{csv,md},
+#                                                 $OUT/grid/bench_kernels.{csv,md,png}
+#   3. Nsight Compute on the headline calls    -> $OUT/profile.log (skipped without ncu)
 # Every step runs even if an earlier one fails; the exit status is nonzero if any failed.
 # The machine is assumed offline with torch/triton preinstalled: pip never resolves
-# dependencies here.  Budget: about 6 minutes (tests capped at TEST_TIMEOUT seconds,
-# the benchmark stops starting new measurements after BENCH_MAX_SECONDS and is killed
-# at BENCH_TIMEOUT; its rows so far are in $OUT/<pass>/bench_kernels.partial.csv then).
+# dependencies here.  Budget: about 8 minutes, to fit one 10-minute device call (tests
+# capped at TEST_TIMEOUT seconds; each benchmark pass stops starting new measurements
+# after its MAX_SECONDS and is killed at its TIMEOUT, its rows so far then in
+# $OUT/<pass>/bench_kernels.partial.csv; the profile is killed at PROFILE_TIMEOUT).
+# The device tool returns at most 8 files: keep $OUT to the ones named above.
 set -uo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-benchmarks/out}
 PY=${PYTHON:-python3}
-TEST_TIMEOUT=${TEST_TIMEOUT:-150}
-BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-170}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-270}
+# Worst case with a ~90 s build: 90 + 120 + 150 + 150 + 75 s, inside a 600 s call.
+TEST_TIMEOUT=${TEST_TIMEOUT:-120}
+HEADLINE_MAX_SECONDS=${HEADLINE_MAX_SECONDS:-90}
+HEADLINE_TIMEOUT=${HEADLINE_TIMEOUT:-150}
+BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-100}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
+PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-75}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 # Import the checkout even if the editable install below fails.
@@ -49,7 +57,10 @@ fi
 echo "== backends (the cuda backend needs the extension built with nvcc)"
 "$PY" -c "import kad_kernels as kk; print(kk.available_backends())" || failed+=("backends")
 
-PYTEST_ARGS=${PYTEST_ARGS:--x -q}
+# Several workers when pytest-xdist is there: Triton compiles each kernel variant in
+# the process that first runs it, and compiling dominates the GPU suite.
+if "$PY" -c "import xdist" 2>/dev/null; then default_pytest="-q --maxfail=20 -n 8"; else default_pytest="-q --maxfail=20"; fi
+PYTEST_ARGS=${PYTEST_ARGS:-$default_pytest}
 echo "== GPU tests: pytest -m gpu $PYTEST_ARGS (timeout ${TEST_TIMEOUT}s) -> $OUT/gpu_tests.log"
 start=$SECONDS
 # shellcheck disable=SC2086
@@ -63,18 +74,19 @@ case $status in
     *) failed+=("gpu-tests (exit $status)") ;;
 esac
 
-# Two passes: the full grid for the backends alone, then the headline comparison
-# with torch.compile of the reference (each shape costs a compilation of seconds).
+# Two passes: the headline comparison with torch.compile of the reference first (each
+# shape costs a compilation of seconds), then the full grid for the backends alone.
 # HEADLINE_ARGS / BENCH_ARGS override them (e.g. BENCH_ARGS=--quick).
-HEADLINE_ARGS=${HEADLINE_ARGS:---dtypes bf16 --vocab 151936 --batch 64 --backends torch,torch-compile,triton,cuda}
+# The targets' shapes (dual, bf16, V = 151936, B = 64 and B = 1); the grid has the other rules.
+HEADLINE_ARGS=${HEADLINE_ARGS:---dtypes bf16 --vocab 151936 --batch 64,1 --rules dual --backends torch,torch-compile,triton,cuda}
 BENCH_ARGS=${BENCH_ARGS:---backends torch,triton,cuda}
-bench() {  # bench NAME ARGS...: one pass into $OUT/NAME
-    local name=$1
-    shift
-    echo "== benchmark $name: $* (budget ${BENCH_MAX_SECONDS}s, killed at ${BENCH_TIMEOUT}s)"
+bench() {  # bench NAME MAX_SECONDS TIMEOUT ARGS...: one pass into $OUT/NAME
+    local name=$1 max_seconds=$2 limit=$3
+    shift 3
+    echo "== benchmark $name: $* (budget ${max_seconds}s, killed at ${limit}s)"
     local start=$SECONDS
-    timeout "$BENCH_TIMEOUT" "$PY" benchmarks/bench_kernels.py --out-dir "$OUT/$name" \
-        --max-seconds "$BENCH_MAX_SECONDS" "$@" 2>&1 | tee -a "$OUT/bench.log"
+    timeout "$limit" "$PY" benchmarks/bench_kernels.py --out-dir "$OUT/$name" \
+        --max-seconds "$max_seconds" "$@" 2>&1 | tee -a "$OUT/bench.log"
     local status=$?
     echo "   bench $name exit $status after $((SECONDS - start))s"
     if [ "$status" -eq 0 ]; then
@@ -84,11 +96,25 @@ bench() {  # bench NAME ARGS...: one pass into $OUT/NAME
         failed+=("bench $name (exit $status)")
     fi
 }
-# shellcheck disable=SC2086
-bench grid $BENCH_ARGS
 # torch.compile has failed here before (Inductor, torch 2.11): keep its internal trace in the log.
 # shellcheck disable=SC2086
-TORCHDYNAMO_VERBOSE=1 bench headline $HEADLINE_ARGS
+TORCHDYNAMO_VERBOSE=1 bench headline "$HEADLINE_MAX_SECONDS" "$HEADLINE_TIMEOUT" $HEADLINE_ARGS
+rm -f "$OUT/headline/bench_kernels.png"  # one shape: the table says it all (and files are counted)
+# shellcheck disable=SC2086
+bench grid "$BENCH_MAX_SECONDS" "$BENCH_TIMEOUT" $BENCH_ARGS
+
+if command -v ncu >/dev/null 2>&1; then
+    echo "== Nsight Compute: the headline calls of the triton backend -> $OUT/profile.log"
+    start=$SECONDS
+    timeout "$PROFILE_TIMEOUT" ncu --profile-from-start off --section SpeedOfLight --section Occupancy \
+        --section LaunchStats "$PY" benchmarks/profile_kernels.py > "$OUT/profile.log" 2>&1
+    status=$?
+    echo "   ncu exit $status after $((SECONDS - start))s"
+    grep -E "^  [a-z_]+kernel|DRAM Throughput|Memory Throughput|Achieved Occupancy|Duration" "$OUT/profile.log" | head -n 80
+    [ "$status" -eq 0 ] || failed+=("profile (exit $status)")
+else
+    echo "== Nsight Compute (ncu) not found: no profile"
+fi
 
 if ((${#failed[@]})); then
     echo "== gpu_check FAILED: ${failed[*]}"
