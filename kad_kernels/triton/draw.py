@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from .stats import (
-    IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_logits3, chunk_mixture, mixture_of, mixture_state, row_offset,
+    IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_logits3, mixture_of, mixture_state, row_offset,
     slice_bounds, slice_stats,
 )
 
@@ -90,20 +90,15 @@ def pi_slice_masses(stats_ptr, n, N, S, SP: tl.constexpr, V, slice_len, m_q, z_q
 
 
 @triton.jit
-def chunk_weights(
-    p_ptr, q_ptr, r_ptr, row, off, end, V, residual,
+def draw_weights(
+    xp, xq, xr, mask, V, residual,
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
-    KIND, BLOCK: tl.constexpr,
+    KIND,
 ):
-    """Columns and draw weights of the chunk at ``off``: π, or max(π − q, 0) if ``residual``."""
-    cols = off + tl.arange(0, BLOCK)
-    mask = cols < end
-    pi, q = chunk_mixture(
-        p_ptr, q_ptr, r_ptr, row, cols, mask, V,
-        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
-    )
+    """Draw weights of a chunk from its logits: π, or max(π − q, 0) if ``residual``; 0 past the end."""
+    pi, q = mixture_of(xp, xq, xr, mask, V, m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND)
     w = tl.where(residual, tl.maximum(pi - q, 0.0), pi)
-    return cols, tl.where(mask, w, 0.0)
+    return tl.where(mask, w, 0.0)
 
 
 @triton.jit
@@ -136,10 +131,16 @@ def draw_row(
     found = 0
     last_off = start
     last_running = 0.0
+    cols = start + tl.arange(0, BLOCK)
+    next_p, next_q, next_r = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, cols < end, KIND)
     while (off < end) & (found == 0):
-        _, w = chunk_weights(
-            p_ptr, q_ptr, r_ptr, row, off, end, V, residual,
-            m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, BLOCK,
+        cols = off + tl.arange(0, BLOCK)
+        xp, xq, xr = next_p, next_q, next_r
+        # Fetched ahead, as in the passes: at most one chunk past the one found.
+        next_p, next_q, next_r = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols + BLOCK, cols + BLOCK < end, KIND)
+        w = draw_weights(
+            xp, xq, xr, cols < end, V, residual,
+            m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
         )
         mass = tl.sum(w, 0)
         found = ((running + mass > target) & (mass > 0)).to(tl.int32)
@@ -149,9 +150,11 @@ def draw_row(
         off = tl.where(found != 0, off, off + BLOCK)
     off = tl.where(found != 0, off, last_off)
     running = tl.where(found != 0, running, last_running)
-    cols, w = chunk_weights(
-        p_ptr, q_ptr, r_ptr, row, off, end, V, residual,
-        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, BLOCK,
+    cols = off + tl.arange(0, BLOCK)
+    xp, xq, xr = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, cols < end, KIND)
+    w = draw_weights(
+        xp, xq, xr, cols < end, V, residual,
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
     )
     cdf = running + tl.cumsum(w, 0)
     # A parallel scan is monotone only up to rounding: a zero-weight lane may sit
