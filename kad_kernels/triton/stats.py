@@ -8,8 +8,9 @@ floats per row), never a ``[N, V]`` intermediate:
 
     pass 1  max and Σexp of p, q (and of y = log p + log q − log q_ref for
             ImplicitReward), Σ exp² of p (squared loss), bad-logits bits;
-    primal  a radix select of the threshold key over the fp32 bit pattern of
-            e_v = exp(x_v − max): 8 passes of a 4-bit digit (no sort);
+    primal  a radix select of the threshold over a key in the order of the
+            logits (``rank_key``): a pass per 4-bit digit, 4 for bf16/fp16 logits,
+            8 for fp32 (no sort);
     pass 2  S_d = Σ p_v d_v and S_kept = Σ p_v (1 − d_v), so α = S_d / (S_d + S_kept).
 """
 
@@ -28,9 +29,8 @@ from ..rules import Kind
 # max and Σexp of q and of y (ImplicitReward), S_d and S_kept, max of ref.
 M_P, Z_P, S2_P, M_Q, Z_Q, M_Y, Z_Y, S_D, S_K, M_R = (tl.constexpr(f) for f in range(10))
 FIELDS = 10
-# Radix select of the primal threshold: 4-bit digits over a 32-bit key.
-DIGIT_BITS = 4
-LEVELS = 32 // DIGIT_BITS
+# Radix select of the primal threshold: 4-bit digits over the logits' own bits.
+DIGIT_BITS = tl.constexpr(4)
 # One block size for every vocabulary: each distinct value would be one more
 # compile of every kernel, and masked lanes cost nothing on a memory-bound pass.
 # The radix histogram holds [HIST_BLOCK, 16] values, hence its smaller block.
@@ -183,15 +183,16 @@ def mixture_alpha(stats_ptr, n, N, S, SP: tl.constexpr, KIND):
 
 
 @triton.jit
-def deferred(KIND, p, q, key, a, max_p, max_q, sum_p2, key_limit):
-    """The mask d of DESIGN §1 on a chunk; the forms mirror reference.deferral_mask."""
+def deferred(KIND, p, q, e, xp, a, max_p, max_q, sum_p2, key_limit):
+    """The mask d of DESIGN §1 on a chunk; the forms mirror reference.deferral_mask.
+    ``e`` = exp((x − max)/T) and ``xp`` the raw p logits (for the primal key)."""
     if KIND == LOGISTIC:
         d = p < a
     elif KIND == PERCEPTRON:
         d = (max_p - p) > a
     elif KIND == ZERO_ONE:
         # [p_v < max p] > a with a >= 0; e = exp(x − max) is 1.0 exactly at the maximum
-        d = (key < 0x3F800000) & ((tl.zeros_like(p) + a) < 1.0)
+        d = (e < 1.0) & ((tl.zeros_like(p) + a) < 1.0)
     elif KIND == SQUARED:
         d = (1.0 - 2.0 * p + sum_p2) > a
     elif KIND == NUDGING:
@@ -205,17 +206,36 @@ def deferred(KIND, p, q, key, a, max_p, max_q, sum_p2, key_limit):
     elif KIND == MINUS_MAX_P_PLUS:
         d = q > max_p + a
     else:  # PRIMAL: C_v <= budget  <=>  key_v below the critical key (radix select)
-        d = key.to(tl.int64) < key_limit
+        d = rank_key(xp) < key_limit
     return d
 
 
 @triton.jit
-def primal_descend(hist_ptr, level, prefix, base, done, limit, n, N, S, SP: tl.constexpr):
+def rank_key(x):
+    """A non-negative integer key in the order of the raw logits ``x`` (16 bits for
+    bf16/fp16, 32 for fp32): p is increasing in x, so ranking the logits ranks p, and
+    equal logits — genuine ties, which Primal defers together — share a key (−0 is
+    folded into +0).  Half the radix levels of a key on fp32 p for 16-bit logits."""
+    x = tl.where(x == 0, tl.zeros_like(x), x)
+    if x.dtype.primitive_bitwidth == 16:
+        bits = x.to(tl.int16, bitcast=True).to(tl.int64) & 0xFFFF
+        sign = 0x8000
+        ones = 0xFFFF
+    else:
+        bits = x.to(tl.int32, bitcast=True).to(tl.int64) & 0xFFFFFFFF
+        sign = 0x80000000
+        ones = 0xFFFFFFFF
+    # Negative floats order backwards in their bits: flip them all; positives above them.
+    return tl.where((bits & sign) != 0, bits ^ ones, bits | sign)
+
+
+@triton.jit
+def primal_descend(hist_ptr, level, prefix, base, done, limit, n, N, S, SP: tl.constexpr, KEY_BITS: tl.constexpr):
     """One radix step: from the digit histogram of ``level`` pick the digit whose
     bucket holds the critical item (the first where the cumulative mass exceeds
     ``limit``).  Returns the new (prefix, base, done); when the whole range fits,
     ``prefix`` becomes the exclusive key threshold and ``done`` is set."""
-    shift = tl.full((), 28, tl.int64) - 4 * level
+    shift = tl.full((), KEY_BITS - DIGIT_BITS, tl.int64) - DIGIT_BITS * level
     j = tl.arange(0, SP)[:, None]
     digit = tl.arange(0, 16)[None, :]
     h = tl.load(hist_ptr + ((level * N + n) * S + j) * 16 + digit, mask=j < S, other=0.0)
@@ -234,7 +254,7 @@ def primal_descend(hist_ptr, level, prefix, base, done, limit, n, N, S, SP: tl.c
 
 
 @triton.jit
-def primal_state(state_ptr, hist_ptr, level, limit, n, N, S, SP: tl.constexpr):
+def primal_state(state_ptr, hist_ptr, level, limit, n, N, S, SP: tl.constexpr, KEY_BITS: tl.constexpr):
     """(prefix, base, done) of row n before radix level ``level`` (>= 1): the state
     before the previous level, kept by that level's first slice, one step on.  One
     step per launch: replaying every earlier level's histogram made each level's
@@ -243,7 +263,7 @@ def primal_state(state_ptr, hist_ptr, level, limit, n, N, S, SP: tl.constexpr):
     prefix = tl.load(slot)
     base = tl.load(slot + 1).to(tl.int32).to(tl.float32, bitcast=True)
     done = tl.load(slot + 2) != 0
-    return primal_descend(hist_ptr, level - 1, prefix, base, done, limit, n, N, S, SP)
+    return primal_descend(hist_ptr, level - 1, prefix, base, done, limit, n, N, S, SP, KEY_BITS)
 
 
 @triton.jit
@@ -256,14 +276,15 @@ def keep_primal_state(state_ptr, level, n, N, prefix, base, done):
 
 @triton.jit(do_not_specialize=["N", "P", "S"])
 def _primal_limit_kernel(
-    stats_ptr, hist_ptr, state_ptr, param_ptr, temp_ptr, limit_ptr, N, P, S, SP: tl.constexpr, LEVELS: tl.constexpr,
+    stats_ptr, hist_ptr, state_ptr, param_ptr, temp_ptr, limit_ptr, N, P, S,
+    SP: tl.constexpr, KEY_BITS: tl.constexpr,
 ):
     """After the last radix level: the exclusive key threshold of row n, d_v = key_v < limit
     (every later kernel reads it instead of the radix state)."""
     n = tl.program_id(0)
     _, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inverse_temperature(temp_ptr, n // P))
     budget = tl.load(param_ptr + n // P)
-    prefix, base, done = primal_state(state_ptr, hist_ptr, LEVELS, budget * z_p, n, N, S, SP)
+    prefix, base, done = primal_state(state_ptr, hist_ptr, KEY_BITS // DIGIT_BITS, budget * z_p, n, N, S, SP, KEY_BITS)
     tl.store(limit_ptr + n, tl.where(budget >= 1.0, tl.full((), 1 << 40, tl.int64), prefix))
 
 
@@ -366,10 +387,10 @@ def lane_reduce(m, z, s2, inv_t):
 def _primal_hist_kernel(
     p_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, state_ptr,
     level, N, V, P, stride_b, stride_p, slice_len, S,
-    SP: tl.constexpr, BLOCK: tl.constexpr,
+    SP: tl.constexpr, KEY_BITS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Radix level ``level``: mass histogram (in units of exp(x − max)) of the next
-    4-bit digit of the key, over the keys that share the prefix found so far."""
+    4-bit digit of ``rank_key``, over the keys that share the prefix found so far."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     inv_t = inverse_temperature(temp_ptr, n // P)
@@ -380,11 +401,11 @@ def _primal_hist_kernel(
         base = tl.full((), 0.0, tl.float32)
         done = tl.full((), 0, tl.int1)
     else:
-        prefix, base, done = primal_state(state_ptr, hist_ptr, level, budget * z_p, n, N, S, SP)
+        prefix, base, done = primal_state(state_ptr, hist_ptr, level, budget * z_p, n, N, S, SP, KEY_BITS)
     if j == 0:
         keep_primal_state(state_ptr, level, n, N, prefix, base, done)
     row = row_offset(n, P, stride_b, stride_p)
-    shift = tl.full((), 28, tl.int64) - 4 * level
+    shift = tl.full((), KEY_BITS - DIGIT_BITS, tl.int64) - DIGIT_BITS * level
     digits = tl.arange(0, 16)
     h = tl.zeros([BLOCK, 16], tl.float32)  # per lane: one reduction after the loop
     start, end = slice_bounds(j, slice_len, V)
@@ -394,9 +415,9 @@ def _primal_hist_kernel(
         for off in tl.range(start, end, BLOCK, num_stages=4):
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
-            x = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf")).to(tl.float32)
-            e = tl.exp((x - m_p) * inv_t)
-            key = e.to(tl.int32, bitcast=True).to(tl.int64)
+            x = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf"))
+            e = tl.exp((x.to(tl.float32) - m_p) * inv_t)
+            key = rank_key(x)
             inside = mask & ((key >> (shift + 4)) == (prefix >> (shift + 4)))
             digit = (key >> shift) & 15
             hit = inside[:, None] & (digit[:, None] == digits[None, :])
@@ -430,8 +451,8 @@ def mixture_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.
 
 @triton.jit
 def probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, WITH_Q: tl.constexpr):
-    """p, q (fp32) from logits in their own dtype (q = 0 unless ``WITH_Q``), and the key
-    exp(x_p − max) of the primal select.  Logits are shifted by the row max *before*
+    """p, q (fp32) from logits in their own dtype (q = 0 unless ``WITH_Q``), and
+    e = exp((x_p − max)/T).  Logits are shifted by the row max *before*
     the 1/T scaling, so the arg-max has e = exp(0) = 1 exactly (a fused x/T − max
     could leave it an ulp off), and p = e · (1/z) then equals max p = 1/z exactly, as
     the rules assume."""
@@ -440,7 +461,7 @@ def probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, WITH_Q: tl.constexpr):
         q = tl.exp((xq.to(tl.float32) - m_q) * inv_t) * (1.0 / z_q)
     else:
         q = tl.zeros_like(e)
-    return e * (1.0 / z_p), q, e.to(tl.int32, bitcast=True)
+    return e * (1.0 / z_p), q, e
 
 
 @triton.jit
@@ -471,13 +492,13 @@ def mixture_of(
     KIND,
 ):
     """(π, q) from a chunk's logits: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
-    p, q, key = probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, True)
+    p, q, e = probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, True)
     if KIND == IMPLICIT_REWARD:
         y = reward_logit(xp.to(tl.float32), xq.to(tl.float32), xr.to(tl.float32))
         uniform = tl.where(mask, 1.0 / V, 0.0)
         pi = tl.where(m_y == float("-inf"), uniform, tl.exp((y - tl.where(m_y == float("-inf"), 0.0, m_y)) * inv_t) / z_y)
     else:
-        d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
+        d = deferred(KIND, p, q, e, xp, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
         pi = tl.where(d, 0.0, p) + alpha * q
     return pi, q
 
@@ -541,8 +562,8 @@ def _mass_kernel(
             if NEEDS_Q:
                 next_q = chunk_logits(q_ptr, row, off + BLOCK, end, BLOCK, "evict_first")
             # p = 0 past the end (exp(−inf)), so the sums need no mask.
-            p, q, key = probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, NEEDS_Q)
-            d = deferred(KIND, p, q, key, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
+            p, q, e = probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, NEEDS_Q)
+            d = deferred(KIND, p, q, e, xp, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
             s_d += tl.where(d, p, 0.0)
             s_k += tl.where(d, 0.0, p)
         tl.store(stats_ptr + (S_D * N + n) * S + j, tl.sum(s_d, 0))
@@ -568,16 +589,19 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
         HAS_REF=has_ref, SUM_SQUARES=kind == Kind.SQUARED, maxnreg=MAX_REGISTERS, **common,
     )
     if kind == Kind.PRIMAL:
-        hist = torch.empty(LEVELS, N, S, 16, dtype=torch.float32, device=device)
-        state = torch.empty(LEVELS, N, 3, dtype=torch.int64, device=device)  # before each level
-        for level in range(LEVELS):
+        key_bits = 8 * p.element_size()
+        levels = key_bits // DIGIT_BITS.value
+        hist = torch.empty(levels, N, S, 16, dtype=torch.float32, device=device)
+        state = torch.empty(levels, N, 3, dtype=torch.int64, device=device)  # before each level
+        for level in range(levels):
             _primal_hist_kernel[grid](
                 p, temperature, param, stats, hist, state,
                 level, N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
-                SP=lay.slices_pow2, **dict(common, BLOCK=HIST_BLOCK),
+                SP=lay.slices_pow2, KEY_BITS=key_bits, **dict(common, BLOCK=HIST_BLOCK),
             )
         _primal_limit_kernel[(N,)](
-            stats, hist, state, param, temperature, limits, N, lay.positions, S, SP=lay.slices_pow2, LEVELS=LEVELS,
+            stats, hist, state, param, temperature, limits, N, lay.positions, S,
+            SP=lay.slices_pow2, KEY_BITS=key_bits,
         )
     _mass_kernel[grid](
         p, q, temperature, param, stats, limits, slice_flags, flags,
