@@ -5,7 +5,8 @@ A backend is three functions on already validated, normalized arguments
 per-row bad-logits flags, 2 bits per input tensor (p, q, ref).  ``sample`` and
 ``verify`` draw from the given uniforms; a backend with ``philox_in_kernel``
 is instead handed ``seed``/``offset`` (uniforms None) to draw inside its kernels,
-the others never see a seed.  New backends register a loader here;
+the others never see a seed.  Their keyword ``maybe_greedy=False`` promises that
+no row is greedy (a float T > 0), so a backend may skip its arg-max pass.  New backends register a loader here;
 callers never change.
 """
 
@@ -49,12 +50,14 @@ def _torch_mixture(kind, param, p, q, ref, temperature):
     return probs, alpha, _flags(p, q, ref)
 
 
-def _torch_sample(kind, param, p, q, ref, temperature, uniforms, seed=None, offset=None):
+def _torch_sample(kind, param, p, q, ref, temperature, uniforms, seed=None, offset=None, maybe_greedy=True):
     tokens = reference.sample(kind, param, p, q, ref, temperature, uniforms)
     return tokens, _flags(p, q, ref)
 
 
-def _torch_verify(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed=None, offset=None):
+def _torch_verify(
+    kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed=None, offset=None, maybe_greedy=True
+):
     tokens, accepted = reference.verify(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms)
     flags = _flags(*(None if x is None else x.flatten(0, 1) for x in (p, q, ref))).view(p.shape[:2])
     return tokens, accepted, flags

@@ -18,14 +18,14 @@ def mixture(kind, param, p: Tensor, q, ref, temperature) -> tuple[Tensor, Tensor
     )
 
 
-def sample(kind, param, p: Tensor, q, ref, temperature, uniforms, seed, offset) -> tuple[Tensor, Tensor]:
+def sample(kind, param, p: Tensor, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True) -> tuple[Tensor, Tensor]:
     """tokens i64 [N], flags i32 [N]."""
     batch = p.shape[0]
     return p.new_empty(batch, dtype=torch.int64), p.new_empty(batch, dtype=torch.int32)
 
 
 def verify(
-    kind, param, p: Tensor, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset
+    kind, param, p: Tensor, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy=True
 ) -> tuple[Tensor, Tensor, Tensor]:
     """tokens i64 [B, γ+1], num_accepted i64 [B], flags i32 [B, γ+1]."""
     batch, positions, _ = p.shape

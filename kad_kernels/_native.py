@@ -66,11 +66,13 @@ def _mixture(kind, param, p, q, ref, temperature) -> tuple[Tensor, Tensor, Tenso
     return torch.ops.kad.native_mixture(int(kind), param, p, q, ref, temperature)
 
 
-def _sample(kind, param, p, q, ref, temperature, uniforms, seed, offset) -> tuple[Tensor, Tensor]:
+def _sample(kind, param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True) -> tuple[Tensor, Tensor]:
     return torch.ops.kad.native_sample(int(kind), param, p, q, ref, temperature, uniforms, seed, offset)
 
 
-def _verify(kind, param, p, q, ref, draft, temperature, accept_u, draw_u, seed, offset) -> tuple[Tensor, Tensor, Tensor]:
+def _verify(
+    kind, param, p, q, ref, draft, temperature, accept_u, draw_u, seed, offset, maybe_greedy=True
+) -> tuple[Tensor, Tensor, Tensor]:
     return torch.ops.kad.native_verify(int(kind), param, p, q, ref, draft, temperature, accept_u, draw_u, seed, offset)
 
 

@@ -61,6 +61,11 @@ def _randomness(
     return philox_draws(seed_t, offset_t, batch, positions), None, None
 
 
+def _maybe_greedy(temperature: float | Tensor) -> bool:
+    """False only when no row can be greedy: a float T > 0 (a tensor is not read, a host sync)."""
+    return isinstance(temperature, Tensor) or temperature == 0
+
+
 def _refuse_mixed_randomness(uniforms, generator, seed, offset) -> None:
     if uniforms is not None and (generator is not None or seed is not None or offset is not None):
         raise ValueError("uniforms fixes the randomness: do not also pass generator, seed or offset")
@@ -116,7 +121,9 @@ def sample(
     else:
         u, seed_t, offset_t = _randomness(impl, batch, 1, device, generator, seed, offset)
         u = None if u is None else u[:, 0]
-    tokens, flags = impl.sample(kind, param, p_logits, q_logits, ref_logits, t, u, seed_t, offset_t)
+    tokens, flags = impl.sample(
+        kind, param, p_logits, q_logits, ref_logits, t, u, seed_t, offset_t, maybe_greedy=_maybe_greedy(temperature)
+    )
     if check:
         _validate.raise_on_bad_logits(flags)
     return tokens
@@ -162,7 +169,8 @@ def verify(
         u, seed_t, offset_t = _randomness(impl, batch, positions, device, generator, seed, offset)
         accept, draw = (None, None) if u is None else (u[:, :gamma], u[:, gamma])
     tokens, accepted, flags = impl.verify(
-        kind, param, p_logits, q_logits, ref_logits, draft_tokens, t, accept, draw, seed_t, offset_t
+        kind, param, p_logits, q_logits, ref_logits, draft_tokens, t, accept, draw, seed_t, offset_t,
+        maybe_greedy=_maybe_greedy(temperature),
     )
     if check:
         _validate.raise_on_bad_logits(flags)

@@ -237,6 +237,25 @@ def test_sample_greedy_rows_take_the_argmax(backend, device):
     assert torch.equal(tokens0, _mixture_rows(p, q, rule, 1.0).argmax(-1))
 
 
+def test_float_temperature_gives_the_tensor_temperature_tokens(backend, device):
+    """A float T > 0 tells the backend no row is greedy (it may skip its arg-max pass);
+    the tokens must be those of the same T as a tensor, which promises nothing."""
+    batch, vocab, gamma = 4, 700, 3
+    rule = RULES["dual"][0]
+    p, q = (make_logits((batch, vocab), seed=s).to(device) for s in (410, 411))
+    pv, qv = (make_logits((batch, gamma + 1, vocab), seed=s).to(device) for s in (412, 413))
+    drafts = torch.randint(0, vocab, (batch, gamma), generator=torch.Generator().manual_seed(414)).to(device)
+    u = torch.rand(batch, generator=torch.Generator().manual_seed(415)).to(device)
+    a = torch.rand(batch, gamma, generator=torch.Generator().manual_seed(416)).to(device)
+    t = torch.full((batch,), 0.7, device=device)
+    assert torch.equal(kk.sample(p, q, rule, 0.7, uniforms=u, backend=backend),
+                       kk.sample(p, q, rule, t, uniforms=u, backend=backend))
+    float_t = kk.verify(pv, qv, drafts, rule, 0.7, uniforms=(a, u), backend=backend)
+    tensor_t = kk.verify(pv, qv, drafts, rule, t, uniforms=(a, u), backend=backend)
+    assert torch.equal(float_t.tokens, tensor_t.tokens)
+    assert torch.equal(float_t.num_accepted, tensor_t.num_accepted)
+
+
 @pytest.mark.parametrize("key", ["dual", "primal", "implicit_reward"])
 def test_verify_greedy_rows(backend, device, slow, key):
     rule = RULES[key][0]

@@ -80,9 +80,10 @@ def compile_launches(call: Callable[[], object], target: GPUTarget = HOPPER,
 
 
 def operation(op: str, kind: Kind, batch: int, vocab: int, dtype: torch.dtype, *, gamma: int = 4,
-              philox: bool = False, temperature: float = 1.0) -> Callable[[], object]:
+              philox: bool = False, temperature: float = 1.0, maybe_greedy: bool = True) -> Callable[[], object]:
     """A call of the backend's ``op`` ("mixture", "sample" or "verify") on zero CPU
-    tensors of the given shape: what ``compile_launches`` takes."""
+    tensors of the given shape: what ``compile_launches`` takes.  ``maybe_greedy``
+    as the API sets it (False: a float T > 0, no arg-max pass)."""
     shape = (batch, vocab) if op != "verify" else (batch, gamma + 1, vocab)
     p, q = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
     ref = torch.zeros(shape, dtype=dtype) if kind == Kind.IMPLICIT_REWARD else None
@@ -92,10 +93,10 @@ def operation(op: str, kind: Kind, batch: int, vocab: int, dtype: torch.dtype, *
         return lambda: mixture.mixture(kind, param, p, q, ref, temp)
     if op == "sample":
         u = None if philox else torch.zeros(batch)
-        return lambda: sample.sample(kind, param, p, q, ref, temp, u, seed, offset)
+        return lambda: sample.sample(kind, param, p, q, ref, temp, u, seed, offset, maybe_greedy)
     draft = torch.zeros(batch, gamma, dtype=torch.int64)
     a, s = (None, None) if philox else (torch.zeros(batch, gamma), torch.zeros(batch))
-    return lambda: verify.verify(kind, param, p, q, ref, draft, temp, a, s, seed, offset)
+    return lambda: verify.verify(kind, param, p, q, ref, draft, temp, a, s, seed, offset, maybe_greedy)
 
 
 @dataclass(frozen=True)

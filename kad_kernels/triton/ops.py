@@ -45,9 +45,10 @@ def _sample_op(
     uniforms: Optional[Tensor],
     seed: Optional[Tensor],
     offset: Optional[Tensor],
+    maybe_greedy: bool,
 ) -> tuple[Tensor, Tensor]:
     p, q, ref = _same_strides(p, q, ref)
-    return _sample.sample(Kind(kind), param, p, q, ref, temperature, uniforms, seed, offset)
+    return _sample.sample(Kind(kind), param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy)
 
 
 _sample_op.register_fake(_fake.sample)
@@ -66,10 +67,11 @@ def _verify_op(
     draw_uniforms: Optional[Tensor],
     seed: Optional[Tensor],
     offset: Optional[Tensor],
+    maybe_greedy: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
     p, q, ref = _same_strides(p, q, ref)
     return _verify.verify(
-        Kind(kind), param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset
+        Kind(kind), param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy
     )
 
 
@@ -80,9 +82,13 @@ def mixture_op(kind, param, p, q, ref, temperature):
     return _mixture_op(int(kind), param, p, q, ref, temperature)
 
 
-def sample_op(kind, param, p, q, ref, temperature, uniforms, seed, offset):
-    return _sample_op(int(kind), param, p, q, ref, temperature, uniforms, seed, offset)
+def sample_op(kind, param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True):
+    return _sample_op(int(kind), param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy)
 
 
-def verify_op(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset):
-    return _verify_op(int(kind), param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset)
+def verify_op(
+    kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy=True
+):
+    return _verify_op(
+        int(kind), param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy
+    )

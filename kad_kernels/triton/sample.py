@@ -37,8 +37,8 @@ def _sample_kernel(
     tl.store(out_ptr + b, token.to(tl.int64))
 
 
-def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset):
-    """Tokens i64 [B] and bad-logits flags [B]."""
+def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True):
+    """Tokens i64 [B] and bad-logits flags [B]; no arg-max pass unless ``maybe_greedy``."""
     batch, vocab = p.shape
     lay = layout(batch, 1, vocab, p.device)
     stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
@@ -46,10 +46,12 @@ def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset):
     best_idx = torch.empty(batch, lay.slices, dtype=torch.int32, device=p.device)
     r = ref if ref is not None else p
     common = dict(SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
-    _argmax_kernel[(batch, lay.slices)](
-        p, q, r, temperature, param, stats, limits, best_val, best_idx,
-        batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), maxnreg=MAX_REGISTERS, **common,
-    )
+    if maybe_greedy:
+        _argmax_kernel[(batch, lay.slices)](
+            p, q, r, temperature, param, stats, limits, best_val, best_idx,
+            batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), maxnreg=MAX_REGISTERS,
+            **common,
+        )
     tokens = torch.empty(batch, dtype=torch.int64, device=p.device)
     philox = uniforms is None
     _sample_kernel[(batch,)](

@@ -136,8 +136,11 @@ def _verify_draw_kernel(
     tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
 
 
-def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset):
-    """Tokens i64 [B, γ+1], num_accepted i64 [B], flags [B, γ+1]."""
+def verify(
+    kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy=True
+):
+    """Tokens i64 [B, γ+1], num_accepted i64 [B], flags [B, γ+1]; no arg-max pass unless
+    ``maybe_greedy``."""
     batch, positions, vocab = p.shape
     rows = batch * positions
     lay = layout(rows, positions, vocab, p.device)
@@ -148,9 +151,10 @@ def verify(kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, dr
     r = ref if ref is not None else p
     geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slice_len, lay.slices)
     common = dict(KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
-    _argmax_kernel[(rows, lay.slices)](
-        p, q, r, temperature, param, stats, limits, best_val, best_idx, *geometry, maxnreg=MAX_REGISTERS, **common
-    )
+    if maybe_greedy:
+        _argmax_kernel[(rows, lay.slices)](
+            p, q, r, temperature, param, stats, limits, best_val, best_idx, *geometry, maxnreg=MAX_REGISTERS, **common
+        )
     tokens = torch.empty(batch, positions, dtype=torch.int64, device=device)
     accepted = torch.empty(batch, dtype=torch.int64, device=device)
     philox = accept_uniforms is None
