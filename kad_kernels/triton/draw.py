@@ -128,7 +128,8 @@ def draw_row(
     # positive mass (its last positive token is then drawn, below).
     off = start
     running = 0.0
-    found = 0
+    # A one-chunk slice (small batches) is that chunk: straight to its scan.
+    found = (end - start <= BLOCK).to(tl.int32)
     last_off = start
     last_running = 0.0
     cols = start + tl.arange(0, BLOCK)
