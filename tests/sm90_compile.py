@@ -9,10 +9,12 @@ uniforms and Philox, greedy rows.  Run as a script (``python tests/sm90_compile.
 in a process without ``TRITON_INTERPRET``; ``test_triton_compiles.py`` does that.
 Prints one line per call.
 
-It also fails on two performance regressions a compiler can show: a launch that
-spills registers to local memory, and a 16-bit load of one element where rows of
+It also fails on performance regressions a compiler can show: a launch that
+spills registers to local memory; a 16-bit load of one element where rows of
 16-byte multiples allow vector loads (the draw lost its vector loads once; only
-the accept chain, which reads single draft tokens, loads elements alone).
+the accept chain, which reads single draft tokens, loads elements alone); and a
+pass over whole rows with fewer resident programs per SM than the slicing
+(``stats.PROGRAMS_PER_SM``) counts on.
 """
 
 from __future__ import annotations
@@ -25,11 +27,12 @@ assert os.environ.get("TRITON_INTERPRET") != "1", "the GPU compiler does not run
 import torch  # noqa: E402
 
 from kad_kernels.rules import Kind  # noqa: E402
-from kad_kernels.triton import offline  # noqa: E402
+from kad_kernels.triton import offline, stats  # noqa: E402
 
 
 WIDE = 50304  # rows of 16-byte multiples in every dtype: vector loads possible
 POINT_LOADS = {"_accept_kernel"}
+STREAMING = {"_stats_kernel", "_mass_kernel", "_argmax_kernel", "_draw_masses_kernel"}
 
 
 def calls():
@@ -56,6 +59,9 @@ def regressions(launch: offline.Launch, wide: bool) -> list[str]:
     found = [f"{launch.name} spills {r.local_bytes} B per thread"] if r.local_bytes else []
     if wide and launch.name not in POINT_LOADS and r.loads.get("U16"):
         found.append(f"{launch.name} loads 16-bit elements one by one ({r.loads['U16']} LDG.U16)")
+    if launch.name in STREAMING and r.blocks_per_sm < stats.PROGRAMS_PER_SM:
+        found.append(f"{launch.name}: {r.blocks_per_sm} programs per SM ({r.registers} registers, "
+                     f"{r.shared_bytes} B shared), the slicing assumes {stats.PROGRAMS_PER_SM}")
     return found
 
 
