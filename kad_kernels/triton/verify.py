@@ -1,12 +1,11 @@
 """``verify``: speculative verification with draft q and target π (DESIGN §2).
 
 Logits ``[B, γ+1, V]`` are ``N = B·(γ+1)`` mixture rows for the statistics
-passes.  Then one program per batch row runs the accept chain on the draft
-tokens (point evaluations of π and q, no pass over V); a pass over the one
-position each row draws at gives the slice masses of π and, after a rejection,
-of the residual ``max(π − q, 0)`` — positive only on kept tokens, since
-``π − q = p(1 − d) + (α − 1) q`` — and the shared draw (draw.py) emits the last
-token.
+passes.  Then one launch runs the accept chain on the draft tokens (point
+evaluations of π and q, no pass over V) and a pass over the one position each
+row draws at, for the slice masses of π and, after a rejection, of the residual
+``max(π − q, 0)`` — positive only on kept tokens, since
+``π − q = p(1 − d) + (α − 1) q``; the shared draw (draw.py) emits the last token.
 """
 
 from __future__ import annotations
@@ -23,15 +22,16 @@ from .stats import (
 )
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
-def _accept_kernel(
+@triton.jit
+def accept_chain(
     p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-    a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr,
+    a_ptr, seed_ptr, offset_ptr, tokens_ptr, b, write,
     N, V, P, stride_b, stride_p, S,
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr,
 ):
-    """Accept x_i iff a_i q_i(x_i) < π_i(x_i) (greedy: x_i = argmax π_i), in order."""
-    b = tl.program_id(0)
+    """Accept x_i iff a_i q_i(x_i) < π_i(x_i) (greedy: x_i = argmax π_i), in order: the
+    number accepted in row b; with ``write``, also its tokens (the accepted drafts, −1
+    after them and at γ, where the draw will write)."""
     gamma = P - 1
     greedy = tl.load(temp_ptr + b) == 0
     going = 1
@@ -58,24 +58,32 @@ def _accept_kernel(
         ok = tl.where(greedy, x == greedy_token(best_val_ptr, best_idx_ptr, n, S, SP), coin * q_x < pi_x)
         going = going & ok.to(tl.int32)
         accepted += going
-        tl.store(tokens_ptr + b * P + i, tl.where(going != 0, x.to(tl.int64), -1))
-    tl.store(tokens_ptr + b * P + gamma, tl.full((), -1, tl.int64))
-    tl.store(accepted_ptr + b, accepted.to(tl.int64))
+        tl.store(tokens_ptr + b * P + i, tl.where(going != 0, x.to(tl.int64), -1), mask=write)
+    tl.store(tokens_ptr + b * P + gamma, tl.full((), -1, tl.int64), mask=write)
+    return accepted
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
-def _draw_masses_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
+def _accept_kernel(
+    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+    a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
     N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
-    KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Slice j's masses of π_i and of the residual max(π_i − q_i, 0) at the position
-    i where sampled row b draws (the rejection, or γ for the bonus; no residual
-    there).  The slices are those of a B-row layout, not of the B·(γ+1) rows of the
-    statistics: only one position per row is read, so the grid stays full."""
+    """Program (b, j): row b's accept chain, then slice j's masses of π_i and of the
+    residual max(π_i − q_i, 0) at the position i where the row draws (the rejection,
+    or γ for the bonus; no residual there).  Every slice program runs the chain — γ
+    point evaluations cost less than a launch — and slice 0 writes its result.  The
+    slices are those of a B-row layout, not of the B·(γ+1) rows of the statistics:
+    only one position per row is read, so the grid stays full."""
     b = tl.program_id(0)
     j = tl.program_id(1)
-    i = tl.load(accepted_ptr + b).to(tl.int32)
+    i = accept_chain(
+        p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+        a_ptr, seed_ptr, offset_ptr, tokens_ptr, b, j == 0,
+        N, V, P, stride_b, stride_p, S, PHILOX, KIND, SP,
+    )
+    tl.store(accepted_ptr + b, i.to(tl.int64), mask=j == 0)
     rejected = i < P - 1
     res_total = 0.0
     pi_total = 0.0
@@ -159,19 +167,14 @@ def verify(
     accepted = torch.empty(batch, dtype=torch.int64, device=device)
     philox = accept_uniforms is None
     randomness = (seed, offset) if philox else (flags, flags)
-    _accept_kernel[(batch,)](
-        p, q, r, draft.contiguous(), temperature, param, stats, limits, best_val, best_idx,
-        stats if philox else accept_uniforms.contiguous(), *randomness, tokens, accepted,
-        rows, vocab, positions, p.stride(0), p.stride(1), lay.slices,
-        PHILOX=philox, KIND=int(kind), SP=lay.slices_pow2,
-    )
     draw = layout(batch, 1, vocab, device)
     res_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
     pi_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
     draw_geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slices, draw.slice_len, draw.slices)
-    _draw_masses_kernel[(batch, draw.slices)](
-        p, q, r, temperature, param, stats, limits, accepted, res_mass, pi_mass, *draw_geometry,
-        maxnreg=MAX_REGISTERS, **common,
+    _accept_kernel[(batch, draw.slices)](
+        p, q, r, draft.contiguous(), temperature, param, stats, limits, best_val, best_idx,
+        stats if philox else accept_uniforms.contiguous(), *randomness, tokens, accepted, res_mass, pi_mass,
+        *draw_geometry, PHILOX=philox, maxnreg=MAX_REGISTERS, **common,
     )
     _verify_draw_kernel[(batch,)](
         p, q, r, temperature, param, stats, limits, best_val, best_idx,
