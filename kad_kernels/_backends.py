@@ -56,7 +56,8 @@ def _torch_sample(kind, param, p, q, ref, temperature, uniforms, seed=None, offs
 
 
 def _torch_verify(
-    kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed=None, offset=None, maybe_greedy=True
+    kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms,
+    seed=None, offset=None, maybe_greedy=True,
 ):
     tokens, accepted = reference.verify(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms)
     flags = _flags(*(None if x is None else x.flatten(0, 1) for x in (p, q, ref))).view(p.shape[:2])

@@ -18,7 +18,9 @@ def mixture(kind, param, p: Tensor, q, ref, temperature) -> tuple[Tensor, Tensor
     )
 
 
-def sample(kind, param, p: Tensor, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True) -> tuple[Tensor, Tensor]:
+def sample(
+    kind, param, p: Tensor, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True
+) -> tuple[Tensor, Tensor]:
     """tokens i64 [N], flags i32 [N]."""
     batch = p.shape[0]
     return p.new_empty(batch, dtype=torch.int64), p.new_empty(batch, dtype=torch.int32)

@@ -17,8 +17,8 @@ import triton.language as tl
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token
 from .stats import (
-    BLOCK, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of, mixture_state, row_offset, row_statistics,
-    slice_bounds,
+    BLOCK, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of, mixture_state, row_offset,
+    row_statistics, slice_bounds,
 )
 
 
