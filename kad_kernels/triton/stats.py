@@ -430,7 +430,11 @@ def row_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.cons
     """Everything a kernel needs to evaluate π on any chunk of row ``n``."""
     inv_t = inverse_temperature(temp_ptr, n // P)
     m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, N, S, SP, inv_t)
-    m_y, z_y = combine_lse(stats_ptr, M_Y, Z_Y, n, N, S, SP, inv_t)
+    if KIND == IMPLICIT_REWARD:  # pass 1 fills the y fields for this rule only
+        m_y, z_y = combine_lse(stats_ptr, M_Y, Z_Y, n, N, S, SP, inv_t)
+    else:
+        m_y = tl.full((), float("-inf"), tl.float32)
+        z_y = tl.full((), 0.0, tl.float32)
     a = tl.load(param_ptr + n // P)
     if KIND == PRIMAL:
         key_limit = tl.load(limit_ptr + n)
