@@ -67,3 +67,23 @@ def test_verify_does_not_depend_on_the_cut(multiprocessors, rule):
     assert want.num_accepted[0] == GAMMA and want.num_accepted[2] < GAMMA, "both draws are exercised"
     assert torch.equal(got.num_accepted, want.num_accepted)
     assert torch.equal(got.tokens, want.tokens)
+
+
+@pytest.mark.parametrize("rows", [1, 3, 8, 40, 64, 256, 320, 1280])
+@pytest.mark.parametrize("chunks", [1, 5, 16, 25, 75, 125])
+def test_slices_are_even_and_fill_at_most_two_waves(rows, chunks):
+    """The cut of ``stats.layout``: slices of equal length (the last may be shorter),
+    within two waves of 4 programs per SM on 132 SMs unless a row is one slice."""
+    slots = stats.PROGRAMS_PER_SM * 132
+    per_slice = stats._chunks_per_slice(rows, chunks, slots)
+    slices = -(-chunks // per_slice)
+    assert per_slice == -(-chunks // slices), "slices of equal length"
+    assert slices == 1 or rows * slices <= 2 * slots
+
+
+@pytest.mark.parametrize("rows,slices", [(1, 75), (64, 8), (256, 2), (1280, 1)])
+def test_headline_cuts(rows, slices):
+    """V = 151936 (75 chunks) on an H100: B = 1 as many slices as chunks, B = 64 one
+    wave of 512 programs, B = 256 two slices, verify's 1280 rows unsplit."""
+    per_slice = stats._chunks_per_slice(rows, 75, stats.PROGRAMS_PER_SM * 132)
+    assert -(-75 // per_slice) == slices
