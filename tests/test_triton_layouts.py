@@ -10,6 +10,7 @@ cut must give the reference's tokens (uniforms) and its π and α.
 
 import pytest
 import torch
+import triton
 
 import kad_kernels as kk
 from helpers import make_logits, masked, neg_inf_mask
@@ -76,8 +77,8 @@ def test_slices_are_even_and_fill_at_most_two_waves(rows, chunks):
     within two waves of 4 programs per SM on 132 SMs unless a row is one slice."""
     slots = stats.PROGRAMS_PER_SM * 132
     per_slice = stats._chunks_per_slice(rows, chunks, slots)
-    slices = -(-chunks // per_slice)
-    assert per_slice == -(-chunks // slices), "slices of equal length"
+    slices = triton.cdiv(chunks, per_slice)
+    assert per_slice == triton.cdiv(chunks, slices), "slices of equal length"
     assert slices == 1 or rows * slices <= 2 * slots
 
 
@@ -86,4 +87,4 @@ def test_headline_cuts(rows, slices):
     """V = 151936 (75 chunks) on an H100: B = 1 as many slices as chunks, B = 64 one
     wave of 512 programs, B = 256 two slices, verify's 1280 rows unsplit."""
     per_slice = stats._chunks_per_slice(rows, 75, stats.PROGRAMS_PER_SM * 132)
-    assert -(-75 // per_slice) == slices
+    assert triton.cdiv(75, per_slice) == slices

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import math
 import re
 import subprocess
 import tempfile
@@ -50,10 +51,7 @@ class Launch:
 
     @property
     def programs(self) -> int:
-        total = 1
-        for g in self.grid:
-            total *= g
-        return total
+        return math.prod(self.grid)
 
 
 def compile_launches(call: Callable[[], object], target: GPUTarget = HOPPER,
