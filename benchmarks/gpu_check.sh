@@ -5,6 +5,7 @@
 #   2. kernel benchmarks, two passes           -> $OUT/bench.log, $OUT/headline/bench_kernels.{csv,md},
 #                                                 $OUT/grid/bench_kernels.{csv,md,png}
 #   3. Nsight Compute on the headline calls    -> $OUT/profile.log (skipped without ncu)
+#   4. compute-sanitizer memcheck of the calls -> $OUT/sanitizer.log (skipped without it)
 # Every step runs even if an earlier one fails; the exit status is nonzero if any failed.
 # The machine is assumed offline with torch/triton preinstalled: pip never resolves
 # dependencies here.  Budget: about 8 minutes, to fit one 10-minute device call (tests
@@ -17,13 +18,15 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 OUT=${OUT:-benchmarks/out}
 PY=${PYTHON:-python3}
-# Worst case with a ~90 s build: 90 + 120 + 150 + 150 + 75 s, inside a 600 s call.
+# Worst case with a ~60 s build: 60 + 120 + 130 + 130 + 60 + 75 s, inside a 600 s call
+# (typically each benchmark pass ends within ~15 s of its MAX_SECONDS).
 TEST_TIMEOUT=${TEST_TIMEOUT:-120}
-HEADLINE_MAX_SECONDS=${HEADLINE_MAX_SECONDS:-90}
-HEADLINE_TIMEOUT=${HEADLINE_TIMEOUT:-150}
-BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-100}
-BENCH_TIMEOUT=${BENCH_TIMEOUT:-150}
-PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-75}
+HEADLINE_MAX_SECONDS=${HEADLINE_MAX_SECONDS:-80}
+HEADLINE_TIMEOUT=${HEADLINE_TIMEOUT:-130}
+BENCH_MAX_SECONDS=${BENCH_MAX_SECONDS:-90}
+BENCH_TIMEOUT=${BENCH_TIMEOUT:-130}
+PROFILE_TIMEOUT=${PROFILE_TIMEOUT:-60}
+SANITIZER_TIMEOUT=${SANITIZER_TIMEOUT:-75}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
 # Import the checkout even if the editable install below fails.
@@ -99,7 +102,8 @@ bench() {  # bench NAME MAX_SECONDS TIMEOUT ARGS...: one pass into $OUT/NAME
 # torch.compile has failed here before (Inductor, torch 2.11): keep its internal trace in the log.
 # shellcheck disable=SC2086
 TORCHDYNAMO_VERBOSE=1 bench headline "$HEADLINE_MAX_SECONDS" "$HEADLINE_TIMEOUT" $HEADLINE_ARGS
-rm -f "$OUT/headline/bench_kernels.png"  # one shape: the table says it all (and files are counted)
+# One shape: the CSV says it all (and the files that come back are counted).
+rm -f "$OUT/headline/bench_kernels.png" "$OUT/headline/bench_kernels.md"
 # shellcheck disable=SC2086
 bench grid "$BENCH_MAX_SECONDS" "$BENCH_TIMEOUT" $BENCH_ARGS
 
@@ -114,6 +118,33 @@ if command -v ncu >/dev/null 2>&1; then
     [ "$status" -eq 0 ] || failed+=("profile (exit $status)")
 else
     echo "== Nsight Compute (ncu) not found: no profile"
+fi
+
+if command -v compute-sanitizer >/dev/null 2>&1; then
+    # Without torch's caching allocator every tensor is its own cudaMalloc, so memcheck
+    # sees an access past a tensor's end even when the pool has memory there.  Both
+    # layouts of the cuda backend: split vocabulary (B = 8) and one block per row (B = 1056);
+    # the triton kernels at B = 8.
+    echo "== compute-sanitizer memcheck: the headline calls, both layouts -> $OUT/sanitizer.log"
+    start=$SECONDS
+    status=0
+    for run in "cuda 8" "cuda 1056" "triton 8"; do
+        set -- $run
+        left=$((SANITIZER_TIMEOUT - (SECONDS - start)))
+        if [ "$left" -lt 10 ]; then echo "   out of time before backend $1, B = $2"; status=124; break; fi
+        echo "-- backend $1, B = $2, V = 50257" >> "$OUT/sanitizer.log"
+        PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$left" \
+            compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \
+            "$PY" benchmarks/profile_kernels.py --backend "$1" --batch "$2" --vocab 50257 >> "$OUT/sanitizer.log" 2>&1
+        code=$?
+        echo "   backend $1, B = $2: exit $code"
+        [ "$code" -eq 0 ] || status=$code
+    done
+    echo "   compute-sanitizer done after $((SECONDS - start))s"
+    grep -E "ERROR SUMMARY|Invalid|out of bounds" "$OUT/sanitizer.log" | sort | uniq -c | head -n 20
+    [ "$status" -eq 0 ] || failed+=("sanitizer (exit $status)")
+else
+    echo "== compute-sanitizer not found: no memcheck"
 fi
 
 if ((${#failed[@]})); then

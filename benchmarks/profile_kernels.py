@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""The headline calls once each, for a profiler: run under Nsight Compute.
+"""The headline calls once each, for a profiler or a sanitizer: run under Nsight Compute,
 
     ncu --profile-from-start off --section SpeedOfLight --section Occupancy \\
         python benchmarks/profile_kernels.py [--backend triton] [--batch 64] [--vocab 151936]
@@ -9,6 +9,12 @@ Warms every call up first (compilation, autotuning, allocator), then brackets on
 ``torch.cuda.profiler.start``/``stop``, so ncu sees exactly their kernels: per kernel, the
 achieved DRAM throughput, issue-slot use and occupancy that explain the times of
 ``bench_kernels.py``.  Inputs are Gaussian bf16 logits, as there.
+
+Or under compute-sanitizer (``gpu_check.sh`` does both), where every launch of the
+warm-up and the bracketed calls is checked:
+
+    PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 \\
+        python benchmarks/profile_kernels.py --backend cuda --batch 8 --vocab 50257
 """
 
 from __future__ import annotations
