@@ -21,6 +21,7 @@ from torch import Tensor
 
 from . import reference
 from ._random import philox_uniform
+from .rules import Kind
 
 
 @dataclass(frozen=True)
@@ -102,9 +103,12 @@ _REGISTRY: dict[str, tuple[Callable[[], Backend], tuple[str, ...], str]] = {
     ),
 }
 
-# Fastest first, per device type.  CUDA: triton before cuda until the cuda kernels
-# have GPU measurements in benchmarks/RESULTS.md.  CPU: the C++ kernels (see there).
+# Fastest first, per device type and rule, as measured in benchmarks/RESULTS.md.
+# CUDA (H100, 2026-11-26, every B, V and dtype of the grid): triton beats cuda on
+# every rule but Primal (1.3–2× at B ≥ 8, within 10 % at B = 1), and cuda's radix
+# select beats triton's on Primal (3–13×).  CPU: the C++ kernels (2–20× the reference).
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
+_AUTO_ORDER_PRIMAL = {"cuda": ("cuda", "triton", "torch")}
 
 
 _LOADED: dict[str, Backend | None] = {}
@@ -134,10 +138,12 @@ def available_backends() -> list[str]:
     return [name for name in _REGISTRY if _load(name) is not None]
 
 
-def resolve(name: str, device: torch.device) -> Backend:
-    """The backend ``name`` (or the fastest for ``device`` if ``"auto"``)."""
+def resolve(name: str, device: torch.device, kind: Kind | None = None) -> Backend:
+    """The backend ``name`` (or, if ``"auto"``, the fastest for ``device`` and the
+    rule ``kind``)."""
     if name == "auto":
-        for candidate in _AUTO_ORDER.get(device.type, ("torch",)):
+        order = _AUTO_ORDER_PRIMAL if kind == Kind.PRIMAL else _AUTO_ORDER
+        for candidate in order.get(device.type, _AUTO_ORDER.get(device.type, ("torch",))):
             backend = _load(candidate)
             if backend is not None and _serves(candidate, device):
                 return backend

@@ -35,7 +35,7 @@ def _prepare(p_logits, q_logits, ref_logits, rule: Rule, temperature, ndim: int,
     t = _validate.temperature(temperature, batch, device)
     if check and isinstance(temperature, Tensor):
         _validate.temperature_values(t)
-    return resolve(backend, device), kind, param, t
+    return resolve(backend, device, kind), kind, param, t
 
 
 def _randomness(

@@ -43,3 +43,14 @@ def test_one_block_per_row_matches_the_reference_and_the_sliced_layout(rule):
     pi = expected.probs.double().cpu().numpy()
     for n in torch.nonzero(tokens != expected_tokens).flatten().tolist():
         assert cdf_boundary_distance(pi[n], float(u[n])) <= 1e-5, f"row {n}: {tokens[n]} vs {expected_tokens[n]}"
+
+
+def test_auto_takes_the_backend_measured_fastest_for_the_rule():
+    """RESULTS.md (H100): cuda for Primal, triton (when installed) for the others."""
+    from kad_kernels import _backends
+    from kad_kernels.rules import Kind
+
+    device = torch.device("cuda")
+    assert _backends.resolve("auto", device, Kind.PRIMAL).name == "cuda"
+    others = "triton" if "triton" in kk.available_backends() else "cuda"
+    assert _backends.resolve("auto", device, Kind.LOGISTIC).name == others
