@@ -105,7 +105,7 @@ def draw_weights(
 def draw_row(
     p_ptr, q_ptr, r_ptr, row, masses, residual, u, slice_len, V,
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
-    KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
+    KIND, SP: tl.constexpr, BLOCK: tl.constexpr, WALK: tl.constexpr = 4,
 ):
     """The inverse CDF at ``u`` of a row's weights — π, or the residual
     max(π − q, 0) when ``residual`` — given their ``masses`` over the row's
@@ -114,7 +114,8 @@ def draw_row(
 
     Three steps, so the serial part is short: the slice holding u·Σ from
     ``masses``; in it, chunk sums until the running mass passes the target (a
-    sum per chunk, no scan, stopping early); the prefix scan of that chunk only."""
+    sum per chunk, ``WALK`` chunks a step, no scan, stopping early); the prefix
+    scan of that chunk only."""
     js = tl.arange(0, SP)
     prefix = tl.cumsum(masses, 0)
     target = u * tl.sum(masses, 0)
@@ -123,32 +124,35 @@ def draw_row(
     target -= tl.sum(tl.where(js < j_star, masses, 0.0), 0)
     start = j_star * slice_len
     end = tl.minimum(start + slice_len, V)
-    # Chunk sums: stop at the first chunk whose mass carries the running sum past
-    # the target; if rounding leaves u·Σ above every chunk, the last chunk of
-    # positive mass (its last positive token is then drawn, below).
+    # Chunk sums, WALK chunks per step as one [WALK, BLOCK] tile (a step's loads all
+    # in flight at once; the walk is a chain of dependent steps, so fewer, wider
+    # steps are what shortens it): stop at the first chunk whose mass carries the
+    # running sum past the target; if rounding leaves u·Σ above every chunk, the
+    # last chunk of positive mass (its last positive token is then drawn, below).
+    ks = tl.arange(0, WALK)
+    tile = ks[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
     off = start
     running = 0.0
     # A one-chunk slice (small batches) is that chunk: straight to its scan.
     found = (end - start <= BLOCK).to(tl.int32)
     last_off = start
     last_running = 0.0
-    cols = start + tl.arange(0, BLOCK)
-    next_p, next_q, next_r = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, cols < end, KIND)
     while (off < end) & (found == 0):
-        cols = off + tl.arange(0, BLOCK)
-        xp, xq, xr = next_p, next_q, next_r
-        # Fetched ahead, as in the passes: at most one chunk past the one found.
-        next_p, next_q, next_r = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols + BLOCK, cols + BLOCK < end, KIND)
+        cols = off + tile
+        xp, xq, xr = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, cols < end, KIND)
         w = draw_weights(
             xp, xq, xr, cols < end, V, residual,
             m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND,
         )
-        mass = tl.sum(w, 0)
-        found = ((running + mass > target) & (mass > 0)).to(tl.int32)
-        last_off = tl.where(mass > 0, off, last_off)
-        last_running = tl.where(mass > 0, running, last_running)
-        running = tl.where(found != 0, running, running + mass)
-        off = tl.where(found != 0, off, off + BLOCK)
+        mass = tl.sum(w, 1)  # [WALK]: one per chunk
+        before = running + tl.cumsum(mass, 0) - mass  # running sum ahead of each chunk
+        k = tl.min(tl.where((before + mass > target) & (mass > 0), ks, WALK), 0)
+        found = (k < WALK).to(tl.int32)
+        k_last = tl.max(tl.where(mass > 0, ks, -1), 0)
+        last_off = tl.where(k_last >= 0, off + k_last * BLOCK, last_off)
+        last_running = tl.where(k_last >= 0, tl.sum(tl.where(ks == k_last, before, 0.0), 0), last_running)
+        running = tl.where(found != 0, tl.sum(tl.where(ks == k, before, 0.0), 0), running + tl.sum(mass, 0))
+        off = tl.where(found != 0, off + k * BLOCK, off + WALK * BLOCK)
     off = tl.where(found != 0, off, last_off)
     running = tl.where(found != 0, running, last_running)
     cols = off + tl.arange(0, BLOCK)

@@ -217,8 +217,8 @@ def rank_key(x):
     equal logits — genuine ties, which Primal defers together — share a key (−0 is
     folded into +0).  Half the radix levels of a key on fp32 p for 16-bit logits."""
     x = tl.where(x == 0, tl.zeros_like(x), x)
-    if x.dtype.primitive_bitwidth == 16:
-        bits = x.to(tl.int16, bitcast=True).to(tl.int64) & 0xFFFF
+    if x.dtype.primitive_bitwidth == 16:  # 32-bit arithmetic: half the instructions of 64
+        bits = x.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         sign = 0x8000
         ones = 0xFFFF
     else:
@@ -405,9 +405,11 @@ def _primal_hist_kernel(
     if j == 0:
         keep_primal_state(state_ptr, level, n, N, prefix, base, done)
     row = row_offset(n, P, stride_b, stride_p)
-    shift = tl.full((), KEY_BITS - DIGIT_BITS, tl.int64) - DIGIT_BITS * level
+    shift = KEY_BITS - DIGIT_BITS - DIGIT_BITS * level
     digits = tl.arange(0, 16)
-    h = tl.zeros([BLOCK, 16], tl.float32)  # per lane: one reduction after the loop
+    # Digits along the first axis: each thread holds all 16 of its elements' digits,
+    # so an element's exp and key are computed once, not once per digit lane.
+    h = tl.zeros([16, BLOCK], tl.float32)
     start, end = slice_bounds(j, slice_len, V)
     if done == 0:
         # Few bytes per thread and chunk (the histogram is register-hungry): keep
@@ -416,13 +418,13 @@ def _primal_hist_kernel(
             cols = off + tl.arange(0, BLOCK)
             mask = cols < end
             x = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf"))
-            e = tl.exp((x.to(tl.float32) - m_p) * inv_t)
             key = rank_key(x)
-            inside = mask & ((key >> (shift + 4)) == (prefix >> (shift + 4)))
+            high = (prefix >> (shift + DIGIT_BITS)).to(key.dtype)
+            inside = mask & ((key >> (shift + DIGIT_BITS)) == high)
+            e = tl.where(inside, tl.exp((x.to(tl.float32) - m_p) * inv_t), 0.0)
             digit = (key >> shift) & 15
-            hit = inside[:, None] & (digit[:, None] == digits[None, :])
-            h += tl.where(hit, e[:, None], 0.0)
-    tl.store(hist_ptr + ((level * N + n) * S + j) * 16 + digits, tl.sum(h, 0))
+            h += tl.where(digit[None, :] == digits[:, None], e[None, :], 0.0)
+    tl.store(hist_ptr + ((level * N + n) * S + j) * 16 + digits, tl.sum(h, 1))
 
 
 @triton.jit
