@@ -556,17 +556,24 @@ def _mass_kernel(
         start, end = slice_bounds(j, slice_len, V)
         s_d = tl.zeros([BLOCK], tl.float32)
         s_k = tl.zeros([BLOCK], tl.float32)
-        # As in pass 1, the next chunk is loaded before this one is reduced.
-        next_p = chunk_logits(p_ptr, row, start, end, BLOCK, "evict_first")
+        # Backwards through the slice: pass 1 (all slices at once, one wave) read the
+        # slices' ends last, so those are what L2 still holds; walking forwards would
+        # first ask for what L2 evicted first.  As in pass 1, the next chunk is loaded
+        # before this one is reduced.
+        last = start + (tl.cdiv(end - start, BLOCK) - 1) * BLOCK
+        next_p = chunk_logits(p_ptr, row, last, end, BLOCK, "evict_first")
         next_q = next_p
         if NEEDS_Q:
-            next_q = chunk_logits(q_ptr, row, start, end, BLOCK, "evict_first")
-        for off in range(start, end, BLOCK):
+            next_q = chunk_logits(q_ptr, row, last, end, BLOCK, "evict_first")
+        for i in range(0, end - start, BLOCK):
             xp = next_p
             xq = next_q
-            next_p = chunk_logits(p_ptr, row, off + BLOCK, end, BLOCK, "evict_first")
+            # Before the slice's start nothing is fetched (the bound masks every lane).
+            off = last - i - BLOCK
+            bound = tl.where(off >= start, end, off)
+            next_p = chunk_logits(p_ptr, row, off, bound, BLOCK, "evict_first")
             if NEEDS_Q:
-                next_q = chunk_logits(q_ptr, row, off + BLOCK, end, BLOCK, "evict_first")
+                next_q = chunk_logits(q_ptr, row, off, bound, BLOCK, "evict_first")
             # p = 0 past the end (exp(−inf)), so the sums need no mask.
             p, q, e = probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, NEEDS_Q)
             d = deferred(KIND, p, q, e, xp, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
