@@ -5,6 +5,7 @@ on first use).  Imported by file path from ``setup.py``, so it needs torch only.
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -23,14 +24,17 @@ CSRC = Path(__file__).resolve().parent.parent / "csrc"
 # The C++ standard is torch's own (-std=c++20 since torch 2.10, added by cpp_extension).
 CXX_FLAGS = ["-O3", "-march=native", "-ffp-contract=off", "-fno-trapping-math", "-fopenmp"]
 LD_FLAGS = ["-fopenmp"]
-# sm_80 (A100) and sm_90 (H100/H200); PTX of sm_90 for newer GPUs.
-NVCC_FLAGS = [
-    "-O3",
+# sm_80 (A100) and sm_90 (H100/H200), PTX of sm_90 for newer GPUs — unless
+# TORCH_CUDA_ARCH_LIST names the targets, which torch's cpp_extension then turns into
+# flags (e.g. "9.0" to build for the H100 at hand only).  --threads 0: nvcc compiles
+# the targets of a file in parallel (a file's targets otherwise run one after another,
+# and verify.cu dominates the build).
+ARCH_FLAGS = [
     "-gencode=arch=compute_80,code=sm_80",
     "-gencode=arch=compute_90,code=sm_90",
     "-gencode=arch=compute_90,code=compute_90",
-    "-DKAD_WITH_CUDA",
 ]
+NVCC_FLAGS = ["-O3", "--threads", "0", "-DKAD_WITH_CUDA"] + ([] if os.environ.get("TORCH_CUDA_ARCH_LIST") else ARCH_FLAGS)
 
 
 def with_cuda() -> bool:
