@@ -38,7 +38,7 @@ LOG2E = tl.constexpr(1.4426950408889634)
 DIGIT_BITS = tl.constexpr(4)
 # One block size for every vocabulary: each distinct value would be one more
 # compile of every kernel, and masked lanes cost nothing on a memory-bound pass.
-# The radix histogram holds [HIST_BLOCK, 16] values, hence its smaller block.
+# The radix histogram holds [16, HIST_BLOCK] values, hence its smaller block.
 BLOCK = 2048
 HIST_BLOCK = 512
 NUM_WARPS = 8  # 256 threads: 8 elements, one 16-byte bf16 load, per thread and chunk
