@@ -298,54 +298,55 @@ def _primal_limit_kernel(
 def _stats_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, stats_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
-    HAS_REF: tl.constexpr, SUM_SQUARES: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_REF: tl.constexpr, SUM_SQUARES: tl.constexpr, BLOCK: tl.constexpr, VEC: tl.constexpr,
 ):
-    """Pass 1 for slice j of row n: per-lane online max/Σexp, one reduction at the end.
-    The bad-logits bits come from the lane maxima, which keep NaN and +inf, rather
-    than from a test per element: the loop is issue-bound, every instruction counts."""
+    """Pass 1 for slice j of row n: online max/Σexp per tile row (``rows_update``), one
+    reduction across the program at the end.  The bad-logits bits come from the
+    running maxima, which keep NaN and +inf, rather than from a test per element:
+    the loop is issue-bound, every instruction counts."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     row = row_offset(n, P, stride_b, stride_p)
     inv_t = inverse_temperature(temp_ptr, n // P)
     start, end = slice_bounds(j, slice_len, V)
-    m_p = tl.full([BLOCK], float("-inf"), tl.float32)
-    z_p = tl.zeros([BLOCK], tl.float32)
-    s2_p = tl.zeros([BLOCK], tl.float32)
-    m_q = tl.full([BLOCK], float("-inf"), tl.float32)
-    z_q = tl.zeros([BLOCK], tl.float32)
-    m_y = tl.full([BLOCK], float("-inf"), tl.float32)
-    z_y = tl.zeros([BLOCK], tl.float32)
-    m_r = tl.full([BLOCK], float("-inf"), tl.float32)
+    m_p = tl.full([BLOCK // VEC], float("-inf"), tl.float32)
+    z_p = tl.zeros([BLOCK // VEC], tl.float32)
+    s2_p = tl.zeros([BLOCK // VEC], tl.float32)
+    m_q = tl.full([BLOCK // VEC], float("-inf"), tl.float32)
+    z_q = tl.zeros([BLOCK // VEC], tl.float32)
+    m_y = tl.full([BLOCK // VEC], float("-inf"), tl.float32)
+    z_y = tl.zeros([BLOCK // VEC], tl.float32)
+    m_r = tl.full([BLOCK // VEC], float("-inf"), tl.float32)
     # Pass 2 reads p again and q hardly at all: ask L2 to keep p rather than q.
-    next_p = chunk_logits(p_ptr, row, start, end, BLOCK, "evict_last")
-    next_q = chunk_logits(q_ptr, row, start, end, BLOCK, "evict_first")
+    next_p = chunk_rows(p_ptr, row, start, end, BLOCK, VEC, "evict_last")
+    next_q = chunk_rows(q_ptr, row, start, end, BLOCK, VEC, "evict_first")
     for off in range(start, end, BLOCK):
         # The next chunk's loads go out before this chunk's arithmetic, so each warp
         # keeps a chunk in flight while it computes (past the end they are masked off).
         xp = next_p.to(tl.float32)
         xq = next_q.to(tl.float32)
-        next_p = chunk_logits(p_ptr, row, off + BLOCK, end, BLOCK, "evict_last")
-        next_q = chunk_logits(q_ptr, row, off + BLOCK, end, BLOCK, "evict_first")
-        m_p, z_p, s2_p = lane_update(m_p, z_p, s2_p, xp, inv_t, SUM_SQUARES)
-        m_q, z_q, _ = lane_update(m_q, z_q, z_q, xq, inv_t, False)
+        next_p = chunk_rows(p_ptr, row, off + BLOCK, end, BLOCK, VEC, "evict_last")
+        next_q = chunk_rows(q_ptr, row, off + BLOCK, end, BLOCK, VEC, "evict_first")
+        m_p, z_p, s2_p = rows_update(m_p, z_p, s2_p, xp, inv_t, SUM_SQUARES)
+        m_q, z_q, _ = rows_update(m_q, z_q, z_q, xq, inv_t, False)
         if HAS_REF:
-            cols = off + tl.arange(0, BLOCK)
-            xr = tl.load(r_ptr + row + cols, mask=cols < end, other=float("-inf")).to(tl.float32)
-            m_r = tl.maximum(m_r, xr, propagate_nan=tl.PropagateNan.ALL)
-            m_y, z_y, _ = lane_update(m_y, z_y, z_y, reward_logit(xp, xq, xr), inv_t, False)
+            xr = chunk_rows(r_ptr, row, off, end, BLOCK, VEC, "evict_first").to(tl.float32)
+            # ref enters y only where it is above −inf, so its NaNs need a maximum that keeps them.
+            m_r = tl.maximum(m_r, tl.reduce(xr, 1, _max_keep_nan), propagate_nan=tl.PropagateNan.ALL)
+            m_y, z_y, _ = rows_update(m_y, z_y, z_y, reward_logit(xp, xq, xr), inv_t, False)
     base = n * S + j
     NS = N * S
-    bits = not_finite(m_p) | not_finite(m_q) << 2
-    big, z, s2 = lane_reduce(m_p, z_p, s2_p, inv_t)
+    bits = not_finite(m_p, z_p) | not_finite(m_q, z_q) << 2
+    big, z, s2 = rows_reduce(m_p, z_p, s2_p, inv_t)
     tl.store(stats_ptr + M_P * NS + base, big)
     tl.store(stats_ptr + Z_P * NS + base, z)
     tl.store(stats_ptr + S2_P * NS + base, s2)
-    big, z, _ = lane_reduce(m_q, z_q, z_q, inv_t)
+    big, z, _ = rows_reduce(m_q, z_q, z_q, inv_t)
     tl.store(stats_ptr + M_Q * NS + base, big)
     tl.store(stats_ptr + Z_Q * NS + base, z)
     if HAS_REF:
-        bits |= not_finite(m_r) << 4
-        big, z, _ = lane_reduce(m_y, z_y, z_y, inv_t)
+        bits |= not_finite(m_r, tl.zeros_like(m_r)) << 4
+        big, z, _ = rows_reduce(m_y, z_y, z_y, inv_t)
         tl.store(stats_ptr + M_Y * NS + base, big)
         tl.store(stats_ptr + Z_Y * NS + base, z)
         tl.store(stats_ptr + M_R * NS + base, tl.max(m_r, 0))
@@ -360,29 +361,47 @@ def chunk_logits(ptr, row, off, end, BLOCK: tl.constexpr, POLICY: tl.constexpr):
 
 
 @triton.jit
-def not_finite(m):
-    """1 if a lane maximum is NaN or +inf (a NaN or +inf logit reached it), else 0."""
-    return tl.max(((m != m) | (m == float("inf"))).to(tl.int32), 0)
+def chunk_rows(ptr, row, off, end, BLOCK: tl.constexpr, VEC: tl.constexpr, POLICY: tl.constexpr):
+    """The chunk at ``off`` as a ``[BLOCK // VEC, VEC]`` tile of logits in their own
+    dtype, −inf at and past ``end``: a tile row is VEC contiguous logits, one 16-byte
+    load, held by one thread, so reducing along it costs no communication."""
+    cols = off + tl.arange(0, BLOCK // VEC)[:, None] * VEC + tl.arange(0, VEC)[None, :]
+    return tl.load(ptr + row + cols, mask=cols < end, other=float("-inf"), eviction_policy=POLICY)
 
 
 @triton.jit
-def lane_update(m, z, s2, x, inv_t, SUM_SQUARES: tl.constexpr):
-    """Online Σexp((x − m)/T) (and Σexp(2(x − m)/T) if ``SUM_SQUARES``) per lane with
-    ONE exp per element: with d = (x − m)/T, either x is the new max (rescale the sums
-    by e^(−d)) or it adds e^d — both are e^(−|d|).  −inf entries add nothing (d is NaN
-    when both are −inf); the max keeps NaN, for ``not_finite``."""
-    d = (x - m) * (inv_t * LOG2E)  # in units of log2: the sign tests below are unchanged
-    e = tl.where(x > float("-inf"), tl.exp2(-tl.abs(d)), 0.0)
-    grow = d > 0
-    z = tl.where(grow, z * e + 1.0, z + e)
+def not_finite(m, z):
+    """1 if a NaN or +inf logit reached the running (max, Σexp) of ``rows_update``,
+    else 0: +inf is the max; NaN makes Σexp NaN (on the GPU the max drops it)."""
+    return tl.max(((m != m) | (m == float("inf")) | (z != z)).to(tl.int32), 0)
+
+
+@triton.jit
+def _max_keep_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
+
+
+@triton.jit
+def rows_update(m, z, s2, x, inv_t, SUM_SQUARES: tl.constexpr):
+    """Online Σexp((x − m)/T) (and Σexp(2(x − m)/T) if ``SUM_SQUARES``) of each tile
+    row of ``x`` [R, VEC] (fp32) into the running (m, z, s2) [R]: the row's maximum
+    first, so an element costs one exp and one add, the rescale one exp per row.
+    −inf entries add nothing (exp(−inf) = 0, also while the maximum is still −inf);
+    NaN and +inf entries make Σexp NaN, for ``not_finite``."""
+    m_new = tl.maximum(m, tl.max(x, 1))
+    safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    c = inv_t * LOG2E
+    r = tl.exp2((m - safe) * c)
+    e = tl.exp2((x - safe[:, None]) * c)
+    z = z * r + tl.sum(e, 1)
     if SUM_SQUARES:
-        s2 = tl.where(grow, s2 * e * e + 1.0, s2 + e * e)
-    return tl.maximum(m, x, propagate_nan=tl.PropagateNan.ALL), z, s2
+        s2 = s2 * (r * r) + tl.sum(e * e, 1)
+    return m_new, z, s2
 
 
 @triton.jit
-def lane_reduce(m, z, s2, inv_t):
-    """Combine the per-lane (max, Σexp, Σexp²) into one triple."""
+def rows_reduce(m, z, s2, inv_t):
+    """Combine the per-row (max, Σexp, Σexp²) of ``rows_update`` into one triple."""
     big = tl.max(m, 0)
     scale = tl.exp((m - tl.where(big == float("-inf"), 0.0, big)) * inv_t)
     return big, tl.sum(z * scale, 0), tl.sum(s2 * scale * scale, 0)
@@ -604,7 +623,8 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     _stats_kernel[grid](
         p, q, ref if has_ref else p, temperature, stats, slice_flags,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
-        HAS_REF=has_ref, SUM_SQUARES=kind == Kind.SQUARED, maxnreg=MAX_REGISTERS, **common,
+        HAS_REF=has_ref, SUM_SQUARES=kind == Kind.SQUARED, VEC=16 // p.element_size(), maxnreg=MAX_REGISTERS,
+        **common,
     )
     if kind == Kind.PRIMAL:
         key_bits = 8 * p.element_size()
