@@ -345,11 +345,14 @@ def _stats_kernel(
     tl.store(stats_ptr + M_Q * NS + base, big)
     tl.store(stats_ptr + Z_Q * NS + base, z)
     if HAS_REF:
-        bits |= not_finite(m_r, tl.zeros_like(m_r)) << 4
+        # One reduction of m_r, kept NaN and all: a second use of the loop's m_r crashes
+        # Triton's thread-locality pass on fp32 tiles (several rows per thread).
+        big_r = tl.reduce(m_r, 0, _max_keep_nan)
+        bits |= ((big_r != big_r) | (big_r == float("inf"))).to(tl.int32) << 4
         big, z, _ = rows_reduce(m_y, z_y, z_y, inv_t)
         tl.store(stats_ptr + M_Y * NS + base, big)
         tl.store(stats_ptr + Z_Y * NS + base, z)
-        tl.store(stats_ptr + M_R * NS + base, tl.max(m_r, 0))
+        tl.store(stats_ptr + M_R * NS + base, big_r)
     tl.store(flag_ptr + base, bits)
 
 
