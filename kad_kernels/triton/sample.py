@@ -8,7 +8,9 @@ import triton.language as tl
 
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token, pi_slice_masses
-from .stats import BLOCK, MAX_REGISTERS, NUM_WARPS, layout, mixture_state, row_offset, row_statistics
+from .stats import (
+    BLOCK, DRAW_MAX_REGISTERS, MAX_REGISTERS, NUM_WARPS, layout, mixture_state, row_offset, row_statistics,
+)
 
 
 @triton.jit(do_not_specialize=['N', 'S', 'KIND'])
@@ -58,6 +60,6 @@ def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset, ma
         p, q, r, temperature, param, stats, limits, best_val, best_idx,
         stats if philox else uniforms, seed if philox else flags, offset if philox else flags, tokens,
         batch, vocab, p.stride(0), lay.slice_len, lay.slices,
-        PHILOX=philox, KIND=int(kind), **common,
+        PHILOX=philox, KIND=int(kind), maxnreg=DRAW_MAX_REGISTERS, **common,
     )
     return tokens, flags

@@ -98,6 +98,9 @@ def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layou
 # 72-80 for their prefetched chunk).
 PROGRAMS_PER_SM = 4
 MAX_REGISTERS = 64
+# The draws (one program per row) walk 4-chunk tiles, which ptxas would give 210-250
+# registers: one program per SM, so B = 256 rows took two waves.  Capped, two fit.
+DRAW_MAX_REGISTERS = 128
 
 
 @functools.cache

@@ -17,8 +17,8 @@ import triton.language as tl
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token
 from .stats import (
-    BLOCK, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of, mixture_state, row_offset,
-    row_statistics, slice_bounds,
+    BLOCK, DRAW_MAX_REGISTERS, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of,
+    mixture_state, row_offset, row_statistics, slice_bounds,
 )
 
 
@@ -179,6 +179,6 @@ def verify(
     _verify_draw_kernel[(batch,)](
         p, q, r, temperature, param, stats, limits, best_val, best_idx,
         res_mass, pi_mass, accepted, stats if philox else draw_uniforms, *randomness, tokens,
-        *draw_geometry, PHILOX=philox, DSP=draw.slices_pow2, **common,
+        *draw_geometry, PHILOX=philox, DSP=draw.slices_pow2, maxnreg=DRAW_MAX_REGISTERS, **common,
     )
     return tokens, accepted, flags.view(batch, positions)
