@@ -108,7 +108,7 @@ _REGISTRY: dict[str, tuple[Callable[[], Backend], tuple[str, ...], str]] = {
 # every rule but Primal (1.3–2× at B ≥ 8, within 10 % at B = 1), and cuda's radix
 # select beats triton's on Primal (3–13×).  CPU: the C++ kernels (2–20× the reference).
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
-_AUTO_ORDER_PRIMAL = {"cuda": ("cuda", "triton", "torch")}
+_AUTO_ORDER_PRIMAL = {**_AUTO_ORDER, "cuda": ("cuda", "triton", "torch")}
 
 
 _LOADED: dict[str, Backend | None] = {}
@@ -143,7 +143,7 @@ def resolve(name: str, device: torch.device, kind: Kind | None = None) -> Backen
     rule ``kind``)."""
     if name == "auto":
         order = _AUTO_ORDER_PRIMAL if kind == Kind.PRIMAL else _AUTO_ORDER
-        for candidate in order.get(device.type, _AUTO_ORDER.get(device.type, ("torch",))):
+        for candidate in order.get(device.type, ("torch",)):
             backend = _load(candidate)
             if backend is not None and _serves(candidate, device):
                 return backend

@@ -20,6 +20,12 @@ from .stats import (
 )
 
 
+# Chunks per step of the draw's walk through a slice: a step's loads are all in flight
+# at once, and the walk is a chain of dependent steps, so fewer, wider steps shorten it
+# (4: B = 64's ~9-chunk slices in 1-3 steps; the tile stays within 128 registers).
+WALK = tl.constexpr(4)
+
+
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _argmax_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
@@ -105,7 +111,7 @@ def draw_weights(
 def draw_row(
     p_ptr, q_ptr, r_ptr, row, masses, residual, u, slice_len, V,
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
-    KIND, SP: tl.constexpr, BLOCK: tl.constexpr, WALK: tl.constexpr = 4,
+    KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """The inverse CDF at ``u`` of a row's weights — π, or the residual
     max(π − q, 0) when ``residual`` — given their ``masses`` over the row's
@@ -124,11 +130,10 @@ def draw_row(
     target -= tl.sum(tl.where(js < j_star, masses, 0.0), 0)
     start = j_star * slice_len
     end = tl.minimum(start + slice_len, V)
-    # Chunk sums, WALK chunks per step as one [WALK, BLOCK] tile (a step's loads all
-    # in flight at once; the walk is a chain of dependent steps, so fewer, wider
-    # steps are what shortens it): stop at the first chunk whose mass carries the
-    # running sum past the target; if rounding leaves u·Σ above every chunk, the
-    # last chunk of positive mass (its last positive token is then drawn, below).
+    # Chunk sums, WALK chunks per step as one [WALK, BLOCK] tile: stop at the first
+    # chunk whose mass carries the running sum past the target; if rounding leaves
+    # u·Σ above every chunk, the last chunk of positive mass (its last positive token
+    # is then drawn, below).
     ks = tl.arange(0, WALK)
     tile = ks[:, None] * BLOCK + tl.arange(0, BLOCK)[None, :]
     off = start
