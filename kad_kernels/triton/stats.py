@@ -144,14 +144,23 @@ def slice_stats(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr, other):
 
 
 @triton.jit
+def combine_partials(m, z, s2, inv_t):
+    """One (max, Σexp((x − max)/T), Σexp(2(x − max)/T)) from partial triples, each
+    relative to its own max (a sum rescales by exp((m_i − max)/T), a square sum by
+    its square): the rows of pass 1 into a slice's, and the slices into a row's."""
+    big = tl.max(m, 0)
+    scale = tl.exp((m - tl.where(big == float("-inf"), 0.0, big)) * inv_t)
+    return big, tl.sum(z * scale, 0), tl.sum(s2 * scale * scale, 0)
+
+
+@triton.jit
 def combine_lse(stats_ptr, FM: tl.constexpr, FZ: tl.constexpr, n, N, S, SP: tl.constexpr, inv_t):
     """Row max of the raw logits and Σexp((x − max)/T) from the per-slice partials of
     fields (FM, FZ)."""
     m = slice_stats(stats_ptr, FM, n, N, S, SP, float("-inf"))
     z = slice_stats(stats_ptr, FZ, n, N, S, SP, 0.0)
-    big = tl.max(m, 0)
-    safe = tl.where(big == float("-inf"), 0.0, big)
-    return big, tl.sum(z * tl.exp((m - safe) * inv_t), 0)
+    big, total, _ = combine_partials(m, z, z, inv_t)
+    return big, total
 
 
 @triton.jit
@@ -162,14 +171,14 @@ def row_sum(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr):
 @triton.jit
 def row_softmax(stats_ptr, n, N, S, SP: tl.constexpr, inv_t):
     """(max p-logit, Σexp p, ||p||², max q-logit, Σexp q) of row ``n``."""
-    m_p, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inv_t)
+    m_p, z_p, s2_p = combine_partials(
+        slice_stats(stats_ptr, M_P, n, N, S, SP, float("-inf")),
+        slice_stats(stats_ptr, Z_P, n, N, S, SP, 0.0),
+        slice_stats(stats_ptr, S2_P, n, N, S, SP, 0.0),
+        inv_t,
+    )
     m_q, z_q = combine_lse(stats_ptr, M_Q, Z_Q, n, N, S, SP, inv_t)
-    # Σ exp(2(x − m_j)/T) rescales by exp(2(m_j − m)/T).
-    m = slice_stats(stats_ptr, M_P, n, N, S, SP, float("-inf"))
-    s2 = slice_stats(stats_ptr, S2_P, n, N, S, SP, 0.0)
-    r = tl.exp((m - tl.where(m_p == float("-inf"), 0.0, m_p)) * inv_t)
-    sum_p2 = tl.sum(s2 * r * r, 0) / (z_p * z_p)
-    return m_p, z_p, sum_p2, m_q, z_q
+    return m_p, z_p, s2_p / (z_p * z_p), m_q, z_q
 
 
 @triton.jit
@@ -340,11 +349,11 @@ def _stats_kernel(
     base = n * S + j
     NS = N * S
     bits = not_finite(m_p, z_p) | not_finite(m_q, z_q) << 2
-    big, z, s2 = rows_reduce(m_p, z_p, s2_p, inv_t)
+    big, z, s2 = combine_partials(m_p, z_p, s2_p, inv_t)
     tl.store(stats_ptr + M_P * NS + base, big)
     tl.store(stats_ptr + Z_P * NS + base, z)
     tl.store(stats_ptr + S2_P * NS + base, s2)
-    big, z, _ = rows_reduce(m_q, z_q, z_q, inv_t)
+    big, z, _ = combine_partials(m_q, z_q, z_q, inv_t)
     tl.store(stats_ptr + M_Q * NS + base, big)
     tl.store(stats_ptr + Z_Q * NS + base, z)
     if HAS_REF:
@@ -352,7 +361,7 @@ def _stats_kernel(
         # Triton's thread-locality pass on fp32 tiles (several rows per thread).
         big_r = tl.reduce(m_r, 0, _max_keep_nan)
         bits |= ((big_r != big_r) | (big_r == float("inf"))).to(tl.int32) << 4
-        big, z, _ = rows_reduce(m_y, z_y, z_y, inv_t)
+        big, z, _ = combine_partials(m_y, z_y, z_y, inv_t)
         tl.store(stats_ptr + M_Y * NS + base, big)
         tl.store(stats_ptr + Z_Y * NS + base, z)
         tl.store(stats_ptr + M_R * NS + base, big_r)
@@ -403,14 +412,6 @@ def rows_update(m, z, s2, x, inv_t, SUM_SQUARES: tl.constexpr):
     if SUM_SQUARES:
         s2 = s2 * (r * r) + tl.sum(e * e, 1)
     return m_new, z, s2
-
-
-@triton.jit
-def rows_reduce(m, z, s2, inv_t):
-    """Combine the per-row (max, Σexp, Σexp²) of ``rows_update`` into one triple."""
-    big = tl.max(m, 0)
-    scale = tl.exp((m - tl.where(big == float("-inf"), 0.0, big)) * inv_t)
-    return big, tl.sum(z * scale, 0), tl.sum(s2 * scale * scale, 0)
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'level'])
