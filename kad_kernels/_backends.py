@@ -1,7 +1,8 @@
 """Backend registry and dispatch (DESIGN §3).
 
 A backend is three functions on already validated, normalized arguments
-(``kind``, ``param`` f32 ``[N]``, temperature f32 ``[N]``) that also return the
+(``kind``; ``param`` and temperature each f32 ``[B]`` or one float for every row,
+which costs no device tensor and so no fill launch) that also return the
 per-row bad-logits flags, 2 bits per input tensor (p, q, ref).  ``sample`` and
 ``verify`` draw from the given uniforms; a backend with ``philox_in_kernel``
 is instead handed ``seed``/``offset`` (uniforms None) to draw inside its kernels,
@@ -21,7 +22,7 @@ from torch import Tensor
 
 from . import reference
 from ._random import philox_uniform
-from .rules import Kind
+from .rules import Kind, Param
 
 
 @dataclass(frozen=True)
@@ -39,6 +40,19 @@ def philox_draws(seed: Tensor, offset: Tensor, batch: int, positions: int) -> Te
     return philox_uniform(seed, counter).view(batch, positions)
 
 
+def as_rows(value: Param, rows: int, device: torch.device) -> Tensor:
+    """``param`` or temperature as f32 ``[rows]``, for code that takes tensors only (the reference)."""
+    if isinstance(value, Tensor):
+        return value
+    return torch.full((rows,), value, dtype=torch.float32, device=device)
+
+
+def value_args(value: Param) -> tuple[Tensor | None, float]:
+    """``(tensor, float)``, as ops and kernels take ``param`` and temperature (an op
+    schema has no "tensor or float"): the float counts only when the tensor is None."""
+    return (value, 0.0) if isinstance(value, Tensor) else (None, value)
+
+
 def _flags(p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor:
     flags = reference.bad_logits_flag(p) | (reference.bad_logits_flag(q) << 2)
     if ref is not None:
@@ -47,11 +61,13 @@ def _flags(p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor:
 
 
 def _torch_mixture(kind, param, p, q, ref, temperature):
+    param, temperature = (as_rows(x, p.shape[0], p.device) for x in (param, temperature))
     probs, alpha = reference.mixture(kind, param, p, q, ref, temperature)
     return probs, alpha, _flags(p, q, ref)
 
 
 def _torch_sample(kind, param, p, q, ref, temperature, uniforms, seed=None, offset=None, maybe_greedy=True):
+    param, temperature = (as_rows(x, p.shape[0], p.device) for x in (param, temperature))
     tokens = reference.sample(kind, param, p, q, ref, temperature, uniforms)
     return tokens, _flags(p, q, ref)
 
@@ -60,6 +76,7 @@ def _torch_verify(
     kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms,
     seed=None, offset=None, maybe_greedy=True,
 ):
+    param, temperature = (as_rows(x, p.shape[0], p.device) for x in (param, temperature))
     tokens, accepted = reference.verify(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms)
     flags = _flags(*(None if x is None else x.flatten(0, 1) for x in (p, q, ref))).view(p.shape[:2])
     return tokens, accepted, flags

@@ -8,7 +8,9 @@ import torch
 from torch import Tensor
 
 
-def mixture(kind, param, p: Tensor, q, ref, temperature) -> tuple[Tensor, Tensor, Tensor]:
+def mixture(
+    kind, param, param_value, p: Tensor, q, ref, temperature, temperature_value
+) -> tuple[Tensor, Tensor, Tensor]:
     """probs f32 [N, V], alpha f32 [N], flags i32 [N]."""
     batch, vocab = p.shape
     return (
@@ -19,7 +21,8 @@ def mixture(kind, param, p: Tensor, q, ref, temperature) -> tuple[Tensor, Tensor
 
 
 def sample(
-    kind, param, p: Tensor, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True
+    kind, param, param_value, p: Tensor, q, ref, temperature, temperature_value, uniforms, seed, offset,
+    maybe_greedy=True,
 ) -> tuple[Tensor, Tensor]:
     """tokens i64 [N], flags i32 [N]."""
     batch = p.shape[0]
@@ -27,7 +30,8 @@ def sample(
 
 
 def verify(
-    kind, param, p: Tensor, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy=True
+    kind, param, param_value, p: Tensor, q, ref, draft, temperature, temperature_value, accept_uniforms, draw_uniforms,
+    seed, offset, maybe_greedy=True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """tokens i64 [B, γ+1], num_accepted i64 [B], flags i32 [B, γ+1]."""
     batch, positions, _ = p.shape

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import _fake
-from ._backends import Backend
+from ._backends import Backend, value_args
 
 
 def _jit_build() -> types.ModuleType:
@@ -63,17 +63,21 @@ torch.library.register_fake("kad::native_verify")(_fake.verify)
 
 
 def _mixture(kind, param, p, q, ref, temperature) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.ops.kad.native_mixture(int(kind), param, p, q, ref, temperature)
+    return torch.ops.kad.native_mixture(int(kind), *value_args(param), p, q, ref, *value_args(temperature))
 
 
 def _sample(kind, param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True) -> tuple[Tensor, Tensor]:
-    return torch.ops.kad.native_sample(int(kind), param, p, q, ref, temperature, uniforms, seed, offset)
+    return torch.ops.kad.native_sample(
+        int(kind), *value_args(param), p, q, ref, *value_args(temperature), uniforms, seed, offset
+    )
 
 
 def _verify(
     kind, param, p, q, ref, draft, temperature, accept_u, draw_u, seed, offset, maybe_greedy=True
 ) -> tuple[Tensor, Tensor, Tensor]:
-    return torch.ops.kad.native_verify(int(kind), param, p, q, ref, draft, temperature, accept_u, draw_u, seed, offset)
+    return torch.ops.kad.native_verify(
+        int(kind), *value_args(param), p, q, ref, draft, *value_args(temperature), accept_u, draw_u, seed, offset
+    )
 
 
 def cpu_backend() -> Backend:

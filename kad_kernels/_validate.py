@@ -47,8 +47,10 @@ def logits(p_logits: Tensor, q_logits: Tensor, ref_logits: Tensor | None, rule: 
             raise ValueError(f"{name} is on {x.device} but p_logits on {p_logits.device}")
 
 
-def temperature(value: float | Tensor, rows: int, device: torch.device) -> Tensor:
-    """T as f32 ``[rows]`` on ``device``; T = 0 marks a greedy row, T < 0, inf or NaN is refused."""
+def temperature(value: float | Tensor, rows: int, device: torch.device) -> float | Tensor:
+    """T as f32 ``[rows]`` on ``device``, or a float for every row (no device tensor:
+    backends take it as a kernel argument); T = 0 marks a greedy row, T < 0, inf or
+    NaN is refused."""
     if isinstance(value, Tensor):
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != rows):
             raise ValueError(f"temperature must be a float or a tensor [{rows}], got shape {tuple(value.shape)}")
@@ -58,7 +60,7 @@ def temperature(value: float | Tensor, rows: int, device: torch.device) -> Tenso
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if not 0 <= value < float("inf"):
             raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {value}")
-        return torch.full((rows,), float(value), dtype=torch.float32, device=device)
+        return float(value)
     else:
         raise TypeError(f"temperature must be a float or a tensor, got {type(value).__name__}")
     return t

@@ -73,8 +73,9 @@ class Rule:
     param_name: str = "param"  # the constructor argument, for error messages
     needs_ref: bool = False
 
-    def spec(self, rows: int, device: torch.device) -> tuple[Kind, torch.Tensor]:
-        """``(kind, param)`` with ``param`` as f32 ``[rows]`` on ``device``."""
+    def spec(self, rows: int, device: torch.device) -> tuple[Kind, Param]:
+        """``(kind, param)`` with ``param`` as f32 ``[rows]`` on ``device``, or a float for
+        every row."""
         p = self.param
         if isinstance(p, torch.Tensor):
             if p.dim() == 1 and p.shape[0] != rows:
@@ -83,7 +84,7 @@ class Rule:
             if p.device != device:
                 raise ValueError(f"{type(self).__name__} {self.param_name} is on {p.device}, logits on {device}")
             return self.kind, p.to(torch.float32).expand(rows).contiguous()
-        return self.kind, torch.full((rows,), p, dtype=torch.float32, device=device)
+        return self.kind, float(p)
 
     def __eq__(self, other: object) -> bool:
         return type(self) is type(other) and self.__dict__ == other.__dict__

@@ -5,7 +5,7 @@ The interpreter that runs the kernels on CPU in CI accepts code the GPU compiler
 refuses (e.g. non-constexpr globals); this closes that gap.  The launches are
 those of real calls, specialized as on a GPU: every rule, each dtype, vocabulary
 sizes with and without 16-byte rows, batches with split and unsplit rows,
-uniforms and Philox, greedy rows.  Run as a script (``python tests/sm90_compile.py``)
+uniforms and Philox, greedy rows, T and λ as floats and per row.  Run as a script (``python tests/sm90_compile.py``)
 in a process without ``TRITON_INTERPRET``; ``test_triton_compiles.py`` does that.
 Prints one line per call.
 
@@ -44,6 +44,9 @@ def calls():
         for kind in Kind:
             for op in ("mixture", "sample", "verify"):
                 yield f"{op} {kind.name} {dtype}", offline.operation(op, kind, 4, WIDE, dtype)
+    for op in ("mixture", "sample", "verify"):
+        yield f"{op} PRIMAL bf16 per-row budget and T", offline.operation(op, Kind.PRIMAL, 4, WIDE, torch.bfloat16,
+                                                                         per_row=True)
     for gamma in (1, 8):
         yield f"verify LOGISTIC bf16 γ={gamma}", offline.operation("verify", Kind.LOGISTIC, 4, WIDE, torch.bfloat16,
                                                                  gamma=gamma)

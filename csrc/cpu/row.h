@@ -21,6 +21,7 @@
 
 #include "kad/dispatch.h"
 #include "kad/philox.h"
+#include "kad/row_value.h"
 #include "kad/rules.h"
 
 namespace kad::cpu {
@@ -529,8 +530,7 @@ class Uniforms {
 };
 
 // Common argument checks of the three ops; the public API has validated shapes already.
-inline void check_inputs(const at::Tensor& param, const at::Tensor& p, const at::Tensor& q,
-                         const c10::optional<at::Tensor>& ref, const at::Tensor& temperature, int64_t rows) {
+inline void check_inputs(const at::Tensor& p, const at::Tensor& q, const c10::optional<at::Tensor>& ref) {
   for (const at::Tensor* t : {&p, &q}) {
     TORCH_CHECK(t->device().is_cpu(), "kad cpu backend: tensors must be on the CPU");
     TORCH_CHECK(t->stride(-1) == 1 || t->size(-1) == 1, "kad: logits must be contiguous in the last dim");
@@ -540,9 +540,6 @@ inline void check_inputs(const at::Tensor& param, const at::Tensor& p, const at:
     TORCH_CHECK(ref->sizes() == p.sizes() && ref->scalar_type() == p.scalar_type() &&
                     (ref->stride(-1) == 1 || ref->size(-1) == 1),
                 "kad: ref must match p");
-  for (const at::Tensor* t : {&param, &temperature})
-    TORCH_CHECK(t->scalar_type() == at::kFloat && t->is_contiguous() && t->numel() == rows,
-                "kad: param and temperature must be contiguous f32 [", rows, "]");
 }
 
 }  // namespace kad::cpu

@@ -6,18 +6,17 @@
 namespace kad::cpu {
 namespace {
 
-std::tuple<at::Tensor, at::Tensor> sample(int64_t kind, const at::Tensor& param, const at::Tensor& p,
-                                          const at::Tensor& q, const c10::optional<at::Tensor>& ref,
-                                          const at::Tensor& temperature, const c10::optional<at::Tensor>& uniforms,
-                                          const c10::optional<at::Tensor>& seed,
-                                          const c10::optional<at::Tensor>& offset) {
+std::tuple<at::Tensor, at::Tensor> sample(
+    int64_t kind, const c10::optional<at::Tensor>& param, double param_value, const at::Tensor& p, const at::Tensor& q,
+    const c10::optional<at::Tensor>& ref, const c10::optional<at::Tensor>& temperature, double temperature_value,
+    const c10::optional<at::Tensor>& uniforms, const c10::optional<at::Tensor>& seed,
+    const c10::optional<at::Tensor>& offset) {
   const int64_t rows = p.size(0), vocab = p.size(1);
-  check_inputs(param, p, q, ref, temperature, rows);
+  check_inputs(p, q, ref);
+  const RowParams rp = row_params(param, param_value, temperature, temperature_value, p);
   const Uniforms u(uniforms, seed, offset);
   at::Tensor tokens = at::empty({rows}, p.options().dtype(at::kLong));
   at::Tensor flags = at::empty({rows}, p.options().dtype(at::kInt));
-  const float* params = param.data_ptr<float>();
-  const float* temps = temperature.data_ptr<float>();
   int64_t* tokens_out = tokens.data_ptr<int64_t>();
   int32_t* flags_out = flags.data_ptr<int32_t>();
   KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_cpu_sample", [&] {
@@ -25,8 +24,9 @@ std::tuple<at::Tensor, at::Tensor> sample(int64_t kind, const at::Tensor& param,
     for_rows(rows, [&](int64_t n) {
       Workspace& ws = Workspace::local(vocab);
       float* pi = ws.aux.data();
-      flags_out[n] = mixture_row(kind, params[n], temps[n], logits.row(n), vocab, ws, pi).flag;
-      tokens_out[n] = temps[n] == 0.0f ? argmax(pi, vocab) : InverseCdf(pi, vocab, ws.blocks).draw(u.at(n, n));
+      const float t = rp.temperature.of(n);
+      flags_out[n] = mixture_row(kind, rp.param.of(n), t, logits.row(n), vocab, ws, pi).flag;
+      tokens_out[n] = t == 0.0f ? argmax(pi, vocab) : InverseCdf(pi, vocab, ws.blocks).draw(u.at(n, n));
     });
   });
   return {tokens, flags};

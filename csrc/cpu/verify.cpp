@@ -9,12 +9,14 @@ namespace kad::cpu {
 namespace {
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
-    int64_t kind, const at::Tensor& param, const at::Tensor& p, const at::Tensor& q,
-    const c10::optional<at::Tensor>& ref, const at::Tensor& draft, const at::Tensor& temperature,
+    int64_t kind, const c10::optional<at::Tensor>& param, double param_value, const at::Tensor& p, const at::Tensor& q,
+    const c10::optional<at::Tensor>& ref, const at::Tensor& draft, const c10::optional<at::Tensor>& temperature,
+    double temperature_value,
     const c10::optional<at::Tensor>& accept_uniforms, const c10::optional<at::Tensor>& draw_uniforms,
     const c10::optional<at::Tensor>& seed, const c10::optional<at::Tensor>& offset) {
   const int64_t batch = p.size(0), positions = p.size(1), vocab = p.size(2), gamma = positions - 1;
-  check_inputs(param, p, q, ref, temperature, batch);
+  check_inputs(p, q, ref);
+  const RowParams rp = row_params(param, param_value, temperature, temperature_value, p);
   TORCH_CHECK(draft.dim() == 2 && draft.size(0) == batch && draft.size(1) == gamma,
               "kad: draft must be [", batch, ", ", gamma, "]");
   const at::Tensor drafts = draft.to(at::kLong).contiguous();
@@ -24,8 +26,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
   at::Tensor tokens = at::full({batch, positions}, -1, p.options().dtype(at::kLong));
   at::Tensor num_accepted = at::empty({batch}, p.options().dtype(at::kLong));
   at::Tensor flags = at::empty({batch, positions}, p.options().dtype(at::kInt));
-  const float* params = param.data_ptr<float>();
-  const float* temps = temperature.data_ptr<float>();
   const int64_t* draft_tokens = drafts.data_ptr<int64_t>();
   int64_t* tokens_out = tokens.data_ptr<int64_t>();
   int64_t* accepted_out = num_accepted.data_ptr<int64_t>();
@@ -35,11 +35,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
     for_rows(batch, [&](int64_t b) {
       Workspace& ws = Workspace::local(vocab);
       float* pi = ws.aux.data();
-      const bool greedy = temps[b] == 0.0f;
+      const bool greedy = rp.temperature.of(b) == 0.0f;
       int64_t i = 0;
       for (;; ++i) {
         const int64_t n = b * positions + i;
-        const Mixed mixed = mixture_row(kind, params[b], temps[b], logits.row(n), vocab, ws, pi);
+        const Mixed mixed = mixture_row(kind, rp.param.of(b), rp.temperature.of(b), logits.row(n), vocab, ws, pi);
         flags_out[n] = mixed.flag;
         const float* eq = ws.q.data();
         const float q_scale = mixed.q_scale;

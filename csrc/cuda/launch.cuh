@@ -15,6 +15,7 @@
 #include <type_traits>
 
 #include "kad/dispatch.h"
+#include "kad/row_value.h"
 #include "row.cuh"
 
 namespace kad::cuda {
@@ -44,11 +45,10 @@ inline cudaStream_t current_stream(const at::Device& device) {
 // by stream).
 class Setup {
  public:
-  // Logits [rows, V] (positions = 1) or [B, positions, V]; param and temperature f32 [B].
-  Setup(int64_t kind, const at::Tensor& param, const at::Tensor& p, const at::Tensor& q,
-        const c10::optional<at::Tensor>& ref, const at::Tensor& temperature, int64_t positions,
-        const at::Tensor& flags)
-      : kind_(kind), positions_(positions), p_(p), q_(q), param_(param), temperature_(temperature), flags_(flags) {
+  // Logits [rows, V] (positions = 1) or [B, positions, V]; params of the B rows.
+  Setup(int64_t kind, const RowParams& params, const at::Tensor& p, const at::Tensor& q,
+        const c10::optional<at::Tensor>& ref, int64_t positions, const at::Tensor& flags)
+      : kind_(kind), positions_(positions), params_(params), p_(p), q_(q), flags_(flags) {
     TORCH_CHECK(kind >= 0 && kind < kNumKinds, "kad: unknown rule kind ", kind);
     TORCH_CHECK(p.is_cuda() && q.device() == p.device(), "kad cuda backend: p and q must be on one CUDA device");
     TORCH_CHECK(p.sizes() == q.sizes() && p.scalar_type() == q.scalar_type(),
@@ -66,11 +66,6 @@ class Setup {
     TORCH_CHECK(rows_ % positions == 0, "kad: ", rows_, " rows are not a whole number of ", positions, " positions");
     for (const at::Tensor* t : {&p_, &q_, &ref_})
       TORCH_CHECK(!t->defined() || t->stride(-1) == 1 || vocab_ == 1, "kad: logits must be contiguous in the last dim");
-    const int64_t batch = rows_ / positions;
-    for (const at::Tensor* t : {&param_, &temperature_})
-      TORCH_CHECK(t->device() == p.device() && t->scalar_type() == at::kFloat && t->is_contiguous() &&
-                      t->numel() == batch,
-                  "kad: param and temperature must be contiguous f32 [", batch, "] on the logits' device");
     TORCH_INTERNAL_ASSERT(flags.is_contiguous() && flags.scalar_type() == at::kInt && flags.numel() == rows_);
 
     // One block per row when the rows alone fill the GPU, else slices.
@@ -102,8 +97,8 @@ class Setup {
     pr.p = rows_view<T>(p_);
     pr.q = rows_view<T>(q_);
     pr.ref = rows_view<T>(ref_);
-    pr.param = param_.data_ptr<float>();
-    pr.temperature = temperature_.data_ptr<float>();
+    pr.param = params_.param;
+    pr.temperature = params_.temperature;
     pr.kind = kind_;
     pr.rows = rows_;
     pr.vocab = vocab_;
@@ -139,7 +134,8 @@ class Setup {
   int64_t kind_, positions_, rows_ = 0, vocab_ = 0, slice_len_ = 0, ticket_bytes_ = 0;
   int32_t slices_ = 1;
   bool aligned_ = false, hist_ = false;
-  at::Tensor p_, q_, ref_, param_, temperature_, flags_, scratch_, zeroed_;
+  RowParams params_;
+  at::Tensor p_, q_, ref_, flags_, scratch_, zeroed_;
 };
 
 // The uniforms of `count` draws: the caller's f32 tensor, or the Philox seed/offset

@@ -46,9 +46,9 @@ __global__ void __launch_bounds__(kThreads) mixture_slices(const Problem<T> pr, 
   mixture_phase<T, KIND>(pr, probs, alpha, blockIdx.x / pr.slices, blockIdx.x % pr.slices);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture(int64_t kind, const at::Tensor& param, const at::Tensor& p,
-                                                       const at::Tensor& q, const c10::optional<at::Tensor>& ref,
-                                                       const at::Tensor& temperature) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture(
+    int64_t kind, const c10::optional<at::Tensor>& param, double param_value, const at::Tensor& p, const at::Tensor& q,
+    const c10::optional<at::Tensor>& ref, const c10::optional<at::Tensor>& temperature, double temperature_value) {
   TORCH_CHECK(p.dim() == 2, "kad: mixture takes logits [N, V], got ", p.sizes());
   const c10::DeviceGuard guard(p.device());
   const int64_t rows = p.size(0), vocab = p.size(1);
@@ -57,7 +57,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture(int64_t kind, const at::T
   at::Tensor alpha = at::empty({rows}, f32);
   at::Tensor flags = at::empty({rows}, p.options().dtype(at::kInt));
   if (rows == 0) return {probs, alpha, flags};
-  const Setup setup(kind, param, p, q, ref, temperature, /*positions=*/1, flags);
+  const Setup setup(kind, row_params(param, param_value, temperature, temperature_value, p), p, q, ref, /*positions=*/1,
+                    flags);
   const cudaStream_t stream = current_stream(p.device());
   KAD_DISPATCH_LOGITS(p.scalar_type(), "kad_mixture", [&] {
     const Problem<scalar_t> pr = setup.problem<scalar_t>();

@@ -35,6 +35,7 @@
 #include <type_traits>
 
 #include "kad/philox.h"
+#include "kad/row_value.h"
 #include "kad/rules.h"
 
 namespace kad::cuda {
@@ -337,8 +338,8 @@ struct RowPtrs {
 template <typename T>
 struct Problem {
   Rows<T> p, q, ref;          // ref.data is null unless ImplicitReward
-  const float* param;         // [rows / positions]
-  const float* temperature;   // [rows / positions]
+  RowValue param;             // of batch row n / positions
+  RowValue temperature;
   int64_t kind, rows, vocab, positions, slice_len;
   int32_t slices;
   bool aligned;               // every row starts on 16 bytes: vector loads
@@ -353,8 +354,8 @@ struct Problem {
     const int64_t stop = start(j) + slice_len;
     return stop < vocab ? stop : vocab;
   }
-  __device__ __forceinline__ float temperature_of(int64_t n) const { return temperature[n / positions]; }
-  __device__ __forceinline__ float param_of(int64_t n) const { return param[n / positions]; }
+  __device__ __forceinline__ float temperature_of(int64_t n) const { return temperature.of(n / positions); }
+  __device__ __forceinline__ float param_of(int64_t n) const { return param.of(n / positions); }
   __device__ __forceinline__ int32_t* ticket(int64_t i) const { return tickets == nullptr ? nullptr : tickets + i; }
   __device__ __forceinline__ SliceStats* slice_of(int64_t n, int j) const { return slice + n * slices + j; }
   __device__ __forceinline__ RowPtrs<T> rows_of(int64_t n) const {

@@ -37,17 +37,19 @@ __global__ void __launch_bounds__(kThreads) sample_slices(const Problem<T> pr, c
   sample_phase<T, KIND>(pr, uniforms, tokens, blockIdx.x / pr.slices, blockIdx.x % pr.slices);
 }
 
-std::tuple<at::Tensor, at::Tensor> sample(int64_t kind, const at::Tensor& param, const at::Tensor& p,
-                                          const at::Tensor& q, const c10::optional<at::Tensor>& ref,
-                                          const at::Tensor& temperature, const c10::optional<at::Tensor>& uniforms,
-                                          const c10::optional<at::Tensor>& seed, const c10::optional<at::Tensor>& offset) {
+std::tuple<at::Tensor, at::Tensor> sample(
+    int64_t kind, const c10::optional<at::Tensor>& param, double param_value, const at::Tensor& p, const at::Tensor& q,
+    const c10::optional<at::Tensor>& ref, const c10::optional<at::Tensor>& temperature, double temperature_value,
+    const c10::optional<at::Tensor>& uniforms, const c10::optional<at::Tensor>& seed,
+    const c10::optional<at::Tensor>& offset) {
   TORCH_CHECK(p.dim() == 2, "kad: sample takes logits [N, V], got ", p.sizes());
   const c10::DeviceGuard guard(p.device());
   const int64_t rows = p.size(0);
   at::Tensor tokens = at::empty({rows}, p.options().dtype(at::kLong));
   at::Tensor flags = at::empty({rows}, p.options().dtype(at::kInt));
   if (rows == 0) return {tokens, flags};
-  const Setup setup(kind, param, p, q, ref, temperature, /*positions=*/1, flags);
+  const Setup setup(kind, row_params(param, param_value, temperature, temperature_value, p), p, q, ref, /*positions=*/1,
+                    flags);
   at::Tensor kept_uniforms;
   const Uniforms u = make_uniforms("uniforms", uniforms, seed, offset, rows, p.device(), kept_uniforms);
   const cudaStream_t stream = current_stream(p.device());

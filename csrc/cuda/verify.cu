@@ -145,8 +145,9 @@ __global__ void __launch_bounds__(kThreads) verify_slices(const Problem<T> pr, c
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
-    int64_t kind, const at::Tensor& param, const at::Tensor& p, const at::Tensor& q,
-    const c10::optional<at::Tensor>& ref, const at::Tensor& draft, const at::Tensor& temperature,
+    int64_t kind, const c10::optional<at::Tensor>& param, double param_value, const at::Tensor& p, const at::Tensor& q,
+    const c10::optional<at::Tensor>& ref, const at::Tensor& draft, const c10::optional<at::Tensor>& temperature,
+    double temperature_value,
     const c10::optional<at::Tensor>& accept_uniforms, const c10::optional<at::Tensor>& draw_uniforms,
     const c10::optional<at::Tensor>& seed, const c10::optional<at::Tensor>& offset) {
   TORCH_CHECK(p.dim() == 3, "kad: verify takes logits [B, γ+1, V], got ", p.sizes());
@@ -163,7 +164,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
   at::Tensor accepted = at::empty({batch}, options.dtype(at::kLong));
   at::Tensor flags = at::empty({batch, positions}, options.dtype(at::kInt));
   if (batch == 0) return {tokens, accepted, flags};
-  const Setup setup(kind, param, p, q, ref, temperature, positions, flags);
+  const Setup setup(kind, row_params(param, param_value, temperature, temperature_value, p), p, q, ref, positions,
+                    flags);
   const at::Tensor drafts = draft.contiguous();
   at::Tensor kept_accept, kept_draw;
   VerifyArgs args;

@@ -6,11 +6,7 @@
 
 #include <cstdint>
 
-#if defined(__CUDACC__)
-#define KAD_HOST_DEVICE __host__ __device__ __forceinline__
-#else
-#define KAD_HOST_DEVICE inline
-#endif
+#include "host_device.h"
 
 namespace kad {
 

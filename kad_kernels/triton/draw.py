@@ -16,7 +16,7 @@ import triton.language as tl
 
 from .stats import (
     IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_logits3, mixture_of, mixture_state, row_offset,
-    slice_bounds, slice_stats,
+    row_value, slice_bounds, slice_stats,
 )
 
 
@@ -28,16 +28,17 @@ WALK = tl.constexpr(4)
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _argmax_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value,
+    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Per-slice arg-max of π on greedy rows (T = 0); sampled rows return at once."""
     n = tl.program_id(0)
     j = tl.program_id(1)
-    if tl.load(temp_ptr + n // P) == 0:
+    if row_value(temp_ptr, temp_value, n // P) == 0:
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
-            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+            stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
         )
         row = row_offset(n, P, stride_b, stride_p)
         start, end = slice_bounds(j, slice_len, V)

@@ -7,19 +7,21 @@ import triton
 import triton.language as tl
 
 from ..rules import Kind
-from .stats import BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_state, row_offset, row_statistics, slice_bounds
+from .stats import (
+    BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_state, row_args, row_offset, row_statistics, slice_bounds,
+)
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _mixture_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, out_ptr, alpha_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr, out_ptr, alpha_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     n = tl.program_id(0)
     j = tl.program_id(1)
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
-        stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+        stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
     )
     if j == 0:
         tl.store(alpha_ptr + n, alpha)
@@ -43,7 +45,7 @@ def mixture(kind: Kind, param, p, q, ref, temperature):
     probs = torch.empty(batch, vocab, dtype=torch.float32, device=p.device)
     alpha = torch.empty(batch, dtype=torch.float32, device=p.device)
     _mixture_kernel[(batch, lay.slices)](
-        p, q, ref if ref is not None else p, temperature, param, stats, limits, probs, alpha,
+        p, q, ref if ref is not None else p, *row_args(param, temperature), stats, limits, probs, alpha,
         batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices,
         KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )

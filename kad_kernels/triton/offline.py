@@ -78,14 +78,18 @@ def compile_launches(call: Callable[[], object], target: GPUTarget = HOPPER,
 
 
 def operation(op: str, kind: Kind, batch: int, vocab: int, dtype: torch.dtype, *, gamma: int = 4,
-              philox: bool = False, temperature: float = 1.0, maybe_greedy: bool = True) -> Callable[[], object]:
+              philox: bool = False, temperature: float = 1.0, maybe_greedy: bool = True,
+              per_row: bool = False) -> Callable[[], object]:
     """A call of the backend's ``op`` ("mixture", "sample" or "verify") on zero CPU
     tensors of the given shape: what ``compile_launches`` takes.  ``maybe_greedy``
-    as the API sets it (False: a float T > 0, no arg-max pass)."""
+    as the API sets it (False: a float T > 0, no arg-max pass); ``per_row``: the
+    rule parameter and T as f32 [B] tensors rather than floats."""
     shape = (batch, vocab) if op != "verify" else (batch, gamma + 1, vocab)
     p, q = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
     ref = torch.zeros(shape, dtype=dtype) if kind == Kind.IMPLICIT_REWARD else None
-    param, temp = torch.full((batch,), 0.5), torch.full((batch,), temperature)
+    param, temp = 0.5, temperature
+    if per_row:
+        param, temp = torch.full((batch,), param), torch.full((batch,), temp)
     seed = offset = torch.zeros(1, dtype=torch.int64)
     if op == "mixture":
         return lambda: mixture.mixture(kind, param, p, q, ref, temp)

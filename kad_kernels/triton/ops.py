@@ -1,5 +1,8 @@
 """``torch.library`` custom ops around the Triton launchers, with fake (meta)
-implementations so ``torch.compile`` traces through them without graph breaks."""
+implementations so ``torch.compile`` traces through them without graph breaks.
+
+``param`` and temperature cross an op as ``(tensor or None, float)`` (``value_args``);
+the launchers take the tensor, else the float, as the kernels' argument."""
 
 from __future__ import annotations
 
@@ -9,10 +12,15 @@ import torch
 from torch import Tensor
 
 from .. import _fake
+from .._backends import value_args
 from ..rules import Kind
 from . import mixture as _mixture
 from . import sample as _sample
 from . import verify as _verify
+
+
+def _given(values: Optional[Tensor], value: float) -> Tensor | float:
+    return values if values is not None else value
 
 
 def _same_strides(p: Tensor, *others: Optional[Tensor]) -> tuple[Tensor, ...]:
@@ -25,10 +33,17 @@ def _same_strides(p: Tensor, *others: Optional[Tensor]) -> tuple[Tensor, ...]:
 
 @torch.library.custom_op("kad::triton_mixture", mutates_args=())
 def _mixture_op(
-    kind: int, param: Tensor, p: Tensor, q: Tensor, ref: Optional[Tensor], temperature: Tensor
+    kind: int,
+    param: Optional[Tensor],
+    param_value: float,
+    p: Tensor,
+    q: Tensor,
+    ref: Optional[Tensor],
+    temperature: Optional[Tensor],
+    temperature_value: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     p, q, ref = _same_strides(p, q, ref)
-    return _mixture.mixture(Kind(kind), param, p, q, ref, temperature)
+    return _mixture.mixture(Kind(kind), _given(param, param_value), p, q, ref, _given(temperature, temperature_value))
 
 
 _mixture_op.register_fake(_fake.mixture)
@@ -37,18 +52,23 @@ _mixture_op.register_fake(_fake.mixture)
 @torch.library.custom_op("kad::triton_sample", mutates_args=())
 def _sample_op(
     kind: int,
-    param: Tensor,
+    param: Optional[Tensor],
+    param_value: float,
     p: Tensor,
     q: Tensor,
     ref: Optional[Tensor],
-    temperature: Tensor,
+    temperature: Optional[Tensor],
+    temperature_value: float,
     uniforms: Optional[Tensor],
     seed: Optional[Tensor],
     offset: Optional[Tensor],
     maybe_greedy: bool,
 ) -> tuple[Tensor, Tensor]:
     p, q, ref = _same_strides(p, q, ref)
-    return _sample.sample(Kind(kind), param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy)
+    return _sample.sample(
+        Kind(kind), _given(param, param_value), p, q, ref, _given(temperature, temperature_value), uniforms, seed,
+        offset, maybe_greedy,
+    )
 
 
 _sample_op.register_fake(_fake.sample)
@@ -57,12 +77,14 @@ _sample_op.register_fake(_fake.sample)
 @torch.library.custom_op("kad::triton_verify", mutates_args=())
 def _verify_op(
     kind: int,
-    param: Tensor,
+    param: Optional[Tensor],
+    param_value: float,
     p: Tensor,
     q: Tensor,
     ref: Optional[Tensor],
     draft: Tensor,
-    temperature: Tensor,
+    temperature: Optional[Tensor],
+    temperature_value: float,
     accept_uniforms: Optional[Tensor],
     draw_uniforms: Optional[Tensor],
     seed: Optional[Tensor],
@@ -71,7 +93,8 @@ def _verify_op(
 ) -> tuple[Tensor, Tensor, Tensor]:
     p, q, ref = _same_strides(p, q, ref)
     return _verify.verify(
-        Kind(kind), param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy
+        Kind(kind), _given(param, param_value), p, q, ref, draft, _given(temperature, temperature_value),
+        accept_uniforms, draw_uniforms, seed, offset, maybe_greedy,
     )
 
 
@@ -79,16 +102,19 @@ _verify_op.register_fake(_fake.verify)
 
 
 def mixture_op(kind, param, p, q, ref, temperature):
-    return _mixture_op(int(kind), param, p, q, ref, temperature)
+    return _mixture_op(int(kind), *value_args(param), p, q, ref, *value_args(temperature))
 
 
 def sample_op(kind, param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True):
-    return _sample_op(int(kind), param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy)
+    return _sample_op(
+        int(kind), *value_args(param), p, q, ref, *value_args(temperature), uniforms, seed, offset, maybe_greedy
+    )
 
 
 def verify_op(
     kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy=True
 ):
     return _verify_op(
-        int(kind), param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy
+        int(kind), *value_args(param), p, q, ref, draft, *value_args(temperature), accept_uniforms, draw_uniforms, seed,
+        offset, maybe_greedy,
     )

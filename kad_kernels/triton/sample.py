@@ -10,18 +10,20 @@ from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token, pi_slice_masses
 from .stats import (
     BLOCK, DRAW_MAX_REGISTERS, MAX_REGISTERS, NUM_WARPS, layout, mixture_state, row_offset, row_statistics,
+    row_args, row_value,
 )
 
 
 @triton.jit(do_not_specialize=['N', 'S', 'KIND'])
 def _sample_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value,
+    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     u_ptr, seed_ptr, offset_ptr, out_ptr,
     N, V, stride_b, slice_len, S,
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     b = tl.program_id(0)
-    if tl.load(temp_ptr + b) == 0:
+    if row_value(temp_ptr, temp_value, b) == 0:
         token = greedy_token(best_val_ptr, best_idx_ptr, b, S, SP)
     else:
         if PHILOX:
@@ -29,7 +31,7 @@ def _sample_kernel(
         else:
             u = tl.load(u_ptr + b)
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
-            stats_ptr, limit_ptr, param_ptr, temp_ptr, b, 1, N, S, SP, KIND
+            stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, b, 1, N, S, SP, KIND
         )
         masses = pi_slice_masses(stats_ptr, b, N, S, SP, V, slice_len, m_q, z_q, m_y, z_y, inv_t, alpha, KIND)
         token = draw_row(
@@ -50,14 +52,14 @@ def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset, ma
     common = dict(SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
     if maybe_greedy:
         _argmax_kernel[(batch, lay.slices)](
-            p, q, r, temperature, param, stats, limits, best_val, best_idx,
+            p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
             batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), maxnreg=MAX_REGISTERS,
             **common,
         )
     tokens = torch.empty(batch, dtype=torch.int64, device=p.device)
     philox = uniforms is None
     _sample_kernel[(batch,)](
-        p, q, r, temperature, param, stats, limits, best_val, best_idx,
+        p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
         stats if philox else uniforms, seed if philox else flags, offset if philox else flags, tokens,
         batch, vocab, p.stride(0), lay.slice_len, lay.slices,
         PHILOX=philox, KIND=int(kind), maxnreg=DRAW_MAX_REGISTERS, **common,

@@ -23,6 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .._backends import value_args
 from ..rules import Kind
 
 # Fields of the statistics buffer [FIELDS, N, S]: max and Σexp of p, Σexp² of p,
@@ -130,9 +131,21 @@ def slice_bounds(j, slice_len, V):
 
 
 @triton.jit
-def inverse_temperature(temp_ptr, b):
+def row_value(values_ptr, value, b):
+    """Batch row b's T, λ or budget: ``values_ptr[b]`` (f32 [B]), or ``value`` for every
+    row when the pointer is None (a float from the API: no device tensor, so no fill
+    launch per call; B = 1 spent a fifth of its time on two).  None is a constexpr, so
+    each form compiles without the other's branch."""
+    if values_ptr is None:
+        return value
+    else:
+        return tl.load(values_ptr + b)
+
+
+@triton.jit
+def inverse_temperature(temp_ptr, temp_value, b):
     """1/T, and T = 1 on greedy rows (T = 0): DESIGN §1."""
-    t = tl.load(temp_ptr + b)
+    t = row_value(temp_ptr, temp_value, b)
     return tl.where(t > 0, 1.0 / tl.where(t > 0, t, 1.0), 1.0)
 
 
@@ -293,14 +306,14 @@ def keep_primal_state(state_ptr, level, n, N, prefix, base, done):
 
 @triton.jit(do_not_specialize=["N", "P", "S"])
 def _primal_limit_kernel(
-    stats_ptr, hist_ptr, state_ptr, param_ptr, temp_ptr, limit_ptr, N, P, S,
+    stats_ptr, hist_ptr, state_ptr, temp_ptr, temp_value, param_ptr, param_value, limit_ptr, N, P, S,
     SP: tl.constexpr, KEY_BITS: tl.constexpr,
 ):
     """After the last radix level: the exclusive key threshold of row n, d_v = key_v < limit
     (every later kernel reads it instead of the radix state)."""
     n = tl.program_id(0)
-    _, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inverse_temperature(temp_ptr, n // P))
-    budget = tl.load(param_ptr + n // P)
+    _, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inverse_temperature(temp_ptr, temp_value, n // P))
+    budget = row_value(param_ptr, param_value, n // P)
     prefix, base, done = primal_state(state_ptr, hist_ptr, KEY_BITS // DIGIT_BITS, budget * z_p, n, N, S, SP, KEY_BITS)
     tl.store(limit_ptr + n, tl.where(budget >= 1.0, tl.full((), 1 << 40, tl.int64), prefix))
 
@@ -308,7 +321,7 @@ def _primal_limit_kernel(
 # Row and slice counts change with every batch: specializing on them only multiplies compiles.
 @triton.jit(do_not_specialize=['N', 'P', 'S'])
 def _stats_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, stats_ptr, flag_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, stats_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     HAS_REF: tl.constexpr, SUM_SQUARES: tl.constexpr, BLOCK: tl.constexpr, VEC: tl.constexpr,
 ):
@@ -319,7 +332,7 @@ def _stats_kernel(
     n = tl.program_id(0)
     j = tl.program_id(1)
     row = row_offset(n, P, stride_b, stride_p)
-    inv_t = inverse_temperature(temp_ptr, n // P)
+    inv_t = inverse_temperature(temp_ptr, temp_value, n // P)
     start, end = slice_bounds(j, slice_len, V)
     m_p = tl.full([BLOCK // VEC], float("-inf"), tl.float32)
     z_p = tl.zeros([BLOCK // VEC], tl.float32)
@@ -416,7 +429,7 @@ def rows_update(m, z, s2, x, inv_t, SUM_SQUARES: tl.constexpr):
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'level'])
 def _primal_hist_kernel(
-    p_ptr, temp_ptr, param_ptr, stats_ptr, hist_ptr, state_ptr,
+    p_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, hist_ptr, state_ptr,
     level, N, V, P, stride_b, stride_p, slice_len, S,
     SP: tl.constexpr, KEY_BITS: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -424,9 +437,9 @@ def _primal_hist_kernel(
     4-bit digit of ``rank_key``, over the keys that share the prefix found so far."""
     n = tl.program_id(0)
     j = tl.program_id(1)
-    inv_t = inverse_temperature(temp_ptr, n // P)
+    inv_t = inverse_temperature(temp_ptr, temp_value, n // P)
     m_p, z_p = combine_lse(stats_ptr, M_P, Z_P, n, N, S, SP, inv_t)
-    budget = tl.load(param_ptr + n // P)
+    budget = row_value(param_ptr, param_value, n // P)
     if level == 0:
         prefix = tl.full((), 0, tl.int64)
         base = tl.full((), 0.0, tl.float32)
@@ -459,16 +472,18 @@ def _primal_hist_kernel(
 
 
 @triton.jit
-def row_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.constexpr, KIND):
+def row_state(
+    stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP: tl.constexpr, KIND
+):
     """Everything a kernel needs to evaluate π on any chunk of row ``n``."""
-    inv_t = inverse_temperature(temp_ptr, n // P)
+    inv_t = inverse_temperature(temp_ptr, temp_value, n // P)
     m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, N, S, SP, inv_t)
     if KIND == IMPLICIT_REWARD:  # pass 1 fills the y fields for this rule only
         m_y, z_y = combine_lse(stats_ptr, M_Y, Z_Y, n, N, S, SP, inv_t)
     else:
         m_y = tl.full((), float("-inf"), tl.float32)
         z_y = tl.full((), 0.0, tl.float32)
-    a = tl.load(param_ptr + n // P)
+    a = row_value(param_ptr, param_value, n // P)
     if KIND == PRIMAL:
         key_limit = tl.load(limit_ptr + n)
     else:
@@ -477,10 +492,12 @@ def row_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.cons
 
 
 @triton.jit
-def mixture_state(stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP: tl.constexpr, KIND):
+def mixture_state(
+    stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP: tl.constexpr, KIND
+):
     """``row_state`` and α: all that ``chunk_mixture`` needs, once pass 2 is done."""
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
-        stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+        stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
     )
     alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
     return m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha
@@ -554,7 +571,7 @@ def _bit_or(a, b):
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _mass_kernel(
-    p_ptr, q_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
+    p_ptr, q_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     KIND, HAS_REF: tl.constexpr, NEEDS_Q: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
@@ -564,7 +581,7 @@ def _mass_kernel(
     n = tl.program_id(0)
     j = tl.program_id(1)
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
-        stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+        stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
     )
     if j == 0:
         js = tl.arange(0, SP)
@@ -614,6 +631,11 @@ def _mass_kernel(
         tl.store(stats_ptr + (S_K * N + n) * S + j, tl.sum(s_k, 0))
 
 
+def row_args(param, temperature) -> tuple:
+    """The kernels' ``temp_ptr, temp_value, param_ptr, param_value`` (``row_value``)."""
+    return (*value_args(temperature), *value_args(param))
+
+
 def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     """Launch passes 1–2 (and the primal select) over ``[N, V]`` rows of ``[B, P, V]``
     logits.  Returns the statistics buffer, the primal key limits [N] and the flags [N]."""
@@ -628,7 +650,7 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     common = dict(BLOCK=BLOCK, num_warps=NUM_WARPS)
     has_ref = kind == Kind.IMPLICIT_REWARD
     _stats_kernel[grid](
-        p, q, ref if has_ref else p, temperature, stats, slice_flags,
+        p, q, ref if has_ref else p, *value_args(temperature), stats, slice_flags,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
         HAS_REF=has_ref, SUM_SQUARES=kind == Kind.SQUARED, VEC=16 // p.element_size(), maxnreg=MAX_REGISTERS,
         **common,
@@ -640,16 +662,16 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
         state = torch.empty(levels, N, 3, dtype=torch.int64, device=device)  # before each level
         for level in range(levels):
             _primal_hist_kernel[grid](
-                p, temperature, param, stats, hist, state,
+                p, *row_args(param, temperature), stats, hist, state,
                 level, N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
                 SP=lay.slices_pow2, KEY_BITS=key_bits, **dict(common, BLOCK=HIST_BLOCK),
             )
         _primal_limit_kernel[(N,)](
-            stats, hist, state, param, temperature, limits, N, lay.positions, S,
+            stats, hist, state, *row_args(param, temperature), limits, N, lay.positions, S,
             SP=lay.slices_pow2, KEY_BITS=key_bits,
         )
     _mass_kernel[grid](
-        p, q, temperature, param, stats, limits, slice_flags, flags,
+        p, q, *row_args(param, temperature), stats, limits, slice_flags, flags,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
         KIND=int(kind), HAS_REF=has_ref, NEEDS_Q=kind in (Kind.MAX_P_PLUS, Kind.MINUS_MAX_P_PLUS),
         SP=lay.slices_pow2, maxnreg=MAX_REGISTERS, **common,

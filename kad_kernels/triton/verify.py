@@ -18,13 +18,14 @@ from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token
 from .stats import (
     BLOCK, DRAW_MAX_REGISTERS, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of,
-    mixture_state, row_offset, row_statistics, slice_bounds,
+    mixture_state, row_args, row_offset, row_statistics, row_value, slice_bounds,
 )
 
 
 @triton.jit
 def accept_chain(
-    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
+    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     a_ptr, seed_ptr, offset_ptr, tokens_ptr, b, write,
     N, V, P, stride_b, stride_p, S,
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr,
@@ -33,14 +34,14 @@ def accept_chain(
     number accepted in row b; with ``write``, also its tokens (the accepted drafts, −1
     after them and at γ, where the draw will write)."""
     gamma = P - 1
-    greedy = tl.load(temp_ptr + b) == 0
+    greedy = row_value(temp_ptr, temp_value, b) == 0
     going = 1
     accepted = 0
     for i in range(0, gamma):
         n = b * P + i
         x = tl.load(draft_ptr + b * gamma + i).to(tl.int32)
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
-            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+            stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
         )
         row = row_offset(n, P, stride_b, stride_p)
         # A one-lane chunk at x: the same arithmetic as every other kernel.
@@ -65,7 +66,8 @@ def accept_chain(
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
 def _accept_kernel(
-    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
+    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
     N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
@@ -79,7 +81,8 @@ def _accept_kernel(
     b = tl.program_id(0)
     j = tl.program_id(1)
     i = accept_chain(
-        p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+        p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
+        stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
         a_ptr, seed_ptr, offset_ptr, tokens_ptr, b, j == 0,
         N, V, P, stride_b, stride_p, S, PHILOX, KIND, SP,
     )
@@ -87,10 +90,10 @@ def _accept_kernel(
     rejected = i < P - 1
     res_total = 0.0
     pi_total = 0.0
-    if tl.load(temp_ptr + b) > 0:
+    if row_value(temp_ptr, temp_value, b) > 0:
         n = b * P + i
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
-            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+            stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
         )
         row = row_offset(n, P, stride_b, stride_p)
         start, end = slice_bounds(j, draw_slice_len, V)
@@ -113,7 +116,8 @@ def _accept_kernel(
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
 def _verify_draw_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, param_ptr, stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value,
+    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     res_mass_ptr, pi_mass_ptr, accepted_ptr, s_ptr, seed_ptr, offset_ptr, tokens_ptr,
     N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr, DSP: tl.constexpr, BLOCK: tl.constexpr,
@@ -123,7 +127,7 @@ def _verify_draw_kernel(
     b = tl.program_id(0)
     i = tl.load(accepted_ptr + b).to(tl.int32)
     n = b * P + i
-    if tl.load(temp_ptr + b) == 0:
+    if row_value(temp_ptr, temp_value, b) == 0:
         token = greedy_token(best_val_ptr, best_idx_ptr, n, S, SP)
     else:
         if PHILOX:
@@ -135,7 +139,7 @@ def _verify_draw_kernel(
         residual = (i < P - 1) & (tl.sum(res, 0) > 0)
         masses = tl.where(residual, res, tl.load(pi_mass_ptr + b * DS + js, mask=js < DS, other=0.0))
         m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
-            stats_ptr, limit_ptr, param_ptr, temp_ptr, n, P, N, S, SP, KIND
+            stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
         )
         token = draw_row(
             p_ptr, q_ptr, r_ptr, row_offset(n, P, stride_b, stride_p), masses, residual, u, draw_slice_len, V,
@@ -161,7 +165,8 @@ def verify(
     common = dict(KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
     if maybe_greedy:
         _argmax_kernel[(rows, lay.slices)](
-            p, q, r, temperature, param, stats, limits, best_val, best_idx, *geometry, maxnreg=MAX_REGISTERS, **common
+            p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx, *geometry,
+            maxnreg=MAX_REGISTERS, **common,
         )
     tokens = torch.empty(batch, positions, dtype=torch.int64, device=device)
     accepted = torch.empty(batch, dtype=torch.int64, device=device)
@@ -172,12 +177,12 @@ def verify(
     pi_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
     draw_geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slices, draw.slice_len, draw.slices)
     _accept_kernel[(batch, draw.slices)](
-        p, q, r, draft.contiguous(), temperature, param, stats, limits, best_val, best_idx,
+        p, q, r, draft.contiguous(), *row_args(param, temperature), stats, limits, best_val, best_idx,
         stats if philox else accept_uniforms.contiguous(), *randomness, tokens, accepted, res_mass, pi_mass,
         *draw_geometry, PHILOX=philox, maxnreg=MAX_REGISTERS, **common,
     )
     _verify_draw_kernel[(batch,)](
-        p, q, r, temperature, param, stats, limits, best_val, best_idx,
+        p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
         res_mass, pi_mass, accepted, stats if philox else draw_uniforms, *randomness, tokens,
         *draw_geometry, PHILOX=philox, DSP=draw.slices_pow2, maxnreg=DRAW_MAX_REGISTERS, **common,
     )
