@@ -204,21 +204,38 @@ def compiled_reference(torch, op: str, kind):
     return _COMPILED[key]
 
 
+# Before torch 2.13, Inductor's split (multi-program) scan kernels crash on the
+# reference's cumsum over V: TritonSymbols.get_block_shape indexes the row's None
+# tensor dimension (torch 2.11 on the H100 and H200 runs; 2.12.1 has the same code,
+# 2.13 fixes it).  There cumsum runs as its aten kernel, everything else compiled.
+SPLIT_SCAN_FIXED = "2.13"
+
+
 def _configure_compile(torch) -> None:
     """Let torch-compile recompile per shape: all compilations of an op share one code
     object, and past the default limit of 8 dynamo would silently fall back to eager.
-    (The mismatch column checks the compiled tokens against eager.)"""
+    (The mismatch column checks the compiled tokens against eager.)  Lower cumsum to
+    aten where Inductor's own scan kernels crash (``SPLIT_SCAN_FIXED``)."""
     config = torch._dynamo.config
     if hasattr(config, "recompile_limit"):
         config.recompile_limit = 64
     else:
         config.cache_size_limit = 64
+    if torch.torch_version.TorchVersion(torch.__version__) < SPLIT_SCAN_FIXED:
+        from torch._inductor.lowering import make_fallback
+
+        make_fallback(torch.ops.aten.cumsum, warn=False)
+        print(f"{COMPILE}: torch {torch.__version__} < {SPLIT_SCAN_FIXED}: cumsum runs as its aten kernel "
+              "(Inductor's split-scan bug)", file=sys.stderr)
 
 
 def make_call(torch, kk, backend: str, op: str, rule, x: Inputs):
     """A no-argument callable running one op on the precomputed inputs."""
     if backend == COMPILE:
+        from kad_kernels._backends import as_rows
+
         kind, param = rule.spec(x.p.shape[0], x.p.device)
+        param = as_rows(param, x.p.shape[0], x.p.device)
         fn = compiled_reference(torch, op, kind)
         if op == "sample":
             return lambda: fn(x.p, x.q, param, x.temperature, x.draw)
