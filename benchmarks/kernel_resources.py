@@ -35,8 +35,9 @@ def main() -> None:
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     ap.add_argument("--gamma", type=int, default=4)
-    ap.add_argument("--greedy", action="store_true",
-                    help="calls that may have greedy rows (a temperature tensor): with the arg-max pass")
+    ap.add_argument("--per-row", action="store_true",
+                    help="T and the rule parameter as tensors [B]: calls that may have greedy rows, with the "
+                    "arg-max pass")
     args = ap.parse_args()
     print(f"sm_90, {offline.H100_SMS} SMs, V = {args.vocab}, {args.dtype}, γ = {args.gamma} (verify)\n")
     print("| op | rule | B | launch | grid | warps | regs | spill B | smem B | blocks/SM | waves | loads | SASS |")
@@ -45,7 +46,7 @@ def main() -> None:
         for rule in args.rules.split(","):
             for batch in map(int, args.batch.split(",")):
                 call = offline.operation(op, RULES[rule], batch, args.vocab, DTYPES[args.dtype], gamma=args.gamma,
-                                         maybe_greedy=args.greedy)
+                                         per_row=args.per_row)
                 for launch in offline.compile_launches(call):
                     r = offline.resources(launch)
                     loads = " ".join(f"{width}×{n}" for width, n in sorted(r.loads.items()))

@@ -25,6 +25,9 @@ GAMMA = 3
 SMS = [1, 3, 132]
 RULES = [kk.Dual(0.002), kk.Primal(0.6), kk.Nudging(0.5), kk.ImplicitReward()]
 TEMPERATURE = torch.tensor([1.0, 0.0, 0.8])  # a greedy row between sampled ones
+# sample's two paths: with a row that may be greedy (arg-max pass, then a draw kernel),
+# and with a float T > 0 (each row drawn by the last of its slices to finish pass 2).
+SAMPLE_TEMPERATURES = {"per-row": TEMPERATURE, "float": 0.8}
 
 
 @pytest.fixture(params=SMS, ids=lambda n: f"{n}sm")
@@ -44,19 +47,20 @@ def _logits(shape, seed):
 UNIFORMS = [[0.31, 0.5, 0.87], [0.97, 0.5, 0.999]]
 
 
+@pytest.mark.parametrize("temperature", SAMPLE_TEMPERATURES.values(), ids=SAMPLE_TEMPERATURES.keys())
 @pytest.mark.parametrize("uniforms", UNIFORMS, ids=["mid", "tail"])
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__)
-def test_sample_and_mixture_do_not_depend_on_the_cut(multiprocessors, rule, uniforms):
+def test_sample_and_mixture_do_not_depend_on_the_cut(multiprocessors, rule, uniforms, temperature):
     p, q, ref = _logits((B, V), seed=10)
     ref = ref if rule.needs_ref else None
     u = torch.tensor(uniforms)
     kwargs = dict(ref_logits=ref)
-    got = kk.mixture(p, q, rule, TEMPERATURE, backend="triton", **kwargs)
-    want = kk.mixture(p, q, rule, TEMPERATURE, backend="torch", **kwargs)
+    got = kk.mixture(p, q, rule, temperature, backend="triton", **kwargs)
+    want = kk.mixture(p, q, rule, temperature, backend="torch", **kwargs)
     torch.testing.assert_close(got.probs, want.probs, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(got.alpha, want.alpha, rtol=1e-5, atol=1e-7)
-    tokens = kk.sample(p, q, rule, TEMPERATURE, uniforms=u, backend="triton", **kwargs)
-    assert torch.equal(tokens, kk.sample(p, q, rule, TEMPERATURE, uniforms=u, backend="torch", **kwargs))
+    tokens = kk.sample(p, q, rule, temperature, uniforms=u, backend="triton", **kwargs)
+    assert torch.equal(tokens, kk.sample(p, q, rule, temperature, uniforms=u, backend="torch", **kwargs))
 
 
 @pytest.mark.parametrize("rule", RULES[:2], ids=lambda r: type(r).__name__)

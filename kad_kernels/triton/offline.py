@@ -78,12 +78,13 @@ def compile_launches(call: Callable[[], object], target: GPUTarget = HOPPER,
 
 
 def operation(op: str, kind: Kind, batch: int, vocab: int, dtype: torch.dtype, *, gamma: int = 4,
-              philox: bool = False, temperature: float = 1.0, maybe_greedy: bool = True,
-              per_row: bool = False) -> Callable[[], object]:
+              philox: bool = False, temperature: float = 1.0, per_row: bool = False) -> Callable[[], object]:
     """A call of the backend's ``op`` ("mixture", "sample" or "verify") on zero CPU
-    tensors of the given shape: what ``compile_launches`` takes.  ``maybe_greedy``
-    as the API sets it (False: a float T > 0, no arg-max pass); ``per_row``: the
-    rule parameter and T as f32 [B] tensors rather than floats."""
+    tensors of the given shape: what ``compile_launches`` takes.  ``per_row``: the
+    rule parameter and T as f32 [B] tensors rather than floats; ``maybe_greedy`` as
+    the API sets it (False for a float T > 0: no arg-max pass, and sample's fused
+    pass 2 and draw)."""
+    maybe_greedy = per_row or temperature == 0
     shape = (batch, vocab) if op != "verify" else (batch, gamma + 1, vocab)
     p, q = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
     ref = torch.zeros(shape, dtype=dtype) if kind == Kind.IMPLICIT_REWARD else None
@@ -145,8 +146,13 @@ def resources(launch: Launch, multiprocessors: int = H100_SMS) -> Resources:
         MAX_WARPS_PER_SM // warps,
         MAX_BLOCKS_PER_SM,
     )
-    # LDG.E[.EL|.EF][.128|.64|.U16|...]: count by width (no suffix = 32 bits), hints aside.
-    loads = collections.Counter(m or "32" for m in re.findall(r"\bLDG\.E(?:\.E[LF])?(?:\.(\w+))?", sass))
+    # LDG.E[.EL|.EF][.128|.64|.U16|...][.STRONG.GPU]: count by width (no suffix = 32 bits),
+    # cache hints and memory-model qualifiers aside.
+    qualifiers = {"E", "EL", "EF", "STRONG", "GPU", "SYS"}
+    loads = collections.Counter(
+        next((part for part in m.split(".")[1:] if part not in qualifiers), "32")
+        for m in re.findall(r"\bLDG((?:\.\w+)+)", sass)
+    )
     instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, re.M))
     return Resources(registers, local, shared, blocks, launch.programs / (blocks * multiprocessors),
                      dict(loads), instructions)

@@ -1,4 +1,11 @@
-"""``sample``: one token per row from π (DESIGN §2), logits ``[B, V]``."""
+"""``sample``: one token per row from π (DESIGN §2), logits ``[B, V]``.
+
+When no row can be greedy (a float T > 0) the draw runs inside pass 2: each
+row's last program to finish its slice's masses (a per-row ticket) draws the
+token, so the draws overlap other rows' pass 2 and a call is two launches, not
+three (B = 1 is launch-bound).  Otherwise an arg-max pass and a draw kernel
+follow pass 2.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +16,30 @@ import triton.language as tl
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token, pi_slice_masses
 from .stats import (
-    BLOCK, DRAW_MAX_REGISTERS, MAX_REGISTERS, NUM_WARPS, layout, mixture_state, row_offset, row_statistics,
-    row_args, row_value,
+    BLOCK, DRAW_MAX_REGISTERS, MAX_REGISTERS, NUM_WARPS, first_pass, layout, mixture_state, pass_two_args,
+    row_args, row_offset, row_statistics, row_value, slice_masses,
 )
+
+
+@triton.jit
+def drawn_token(
+    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
+    u_ptr, seed_ptr, offset_ptr, b, N, V, stride_b, slice_len, S,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Row b's token by inverse CDF of π, once passes 1 and 2 are complete."""
+    if PHILOX:
+        u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b)  # counter layout of _random.py
+    else:
+        u = tl.load(u_ptr + b)
+    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
+        stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, b, 1, N, S, SP, KIND
+    )
+    masses = pi_slice_masses(stats_ptr, b, N, S, SP, V, slice_len, m_q, z_q, m_y, z_y, inv_t, alpha, KIND)
+    return draw_row(
+        p_ptr, q_ptr, r_ptr, row_offset(b, 1, stride_b, 0), masses, False, u, slice_len, V,
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, SP, BLOCK,
+    )
 
 
 @triton.jit(do_not_specialize=['N', 'S', 'KIND'])
@@ -26,38 +54,67 @@ def _sample_kernel(
     if row_value(temp_ptr, temp_value, b) == 0:
         token = greedy_token(best_val_ptr, best_idx_ptr, b, S, SP)
     else:
-        if PHILOX:
-            u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b)  # counter layout of _random.py
-        else:
-            u = tl.load(u_ptr + b)
-        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
-            stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, b, 1, N, S, SP, KIND
-        )
-        masses = pi_slice_masses(stats_ptr, b, N, S, SP, V, slice_len, m_q, z_q, m_y, z_y, inv_t, alpha, KIND)
-        token = draw_row(
-            p_ptr, q_ptr, r_ptr, row_offset(b, 1, stride_b, 0), masses, False, u, slice_len, V,
-            m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, SP, BLOCK,
+        token = drawn_token(
+            p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
+            u_ptr, seed_ptr, offset_ptr, b, N, V, stride_b, slice_len, S, PHILOX, KIND, SP, BLOCK,
         )
     tl.store(out_ptr + b, token.to(tl.int64))
+
+
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
+def _mass_sample_kernel(
+    p_ptr, q_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
+    N, V, P, stride_b, stride_p, slice_len, S,
+    r_ptr, ticket_ptr, u_ptr, seed_ptr, offset_ptr, out_ptr,
+    KIND, HAS_REF: tl.constexpr, NEEDS_Q: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+    PHILOX: tl.constexpr,
+):
+    """Pass 2 for slice j of row n (``slice_masses``); the row's last slice to finish
+    then draws its token (no row is greedy)."""
+    n = tl.program_id(0)
+    j = tl.program_id(1)
+    slice_masses(
+        p_ptr, q_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
+        n, j, N, V, P, stride_b, stride_p, slice_len, S, KIND, HAS_REF, NEEDS_Q, SP, BLOCK,
+    )
+    # Every thread's stores of S_d/S_kept come before the ticket's release (the barrier),
+    # and the last program's acquire before its reads of the others' (which go to L2:
+    # see slice_stats).  The ticket counts the row's finished slices; pass 1 zeroed it.
+    tl.debug_barrier()
+    finished = tl.atomic_add(ticket_ptr + n, 1, sem="acq_rel")
+    if finished == S - 1:
+        token = drawn_token(
+            p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
+            u_ptr, seed_ptr, offset_ptr, n, N, V, stride_b, slice_len, S, PHILOX, KIND, SP, BLOCK,
+        )
+        tl.store(out_ptr + n, token.to(tl.int64))
 
 
 def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True):
     """Tokens i64 [B] and bad-logits flags [B]; no arg-max pass unless ``maybe_greedy``."""
     batch, vocab = p.shape
     lay = layout(batch, 1, vocab, p.device)
+    tokens = torch.empty(batch, dtype=torch.int64, device=p.device)
+    r = ref if ref is not None else p
+    philox = uniforms is None
+    if not maybe_greedy:
+        tickets = torch.empty(batch, dtype=torch.int32, device=p.device)
+        stats, limits, slice_flags, flags = first_pass(kind, param, p, q, ref, temperature, lay, tickets)
+        args, kwargs = pass_two_args(kind, param, p, q, temperature, stats, limits, slice_flags, flags, lay)
+        _mass_sample_kernel[(batch, lay.slices)](
+            *args, r, tickets, stats if philox else uniforms, seed if philox else flags,
+            offset if philox else flags, tokens, PHILOX=philox, **kwargs,
+        )
+        return tokens, flags
     stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
     best_val = torch.empty(batch, lay.slices, dtype=torch.float32, device=p.device)
     best_idx = torch.empty(batch, lay.slices, dtype=torch.int32, device=p.device)
-    r = ref if ref is not None else p
     common = dict(SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
-    if maybe_greedy:
-        _argmax_kernel[(batch, lay.slices)](
-            p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
-            batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), maxnreg=MAX_REGISTERS,
-            **common,
-        )
-    tokens = torch.empty(batch, dtype=torch.int64, device=p.device)
-    philox = uniforms is None
+    _argmax_kernel[(batch, lay.slices)](
+        p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
+        batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), maxnreg=MAX_REGISTERS,
+        **common,
+    )
     _sample_kernel[(batch,)](
         p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
         stats if philox else uniforms, seed if philox else flags, offset if philox else flags, tokens,

@@ -151,9 +151,12 @@ def inverse_temperature(temp_ptr, temp_value, b):
 
 @triton.jit
 def slice_stats(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr, other):
-    """Field ``F`` of every slice of row ``n``, ``[SP]`` (``other`` past the S slices)."""
+    """Field ``F`` of every slice of row ``n``, ``[SP]`` (``other`` past the S slices).
+    Read from L2 (``.cg``), not L1: in ``sample``'s fused pass 2 a row's last program
+    reads partials that programs on other SMs have just written, which an L1 line
+    cached earlier (a neighbouring row's) could hide."""
     j = tl.arange(0, SP)
-    return tl.load(stats_ptr + (F * N + n) * S + j, mask=j < S, other=other)
+    return tl.load(stats_ptr + (F * N + n) * S + j, mask=j < S, other=other, cache_modifier=".cg")
 
 
 @triton.jit
@@ -321,14 +324,15 @@ def _primal_limit_kernel(
 # Row and slice counts change with every batch: specializing on them only multiplies compiles.
 @triton.jit(do_not_specialize=['N', 'P', 'S'])
 def _stats_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, stats_ptr, flag_ptr,
+    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, stats_ptr, flag_ptr, ticket_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
     HAS_REF: tl.constexpr, SUM_SQUARES: tl.constexpr, BLOCK: tl.constexpr, VEC: tl.constexpr,
 ):
     """Pass 1 for slice j of row n: online max/Σexp per tile row (``rows_update``), one
     reduction across the program at the end.  The bad-logits bits come from the
     running maxima, which keep NaN and +inf, rather than from a test per element:
-    the loop is issue-bound, every instruction counts."""
+    the loop is issue-bound, every instruction counts.  Zeroes the row's ticket of a
+    fused pass 2 (``ticket_ptr`` not None), which runs after it in stream order."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     row = row_offset(n, P, stride_b, stride_p)
@@ -379,6 +383,9 @@ def _stats_kernel(
         tl.store(stats_ptr + Z_Y * NS + base, z)
         tl.store(stats_ptr + M_R * NS + base, big_r)
     tl.store(flag_ptr + base, bits)
+    if ticket_ptr is not None:
+        if j == 0:
+            tl.store(ticket_ptr + n, 0)
 
 
 @triton.jit
@@ -575,11 +582,22 @@ def _mass_kernel(
     N, V, P, stride_b, stride_p, slice_len, S,
     KIND, HAS_REF: tl.constexpr, NEEDS_Q: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    slice_masses(
+        p_ptr, q_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
+        tl.program_id(0), tl.program_id(1), N, V, P, stride_b, stride_p, slice_len, S,
+        KIND, HAS_REF, NEEDS_Q, SP, BLOCK,
+    )
+
+
+@triton.jit
+def slice_masses(
+    p_ptr, q_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
+    n, j, N, V, P, stride_b, stride_p, slice_len, S,
+    KIND, HAS_REF: tl.constexpr, NEEDS_Q: tl.constexpr, SP: tl.constexpr, BLOCK: tl.constexpr,
+):
     """Pass 2 for slice j of row n: S_d and S_kept; slice 0 also folds the row's
     bad-logits bits (any slice's NaN/+inf, or a row max of −inf).  Only the rules
     whose mask tests q_v (``NEEDS_Q``) read q here, and Nudging reads nothing."""
-    n = tl.program_id(0)
-    j = tl.program_id(1)
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
         stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
     )
@@ -639,6 +657,16 @@ def row_args(param, temperature) -> tuple:
 def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     """Launch passes 1–2 (and the primal select) over ``[N, V]`` rows of ``[B, P, V]``
     logits.  Returns the statistics buffer, the primal key limits [N] and the flags [N]."""
+    stats, limits, slice_flags, flags = first_pass(kind, param, p, q, ref, temperature, lay)
+    args, kwargs = pass_two_args(kind, param, p, q, temperature, stats, limits, slice_flags, flags, lay)
+    _mass_kernel[(lay.rows, lay.slices)](*args, **kwargs)
+    return stats, limits, flags
+
+
+def first_pass(kind: Kind, param, p, q, ref, temperature, lay: Layout, tickets=None):
+    """Pass 1 and the primal select: the statistics buffer, the primal key limits [N],
+    the per-slice and the row flags [N] (pass 2 completes the latter).  ``tickets``
+    i32 [N], if given, are zeroed for a fused pass 2."""
     device = p.device
     N, S = lay.rows, lay.slices
     stats = torch.empty(FIELDS, N, S, dtype=torch.float32, device=device)
@@ -650,7 +678,7 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
     common = dict(BLOCK=BLOCK, num_warps=NUM_WARPS)
     has_ref = kind == Kind.IMPLICIT_REWARD
     _stats_kernel[grid](
-        p, q, ref if has_ref else p, *value_args(temperature), stats, slice_flags,
+        p, q, ref if has_ref else p, *value_args(temperature), stats, slice_flags, tickets,
         N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
         HAS_REF=has_ref, SUM_SQUARES=kind == Kind.SQUARED, VEC=16 // p.element_size(), maxnreg=MAX_REGISTERS,
         **common,
@@ -670,10 +698,18 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
             stats, hist, state, *row_args(param, temperature), limits, N, lay.positions, S,
             SP=lay.slices_pow2, KEY_BITS=key_bits,
         )
-    _mass_kernel[grid](
+    return stats, limits, slice_flags, flags
+
+
+def pass_two_args(kind: Kind, param, p, q, temperature, stats, limits, slice_flags, flags, lay: Layout):
+    """``(args, kwargs)`` of ``_mass_kernel``, which kernels fusing pass 2 extend."""
+    strides = (p.stride(0), p.stride(1) if p.dim() == 3 else 0)
+    args = (
         p, q, *row_args(param, temperature), stats, limits, slice_flags, flags,
-        N, lay.vocab, lay.positions, *strides, lay.slice_len, S,
-        KIND=int(kind), HAS_REF=has_ref, NEEDS_Q=kind in (Kind.MAX_P_PLUS, Kind.MINUS_MAX_P_PLUS),
-        SP=lay.slices_pow2, maxnreg=MAX_REGISTERS, **common,
+        lay.rows, lay.vocab, lay.positions, *strides, lay.slice_len, lay.slices,
     )
-    return stats, limits, flags
+    kwargs = dict(
+        KIND=int(kind), HAS_REF=kind == Kind.IMPLICIT_REWARD, NEEDS_Q=kind in (Kind.MAX_P_PLUS, Kind.MINUS_MAX_P_PLUS),
+        SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS, maxnreg=MAX_REGISTERS,
+    )
+    return args, kwargs
