@@ -25,9 +25,10 @@ GAMMA = 3
 SMS = [1, 3, 132]
 RULES = [kk.Dual(0.002), kk.Primal(0.6), kk.Nudging(0.5), kk.ImplicitReward()]
 TEMPERATURE = torch.tensor([1.0, 0.0, 0.8])  # a greedy row between sampled ones
-# sample's two paths: with a row that may be greedy (arg-max pass, then a draw kernel),
-# and with a float T > 0 (each row drawn by the last of its slices to finish pass 2).
-SAMPLE_TEMPERATURES = {"per-row": TEMPERATURE, "float": 0.8}
+# The two paths of sample and verify: with a row that may be greedy (arg-max pass, then
+# a draw kernel), and with a float T > 0 (each row drawn by the last of its slices to
+# finish the pass before: pass 2, or verify's accept pass).
+TEMPERATURES = {"per-row": TEMPERATURE, "float": 0.8}
 
 
 @pytest.fixture(params=SMS, ids=lambda n: f"{n}sm")
@@ -47,7 +48,7 @@ def _logits(shape, seed):
 UNIFORMS = [[0.31, 0.5, 0.87], [0.97, 0.5, 0.999]]
 
 
-@pytest.mark.parametrize("temperature", SAMPLE_TEMPERATURES.values(), ids=SAMPLE_TEMPERATURES.keys())
+@pytest.mark.parametrize("temperature", TEMPERATURES.values(), ids=TEMPERATURES.keys())
 @pytest.mark.parametrize("uniforms", UNIFORMS, ids=["mid", "tail"])
 @pytest.mark.parametrize("rule", RULES, ids=lambda r: type(r).__name__)
 def test_sample_and_mixture_do_not_depend_on_the_cut(multiprocessors, rule, uniforms, temperature):
@@ -63,16 +64,17 @@ def test_sample_and_mixture_do_not_depend_on_the_cut(multiprocessors, rule, unif
     assert torch.equal(tokens, kk.sample(p, q, rule, temperature, uniforms=u, backend="torch", **kwargs))
 
 
+@pytest.mark.parametrize("temperature", TEMPERATURES.values(), ids=TEMPERATURES.keys())
 @pytest.mark.parametrize("rule", RULES[:2], ids=lambda r: type(r).__name__)
-def test_verify_does_not_depend_on_the_cut(multiprocessors, rule):
+def test_verify_does_not_depend_on_the_cut(multiprocessors, rule, temperature):
     p, q, _ = _logits((B, GAMMA + 1, V), seed=20)
     # Drafts from q itself; row 0 accepts all (zero coins: the bonus draw), row 1 is
-    # greedy, row 2 rejects somewhere (the residual draw).
+    # greedy under the per-row T, row 2 rejects somewhere (the residual draw).
     q_probs = torch.softmax(q[:, :GAMMA].float(), -1).reshape(-1, V)
     drafts = torch.multinomial(q_probs, 1, generator=torch.Generator().manual_seed(5)).view(B, GAMMA)
     accept = torch.tensor([[0.0, 0.0, 0.0], [0.1, 0.1, 0.1], [0.6, 0.95, 0.3]])
     draw = torch.tensor([0.4, 0.7, 0.05])
-    args = (p, q, drafts, rule, TEMPERATURE)
+    args = (p, q, drafts, rule, temperature)
     got = kk.verify(*args, uniforms=(accept, draw), backend="triton")
     want = kk.verify(*args, uniforms=(accept, draw), backend="torch")
     assert want.num_accepted[0] == GAMMA and want.num_accepted[2] < GAMMA, "both draws are exercised"

@@ -654,10 +654,11 @@ def row_args(param, temperature) -> tuple:
     return (*value_args(temperature), *value_args(param))
 
 
-def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout):
+def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout, tickets=None):
     """Launch passes 1–2 (and the primal select) over ``[N, V]`` rows of ``[B, P, V]``
-    logits.  Returns the statistics buffer, the primal key limits [N] and the flags [N]."""
-    stats, limits, slice_flags, flags = first_pass(kind, param, p, q, ref, temperature, lay)
+    logits.  Returns the statistics buffer, the primal key limits [N] and the flags [N].
+    ``tickets`` as in ``first_pass``."""
+    stats, limits, slice_flags, flags = first_pass(kind, param, p, q, ref, temperature, lay, tickets)
     args, kwargs = pass_two_args(kind, param, p, q, temperature, stats, limits, slice_flags, flags, lay)
     _mass_kernel[(lay.rows, lay.slices)](*args, **kwargs)
     return stats, limits, flags

@@ -5,7 +5,10 @@ passes.  Then one launch runs the accept chain on the draft tokens (point
 evaluations of π and q, no pass over V) and a pass over the one position each
 row draws at, for the slice masses of π and, after a rejection, of the residual
 ``max(π − q, 0)`` — positive only on kept tokens, since
-``π − q = p(1 − d) + (α − 1) q``; the shared draw (draw.py) emits the last token.
+``π − q = p(1 − d) + (α − 1) q``; the shared draw (draw.py) emits the last token:
+in that same launch, by the row's last slice to finish, when no row is greedy
+(as ``sample`` fuses its draw into pass 2), else in a launch of its own after the
+arg-max pass.
 """
 
 from __future__ import annotations
@@ -72,14 +75,29 @@ def _accept_kernel(
     N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
     PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
+    accept_masses(
+        p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
+        stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+        a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
+        tl.program_id(0), tl.program_id(1), N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
+        PHILOX, KIND, SP, BLOCK,
+    )
+
+
+@triton.jit
+def accept_masses(
+    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
+    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+    a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
+    b, j, N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
+):
     """Program (b, j): row b's accept chain, then slice j's masses of π_i and of the
     residual max(π_i − q_i, 0) at the position i where the row draws (the rejection,
     or γ for the bonus; no residual there).  Every slice program runs the chain — γ
     point evaluations cost less than a launch — and slice 0 writes its result.  The
     slices are those of a B-row layout, not of the B·(γ+1) rows of the statistics:
-    only one position per row is read, so the grid stays full."""
-    b = tl.program_id(0)
-    j = tl.program_id(1)
+    only one position per row is read, so the grid stays full.  Returns i."""
     i = accept_chain(
         p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
         stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
@@ -112,6 +130,7 @@ def _accept_kernel(
             res_total += tl.sum(tl.where(rejected, tl.maximum(pi - q, 0.0), 0.0), 0)
     tl.store(res_mass_ptr + b * DS + j, res_total)
     tl.store(pi_mass_ptr + b * DS + j, pi_total)
+    return i
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
@@ -126,26 +145,76 @@ def _verify_draw_kernel(
     residual is all zero), from π_γ as the bonus; the arg-max of π_i if greedy."""
     b = tl.program_id(0)
     i = tl.load(accepted_ptr + b).to(tl.int32)
-    n = b * P + i
     if row_value(temp_ptr, temp_value, b) == 0:
-        token = greedy_token(best_val_ptr, best_idx_ptr, n, S, SP)
+        token = greedy_token(best_val_ptr, best_idx_ptr, b * P + i, S, SP)
     else:
-        if PHILOX:
-            u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * P + P - 1)
-        else:
-            u = tl.load(s_ptr + b)
-        js = tl.arange(0, DSP)
-        res = tl.load(res_mass_ptr + b * DS + js, mask=js < DS, other=0.0)
-        residual = (i < P - 1) & (tl.sum(res, 0) > 0)
-        masses = tl.where(residual, res, tl.load(pi_mass_ptr + b * DS + js, mask=js < DS, other=0.0))
-        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
-            stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
-        )
-        token = draw_row(
-            p_ptr, q_ptr, r_ptr, row_offset(n, P, stride_b, stride_p), masses, residual, u, draw_slice_len, V,
-            m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, DSP, BLOCK,
+        token = drawn_last_token(
+            p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
+            res_mass_ptr, pi_mass_ptr, s_ptr, seed_ptr, offset_ptr, b, i,
+            N, V, P, stride_b, stride_p, S, draw_slice_len, DS, PHILOX, KIND, SP, DSP, BLOCK,
         )
     tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
+
+
+@triton.jit
+def drawn_last_token(
+    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
+    res_mass_ptr, pi_mass_ptr, s_ptr, seed_ptr, offset_ptr, b, i,
+    N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, DSP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Row b's token at position i, drawn from the residual after a rejection (from π_i
+    if the residual is all zero) or from π_γ as the bonus.  The slice masses are read
+    from L2 (``.cg``): in the fused kernel other SMs have just written them."""
+    n = b * P + i
+    if PHILOX:
+        u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * P + P - 1)
+    else:
+        u = tl.load(s_ptr + b)
+    js = tl.arange(0, DSP)
+    res = tl.load(res_mass_ptr + b * DS + js, mask=js < DS, other=0.0, cache_modifier=".cg")
+    residual = (i < P - 1) & (tl.sum(res, 0) > 0)
+    pi_masses = tl.load(pi_mass_ptr + b * DS + js, mask=js < DS, other=0.0, cache_modifier=".cg")
+    masses = tl.where(residual, res, pi_masses)
+    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha = mixture_state(
+        stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
+    )
+    return draw_row(
+        p_ptr, q_ptr, r_ptr, row_offset(n, P, stride_b, stride_p), masses, residual, u, draw_slice_len, V,
+        m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND, DSP, BLOCK,
+    )
+
+
+@triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
+def _accept_draw_kernel(
+    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
+    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+    a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
+    N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
+    s_ptr, ticket_ptr,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, DSP: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """``accept_masses`` for program (b, j); then row b's last slice to finish draws
+    its last token (no row is greedy), as ``sample``'s fused pass 2 does."""
+    b = tl.program_id(0)
+    i = accept_masses(
+        p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
+        stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
+        a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
+        b, tl.program_id(1), N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
+        PHILOX, KIND, SP, BLOCK,
+    )
+    # Slice 0's stores of the accepted drafts and −1s, and every slice's masses, are
+    # released before the ticket (pass 1 zeroed it); see sample.py.
+    tl.debug_barrier()
+    finished = tl.atomic_add(ticket_ptr + b, 1, sem="acq_rel")
+    if finished == DS - 1:
+        token = drawn_last_token(
+            p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
+            res_mass_ptr, pi_mass_ptr, s_ptr, seed_ptr, offset_ptr, b, i,
+            N, V, P, stride_b, stride_p, S, draw_slice_len, DS, PHILOX, KIND, SP, DSP, BLOCK,
+        )
+        tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
 
 
 def verify(
@@ -156,8 +225,10 @@ def verify(
     batch, positions, vocab = p.shape
     rows = batch * positions
     lay = layout(rows, positions, vocab, p.device)
-    stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
     device = p.device
+    # With no greedy row the accept launch also draws (see _accept_draw_kernel).
+    tickets = None if maybe_greedy else torch.empty(rows, dtype=torch.int32, device=device)
+    stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay, tickets)
     best_val = torch.empty(rows, lay.slices, dtype=torch.float32, device=device)
     best_idx = torch.empty(rows, lay.slices, dtype=torch.int32, device=device)
     r = ref if ref is not None else p
@@ -176,14 +247,22 @@ def verify(
     res_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
     pi_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
     draw_geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slices, draw.slice_len, draw.slices)
-    _accept_kernel[(batch, draw.slices)](
+    accept_args = (
         p, q, r, draft.contiguous(), *row_args(param, temperature), stats, limits, best_val, best_idx,
         stats if philox else accept_uniforms.contiguous(), *randomness, tokens, accepted, res_mass, pi_mass,
-        *draw_geometry, PHILOX=philox, maxnreg=MAX_REGISTERS, **common,
+        *draw_geometry,
     )
+    draw_u = stats if philox else draw_uniforms
+    if tickets is not None:
+        _accept_draw_kernel[(batch, draw.slices)](
+            *accept_args, draw_u, tickets,
+            PHILOX=philox, DSP=draw.slices_pow2, maxnreg=MAX_REGISTERS, **common,
+        )
+        return tokens, accepted, flags.view(batch, positions)
+    _accept_kernel[(batch, draw.slices)](*accept_args, PHILOX=philox, maxnreg=MAX_REGISTERS, **common)
     _verify_draw_kernel[(batch,)](
         p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
-        res_mass, pi_mass, accepted, stats if philox else draw_uniforms, *randomness, tokens,
+        res_mass, pi_mass, accepted, draw_u, *randomness, tokens,
         *draw_geometry, PHILOX=philox, DSP=draw.slices_pow2, maxnreg=DRAW_MAX_REGISTERS, **common,
     )
     return tokens, accepted, flags.view(batch, positions)
