@@ -7,7 +7,7 @@
 #                                                 $OUT/grid/bench_kernels.{csv,png} (the CSVs render as
 #                                                 markdown with bench_kernels.markdown)
 #   3. Nsight Compute on the headline calls    -> $OUT/profile.log (skipped without ncu),
-#      triton and cuda backends
+#      triton and cuda backends at B = 64, then triton at B = 1 if time is left
 #   4. compute-sanitizer memcheck of the calls -> $OUT/sanitizer.log (skipped without it)
 # Every step runs even if an earlier one fails; the exit status is nonzero if any failed.
 # The machine is assumed offline with torch/triton preinstalled: pip never resolves
@@ -123,12 +123,15 @@ if command -v ncu >/dev/null 2>&1; then
     echo "== Nsight Compute: the headline calls of the triton and cuda backends -> $OUT/profile.log"
     start=$SECONDS
     status=0
-    for backend in triton cuda; do
+    # B = 1 last: its launches are the B = 1 target's whole story, but a short one.
+    for run in "triton 64" "cuda 64" "triton 1"; do
+        set -- $run
         left=$((PROFILE_TIMEOUT - (SECONDS - start)))
-        if [ "$left" -lt 10 ]; then echo "   out of time before $backend"; status=124; break; fi
-        echo "-- backend $backend" >> "$OUT/profile.log"
+        if [ "$left" -lt 10 ]; then echo "   out of time before backend $1, B = $2"; status=124; break; fi
+        echo "-- backend $1, B = $2" >> "$OUT/profile.log"
         timeout "$left" ncu --profile-from-start off --section SpeedOfLight --section Occupancy \
-            --section LaunchStats "$PY" benchmarks/profile_kernels.py --backend "$backend" >> "$OUT/profile.log" 2>&1
+            --section LaunchStats "$PY" benchmarks/profile_kernels.py --backend "$1" --batch "$2" \
+            >> "$OUT/profile.log" 2>&1
         code=$?
         [ "$code" -eq 0 ] || status=$code
     done
