@@ -31,9 +31,8 @@ from kad_kernels.triton import offline, stats  # noqa: E402
 
 
 WIDE = 50304  # rows of 16-byte multiples in every dtype: vector loads possible
-POINT_LOADS = {"_accept_kernel", "_accept_draw_kernel"}  # their draft tokens (their pass loads 16 bytes)
-STREAMING = {"_stats_kernel", "_mass_kernel", "_mass_sample_kernel", "_argmax_kernel", "_accept_kernel",
-             "_accept_draw_kernel"}
+POINT_LOADS = {"_accept_kernel"}  # its draft tokens (its pass loads 16 bytes)
+STREAMING = {"_stats_kernel", "_mass_kernel", "_mass_sample_kernel", "_argmax_kernel", "_accept_kernel"}
 
 
 def calls():

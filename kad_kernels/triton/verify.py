@@ -73,31 +73,21 @@ def _accept_kernel(
     stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
     N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
-    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
-):
-    accept_masses(
-        p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
-        stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-        a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
-        tl.program_id(0), tl.program_id(1), N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
-        PHILOX, KIND, SP, BLOCK,
-    )
-
-
-@triton.jit
-def accept_masses(
-    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
-    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-    a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
-    b, j, N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
-    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
+    s_ptr, ticket_ptr,
+    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, DSP: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Program (b, j): row b's accept chain, then slice j's masses of π_i and of the
     residual max(π_i − q_i, 0) at the position i where the row draws (the rejection,
     or γ for the bonus; no residual there).  Every slice program runs the chain — γ
     point evaluations cost less than a launch — and slice 0 writes its result.  The
     slices are those of a B-row layout, not of the B·(γ+1) rows of the statistics:
-    only one position per row is read, so the grid stays full.  Returns i."""
+    only one position per row is read, so the grid stays full.
+
+    With ``ticket_ptr`` (no row is greedy), row b's last slice to finish then draws
+    the row's last token, as ``sample``'s fused pass 2 does; without, the arg-max
+    pass and ``_verify_draw_kernel`` follow."""
+    b = tl.program_id(0)
+    j = tl.program_id(1)
     i = accept_chain(
         p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
         stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
@@ -130,7 +120,18 @@ def accept_masses(
             res_total += tl.sum(tl.where(rejected, tl.maximum(pi - q, 0.0), 0.0), 0)
     tl.store(res_mass_ptr + b * DS + j, res_total)
     tl.store(pi_mass_ptr + b * DS + j, pi_total)
-    return i
+    if ticket_ptr is not None:
+        # Slice 0's stores of the accepted drafts and −1s, and every slice's masses, are
+        # released before the ticket (pass 1 zeroed it); see sample.py.
+        tl.debug_barrier()
+        finished = tl.atomic_add(ticket_ptr + b, 1, sem="acq_rel")
+        if finished == DS - 1:
+            token = drawn_last_token(
+                p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
+                res_mass_ptr, pi_mass_ptr, s_ptr, seed_ptr, offset_ptr, b, i,
+                N, V, P, stride_b, stride_p, S, draw_slice_len, DS, PHILOX, KIND, SP, DSP, BLOCK,
+            )
+            tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
@@ -185,38 +186,6 @@ def drawn_last_token(
     )
 
 
-@triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
-def _accept_draw_kernel(
-    p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
-    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-    a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
-    N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
-    s_ptr, ticket_ptr,
-    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, DSP: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """``accept_masses`` for program (b, j); then row b's last slice to finish draws
-    its last token (no row is greedy), as ``sample``'s fused pass 2 does."""
-    b = tl.program_id(0)
-    i = accept_masses(
-        p_ptr, q_ptr, r_ptr, draft_ptr, temp_ptr, temp_value, param_ptr, param_value,
-        stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-        a_ptr, seed_ptr, offset_ptr, tokens_ptr, accepted_ptr, res_mass_ptr, pi_mass_ptr,
-        b, tl.program_id(1), N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
-        PHILOX, KIND, SP, BLOCK,
-    )
-    # Slice 0's stores of the accepted drafts and −1s, and every slice's masses, are
-    # released before the ticket (pass 1 zeroed it); see sample.py.
-    tl.debug_barrier()
-    finished = tl.atomic_add(ticket_ptr + b, 1, sem="acq_rel")
-    if finished == DS - 1:
-        token = drawn_last_token(
-            p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
-            res_mass_ptr, pi_mass_ptr, s_ptr, seed_ptr, offset_ptr, b, i,
-            N, V, P, stride_b, stride_p, S, draw_slice_len, DS, PHILOX, KIND, SP, DSP, BLOCK,
-        )
-        tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
-
-
 def verify(
     kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy=True
 ):
@@ -226,7 +195,7 @@ def verify(
     rows = batch * positions
     lay = layout(rows, positions, vocab, p.device)
     device = p.device
-    # With no greedy row the accept launch also draws (see _accept_draw_kernel).
+    # With no greedy row the accept launch also draws (see _accept_kernel).
     tickets = None if maybe_greedy else torch.empty(rows, dtype=torch.int32, device=device)
     stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay, tickets)
     best_val = torch.empty(rows, lay.slices, dtype=torch.float32, device=device)
@@ -253,13 +222,11 @@ def verify(
         *draw_geometry,
     )
     draw_u = stats if philox else draw_uniforms
-    if tickets is not None:
-        _accept_draw_kernel[(batch, draw.slices)](
-            *accept_args, draw_u, tickets,
-            PHILOX=philox, DSP=draw.slices_pow2, maxnreg=MAX_REGISTERS, **common,
-        )
+    _accept_kernel[(batch, draw.slices)](
+        *accept_args, draw_u, tickets, PHILOX=philox, DSP=draw.slices_pow2, maxnreg=MAX_REGISTERS, **common,
+    )
+    if tickets is not None:  # the accept launch drew
         return tokens, accepted, flags.view(batch, positions)
-    _accept_kernel[(batch, draw.slices)](*accept_args, PHILOX=philox, maxnreg=MAX_REGISTERS, **common)
     _verify_draw_kernel[(batch,)](
         p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
         res_mass, pi_mass, accepted, draw_u, *randomness, tokens,
