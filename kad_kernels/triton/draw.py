@@ -22,7 +22,8 @@ from .stats import (
 
 # Chunks per step of the draw's walk through a slice: a step's loads are all in flight
 # at once, and the walk is a chain of dependent steps, so fewer, wider steps shorten it
-# (4: B = 64's ~9-chunk slices in 1-3 steps; the tile stays within 128 registers).
+# (4: B = 64's ~9-chunk slices in 1-3 steps; a step's 16-byte loads, 8 of them for p
+# and q, fit the 64-register cap of the passes the draws run in, without spills).
 WALK = tl.constexpr(4)
 
 
@@ -31,9 +32,13 @@ def _argmax_kernel(
     p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value,
     stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
     N, V, P, stride_b, stride_p, slice_len, S,
+    ticket_ptr, out_ptr,
     KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Per-slice arg-max of π on greedy rows (T = 0); sampled rows return at once."""
+    """Per-slice arg-max of π on greedy rows (T = 0); sampled rows return at once.
+    With ``ticket_ptr`` (``sample``), a greedy row's last slice to finish also folds
+    the winners into its token ``out_ptr[n]``: the ticket stood at S after pass 2,
+    so that slice sees 2S − 1."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     if row_value(temp_ptr, temp_value, n // P) == 0:
@@ -64,14 +69,20 @@ def _argmax_kernel(
             best = tl.where(take, chunk_best, best)
         tl.store(best_val_ptr + n * S + j, best)
         tl.store(best_idx_ptr + n * S + j, best_idx)
+        if ticket_ptr is not None:
+            tl.debug_barrier()  # the stores above before the release (see sample.py)
+            finished = tl.atomic_add(ticket_ptr + n, 1, sem="acq_rel")
+            if finished == 2 * S - 1:
+                tl.store(out_ptr + n, greedy_token(best_val_ptr, best_idx_ptr, n, S, SP).to(tl.int64))
 
 
 @triton.jit
 def greedy_token(best_val_ptr, best_idx_ptr, n, S, SP: tl.constexpr):
-    """arg-max of π on row ``n`` from the per-slice winners (ties: lowest index)."""
+    """arg-max of π on row ``n`` from the per-slice winners (ties: lowest index), read
+    from L2 (``.cg``: other SMs may have just written them, as for ``slice_stats``)."""
     js = tl.arange(0, SP)
-    vals = tl.load(best_val_ptr + n * S + js, mask=js < S, other=-2.0)
-    idxs = tl.load(best_idx_ptr + n * S + js, mask=js < S, other=2147483647)
+    vals = tl.load(best_val_ptr + n * S + js, mask=js < S, other=-2.0, cache_modifier=".cg")
+    idxs = tl.load(best_idx_ptr + n * S + js, mask=js < S, other=2147483647, cache_modifier=".cg")
     return tl.min(tl.where(vals == tl.max(vals, 0), idxs, 2147483647), 0)
 
 

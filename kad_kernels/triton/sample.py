@@ -1,10 +1,11 @@
 """``sample``: one token per row from π (DESIGN §2), logits ``[B, V]``.
 
-When no row can be greedy (a float T > 0) the draw runs inside pass 2: each
-row's last program to finish its slice's masses (a per-row ticket) draws the
-token, so the draws overlap other rows' pass 2 and a call is two launches, not
-three (B = 1 is launch-bound).  Otherwise an arg-max pass and a draw kernel
-follow pass 2.
+Pass 1, then pass 2 with the draw in it: each row's last program to finish its
+slice's masses (a per-row ticket) draws the row's token, so the draws overlap
+other rows' pass 2 and a call is two launches (B = 1 is launch-bound).  Greedy
+rows (T = 0) take the arg-max of π instead, which needs α, hence pass 2 done:
+when a row may be greedy, an arg-max launch follows, whose last slice per
+greedy row folds the slice winners.
 """
 
 from __future__ import annotations
@@ -14,10 +15,10 @@ import triton
 import triton.language as tl
 
 from ..rules import Kind
-from .draw import _argmax_kernel, draw_row, greedy_token, pi_slice_masses
+from .draw import _argmax_kernel, draw_row, pi_slice_masses
 from .stats import (
-    BLOCK, DRAW_MAX_REGISTERS, MAX_REGISTERS, NUM_WARPS, first_pass, layout, mixture_state, pass_two_args,
-    row_args, row_offset, row_statistics, row_value, slice_masses,
+    BLOCK, MAX_REGISTERS, NUM_WARPS, first_pass, layout, mixture_state, pass_two_args, row_args, row_offset,
+    row_value, slice_masses,
 )
 
 
@@ -42,25 +43,6 @@ def drawn_token(
     )
 
 
-@triton.jit(do_not_specialize=['N', 'S', 'KIND'])
-def _sample_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value,
-    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-    u_ptr, seed_ptr, offset_ptr, out_ptr,
-    N, V, stride_b, slice_len, S,
-    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, BLOCK: tl.constexpr,
-):
-    b = tl.program_id(0)
-    if row_value(temp_ptr, temp_value, b) == 0:
-        token = greedy_token(best_val_ptr, best_idx_ptr, b, S, SP)
-    else:
-        token = drawn_token(
-            p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
-            u_ptr, seed_ptr, offset_ptr, b, N, V, stride_b, slice_len, S, PHILOX, KIND, SP, BLOCK,
-        )
-    tl.store(out_ptr + b, token.to(tl.int64))
-
-
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])
 def _mass_sample_kernel(
     p_ptr, q_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
@@ -70,7 +52,7 @@ def _mass_sample_kernel(
     PHILOX: tl.constexpr,
 ):
     """Pass 2 for slice j of row n (``slice_masses``); the row's last slice to finish
-    then draws its token (no row is greedy)."""
+    then draws its token, unless the row is greedy."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     slice_masses(
@@ -82,7 +64,7 @@ def _mass_sample_kernel(
     # see slice_stats).  The ticket counts the row's finished slices; pass 1 zeroed it.
     tl.debug_barrier()
     finished = tl.atomic_add(ticket_ptr + n, 1, sem="acq_rel")
-    if finished == S - 1:
+    if (finished == S - 1) & (row_value(temp_ptr, temp_value, n) > 0):
         token = drawn_token(
             p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
             u_ptr, seed_ptr, offset_ptr, n, N, V, stride_b, slice_len, S, PHILOX, KIND, SP, BLOCK,
@@ -91,34 +73,25 @@ def _mass_sample_kernel(
 
 
 def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True):
-    """Tokens i64 [B] and bad-logits flags [B]; no arg-max pass unless ``maybe_greedy``."""
+    """Tokens i64 [B] and bad-logits flags [B]; no arg-max launch unless ``maybe_greedy``."""
     batch, vocab = p.shape
     lay = layout(batch, 1, vocab, p.device)
     tokens = torch.empty(batch, dtype=torch.int64, device=p.device)
+    tickets = torch.empty(batch, dtype=torch.int32, device=p.device)
     r = ref if ref is not None else p
     philox = uniforms is None
-    if not maybe_greedy:
-        tickets = torch.empty(batch, dtype=torch.int32, device=p.device)
-        stats, limits, slice_flags, flags = first_pass(kind, param, p, q, ref, temperature, lay, tickets)
-        args, kwargs = pass_two_args(kind, param, p, q, temperature, stats, limits, slice_flags, flags, lay)
-        _mass_sample_kernel[(batch, lay.slices)](
-            *args, r, tickets, stats if philox else uniforms, seed if philox else flags,
-            offset if philox else flags, tokens, PHILOX=philox, **kwargs,
+    stats, limits, slice_flags, flags = first_pass(kind, param, p, q, ref, temperature, lay, tickets)
+    args, kwargs = pass_two_args(kind, param, p, q, temperature, stats, limits, slice_flags, flags, lay)
+    _mass_sample_kernel[(batch, lay.slices)](
+        *args, r, tickets, stats if philox else uniforms, seed if philox else flags,
+        offset if philox else flags, tokens, PHILOX=philox, **kwargs,
+    )
+    if maybe_greedy:
+        best_val = torch.empty(batch, lay.slices, dtype=torch.float32, device=p.device)
+        best_idx = torch.empty(batch, lay.slices, dtype=torch.int32, device=p.device)
+        _argmax_kernel[(batch, lay.slices)](
+            p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
+            batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, tickets, tokens,
+            KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS, maxnreg=MAX_REGISTERS,
         )
-        return tokens, flags
-    stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay)
-    best_val = torch.empty(batch, lay.slices, dtype=torch.float32, device=p.device)
-    best_idx = torch.empty(batch, lay.slices, dtype=torch.int32, device=p.device)
-    common = dict(SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
-    _argmax_kernel[(batch, lay.slices)](
-        p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
-        batch, vocab, 1, p.stride(0), 0, lay.slice_len, lay.slices, KIND=int(kind), maxnreg=MAX_REGISTERS,
-        **common,
-    )
-    _sample_kernel[(batch,)](
-        p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
-        stats if philox else uniforms, seed if philox else flags, offset if philox else flags, tokens,
-        batch, vocab, p.stride(0), lay.slice_len, lay.slices,
-        PHILOX=philox, KIND=int(kind), maxnreg=DRAW_MAX_REGISTERS, **common,
-    )
     return tokens, flags

@@ -96,12 +96,10 @@ def layout(rows: int, positions: int, vocab: int, device: torch.device) -> Layou
 # Resident programs per SM of the streaming passes (8 warps, <= 64 registers: see
 # benchmarks/kernel_resources.py), so one wave of the grid is 4 programs per SM.
 # The passes over whole rows are capped at that register count (ptxas would take
-# 72-80 for their prefetched chunk).
+# 72-80 for their prefetched chunk), the draws they end with included (which alone
+# would take 210-250 for their 4-chunk steps; capped, they do not spill).
 PROGRAMS_PER_SM = 4
 MAX_REGISTERS = 64
-# The draws (one program per row) walk 4-chunk tiles, which ptxas would give 210-250
-# registers: one program per SM, so B = 256 rows took two waves.  Capped, two fit.
-DRAW_MAX_REGISTERS = 128
 
 
 @functools.cache

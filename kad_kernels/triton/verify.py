@@ -5,10 +5,9 @@ passes.  Then one launch runs the accept chain on the draft tokens (point
 evaluations of π and q, no pass over V) and a pass over the one position each
 row draws at, for the slice masses of π and, after a rejection, of the residual
 ``max(π − q, 0)`` — positive only on kept tokens, since
-``π − q = p(1 − d) + (α − 1) q``; the shared draw (draw.py) emits the last token:
-in that same launch, by the row's last slice to finish, when no row is greedy
-(as ``sample`` fuses its draw into pass 2), else in a launch of its own after the
-arg-max pass.
+``π − q = p(1 − d) + (α − 1) q``; in that same launch the row's last slice to
+finish emits the last token (the shared draw of draw.py, or the arg-max of π on a
+greedy row, found by an arg-max launch before it when a row may be greedy).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import triton.language as tl
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token
 from .stats import (
-    BLOCK, DRAW_MAX_REGISTERS, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of,
+    BLOCK, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of,
     mixture_state, row_args, row_offset, row_statistics, row_value, slice_bounds,
 )
 
@@ -83,9 +82,9 @@ def _accept_kernel(
     slices are those of a B-row layout, not of the B·(γ+1) rows of the statistics:
     only one position per row is read, so the grid stays full.
 
-    With ``ticket_ptr`` (no row is greedy), row b's last slice to finish then draws
-    the row's last token, as ``sample``'s fused pass 2 does; without, the arg-max
-    pass and ``_verify_draw_kernel`` follow."""
+    Row b's last slice to finish (a ticket, zeroed by pass 1) then emits the row's
+    last token, as ``sample``'s pass 2 does: drawn, or the arg-max of π_i on a greedy
+    row (from the winners of the arg-max launch before this one)."""
     b = tl.program_id(0)
     j = tl.program_id(1)
     i = accept_chain(
@@ -120,41 +119,20 @@ def _accept_kernel(
             res_total += tl.sum(tl.where(rejected, tl.maximum(pi - q, 0.0), 0.0), 0)
     tl.store(res_mass_ptr + b * DS + j, res_total)
     tl.store(pi_mass_ptr + b * DS + j, pi_total)
-    if ticket_ptr is not None:
-        # Slice 0's stores of the accepted drafts and −1s, and every slice's masses, are
-        # released before the ticket (pass 1 zeroed it); see sample.py.
-        tl.debug_barrier()
-        finished = tl.atomic_add(ticket_ptr + b, 1, sem="acq_rel")
-        if finished == DS - 1:
+    # Slice 0's stores of the accepted drafts and −1s, and every slice's masses, are
+    # released before the ticket; see sample.py.
+    tl.debug_barrier()
+    finished = tl.atomic_add(ticket_ptr + b, 1, sem="acq_rel")
+    if finished == DS - 1:
+        if row_value(temp_ptr, temp_value, b) == 0:
+            token = greedy_token(best_val_ptr, best_idx_ptr, b * P + i, S, SP)
+        else:
             token = drawn_last_token(
                 p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
                 res_mass_ptr, pi_mass_ptr, s_ptr, seed_ptr, offset_ptr, b, i,
                 N, V, P, stride_b, stride_p, S, draw_slice_len, DS, PHILOX, KIND, SP, DSP, BLOCK,
             )
-            tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
-
-
-@triton.jit(do_not_specialize=['N', 'P', 'S', 'DS', 'KIND'])
-def _verify_draw_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value,
-    stats_ptr, limit_ptr, best_val_ptr, best_idx_ptr,
-    res_mass_ptr, pi_mass_ptr, accepted_ptr, s_ptr, seed_ptr, offset_ptr, tokens_ptr,
-    N, V, P, stride_b, stride_p, S, draw_slice_len, DS,
-    PHILOX: tl.constexpr, KIND, SP: tl.constexpr, DSP: tl.constexpr, BLOCK: tl.constexpr,
-):
-    """The last token of row b: from the residual after a rejection (from π_i if the
-    residual is all zero), from π_γ as the bonus; the arg-max of π_i if greedy."""
-    b = tl.program_id(0)
-    i = tl.load(accepted_ptr + b).to(tl.int32)
-    if row_value(temp_ptr, temp_value, b) == 0:
-        token = greedy_token(best_val_ptr, best_idx_ptr, b * P + i, S, SP)
-    else:
-        token = drawn_last_token(
-            p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
-            res_mass_ptr, pi_mass_ptr, s_ptr, seed_ptr, offset_ptr, b, i,
-            N, V, P, stride_b, stride_p, S, draw_slice_len, DS, PHILOX, KIND, SP, DSP, BLOCK,
-        )
-    tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
+        tl.store(tokens_ptr + b * P + i, token.to(tl.int64))
 
 
 @triton.jit
@@ -189,14 +167,13 @@ def drawn_last_token(
 def verify(
     kind: Kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy=True
 ):
-    """Tokens i64 [B, γ+1], num_accepted i64 [B], flags [B, γ+1]; no arg-max pass unless
+    """Tokens i64 [B, γ+1], num_accepted i64 [B], flags [B, γ+1]; no arg-max launch unless
     ``maybe_greedy``."""
     batch, positions, vocab = p.shape
     rows = batch * positions
     lay = layout(rows, positions, vocab, p.device)
     device = p.device
-    # With no greedy row the accept launch also draws (see _accept_kernel).
-    tickets = None if maybe_greedy else torch.empty(rows, dtype=torch.int32, device=device)
+    tickets = torch.empty(rows, dtype=torch.int32, device=device)  # the accept launch's; pass 1 zeroes them
     stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, lay, tickets)
     best_val = torch.empty(rows, lay.slices, dtype=torch.float32, device=device)
     best_idx = torch.empty(rows, lay.slices, dtype=torch.int32, device=device)
@@ -205,7 +182,7 @@ def verify(
     common = dict(KIND=int(kind), SP=lay.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS)
     if maybe_greedy:
         _argmax_kernel[(rows, lay.slices)](
-            p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx, *geometry,
+            p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx, *geometry, None, None,
             maxnreg=MAX_REGISTERS, **common,
         )
     tokens = torch.empty(batch, positions, dtype=torch.int64, device=device)
@@ -215,21 +192,11 @@ def verify(
     draw = layout(batch, 1, vocab, device)
     res_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
     pi_mass = torch.empty(batch, draw.slices, dtype=torch.float32, device=device)
-    draw_geometry = (rows, vocab, positions, p.stride(0), p.stride(1), lay.slices, draw.slice_len, draw.slices)
-    accept_args = (
+    _accept_kernel[(batch, draw.slices)](
         p, q, r, draft.contiguous(), *row_args(param, temperature), stats, limits, best_val, best_idx,
         stats if philox else accept_uniforms.contiguous(), *randomness, tokens, accepted, res_mass, pi_mass,
-        *draw_geometry,
-    )
-    draw_u = stats if philox else draw_uniforms
-    _accept_kernel[(batch, draw.slices)](
-        *accept_args, draw_u, tickets, PHILOX=philox, DSP=draw.slices_pow2, maxnreg=MAX_REGISTERS, **common,
-    )
-    if tickets is not None:  # the accept launch drew
-        return tokens, accepted, flags.view(batch, positions)
-    _verify_draw_kernel[(batch,)](
-        p, q, r, *row_args(param, temperature), stats, limits, best_val, best_idx,
-        res_mass, pi_mass, accepted, draw_u, *randomness, tokens,
-        *draw_geometry, PHILOX=philox, DSP=draw.slices_pow2, maxnreg=DRAW_MAX_REGISTERS, **common,
+        rows, vocab, positions, p.stride(0), p.stride(1), lay.slices, draw.slice_len, draw.slices,
+        stats if philox else draw_uniforms, tickets,
+        PHILOX=philox, DSP=draw.slices_pow2, maxnreg=MAX_REGISTERS, **common,
     )
     return tokens, accepted, flags.view(batch, positions)
