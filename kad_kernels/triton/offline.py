@@ -82,8 +82,7 @@ def operation(op: str, kind: Kind, batch: int, vocab: int, dtype: torch.dtype, *
     """A call of the backend's ``op`` ("mixture", "sample" or "verify") on zero CPU
     tensors of the given shape: what ``compile_launches`` takes.  ``per_row``: the
     rule parameter and T as f32 [B] tensors rather than floats; ``maybe_greedy`` as
-    the API sets it (False for a float T > 0: no arg-max pass, and sample's fused
-    pass 2 and draw)."""
+    the API sets it (False for a float T > 0: no arg-max launch)."""
     maybe_greedy = per_row or temperature == 0
     shape = (batch, vocab) if op != "verify" else (batch, gamma + 1, vocab)
     p, q = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)

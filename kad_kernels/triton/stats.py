@@ -150,9 +150,9 @@ def inverse_temperature(temp_ptr, temp_value, b):
 @triton.jit
 def slice_stats(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr, other):
     """Field ``F`` of every slice of row ``n``, ``[SP]`` (``other`` past the S slices).
-    Read from L2 (``.cg``), not L1: in ``sample``'s fused pass 2 a row's last program
-    reads partials that programs on other SMs have just written, which an L1 line
-    cached earlier (a neighbouring row's) could hide."""
+    Read from L2 (``.cg``), not L1: a row's last program in ``sample``'s pass 2 reads
+    partials that programs on other SMs have just written, which an L1 line cached
+    earlier (a neighbouring row's) could hide."""
     j = tl.arange(0, SP)
     return tl.load(stats_ptr + (F * N + n) * S + j, mask=j < S, other=other, cache_modifier=".cg")
 
@@ -329,8 +329,8 @@ def _stats_kernel(
     """Pass 1 for slice j of row n: online max/Σexp per tile row (``rows_update``), one
     reduction across the program at the end.  The bad-logits bits come from the
     running maxima, which keep NaN and +inf, rather than from a test per element:
-    the loop is issue-bound, every instruction counts.  Zeroes the row's ticket of a
-    fused pass 2 (``ticket_ptr`` not None), which runs after it in stream order."""
+    the loop is issue-bound, every instruction counts.  Zeroes the row's ticket
+    (``ticket_ptr`` not None) on which a later launch counts its finished slices."""
     n = tl.program_id(0)
     j = tl.program_id(1)
     row = row_offset(n, P, stride_b, stride_p)
@@ -665,7 +665,7 @@ def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout, ticke
 def first_pass(kind: Kind, param, p, q, ref, temperature, lay: Layout, tickets=None):
     """Pass 1 and the primal select: the statistics buffer, the primal key limits [N],
     the per-slice and the row flags [N] (pass 2 completes the latter).  ``tickets``
-    i32 [N], if given, are zeroed for a fused pass 2."""
+    i32 [N], if given, are zeroed for the launch that draws (sample.py, verify.py)."""
     device = p.device
     N, S = lay.rows, lay.slices
     stats = torch.empty(FIELDS, N, S, dtype=torch.float32, device=device)

@@ -144,7 +144,7 @@ def drawn_last_token(
 ):
     """Row b's token at position i, drawn from the residual after a rejection (from π_i
     if the residual is all zero) or from π_γ as the bonus.  The slice masses are read
-    from L2 (``.cg``): in the fused kernel other SMs have just written them."""
+    from L2 (``.cg``): other SMs have just written them."""
     n = b * P + i
     if PHILOX:
         u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * P + P - 1)
