@@ -5,7 +5,8 @@
         python benchmarks/profile_kernels.py [--backend triton] [--batch 64] [--vocab 151936]
 
 Warms every call up first (compilation, autotuning, allocator), then brackets one
-``sample`` (Dual, Primal) and one ``verify`` (Dual, γ = 4) with
+``sample`` (Dual, Primal; Dual again with a per-row temperature that makes every
+other row greedy, the path with the arg-max launch) and one ``verify`` (Dual, γ = 4) with
 ``torch.cuda.profiler.start``/``stop``, so ncu sees exactly their kernels: per kernel, the
 achieved DRAM throughput, issue-slot use and occupancy that explain the times of
 ``bench_kernels.py``.  Inputs are Gaussian bf16 logits, as there.
@@ -46,8 +47,11 @@ def main() -> None:
     drafts = torch.randint(0, args.vocab, (B, gamma), generator=g, device="cuda")
     u = torch.rand(B, generator=g, device="cuda")
     a = torch.rand(B, gamma, generator=g, device="cuda")
+    greedy_rows = torch.tensor([1.0, 0.0], device="cuda").repeat(B)[:B]
     calls = {
         "sample dual": lambda: kk.sample(p, q, kk.Dual(0.4), uniforms=u, backend=args.backend, check=False),
+        "sample dual, greedy rows": lambda: kk.sample(p, q, kk.Dual(0.4), greedy_rows, uniforms=u,
+                                                      backend=args.backend, check=False),
         "sample primal": lambda: kk.sample(p, q, kk.Primal(0.9), uniforms=u, backend=args.backend, check=False),
         "verify dual": lambda: kk.verify(pv, qv, drafts, kk.Dual(0.4), uniforms=(a, u), backend=args.backend,
                                          check=False),
