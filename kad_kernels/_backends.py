@@ -60,14 +60,18 @@ def _flags(p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor:
     return flags
 
 
+def _as_tensors(param: Param, temperature: Param, p: Tensor) -> tuple[Tensor, Tensor]:
+    return as_rows(param, p.shape[0], p.device), as_rows(temperature, p.shape[0], p.device)
+
+
 def _torch_mixture(kind, param, p, q, ref, temperature):
-    param, temperature = (as_rows(x, p.shape[0], p.device) for x in (param, temperature))
+    param, temperature = _as_tensors(param, temperature, p)
     probs, alpha = reference.mixture(kind, param, p, q, ref, temperature)
     return probs, alpha, _flags(p, q, ref)
 
 
 def _torch_sample(kind, param, p, q, ref, temperature, uniforms, seed=None, offset=None, maybe_greedy=True):
-    param, temperature = (as_rows(x, p.shape[0], p.device) for x in (param, temperature))
+    param, temperature = _as_tensors(param, temperature, p)
     tokens = reference.sample(kind, param, p, q, ref, temperature, uniforms)
     return tokens, _flags(p, q, ref)
 
@@ -76,7 +80,7 @@ def _torch_verify(
     kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms,
     seed=None, offset=None, maybe_greedy=True,
 ):
-    param, temperature = (as_rows(x, p.shape[0], p.device) for x in (param, temperature))
+    param, temperature = _as_tensors(param, temperature, p)
     tokens, accepted = reference.verify(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms)
     flags = _flags(*(None if x is None else x.flatten(0, 1) for x in (p, q, ref))).view(p.shape[:2])
     return tokens, accepted, flags
