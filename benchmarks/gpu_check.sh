@@ -119,23 +119,34 @@ rm -f "$OUT/headline/bench_kernels.png" "$OUT/headline/bench_kernels.md"
 bench grid "$BENCH_MAX_SECONDS" "$BENCH_TIMEOUT" $BENCH_ARGS
 rm -f "$OUT/grid/bench_kernels.md"
 
-if command -v ncu >/dev/null 2>&1; then
-    echo "== Nsight Compute: the headline calls of the triton and cuda backends -> $OUT/profile.log"
-    start=$SECONDS
+# profile_runs BUDGET LOG "BACKEND:B ..." "SCRIPT_ARGS" TOOL...: profile_kernels.py under
+# TOOL for each backend and batch, its output into LOG, within what is left of BUDGET
+# seconds (under 10 left, the rest is skipped).  Sets status: 0, or the last failure's.
+profile_runs() {
+    local budget=$1 log=$2 runs=$3 script_args=$4
+    shift 4
+    local start=$SECONDS run backend batch left code
     status=0
-    # B = 1 last: its launches are the B = 1 target's whole story, but a short one.
-    for run in "triton 64" "cuda 64" "triton 1"; do
-        set -- $run
-        left=$((PROFILE_TIMEOUT - (SECONDS - start)))
-        if [ "$left" -lt 10 ]; then echo "   out of time before backend $1, B = $2"; status=124; break; fi
-        echo "-- backend $1, B = $2" >> "$OUT/profile.log"
-        timeout "$left" ncu --profile-from-start off --section SpeedOfLight --section Occupancy \
-            --section LaunchStats "$PY" benchmarks/profile_kernels.py --backend "$1" --batch "$2" \
-            >> "$OUT/profile.log" 2>&1
+    for run in $runs; do
+        backend=${run%:*} batch=${run#*:}
+        left=$((budget - (SECONDS - start)))
+        if [ "$left" -lt 10 ]; then echo "   out of time before backend $backend, B = $batch"; status=124; break; fi
+        echo "-- backend $backend, B = $batch $script_args" >> "$log"
+        # shellcheck disable=SC2086
+        timeout "$left" "$@" "$PY" benchmarks/profile_kernels.py --backend "$backend" --batch "$batch" \
+            $script_args >> "$log" 2>&1
         code=$?
+        echo "   backend $backend, B = $batch: exit $code"
         [ "$code" -eq 0 ] || status=$code
     done
-    echo "   ncu exit $status after $((SECONDS - start))s"
+    echo "   done after $((SECONDS - start))s"
+}
+
+if command -v ncu >/dev/null 2>&1; then
+    echo "== Nsight Compute: the headline calls of the triton and cuda backends -> $OUT/profile.log"
+    # B = 1 last: its launches are the B = 1 target's whole story, but a short one.
+    profile_runs "$PROFILE_TIMEOUT" "$OUT/profile.log" "triton:64 cuda:64 triton:1" "" \
+        ncu --profile-from-start off --section SpeedOfLight --section Occupancy --section LaunchStats
     grep -E "^  [a-z_]+kernel|DRAM Throughput|Memory Throughput|Achieved Occupancy|Duration" "$OUT/profile.log" | head -n 80
     [ "$status" -eq 0 ] || failed+=("profile (exit $status)")
 else
@@ -148,21 +159,8 @@ if command -v compute-sanitizer >/dev/null 2>&1; then
     # layouts of the cuda backend: split vocabulary (B = 8) and one block per row (B = 1056);
     # the triton kernels at B = 8.
     echo "== compute-sanitizer memcheck: the headline calls, both layouts -> $OUT/sanitizer.log"
-    start=$SECONDS
-    status=0
-    for run in "cuda 8" "cuda 1056" "triton 8"; do
-        set -- $run
-        left=$((SANITIZER_TIMEOUT - (SECONDS - start)))
-        if [ "$left" -lt 10 ]; then echo "   out of time before backend $1, B = $2"; status=124; break; fi
-        echo "-- backend $1, B = $2, V = 50257" >> "$OUT/sanitizer.log"
-        PYTORCH_NO_CUDA_MEMORY_CACHING=1 timeout "$left" \
-            compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20 \
-            "$PY" benchmarks/profile_kernels.py --backend "$1" --batch "$2" --vocab 50257 >> "$OUT/sanitizer.log" 2>&1
-        code=$?
-        echo "   backend $1, B = $2: exit $code"
-        [ "$code" -eq 0 ] || status=$code
-    done
-    echo "   compute-sanitizer done after $((SECONDS - start))s"
+    profile_runs "$SANITIZER_TIMEOUT" "$OUT/sanitizer.log" "cuda:8 cuda:1056 triton:8" "--vocab 50257" \
+        env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --error-exitcode 1 --print-limit 20
     grep -E "ERROR SUMMARY|Invalid|out of bounds" "$OUT/sanitizer.log" | sort | uniq -c | head -n 20
     [ "$status" -eq 0 ] || failed+=("sanitizer (exit $status)")
 else
