@@ -16,7 +16,7 @@ import triton.language as tl
 
 from .stats import (
     IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_logits3, mixture_of, mixture_state, row_offset,
-    row_value, slice_bounds, slice_stats,
+    last_to_finish, row_value, slice_bounds, slice_stats,
 )
 
 
@@ -70,9 +70,7 @@ def _argmax_kernel(
         tl.store(best_val_ptr + n * S + j, best)
         tl.store(best_idx_ptr + n * S + j, best_idx)
         if ticket_ptr is not None:
-            tl.debug_barrier()  # the stores above before the release (see sample.py)
-            finished = tl.atomic_add(ticket_ptr + n, 1, sem="acq_rel")
-            if finished == 2 * S - 1:
+            if last_to_finish(ticket_ptr, n, 2 * S):
                 tl.store(out_ptr + n, greedy_token(best_val_ptr, best_idx_ptr, n, S, SP).to(tl.int64))
 
 

@@ -17,8 +17,8 @@ import triton.language as tl
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, pi_slice_masses
 from .stats import (
-    BLOCK, MAX_REGISTERS, NUM_WARPS, first_pass, layout, mixture_state, pass_two_args, row_args, row_offset,
-    row_value, slice_masses,
+    BLOCK, MAX_REGISTERS, NUM_WARPS, first_pass, last_to_finish, layout, mixture_state, pass_two_args, row_args,
+    row_offset, row_value, slice_masses,
 )
 
 
@@ -59,12 +59,8 @@ def _mass_sample_kernel(
         p_ptr, q_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
         n, j, N, V, P, stride_b, stride_p, slice_len, S, KIND, HAS_REF, NEEDS_Q, SP, BLOCK,
     )
-    # Every thread's stores of S_d/S_kept come before the ticket's release (the barrier),
-    # and the last program's acquire before its reads of the others' (which go to L2:
-    # see slice_stats).  The ticket counts the row's finished slices; pass 1 zeroed it.
-    tl.debug_barrier()
-    finished = tl.atomic_add(ticket_ptr + n, 1, sem="acq_rel")
-    if (finished == S - 1) & (row_value(temp_ptr, temp_value, n) > 0):
+    last = last_to_finish(ticket_ptr, n, S)  # greedy rows count too: the arg-max launch goes on to 2S
+    if last & (row_value(temp_ptr, temp_value, n) > 0):
         token = drawn_token(
             p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
             u_ptr, seed_ptr, offset_ptr, n, N, V, stride_b, slice_len, S, PHILOX, KIND, SP, BLOCK,

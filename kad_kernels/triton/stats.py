@@ -141,6 +141,17 @@ def row_value(values_ptr, value, b):
 
 
 @triton.jit
+def last_to_finish(ticket_ptr, n, count):
+    """Count this program as finished on row n's ticket (zeroed by pass 1); true for the
+    program that brings it to ``count``, which may then read what the others wrote.
+    The barrier puts every thread's stores before the atomic's release; its acquire
+    comes before the caller's reads, which go to L2 (``slice_stats``, ``greedy_token``,
+    ``drawn_last_token``) past any stale L1 line."""
+    tl.debug_barrier()
+    return tl.atomic_add(ticket_ptr + n, 1, sem="acq_rel") == count - 1
+
+
+@triton.jit
 def inverse_temperature(temp_ptr, temp_value, b):
     """1/T, and T = 1 on greedy rows (T = 0): DESIGN §1."""
     t = row_value(temp_ptr, temp_value, b)

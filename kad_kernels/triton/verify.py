@@ -20,7 +20,7 @@ from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token
 from .stats import (
     BLOCK, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of,
-    mixture_state, row_args, row_offset, row_statistics, row_value, slice_bounds,
+    last_to_finish, mixture_state, row_args, row_offset, row_statistics, row_value, slice_bounds,
 )
 
 
@@ -119,11 +119,8 @@ def _accept_kernel(
             res_total += tl.sum(tl.where(rejected, tl.maximum(pi - q, 0.0), 0.0), 0)
     tl.store(res_mass_ptr + b * DS + j, res_total)
     tl.store(pi_mass_ptr + b * DS + j, pi_total)
-    # Slice 0's stores of the accepted drafts and −1s, and every slice's masses, are
-    # released before the ticket; see sample.py.
-    tl.debug_barrier()
-    finished = tl.atomic_add(ticket_ptr + b, 1, sem="acq_rel")
-    if finished == DS - 1:
+    # Slice 0's stores of the accepted drafts and −1s come before the ticket too.
+    if last_to_finish(ticket_ptr, b, DS):
         if row_value(temp_ptr, temp_value, b) == 0:
             token = greedy_token(best_val_ptr, best_idx_ptr, b * P + i, S, SP)
         else:
