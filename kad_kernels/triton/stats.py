@@ -663,6 +663,11 @@ def row_args(param, temperature) -> tuple:
     return (*value_args(temperature), *value_args(param))
 
 
+def row_strides(p) -> tuple[int, int]:
+    """(batch, position) element strides of logits [B, V] or [B, P, V] (``row_offset``)."""
+    return p.stride(0), p.stride(1) if p.dim() == 3 else 0
+
+
 def row_statistics(kind: Kind, param, p, q, ref, temperature, lay: Layout, tickets=None):
     """Launch passes 1–2 (and the primal select) over ``[N, V]`` rows of ``[B, P, V]``
     logits.  Returns the statistics buffer, the primal key limits [N] and the flags [N].
@@ -683,7 +688,7 @@ def first_pass(kind: Kind, param, p, q, ref, temperature, lay: Layout, tickets=N
     limits = torch.empty(N, dtype=torch.int64, device=device)
     slice_flags = torch.empty(N, S, dtype=torch.int32, device=device)
     flags = torch.empty(N, dtype=torch.int32, device=device)
-    strides = (p.stride(0), p.stride(1) if p.dim() == 3 else 0)
+    strides = row_strides(p)
     grid = (N, S)
     common = dict(BLOCK=BLOCK, num_warps=NUM_WARPS)
     has_ref = kind == Kind.IMPLICIT_REWARD
@@ -713,7 +718,7 @@ def first_pass(kind: Kind, param, p, q, ref, temperature, lay: Layout, tickets=N
 
 def pass_two_args(kind: Kind, param, p, q, temperature, stats, limits, slice_flags, flags, lay: Layout):
     """``(args, kwargs)`` of ``_mass_kernel``, which kernels fusing pass 2 extend."""
-    strides = (p.stride(0), p.stride(1) if p.dim() == 3 else 0)
+    strides = row_strides(p)
     args = (
         p, q, *row_args(param, temperature), stats, limits, slice_flags, flags,
         lay.rows, lay.vocab, lay.positions, *strides, lay.slice_len, lay.slices,
