@@ -15,6 +15,11 @@ spills registers to local memory; a 16-bit load of one element where rows of
 the accept chain, which reads single draft tokens, loads elements alone); and a
 pass over whole rows with fewer resident programs per SM than the slicing
 (``stats.PROGRAMS_PER_SM``) counts on.
+
+And it checks what the interpreter, running one program at a time, cannot: that
+each launch whose last program per row reads the others' partials (a ticket,
+``stats.last_to_finish``) keeps release/acquire order in its SASS
+(``offline.ticket_faults``).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from kad_kernels.triton import offline, stats  # noqa: E402
 WIDE = 50304  # rows of 16-byte multiples in every dtype: vector loads possible
 POINT_LOADS = {"_accept_kernel"}  # its draft tokens (its pass loads 16 bytes)
 STREAMING = {"_stats_kernel", "_mass_kernel", "_mass_sample_kernel", "_argmax_kernel", "_accept_kernel"}
+# Launches that always take a ticket; ``_argmax_kernel`` takes one in ``sample`` with greedy rows.
+TICKETED = {"_mass_sample_kernel", "_accept_kernel"}
 
 
 def calls():
@@ -66,6 +73,10 @@ def regressions(launch: offline.Launch, wide: bool) -> list[str]:
     if launch.name in STREAMING and r.blocks_per_sm < stats.PROGRAMS_PER_SM:
         found.append(f"{launch.name}: {r.blocks_per_sm} programs per SM ({r.registers} registers, "
                      f"{r.shared_bytes} B shared), the slicing assumes {stats.PROGRAMS_PER_SM}")
+    ops = offline.opcodes(launch)
+    if launch.name in TICKETED and not any(op.startswith("ATOMG") for op in ops):
+        found.append(f"{launch.name} takes no ticket")
+    found += [f"{launch.name}: {fault}" for fault in offline.ticket_faults(ops)]
     return found
 
 

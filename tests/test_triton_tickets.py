@@ -8,7 +8,8 @@ on a GPU a release or acquire missing around the ticket would let the last slice
 read stale partials now and then.  Such a call's tokens would differ from the same
 call's a moment before: so these GPU tests repeat calls on layouts with many slices
 per row and require every result to equal the first (which the shared suite checks
-against the reference).
+against the reference).  Without a GPU, ``sm90_compile.py`` checks the order of the
+fences around each ticket in the compiled SASS (``offline.ticket_faults``).
 """
 
 import pytest

@@ -7,7 +7,9 @@ bound and specialized exactly as Triton's launcher does on a GPU (argument
 dtypes, 16-byte alignment, integers divisible by 16 or equal to 1) and compiled
 for ``target`` with the ptxas in Triton's wheel.  ``resources`` then reads the
 cubin: registers, spills, shared memory, the widths of the global loads, and the
-occupancy and waves the grid would get — the static half of a profile.
+occupancy and waves the grid would get — the static half of a profile — and
+``ticket_faults`` reads the fences around each per-row ticket in its SASS, the
+memory order the interpreter (one program at a time) cannot show.
 
 Must run in a process without ``TRITON_INTERPRET=1`` (the kernels are then plain
 ``JITFunction`` objects).  Needs no GPU and no CUDA driver.
@@ -133,7 +135,7 @@ def _cuobjdump(cubin: bytes) -> tuple[str, str]:
 
 def resources(launch: Launch, multiprocessors: int = H100_SMS) -> Resources:
     """Static resources of a compiled launch, read from its cubin with cuobjdump."""
-    usage, sass = _cuobjdump(launch.kernel.asm["cubin"])
+    usage = _cuobjdump(launch.kernel.asm["cubin"])[0]
     fields = dict(re.findall(r"(REG|SHARED|LOCAL):(\d+)", usage))
     registers, local = int(fields["REG"]), int(fields["LOCAL"])
     shared = max(int(fields["SHARED"]), launch.kernel.metadata.shared)
@@ -148,10 +150,55 @@ def resources(launch: Launch, multiprocessors: int = H100_SMS) -> Resources:
     # LDG.E[.EL|.EF][.128|.64|.U16|...][.STRONG.GPU]: count by width (no suffix = 32 bits),
     # cache hints and memory-model qualifiers aside.
     qualifiers = {"E", "EL", "EF", "STRONG", "GPU", "SYS"}
+    ops = opcodes(launch)
     loads = collections.Counter(
-        next((part for part in m.split(".")[1:] if part not in qualifiers), "32")
-        for m in re.findall(r"\bLDG((?:\.\w+)+)", sass)
+        next((part for part in op.split(".")[1:] if part not in qualifiers), "32")
+        for op in ops if op.split(".")[0] == "LDG"
     )
-    instructions = len(re.findall(r"^\s+/\*[0-9a-f]{4,}\*/", sass, re.M))
     return Resources(registers, local, shared, blocks, launch.programs / (blocks * multiprocessors),
-                     dict(loads), instructions)
+                     dict(loads), len(ops))
+
+
+def opcodes(launch: Launch) -> list[str]:
+    """The launch's SASS instructions in address order, each as its opcode and
+    qualifiers (``MEMBAR.ALL.GPU``), predicate and operands dropped."""
+    sass = _cuobjdump(launch.kernel.asm["cubin"])[1]
+    return re.findall(r"^\s+/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][\w.]*)", sass, re.M)
+
+
+GLOBAL_WRITES = {"STG", "ST", "RED", "ATOMG", "ATOM"}
+
+
+def ticket_faults(ops: list[str]) -> list[str]:
+    """How each global atomic in ``ops`` (``opcodes``) falls short of the ticket
+    protocol of ``stats.last_to_finish``, as ptxas lowers it for sm_70 and later:
+
+        STG … BAR.SYNC … MEMBAR.*.GPU  ATOMG.*.STRONG.GPU  CCTL.IVALL … BAR.SYNC … LDG
+
+    The barrier puts every thread's stores before the release (MEMBAR) of the one
+    thread that takes the ticket; the atomic is ordered at GPU scope; its acquire
+    invalidates the SM's L1 (CCTL.IVALL) before the barrier that hands the ticket
+    to the other threads, so no thread reads another SM's partials before they are
+    visible, nor from a stale L1 line or the non-coherent (CONSTANT) path.  The
+    ticket code is straight-line, so address order is the order it runs in.
+    Empty when every atomic keeps the protocol."""
+    faults = []
+    for i in (i for i, op in enumerate(ops) if op.startswith("ATOMG")):
+        before, after = ops[:i], ops[i + 1:]
+        stored = max((j for j, op in enumerate(before) if op.split(".")[0] in GLOBAL_WRITES), default=-1)
+        since_store = before[stored + 1:]
+        barrier = next((j for j, op in enumerate(since_store) if op.startswith("BAR.SYNC")), None)
+        if barrier is None or not any(op.startswith("MEMBAR") and op.endswith((".GPU", ".SYS"))
+                                      for op in since_store[barrier + 1:]):
+            faults.append(f"{ops[i]} #{i}: the stores before it are not released (no BAR.SYNC then "
+                          "MEMBAR at GPU scope after the last global store)")
+        if not ops[i].endswith((".STRONG.GPU", ".STRONG.SYS")):
+            faults.append(f"{ops[i]} #{i}: not ordered at GPU scope")
+        handed = next((j for j, op in enumerate(after) if op.startswith("BAR.SYNC")), len(after))
+        if "CCTL.IVALL" not in after[:handed]:
+            faults.append(f"{ops[i]} #{i}: no acquire (CCTL.IVALL) before the barrier that shares its result")
+        if any(op.startswith("LDG") for op in after[:handed]):
+            faults.append(f"{ops[i]} #{i}: a global load before the barrier that shares its result")
+        if any(op.startswith("LDG") and "CONSTANT" in op for op in after):
+            faults.append(f"{ops[i]} #{i}: a non-coherent (CONSTANT) global load after it")
+    return faults

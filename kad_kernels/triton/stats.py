@@ -146,7 +146,8 @@ def last_to_finish(ticket_ptr, n, count):
     program that brings it to ``count``, which may then read what the others wrote.
     The barrier puts every thread's stores before the atomic's release; its acquire
     comes before the caller's reads, which go to L2 (``slice_stats``, ``greedy_token``,
-    ``drawn_last_token``) past any stale L1 line."""
+    ``drawn_last_token``) past any stale L1 line.  ``offline.ticket_faults`` checks
+    that order in the compiled code."""
     tl.debug_barrier()
     return tl.atomic_add(ticket_ptr + n, 1, sem="acq_rel") == count - 1
 
