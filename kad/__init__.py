@@ -1,4 +1,4 @@
-"""kad: KAD decoding on Hugging Face causal LMs (DESIGN §5), built on ``kad_kernels``.
+"""kad: KAD decoding over model engines (DESIGN §5), built on ``kad_kernels``.
 
 :class:`Decoder` runs a base model and an aligned model (and, for the implicit
 reward baseline, a reference model) in one batched loop, drawing every token
@@ -14,8 +14,23 @@ with ``kad_kernels.sample`` or verifying drafts with ``kad_kernels.verify``::
 ``demo``, ``generate``, ``eval`` (:mod:`kad.evaluate`), ``summary``, ``plot``.
 """
 
-from .decoding import MODES, SYSTEM_PROMPT, Decoder, Generation, Mode
+from .decoding import SYSTEM_PROMPT, Decoder, Generation
+from .engines import Engine, HFEngine
+from .loop import MODES, ContextLengthWarning, Mode, Settings, decode
 from .models import check_same_vocabulary
 from .stats import GenerationStats
 
-__all__ = ["Decoder", "Generation", "GenerationStats", "Mode", "MODES", "SYSTEM_PROMPT", "check_same_vocabulary"]
+__all__ = [
+    "ContextLengthWarning",
+    "Decoder",
+    "Engine",
+    "Generation",
+    "GenerationStats",
+    "HFEngine",
+    "MODES",
+    "Mode",
+    "SYSTEM_PROMPT",
+    "Settings",
+    "check_same_vocabulary",
+    "decode",
+]

@@ -20,9 +20,9 @@ re-feeding the longer rows' accepted tokens, would need the same padding in
 the re-fed input and one more forward per round.
 
 The last column is always the **pending** token: emitted but not yet fed to
-any model.  A model's cache covers a prefix of the columns; :meth:`CachedLM.advance`
-feeds it the columns it has not seen, so a model that skipped steps (the
-aligned model under nudging) catches up in one forward.
+any model.  A model's cache covers a prefix of the columns; :meth:`Engine.advance
+<kad.engines.Engine.advance>` feeds it the columns it has not seen, so a model that
+skipped steps (the aligned model under nudging) catches up in one forward.
 """
 
 from __future__ import annotations
@@ -31,7 +31,6 @@ from collections.abc import Sequence
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel
 
 # Position id of the padding columns (never attended to; HF generate uses the same).
 _PAD_POSITION = 1
@@ -85,39 +84,3 @@ class Batch:
             x[rows] for x in (self.tokens, self.mask, self.positions, self.lengths)
         )
 
-
-class CachedLM:
-    """A causal LM with its KV cache, which covers the first ``cached`` columns of a
-    :class:`Batch`; logits are cut to the ``vocab_size`` tokens of the tokenizer
-    (models may pad their lm_head with extra rows)."""
-
-    def __init__(self, model: PreTrainedModel, vocab_size: int):
-        self.model = model
-        self.vocab_size = vocab_size
-        self.cache = DynamicCache(config=model.config)
-        self.cached = 0
-
-    def advance(self, batch: Batch, keep: int = 1) -> Tensor:
-        """Feed the columns ``[cached, batch.width)`` and return the logits after the
-        last ``keep`` of them, ``[B, keep, V]`` (contiguous, the model's dtype)."""
-        start, end = self.cached, batch.width
-        out = self.model(
-            input_ids=batch.tokens[:, start:end],
-            attention_mask=batch.mask[:, :end],
-            position_ids=batch.positions[:, start:end],
-            cache=self.cache,
-            use_cache=True,
-            logits_to_keep=keep,
-        )
-        self.cached = end
-        return out.logits[..., : self.vocab_size].contiguous()
-
-    def truncate(self, width: int) -> None:
-        """Drop the cached columns from ``width`` on."""
-        if self.cached > width:
-            self.cache.crop(width - self.cached)  # a negative count: tokens removed from the end
-            self.cached = width
-
-    def select(self, rows: Tensor) -> None:
-        """Keep the cache rows ``rows`` (i64 indices), in that order."""
-        self.cache.batch_select_indices(rows)

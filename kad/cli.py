@@ -23,7 +23,8 @@ from tqdm.auto import tqdm
 from transformers import TextStreamer
 
 from . import default_pair
-from .decoding import MODES, RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
+from .decoding import RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
+from .loop import MODES
 from .evaluate import RunConfig, Summary, evaluate, load_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
@@ -133,10 +134,10 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         strict=args.strict,
         system_prompt=args.system,
-        base=decoder.models["base"].name_or_path,
-        aligned=decoder.models["aligned"].name_or_path,
-        reference=decoder.models["reference"].name_or_path if "reference" in decoder.models else None,
-        dtype=str(decoder.models["base"].dtype).removeprefix("torch."),
+        base=decoder.engines["base"].name,
+        aligned=decoder.engines["aligned"].name,
+        reference=decoder.engines["reference"].name if "reference" in decoder.engines else None,
+        dtype=str(getattr(decoder.engines["base"], "dtype", "")).removeprefix("torch."),
         device=str(decoder.device),
     )
     path = args.output or args.out_dir / f"{config.stem()}.json"

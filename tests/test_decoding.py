@@ -23,7 +23,7 @@ from decoding_helpers import CHARS, PROMPTS, make_models, make_tokenizer  # noqa
 import kad  # noqa: E402
 import kad_kernels as kk  # noqa: E402
 from kad import cli  # noqa: E402
-from kad.batch import CachedLM  # noqa: E402
+from kad.engines import HFEngine  # noqa: E402
 from kad.decoding import build_rule  # noqa: E402
 
 MODELS = make_models()
@@ -177,10 +177,10 @@ def test_every_forward_equals_a_fresh_forward(monkeypatch, mode, rule, temperatu
     """Each forward of the loop (prefill, drafts, verification, catch-up of a skipped
     model) gives, for every row, the logits of a fresh cacheless forward over the
     row's real tokens: rejected drafts, padding and dropped rows leave no trace."""
-    original = CachedLM.advance
+    original = HFEngine.advance
     checked = {"positions": 0, "rejected": 0}
 
-    def advance_and_check(self: CachedLM, batch, keep: int = 1):
+    def advance_and_check(self: HFEngine, batch, keep: int = 1):
         logits = original(self, batch, keep)
         end = batch.width
         for b in range(batch.tokens.shape[0]):
@@ -197,7 +197,7 @@ def test_every_forward_equals_a_fresh_forward(monkeypatch, mode, rule, temperatu
                     checked["positions"] += 1
         return logits
 
-    monkeypatch.setattr(CachedLM, "advance", advance_and_check)
+    monkeypatch.setattr(HFEngine, "advance", advance_and_check)
     out = DECODER.generate(PROMPTS, mode, rule, gamma=3, temperature=temperature, max_new_tokens=BUDGETS, seed=0)
     assert checked["positions"] > 50
     if mode.endswith("-spec"):
@@ -207,13 +207,13 @@ def test_every_forward_equals_a_fresh_forward(monkeypatch, mode, rule, temperatu
 
 def test_nudging_skips_the_aligned_model_when_no_row_defers(monkeypatch):
     calls = {"aligned": 0}
-    original = CachedLM.advance
+    original = HFEngine.advance
 
     def counting(self, batch, keep=1):
         calls["aligned"] += self.model is MODELS["aligned"]
         return original(self, batch, keep)
 
-    monkeypatch.setattr(CachedLM, "advance", counting)
+    monkeypatch.setattr(HFEngine, "advance", counting)
     out = DECODER.generate(PROMPTS[:1], "nudging", kk.Nudging(0.4), temperature=0.0, max_new_tokens=30)
     steps = out.stats.rounds
     deferring = round(out.stats.deferral_fraction * steps)

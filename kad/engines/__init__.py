@@ -1,0 +1,13 @@
+"""Model runtimes behind one protocol (:class:`Engine`); see :mod:`kad.engines.base`.
+
+=====================  ==============================================
+engine                 runtime
+=====================  ==============================================
+:class:`HFEngine`      a transformers causal LM in this process
+=====================  ==============================================
+"""
+
+from .base import Engine
+from .huggingface import HFEngine
+
+__all__ = ["Engine", "HFEngine"]

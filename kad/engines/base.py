@@ -1,0 +1,95 @@
+"""The engine seam: what the decoding loop needs of a model runtime.
+
+An *engine* is one causal language model with its KV cache over a batch of rows.
+The loop (:mod:`kad.loop`) talks to the base, aligned and reference models only
+through this protocol, so a new runtime (a model served over HTTP, a GGUF model
+in llama.cpp) is one new module in :mod:`kad.engines` and no change to the loop.
+``tests/test_engines.py`` runs the same tests against every engine.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from ..batch import Batch
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """A causal LM with a KV cache over the columns of a :class:`~kad.batch.Batch`.
+
+    **Layout.**  The loop owns the :class:`~kad.batch.Batch`: tokens, mask and
+    position ids ``[B, W]``.  Column ``j`` of every row is slot ``j`` of the cache;
+    a column with mask 0 (left padding, a rejected draft) is no token of its row:
+    no later token may attend to it, and each real token sits at the position id
+    the batch gives it.  So every row must get the logits a fresh forward over the
+    row's real tokens alone would give (within the engine's numerical noise).
+
+    **Cache.**  The engine owns its cache; it covers the first :attr:`cached`
+    columns.  One engine serves one generation at a time: the loop calls
+    :meth:`reset` before each one, then only :meth:`advance`, :meth:`truncate`
+    and :meth:`select`.  Batch size and width are whatever the first
+    :meth:`advance` after a reset brings.
+
+    **Logits.**  :meth:`advance` returns ``[B, keep, V]``, ``V`` =
+    :attr:`vocab_size`, one row per position, any floating dtype, on any device
+    (the loop moves them to the base engine's device).  They are logits: the
+    kernels take ``softmax(logits / T)``, so any per-row constant may be added.
+    A token the model must never produce has logit ``-inf``.  An engine that
+    sees only part of a distribution (a server returning top-k
+    log-probabilities) still returns full rows: the known entries as
+    log-probabilities, the remaining mass spread over the other tokens as the
+    engine documents; whether a rule's decision on such a row is exact is the
+    engine's to establish and report.
+    """
+
+    @property
+    def name(self) -> str:
+        """What the model is called in messages and result files (hub id, path, URL)."""
+        ...
+
+    @property
+    def vocab_size(self) -> int:
+        """``V``: logits per position, the vocabulary shared with the other models."""
+        ...
+
+    @property
+    def device(self) -> torch.device:
+        """Where :meth:`advance` returns its logits."""
+        ...
+
+    @property
+    def max_length(self) -> int | None:
+        """Positions a row may hold (the context length); ``None`` if unbounded or unknown."""
+        ...
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        """Token ids that end a row by the model's own configuration (may be empty)."""
+        ...
+
+    @property
+    def cached(self) -> int:
+        """Columns of the batch the cache covers: 0 after :meth:`reset`."""
+        ...
+
+    def reset(self) -> None:
+        """Empty the cache, ready for a new generation."""
+        ...
+
+    def advance(self, batch: Batch, keep: int = 1) -> Tensor:
+        """Feed the columns ``[cached, batch.width)`` (at least ``keep`` of them) and
+        return the logits after the last ``keep`` of them, ``[B, keep, V]``;
+        afterwards ``cached == batch.width``."""
+        ...
+
+    def truncate(self, width: int) -> None:
+        """Forget the cached columns from ``width`` on (no-op if ``width >= cached``)."""
+        ...
+
+    def select(self, rows: Tensor) -> None:
+        """Keep the cache rows ``rows`` (i64 ``[B']`` indices into the current rows), in that order."""
+        ...

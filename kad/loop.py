@@ -1,0 +1,386 @@
+"""The batched KAD decoding loop over engines (DESIGN §5).
+
+Every token is drawn by the ``kad_kernels`` API: :func:`kad_kernels.sample` from
+the mixture ``π = p⊙(1−d) + α q`` of the base model ``p`` and the aligned model
+``q``, or :func:`kad_kernels.verify` for a speculative round.  The models are
+:class:`~kad.engines.Engine` s; this module runs them and keeps their caches in
+step (see :mod:`kad.batch`).  :class:`kad.Decoder` (text in, text out) and
+:func:`kad.hf.generate` (transformers' ``generate``) are the two front ends.
+
+=======================  =====================================================
+mode                     each step / round
+=======================  =====================================================
+``base``                 the base model alone (π = p)
+``aligned``              the aligned model alone (π = q)
+``kad``                  both models, one token from π per step; with a
+                         :class:`~kad_kernels.Nudging` rule the aligned model is
+                         skipped on steps where no row defers (max p ≥ λ) and
+                         catches up on the next step that needs it
+``kad-spec``             the aligned model drafts γ tokens (and scores the
+                         position after them), the base model scores the γ + 1
+                         positions in one forward, ``verify`` accepts a prefix
+                         and draws the correction or bonus token
+``nudging[-spec]``       ``kad[-spec]`` with a ``Nudging`` rule
+``implicit-reward[-spec]``  ``kad[-spec]`` with :class:`~kad_kernels.ImplicitReward`:
+                         π ∝ p q / q_ref, q_ref from the reference model (the
+                         small *unaligned* model), which runs where the base does
+=======================  =====================================================
+
+Drafts are drawn from ``q = softmax(q_logits / T)`` exactly, as ``verify``
+assumes, by ``kad_kernels.sample(q, q, Dual(0))``: with p = q the mixture is
+``q`` whatever is deferred, and the kernels' temperature, greedy (arg-max,
+lowest index on ties) and randomness conventions carry over unchanged.  The
+single-model modes sample the same way.  One ``torch.Generator`` draws every
+random number, so its seed fixes the whole generation.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol, get_args
+
+import torch
+from torch import Tensor
+
+import kad_kernels as kk
+
+from .batch import Batch
+from .engines import Engine
+from .stats import GenerationStats
+
+Mode = Literal[
+    "base", "aligned", "kad", "kad-spec", "nudging", "nudging-spec", "implicit-reward", "implicit-reward-spec"
+]
+MODES: tuple[str, ...] = get_args(Mode)
+
+# Defers nothing (no p_v < 0): sample(x, x, ONE_MODEL) draws from softmax(x / T).
+ONE_MODEL = kk.Dual(0.0)
+
+
+class ContextLengthWarning(UserWarning):
+    """A row's budget ran past a model's context length: the row stops there."""
+
+
+class Streamer(Protocol):
+    """What the loop needs of a transformers streamer: ``put`` the new tokens (i64 ``[n]``)."""
+
+    def put(self, value: Tensor) -> None: ...
+
+
+def resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:
+    """The rule ``mode`` samples with; baseline modes fix the rule's class."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    family = mode.removesuffix("-spec")
+    if family in ("base", "aligned"):
+        if rule is not None:
+            raise ValueError(f"mode {mode!r} runs one model and takes no rule, got {rule!r}")
+        return ONE_MODEL
+    if family == "implicit-reward" and rule is None:
+        return kk.ImplicitReward()
+    required = {"nudging": kk.Nudging, "implicit-reward": kk.ImplicitReward}.get(family, kk.Rule)
+    if rule is None:
+        example = "Nudging" if family == "nudging" else "Dual"
+        raise ValueError(f"mode {mode!r} needs a rule, e.g. rule=kad_kernels.{example}(0.4)")
+    if not isinstance(rule, required):
+        raise TypeError(f"mode {mode!r} needs a {required.__name__} rule, got {rule!r}")
+    return rule
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to decode: ``mode`` (see the module doc) with ``rule`` (checked against
+    the mode by :func:`resolve_rule`; ``None`` where the mode fixes it), ``gamma``
+    drafts per speculative round, ``temperature`` (0: greedy), ``track_alpha``:
+    compute α for the statistics (one more mixture per step where needed)."""
+
+    mode: Mode = "kad"
+    rule: kk.Rule | None = None
+    gamma: int = 4
+    temperature: float = 1.0
+    track_alpha: bool = True
+
+    @property
+    def speculative(self) -> bool:
+        return self.mode.endswith("-spec")
+
+    def checked_rule(self) -> kk.Rule:
+        """The rule, checked against the mode, and ``gamma`` checked where it is used."""
+        rule = resolve_rule(self.mode, self.rule)
+        gamma = self.gamma
+        if self.speculative and (isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1):
+            raise ValueError(f"gamma (drafts per speculative round) must be an int >= 1, got {gamma!r}")
+        return rule
+
+
+@dataclass
+class Decoded:
+    """What :func:`decode` returns: the new tokens of each prompt (a final stop token
+    included), the statistics of all rows together and of each row alone."""
+
+    token_ids: list[list[int]]
+    stats: GenerationStats
+    row_stats: list[GenerationStats] = field(default_factory=list)
+
+
+@dataclass
+class _Plan:
+    """Which engine fills which logits slot of the kernels, with which rule."""
+
+    rule: kk.Rule
+    speculative: bool
+    target: Engine  # the p slot (verifies in speculative rounds)
+    draft: Engine | None  # the q slot (drafts); None: q = p
+    reference: Engine | None  # the ref slot of ImplicitReward
+
+    @property
+    def engines(self) -> list[Engine]:
+        return [e for e in (self.target, self.draft, self.reference) if e is not None]
+
+
+def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
+    rule = settings.checked_rule()
+    family = settings.mode.removesuffix("-spec")
+    if family in ("base", "aligned"):
+        return _Plan(rule, False, engines[family], None, None)
+    if rule.needs_ref and engines.get("reference") is None:
+        raise ValueError(
+            f"{type(rule).__name__} needs a reference model (the small unaligned model): pass reference= to Decoder"
+        )
+    reference = engines["reference"] if rule.needs_ref else None
+    return _Plan(rule, settings.speculative, engines["base"], engines["aligned"], reference)
+
+
+def fit_budgets(prompts: Sequence[Sequence[int]], budgets: Sequence[int], engines: Sequence[Engine]) -> list[int]:
+    """Each row's budget, cut so that prompt + new tokens fit every engine's context
+    length; warns (:class:`ContextLengthWarning`) when it cuts, raises ``ValueError``
+    for a prompt that leaves no room at all."""
+    limits = [(e.max_length, e.name) for e in engines if e.max_length is not None]
+    if not limits:
+        return list(budgets)
+    limit, name = min(limits)
+    fitted, cut = [], []
+    for row, (prompt, budget) in enumerate(zip(prompts, budgets)):
+        room = limit - len(prompt)
+        if room < 1 and budget > 0:
+            raise ValueError(
+                f"prompt {row} has {len(prompt)} tokens, which fill the context length {limit} of {name}: "
+                "shorten it to leave room for new tokens"
+            )
+        if budget > room:
+            cut.append(row)
+        fitted.append(min(budget, room))
+    if cut:
+        rows = ", ".join(map(str, cut[:8])) + (", ..." if len(cut) > 8 else "")
+        warnings.warn(
+            f"max_new_tokens runs past the context length {limit} of {name} for prompt(s) {rows}: "
+            "those rows stop when they reach it",
+            ContextLengthWarning,
+            stacklevel=3,
+        )
+    return fitted
+
+
+def decode(
+    engines: Mapping[str, Engine],
+    prompts: Sequence[Sequence[int]],
+    budgets: Sequence[int],
+    settings: Settings,
+    *,
+    stop_ids: frozenset[int],
+    generator: torch.Generator,
+    streamer: Streamer | None = None,
+) -> Decoded:
+    """Continue each prompt (token ids, at least one each) with at most its budget of
+    new tokens, a row stopping after any token of ``stop_ids``.
+
+    ``engines``: ``"base"`` and ``"aligned"`` (and ``"reference"`` for
+    ImplicitReward), sharing one vocabulary; each is reset first.  ``generator``:
+    every random draw, on the base engine's device.  ``streamer``: receives each
+    round's new tokens of a single prompt (``put``; the caller puts the prompt and
+    calls ``end``)."""
+    plan = _plan(engines, settings)
+    budgets = fit_budgets(prompts, budgets, plan.engines)
+    for engine in plan.engines:
+        engine.reset()
+    loop = _Loop(plan, stop_ids, settings, generator, streamer)
+    token_ids = loop.run([list(p) for p in prompts], budgets)
+    return Decoded(token_ids, loop.stats, loop.row_stats)
+
+
+def _common_dtype(*logits: Tensor | None) -> list[Tensor | None]:
+    """The kernels take p, q (and ref) of one dtype: fp32 if the models' dtypes differ."""
+    dtypes = {x.dtype for x in logits if x is not None}
+    if len(dtypes) == 1:
+        return list(logits)
+    return [None if x is None else x.float() for x in logits]
+
+
+class _Loop:
+    """The decoding loop of one :func:`decode` call.
+
+    Rows that finish (stop token or budget) leave the batch and every cache
+    after the step that finished them; the others go on."""
+
+    def __init__(
+        self,
+        plan: _Plan,
+        stop_ids: frozenset[int],
+        settings: Settings,
+        generator: torch.Generator,
+        streamer: Streamer | None,
+    ):
+        self.plan = plan
+        self.stop_ids = stop_ids
+        self.temperature = settings.temperature
+        self.gamma = settings.gamma
+        self.track_alpha = settings.track_alpha
+        self.generator = generator
+        self.streamer = streamer
+        self.device = plan.target.device
+        self.stats = GenerationStats()
+        self.row_stats: list[GenerationStats] = []
+
+    def _logits(self, engine: Engine, batch: Batch, keep: int = 1) -> Tensor:
+        return engine.advance(batch, keep).to(self.device)
+
+    def run(self, prompts: list[list[int]], budgets: list[int]) -> list[list[int]]:
+        """New tokens per prompt; fills :attr:`stats` and :attr:`row_stats`."""
+        start = time.perf_counter()
+        self.row_stats = [GenerationStats() for _ in prompts]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        active = [row for row, budget in enumerate(budgets) if budget > 0]  # original indices of the batch rows
+        left = list(budgets)
+        if active:
+            # Caches hold every token but the pending (last) one: prefill the prompts' prefixes.
+            batch = Batch([prompts[row][:-1] for row in active], self.device)
+            if batch.width:
+                for engine in self.plan.engines:
+                    engine.advance(batch)
+            batch.append(torch.tensor([prompts[row][-1] for row in active], device=self.device))
+        while active:
+            if self.plan.speculative:
+                round_gamma = max(1, min(self.gamma, max(left[row] for row in active) - 1))
+                tokens, emitted, alpha = self._speculative_round(batch, round_gamma)
+            else:
+                tokens, emitted, alpha = self._step(batch)
+            self.stats.rounds += 1
+            keep = self._commit(active, tokens, emitted, alpha, outputs, left)
+            now = time.perf_counter() - start
+            for row in active:
+                self.row_stats[row].wall_time_s = now
+                self.row_stats[row].rounds += 1
+            if len(keep) < len(active):
+                rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+                batch.select(rows)
+                for engine in self.plan.engines:
+                    engine.select(rows)
+                active = [active[i] for i in keep]
+        self.stats.wall_time_s = time.perf_counter() - start
+        return outputs
+
+    def _alpha(self, p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor | None:
+        """α ``[N]`` of the mixtures of logits ``[N, V]``, if tracked.  One model
+        alone defers nothing; ImplicitReward has α = 0 by definition."""
+        if not self.track_alpha:
+            return None
+        if self.plan.draft is None or self.plan.rule.needs_ref:
+            return torch.zeros(p.shape[0], device=p.device)
+        return kk.mixture(p, q, self.plan.rule, self.temperature, check=False).alpha
+
+    def _step(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
+        """One token per row: ``(tokens [B, 1], emitted [B] (ones), α [B, 1] or None)``."""
+        plan = self.plan
+        p = self._logits(plan.target, batch)[:, -1]
+        q, alpha = p, None
+        if plan.draft is not None:
+            if isinstance(plan.rule, kk.Nudging):
+                # Nudging defers whole rows (α ∈ {0, 1}) and from p alone: when no row
+                # defers, π = p and the aligned model is not needed (q = p is exact).
+                alpha = kk.mixture(p, p, plan.rule, self.temperature, check=False).alpha
+            if alpha is None or bool((alpha > 0).any()):
+                q = self._logits(plan.draft, batch)[:, -1]
+        ref = self._logits(plan.reference, batch)[:, -1] if plan.reference else None
+        p, q, ref = _common_dtype(p, q, ref)
+        tokens = kk.sample(p, q, plan.rule, self.temperature, ref_logits=ref, generator=self.generator, check=False)
+        if alpha is None:
+            alpha = self._alpha(p, q, ref)
+        batch.append(tokens)
+        return tokens[:, None], torch.ones_like(tokens), None if alpha is None else alpha[:, None]
+
+    def _speculative_round(self, batch: Batch, gamma: int) -> tuple[Tensor, Tensor, Tensor | None]:
+        """γ drafts from q, verified against π: ``(tokens [B, γ+1] (−1 padded),
+        emitted [B], α [B, γ+1] or None)``."""
+        plan = self.plan
+        first = batch.width  # the first draft's column; the pending token is at first - 1
+        q_logits = []
+        for _ in range(gamma):
+            q_i = self._logits(plan.draft, batch)[:, -1]
+            q_logits.append(q_i)
+            batch.append(kk.sample(q_i, q_i, ONE_MODEL, self.temperature, generator=self.generator, check=False))
+        q_logits.append(self._logits(plan.draft, batch)[:, -1])  # π at the bonus position needs q there too
+        q = torch.stack(q_logits, dim=1)
+        p = self._logits(plan.target, batch, keep=gamma + 1)
+        ref = self._logits(plan.reference, batch, keep=gamma + 1) if plan.reference else None
+        p, q, ref = _common_dtype(p, q, ref)
+        drafts = batch.tokens[:, first:]
+        verified = kk.verify(
+            p, q, drafts, plan.rule, self.temperature, ref_logits=ref, generator=self.generator, check=False
+        )
+        accepted = verified.num_accepted
+
+        # Mask each row's rejected drafts; crop the columns no row accepted.
+        batch.reject(first, accepted)
+        width = first + int(accepted.max())
+        batch.truncate(width)
+        for engine in plan.engines:
+            engine.truncate(width)
+        batch.append(verified.tokens.gather(1, accepted[:, None])[:, 0])  # correction or bonus: the new pending token
+
+        rows = accepted.shape[0]
+        flat = [None if x is None else x.flatten(0, 1) for x in (p, q, ref)]
+        alpha = self._alpha(*flat)
+        return verified.tokens, accepted + 1, None if alpha is None else alpha.view(rows, gamma + 1)
+
+    def _commit(
+        self,
+        active: list[int],
+        tokens: Tensor,
+        emitted: Tensor,
+        alpha: Tensor | None,
+        outputs: list[list[int]],
+        left: list[int],
+    ) -> list[int]:
+        """Append each row's emitted tokens to its output, cut after a stop token or at
+        its budget; update the statistics (a speculative round's drafts count whole,
+        before the cut).  Returns the batch rows still going."""
+        tokens_h, emitted_h = tokens.tolist(), emitted.tolist()
+        alpha_h = None if alpha is None else alpha.tolist()
+        gamma = tokens.shape[1] - 1 if self.plan.speculative else 0
+        keep = []
+        for i, row in enumerate(active):
+            new = tokens_h[i][: min(emitted_h[i], left[row])]
+            stop = next((j for j, t in enumerate(new) if t in self.stop_ids), None)
+            if stop is not None:
+                new = new[: stop + 1]
+            outputs[row].extend(new)
+            left[row] -= len(new)
+            kept = None if alpha_h is None else alpha_h[i][: len(new)]
+            for stats in (self.stats, self.row_stats[row]):
+                stats.new_tokens += len(new)
+                if gamma:
+                    stats.drafts_proposed += gamma
+                    stats.drafts_accepted += emitted_h[i] - 1
+                    stats.verified_rows += 1
+                if kept is not None:
+                    stats.alpha_sum += sum(kept)
+                    stats.alpha_count += len(kept)
+                    stats.deferring_steps += sum(a > 0 for a in kept)
+            if self.streamer is not None and new:
+                self.streamer.put(torch.tensor(new))
+            if stop is None and left[row] > 0:
+                keep.append(i)
+        return keep
