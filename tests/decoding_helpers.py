@@ -11,8 +11,13 @@ tokenizer has tokens, to exercise the vocabulary cut.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping
+
+import numpy as np
+import scipy.stats
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+import kad_kernels as kk
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 
 CHARS = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ ,.?!+0123456789"  # 72 tokens with SPECIALS
@@ -59,3 +64,64 @@ def make_models(eos_token_id: int = 0) -> dict[str, torch.nn.Module]:
         Qwen2Config(vocab_size=72, hidden_size=32, num_hidden_layers=1, intermediate_size=64, **common)
     )
     return {"base": _sharpen(base, 15.0), "aligned": _sharpen(aligned, 15.0), "reference": _sharpen(reference, 15.0)}
+
+
+# ----------------------------------------------------------------------------- distributions of the first two tokens
+
+
+def mixture_probs(
+    models: Mapping[str, torch.nn.Module], rule: kk.Rule, contexts: list[list[int]], temperature: float, vocab_size: int
+) -> torch.Tensor:
+    """π ``[N, V]`` after each context, from fresh full forwards of the models (no cache)."""
+
+    def last_logits(model) -> torch.Tensor:
+        with torch.no_grad():
+            return model(input_ids=torch.tensor(contexts)).logits[:, -1, :vocab_size]
+
+    p, q = last_logits(models["base"]), last_logits(models["aligned"])
+    ref = last_logits(models["reference"]) if rule.needs_ref else None
+    return kk.mixture(p, q, rule, temperature, ref_logits=ref).probs.double()
+
+
+def exact_pairs(
+    models: Mapping[str, torch.nn.Module],
+    rule: kk.Rule,
+    prompt: list[int],
+    temperature: float,
+    vocab_size: int,
+    stop_ids: Collection[int],
+) -> np.ndarray:
+    """P(first two tokens = (a, b)) ``[V, V + 1]`` when every token is drawn from π;
+    column V: the row stopped after ``a`` (a stop token)."""
+    first = mixture_probs(models, rule, [prompt], temperature, vocab_size)[0]
+    second = mixture_probs(models, rule, [prompt + [a] for a in range(vocab_size)], temperature, vocab_size)
+    second = torch.cat([second, torch.zeros(vocab_size, 1, dtype=torch.double)], 1)
+    for a in stop_ids:
+        second[a] = 0
+        second[a, vocab_size] = 1
+    return (first[:, None] * second).numpy()
+
+
+def pair_counts(token_ids: list[list[int]], vocab_size: int) -> np.ndarray:
+    """Counts ``[V, V + 1]`` of the first two new tokens (column V: no second token)."""
+    counts = np.zeros((vocab_size, vocab_size + 1))
+    for tokens in token_ids:
+        counts[tokens[0], tokens[1] if len(tokens) > 1 else vocab_size] += 1
+    return counts
+
+
+def goodness_of_fit(counts: np.ndarray, probs: np.ndarray) -> float:
+    """Chi-square p-value of ``counts`` against ``probs``; cells expected below 5 are pooled."""
+    expected = probs.ravel() * counts.sum()
+    big = expected >= 5
+    observed = np.append(counts.ravel()[big], counts.ravel()[~big].sum())
+    expected = np.append(expected[big], expected[~big].sum())
+    return scipy.stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
+
+
+def two_sample(a: np.ndarray, b: np.ndarray) -> float:
+    """Chi-square p-value that two count tables come from one distribution (rare cells pooled)."""
+    total = a.ravel() + b.ravel()
+    big = total >= 10
+    table = np.stack([np.append(x.ravel()[big], x.ravel()[~big].sum()) for x in (a, b)])
+    return scipy.stats.chi2_contingency(table[:, table.sum(0) > 0]).pvalue

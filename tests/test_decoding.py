@@ -16,9 +16,17 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import scipy.stats  # noqa: E402
 import torch  # noqa: E402
-from decoding_helpers import CHARS, PROMPTS, make_models, make_tokenizer  # noqa: E402
+from decoding_helpers import (  # noqa: E402
+    CHARS,
+    PROMPTS,
+    exact_pairs,
+    goodness_of_fit,
+    make_models,
+    make_tokenizer,
+    pair_counts,
+    two_sample,
+)
 
 import kad  # noqa: E402
 import kad_kernels as kk  # noqa: E402
@@ -88,52 +96,8 @@ ROWS = 6000  # one prompt repeated: i.i.d. samples in a single batched generatio
 CHI_PROMPT = "hello"
 
 
-def _mixture_probs(rule: kk.Rule, contexts: list[list[int]], temperature: float) -> torch.Tensor:
-    """π [N, V] after each context, from fresh full forwards of the models (no cache)."""
-
-    def last_logits(model) -> torch.Tensor:
-        with torch.no_grad():
-            return model(input_ids=torch.tensor(contexts)).logits[:, -1, :V]
-
-    p, q = last_logits(MODELS["base"]), last_logits(MODELS["aligned"])
-    ref = last_logits(MODELS["reference"]) if rule.needs_ref else None
-    return kk.mixture(p, q, rule, temperature, ref_logits=ref).probs.double()
-
-
 def _exact_pairs(rule: kk.Rule, prompt: list[int], temperature: float) -> np.ndarray:
-    """P(first two tokens = (a, b)) [V, V + 1] when every token is drawn from π; column V:
-    the row stopped after ``a`` (a stop token)."""
-    first = _mixture_probs(rule, [prompt], temperature)[0]
-    second = _mixture_probs(rule, [prompt + [a] for a in range(V)], temperature)
-    second = torch.cat([second, torch.zeros(V, 1, dtype=torch.double)], 1)
-    for a in DECODER.stop_ids:
-        second[a] = 0
-        second[a, V] = 1
-    return (first[:, None] * second).numpy()
-
-
-def _pair_counts(token_ids: list[list[int]]) -> np.ndarray:
-    counts = np.zeros((V, V + 1))
-    for tokens in token_ids:
-        counts[tokens[0], tokens[1] if len(tokens) > 1 else V] += 1
-    return counts
-
-
-def _goodness_of_fit(counts: np.ndarray, probs: np.ndarray) -> float:
-    """Chi-square p-value of ``counts`` against ``probs``; cells expected below 5 are pooled."""
-    expected = probs.ravel() * counts.sum()
-    big = expected >= 5
-    observed = np.append(counts.ravel()[big], counts.ravel()[~big].sum())
-    expected = np.append(expected[big], expected[~big].sum())
-    return scipy.stats.chisquare(observed, expected * observed.sum() / expected.sum()).pvalue
-
-
-def _two_sample(a: np.ndarray, b: np.ndarray) -> float:
-    """Chi-square p-value that two count tables come from one distribution (rare cells pooled)."""
-    total = a.ravel() + b.ravel()
-    big = total >= 10
-    table = np.stack([np.append(x.ravel()[big], x.ravel()[~big].sum()) for x in (a, b)])
-    return scipy.stats.chi2_contingency(table[:, table.sum(0) > 0]).pvalue
+    return exact_pairs(MODELS, rule, prompt, temperature, V, DECODER.stop_ids)
 
 
 @pytest.mark.parametrize(
@@ -151,13 +115,13 @@ def test_sampled_pairs_follow_the_mixture(mode, rule, temperature):
     spec = DECODER.generate(rows, f"{mode}-spec", rule, gamma=3, temperature=temperature, max_new_tokens=4, seed=1)
     seq = DECODER.generate(rows, mode, rule, temperature=temperature, max_new_tokens=2, seed=2)
     exact = _exact_pairs(rule, prompt, temperature)
-    spec_counts, seq_counts = _pair_counts(spec.token_ids), _pair_counts(seq.token_ids)
-    assert _goodness_of_fit(spec_counts, exact) > 1e-3
-    assert _goodness_of_fit(seq_counts, exact) > 1e-3
-    assert _two_sample(spec_counts, seq_counts) > 1e-3
+    spec_counts, seq_counts = pair_counts(spec.token_ids, V), pair_counts(seq.token_ids, V)
+    assert goodness_of_fit(spec_counts, exact) > 1e-3
+    assert goodness_of_fit(seq_counts, exact) > 1e-3
+    assert two_sample(spec_counts, seq_counts) > 1e-3
     assert 0.1 < spec.stats.acceptance_rate < 0.95  # rejections (residual draws) and bonus tokens both occur
     base_alone = _exact_pairs(kk.Dual(0.0), prompt, temperature)  # defers nothing: π = p
-    assert _goodness_of_fit(spec_counts, base_alone) < 1e-6
+    assert goodness_of_fit(spec_counts, base_alone) < 1e-6
 
 
 # ----------------------------------------------------------------------------- caches

@@ -1,0 +1,348 @@
+"""``kad.hf.generate``: KAD as a transformers ``custom_generate`` decoding method.
+
+    out = base.generate(**inputs, custom_generate=kad.hf.generate, aligned_model=aligned,
+                        rule=kk.Dual(0.4), gamma=4, max_new_tokens=64, do_sample=True)
+
+transformers prepares the call (generation config, inputs, special tokens,
+length) and hands it here; the tokens come from :func:`kad.loop.decode` with the
+calling model as the base engine.  What the generation config asks for is
+either honoured or refused with a ``ValueError`` naming the option: KAD draws
+every token from π, so nothing that would reshape the distribution (top-k,
+top-p, penalties, other logits processors) can silently apply or be dropped.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers.generation import GenerateDecoderOnlyOutput, LogitsProcessorList, StoppingCriteriaList
+
+import kad_kernels as kk
+
+from ..engines import Engine, HFEngine
+from ..loop import MODES, Settings, decode
+from ..models import check_same_vocabulary
+from ..stats import GenerationStats
+
+# The Hub-layout folder (README.md, custom_generate/generate.py, requirements.txt) that calls this module.
+RECIPE_DIR = Path(__file__).resolve().parent / "recipe"
+
+# transformers' global default top_k, applied whenever do_sample is set and neither
+# the call nor the model's generation config sets top_k: not a request for top-k.
+_DEFAULT_TOP_K = GenerationConfig._get_default_generation_params().get("top_k")
+
+# The generation-config option behind each logits processor transformers builds
+# (for the error message); a processor not listed is named by its class.
+_OPTION_OF_PROCESSOR = {
+    "RepetitionPenaltyLogitsProcessor": "repetition_penalty",
+    "EncoderRepetitionPenaltyLogitsProcessor": "encoder_repetition_penalty",
+    "NoRepeatNGramLogitsProcessor": "no_repeat_ngram_size",
+    "NoBadWordsLogitsProcessor": "bad_words_ids",
+    "SequenceBiasLogitsProcessor": "sequence_bias",
+    "MinLengthLogitsProcessor": "min_length",
+    "MinNewTokensLengthLogitsProcessor": "min_new_tokens",
+    "PrefixConstrainedLogitsProcessor": "prefix_allowed_tokens_fn",
+    "ForcedBOSTokenLogitsProcessor": "forced_bos_token_id",
+    "ForcedEOSTokenLogitsProcessor": "forced_eos_token_id",
+    "InfNanRemoveLogitsProcessor": "remove_invalid_values",
+    "ExponentialDecayLengthPenalty": "exponential_decay_length_penalty",
+    "SuppressTokensLogitsProcessor": "suppress_tokens",
+    "SuppressTokensAtBeginLogitsProcessor": "begin_suppress_tokens",
+    "UnbatchedClassifierFreeGuidanceLogitsProcessor": "guidance_scale",
+    "WatermarkLogitsProcessor": "watermarking_config",
+    "SynthIDTextWatermarkLogitsProcessor": "watermarking_config",
+    "TopKLogitsWarper": "top_k",
+    "TopPLogitsWarper": "top_p",
+    "MinPLogitsWarper": "min_p",
+    "TypicalLogitsWarper": "typical_p",
+    "EpsilonLogitsWarper": "epsilon_cutoff",
+    "EtaLogitsWarper": "eta_cutoff",
+    "TopHLogitsWarper": "top_h",
+}
+# Processors that change nothing KAD draws: temperature is applied by the kernels
+# themselves, and renormalized scores are not returned.
+_HONOURED_PROCESSORS = {"TemperatureLogitsWarper", "LogitNormalization"}
+_HONOURED_CRITERIA = {"MaxLengthCriteria", "EosTokenCriteria"}
+_OPTION_OF_CRITERION = {"MaxTimeCriteria": "max_time", "StopStringCriteria": "stop_strings"}
+# Outputs beside the sequences that KAD does not produce.
+_UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
+# Model inputs the decoding loop builds itself (positions, cache) or reads (mask).
+_MODEL_KWARGS_HANDLED = {"attention_mask", "position_ids", "logits_to_keep", "cache", "past_key_values", "use_cache"}
+
+
+@dataclass
+class KADGenerateOutput(GenerateDecoderOnlyOutput):
+    """``GenerateDecoderOnlyOutput`` (``return_dict_in_generate=True``) with KAD's
+    statistics: ``kad_stats`` for all rows together (tokens/s, acceptance rate,
+    mean α, rounds: :class:`~kad.GenerationStats`), ``kad_row_stats`` per row."""
+
+    kad_stats: GenerationStats | None = None
+    kad_row_stats: list[GenerationStats] | None = None
+
+
+def generate(
+    model: PreTrainedModel,
+    input_ids: torch.LongTensor,
+    logits_processor: LogitsProcessorList,
+    stopping_criteria: StoppingCriteriaList,
+    generation_config: GenerationConfig,
+    synced_gpus: bool = False,
+    streamer: Any = None,
+    *,
+    aligned_model: PreTrainedModel | Engine | None = None,
+    rule: kk.Rule | None = None,
+    gamma: int = 4,
+    mode: str | None = None,
+    reference_model: PreTrainedModel | Engine | None = None,
+    generator: torch.Generator | None = None,
+    base_tokenizer: PreTrainedTokenizerBase | None = None,
+    aligned_tokenizer: PreTrainedTokenizerBase | None = None,
+    vocab_size: int | None = None,
+    track_alpha: bool = True,
+    **model_kwargs: Any,
+) -> Tensor | KADGenerateOutput:
+    """KAD decoding inside ``model.generate(..., custom_generate=kad.hf.generate)``.
+
+    transformers calls this with the prepared ``input_ids`` ``[B, L]`` (left padded,
+    with ``attention_mask`` in ``model_kwargs`` when there is padding), its
+    ``generation_config`` and processor lists; the keyword arguments below are
+    passed to ``generate`` by the user.
+
+    Honoured: ``max_new_tokens``/``max_length``; ``eos_token_id`` (one id or
+    several: a row stops after any); ``pad_token_id`` (fills finished rows);
+    ``do_sample=False`` (greedy: arg-max of π) or ``do_sample=True`` with
+    ``temperature`` (p and q* are both tempered before mixing); a ``streamer``;
+    ``num_return_sequences``; ``return_dict_in_generate`` (a
+    :class:`KADGenerateOutput` with ``sequences`` and the KAD statistics).
+    Refused (``ValueError`` naming the option): beam search, ``assistant_model``,
+    top-k/top-p/min-p/typical/ε/η sampling, penalties and every other logits
+    processor, stopping criteria other than length and EOS, score/logit/attention
+    outputs.  transformers' global default ``top_k=50`` is not a request and is
+    not applied; a ``top_k`` of the call or of the model's generation config is
+    refused.  The caches are kad's own ``DynamicCache`` s (``cache_implementation``
+    does not apply).
+
+    Randomness: ``generator`` (a ``torch.Generator`` on the model's device) or,
+    without it, one seeded from torch's global generator, so ``torch.manual_seed``
+    fixes the output.
+
+    KAD arguments: ``aligned_model`` (required: the small aligned model, a
+    transformers model or a :class:`~kad.engines.Engine`); ``rule`` (a
+    ``kad_kernels`` rule, e.g. ``kk.Dual(0.4)``); ``gamma`` drafts per speculative
+    round (``0``: plain KAD, one draw per step); ``mode``: any of
+    :data:`kad.MODES` (default ``kad-spec``, or ``kad`` when ``gamma=0``);
+    ``reference_model`` for ImplicitReward; ``track_alpha``: α in the
+    statistics.  ``base_tokenizer`` and ``aligned_tokenizer``: the vocabulary
+    check (``ValueError`` naming both models when they differ); a tokenizer not
+    given is loaded from the model's local files when it can be (never
+    downloaded).  ``vocab_size``: the logits are cut to this many tokens
+    (models may pad their lm_head); default ``len`` of a tokenizer, else the
+    fewest logits of the models.  (``generate`` keeps its own ``tokenizer=``
+    argument to itself, so the base tokenizer goes by ``base_tokenizer=``.)
+    """
+    call = _generate_call(model)
+    streamer = streamer if streamer is not None else call.get("streamer")
+    _refuse_unsupported(model, generation_config, logits_processor, stopping_criteria, call, model_kwargs)
+    if aligned_model is None:
+        raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
+    settings = _settings(mode, rule, gamma, generation_config, track_alpha)
+
+    models = {"base": model, "aligned": aligned_model, "reference": reference_model}
+    models = {role: m for role, m in models.items() if m is not None}
+    vocab_size = _shared_vocab_size(models, base_tokenizer, aligned_tokenizer, vocab_size)
+    engines = {role: m if isinstance(m, Engine) else HFEngine(m, vocab_size) for role, m in models.items()}
+    if any(e.vocab_size != vocab_size for e in engines.values()):
+        sizes = ", ".join(f"{role} {e.vocab_size}" for role, e in engines.items())
+        raise ValueError(f"the engines return different numbers of logits ({sizes}): they must share one vocabulary")
+
+    prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
+    budget = generation_config.max_length - input_ids.shape[1]
+    eos = generation_config.eos_token_id
+    stop_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+    out = decode(
+        engines,
+        prompts,
+        [budget] * len(prompts),
+        settings,
+        stop_ids=stop_ids,
+        generator=generator if generator is not None else _seeded_generator(engines["base"].device),
+        streamer=streamer,
+    )
+    if streamer is not None:
+        streamer.end()
+    sequences = _sequences(input_ids, out.token_ids, _pad_id(generation_config))
+    if generation_config.return_dict_in_generate:
+        return KADGenerateOutput(sequences=sequences, kad_stats=out.stats, kad_row_stats=out.row_stats)
+    return sequences
+
+
+def _generate_call(model: PreTrainedModel) -> Mapping[str, Any]:
+    """The local variables of the ``GenerationMixin.generate`` call that runs us.
+
+    With a callable ``custom_generate``, transformers (5.x) replaces the
+    decoding method's ``streamer`` and ``assistant_model`` by the callable's own
+    keyword arguments (``GenerationMixin._extract_generation_mode_kwargs``),
+    after it has already put the prompt to the streamer.  Reading them from the
+    caller keeps the streamer fed and lets an ``assistant_model`` be refused
+    rather than ignored.  Empty if no such frame is found."""
+    frame = sys._getframe(2)
+    for _ in range(8):
+        if frame is None:
+            break
+        if frame.f_code.co_name == "generate" and frame.f_locals.get("self") is model:
+            return dict(frame.f_locals)
+        frame = frame.f_back
+    return {}
+
+
+def _refuse_unsupported(
+    model: PreTrainedModel,
+    config: GenerationConfig,
+    processors: LogitsProcessorList,
+    criteria: StoppingCriteriaList,
+    call: Mapping[str, Any],
+    model_kwargs: Mapping[str, Any],
+) -> None:
+    """``ValueError`` naming the first option of the call that KAD cannot honour."""
+
+    def refuse(option: str, why: str) -> None:
+        raise ValueError(f"kad.hf.generate does not support {option}: {why}")
+
+    if model.config.is_encoder_decoder:
+        refuse("encoder-decoder models", "KAD mixes two decoder-only causal LMs")
+    if (config.num_beams or 1) > 1:
+        refuse(f"num_beams={config.num_beams}", "beam search; KAD samples or decodes greedily from π")
+    if call.get("assistant_model") is not None:
+        refuse("assistant_model", "kad-spec already drafts with aligned_model and verifies against π")
+    for name in _UNSUPPORTED_OUTPUTS:
+        if getattr(config, name, False):
+            refuse(f"{name}=True", "KAD returns the sequences and its statistics (kad_stats)")
+    for processor in processors:
+        kind = type(processor).__name__
+        if kind in _HONOURED_PROCESSORS or (kind == "TopKLogitsWarper" and _is_default_top_k(model, config)):
+            continue
+        option = _OPTION_OF_PROCESSOR.get(kind)
+        value = f"{option}={getattr(config, option)!r}" if option and hasattr(config, option) else option
+        refuse(value or f"logits_processor [{kind}]", "KAD draws every token from the mixture π as it is")
+    for criterion in criteria:
+        kind = type(criterion).__name__
+        if kind not in _HONOURED_CRITERIA:
+            refuse(_OPTION_OF_CRITERION.get(kind, f"stopping_criteria [{kind}]"), "rows stop at EOS or the length")
+    extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _MODEL_KWARGS_HANDLED)
+    if extra:
+        refuse(f"the model inputs {', '.join(extra)}", "KAD feeds both models token ids only")
+
+
+def _is_default_top_k(model: PreTrainedModel, config: GenerationConfig) -> bool:
+    """Whether ``top_k`` is transformers' global default rather than a request."""
+    return config.top_k == _DEFAULT_TOP_K and getattr(model.generation_config, "top_k", None) is None
+
+
+def _settings(
+    mode: str | None, rule: kk.Rule | None, gamma: int, config: GenerationConfig, track_alpha: bool
+) -> Settings:
+    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
+        raise ValueError(f"gamma (drafts per speculative round; 0: plain KAD) must be an int >= 0, got {gamma!r}")
+    if mode is None:
+        mode = "kad-spec" if gamma > 0 else "kad"
+    elif mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    temperature = (1.0 if config.temperature is None else float(config.temperature)) if config.do_sample else 0.0
+    settings = Settings(mode, rule, gamma, temperature, track_alpha)  # type: ignore[arg-type]
+    settings.checked_rule()
+    return settings
+
+
+def _shared_vocab_size(
+    models: Mapping[str, PreTrainedModel | Engine],
+    base_tokenizer: PreTrainedTokenizerBase | None,
+    aligned_tokenizer: PreTrainedTokenizerBase | None,
+    vocab_size: int | None,
+) -> int:
+    """The vocabulary the logits are cut to, after checking the tokenizers agree.
+
+    Tokenizers come from the arguments, else from the models' local files
+    (no download); with fewer than two, only the logit counts can be checked."""
+    tokenizers = {"base": base_tokenizer, "aligned": aligned_tokenizer}
+    for role in tokenizers:
+        if tokenizers[role] is None and isinstance(models[role], PreTrainedModel):
+            tokenizers[role] = _local_tokenizer(models[role].name_or_path)
+    names = {role: f"the {role} model {_name(models[role])!r}" for role in tokenizers}
+    known = {names[role]: t for role, t in tokenizers.items() if t is not None}
+    if len(known) == 2:
+        check_same_vocabulary(known)
+    widths = {role: _logits(m) for role, m in models.items()}
+    if vocab_size is None:
+        vocab_size = next((len(t) for t in known.values()), min(widths.values()))
+    for role, width in widths.items():
+        if width < vocab_size:
+            raise ValueError(f"the {role} model has {width} output logits, fewer than the vocabulary's {vocab_size}")
+    return vocab_size
+
+
+@functools.lru_cache(maxsize=8)
+def _local_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase | None:
+    """The tokenizer saved with a model, if it is on this machine (never downloads)."""
+    if not name_or_path:
+        return None
+    try:
+        if os.path.isdir(name_or_path):
+            return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
+    except (OSError, ValueError):
+        return None
+
+
+def _name(model: PreTrainedModel | Engine) -> str:
+    return model.name if isinstance(model, Engine) else model.name_or_path or type(model).__name__
+
+
+def _logits(model: PreTrainedModel | Engine) -> int:
+    return model.vocab_size if isinstance(model, Engine) else model.get_output_embeddings().weight.shape[0]
+
+
+def _prompts(input_ids: Tensor, attention_mask: Tensor | None) -> list[list[int]]:
+    """Each row's real tokens; ``ValueError`` for right padding or an empty row."""
+    if attention_mask is None:
+        return input_ids.tolist()
+    mask = attention_mask.bool()
+    if bool((mask[:, :-1] & ~mask[:, 1:]).any()):
+        raise ValueError(
+            "attention_mask has padding after a real token: KAD needs left padding (tokenizer padding_side='left')"
+        )
+    rows = [ids[m].tolist() for ids, m in zip(input_ids, mask)]
+    if any(not row for row in rows):
+        raise ValueError("a row of input_ids has no real token (attention_mask is all 0)")
+    return rows
+
+
+def _seeded_generator(device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded from torch's global generator (``torch.manual_seed``)."""
+    seed = int(torch.randint(2**62, (), dtype=torch.long))
+    return torch.Generator(device).manual_seed(seed)
+
+
+def _pad_id(config: GenerationConfig) -> int:
+    """What fills a finished row: pad, else the first EOS (transformers' fallback), else 0."""
+    if config.pad_token_id is not None:
+        return int(config.pad_token_id)
+    eos = config.eos_token_id
+    return int(eos if isinstance(eos, int) else eos[0]) if eos else 0
+
+
+def _sequences(input_ids: Tensor, new_tokens: list[list[int]], pad_id: int) -> Tensor:
+    """``[B, L + n]``: the prompts as given, then each row's new tokens, padded on the right."""
+    width = max(len(t) for t in new_tokens)
+    new = torch.full((len(new_tokens), width), pad_id, dtype=input_ids.dtype)
+    for row, tokens in enumerate(new_tokens):
+        new[row, : len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
+    return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
