@@ -1,0 +1,156 @@
+"""The engine contract (kad/engines/base.py), run once against every engine.
+
+Each case makes fresh engines of one runtime; every check compares an engine
+with a fresh engine of the same runtime fed one row's real tokens in one call,
+so the tests hold for any runtime and need no knowledge of its internals.  A
+new engine adds an :class:`EngineCase` to :data:`CASES`.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from decoding_helpers import make_models, make_tokenizer  # noqa: E402
+
+from kad.batch import Batch  # noqa: E402
+from kad.engines import Engine, HFEngine  # noqa: E402
+
+MODELS = make_models()
+V = len(make_tokenizer())
+# Ragged token ids: rows of different lengths, one of a single token.
+PROMPTS = [[5, 17, 22, 9, 40, 3], [31, 8], [12], [60, 61, 62, 7]]
+
+
+@dataclass(frozen=True)
+class EngineCase:
+    """A runtime under test: ``make()`` returns a fresh engine; ``atol`` bounds the
+    logit difference between a batched/cached evaluation and a fresh one."""
+
+    make: Callable[[], Engine]
+    atol: float
+
+
+CASES = {
+    "hf-qwen2": EngineCase(lambda: HFEngine(MODELS["base"], V), atol=1e-4),
+    "hf-llama": EngineCase(lambda: HFEngine(MODELS["aligned"], V), atol=1e-4),
+}
+
+
+@pytest.fixture(params=list(CASES), ids=list(CASES))
+def case(request) -> EngineCase:
+    return CASES[request.param]
+
+
+def fresh_logits(case: EngineCase, tokens: list[int]) -> torch.Tensor:
+    """``[len(tokens), V]``: a fresh engine's logits after each token, fed in one call."""
+    engine = case.make()
+    engine.reset()
+    return engine.advance(Batch([tokens], engine.device), keep=len(tokens))[0].float()
+
+
+def assert_rows_match_fresh(case: EngineCase, batch: Batch, logits: torch.Tensor) -> int:
+    """Every real column among the last ``keep`` of ``batch`` has the logits a fresh
+    evaluation of its row's real tokens gives there; returns how many were compared."""
+    keep = logits.shape[1]
+    compared = 0
+    for row in range(batch.tokens.shape[0]):
+        mask = batch.mask[row].bool()
+        real = batch.tokens[row][mask].tolist()
+        fresh = fresh_logits(case, real)
+        for k, column in enumerate(range(batch.width - keep, batch.width)):
+            if mask[column]:
+                position = int(mask[: column + 1].sum()) - 1
+                torch.testing.assert_close(logits[row, k].float(), fresh[position], atol=case.atol, rtol=0)
+                compared += 1
+    return compared
+
+
+def prefilled(engine: Engine) -> Batch:
+    """The ragged prompts, left padded, fed with every column's logits checked later."""
+    engine.reset()
+    return Batch(PROMPTS, engine.device)
+
+
+def test_the_engine_states_its_contract(case):
+    engine = case.make()
+    assert isinstance(engine, Engine)
+    assert isinstance(engine.name, str) and engine.name
+    assert isinstance(engine.vocab_size, int) and engine.vocab_size == V
+    assert isinstance(engine.device, torch.device)
+    assert engine.max_length is None or (isinstance(engine.max_length, int) and engine.max_length > 0)
+    assert isinstance(engine.stop_ids, frozenset) and all(isinstance(i, int) for i in engine.stop_ids)
+    engine.reset()
+    assert engine.cached == 0
+
+
+def test_advance_returns_the_logits_of_the_new_columns(case):
+    engine = case.make()
+    batch = prefilled(engine)
+    logits = engine.advance(batch, keep=batch.width)
+    assert logits.shape == (len(PROMPTS), batch.width, V) and logits.dtype.is_floating_point
+    assert engine.cached == batch.width
+    assert assert_rows_match_fresh(case, batch, logits) == sum(map(len, PROMPTS))
+    batch.append(torch.tensor([1, 2, 3, 4], device=engine.device))
+    step = engine.advance(batch)
+    assert step.shape == (len(PROMPTS), 1, V) and engine.cached == batch.width
+    assert assert_rows_match_fresh(case, batch, step) == len(PROMPTS)
+
+
+def test_truncate_forgets_rejected_drafts(case):
+    """Drafts fed, some rejected per row (masked), the unaccepted tail cropped: the
+    next columns see only the accepted tokens, at their positions."""
+    engine = case.make()
+    batch = prefilled(engine)
+    engine.advance(batch)
+    first = batch.width
+    for column in ([7, 8, 9, 10], [11, 12, 13, 14], [15, 16, 17, 18]):
+        batch.append(torch.tensor(column, device=engine.device))
+    drafts = engine.advance(batch, keep=3)
+    assert drafts.shape == (len(PROMPTS), 3, V)
+    accepted = torch.tensor([0, 2, 1, 0], device=engine.device)
+    batch.reject(first, accepted)
+    width = first + int(accepted.max())
+    batch.truncate(width)
+    engine.truncate(width)
+    assert engine.cached == width
+    batch.append(torch.tensor([20, 21, 22, 23], device=engine.device))
+    batch.append(torch.tensor([24, 25, 26, 27], device=engine.device))
+    after = engine.advance(batch, keep=2)
+    assert assert_rows_match_fresh(case, batch, after) == 2 * len(PROMPTS)
+
+
+def test_select_keeps_rows_in_their_new_order(case):
+    engine = case.make()
+    batch = prefilled(engine)
+    engine.advance(batch)
+    rows = torch.tensor([3, 0], device=engine.device)
+    batch.select(rows)
+    engine.select(rows)
+    batch.append(torch.tensor([30, 31], device=engine.device))
+    assert assert_rows_match_fresh(case, batch, engine.advance(batch)) == 2
+
+
+def test_a_lagging_engine_catches_up_in_one_advance(case):
+    """An engine skipped for some steps is fed all the columns it has not seen."""
+    engine = case.make()
+    batch = prefilled(engine)
+    engine.advance(batch)
+    for column in ([7, 8, 9, 10], [11, 12, 13, 14]):
+        batch.append(torch.tensor(column, device=engine.device))
+    assert assert_rows_match_fresh(case, batch, engine.advance(batch, keep=2)) == 2 * len(PROMPTS)
+
+
+def test_reset_starts_a_new_generation(case):
+    engine = case.make()
+    engine.advance(prefilled(engine))
+    engine.reset()
+    assert engine.cached == 0
+    batch = Batch([[9, 9, 4], [50]], engine.device)
+    assert assert_rows_match_fresh(case, batch, engine.advance(batch, keep=batch.width)) == 4
