@@ -230,9 +230,7 @@ def _refuse_unsupported(
         kind = type(processor).__name__
         if kind in _HONOURED_PROCESSORS or (kind == "TopKLogitsWarper" and _is_default_top_k(model, config)):
             continue
-        option = _OPTION_OF_PROCESSOR.get(kind)
-        value = f"{option}={getattr(config, option)!r}" if option and hasattr(config, option) else option
-        refuse(value or f"logits_processor [{kind}]", "KAD draws every token from the mixture π as it is")
+        refuse(_option_value(kind, config), "KAD draws every token from the mixture π as it is")
     for criterion in criteria:
         kind = type(criterion).__name__
         if kind not in _HONOURED_CRITERIA:
@@ -240,6 +238,16 @@ def _refuse_unsupported(
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _MODEL_KWARGS_HANDLED)
     if extra:
         refuse(f"the model inputs {', '.join(extra)}", "KAD feeds both models token ids only")
+
+
+def _option_value(processor: str, config: GenerationConfig) -> str:
+    """``option=value`` of the generation config behind a logits processor, else its class."""
+    option = _OPTION_OF_PROCESSOR.get(processor)
+    if option == "min_length" and config.min_new_tokens:  # transformers turns min_new_tokens into min_length
+        option = "min_new_tokens"
+    if option is None or not hasattr(config, option):
+        return option or f"logits_processor [{processor}]"
+    return f"{option}={getattr(config, option)!r}"
 
 
 def _is_default_top_k(model: PreTrainedModel, config: GenerationConfig) -> bool:

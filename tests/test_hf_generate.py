@@ -1,0 +1,296 @@
+"""``kad.hf.generate`` as transformers' ``custom_generate``, on tiny random-weight models.
+
+Checked against implementation-independent facts: ``Dual(0)`` gives the base
+model's own greedy tokens and ``Primal(1)`` the aligned model's; against the
+decoder behind ``kad generate`` (greedy, same tokens); against π (the first two
+sampled tokens, chi-square); and for the generation options it honours or
+refuses.  The Hub-layout recipe folder is loaded from disk.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from decoding_helpers import (  # noqa: E402
+    CHARS,
+    exact_pairs,
+    goodness_of_fit,
+    make_models,
+    make_tokenizer,
+    pair_counts,
+)
+from transformers import LogitsProcessor, Qwen2ForCausalLM  # noqa: E402
+from transformers.generation import GenerateDecoderOnlyOutput  # noqa: E402
+
+import kad  # noqa: E402
+import kad.hf  # noqa: E402
+import kad_kernels as kk  # noqa: E402
+
+MODELS = make_models()
+BASE, ALIGNED = MODELS["base"], MODELS["aligned"]
+TOKENIZER = make_tokenizer()
+TOKENIZER.pad_token = "<eos>"
+V = len(TOKENIZER)  # 72 tokens; the base model has 80 logits, the aligned one 76
+EOS = TOKENIZER.eos_token_id
+DECODER = kad.Decoder(BASE, ALIGNED, TOKENIZER)
+TEXTS = {1: ["what is 2 + 2?"], 3: ["hello there", "a", "the quick brown"]}  # 3: ragged, left padded
+NEW = 14
+KAD = dict(custom_generate=kad.hf.generate, aligned_model=ALIGNED, base_tokenizer=TOKENIZER, aligned_tokenizer=TOKENIZER)
+
+
+def inputs(size: int) -> dict[str, torch.Tensor]:
+    return dict(TOKENIZER(TEXTS[size], return_tensors="pt", padding=True, padding_side="left"))
+
+
+def new_tokens(sequences: torch.Tensor, width: int, stop_ids=(EOS,)) -> list[list[int]]:
+    """Each row's new tokens up to and including its first stop token."""
+    rows = []
+    for row in sequences[:, width:].tolist():
+        stop = next((i for i, t in enumerate(row) if t in stop_ids), None)
+        rows.append(row if stop is None else row[: stop + 1])
+    return rows
+
+
+def assert_padded_after_stop(sequences: torch.Tensor, width: int, pad: int, stop_ids=(EOS,)) -> None:
+    for row, tokens in zip(sequences[:, width:].tolist(), new_tokens(sequences, width, stop_ids)):
+        assert all(t == pad for t in row[len(tokens) :])
+
+
+def prompt_ids(size: int) -> list[list[int]]:
+    return [TOKENIZER(t).input_ids for t in TEXTS[size]]
+
+
+# ----------------------------------------------------------------------------- greedy: the same tokens as kad generate
+
+GREEDY_CASES = [
+    ("kad", kk.Dual(0.4)),
+    ("kad-spec", kk.Dual(0.4)),
+    ("kad", kk.Primal(0.9)),
+    ("kad-spec", kk.Primal(0.9)),
+    ("nudging", kk.Nudging(0.4)),
+    ("nudging-spec", kk.Nudging(0.4)),
+]
+
+
+@pytest.mark.parametrize("size", [1, 3])
+@pytest.mark.parametrize("mode, rule", GREEDY_CASES, ids=[f"{m}-{r!r}" for m, r in GREEDY_CASES])
+def test_greedy_equals_the_kad_decoder(mode, rule, size):
+    batch = inputs(size)
+    out = BASE.generate(**batch, **KAD, rule=rule, mode=mode, gamma=3, do_sample=False, max_new_tokens=NEW)
+    expected = DECODER.generate(prompt_ids(size), mode, rule, gamma=3, temperature=0.0, max_new_tokens=NEW).token_ids
+    width = batch["input_ids"].shape[1]
+    assert new_tokens(out, width) == expected
+    assert torch.equal(out[:, :width], batch["input_ids"])
+    assert_padded_after_stop(out, width, TOKENIZER.pad_token_id)
+
+
+def test_gamma_zero_is_plain_kad():
+    batch = inputs(3)
+    plain = BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), gamma=0, do_sample=False, max_new_tokens=NEW)
+    named = BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), mode="kad", do_sample=False, max_new_tokens=NEW)
+    assert torch.equal(plain, named)
+    stats = BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), gamma=0, max_new_tokens=NEW, return_dict_in_generate=True)
+    assert stats.kad_stats.drafts_proposed == 0
+
+
+class _BeyondVocabulary(LogitsProcessor):
+    """Masks the lm_head rows past the shared vocabulary (the models pad their heads)."""
+
+    def __call__(self, input_ids, scores):
+        return scores.index_fill(1, torch.arange(V, scores.shape[1]), float("-inf"))
+
+
+@pytest.mark.parametrize("size", [1, 3])
+@pytest.mark.parametrize("gamma", [0, 3])
+def test_nothing_deferred_is_the_base_model_and_everything_deferred_the_aligned_one(size, gamma):
+    """Dual(0): π = p, the base model's own greedy tokens; Primal(1): π = q*, the aligned model's."""
+    batch = inputs(size)
+    common = dict(do_sample=False, max_new_tokens=NEW)
+    base_alone = BASE.generate(**batch, logits_processor=[_BeyondVocabulary()], **common)
+    aligned_alone = ALIGNED.generate(**batch, logits_processor=[_BeyondVocabulary()], **common)
+    assert not torch.equal(base_alone, aligned_alone)  # the two properties are different claims
+    assert torch.equal(BASE.generate(**batch, **KAD, rule=kk.Dual(0.0), gamma=gamma, **common), base_alone)
+    assert torch.equal(BASE.generate(**batch, **KAD, rule=kk.Primal(1.0), gamma=gamma, **common), aligned_alone)
+
+
+# ----------------------------------------------------------------------------- sampling follows π
+
+ROWS = 6000
+
+
+@pytest.mark.parametrize("gamma, temperature", [(0, 1.0), (3, 1.0), (3, 0.7)])
+def test_sampled_pairs_follow_the_mixture(gamma, temperature):
+    """The first two new tokens (both can come from one speculative round) are distributed as π;
+    the same samples are far from the base model alone, so the test can fail."""
+    rule = kk.Dual(0.4)
+    prompt = TOKENIZER("hello").input_ids
+    torch.manual_seed(0)
+    out = BASE.generate(
+        input_ids=torch.tensor([prompt] * ROWS),
+        **KAD,
+        rule=rule,
+        gamma=gamma,
+        do_sample=True,
+        temperature=temperature,
+        max_new_tokens=2 if gamma == 0 else gamma + 1,
+        return_dict_in_generate=True,
+    )
+    counts = pair_counts(new_tokens(out.sequences, len(prompt)), V)
+    assert goodness_of_fit(counts, exact_pairs(MODELS, rule, prompt, temperature, V, {EOS})) > 1e-3
+    assert goodness_of_fit(counts, exact_pairs(MODELS, kk.Dual(0.0), prompt, temperature, V, {EOS})) < 1e-6
+    if gamma:
+        assert 0.1 < out.kad_stats.acceptance_rate < 0.95
+
+
+def test_the_same_seed_gives_the_same_output():
+    batch = inputs(3)
+
+    def run(**seed) -> torch.Tensor:
+        return BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), do_sample=True, max_new_tokens=NEW, **seed)
+
+    torch.manual_seed(7)
+    first = run()
+    torch.manual_seed(7)
+    assert torch.equal(run(), first)
+    torch.manual_seed(8)
+    assert not torch.equal(run(), first)
+    by_generator = run(generator=torch.Generator().manual_seed(3))
+    assert torch.equal(run(generator=torch.Generator().manual_seed(3)), by_generator)
+
+
+def test_num_return_sequences_samples_each_prompt_several_times():
+    batch = inputs(1)
+    out = BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), do_sample=True, num_return_sequences=4, max_new_tokens=NEW)
+    assert out.shape[0] == 4 and len({tuple(row) for row in out.tolist()}) > 1
+
+
+# ----------------------------------------------------------------------------- generation options honoured
+
+
+def test_rows_stop_at_any_of_several_eos_ids_and_are_padded():
+    batch = inputs(3)
+    width = batch["input_ids"].shape[1]
+    free = new_tokens(BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW), width)
+    stops = (free[0][3], free[2][5])  # two tokens that end rows early
+    pad = 3
+    out = BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW,
+                        eos_token_id=list(stops), pad_token_id=pad)  # fmt: skip
+    stopped = new_tokens(out, width, stops)
+    for before, after in zip(free, stopped):
+        cut = next((i for i, t in enumerate(before) if t in stops), None)
+        assert after == (before if cut is None else before[: cut + 1])
+    assert len(stopped[0]) <= 4 and len(stopped[2]) <= 6
+    assert_padded_after_stop(out, width, pad, stops)
+
+
+class _Recorder:
+    """A transformers-style streamer that records what it receives."""
+
+    def __init__(self):
+        self.puts: list[list[int]] = []
+        self.ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts.append(value.flatten().tolist())
+
+    def end(self) -> None:
+        self.ended = True
+
+
+@pytest.mark.parametrize("custom_generate", ["callable", "recipe"])
+def test_streamer_receives_the_prompt_then_the_new_tokens(custom_generate):
+    batch = inputs(1)
+    recorder = _Recorder()
+    kwargs = dict(KAD, custom_generate=str(kad.hf.RECIPE_DIR), trust_remote_code=True) if custom_generate == "recipe" else KAD
+    out = BASE.generate(**batch, **kwargs, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW, streamer=recorder)
+    width = batch["input_ids"].shape[1]
+    assert recorder.puts[0] == batch["input_ids"][0].tolist() and recorder.ended
+    assert sum(recorder.puts[1:], []) == new_tokens(out, width)[0]
+
+
+def test_return_dict_carries_the_kad_statistics():
+    out = BASE.generate(**inputs(3), **KAD, rule=kk.Dual(0.4), gamma=3, do_sample=True, max_new_tokens=NEW,
+                        return_dict_in_generate=True)  # fmt: skip
+    assert isinstance(out, GenerateDecoderOnlyOutput) and isinstance(out, kad.hf.KADGenerateOutput)
+    stats = out.kad_stats
+    assert stats.new_tokens == sum(s.new_tokens for s in out.kad_row_stats) > 0
+    assert 0 < stats.acceptance_rate < 1 and 0 < stats.mean_alpha < 1 and stats.rounds > 0
+    assert len(out.kad_row_stats) == 3
+
+
+def test_the_recipe_folder_loads_from_disk_and_runs_the_same_decoding():
+    batch = inputs(3)
+    kwargs = dict(rule=kk.Dual(0.4), gamma=3, do_sample=True, max_new_tokens=NEW, aligned_model=ALIGNED)
+    torch.manual_seed(0)
+    callable_out = BASE.generate(**batch, custom_generate=kad.hf.generate, **kwargs)
+    torch.manual_seed(0)
+    recipe_out = BASE.generate(**batch, custom_generate=str(kad.hf.RECIPE_DIR), trust_remote_code=True, **kwargs)
+    assert torch.equal(recipe_out, callable_out)
+    files = {p.relative_to(kad.hf.RECIPE_DIR).as_posix() for p in kad.hf.RECIPE_DIR.rglob("*") if p.is_file()}
+    assert {"README.md", "custom_generate/generate.py", "custom_generate/requirements.txt"} <= files
+
+
+def test_a_budget_past_the_context_length_stops_there_with_a_warning():
+    short = Qwen2ForCausalLM(BASE.config.__class__(**{**BASE.config.to_dict(), "max_position_embeddings": 20}))
+    short.load_state_dict(BASE.state_dict())
+    batch = inputs(1)
+    width = batch["input_ids"].shape[1]
+    with pytest.warns(kad.ContextLengthWarning, match="context length 20"):
+        out = short.eval().generate(**batch, **KAD, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW)
+    assert out.shape[1] == 20 > width
+
+
+# ----------------------------------------------------------------------------- refused, naming the option
+
+
+class _Identity(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        return scores
+
+
+REFUSED = [
+    (dict(do_sample=True, top_k=10), "top_k=10"),
+    (dict(do_sample=True, top_p=0.9), "top_p=0.9"),
+    (dict(do_sample=True, min_p=0.1), "min_p=0.1"),
+    (dict(repetition_penalty=1.2), "repetition_penalty=1.2"),
+    (dict(no_repeat_ngram_size=2), "no_repeat_ngram_size=2"),
+    (dict(min_new_tokens=3), "min_new_tokens=3"),
+    (dict(num_beams=2), "num_beams=2"),
+    (dict(assistant_model=ALIGNED), "assistant_model"),
+    (dict(return_dict_in_generate=True, output_scores=True), "output_scores"),
+    (dict(max_time=5.0), "max_time"),
+    (dict(logits_processor=[_Identity()]), r"logits_processor \[_Identity\]"),
+    (dict(aligned_model=None), "needs aligned_model"),
+    (dict(rule=None), "needs a rule"),
+    (dict(gamma=-1), "gamma"),
+    (dict(mode="speculative"), "unknown mode"),
+    (dict(rule=kk.ImplicitReward()), "needs a reference model"),
+    (dict(aligned_tokenizer=make_tokenizer(chars=CHARS[::-1])), "the base model.*the aligned model.*differ"),
+    (dict(vocab_size=77), "the aligned model has 76 output logits, fewer than the vocabulary's 77"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", REFUSED, ids=[m for _, m in REFUSED])
+def test_unsupported_options_are_refused_by_name(kwargs, match):
+    call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, **inputs(3))
+    call.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        BASE.generate(**call)
+
+
+def test_transformers_default_top_k_is_not_a_request():
+    """Sampling without top_k gets transformers' global default top_k=50: kad draws from
+    all of π (72 tokens here) rather than refusing the call."""
+    torch.manual_seed(0)
+    out = BASE.generate(**inputs(3), **KAD, rule=kk.Dual(0.4), do_sample=True, max_new_tokens=NEW)
+    assert out.shape[0] == 3
+
+
+def test_right_padding_is_refused():
+    batch = dict(TOKENIZER(TEXTS[3], return_tensors="pt", padding=True, padding_side="right"))
+    with pytest.raises(ValueError, match="left padding"):
+        BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), max_new_tokens=NEW)
