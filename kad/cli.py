@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from transformers import TextStreamer
 
 from . import default_pair
 from .decoding import RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
-from .loop import MODES
+from .loop import MODES, ContextLengthWarning
 from .evaluate import RunConfig, Summary, evaluate, load_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
@@ -208,6 +209,14 @@ def run_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """kad's own warnings (a row cut at the context length) as one line; others as usual."""
+    if issubclass(category, ContextLengthWarning):
+        print(f"kad: warning: {message}", file=sys.stderr)
+    else:
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kad", description="KAD decoding on Hugging Face causal LMs.")
     subparsers = parser.add_subparsers(dest="command", required=True)
@@ -215,7 +224,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         add(subparsers)
     args = parser.parse_args(argv)
     try:
-        return args.run(args)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning
+            return args.run(args)
     except default_pair.ModelPackagesMissing as error:
         print(f"kad: {error}", file=sys.stderr)
         return 1

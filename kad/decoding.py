@@ -19,7 +19,7 @@ import kad_kernels as kk
 from . import default_pair
 from .engines import Engine, HFEngine
 from .loop import MODES, Mode, Settings, decode
-from .models import check_same_vocabulary, load
+from .models import check_same_vocabulary, load, resolve_device
 from .stats import GenerationStats
 
 # The system message the paper prompts every model with (in the aligned model's chat template).
@@ -137,9 +137,10 @@ class Decoder:
         dtype: str | torch.dtype = "auto",
     ) -> Decoder:
         """Load the models and tokenizers by hub id or local path (default device: CUDA
-        if available).  A missing ``base`` or ``aligned`` is that model of the default
+        if available); ``ValueError`` (:class:`~kad.models.ModelLoadError`) in one line
+        for a model or device that cannot be had.  A missing ``base`` or ``aligned`` is that model of the default
         pair (:mod:`kad.default_pair`), prepared on first use."""
-        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = resolve_device(device)
         base = base or str(default_pair.local_path(default_pair.BASE))
         aligned = aligned or str(default_pair.local_path(default_pair.ALIGNED))
         base_model, base_tokenizer = load(base, device, dtype)

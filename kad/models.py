@@ -1,7 +1,14 @@
-"""Loading models by hub id or local path, and the shared-vocabulary check."""
+"""Loading models by hub id or local path, the device check, and the shared-vocabulary check.
+
+Loading fails with one line naming what was asked for (:class:`ModelLoadError`,
+a ``ValueError``), not transformers' chain of tracebacks: a path that does not
+exist, a hub id that is neither cached nor reachable, a device this machine
+does not have.
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import torch
@@ -26,13 +33,48 @@ def check_same_vocabulary(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> 
             )
 
 
+class ModelLoadError(ValueError):
+    """A model or device that cannot be had, said in one line."""
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``device`` as a ``torch.device`` this machine has (default: CUDA if available, else
+    CPU); :class:`ModelLoadError` for a malformed or absent device."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ModelLoadError(f"device {device!r} is not a device: {error}") from None
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "this torch is a CPU build" if torch.version.cuda is None else "no CUDA device is visible"
+            raise ModelLoadError(f"device {str(device)!r} is not available: {build} (torch {torch.__version__})")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ModelLoadError(f"device {str(device)!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+    elif resolved.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelLoadError(f"device {str(device)!r} is not available on this machine")
+    return resolved
+
+
+def _looks_like_path(name_or_path: str) -> bool:
+    return os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or os.sep + os.sep in name_or_path
+
+
 def load(
     name_or_path: str, device: torch.device, dtype: str | torch.dtype = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """A causal LM (in eval mode, on ``device``) and its tokenizer, by hub id or local path.
+    """A causal LM (in eval mode, on ``device``) and its tokenizer, by hub id or local path;
+    :class:`ModelLoadError` naming ``name_or_path`` when it cannot be loaded.
 
     Attention is SDPA: the decoding loop masks columns in the middle of a sequence
     (see :mod:`kad.batch`), which SDPA and eager attention honour exactly."""
-    tokenizer = AutoTokenizer.from_pretrained(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
+    if _looks_like_path(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise ModelLoadError(f"model {name_or_path!r}: no such directory")
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
+    except (OSError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"cannot load the model {name_or_path!r}: {reason}") from None
     return model.to(device).eval(), tokenizer

@@ -378,3 +378,61 @@ def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
     decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
     with pytest.raises(ValueError, match="needs a reference model"):
         decoder.generate(["hello"], mode, rule)
+
+
+# ----------------------------------------------------------------------------- models, devices and context that cannot be had
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--base", "/nonexistent/model", "--aligned", "/nonexistent/model"], "model '/nonexistent/model': no such directory"),
+        (["--base", "kad-tests/not-a-model", "--aligned", "kad-tests/not-a-model"], "cannot load the model 'kad-tests/not-a-model'"),
+        (["--device", "cuda:99"], "device 'cuda:99' is not available"),
+        (["--device", "gpu0"], "device 'gpu0' is not a device"),
+    ],
+    ids=["missing-path", "unknown-hub-id", "absent-device", "malformed-device"],
+)
+def test_cli_says_in_one_line_what_cannot_be_loaded(tmp_path, capsys, options, message):
+    if "--base" not in options:
+        MODELS["base"].save_pretrained(tmp_path / "model")
+        TOKENIZER.save_pretrained(tmp_path / "model")
+        options = ["--base", str(tmp_path / "model"), "--aligned", str(tmp_path / "model"), *options]
+        capsys.readouterr()  # the progress bar of saving
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", *options, "--prompt", "hello"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error
+    assert len(error.strip().splitlines()) == 2  # argparse's usage line, then the error
+
+
+def _short_context_model(positions: int) -> torch.nn.Module:
+    """The base model's weights with a context length of ``positions``."""
+    config = MODELS["base"].config.to_dict() | {"max_position_embeddings": positions}
+    short = type(MODELS["base"])(type(MODELS["base"].config)(**config))
+    short.load_state_dict(MODELS["base"].state_dict())
+    return short.eval()
+
+
+@pytest.mark.parametrize("mode", ["kad", "kad-spec"])
+def test_rows_stop_at_the_context_length_with_a_warning(mode):
+    decoder = kad.Decoder(_short_context_model(20), MODELS["aligned"], TOKENIZER)
+    decoder.stop_ids = frozenset()
+    prompts = [DECODER.encode(p) for p in PROMPTS]  # 11, 14, 1 and 30 tokens
+    with pytest.raises(ValueError, match="prompt 3 has 30 tokens, which fill the context length 20"):
+        decoder.generate(prompts, mode, kk.Dual(0.4), gamma=3, max_new_tokens=40)
+    with pytest.warns(kad.ContextLengthWarning, match=r"context length 20 of .* for prompt\(s\) 0, 1, 2"):
+        out = decoder.generate(prompts[:3], mode, kk.Dual(0.4), gamma=3, max_new_tokens=40, seed=0)
+    assert [len(p) + len(t) for p, t in zip(prompts, out.token_ids)] == [20, 20, 20]
+
+
+def test_cli_warns_in_one_line_at_the_context_length(tmp_path, capsys):
+    _short_context_model(20).save_pretrained(tmp_path / "model")
+    TOKENIZER.save_pretrained(tmp_path / "model")
+    model = str(tmp_path / "model")
+    args = ["generate", "--base", model, "--aligned", model, "--mode", "kad", "--temperature", "0",
+            "--max-new-tokens", "40", "--no-chat", "--device", "cpu", "--prompt", "hello"]  # fmt: skip
+    assert cli.main(args) == 0
+    error = capsys.readouterr().err
+    assert "kad: warning: max_new_tokens runs past the context length 20" in error
