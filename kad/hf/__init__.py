@@ -13,5 +13,6 @@ Hub ``custom_generate`` repository (``custom_generate=str(RECIPE_DIR), trust_rem
 """
 
 from .generate import RECIPE_DIR, KADGenerateOutput, generate
+from .processor import KADLogitsProcessor
 
-__all__ = ["RECIPE_DIR", "KADGenerateOutput", "generate"]
+__all__ = ["RECIPE_DIR", "KADGenerateOutput", "KADLogitsProcessor", "generate"]

@@ -32,6 +32,7 @@ from ..engines import Engine, HFEngine
 from ..loop import MODES, Settings, decode
 from ..models import check_same_vocabulary
 from ..stats import GenerationStats
+from .options import setting
 
 # The Hub-layout folder (README.md, custom_generate/generate.py, requirements.txt) that calls this module.
 RECIPE_DIR = Path(__file__).resolve().parent / "recipe"
@@ -40,34 +41,6 @@ RECIPE_DIR = Path(__file__).resolve().parent / "recipe"
 # the call nor the model's generation config sets top_k: not a request for top-k.
 _DEFAULT_TOP_K = GenerationConfig._get_default_generation_params().get("top_k")
 
-# The generation-config option behind each logits processor transformers builds
-# (for the error message); a processor not listed is named by its class.
-_OPTION_OF_PROCESSOR = {
-    "RepetitionPenaltyLogitsProcessor": "repetition_penalty",
-    "EncoderRepetitionPenaltyLogitsProcessor": "encoder_repetition_penalty",
-    "NoRepeatNGramLogitsProcessor": "no_repeat_ngram_size",
-    "NoBadWordsLogitsProcessor": "bad_words_ids",
-    "SequenceBiasLogitsProcessor": "sequence_bias",
-    "MinLengthLogitsProcessor": "min_length",
-    "MinNewTokensLengthLogitsProcessor": "min_new_tokens",
-    "PrefixConstrainedLogitsProcessor": "prefix_allowed_tokens_fn",
-    "ForcedBOSTokenLogitsProcessor": "forced_bos_token_id",
-    "ForcedEOSTokenLogitsProcessor": "forced_eos_token_id",
-    "InfNanRemoveLogitsProcessor": "remove_invalid_values",
-    "ExponentialDecayLengthPenalty": "exponential_decay_length_penalty",
-    "SuppressTokensLogitsProcessor": "suppress_tokens",
-    "SuppressTokensAtBeginLogitsProcessor": "begin_suppress_tokens",
-    "UnbatchedClassifierFreeGuidanceLogitsProcessor": "guidance_scale",
-    "WatermarkLogitsProcessor": "watermarking_config",
-    "SynthIDTextWatermarkLogitsProcessor": "watermarking_config",
-    "TopKLogitsWarper": "top_k",
-    "TopPLogitsWarper": "top_p",
-    "MinPLogitsWarper": "min_p",
-    "TypicalLogitsWarper": "typical_p",
-    "EpsilonLogitsWarper": "epsilon_cutoff",
-    "EtaLogitsWarper": "eta_cutoff",
-    "TopHLogitsWarper": "top_h",
-}
 # Processors that change nothing KAD draws: temperature is applied by the kernels
 # themselves, and renormalized scores are not returned.
 _HONOURED_PROCESSORS = {"TemperatureLogitsWarper", "LogitNormalization"}
@@ -230,7 +203,7 @@ def _refuse_unsupported(
         kind = type(processor).__name__
         if kind in _HONOURED_PROCESSORS or (kind == "TopKLogitsWarper" and _is_default_top_k(model, config)):
             continue
-        refuse(_option_value(kind, config), "KAD draws every token from the mixture π as it is")
+        refuse(setting(processor), "KAD draws every token from the mixture π as it is")
     for criterion in criteria:
         kind = type(criterion).__name__
         if kind not in _HONOURED_CRITERIA:
@@ -238,16 +211,6 @@ def _refuse_unsupported(
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _MODEL_KWARGS_HANDLED)
     if extra:
         refuse(f"the model inputs {', '.join(extra)}", "KAD feeds both models token ids only")
-
-
-def _option_value(processor: str, config: GenerationConfig) -> str:
-    """``option=value`` of the generation config behind a logits processor, else its class."""
-    option = _OPTION_OF_PROCESSOR.get(processor)
-    if option == "min_length" and config.min_new_tokens:  # transformers turns min_new_tokens into min_length
-        option = "min_new_tokens"
-    if option is None or not hasattr(config, option):
-        return option or f"logits_processor [{processor}]"
-    return f"{option}={getattr(config, option)!r}"
 
 
 def _is_default_top_k(model: PreTrainedModel, config: GenerationConfig) -> bool:

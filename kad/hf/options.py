@@ -1,0 +1,60 @@
+"""The generation option behind each of transformers' logits processors.
+
+Both entry points of :mod:`kad.hf` refuse processors that would reshape the
+distribution KAD draws from; this names the option the user set (``top_p=0.9``)
+rather than the class transformers built from it.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+from transformers import LogitsProcessor
+
+# Processor class -> (generate option, the processor attribute holding its value).
+_OPTIONS: dict[str, tuple[str, str]] = {
+    "TemperatureLogitsWarper": ("temperature", "temperature"),
+    "TopKLogitsWarper": ("top_k", "top_k"),
+    "TopPLogitsWarper": ("top_p", "top_p"),
+    "MinPLogitsWarper": ("min_p", "min_p"),
+    "TypicalLogitsWarper": ("typical_p", "mass"),
+    "EpsilonLogitsWarper": ("epsilon_cutoff", "epsilon"),
+    "EtaLogitsWarper": ("eta_cutoff", "epsilon"),
+    "TopHLogitsWarper": ("top_h", "top_h"),
+    "RepetitionPenaltyLogitsProcessor": ("repetition_penalty", "penalty"),
+    "EncoderRepetitionPenaltyLogitsProcessor": ("encoder_repetition_penalty", "penalty"),
+    "NoRepeatNGramLogitsProcessor": ("no_repeat_ngram_size", "ngram_size"),
+    "MinLengthLogitsProcessor": ("min_length", "min_length"),
+    "MinNewTokensLengthLogitsProcessor": ("min_new_tokens", "min_new_tokens"),
+    "NoBadWordsLogitsProcessor": ("bad_words_ids", "bad_words_ids"),
+    "SequenceBiasLogitsProcessor": ("sequence_bias", "sequence_bias"),
+    "SuppressTokensLogitsProcessor": ("suppress_tokens", "suppress_tokens"),
+    "SuppressTokensAtBeginLogitsProcessor": ("begin_suppress_tokens", "begin_suppress_tokens"),
+    "ForcedBOSTokenLogitsProcessor": ("forced_bos_token_id", "bos_token_id"),
+    "ForcedEOSTokenLogitsProcessor": ("forced_eos_token_id", "eos_token_id"),
+    "InfNanRemoveLogitsProcessor": ("remove_invalid_values", "remove_invalid_values"),
+    "ExponentialDecayLengthPenalty": ("exponential_decay_length_penalty", "regulation_factor"),
+    "UnbatchedClassifierFreeGuidanceLogitsProcessor": ("guidance_scale", "guidance_scale"),
+    "WatermarkLogitsProcessor": ("watermarking_config", "bias"),
+    "SynthIDTextWatermarkLogitsProcessor": ("watermarking_config", "ngram_len"),
+}
+# transformers turns min_new_tokens into min_length (prompt + min_new_tokens).
+_SET_BY = {"min_length": "min_length or min_new_tokens"}
+
+
+def option_of(processor: LogitsProcessor) -> str | None:
+    """The generate option behind ``processor`` (``"top_p"``), None for one transformers did not build."""
+    known = _OPTIONS.get(type(processor).__name__)
+    return known[0] if known else None
+
+
+def setting(processor: LogitsProcessor) -> str:
+    """``"top_p=0.9"`` for a processor transformers built from an option, else
+    ``"logits_processor [ClassName]"`` (one the user passed)."""
+    name = type(processor).__name__
+    if name not in _OPTIONS:
+        return f"logits_processor [{name}]"
+    option, attribute = _OPTIONS[name]
+    value = getattr(processor, attribute, None)
+    value = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+    text = f"{option}={value!r}" if value is not None else option
+    return text + (f" (set by {_SET_BY[option]})" if option in _SET_BY else "")

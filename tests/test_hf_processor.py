@@ -1,0 +1,278 @@
+"""``kad.hf.KADLogitsProcessor`` inside transformers' own ``generate``, on tiny random-weight models.
+
+Checked against implementation-independent facts: ``Dual(0)`` gives the base
+model's own greedy tokens and ``Primal(1)`` the aligned model's; against the
+decoder behind ``kad generate`` (greedy, same tokens); against π (the first two
+sampled tokens, chi-square, and far from the base model alone); the aligned
+model's cache against fresh forwards and fresh processors; and every option
+that would break exactness refused by name.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from decoding_helpers import (  # noqa: E402
+    CHARS,
+    exact_pairs,
+    goodness_of_fit,
+    make_models,
+    make_tokenizer,
+    pair_counts,
+)
+from transformers import LogitsProcessor  # noqa: E402
+
+import kad  # noqa: E402
+import kad_kernels as kk  # noqa: E402
+from kad.hf import KADLogitsProcessor  # noqa: E402
+
+MODELS = make_models()
+BASE, ALIGNED = MODELS["base"], MODELS["aligned"]
+TOKENIZER = make_tokenizer()
+TOKENIZER.pad_token = "<eos>"  # no prompt below starts with it
+V = len(TOKENIZER)  # 72 tokens; the base model has 80 logits, the aligned one 76
+EOS = TOKENIZER.eos_token_id
+DECODER = kad.Decoder(BASE, ALIGNED, TOKENIZER)
+TEXTS = {1: ["what is 2 + 2?"], 3: ["hello there", "a", "the quick brown"]}  # 3: ragged, left padded
+NEW = 14
+
+
+def inputs(size: int, texts: list[str] | None = None, padding_side: str = "left") -> dict[str, torch.Tensor]:
+    texts = TEXTS[size] if texts is None else texts
+    return dict(TOKENIZER(texts, return_tensors="pt", padding=True, padding_side=padding_side))
+
+
+def kad_processor(rule: kk.Rule, **kwargs) -> KADLogitsProcessor:
+    return KADLogitsProcessor(ALIGNED, rule, tokenizer=TOKENIZER, pad_token_id=TOKENIZER.pad_token_id, **kwargs)
+
+
+def generate(batch: dict[str, torch.Tensor], processor: LogitsProcessor, **kwargs) -> torch.Tensor:
+    kwargs = dict(dict(do_sample=False, max_new_tokens=NEW), **kwargs)
+    return BASE.generate(**batch, logits_processor=[processor], **kwargs)
+
+
+def new_tokens(sequences: torch.Tensor, width: int) -> list[list[int]]:
+    """Each row's new tokens up to and including its first EOS."""
+    rows = []
+    for row in sequences[:, width:].tolist():
+        rows.append(row[: row.index(EOS) + 1] if EOS in row else row)
+    return rows
+
+
+class _BeyondVocabulary(LogitsProcessor):
+    """Masks the lm_head rows past the shared vocabulary (the models pad their heads)."""
+
+    def __call__(self, input_ids, scores):
+        return scores.index_fill(1, torch.arange(V, scores.shape[1]), float("-inf"))
+
+
+# ----------------------------------------------------------------------------- greedy
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_nothing_deferred_is_the_base_model_and_everything_deferred_the_aligned_one(size):
+    """Dual(0): π = p, the base model's own greedy tokens; Primal(1): π = q*, the aligned model's
+    (both cut to the tokenizer's 72 tokens); the left-padded rows of size 3 included."""
+    batch = inputs(size)
+    cut = dict(logits_processor=[_BeyondVocabulary()], do_sample=False, max_new_tokens=NEW)
+    base_alone, aligned_alone = BASE.generate(**batch, **cut), ALIGNED.generate(**batch, **cut)
+    assert not torch.equal(base_alone, aligned_alone)  # the two properties are different claims
+    assert torch.equal(generate(batch, kad_processor(kk.Dual(0.0))), base_alone)
+    assert torch.equal(generate(batch, kad_processor(kk.Primal(1.0))), aligned_alone)
+
+
+GREEDY_RULES = [kk.Dual(0.4), kk.Primal(0.9), kk.Nudging(0.4), kk.Threshold(0.1, "max_q_minus")]
+
+
+@pytest.mark.parametrize("size", [1, 3])
+@pytest.mark.parametrize("rule", GREEDY_RULES, ids=repr)
+def test_greedy_equals_the_kad_decoder(rule, size):
+    batch = inputs(size)
+    width = batch["input_ids"].shape[1]
+    out = generate(batch, kad_processor(rule))
+    prompts = [TOKENIZER(t).input_ids for t in TEXTS[size]]
+    expected = DECODER.generate(prompts, "kad", rule, temperature=0.0, max_new_tokens=NEW).token_ids
+    assert new_tokens(out, width) == expected
+    assert torch.equal(out[:, :width], batch["input_ids"])
+
+
+def test_greedy_mixes_the_two_models():
+    """The check above means something only if KAD's tokens are neither model's own."""
+    batch = inputs(3)
+    kad_tokens = generate(batch, kad_processor(kk.Dual(0.4)))
+    assert not torch.equal(kad_tokens, generate(batch, kad_processor(kk.Dual(0.0))))
+    assert not torch.equal(kad_tokens, generate(batch, kad_processor(kk.Primal(1.0))))
+
+
+# ----------------------------------------------------------------------------- sampling follows π
+
+ROWS = 6000  # one prompt repeated: i.i.d. samples in a single batched generate
+
+
+@pytest.mark.parametrize(
+    "rule, temperature", [(kk.Dual(0.4), 1.0), (kk.Primal(0.9), 0.7)], ids=["dual", "primal-T0.7"]
+)
+def test_sampled_pairs_follow_the_mixture(rule, temperature):
+    """The first two new tokens are distributed as π (pairs, so the cached second step is
+    checked too); the same samples are far from the base model alone, so the test can fail."""
+    prompt = TOKENIZER("hello").input_ids
+    torch.manual_seed(0)
+    processor = kad_processor(rule, temperature=temperature)
+    out = generate({"input_ids": torch.tensor([prompt] * ROWS)}, processor, do_sample=True, top_k=0, max_new_tokens=2)
+    counts = pair_counts(new_tokens(out, len(prompt)), V)
+    assert goodness_of_fit(counts, exact_pairs(MODELS, rule, prompt, temperature, V, {EOS})) > 1e-3
+    assert goodness_of_fit(counts, exact_pairs(MODELS, kk.Dual(0.0), prompt, temperature, V, {EOS})) < 1e-6
+
+
+def test_the_same_seed_gives_the_same_output():
+    batch = inputs(3)
+    processor = kad_processor(kk.Dual(0.4))
+
+    def run() -> torch.Tensor:
+        return generate(batch, processor, do_sample=True, top_k=0)
+
+    torch.manual_seed(7)
+    first = run()
+    torch.manual_seed(7)
+    assert torch.equal(run(), first)
+    torch.manual_seed(8)
+    assert not torch.equal(run(), first)
+
+
+# ----------------------------------------------------------------------------- the aligned model's cache
+
+
+def test_consecutive_generations_equal_fresh_processors():
+    """One processor across generate calls (other prompts, batch sizes, a continuation of
+    its own output) gives what a fresh processor gives each time, with one aligned
+    forward per step."""
+    processor = kad_processor(kk.Dual(0.4))
+    forwards = []  # the aligned model's forwards: how many columns each fed
+    advance = processor.engine.advance
+
+    def counted_advance(batch, keep=1):
+        forwards.append(batch.width - processor.engine.cached)
+        return advance(batch, keep)
+
+    processor.engine.advance = counted_advance
+    outputs = []
+    for batch in (inputs(3), inputs(1), None):
+        batch = batch or {"input_ids": outputs[-1]}  # the last output: the previous call's last ids plus one column
+        forwards.clear()
+        out = generate(batch, processor)
+        outputs.append(out)
+        assert torch.equal(out, generate(batch, kad_processor(kk.Dual(0.4))))
+        width = batch["input_ids"].shape[1]
+        assert len(forwards) == out.shape[1] - width  # one forward per new token
+        assert forwards[1:] == [1] * (len(forwards) - 1)  # a prefill, then one column per step
+        assert forwards[0] == width  # the prefill: the prompts (one row is unpadded in each batch)
+
+
+def test_direct_calls_give_log_pi_of_fresh_forwards():
+    """Called outside generate (no check), step by step; without a tokenizer V is the
+    fewer logits of the two models (76), and the columns past it are -inf."""
+    processor = KADLogitsProcessor(ALIGNED, kk.Dual(0.4))
+    ids = torch.tensor([TOKENIZER("hello").input_ids, TOKENIZER("there").input_ids])
+    for step in range(3):
+        with torch.no_grad():
+            p_logits = BASE(input_ids=ids).logits[:, -1]
+            q_logits = ALIGNED(input_ids=ids).logits[:, -1]
+        log_pi = processor(ids, p_logits.clone())
+        assert log_pi.shape == (2, 80) and log_pi.dtype == torch.float32
+        assert torch.isneginf(log_pi[:, 76:]).all()
+        expected = kk.mixture(p_logits[:, :76].contiguous(), q_logits.contiguous(), kk.Dual(0.4)).probs
+        torch.testing.assert_close(log_pi[:, :76].exp(), expected, atol=1e-6, rtol=1e-4)
+        ids = torch.cat([ids, log_pi.argmax(-1, keepdim=True)], dim=1)
+    assert processor.engine.cached == ids.shape[1] - 1  # fed one column per call
+
+
+# ----------------------------------------------------------------------------- refused, naming the option
+
+
+class _Identity(LogitsProcessor):
+    def __call__(self, input_ids, scores):
+        return scores
+
+
+REFUSED_IN_GENERATE = [
+    (dict(do_sample=True, top_k=0, temperature=0.7), r"temperature=0.7 .*pass temperature=0.7 to KADLogitsProcessor"),
+    (dict(do_sample=True), r"top_k=50 after KADLogitsProcessor truncates π: pass top_k=0"),
+    (dict(do_sample=True, top_k=10), r"top_k=10 after"),
+    (dict(do_sample=True, top_k=0, top_p=0.9), r"top_p=0.9 after"),
+    (dict(do_sample=True, top_k=0, min_p=0.1), r"min_p=0.1 after"),
+    (dict(repetition_penalty=1.2), r"repetition_penalty=1.2 before KADLogitsProcessor"),
+    (dict(no_repeat_ngram_size=2), r"no_repeat_ngram_size=2 before"),
+    (dict(min_new_tokens=3), r"min_length=\d+ \(set by min_length or min_new_tokens\) before"),
+    (dict(num_beams=2), r"num_beams=2: .*beam search"),
+    (dict(assistant_model=copy.deepcopy(BASE)), r"assistant_model"),
+    (dict(extra=_Identity()), r"logits_processor \[_Identity\] after"),
+]
+
+
+@pytest.mark.parametrize("kwargs, match", REFUSED_IN_GENERATE, ids=[m.split(" ")[0] for _, m in REFUSED_IN_GENERATE])
+def test_generate_options_that_break_exactness_are_refused(kwargs, match):
+    processors = [kad_processor(kk.Dual(0.4))]
+    if "extra" in kwargs:
+        processors.append(kwargs.pop("extra"))
+    with pytest.raises(ValueError, match=match):
+        BASE.generate(**inputs(1), logits_processor=processors, max_new_tokens=NEW, **kwargs)  # assisted: batch 1
+
+
+def test_renormalize_logits_is_harmless_and_allowed():
+    batch = inputs(3)
+    plain = generate(batch, kad_processor(kk.Dual(0.4)))
+    assert torch.equal(generate(batch, kad_processor(kk.Dual(0.4)), renormalize_logits=True), plain)
+
+
+def test_each_generate_is_checked_again():
+    """A continuation of the last call's output looks like the next step, but it is a new
+    generate with new options."""
+    processor = kad_processor(kk.Dual(0.4))
+    out = generate(inputs(1), processor)
+    with pytest.raises(ValueError, match="top_p=0.9"):
+        generate({"input_ids": out}, processor, do_sample=True, top_k=0, top_p=0.9)
+
+
+@pytest.mark.parametrize(
+    "batch, pad_token_id, match",
+    [
+        (inputs(3), None, "no pad_token_id: pass pad_token_id"),
+        (inputs(3, padding_side="right"), EOS, "pad on the left"),
+        (inputs(2, ["<eos>hello", "a"]), EOS, "a pad token no prompt starts with"),
+    ],
+    ids=["no-pad-token-id", "right-padding", "prompt-starts-with-pad"],
+)
+def test_padding_the_processor_would_misread_is_refused(batch, pad_token_id, match):
+    processor = KADLogitsProcessor(ALIGNED, kk.Dual(0.4), tokenizer=TOKENIZER, pad_token_id=pad_token_id)
+    with pytest.raises(ValueError, match=match):
+        generate(batch, processor)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        ((ALIGNED, kk.ImplicitReward()), {}, ValueError, "ImplicitReward needs a reference model"),
+        ((ALIGNED, "dual"), {}, TypeError, "rule must be a kad_kernels rule"),
+        ((ALIGNED, kk.Dual(0.4)), dict(vocab_size=77), ValueError,
+         "the aligned model has 76 output logits, fewer than the vocabulary's 77"),
+        ((ALIGNED, kk.Dual(0.4)), dict(tokenizer=make_tokenizer(chars=CHARS + "#$%&*")), ValueError,
+         "the aligned model has 76 output logits, fewer than the vocabulary's 77"),
+        ((ALIGNED, kk.Dual(0.4)), dict(temperature=0.0), ValueError, "do_sample=False"),
+    ],
+    ids=["implicit-reward", "not-a-rule", "vocab-size", "tokenizer", "temperature-0"],
+)  # fmt: skip
+def test_bad_arguments_are_refused(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        KADLogitsProcessor(*args, **kwargs)
+
+
+def test_base_scores_narrower_than_the_vocabulary_are_refused():
+    processor = KADLogitsProcessor(ALIGNED, kk.Dual(0.4), vocab_size=76)
+    ids = torch.tensor([TOKENIZER("hello").input_ids])
+    with pytest.raises(ValueError, match="the base model's scores have 72 columns, fewer than the vocabulary's 76"):
+        processor(ids, torch.zeros(1, 72))
