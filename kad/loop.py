@@ -313,7 +313,15 @@ class _Loop:
 
     def _speculative_round(self, batch: Batch, gamma: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """γ drafts from q, verified against π: ``(tokens [B, γ+1] (−1 padded),
-        emitted [B], α [B, γ+1] or None)``."""
+        emitted [B], α [B, γ+1] or None)``.
+
+        π at the bonus position needs q there, one more aligned forward (over the
+        last draft); only rows that accept every draft draw the bonus, so the
+        drafts are verified first with a stand-in q at that position (it affects
+        nothing else) and the forward runs only when some row accepted them all.
+        The uniforms are drawn here as ``verify`` would draw them, and the bonus
+        takes the same one as ``verify``'s bonus draw: the tokens are those of a
+        ``verify`` with the real q at every position."""
         plan = self.plan
         first = batch.width  # the first draft's column; the pending token is at first - 1
         q_logits = []
@@ -321,16 +329,27 @@ class _Loop:
             q_i = self._logits(plan.draft, batch)[:, -1]
             q_logits.append(q_i)
             batch.append(kk.sample(q_i, q_i, ONE_MODEL, self.temperature, generator=self.generator, check=False))
-        q_logits.append(self._logits(plan.draft, batch)[:, -1])  # π at the bonus position needs q there too
-        q = torch.stack(q_logits, dim=1)
+        q = torch.stack(q_logits + [q_logits[-1]], dim=1)  # [B, γ+1, V]; the last position is a stand-in
         p = self._logits(plan.target, batch, keep=gamma + 1)
         ref = self._logits(plan.reference, batch, keep=gamma + 1) if plan.reference else None
         p, q, ref = _common_dtype(p, q, ref)
+        rows = p.shape[0]
+        coins = torch.rand(rows, gamma + 1, generator=self.generator, device=self.device)
         drafts = batch.tokens[:, first:]
         verified = kk.verify(
-            p, q, drafts, plan.rule, self.temperature, ref_logits=ref, generator=self.generator, check=False
-        )
-        accepted = verified.num_accepted
+            p, q, drafts, plan.rule, self.temperature, ref_logits=ref, uniforms=(coins[:, :gamma], coins[:, gamma]),
+            check=False,
+        )  # fmt: skip
+        tokens, accepted = verified.tokens, verified.num_accepted
+        all_accepted = (accepted == gamma).nonzero()[:, 0]
+        if all_accepted.numel():
+            q[:, -1] = self._logits(plan.draft, batch)[:, -1].to(q.dtype)
+            bonus = kk.sample(
+                p[all_accepted, -1], q[all_accepted, -1], plan.rule, self.temperature,
+                ref_logits=None if ref is None else ref[all_accepted, -1], uniforms=coins[all_accepted, gamma],
+                check=False,
+            )  # fmt: skip
+            tokens = tokens.index_put((all_accepted, torch.full_like(all_accepted, gamma)), bonus)
 
         # Mask each row's rejected drafts; crop the columns no row accepted.
         batch.reject(first, accepted)
@@ -338,12 +357,12 @@ class _Loop:
         batch.truncate(width)
         for engine in plan.engines:
             engine.truncate(width)
-        batch.append(verified.tokens.gather(1, accepted[:, None])[:, 0])  # correction or bonus: the new pending token
+        batch.append(tokens.gather(1, accepted[:, None])[:, 0])  # correction or bonus: the new pending token
 
-        rows = accepted.shape[0]
+        # α at the bonus position is kept only for rows that drew the bonus, with the real q.
         flat = [None if x is None else x.flatten(0, 1) for x in (p, q, ref)]
         alpha = self._alpha(*flat)
-        return verified.tokens, accepted + 1, None if alpha is None else alpha.view(rows, gamma + 1)
+        return tokens, accepted + 1, None if alpha is None else alpha.view(rows, gamma + 1)
 
     def _commit(
         self,

@@ -101,25 +101,35 @@ def _exact_pairs(rule: kk.Rule, prompt: list[int], temperature: float) -> np.nda
 
 
 @pytest.mark.parametrize(
-    "mode, rule, temperature",
-    [("kad", kk.Dual(0.4), 1.0), ("nudging", kk.Nudging(0.4), 0.7), ("implicit-reward", kk.ImplicitReward(), 1.3)],
-    ids=["dual", "nudging-T0.7", "implicit-reward-T1.3"],
+    "mode, rule, temperature, gamma",
+    [
+        ("kad", kk.Dual(0.4), 1.0, 3),
+        ("kad", kk.Dual(0.4), 1.0, 1),
+        ("nudging", kk.Nudging(0.4), 0.7, 3),
+        ("implicit-reward", kk.ImplicitReward(), 1.3, 1),
+    ],
+    ids=["dual", "dual-gamma1", "nudging-T0.7", "implicit-reward-T1.3-gamma1"],
 )
-def test_sampled_pairs_follow_the_mixture(mode, rule, temperature):
-    """The first two tokens (a speculative round can emit both) are distributed as π,
-    sequentially and speculatively; the test can fail: the same samples are far
-    from the base model alone (what a verify against p instead of π would give)."""
+def test_sampled_pairs_follow_the_mixture(mode, rule, temperature, gamma):
+    """The first two tokens (a speculative round can emit both; with γ = 1 the second
+    may be the bonus token) are distributed as π, sequentially and speculatively;
+    the test can fail: the same samples are far from the base model alone (what a
+    verify against p instead of π would give)."""
     prompt = DECODER.encode(CHI_PROMPT)
     rows = [prompt] * ROWS
     # Budget γ + 1 keeps the whole round: both tokens may come from accepted drafts, a correction or the bonus.
-    spec = DECODER.generate(rows, f"{mode}-spec", rule, gamma=3, temperature=temperature, max_new_tokens=4, seed=1)
+    spec = DECODER.generate(
+        rows, f"{mode}-spec", rule, gamma=gamma, temperature=temperature, max_new_tokens=gamma + 1, seed=1
+    )
     seq = DECODER.generate(rows, mode, rule, temperature=temperature, max_new_tokens=2, seed=2)
     exact = _exact_pairs(rule, prompt, temperature)
     spec_counts, seq_counts = pair_counts(spec.token_ids, V), pair_counts(seq.token_ids, V)
     assert goodness_of_fit(spec_counts, exact) > 1e-3
     assert goodness_of_fit(seq_counts, exact) > 1e-3
     assert two_sample(spec_counts, seq_counts) > 1e-3
-    assert 0.1 < spec.stats.acceptance_rate < 0.95  # rejections (residual draws) and bonus tokens both occur
+    # Rejections (residual draws) and bonus tokens both occur; at γ = 1 the second token is
+    # a bonus whenever the draft is accepted (always, for dual here: every token is deferred at first).
+    assert 0.1 < spec.stats.acceptance_rate < (0.95 if gamma > 1 else 1.0 + 1e-9)
     base_alone = _exact_pairs(kk.Dual(0.0), prompt, temperature)  # defers nothing: π = p
     assert goodness_of_fit(spec_counts, base_alone) < 1e-6
 
@@ -183,6 +193,31 @@ def test_nudging_skips_the_aligned_model_when_no_row_defers(monkeypatch):
     deferring = round(out.stats.deferral_fraction * steps)
     assert 0 < deferring < steps
     assert calls["aligned"] == 1 + deferring  # the prefill, then only the steps that defer
+
+
+@pytest.mark.parametrize("size", [1, 4])
+def test_the_bonus_position_costs_an_aligned_forward_only_when_some_row_accepts_every_draft(monkeypatch, size):
+    """q at the bonus position is computed only for rounds in which a row drew the bonus."""
+    calls = {"aligned": 0}
+    rounds: list[tuple[int, bool]] = []  # (γ, some row accepted all γ drafts)
+    original_advance, original_verify = HFEngine.advance, kk.verify
+
+    def counting(self, batch, keep=1):
+        calls["aligned"] += self.model is MODELS["aligned"]
+        return original_advance(self, batch, keep)
+
+    def recording(p, q, drafts, *args, **kwargs):
+        verified = original_verify(p, q, drafts, *args, **kwargs)
+        rounds.append((drafts.shape[1], bool((verified.num_accepted == drafts.shape[1]).any())))
+        return verified
+
+    monkeypatch.setattr(HFEngine, "advance", counting)
+    monkeypatch.setattr(kad.loop.kk, "verify", recording)
+    prompts, budgets = _batch(size)
+    DECODER.generate(prompts, "kad-spec", kk.Dual(0.4), gamma=3, temperature=1.0, max_new_tokens=budgets, seed=0)
+    with_bonus = sum(bonus for _, bonus in rounds)
+    assert 0 < with_bonus and (size > 1 or with_bonus < len(rounds))  # one row: some rounds skip the forward
+    assert calls["aligned"] == 1 + sum(gamma for gamma, _ in rounds) + with_bonus  # the prefill, drafts, bonus
 
 
 # ----------------------------------------------------------------------------- batching

@@ -122,7 +122,7 @@ def test_nothing_deferred_is_the_base_model_and_everything_deferred_the_aligned_
 ROWS = 6000
 
 
-@pytest.mark.parametrize("gamma, temperature", [(0, 1.0), (3, 1.0), (3, 0.7)])
+@pytest.mark.parametrize("gamma, temperature", [(0, 1.0), (1, 1.0), (3, 0.7)])
 def test_sampled_pairs_follow_the_mixture(gamma, temperature):
     """The first two new tokens (both can come from one speculative round) are distributed as π;
     the same samples are far from the base model alone, so the test can fail."""
@@ -142,7 +142,7 @@ def test_sampled_pairs_follow_the_mixture(gamma, temperature):
     counts = pair_counts(new_tokens(out.sequences, len(prompt)), V)
     assert goodness_of_fit(counts, exact_pairs(MODELS, rule, prompt, temperature, V, {EOS})) > 1e-3
     assert goodness_of_fit(counts, exact_pairs(MODELS, kk.Dual(0.0), prompt, temperature, V, {EOS})) < 1e-6
-    if gamma:
+    if gamma > 1:  # at γ = 1 the second token is a bonus whenever the draft is accepted (here: always)
         assert 0.1 < out.kad_stats.acceptance_rate < 0.95
 
 
