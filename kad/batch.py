@@ -21,8 +21,9 @@ the re-fed input and one more forward per round.
 
 The last column is always the **pending** token: emitted but not yet fed to
 any model.  A model's cache covers a prefix of the columns; :meth:`Engine.advance
-<kad.engines.Engine.advance>` feeds it the columns it has not seen, so a model that
-skipped steps (the aligned model under nudging) catches up in one forward.
+<kad.engines.Engine.advance>` feeds it the columns it has not seen, so a model
+reads the whole prompt in its first forward (no separate prefill), and a model
+that skipped steps (the aligned model under nudging) catches up in one forward.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ class Batch:
         self.tokens = torch.zeros(len(prompts), width, dtype=torch.long)
         self.mask = torch.zeros(len(prompts), width, dtype=torch.long)
         for row, prompt in enumerate(prompts):
-            if prompt:  # a prompt of one token has an empty prefix to prefill
+            if prompt:  # an empty prompt is a row of padding only
                 self.tokens[row, width - len(prompt) :] = torch.tensor(prompt)
                 self.mask[row, width - len(prompt) :] = 1
         self.tokens, self.mask = self.tokens.to(device), self.mask.to(device)

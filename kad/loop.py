@@ -255,12 +255,9 @@ class _Loop:
         active = [row for row, budget in enumerate(budgets) if budget > 0]  # original indices of the batch rows
         left = list(budgets)
         if active:
-            # Caches hold every token but the pending (last) one: prefill the prompts' prefixes.
-            batch = Batch([prompts[row][:-1] for row in active], self.device)
-            if batch.width:
-                for engine in self.plan.engines:
-                    engine.advance(batch)
-            batch.append(torch.tensor([prompts[row][-1] for row in active], device=self.device))
+            # No prefill of its own: an engine's first advance feeds every column it has not
+            # seen, so each model reads the prompt in the forward of its first step or round.
+            batch = Batch([prompts[row] for row in active], self.device)
         while active:
             if self.plan.speculative:
                 round_gamma = max(1, min(self.gamma, max(left[row] for row in active) - 1))

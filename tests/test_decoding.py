@@ -148,7 +148,7 @@ def test_sampled_pairs_follow_the_mixture(mode, rule, temperature, gamma):
     ids=["kad-spec", "implicit-reward-spec", "nudging-spec-greedy", "nudging-lagging-aligned"],
 )
 def test_every_forward_equals_a_fresh_forward(monkeypatch, mode, rule, temperature):
-    """Each forward of the loop (prefill, drafts, verification, catch-up of a skipped
+    """Each forward of the loop (first read of the prompt, drafts, verification, catch-up of a skipped
     model) gives, for every row, the logits of a fresh cacheless forward over the
     row's real tokens: rejected drafts, padding and dropped rows leave no trace."""
     original = HFEngine.advance
@@ -159,7 +159,7 @@ def test_every_forward_equals_a_fresh_forward(monkeypatch, mode, rule, temperatu
         end = batch.width
         for b in range(batch.tokens.shape[0]):
             mask = batch.mask[b, :end].bool()
-            if not mask.any():  # the prefix of a one-token prompt: nothing to prefill
+            if not mask.any():  # no real token in this row yet
                 continue
             checked["rejected"] += int((~mask & (mask.cumsum(0) > 0)).sum())  # masked columns after real tokens
             sequence = batch.tokens[b, :end][mask]
@@ -192,7 +192,7 @@ def test_nudging_skips_the_aligned_model_when_no_row_defers(monkeypatch):
     steps = out.stats.rounds
     deferring = round(out.stats.deferral_fraction * steps)
     assert 0 < deferring < steps
-    assert calls["aligned"] == 1 + deferring  # the prefill, then only the steps that defer
+    assert calls["aligned"] == deferring  # only the steps that defer (the first of them reads the prompt)
 
 
 @pytest.mark.parametrize("size", [1, 4])
@@ -217,7 +217,7 @@ def test_the_bonus_position_costs_an_aligned_forward_only_when_some_row_accepts_
     DECODER.generate(prompts, "kad-spec", kk.Dual(0.4), gamma=3, temperature=1.0, max_new_tokens=budgets, seed=0)
     with_bonus = sum(bonus for _, bonus in rounds)
     assert 0 < with_bonus and (size > 1 or with_bonus < len(rounds))  # one row: some rounds skip the forward
-    assert calls["aligned"] == 1 + sum(gamma for gamma, _ in rounds) + with_bonus  # the prefill, drafts, bonus
+    assert calls["aligned"] == sum(gamma for gamma, _ in rounds) + with_bonus  # drafts (the first reads the prompt), bonus
 
 
 # ----------------------------------------------------------------------------- batching

@@ -294,3 +294,13 @@ def test_right_padding_is_refused():
     batch = dict(TOKENIZER(TEXTS[3], return_tensors="pt", padding=True, padding_side="right"))
     with pytest.raises(ValueError, match="left padding"):
         BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), max_new_tokens=NEW)
+
+
+def test_the_vocabulary_check_runs_again_when_a_tokenizer_grows():
+    base_tokenizer, aligned_tokenizer = make_tokenizer(), make_tokenizer()
+    call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=2, base_tokenizer=base_tokenizer,
+                aligned_tokenizer=aligned_tokenizer, **inputs(1))  # fmt: skip
+    BASE.generate(**call)  # checked, and remembered
+    aligned_tokenizer.add_tokens(["#"])
+    with pytest.raises(ValueError, match="differ"):
+        BASE.generate(**call)

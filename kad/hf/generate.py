@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -250,7 +251,7 @@ def _shared_vocab_size(
     names = {role: f"the {role} model {_name(models[role])!r}" for role in tokenizers}
     known = {names[role]: t for role, t in tokenizers.items() if t is not None}
     if len(known) == 2:
-        check_same_vocabulary(known)
+        _check_once(known)
     widths = {role: _logits(m) for role, m in models.items()}
     if vocab_size is None:
         vocab_size = next((len(t) for t in known.values()), min(widths.values()))
@@ -258,6 +259,22 @@ def _shared_vocab_size(
         if width < vocab_size:
             raise ValueError(f"the {role} model has {width} output logits, fewer than the vocabulary's {vocab_size}")
     return vocab_size
+
+
+# Tokenizer pairs already found to share a vocabulary, with their sizes then (comparing
+# 150k-token vocabularies takes ~0.2 s: once per pair, not once per generate call).
+_SAME_VOCABULARY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _check_once(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> None:
+    """:func:`~kad.models.check_same_vocabulary` of two tokenizers, remembered while they
+    live and keep their sizes (a token added to one is checked again)."""
+    first, second = tokenizers.values()
+    sizes = (len(first), len(second))
+    if first is second or _SAME_VOCABULARY.get(first, {}).get(second) == sizes:
+        return
+    check_same_vocabulary(tokenizers)
+    _SAME_VOCABULARY.setdefault(first, weakref.WeakKeyDictionary())[second] = sizes
 
 
 @functools.lru_cache(maxsize=8)
