@@ -12,10 +12,11 @@ mode                     each step / round
 =======================  =====================================================
 ``base``                 the base model alone (π = p)
 ``aligned``              the aligned model alone (π = q)
-``kad``                  both models, one token from π per step; with a
-                         :class:`~kad_kernels.Nudging` rule the aligned model is
-                         skipped on steps where no row defers (max p ≥ λ) and
-                         catches up on the next step that needs it
+``kad``                  both models, one token from π per step; with a rule
+                         whose mask depends on p alone (dual, primal, nudging)
+                         the aligned model runs only on steps where some row
+                         draws from q's share of π (:mod:`kad.draw`: a fraction
+                         α of the draws) and catches up on the skipped tokens
 ``kad-spec``             the aligned model drafts γ tokens (and scores the
                          position after them), the base model scores the γ + 1
                          positions in one forward, ``verify`` accepts a prefix
@@ -48,6 +49,7 @@ from torch import Tensor
 import kad_kernels as kk
 
 from .batch import Batch
+from .draw import ONE_MODEL, draw_from_p, finish_with_q
 from .engines import Engine
 from .stats import GenerationStats
 
@@ -56,8 +58,6 @@ Mode = Literal[
 ]
 MODES: tuple[str, ...] = get_args(Mode)
 
-# Defers nothing (no p_v < 0): sample(x, x, ONE_MODEL) draws from softmax(x / T).
-ONE_MODEL = kk.Dual(0.0)
 
 
 class ContextLengthWarning(UserWarning):
@@ -292,21 +292,37 @@ class _Loop:
         """One token per row: ``(tokens [B, 1], emitted [B] (ones), α [B, 1] or None)``."""
         plan = self.plan
         p = self._logits(plan.target, batch)[:, -1]
-        q, alpha = p, None
-        if plan.draft is not None:
-            if isinstance(plan.rule, kk.Nudging):
-                # Nudging defers whole rows (α ∈ {0, 1}) and from p alone: when no row
-                # defers, π = p and the aligned model is not needed (q = p is exact).
-                alpha = kk.mixture(p, p, plan.rule, self.temperature, check=False).alpha
-            if alpha is None or bool((alpha > 0).any()):
-                q = self._logits(plan.draft, batch)[:, -1]
-        ref = self._logits(plan.reference, batch)[:, -1] if plan.reference else None
-        p, q, ref = _common_dtype(p, q, ref)
-        tokens = kk.sample(p, q, plan.rule, self.temperature, ref_logits=ref, generator=self.generator, check=False)
-        if alpha is None:
+        if plan.draft is not None and plan.rule.mask_from_p:
+            greedy = self.temperature == 0
+            uniforms = None if greedy else torch.rand(p.shape[0], generator=self.generator, device=self.device)
+            tokens, alpha = self._draw_needing_q_rarely(batch, p, uniforms)
+            alpha = alpha if self.track_alpha else None
+        else:
+            q = self._logits(plan.draft, batch)[:, -1] if plan.draft is not None else p
+            ref = self._logits(plan.reference, batch)[:, -1] if plan.reference else None
+            p, q, ref = _common_dtype(p, q, ref)
+            tokens = kk.sample(p, q, plan.rule, self.temperature, ref_logits=ref, generator=self.generator, check=False)
             alpha = self._alpha(p, q, ref)
         batch.append(tokens)
         return tokens[:, None], torch.ones_like(tokens), None if alpha is None else alpha[:, None]
+
+    def _draw_needing_q_rarely(
+        self, batch: Batch, p: Tensor, uniforms: Tensor | None, rows: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``(tokens, α)`` ``[N]`` drawn from π after the last column of the batch rows
+        ``rows`` (all if None), whose p logits are ``p`` ``[N, V]``, with ``uniforms``
+        ``[N]`` (None: greedy); the aligned model runs (over the whole batch) only if
+        some row needs q (:mod:`kad.draw`)."""
+        plan = self.plan
+        draw = draw_from_p(p, plan.rule, self.temperature, uniforms)
+        undecided = draw.needs_q.nonzero()[:, 0]
+        tokens = draw.tokens
+        if undecided.numel():
+            q = self._logits(plan.draft, batch)[:, -1]
+            q = q if rows is None else q[rows]
+            p_u, q_u = _common_dtype(p[undecided], q[undecided])
+            tokens = tokens.index_put((undecided,), finish_with_q(draw, undecided, p_u, q_u, plan.rule, self.temperature))
+        return tokens, draw.alpha
 
     def _speculative_round(self, batch: Batch, gamma: int) -> tuple[Tensor, Tensor, Tensor | None]:
         """γ drafts from q, verified against π: ``(tokens [B, γ+1] (−1 padded),
@@ -315,10 +331,10 @@ class _Loop:
         π at the bonus position needs q there, one more aligned forward (over the
         last draft); only rows that accept every draft draw the bonus, so the
         drafts are verified first with a stand-in q at that position (it affects
-        nothing else) and the forward runs only when some row accepted them all.
-        The uniforms are drawn here as ``verify`` would draw them, and the bonus
-        takes the same one as ``verify``'s bonus draw: the tokens are those of a
-        ``verify`` with the real q at every position."""
+        nothing else).  The uniforms are drawn here as ``verify`` would draw them;
+        a row that accepted every draft used none of its draw uniform, which then
+        draws its bonus: by :mod:`kad.draw` where the mask depends on p alone (q
+        only for rows in q's branch), otherwise from π with the real q."""
         plan = self.plan
         first = batch.width  # the first draft's column; the pending token is at first - 1
         q_logits = []
@@ -339,7 +355,11 @@ class _Loop:
         )  # fmt: skip
         tokens, accepted = verified.tokens, verified.num_accepted
         all_accepted = (accepted == gamma).nonzero()[:, 0]
-        if all_accepted.numel():
+        if all_accepted.numel() and plan.rule.mask_from_p:
+            uniforms = None if self.temperature == 0 else coins[all_accepted, gamma]
+            bonus, _ = self._draw_needing_q_rarely(batch, p[all_accepted, -1], uniforms, all_accepted)
+            tokens = tokens.index_put((all_accepted, torch.full_like(all_accepted, gamma)), bonus)
+        elif all_accepted.numel():
             q[:, -1] = self._logits(plan.draft, batch)[:, -1].to(q.dtype)
             bonus = kk.sample(
                 p[all_accepted, -1], q[all_accepted, -1], plan.rule, self.temperature,
@@ -356,7 +376,8 @@ class _Loop:
             engine.truncate(width)
         batch.append(tokens.gather(1, accepted[:, None])[:, 0])  # correction or bonus: the new pending token
 
-        # α at the bonus position is kept only for rows that drew the bonus, with the real q.
+        # α at the bonus position is kept only for rows that drew the bonus, with the real q
+        # (or a stand-in where the mask, hence α, depends on p alone).
         flat = [None if x is None else x.flatten(0, 1) for x in (p, q, ref)]
         alpha = self._alpha(*flat)
         return tokens, accepted + 1, None if alpha is None else alpha.view(rows, gamma + 1)

@@ -72,6 +72,10 @@ class Rule:
     param: Param = 0.0
     param_name: str = "param"  # the constructor argument, for error messages
     needs_ref: bool = False
+    # The mask d (hence α) depends on p alone: π = p⊙(1−d) + α q is then a mixture of
+    # p's kept tokens (weight 1 − α) and q (weight α), so a draw needs q only with
+    # probability α (kad.draw uses this to skip the aligned model).
+    mask_from_p: bool = False
 
     def spec(self, rows: int, device: torch.device) -> tuple[Kind, Param]:
         """``(kind, param)`` with ``param`` as f32 ``[rows]`` on ``device``, or a float for
@@ -111,6 +115,8 @@ class Dual(Rule):
     squared ``||p - e_v||^2 = 1 - 2 p_v + ||p||^2``.
     """
 
+    mask_from_p = True
+
     def __init__(self, lam: Param | None = None, loss: Loss = "logistic", *, mu: Param | None = None):
         if loss not in _LOSS_KIND:
             raise ValueError(f"loss must be one of {sorted(_LOSS_KIND)}, got {loss!r}")
@@ -138,6 +144,7 @@ class Primal(Rule):
 
     kind = Kind.PRIMAL
     param_name = "budget"
+    mask_from_p = True
 
     def __init__(self, budget: Param):
         self.param = _check_param("budget", budget, 0.0, math.inf)
@@ -148,6 +155,7 @@ class Nudging(Rule):
 
     kind = Kind.NUDGING
     param_name = "lam"
+    mask_from_p = True
 
     def __init__(self, lam: Param):
         self.param = _check_param("lam", lam, 0.0, 1.0)

@@ -179,45 +179,69 @@ def test_every_forward_equals_a_fresh_forward(monkeypatch, mode, rule, temperatu
         assert checked["rejected"] > 0  # and sat masked in the middle of a later forward's context
 
 
-def test_nudging_skips_the_aligned_model_when_no_row_defers(monkeypatch):
-    calls = {"aligned": 0}
-    original = HFEngine.advance
-
-    def counting(self, batch, keep=1):
-        calls["aligned"] += self.model is MODELS["aligned"]
-        return original(self, batch, keep)
-
-    monkeypatch.setattr(HFEngine, "advance", counting)
-    out = DECODER.generate(PROMPTS[:1], "nudging", kk.Nudging(0.4), temperature=0.0, max_new_tokens=30)
-    steps = out.stats.rounds
-    deferring = round(out.stats.deferral_fraction * steps)
-    assert 0 < deferring < steps
-    assert calls["aligned"] == deferring  # only the steps that defer (the first of them reads the prompt)
-
-
-@pytest.mark.parametrize("size", [1, 4])
-def test_the_bonus_position_costs_an_aligned_forward_only_when_some_row_accepts_every_draft(monkeypatch, size):
-    """q at the bonus position is computed only for rounds in which a row drew the bonus."""
-    calls = {"aligned": 0}
-    rounds: list[tuple[int, bool]] = []  # (γ, some row accepted all γ drafts)
-    original_advance, original_verify = HFEngine.advance, kk.verify
+@pytest.mark.parametrize(
+    "rule, temperature", [(kk.Nudging(0.4), 0.0), (kk.Dual(0.4), 1.0), (kk.Primal(0.9), 1.0), (kk.Dual(0.4), 0.0)]
+)
+def test_the_aligned_model_runs_only_on_steps_where_a_row_needs_q(monkeypatch, rule, temperature):
+    """Where the mask depends on p alone, a step needs q only for rows in q's share of π
+    (kad/draw.py); the aligned model catches up on the skipped tokens when it next runs."""
+    calls = {"aligned": 0, "needing": 0}
+    original_advance, original_draw = HFEngine.advance, kad.loop.draw_from_p
 
     def counting(self, batch, keep=1):
         calls["aligned"] += self.model is MODELS["aligned"]
         return original_advance(self, batch, keep)
 
-    def recording(p, q, drafts, *args, **kwargs):
+    def recording(*args, **kwargs):
+        draw = original_draw(*args, **kwargs)
+        calls["needing"] += bool(draw.needs_q.any())
+        return draw
+
+    monkeypatch.setattr(HFEngine, "advance", counting)
+    monkeypatch.setattr(kad.loop, "draw_from_p", recording)
+    mode = "nudging" if isinstance(rule, kk.Nudging) else "kad"
+    out = DECODER.generate(PROMPTS[:1], mode, rule, temperature=temperature, max_new_tokens=30, seed=0)
+    assert calls["aligned"] == calls["needing"]
+    assert 0 < calls["needing"] < out.stats.rounds
+
+
+@pytest.mark.parametrize("rule", [kk.Dual(0.4), kk.Threshold(0.1, "max_q_minus")], ids=repr)
+@pytest.mark.parametrize("size", [1, 4])
+def test_the_bonus_position_costs_an_aligned_forward_only_when_a_bonus_needs_q(monkeypatch, size, rule):
+    """q at the bonus position is computed only in rounds where some row accepted every
+    draft and, where the mask depends on p alone, drew from q's share of π."""
+    calls = {"aligned": 0}
+    rounds: list[tuple[int, bool]] = []  # (γ, some row accepted all γ drafts)
+    bonus_needing_q: list[bool] = []
+    original_advance, original_verify, original_draw = HFEngine.advance, kk.verify, kad.loop.draw_from_p
+
+    def counting(self, batch, keep=1):
+        calls["aligned"] += self.model is MODELS["aligned"]
+        return original_advance(self, batch, keep)
+
+    def recording_verify(p, q, drafts, *args, **kwargs):
         verified = original_verify(p, q, drafts, *args, **kwargs)
         rounds.append((drafts.shape[1], bool((verified.num_accepted == drafts.shape[1]).any())))
         return verified
 
+    def recording_draw(*args, **kwargs):
+        draw = original_draw(*args, **kwargs)
+        bonus_needing_q.append(bool(draw.needs_q.any()))
+        return draw
+
     monkeypatch.setattr(HFEngine, "advance", counting)
-    monkeypatch.setattr(kad.loop.kk, "verify", recording)
+    monkeypatch.setattr(kad.loop.kk, "verify", recording_verify)
+    monkeypatch.setattr(kad.loop, "draw_from_p", recording_draw)
     prompts, budgets = _batch(size)
-    DECODER.generate(prompts, "kad-spec", kk.Dual(0.4), gamma=3, temperature=1.0, max_new_tokens=budgets, seed=0)
+    DECODER.generate(prompts, "kad-spec", rule, gamma=3, temperature=1.0, max_new_tokens=budgets, seed=0)
     with_bonus = sum(bonus for _, bonus in rounds)
-    assert 0 < with_bonus and (size > 1 or with_bonus < len(rounds))  # one row: some rounds skip the forward
-    assert calls["aligned"] == sum(gamma for gamma, _ in rounds) + with_bonus  # drafts (the first reads the prompt), bonus
+    assert 0 < with_bonus and (size > 1 or with_bonus < len(rounds))  # one row: some rounds reject a draft
+    drafts = sum(gamma for gamma, _ in rounds)  # the first draft forward also reads the prompt
+    if rule.mask_from_p:
+        assert len(bonus_needing_q) == with_bonus
+        assert calls["aligned"] == drafts + sum(bonus_needing_q)
+    else:
+        assert not bonus_needing_q and calls["aligned"] == drafts + with_bonus
 
 
 # ----------------------------------------------------------------------------- batching
