@@ -18,7 +18,7 @@ import kad_kernels as kk
 
 from . import default_pair
 from .engines import Engine, HFEngine
-from .loop import MODES, Mode, Settings, decode
+from .loop import Mode, Settings, decode
 from .models import check_same_vocabulary, load, resolve_device
 from .stats import GenerationStats
 

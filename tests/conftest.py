@@ -13,6 +13,10 @@ import os
 
 import torch
 
+# No test reads the model hub: a model that is not on disk fails at once instead of
+# after network retries (huggingface_hub reads this when first imported).
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 # Must happen before anything imports triton: CPU tensors reach the Triton
 # kernels only through the interpreter.
 if not torch.cuda.is_available():

@@ -10,14 +10,11 @@ dropped rows), batched against per-prompt decoding.
 from __future__ import annotations
 
 import functools
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from decoding_helpers import (  # noqa: E402
+import numpy as np
+import pytest
+import torch
+from decoding_helpers import (
     CHARS,
     PROMPTS,
     exact_pairs,
@@ -28,11 +25,11 @@ from decoding_helpers import (  # noqa: E402
     two_sample,
 )
 
-import kad  # noqa: E402
-import kad_kernels as kk  # noqa: E402
-from kad import cli  # noqa: E402
-from kad.engines import HFEngine  # noqa: E402
-from kad.decoding import build_rule  # noqa: E402
+import kad
+import kad_kernels as kk
+from kad import cli
+from kad.decoding import build_rule
+from kad.engines import HFEngine
 
 MODELS = make_models()
 TOKENIZER = make_tokenizer()

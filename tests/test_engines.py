@@ -8,19 +8,15 @@ new engine adds an :class:`EngineCase` to :data:`CASES`.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
+from dataclasses import dataclass
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
+import torch
+from decoding_helpers import make_models, make_tokenizer
 
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from decoding_helpers import make_models, make_tokenizer  # noqa: E402
-
-from kad.batch import Batch  # noqa: E402
-from kad.engines import Engine, HFEngine  # noqa: E402
+from kad.batch import Batch
+from kad.engines import Engine, HFEngine
 
 MODELS = make_models()
 V = len(make_tokenizer())

@@ -7,19 +7,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import pytest
+from decoding_helpers import make_models, make_tokenizer
 
-import pytest  # noqa: E402
-from decoding_helpers import make_models, make_tokenizer  # noqa: E402
-
-import kad  # noqa: E402
-from kad import cli, evaluate  # noqa: E402
-from kad.demo import RUNS, demo  # noqa: E402
-from kad.evaluate import RunConfig, summarize, wilson_interval  # noqa: E402
-from kad.plots import plot_results  # noqa: E402
-from kad.tasks import TASKS  # noqa: E402
+import kad
+from kad import cli, evaluate
+from kad.demo import RUNS, demo
+from kad.evaluate import RunConfig, summarize, wilson_interval
+from kad.plots import plot_results
+from kad.tasks import TASKS
 
 MODELS = make_models()
 TOKENIZER = make_tokenizer()

@@ -9,59 +9,38 @@ refuses.  The Hub-layout recipe folder is loaded from disk.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from decoding_helpers import (  # noqa: E402
-    CHARS,
-    exact_pairs,
-    goodness_of_fit,
-    make_models,
-    make_tokenizer,
-    pair_counts,
+import pytest
+import torch
+from decoding_helpers import CHARS, exact_pairs, goodness_of_fit, make_tokenizer, pair_counts
+from hf_helpers import (
+    ALIGNED,
+    BASE,
+    DECODER,
+    EOS,
+    MODELS,
+    NEW,
+    TEXTS,
+    TOKENIZER,
+    V,
+    BeyondVocabulary,
+    Identity,
+    inputs,
+    new_tokens,
+    prompt_ids,
 )
-from transformers import LogitsProcessor, Qwen2ForCausalLM  # noqa: E402
-from transformers.generation import GenerateDecoderOnlyOutput  # noqa: E402
+from transformers import Qwen2ForCausalLM
+from transformers.generation import GenerateDecoderOnlyOutput
 
-import kad  # noqa: E402
-import kad.hf  # noqa: E402
-import kad_kernels as kk  # noqa: E402
+import kad
+import kad.hf
+import kad_kernels as kk
 
-MODELS = make_models()
-BASE, ALIGNED = MODELS["base"], MODELS["aligned"]
-TOKENIZER = make_tokenizer()
-TOKENIZER.pad_token = "<eos>"
-V = len(TOKENIZER)  # 72 tokens; the base model has 80 logits, the aligned one 76
-EOS = TOKENIZER.eos_token_id
-DECODER = kad.Decoder(BASE, ALIGNED, TOKENIZER)
-TEXTS = {1: ["what is 2 + 2?"], 3: ["hello there", "a", "the quick brown"]}  # 3: ragged, left padded
-NEW = 14
 KAD = dict(custom_generate=kad.hf.generate, aligned_model=ALIGNED, base_tokenizer=TOKENIZER, aligned_tokenizer=TOKENIZER)
-
-
-def inputs(size: int) -> dict[str, torch.Tensor]:
-    return dict(TOKENIZER(TEXTS[size], return_tensors="pt", padding=True, padding_side="left"))
-
-
-def new_tokens(sequences: torch.Tensor, width: int, stop_ids=(EOS,)) -> list[list[int]]:
-    """Each row's new tokens up to and including its first stop token."""
-    rows = []
-    for row in sequences[:, width:].tolist():
-        stop = next((i for i, t in enumerate(row) if t in stop_ids), None)
-        rows.append(row if stop is None else row[: stop + 1])
-    return rows
 
 
 def assert_padded_after_stop(sequences: torch.Tensor, width: int, pad: int, stop_ids=(EOS,)) -> None:
     for row, tokens in zip(sequences[:, width:].tolist(), new_tokens(sequences, width, stop_ids)):
         assert all(t == pad for t in row[len(tokens) :])
-
-
-def prompt_ids(size: int) -> list[list[int]]:
-    return [TOKENIZER(t).input_ids for t in TEXTS[size]]
 
 
 # ----------------------------------------------------------------------------- greedy: the same tokens as kad generate
@@ -97,21 +76,14 @@ def test_gamma_zero_is_plain_kad():
     assert stats.kad_stats.drafts_proposed == 0
 
 
-class _BeyondVocabulary(LogitsProcessor):
-    """Masks the lm_head rows past the shared vocabulary (the models pad their heads)."""
-
-    def __call__(self, input_ids, scores):
-        return scores.index_fill(1, torch.arange(V, scores.shape[1]), float("-inf"))
-
-
 @pytest.mark.parametrize("size", [1, 3])
 @pytest.mark.parametrize("gamma", [0, 3])
 def test_nothing_deferred_is_the_base_model_and_everything_deferred_the_aligned_one(size, gamma):
     """Dual(0): π = p, the base model's own greedy tokens; Primal(1): π = q*, the aligned model's."""
     batch = inputs(size)
     common = dict(do_sample=False, max_new_tokens=NEW)
-    base_alone = BASE.generate(**batch, logits_processor=[_BeyondVocabulary()], **common)
-    aligned_alone = ALIGNED.generate(**batch, logits_processor=[_BeyondVocabulary()], **common)
+    base_alone = BASE.generate(**batch, logits_processor=[BeyondVocabulary()], **common)
+    aligned_alone = ALIGNED.generate(**batch, logits_processor=[BeyondVocabulary()], **common)
     assert not torch.equal(base_alone, aligned_alone)  # the two properties are different claims
     assert torch.equal(BASE.generate(**batch, **KAD, rule=kk.Dual(0.0), gamma=gamma, **common), base_alone)
     assert torch.equal(BASE.generate(**batch, **KAD, rule=kk.Primal(1.0), gamma=gamma, **common), aligned_alone)
@@ -247,11 +219,6 @@ def test_a_budget_past_the_context_length_stops_there_with_a_warning():
 # ----------------------------------------------------------------------------- refused, naming the option
 
 
-class _Identity(LogitsProcessor):
-    def __call__(self, input_ids, scores):
-        return scores
-
-
 REFUSED = [
     (dict(do_sample=True, top_k=10), "top_k=10"),
     (dict(do_sample=True, top_p=0.9), "top_p=0.9"),
@@ -263,7 +230,7 @@ REFUSED = [
     (dict(assistant_model=ALIGNED), "assistant_model"),
     (dict(return_dict_in_generate=True, output_scores=True), "output_scores"),
     (dict(max_time=5.0), "max_time"),
-    (dict(logits_processor=[_Identity()]), r"logits_processor \[_Identity\]"),
+    (dict(logits_processor=[Identity()]), r"logits_processor \[Identity\]"),
     (dict(aligned_model=None), "needs aligned_model"),
     (dict(rule=None), "needs a rule"),
     (dict(gamma=-1), "gamma"),

@@ -11,40 +11,28 @@ that would break exactness refused by name.
 from __future__ import annotations
 
 import copy
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from decoding_helpers import (  # noqa: E402
-    CHARS,
-    exact_pairs,
-    goodness_of_fit,
-    make_models,
-    make_tokenizer,
-    pair_counts,
+import pytest
+import torch
+from decoding_helpers import CHARS, exact_pairs, goodness_of_fit, make_tokenizer, pair_counts
+from hf_helpers import (
+    ALIGNED,
+    BASE,
+    DECODER,
+    EOS,
+    MODELS,
+    NEW,
+    TOKENIZER,
+    V,
+    BeyondVocabulary,
+    Identity,
+    inputs,
+    new_tokens,
+    prompt_ids,
 )
-from transformers import LogitsProcessor  # noqa: E402
+from transformers import LogitsProcessor
 
-import kad  # noqa: E402
-import kad_kernels as kk  # noqa: E402
-from kad.hf import KADLogitsProcessor  # noqa: E402
-
-MODELS = make_models()
-BASE, ALIGNED = MODELS["base"], MODELS["aligned"]
-TOKENIZER = make_tokenizer()
-TOKENIZER.pad_token = "<eos>"  # no prompt below starts with it
-V = len(TOKENIZER)  # 72 tokens; the base model has 80 logits, the aligned one 76
-EOS = TOKENIZER.eos_token_id
-DECODER = kad.Decoder(BASE, ALIGNED, TOKENIZER)
-TEXTS = {1: ["what is 2 + 2?"], 3: ["hello there", "a", "the quick brown"]}  # 3: ragged, left padded
-NEW = 14
-
-
-def inputs(size: int, texts: list[str] | None = None, padding_side: str = "left") -> dict[str, torch.Tensor]:
-    texts = TEXTS[size] if texts is None else texts
-    return dict(TOKENIZER(texts, return_tensors="pt", padding=True, padding_side=padding_side))
+import kad_kernels as kk
+from kad.hf import KADLogitsProcessor
 
 
 def kad_processor(rule: kk.Rule, **kwargs) -> KADLogitsProcessor:
@@ -56,21 +44,6 @@ def generate(batch: dict[str, torch.Tensor], processor: LogitsProcessor, **kwarg
     return BASE.generate(**batch, logits_processor=[processor], **kwargs)
 
 
-def new_tokens(sequences: torch.Tensor, width: int) -> list[list[int]]:
-    """Each row's new tokens up to and including its first EOS."""
-    rows = []
-    for row in sequences[:, width:].tolist():
-        rows.append(row[: row.index(EOS) + 1] if EOS in row else row)
-    return rows
-
-
-class _BeyondVocabulary(LogitsProcessor):
-    """Masks the lm_head rows past the shared vocabulary (the models pad their heads)."""
-
-    def __call__(self, input_ids, scores):
-        return scores.index_fill(1, torch.arange(V, scores.shape[1]), float("-inf"))
-
-
 # ----------------------------------------------------------------------------- greedy
 
 
@@ -79,7 +52,7 @@ def test_nothing_deferred_is_the_base_model_and_everything_deferred_the_aligned_
     """Dual(0): π = p, the base model's own greedy tokens; Primal(1): π = q*, the aligned model's
     (both cut to the tokenizer's 72 tokens); the left-padded rows of size 3 included."""
     batch = inputs(size)
-    cut = dict(logits_processor=[_BeyondVocabulary()], do_sample=False, max_new_tokens=NEW)
+    cut = dict(logits_processor=[BeyondVocabulary()], do_sample=False, max_new_tokens=NEW)
     base_alone, aligned_alone = BASE.generate(**batch, **cut), ALIGNED.generate(**batch, **cut)
     assert not torch.equal(base_alone, aligned_alone)  # the two properties are different claims
     assert torch.equal(generate(batch, kad_processor(kk.Dual(0.0))), base_alone)
@@ -95,7 +68,7 @@ def test_greedy_equals_the_kad_decoder(rule, size):
     batch = inputs(size)
     width = batch["input_ids"].shape[1]
     out = generate(batch, kad_processor(rule))
-    prompts = [TOKENIZER(t).input_ids for t in TEXTS[size]]
+    prompts = prompt_ids(size)
     expected = DECODER.generate(prompts, "kad", rule, temperature=0.0, max_new_tokens=NEW).token_ids
     assert new_tokens(out, width) == expected
     assert torch.equal(out[:, :width], batch["input_ids"])
@@ -194,11 +167,6 @@ def test_direct_calls_give_log_pi_of_fresh_forwards():
 # ----------------------------------------------------------------------------- refused, naming the option
 
 
-class _Identity(LogitsProcessor):
-    def __call__(self, input_ids, scores):
-        return scores
-
-
 REFUSED_IN_GENERATE = [
     (dict(do_sample=True, top_k=0, temperature=0.7), r"temperature=0.7 .*pass temperature=0.7 to KADLogitsProcessor"),
     (dict(do_sample=True), r"top_k=50 after KADLogitsProcessor truncates π: pass top_k=0"),
@@ -210,7 +178,7 @@ REFUSED_IN_GENERATE = [
     (dict(min_new_tokens=3), r"min_length=\d+ \(set by min_length or min_new_tokens\) before"),
     (dict(num_beams=2), r"num_beams=2: .*beam search"),
     (dict(assistant_model=copy.deepcopy(BASE)), r"assistant_model"),
-    (dict(extra=_Identity()), r"logits_processor \[_Identity\] after"),
+    (dict(extra=Identity()), r"logits_processor \[Identity\] after"),
 ]
 
 
