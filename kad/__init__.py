@@ -16,7 +16,8 @@ with ``kad_kernels.sample`` or verifying drafts with ``kad_kernels.verify``::
 
 from .decoding import SYSTEM_PROMPT, Decoder, Generation
 from .engines import Engine, HFEngine
-from .loop import MODES, ContextLengthWarning, Mode, Settings, decode
+from .loop import ContextLengthWarning, decode
+from .settings import MODES, Mode, Settings
 from .models import check_same_vocabulary
 from .stats import GenerationStats
 

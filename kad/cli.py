@@ -25,7 +25,8 @@ from transformers import TextStreamer
 
 from . import default_pair
 from .decoding import RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
-from .loop import MODES, ContextLengthWarning
+from .loop import ContextLengthWarning
+from .settings import MODES
 from .evaluate import RunConfig, Summary, evaluate, load_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 

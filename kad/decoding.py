@@ -18,7 +18,8 @@ import kad_kernels as kk
 
 from . import default_pair
 from .engines import Engine, HFEngine
-from .loop import Mode, Settings, decode
+from .loop import decode
+from .settings import Mode, Settings
 from .models import check_same_vocabulary, load, resolve_device
 from .stats import GenerationStats
 

@@ -30,7 +30,8 @@ from transformers.generation import GenerateDecoderOnlyOutput, LogitsProcessorLi
 import kad_kernels as kk
 
 from ..engines import Engine, HFEngine
-from ..loop import MODES, Settings, decode
+from ..loop import decode
+from ..settings import MODES, Settings
 from ..models import check_same_vocabulary
 from ..stats import GenerationStats
 from .options import setting

@@ -1,0 +1,63 @@
+"""How to decode: the modes (:data:`MODES`, described in :mod:`kad.loop`), the rule each
+mode samples with, and :class:`Settings`, the bundle of one generation's choices
+that the loop and the engines read."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import kad_kernels as kk
+
+from .draw import ONE_MODEL
+
+Mode = Literal[
+    "base", "aligned", "kad", "kad-spec", "nudging", "nudging-spec", "implicit-reward", "implicit-reward-spec"
+]
+MODES: tuple[str, ...] = get_args(Mode)
+
+
+def resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:
+    """The rule ``mode`` samples with; baseline modes fix the rule's class."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
+    family = mode.removesuffix("-spec")
+    if family in ("base", "aligned"):
+        if rule is not None:
+            raise ValueError(f"mode {mode!r} runs one model and takes no rule, got {rule!r}")
+        return ONE_MODEL
+    if family == "implicit-reward" and rule is None:
+        return kk.ImplicitReward()
+    required = {"nudging": kk.Nudging, "implicit-reward": kk.ImplicitReward}.get(family, kk.Rule)
+    if rule is None:
+        example = "Nudging" if family == "nudging" else "Dual"
+        raise ValueError(f"mode {mode!r} needs a rule, e.g. rule=kad_kernels.{example}(0.4)")
+    if not isinstance(rule, required):
+        raise TypeError(f"mode {mode!r} needs a {required.__name__} rule, got {rule!r}")
+    return rule
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How to decode: ``mode`` (see :mod:`kad.loop`) with ``rule`` (checked against
+    the mode by :func:`resolve_rule`; ``None`` where the mode fixes it), ``gamma``
+    drafts per speculative round, ``temperature`` (0: greedy), ``track_alpha``:
+    compute α for the statistics (one more mixture per step where needed)."""
+
+    mode: Mode = "kad"
+    rule: kk.Rule | None = None
+    gamma: int = 4
+    temperature: float = 1.0
+    track_alpha: bool = True
+
+    @property
+    def speculative(self) -> bool:
+        return self.mode.endswith("-spec")
+
+    def checked_rule(self) -> kk.Rule:
+        """The rule, checked against the mode, and ``gamma`` checked where it is used."""
+        rule = resolve_rule(self.mode, self.rule)
+        gamma = self.gamma
+        if self.speculative and (isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1):
+            raise ValueError(f"gamma (drafts per speculative round) must be an int >= 1, got {gamma!r}")
+        return rule
