@@ -17,8 +17,8 @@ from transformers.generation.streamers import BaseStreamer
 import kad_kernels as kk
 
 from . import default_pair
-from .engines import Engine, HFEngine
-from .loop import decode
+from .engines import Engine, EngineError, HFEngine
+from .loop import Decoded, decode
 from .settings import Mode, Settings
 from .models import check_same_vocabulary, load, resolve_device
 from .stats import GenerationStats
@@ -218,11 +218,19 @@ class Decoder:
             generator.manual_seed(seed)
         if streamer is not None:
             streamer.put(torch.tensor(ids[0]))
-        out = decode(
-            self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator, streamer=streamer
-        )
-        if streamer is not None:
-            streamer.end()
+        try:
+            out = decode(
+                self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator, streamer=streamer
+            )
+        except EngineError as error:  # keep what was generated, with its text
+            error.partial = self._generation(error.partial)
+            raise
+        finally:
+            if streamer is not None:
+                streamer.end()
+        return self._generation(out)
+
+    def _generation(self, out: Decoded) -> Generation:
         texts = self.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
         return Generation(texts, out.token_ids, out.stats, out.row_stats)
 

@@ -50,7 +50,7 @@ import kad_kernels as kk
 
 from .batch import Batch
 from .draw import ONE_MODEL, draw_from_p, finish_with_q
-from .engines import Engine
+from .engines import Engine, EngineError, ServedEngine
 from .settings import Settings
 from .stats import GenerationStats
 
@@ -149,14 +149,19 @@ def decode(
     ImplicitReward), sharing one vocabulary; each is reset first.  ``generator``:
     every random draw, on the base engine's device.  ``streamer``: receives each
     round's new tokens of a single prompt (``put``; the caller puts the prompt and
-    calls ``end``)."""
+    calls ``end``).  An :class:`~kad.engines.EngineError` during the generation
+    leaves with what was emitted before it as its ``partial``."""
     plan = _plan(engines, settings)
     budgets = fit_budgets(prompts, budgets, plan.engines)
     for engine in plan.engines:
-        engine.reset()
+        engine.reset(settings)
     loop = _Loop(plan, stop_ids, settings, generator, streamer)
-    token_ids = loop.run([list(p) for p in prompts], budgets)
-    return Decoded(token_ids, loop.stats, loop.row_stats)
+    try:
+        loop.run([list(p) for p in prompts], budgets)
+    except EngineError as error:
+        error.partial = loop.decoded()
+        raise
+    return loop.decoded()
 
 
 def _common_dtype(*logits: Tensor | None) -> list[Tensor | None]:
@@ -191,41 +196,52 @@ class _Loop:
         self.device = plan.target.device
         self.stats = GenerationStats()
         self.row_stats: list[GenerationStats] = []
+        self.outputs: list[list[int]] = []
 
     def _logits(self, engine: Engine, batch: Batch, keep: int = 1) -> Tensor:
         return engine.advance(batch, keep).to(self.device)
 
-    def run(self, prompts: list[list[int]], budgets: list[int]) -> list[list[int]]:
-        """New tokens per prompt; fills :attr:`stats` and :attr:`row_stats`."""
+    def decoded(self) -> Decoded:
+        """What was emitted so far, and the statistics (served engines' counters included)."""
+        for engine in self.plan.engines:
+            if isinstance(engine, ServedEngine):
+                self.stats.requests += engine.requests
+                self.stats.partial_positions += engine.partial_positions
+                self.stats.inexact_positions += engine.inexact_positions
+        return Decoded(self.outputs, self.stats, self.row_stats)
+
+    def run(self, prompts: list[list[int]], budgets: list[int]) -> None:
+        """New tokens per prompt into :attr:`outputs`; fills :attr:`stats` and :attr:`row_stats`."""
         start = time.perf_counter()
         self.row_stats = [GenerationStats() for _ in prompts]
-        outputs: list[list[int]] = [[] for _ in prompts]
-        active = [row for row, budget in enumerate(budgets) if budget > 0]  # original indices of the batch rows
-        left = list(budgets)
-        if active:
-            # No prefill of its own: an engine's first advance feeds every column it has not
-            # seen, so each model reads the prompt in the forward of its first step or round.
-            batch = Batch([prompts[row] for row in active], self.device)
-        while active:
-            if self.plan.speculative:
-                round_gamma = max(1, min(self.gamma, max(left[row] for row in active) - 1))
-                tokens, emitted, alpha = self._speculative_round(batch, round_gamma)
-            else:
-                tokens, emitted, alpha = self._step(batch)
-            self.stats.rounds += 1
-            keep = self._commit(active, tokens, emitted, alpha, outputs, left)
-            now = time.perf_counter() - start
-            for row in active:
-                self.row_stats[row].wall_time_s = now
-                self.row_stats[row].rounds += 1
-            if len(keep) < len(active):
-                rows = torch.tensor(keep, dtype=torch.long, device=self.device)
-                batch.select(rows)
-                for engine in self.plan.engines:
-                    engine.select(rows)
-                active = [active[i] for i in keep]
-        self.stats.wall_time_s = time.perf_counter() - start
-        return outputs
+        self.outputs = outputs = [[] for _ in prompts]
+        try:
+            active = [row for row, budget in enumerate(budgets) if budget > 0]  # original indices of the batch rows
+            left = list(budgets)
+            if active:
+                # No prefill of its own: an engine's first advance feeds every column it has not
+                # seen, so each model reads the prompt in the forward of its first step or round.
+                batch = Batch([prompts[row] for row in active], self.device)
+            while active:
+                if self.plan.speculative:
+                    round_gamma = max(1, min(self.gamma, max(left[row] for row in active) - 1))
+                    tokens, emitted, alpha = self._speculative_round(batch, round_gamma)
+                else:
+                    tokens, emitted, alpha = self._step(batch)
+                self.stats.rounds += 1
+                keep = self._commit(active, tokens, emitted, alpha, outputs, left)
+                now = time.perf_counter() - start
+                for row in active:
+                    self.row_stats[row].wall_time_s = now
+                    self.row_stats[row].rounds += 1
+                if len(keep) < len(active):
+                    rows = torch.tensor(keep, dtype=torch.long, device=self.device)
+                    batch.select(rows)
+                    for engine in self.plan.engines:
+                        engine.select(rows)
+                    active = [active[i] for i in keep]
+        finally:
+            self.stats.wall_time_s = time.perf_counter() - start
 
     def _alpha(self, p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor | None:
         """α ``[N]`` of the mixtures of logits ``[N, V]``, if tracked.  One model

@@ -28,6 +28,9 @@ class GenerationStats:
     alpha_sum: float = 0.0  # Σ α over the emitted tokens whose α was tracked
     alpha_count: int = 0
     deferring_steps: int = 0  # emitted tokens whose mixture deferred some mass (α > 0)
+    requests: int = 0  # HTTP requests to a served base model
+    partial_positions: int = 0  # positions a served model scored from top-k log-probabilities
+    inexact_positions: int = 0  # of those, positions where π was only approximated (opt-in)
 
     @property
     def tokens_per_s(self) -> float:
@@ -65,4 +68,10 @@ class GenerationStats:
             ("mean alpha", f"{self.mean_alpha:.3f}"),
             ("steps deferring", f"{self.deferral_fraction:.3f}"),
         ]
+        if self.requests:
+            exact = self.partial_positions - self.inexact_positions
+            rows += [
+                ("requests per token", f"{self.requests / max(self.new_tokens, 1):.2f} ({self.requests} requests)"),
+                ("exact positions", f"{exact}/{self.partial_positions} scored from top-k log-probabilities"),
+            ]
         return "\n".join(f"{name:<21} {value}" for name, value in rows)

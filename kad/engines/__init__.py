@@ -7,7 +7,7 @@ engine                 runtime
 =====================  ==============================================
 """
 
-from .base import Engine
+from .base import Engine, EngineError, ServedEngine
 from .huggingface import HFEngine
 
-__all__ = ["Engine", "HFEngine"]
+__all__ = ["Engine", "EngineError", "HFEngine", "ServedEngine"]

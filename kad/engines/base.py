@@ -15,6 +15,17 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
+from ..settings import Settings
+
+
+class EngineError(RuntimeError):
+    """An engine could not answer (a server down, refusing or garbling, a distribution it
+    cannot give exactly): one line naming where.  The loop keeps what was generated
+    before it (:attr:`partial`, set by :func:`kad.loop.decode`)."""
+
+    # What was emitted before the failure: a kad.loop.Decoded (token ids, statistics), from
+    # kad.Decoder.generate a kad.Generation (texts too).
+    partial = None
 
 
 @runtime_checkable
@@ -30,9 +41,12 @@ class Engine(Protocol):
 
     **Cache.**  The engine owns its cache; it covers the first :attr:`cached`
     columns.  One engine serves one generation at a time: the loop calls
-    :meth:`reset` before each one, then only :meth:`advance`, :meth:`truncate`
-    and :meth:`select`.  Batch size and width are whatever the first
-    :meth:`advance` after a reset brings.
+    :meth:`reset` (with the generation's :class:`~kad.settings.Settings`) before
+    each one, then only :meth:`advance`, :meth:`truncate` and :meth:`select`.
+    Batch size and width are whatever the first :meth:`advance` after a reset
+    brings.  An engine that cannot serve the settings (a rule or temperature it
+    cannot score exactly) raises ``ValueError`` in :meth:`reset`; one that fails
+    during the generation raises :class:`EngineError`.
 
     **Logits.**  :meth:`advance` returns ``[B, keep, V]``, ``V`` =
     :attr:`vocab_size`, one row per position, any floating dtype, on any device
@@ -76,8 +90,8 @@ class Engine(Protocol):
         """Columns of the batch the cache covers: 0 after :meth:`reset`."""
         ...
 
-    def reset(self) -> None:
-        """Empty the cache, ready for a new generation."""
+    def reset(self, settings: Settings | None = None) -> None:
+        """Empty the cache, ready for a new generation decoded with ``settings``."""
         ...
 
     def advance(self, batch: Batch, keep: int = 1) -> Tensor:
@@ -92,4 +106,25 @@ class Engine(Protocol):
 
     def select(self, rows: Tensor) -> None:
         """Keep the cache rows ``rows`` (i64 ``[B']`` indices into the current rows), in that order."""
+        ...
+
+
+@runtime_checkable
+class ServedEngine(Engine, Protocol):
+    """An engine behind a server that returns only part of each distribution; it counts,
+    since its last :meth:`~Engine.reset`, what the statistics report."""
+
+    @property
+    def requests(self) -> int:
+        """HTTP requests answered (retries of one request count once)."""
+        ...
+
+    @property
+    def partial_positions(self) -> int:
+        """Positions scored from top-k log-probabilities."""
+        ...
+
+    @property
+    def inexact_positions(self) -> int:
+        """Of those, positions where π could only be approximated (allowed by the user)."""
         ...

@@ -7,6 +7,7 @@ from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel
 
 from ..batch import Batch
+from ..settings import Settings
 
 
 def _stop_ids(model: PreTrainedModel) -> frozenset[int]:
@@ -66,7 +67,7 @@ class HFEngine:
     def cached(self) -> int:
         return self._cached
 
-    def reset(self) -> None:
+    def reset(self, settings: Settings | None = None) -> None:
         self.cache = DynamicCache(config=self.model.config)
         self._cached = 0
 
