@@ -25,6 +25,7 @@ from transformers import TextStreamer
 
 from . import default_pair
 from .decoding import RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
+from .engines import EngineError
 from .loop import ContextLengthWarning
 from .settings import MODES
 from .evaluate import RunConfig, Summary, evaluate, load_result, summary_table
@@ -35,7 +36,13 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models (default: the default pair of kad.default_pair)")
-    group.add_argument("--base", help="the large base model: hub id or local directory")
+    base = group.add_mutually_exclusive_group()
+    base.add_argument("--base", help="the large base model: hub id or local directory")
+    base.add_argument("--base-url", help="or the base model served by vLLM: http://HOST:PORT/v1 (docs/remote.md)")
+    group.add_argument("--base-model", help="the served base model's name (default: the server's only model)")
+    group.add_argument("--api-key", help="bearer token for --base-url")
+    group.add_argument("--approximate", action="store_true",
+                       help="with --base-url: score positions the server's top-k does not determine (counted)")  # fmt: skip
     group.add_argument("--aligned", help="the small aligned model (its chat template is used)")
     group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -54,8 +61,13 @@ def _add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens: int) 
 
 
 def _decoder(args: argparse.Namespace) -> Decoder:
+    if args.base_url is None and (args.base_model or args.api_key or args.approximate):
+        raise ValueError("--base-model, --api-key and --approximate go with --base-url")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
-    return Decoder.from_pretrained(args.base, args.aligned, args.reference, device=args.device, dtype=dtype)
+    return Decoder.from_pretrained(
+        args.base, args.aligned, args.reference, device=args.device, dtype=dtype,
+        base_url=args.base_url, base_model=args.base_model, api_key=args.api_key, approximate=args.approximate,
+    )  # fmt: skip
 
 
 def add_generate(subparsers: argparse._SubParsersAction) -> None:
@@ -77,18 +89,24 @@ def run_generate(args: argparse.Namespace) -> int:
     decoder = _decoder(args)
     single = len(args.prompt) == 1
     streamer = TextStreamer(decoder.tokenizer, skip_prompt=True, skip_special_tokens=True) if single else None
-    out = decoder.generate(
-        args.prompt,
-        args.mode,
-        rule,
-        gamma=args.gamma,
-        temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        chat=args.chat,
-        system_prompt=args.system or None,
-        streamer=streamer,
-    )
+    try:
+        out = decoder.generate(
+            args.prompt,
+            args.mode,
+            rule,
+            gamma=args.gamma,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            chat=args.chat,
+            system_prompt=args.system or None,
+            streamer=streamer,
+        )
+    except EngineError as error:  # show what was generated before it (one prompt: already streamed)
+        if not single and error.partial is not None:
+            for i, text in enumerate(error.partial.texts):
+                print(f"[{i}] {text}")
+        raise
     if not single:
         for i, text in enumerate(out.texts):
             print(f"[{i}] {text}")
@@ -157,6 +175,11 @@ def run_eval(args: argparse.Namespace) -> int:
             progress.close()
             print(f"\ninterrupted: the finished batches are in {path}; continue with the same command and --resume")
             return 130
+        except EngineError as error:
+            progress.close()
+            print(f"kad: error: {error}", file=sys.stderr)
+            print(f"the finished batches are in {path}; continue with the same command and --resume", file=sys.stderr)
+            return 1
     print(f"\n{path}\n")
     print(summary_table([result]))
     return 0
@@ -219,7 +242,7 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="kad", description="KAD decoding on Hugging Face causal LMs.")
+    parser = argparse.ArgumentParser(prog="kad", description="KAD decoding: a base model aligned by a small one.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in (add_demo, add_generate, add_eval, add_summary, add_plot):
         add(subparsers)
@@ -230,6 +253,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return args.run(args)
     except default_pair.ModelPackagesMissing as error:
         print(f"kad: {error}", file=sys.stderr)
+        return 1
+    except EngineError as error:  # a model runtime that stopped answering: one line, no traceback
+        print(f"\nkad: error: {error}", file=sys.stderr)
         return 1
     except (ValueError, FileExistsError) as error:  # bad arguments found past argparse
         parser.error(str(error))

@@ -17,7 +17,7 @@ from transformers.generation.streamers import BaseStreamer
 import kad_kernels as kk
 
 from . import default_pair
-from .engines import Engine, EngineError, HFEngine
+from .engines import Engine, EngineError, HFEngine, RemoteEngine
 from .loop import Decoded, decode
 from .settings import Mode, Settings
 from .models import check_same_vocabulary, load, resolve_device
@@ -136,19 +136,33 @@ class Decoder:
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype = "auto",
+        base_url: str | None = None,
+        base_model: str | None = None,
+        api_key: str | None = None,
+        approximate: bool = False,
     ) -> Decoder:
         """Load the models and tokenizers by hub id or local path (default device: CUDA
         if available); ``ValueError`` (:class:`~kad.models.ModelLoadError`) in one line
-        for a model or device that cannot be had.  A missing ``base`` or ``aligned`` is that model of the default
-        pair (:mod:`kad.default_pair`), prepared on first use."""
+        for a model or device that cannot be had.  A missing ``base`` or ``aligned`` is
+        that model of the default pair (:mod:`kad.default_pair`), prepared on first use.
+
+        ``base_url`` (instead of ``base``): the base model is ``base_model`` (default:
+        the only one) of that OpenAI-compatible server, a :class:`~kad.engines.RemoteEngine`
+        with ``api_key`` and ``approximate``; only the aligned model is loaded here."""
+        if base is not None and base_url is not None:
+            raise ValueError("give the base model either by name (base) or by server (base_url), not both")
         device = resolve_device(device)
-        base = base or str(default_pair.local_path(default_pair.BASE))
         aligned = aligned or str(default_pair.local_path(default_pair.ALIGNED))
-        base_model, base_tokenizer = load(base, device, dtype)
         aligned_model, tokenizer = load(aligned, device, dtype)
         ref_model, ref_tokenizer = load(reference, device, dtype) if reference else (None, None)
+        if base_url is not None:  # the server's vocabulary is checked against the aligned tokenizer
+            base_lm = RemoteEngine(base_url, base_model, tokenizer, api_key=api_key, approximate=approximate,
+                                   device=device)  # fmt: skip
+            base_tokenizer = None
+        else:
+            base_lm, base_tokenizer = load(base or str(default_pair.local_path(default_pair.BASE)), device, dtype)
         return cls(
-            base_model,
+            base_lm,
             aligned_model,
             tokenizer,
             reference=ref_model,

@@ -4,10 +4,13 @@
 engine                 runtime
 =====================  ==============================================
 :class:`HFEngine`      a transformers causal LM in this process
+:class:`RemoteEngine`  a model behind an OpenAI-compatible completions
+                       server (vLLM), scored from top-k log-probabilities
 =====================  ==============================================
 """
 
 from .base import Engine, EngineError, ServedEngine
 from .huggingface import HFEngine
+from .remote import RemoteEngine
 
-__all__ = ["Engine", "EngineError", "HFEngine", "ServedEngine"]
+__all__ = ["Engine", "EngineError", "HFEngine", "RemoteEngine", "ServedEngine"]

@@ -1,0 +1,405 @@
+"""The base model behind an OpenAI-compatible completions server (vLLM), the aligned model local.
+
+Each :meth:`RemoteEngine.advance` is one HTTP request for the whole batch: per row
+and per scored column, the prompt "the row's real tokens up to that column" (token
+ids), ``max_tokens=1``, ``logprobs=k``.  The server returns the top-k
+log-probabilities of the next token after each prompt; :mod:`kad.partial` turns them
+into the rows the kernels take and says, for the generation's rule, whether π from
+them is exact.  Positions that are not are asked again with a larger k, up to the
+server's limit (vLLM's ``--max-logprobs``), then the generation stops with a clear
+error, unless the engine was made with ``approximate=True`` (counted in the
+statistics as inexact positions).
+
+One prompt per scored column ("fan-out") rather than one prompt with its prompt
+log-probabilities: the prompts of a round share their prefix, which the server's
+prefix cache keeps, whereas vLLM recomputes a whole prompt whose own
+log-probabilities are requested.  The server keeps no state for kad: the engine's
+"cache" is only how many columns it has seen, so a server restarted between two
+requests serves the next one as well as the first.
+
+Faults (connection refused or reset, timeouts, 5xx and 429 answers, malformed or
+truncated JSON, answers that do not fit the request) are retried with exponential
+backoff, then end in an :class:`~kad.engines.EngineError` of one line naming the
+URL; the loop keeps what was generated before it.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import httpx
+import torch
+from torch import Tensor
+from transformers import PreTrainedTokenizerBase
+
+from .. import partial
+from ..batch import Batch
+from ..settings import Settings
+from .base import EngineError
+
+# Probe text of the vocabulary check: ASCII, digits, whitespace runs, accents, CJK, emoji.
+_PROBE = "KAD check: 17 * 3 = 51;\n\tnaïve café, 東京 🚀 <|endoftext|> def f(x):  return x**2"
+# vLLM's answer to a logprobs request above its --max-logprobs.
+_MAX_LOGPROBS = re.compile(r"max(?:imum)? allowed:?\s*(\d+)")
+
+
+class _Retryable(Exception):
+    """A fault worth another attempt (transport error, 5xx, garbled answer)."""
+
+
+class RemoteEngine:
+    """A served base model behind the :class:`~kad.engines.Engine` protocol.
+
+    ``base_url``: the API root, e.g. ``http://127.0.0.1:8000/v1``; ``model``: the served
+    model's name (``None``: the one model the server serves); ``tokenizer``: the aligned model's, whose vocabulary the server's
+    must be (checked here: ``ValueError`` naming both otherwise); ``api_key``: sent
+    as a bearer token.  ``logprobs``: the k asked for first; ``max_logprobs``: the
+    server's limit (default: learnt from its refusal of a larger k).  ``approximate``:
+    score positions where the top-k does not determine π anyway (and temperatures
+    other than 0 and 1) instead of stopping; such positions are counted.
+    ``max_prompts``: prompts per request (vLLM refuses more than 1024 by default).
+    ``timeout`` (s) per request, ``attempts`` per request, ``backoff`` (s) before the
+    first retry, doubling.  ``device``: where the logits go (the aligned model's).
+    ``transport``: an ``httpx`` transport (tests)."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str | None,
+        tokenizer: PreTrainedTokenizerBase,
+        *,
+        api_key: str | None = None,
+        logprobs: int = 20,
+        max_logprobs: int | None = None,
+        approximate: bool = False,
+        max_prompts: int = 1024,
+        timeout: float = 60.0,
+        attempts: int = 5,
+        backoff: float = 0.5,
+        device: str | torch.device = "cpu",
+        transport: httpx.BaseTransport | None = None,
+    ):
+        if logprobs < 1 or (max_logprobs is not None and max_logprobs < logprobs):
+            raise ValueError(f"logprobs must be >= 1 and <= max_logprobs, got {logprobs} and {max_logprobs}")
+        if attempts < 1:
+            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        self.url = base_url.rstrip("/")
+        self.model = model
+        self._vocab_size = len(tokenizer)
+        self._first_k, self._max_k = logprobs, max_logprobs
+        self.approximate = approximate
+        self.max_prompts = max_prompts
+        self.attempts, self.backoff = attempts, backoff
+        self._device = torch.device(device)
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
+        self._requests = 0
+        self._max_length = self._served_model()["max_model_len"]
+        self._check_vocabulary(tokenizer)
+        self._settings: Settings | None = None
+        self.reset()
+
+    # ------------------------------------------------------------------ the Engine protocol
+
+    @property
+    def name(self) -> str:
+        return f"{self.model} at {self.url}"
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab_size
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def max_length(self) -> int | None:
+        return self._max_length
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        return frozenset()  # the tokenizer's EOS, which the decoder adds
+
+    @property
+    def cached(self) -> int:
+        return self._cached
+
+    @property
+    def requests(self) -> int:
+        return self._requests
+
+    @property
+    def partial_positions(self) -> int:
+        return self._partial
+
+    @property
+    def inexact_positions(self) -> int:
+        return self._inexact
+
+    def reset(self, settings: Settings | None = None) -> None:
+        """Start a generation; ``ValueError`` if its rule or temperature cannot be scored
+        exactly from top-k log-probabilities (and ``approximate`` is off)."""
+        if settings is not None and not self.approximate:
+            rule = settings.checked_rule()
+            if rule.kind not in partial.SUPPORTED:
+                raise ValueError(
+                    f"{type(rule).__name__} needs the base model's whole distribution, which {self.url} returns "
+                    "only as top-k log-probabilities: use a dual, primal or nudging rule, or approximate=True"
+                )
+            if settings.temperature not in (0.0, 1.0):
+                raise ValueError(
+                    f"temperature {settings.temperature}: the top-k log-probabilities of {self.url} determine π "
+                    "only at temperature 1 (and 0, greedy); use one of those, or approximate=True (--approximate)"
+                )
+        self._settings = settings
+        self._cached = 0
+        self._requests = self._partial = self._inexact = 0
+        self._k = self._first_k  # raised within a generation when a position needs more
+
+    def advance(self, batch: Batch, keep: int = 1) -> Tensor:
+        prompts, slots = [], []
+        mask = batch.mask.bool().cpu()
+        tokens = batch.tokens.cpu()
+        for row in range(tokens.shape[0]):
+            for k, column in enumerate(range(batch.width - keep, batch.width)):
+                if mask[row, column]:
+                    prompts.append(tokens[row, : column + 1][mask[row, : column + 1]].tolist())
+                    slots.append((row, k))
+        logits = torch.zeros(tokens.shape[0], keep, self._vocab_size)
+        if slots:
+            top = self._score(prompts)
+            rows, columns = zip(*slots)
+            logits[list(rows), list(columns)] = partial.completed_logits(top, self._vocab_size)
+        self._cached = batch.width
+        return logits.to(self._device)
+
+    def truncate(self, width: int) -> None:
+        self._cached = min(self._cached, width)
+
+    def select(self, rows: Tensor) -> None:
+        pass  # the server keeps nothing per row
+
+    # ------------------------------------------------------------------ scoring
+
+    def _score(self, prompts: list[list[int]]) -> partial.TopK:
+        """The top-k of every prompt, k raised for the positions where π is not yet exact."""
+        k = self._k
+        top = self._top_k(prompts, k)
+        settings = self._settings
+        todo = torch.ones(len(prompts), dtype=torch.bool)
+        if settings is not None:
+            rule = settings.checked_rule()
+            todo = ~partial.exact(rule, settings.temperature, top, self._vocab_size)
+            while todo.any() and k < self._limit() and k < self._vocab_size:
+                k = min(4 * k, self._limit(), self._vocab_size)
+                again = todo.nonzero()[:, 0].tolist()
+                sharper = self._top_k([prompts[i] for i in again], k)
+                k = sharper.k  # lower if the server refused k and told its limit
+                top = _replace_rows(top, again, sharper)
+                todo[again] = ~partial.exact(rule, settings.temperature, sharper, self._vocab_size)
+                self._k = k  # the next positions are likely alike: start there
+        self._partial += len(prompts)
+        if todo.any() and settings is not None:
+            if not self.approximate:
+                raise EngineError(
+                    f"{self.url}: the top-{k} log-probabilities do not determine π for {settings.rule!r} at "
+                    f"{int(todo.sum())} of {len(prompts)} positions; serve the model with a larger "
+                    "--max-logprobs, or allow approximate=True (--approximate)"
+                )
+            self._inexact += int(todo.sum())
+        return top
+
+    def _limit(self) -> int:
+        return self._max_k if self._max_k is not None else 1 << 30
+
+    def _top_k(self, prompts: list[list[int]], k: int) -> partial.TopK:
+        """The top-k of ``prompts``, in requests of at most :attr:`max_prompts` prompts."""
+        size = self.max_prompts
+        parts = [self._top_k_request(prompts[i : i + size], k) for i in range(0, len(prompts), size)]
+        return parts[0] if len(parts) == 1 else _concatenate(parts)
+
+    def _top_k_request(self, prompts: list[list[int]], k: int) -> partial.TopK:
+        body = {
+            "model": self.model,
+            "prompt": prompts,
+            "max_tokens": 1,
+            "logprobs": k,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "n": 1,
+            "return_tokens_as_token_ids": True,
+        }
+        while True:
+            try:
+                return self._request(
+                    "POST", "/completions", body, parse=lambda answer: _parse_top_k(answer, len(prompts), k)
+                )
+            except _LogprobsTooMany as refusal:  # learn the server's limit, ask again within it
+                if refusal.limit >= k or refusal.limit < 1:
+                    raise EngineError(f"{self.url}: refused logprobs={k}: {refusal}") from None
+                self._max_k = k = body["logprobs"] = refusal.limit
+
+    # ------------------------------------------------------------------ HTTP
+
+    def _request(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        *,
+        root: bool = False,
+        parse: Callable[[Any], Any] | None = None,
+    ) -> Any:
+        """The JSON answer of one request, through ``parse`` if given (which raises
+        :class:`_Retryable` for an answer that does not fit), retried on faults;
+        :class:`EngineError` at last."""
+        url = (_root(self.url) if root else self.url) + path
+        reason = ""
+        for attempt in range(self.attempts):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            try:
+                response = self._client.request(method, url, json=body)
+                if response.status_code >= 500 or response.status_code == 429:
+                    raise _Retryable(f"HTTP {response.status_code}")
+                if response.status_code >= 400:
+                    _refuse(response, url)
+                try:
+                    answer = response.json()
+                except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                    raise _Retryable(f"an answer that is not JSON ({error.msg if hasattr(error, 'msg') else error})")
+                parsed = answer if parse is None else parse(answer)
+                self._requests += path == "/completions"
+                return parsed
+            except httpx.TimeoutException:
+                reason = "timed out"
+            except httpx.TransportError as error:
+                reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+            except _Retryable as error:
+                reason = str(error)
+        raise EngineError(f"{url}: {reason} (after {self.attempts} attempts)")
+
+    def _served_model(self) -> dict[str, Any]:
+        """The server's entry for :attr:`model` (``/v1/models``; :attr:`model` set to the only
+        one if it was None); ``ValueError`` if absent."""
+        answer = self._request("GET", "/models")
+        entries = answer.get("data") if isinstance(answer, dict) else None
+        if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+            raise EngineError(f"{self.url}/models: not an OpenAI-compatible model list")
+        names = [e.get("id") for e in entries]
+        if self.model is None:
+            if len(names) != 1:
+                raise ValueError(f"{self.url} serves {names}: name the base model (--base-model)")
+            self.model = names[0]
+        entry = next((e for e in entries if e.get("id") == self.model), None)
+        if entry is None:
+            raise ValueError(f"{self.url} does not serve a model named {self.model!r}; it serves {names}")
+        if not isinstance(entry.get("max_model_len"), int):
+            entry = dict(entry, max_model_len=None)
+        return entry
+
+    def _check_vocabulary(self, tokenizer: PreTrainedTokenizerBase) -> None:
+        """The served model's tokenizer must be ``tokenizer``'s vocabulary: the probe text
+        tokenizes the same, and sample ids (first, middle, last) read the same."""
+        served = self._request("POST", "/tokenize", {"model": self.model, "prompt": _PROBE,
+                                                     "add_special_tokens": False}, root=True)  # fmt: skip
+        local = tokenizer(_PROBE, add_special_tokens=False).input_ids
+        remote = served.get("tokens") if isinstance(served, dict) else None
+        ids = sorted({0, 1, self._vocab_size // 3, self._vocab_size // 2, self._vocab_size - 1})
+        mismatch = None
+        if remote != local:
+            mismatch = f"{_PROBE!r} is {remote} there but {local} here"
+        else:
+            for i in ids:
+                text = self._request("POST", "/detokenize", {"model": self.model, "tokens": [i]}, root=True)
+                text = text.get("prompt") if isinstance(text, dict) else None
+                if text != tokenizer.decode([i]):
+                    mismatch = f"token {i} is {text!r} there but {tokenizer.decode([i])!r} here"
+                    break
+        if mismatch is not None:
+            raise ValueError(
+                f"the served model {self.model!r} at {self.url} and the aligned model's tokenizer "
+                f"{getattr(tokenizer, 'name_or_path', '')!r} have different vocabularies: {mismatch}; "
+                "KAD mixes the two distributions token by token"
+            )
+
+
+class _LogprobsTooMany(Exception):
+    def __init__(self, message: str, limit: int):
+        super().__init__(message)
+        self.limit = limit
+
+
+def _root(url: str) -> str:
+    """The server's root (vLLM's /tokenize lives there, beside /v1)."""
+    return url[: -len("/v1")] if url.endswith("/v1") else url
+
+
+def _refuse(response: httpx.Response, url: str) -> None:
+    """A 4xx answer: a k above the server's limit (learnt), else a one-line error."""
+    try:
+        message = response.json()["error"]["message"]
+    except (ValueError, KeyError, TypeError):
+        message = response.text[:200]
+    limit = _MAX_LOGPROBS.search(str(message))
+    if "logprobs" in str(message) and limit:
+        raise _LogprobsTooMany(str(message), int(limit.group(1)))
+    raise EngineError(f"{url}: HTTP {response.status_code}: {message}")
+
+
+def _parse_top_k(answer: Any, count: int, k: int) -> partial.TopK:
+    """``answer``'s top log-probabilities as a :class:`~kad.partial.TopK` of ``count`` rows;
+    :class:`_Retryable` for anything that does not fit the request."""
+    choices = answer.get("choices") if isinstance(answer, dict) else None
+    if not isinstance(choices, list) or len(choices) != count:
+        got = len(choices) if isinstance(choices, list) else "no"
+        raise _Retryable(f"an answer with {got} choices for {count} prompts")
+    rows: list[dict[int, float] | None] = [None] * count
+    for choice in choices:
+        try:
+            index, table = choice["index"], choice["logprobs"]["top_logprobs"][0]
+            row = {int(str(key).removeprefix("token_id:")): float(value) for key, value in table.items()}
+        except (KeyError, IndexError, TypeError, ValueError, AttributeError):
+            raise _Retryable("an answer without token-id top_logprobs") from None
+        if not isinstance(index, int) or not 0 <= index < count or rows[index] is not None:
+            raise _Retryable(f"an answer with choice index {index!r}")
+        total = sum(math.exp(v) for v in row.values() if v <= 0)
+        if not row or any(i < 0 or math.isnan(v) or v > 1e-4 for i, v in row.items()) or total > 1 + 1e-3:
+            raise _Retryable("an answer whose log-probabilities are not a distribution")
+        rows[index] = row
+    width = max(len(r) for r in rows)  # type: ignore[arg-type]
+    ids = torch.full((count, width), -1, dtype=torch.long)
+    logprobs = torch.full((count, width), -math.inf)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(list(row.keys()))  # type: ignore[union-attr]
+        logprobs[i, : len(row)] = torch.tensor(list(row.values())).clamp_max(0.0)  # type: ignore[union-attr]
+    return partial.TopK(ids, logprobs, k)
+
+
+def _concatenate(parts: Sequence[partial.TopK]) -> partial.TopK:
+    width = max(part.ids.shape[1] for part in parts)
+    padded = [_pad(part, width) for part in parts]
+    ids, logprobs = (torch.cat(tensors) for tensors in zip(*padded))
+    return partial.TopK(ids, logprobs, min(part.k for part in parts))
+
+
+def _replace_rows(top: partial.TopK, rows: Sequence[int], new: partial.TopK) -> partial.TopK:
+    """``top`` with ``rows`` replaced by ``new``'s (widths padded to match)."""
+    width = max(top.ids.shape[1], new.ids.shape[1])
+    ids, logprobs = _pad(top, width)
+    new_ids, new_logprobs = _pad(new, width)
+    ids[list(rows)], logprobs[list(rows)] = new_ids, new_logprobs
+    return partial.TopK(ids, logprobs, top.k)  # rows keep their own k: the smaller is a valid bound
+
+
+def _pad(top: partial.TopK, width: int) -> tuple[Tensor, Tensor]:
+    extra = width - top.ids.shape[1]
+    ids = torch.nn.functional.pad(top.ids, (0, extra), value=-1)
+    logprobs = torch.nn.functional.pad(top.logprobs, (0, extra), value=-math.inf)
+    return ids, logprobs

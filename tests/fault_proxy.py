@@ -1,0 +1,102 @@
+"""A loopback HTTP proxy in front of the real vLLM server that injects faults a real
+server does not produce on demand: garbled, truncated or miscounted answers, 5xx,
+dropped connections, and running a callback (stopping the real server) at a chosen
+request.  Every other request is forwarded unchanged.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import threading
+from collections import deque
+from collections.abc import Callable
+
+import httpx
+
+# What the proxy does with the next /completions requests, in order (then: forward).
+FAULTS = ("not-json", "truncated", "http-500", "wrong-count", "bad-logprobs", "drop", "forward")
+
+
+class FaultProxy:
+    """``with FaultProxy(upstream) as proxy:`` serves on ``proxy.url`` (``…/v1``)."""
+
+    def __init__(self, upstream: str):
+        self.upstream = upstream.rstrip("/").removesuffix("/v1")
+        self.faults: deque[str | Callable[[], None]] = deque()
+        self.before_each: Callable[[], None] | None = None  # run before every /completions request
+        self.completions = 0
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                proxy._forward(self, None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                proxy._forward(self, body)
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> FaultProxy:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _forward(self, handler: http.server.BaseHTTPRequestHandler, body: bytes | None) -> None:
+        fault = None
+        if handler.path.endswith("/completions"):
+            self.completions += 1
+            if self.before_each is not None:
+                self.before_each()
+            fault = self.faults.popleft() if self.faults else None
+        if callable(fault):
+            fault()
+            fault = None
+        if fault == "drop":
+            handler.close_connection = True
+            handler.connection.shutdown(2)
+            return
+        if fault == "http-500":
+            return _answer(handler, 500, b'{"error": {"message": "injected"}}')
+        try:
+            response = httpx.request(handler.command, self.upstream + handler.path, content=body,
+                                     headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip
+        except httpx.TransportError:
+            return _answer(handler, 502, b'{"error": {"message": "upstream down"}}')
+        content = response.content
+        if fault == "not-json":
+            content = b"<html>502 Bad Gateway</html>"
+        elif fault == "truncated":  # the promised length, half the bytes, then the connection closes
+            handler.send_response(response.status_code)
+            handler.send_header("Content-Length", str(len(content)))
+            handler.end_headers()
+            handler.wfile.write(content[: len(content) // 2])
+            handler.close_connection = True
+            return
+        elif fault == "wrong-count":
+            answer = response.json()
+            answer["choices"] = answer["choices"][:-1]
+            content = json.dumps(answer).encode()
+        elif fault == "bad-logprobs":
+            answer = response.json()
+            table = answer["choices"][0]["logprobs"]["top_logprobs"][0]
+            table[next(iter(table))] = 3.0  # a probability above 1
+            content = json.dumps(answer).encode()
+        _answer(handler, response.status_code, content)
+
+
+def _answer(handler: http.server.BaseHTTPRequestHandler, status: int, content: bytes) -> None:
+    handler.send_response(status)
+    handler.send_header("Content-Type", "application/json")
+    handler.send_header("Content-Length", str(len(content)))
+    handler.end_headers()
+    handler.wfile.write(content)

@@ -1,0 +1,234 @@
+"""The served-model engine against a real vLLM server (CPU build) on 127.0.0.1.
+
+Remote == local: greedy kad and kad-spec emit exactly the tokens of the local
+engine on the same weights; sampled tokens follow π.  The exactness check asks for
+more log-probabilities when it must and stops cleanly when the server's limit is
+reached.  Faults come from the real server (stopped, restarted, nothing listening)
+and, for answers a real server does not garble, from a proxy in front of it.  All
+tests share one server (one xdist group) and bound every request.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+from decoding_helpers import CHARS, make_tokenizer
+from fault_proxy import FaultProxy
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from vllm_server import MAX_LOGPROBS, SERVED_NAME, VllmServer, build_models, free_port
+
+import kad
+import kad_kernels as kk
+from kad import cli
+from kad.batch import Batch
+from kad.engines import EngineError, RemoteEngine
+
+pytestmark = pytest.mark.xdist_group("vllm")
+
+PROMPTS = ["hello there", "a", "what is 2 + 2?"]  # ragged
+BUDGETS = [10, 14, 8]
+FAST_FAILURE = dict(attempts=2, backoff=0.05, timeout=10.0)
+
+
+@dataclass
+class Served:
+    server: VllmServer
+    directory: Path
+    tokenizer: PreTrainedTokenizerBase
+    base: torch.nn.Module  # the served weights, loaded locally
+    aligned: torch.nn.Module
+
+    def engine(self, url: str | None = None, **kwargs) -> RemoteEngine:
+        return RemoteEngine(url or self.server.url, SERVED_NAME, self.tokenizer, **kwargs)
+
+    def remote(self, **kwargs) -> kad.Decoder:
+        return kad.Decoder(self.engine(**kwargs), self.aligned, self.tokenizer)
+
+    def local(self) -> kad.Decoder:
+        return kad.Decoder(self.base, self.aligned, self.tokenizer)
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory) -> Served:
+    directory = tmp_path_factory.mktemp("tiny-base")
+    _, aligned = build_models(directory)
+    server = VllmServer(directory, directory / "vllm.log").start()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory)
+        base = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+        yield Served(server, directory, tokenizer, base, aligned)
+    finally:
+        server.stop()
+
+
+# ----------------------------------------------------------------------------- remote == local
+
+GREEDY = [kk.Dual(0.4), kk.Dual(0.001), kk.Primal(0.9), kk.Dual(mu=0.9, loss="squared")]
+
+
+@pytest.mark.parametrize("mode, gamma", [("kad", 1), ("kad-spec", 1), ("kad-spec", 3)])
+@pytest.mark.parametrize("rule", GREEDY, ids=repr)
+def test_greedy_remote_emits_the_local_tokens(served, rule, mode, gamma):
+    local = served.local().generate(PROMPTS, mode, rule, gamma=gamma, temperature=0.0, max_new_tokens=BUDGETS)
+    remote = served.remote().generate(PROMPTS, mode, rule, gamma=gamma, temperature=0.0, max_new_tokens=BUDGETS)
+    assert remote.token_ids == local.token_ids
+    stats = remote.stats
+    assert stats.partial_positions > 0 and stats.inexact_positions == 0
+    assert 0 < stats.requests <= stats.rounds * 2  # one request per round, a second where k had to grow
+
+
+def test_the_logprobs_match_the_local_model(served):
+    """fp32 served log-probabilities equal transformers' log-softmax of the same weights."""
+    engine = served.engine()
+    batch = Batch([served.tokenizer("hello there").input_ids], engine.device)
+    remote = engine.advance(batch).log_softmax(-1)
+    with torch.no_grad():
+        local = served.base(input_ids=batch.tokens).logits[:, -1:].log_softmax(-1)
+    top = remote[0, 0].topk(20).indices
+    torch.testing.assert_close(remote[0, 0, top], local[0, 0, top], atol=1e-4, rtol=0)
+
+
+def test_sampled_first_tokens_follow_the_mixture(served):
+    rows = 2000
+    prompt = served.tokenizer("hello").input_ids
+    rule = kk.Dual(0.4)
+    out = served.remote().generate([prompt] * rows, "kad", rule, temperature=1.0, max_new_tokens=1, seed=0)
+    assert out.stats.inexact_positions == 0
+    counts = np.bincount([t[0] for t in out.token_ids], minlength=len(served.tokenizer))
+    with torch.no_grad():
+        p = served.base(input_ids=torch.tensor([prompt])).logits[:, -1]
+        q = served.aligned(input_ids=torch.tensor([prompt])).logits[:, -1]
+
+    def p_value(rule: kk.Rule) -> float:
+        expected = kk.mixture(p, q, rule).probs[0].double().numpy() * rows
+        big = expected >= 5
+        observed = np.append(counts[big], counts[~big].sum())
+        wanted = np.append(expected[big], expected[~big].sum())
+        return scipy.stats.chisquare(observed, wanted * observed.sum() / wanted.sum()).pvalue
+
+    assert p_value(rule) > 1e-3
+    assert p_value(kk.Dual(0.0)) < 1e-6  # far from the base model alone: the test can fail
+
+
+# ----------------------------------------------------------------------------- exactness
+
+
+def test_positions_the_first_k_does_not_settle_are_asked_again_with_a_larger_k(served):
+    rule = kk.Dual(0.001)  # keeps tokens down to p = 0.001: more than the top 1
+    local = served.local().generate(PROMPTS, "kad-spec", rule, gamma=3, temperature=0.0, max_new_tokens=BUDGETS)
+    remote = served.remote(logprobs=1).generate(PROMPTS, "kad-spec", rule, gamma=3, temperature=0.0,
+                                                max_new_tokens=BUDGETS)  # fmt: skip
+    assert remote.token_ids == local.token_ids
+    assert remote.stats.requests > remote.stats.rounds and remote.stats.inexact_positions == 0
+
+
+def test_the_limit_of_the_server_ends_the_generation_cleanly_or_is_counted(served):
+    """Perceptron μ = 0.2 keeps every token where max p < 0.2: more than --max-logprobs."""
+    rule = kk.Dual(mu=0.2, loss="perceptron")
+    args = (PROMPTS, "kad-spec", rule)
+    kwargs = dict(gamma=3, temperature=0.0, max_new_tokens=BUDGETS)
+    with pytest.raises(EngineError, match=rf"{served.server.url}: the top-{MAX_LOGPROBS} log-probabilities do not"):
+        served.remote().generate(*args, **kwargs)
+    out = served.remote(approximate=True).generate(*args, **kwargs)
+    assert 0 < out.stats.inexact_positions < out.stats.partial_positions
+
+
+def test_other_temperatures_are_refused_unless_approximated(served):
+    with pytest.raises(ValueError, match="temperature 0.7: the top-k log-probabilities .* determine π only at"):
+        served.remote().generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.7, max_new_tokens=4)
+    out = served.remote(approximate=True).generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.7, max_new_tokens=4)
+    assert out.stats.inexact_positions == out.stats.partial_positions > 0
+
+
+def test_vocabulary_and_model_name_are_checked_at_start(served):
+    with pytest.raises(ValueError, match=rf"'{SERVED_NAME}' at {served.server.url} .* different vocabularies"):
+        RemoteEngine(served.server.url, SERVED_NAME, make_tokenizer(chars=CHARS[::-1]))
+    with pytest.raises(ValueError, match=rf"does not serve a model named 'other'; it serves \['{SERVED_NAME}'\]"):
+        RemoteEngine(served.server.url, "other", served.tokenizer)
+    assert served.engine().max_length == 512
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def test_nothing_listening_is_one_line_naming_the_url():
+    url = f"http://127.0.0.1:{free_port()}/v1"
+    with pytest.raises(EngineError, match=rf"^{url}/models: ConnectError.* \(after 2 attempts\)$"):
+        RemoteEngine(url, SERVED_NAME, make_tokenizer(), **FAST_FAILURE)
+
+
+@pytest.mark.parametrize("fault", ["not-json", "truncated", "http-500", "wrong-count", "bad-logprobs", "drop"])
+def test_a_garbled_answer_is_retried_then_refused_keeping_what_was_generated(served, fault):
+    expected = served.local().generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6).token_ids
+    with FaultProxy(served.server.url) as proxy:
+        decoder = kad.Decoder(served.engine(proxy.url, **FAST_FAILURE), served.aligned, served.tokenizer)
+        proxy.faults.extend([fault])  # once: the retry gets a real answer
+        out = decoder.generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6)
+        assert out.token_ids == expected
+        proxy.faults.extend(["forward", "forward", fault, fault])  # the third step fails twice
+        with pytest.raises(EngineError, match=rf"^{proxy.url}/completions: .*\(after 2 attempts\)$") as failure:
+            decoder.generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6)
+    partial = failure.value.partial
+    assert partial.token_ids == [tokens[:2] for tokens in expected]  # the two steps before the fault
+    assert partial.texts == served.tokenizer.batch_decode(partial.token_ids, skip_special_tokens=True)
+
+
+def test_a_server_restarted_in_the_middle_of_a_generation_is_waited_for(served):
+    expected = served.local().generate(PROMPTS, "kad-spec", kk.Dual(0.4), gamma=3, temperature=0.0,
+                                       max_new_tokens=BUDGETS).token_ids  # fmt: skip
+    restarted = threading.Event()
+
+    def restart() -> None:
+        served.server.stop()
+        threading.Thread(target=lambda: (served.server.start(), restarted.set()), daemon=True).start()
+
+    with FaultProxy(served.server.url) as proxy:
+        engine = served.engine(proxy.url, attempts=12, backoff=1.0, timeout=30.0)  # waits up to ~35 min in all
+        proxy.faults.extend(["forward", restart])
+        out = kad.Decoder(engine, served.aligned, served.tokenizer).generate(
+            PROMPTS, "kad-spec", kk.Dual(0.4), gamma=3, temperature=0.0, max_new_tokens=BUDGETS
+        )
+    assert restarted.is_set() and out.token_ids == expected
+
+
+def test_eval_stopped_by_a_dead_server_resumes_where_it_stopped(served, tmp_path, capsys):
+    served.aligned.save_pretrained(tmp_path / "aligned")
+    served.tokenizer.save_pretrained(tmp_path / "aligned")
+    path = tmp_path / "run.json"
+    args = ["eval", "--task", "svamp", "--limit", "4", "--batch-size", "2", "--mode", "kad-spec", "--rule", "dual",
+            "--lam", "0.4", "--gamma", "3", "--max-new-tokens", "6", "--temperature", "0", "--system", "",
+            "--device", "cpu", "--aligned", str(tmp_path / "aligned"), "--output", str(path)]  # fmt: skip
+    with FaultProxy(served.server.url) as proxy:
+        proxy.before_each = lambda: served.server.stop() if path.exists() else None  # dies after the first batch
+        status = cli.main([*args, "--base-url", proxy.url])
+        error = capsys.readouterr().err
+        assert status == 1 and f"kad: error: {proxy.url}/completions: HTTP 502" in error and "--resume" in error
+        assert "Traceback" not in error
+        saved = json.loads(path.read_text())
+        assert len(saved["items"]) == 2
+        proxy.before_each = None
+        served.server.start()
+        assert cli.main([*args, "--base-url", proxy.url, "--resume"]) == 0
+    resumed = json.loads(path.read_text())
+    assert len(resumed["items"]) == 4 and resumed["items"][:2] == saved["items"]
+
+
+def test_cli_generate_with_a_served_base(served, tmp_path, capsys):
+    served.aligned.save_pretrained(tmp_path / "aligned")
+    served.tokenizer.save_pretrained(tmp_path / "aligned")
+    args = ["generate", "--base-url", served.server.url, "--aligned", str(tmp_path / "aligned"), "--device", "cpu",
+            "--mode", "kad-spec", "--gamma", "3", "--temperature", "0", "--max-new-tokens", "8", "--no-chat",
+            "--prompt", "hello there"]  # fmt: skip
+    assert cli.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "requests per token" in printed and "scored from top-k log-probabilities" in printed
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--base", "x", "--base-url", served.server.url, "--prompt", "hi"])
+    assert exit_info.value.code == 2
