@@ -152,15 +152,14 @@ class Decoder:
         if base is not None and base_url is not None:
             raise ValueError("give the base model either by name (base) or by server (base_url), not both")
         device = resolve_device(device)
-        aligned = aligned or str(default_pair.local_path(default_pair.ALIGNED))
-        aligned_model, tokenizer = load(aligned, device, dtype)
+        if base_url is None:
+            base_lm, base_tokenizer = load(base or str(default_pair.local_path(default_pair.BASE)), device, dtype)
+        aligned_model, tokenizer = load(aligned or str(default_pair.local_path(default_pair.ALIGNED)), device, dtype)
         ref_model, ref_tokenizer = load(reference, device, dtype) if reference else (None, None)
         if base_url is not None:  # the server's vocabulary is checked against the aligned tokenizer
             base_lm = RemoteEngine(base_url, base_model, tokenizer, api_key=api_key, approximate=approximate,
                                    device=device)  # fmt: skip
             base_tokenizer = None
-        else:
-            base_lm, base_tokenizer = load(base or str(default_pair.local_path(default_pair.BASE)), device, dtype)
         return cls(
             base_lm,
             aligned_model,
