@@ -232,6 +232,8 @@ class RemoteEngine:
             "logprobs": k,
             "temperature": 1.0,
             "top_p": 1.0,
+            "top_k": -1,  # vLLM's sampling extensions, off: they must not touch what is sampled
+            "repetition_penalty": 1.0,
             "n": 1,
             "return_tokens_as_token_ids": True,
         }
