@@ -206,6 +206,7 @@ class _Loop:
         for engine in self.plan.engines:
             if isinstance(engine, ServedEngine):
                 self.stats.requests += engine.requests
+                self.stats.server_wait_s += engine.wait_s
                 self.stats.partial_positions += engine.partial_positions
                 self.stats.inexact_positions += engine.inexact_positions
         return Decoded(self.outputs, self.stats, self.row_stats)

@@ -29,6 +29,7 @@ class GenerationStats:
     alpha_count: int = 0
     deferring_steps: int = 0  # emitted tokens whose mixture deferred some mass (α > 0)
     requests: int = 0  # HTTP requests to a served base model
+    server_wait_s: float = 0.0  # of wall_time_s, waiting for those answers (server, network, JSON)
     partial_positions: int = 0  # positions a served model scored from top-k log-probabilities
     inexact_positions: int = 0  # of those, positions where π was only approximated (opt-in)
 
@@ -72,6 +73,7 @@ class GenerationStats:
             exact = self.partial_positions - self.inexact_positions
             rows += [
                 ("requests per token", f"{self.requests / max(self.new_tokens, 1):.2f} ({self.requests} requests)"),
+                ("waiting on server", f"{self.server_wait_s:.3f} s of {self.wall_time_s:.3f} s"),
                 ("exact positions", f"{exact}/{self.partial_positions} scored from top-k log-probabilities"),
             ]
         return "\n".join(f"{name:<21} {value}" for name, value in rows)

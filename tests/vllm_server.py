@@ -61,33 +61,48 @@ def build_models(directory: Path) -> tuple[Path, torch.nn.Module]:
 
 
 class VllmServer:
-    """vLLM serving ``model_dir`` as :data:`SERVED_NAME` on a free loopback port."""
+    """vLLM serving ``model_dir`` as ``served_name`` on a free loopback port, run by
+    ``python`` (default ``$KAD_VLLM_PYTHON``; without it the calling test is skipped,
+    or fails under ``KAD_REQUIRE_VLLM=1``)."""
 
-    def __init__(self, model_dir: Path, log: Path):
-        if PYTHON is None:
+    def __init__(
+        self,
+        model_dir: Path,
+        log: Path,
+        *,
+        served_name: str = SERVED_NAME,
+        dtype: str = "float32",
+        max_model_len: int = 512,
+        kv_cache_gib: int = 1,
+        python: str | None = PYTHON,
+    ):
+        if python is None:
             message = "needs vLLM's CPU build: KAD_VLLM_PYTHON=<its venv's python> (bash .ci/run makes one)"
             if REQUIRED:
                 raise RuntimeError(message)
             pytest.skip(message)
-        self.model_dir, self.log_path = model_dir, log
+        self.python, self.model_dir, self.log_path = python, model_dir, log
+        self.options = ["--served-model-name", served_name, "--dtype", dtype, "--max-model-len", str(max_model_len),
+                        "--max-logprobs", str(MAX_LOGPROBS)]  # fmt: skip
+        self.kv_cache_gib = kv_cache_gib
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.process: subprocess.Popen | None = None
 
     def start(self) -> VllmServer:
         command = [
-            PYTHON, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
-            "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(self.port),
-            "--dtype", "float32", "--max-model-len", "512", "--max-logprobs", str(MAX_LOGPROBS),
+            self.python, "-m", "vllm.entrypoints.openai.api_server", "--model", str(self.model_dir),
+            "--host", "127.0.0.1", "--port", str(self.port), *self.options,
         ]  # fmt: skip
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="1", HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1")
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(self.kv_cache_gib), HF_HUB_OFFLINE="1",
+                   VLLM_NO_USAGE_STATS="1")  # fmt: skip
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                             start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + STARTUP_S
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"vLLM exited with {self.process.returncode}; see {self.log_path}")
+                raise RuntimeError(f"vLLM exited with {self.process.returncode}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=2).status_code == 200:
                     return self
@@ -95,7 +110,10 @@ class VllmServer:
                 pass
             time.sleep(1)
         self.stop()
-        raise RuntimeError(f"vLLM did not answer /health within {STARTUP_S} s; see {self.log_path}")
+        raise RuntimeError(f"vLLM did not answer /health within {STARTUP_S} s; see {self.log_path}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def stop(self) -> None:
         """Stop the server's whole process group (its engine runs in a child process)."""

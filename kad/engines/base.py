@@ -120,6 +120,11 @@ class ServedEngine(Engine, Protocol):
         ...
 
     @property
+    def wait_s(self) -> float:
+        """Seconds spent waiting for those answers (server, network, JSON), retries included."""
+        ...
+
+    @property
     def partial_positions(self) -> int:
         """Positions scored from top-k log-probabilities."""
         ...

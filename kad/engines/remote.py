@@ -98,7 +98,7 @@ class RemoteEngine:
         self._device = torch.device(device)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
-        self._requests = 0
+        self._requests, self._waited = 0, 0.0
         self._max_length = self._served_model()["max_model_len"]
         self._check_vocabulary(tokenizer)
         self._settings: Settings | None = None
@@ -135,6 +135,10 @@ class RemoteEngine:
         return self._requests
 
     @property
+    def wait_s(self) -> float:
+        return self._waited
+
+    @property
     def partial_positions(self) -> int:
         return self._partial
 
@@ -160,6 +164,7 @@ class RemoteEngine:
         self._settings = settings
         self._cached = 0
         self._requests = self._partial = self._inexact = 0
+        self._waited = 0.0
         self._k = self._first_k  # raised within a generation when a position needs more
 
     def advance(self, batch: Batch, keep: int = 1) -> Tensor:
@@ -263,6 +268,7 @@ class RemoteEngine:
         :class:`EngineError` at last."""
         url = (_root(self.url) if root else self.url) + path
         reason = ""
+        start = time.perf_counter()
         for attempt in range(self.attempts):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
@@ -277,7 +283,9 @@ class RemoteEngine:
                 except (json.JSONDecodeError, UnicodeDecodeError) as error:
                     raise _Retryable(f"an answer that is not JSON ({error.msg if hasattr(error, 'msg') else error})")
                 parsed = answer if parse is None else parse(answer)
-                self._requests += path == "/completions"
+                if path == "/completions":
+                    self._requests += 1
+                    self._waited += time.perf_counter() - start
                 return parsed
             except httpx.TimeoutException:
                 reason = "timed out"
