@@ -7,7 +7,7 @@
     kad plot results/*.json --out plots/
 
 Without ``--base``/``--aligned`` the models are the default pair (:mod:`kad.default_pair`);
-otherwise hub ids or local directories.  Each subcommand is a function
+otherwise hub ids, local directories or GGUF files; ``--engine`` picks the runtime.  Each subcommand is a function
 ``add_<name>(subparsers)`` that registers its parser and sets ``run``.
 """
 
@@ -27,6 +27,7 @@ from . import default_pair
 from .decoding import RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
 from .engines import EngineError
 from .loop import ContextLengthWarning
+from .models import ENGINES
 from .settings import MODES
 from .evaluate import RunConfig, Summary, evaluate, load_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
@@ -37,13 +38,17 @@ _DTYPES = ("auto", "float32", "bfloat16", "float16")
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("models (default: the default pair of kad.default_pair)")
     base = group.add_mutually_exclusive_group()
-    base.add_argument("--base", help="the large base model: hub id or local directory")
+    base.add_argument("--base", help="the large base model: hub id, local directory or .gguf file")
     base.add_argument("--base-url", help="or the base model served by vLLM: http://HOST:PORT/v1 (docs/remote.md)")
     group.add_argument("--base-model", help="the served base model's name (default: the server's only model)")
     group.add_argument("--api-key", help="bearer token for --base-url")
     group.add_argument("--approximate", action="store_true",
                        help="with --base-url: score positions the server's top-k does not determine (counted)")  # fmt: skip
     group.add_argument("--aligned", help="the small aligned model (its chat template is used)")
+    group.add_argument("--engine", choices=ENGINES, default="auto",
+                       help="torch (transformers) or llama.cpp (GGUF files, CPU); default auto: llama.cpp when "
+                            "it is installed, the models are GGUF files (the default pair is) and the device "
+                            "is the CPU")  # fmt: skip
     group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     group.add_argument("--dtype", default="auto", choices=_DTYPES, help="default: the checkpoints' own")
@@ -65,7 +70,7 @@ def _decoder(args: argparse.Namespace) -> Decoder:
         raise ValueError("--base-model, --api-key and --approximate go with --base-url")
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     return Decoder.from_pretrained(
-        args.base, args.aligned, args.reference, device=args.device, dtype=dtype,
+        args.base, args.aligned, args.reference, device=args.device, dtype=dtype, engine=args.engine,
         base_url=args.base_url, base_model=args.base_model, api_key=args.api_key, approximate=args.approximate,
     )  # fmt: skip
 

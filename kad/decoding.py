@@ -20,7 +20,7 @@ from . import default_pair
 from .engines import Engine, EngineError, HFEngine, RemoteEngine
 from .loop import Decoded, decode
 from .settings import Mode, Settings
-from .models import check_same_vocabulary, load, resolve_device
+from .models import EngineKind, check_same_vocabulary, load, load_gguf, resolve_device, resolve_engine
 from .stats import GenerationStats
 
 # The system message the paper prompts every model with (in the aligned model's chat template).
@@ -136,35 +136,50 @@ class Decoder:
         *,
         device: str | torch.device | None = None,
         dtype: str | torch.dtype = "auto",
+        engine: EngineKind = "auto",
         base_url: str | None = None,
         base_model: str | None = None,
         api_key: str | None = None,
         approximate: bool = False,
     ) -> Decoder:
-        """Load the models and tokenizers by hub id or local path (default device: CUDA
-        if available); ``ValueError`` (:class:`~kad.models.ModelLoadError`) in one line
-        for a model or device that cannot be had.  A missing ``base`` or ``aligned`` is
-        that model of the default pair (:mod:`kad.default_pair`), prepared on first use.
+        """Load the models and tokenizers (default device: CUDA if available);
+        ``ValueError`` (:class:`~kad.models.ModelLoadError`) in one line for a model or
+        device that cannot be had.  A missing ``base`` or ``aligned`` is that model of
+        the default pair (:mod:`kad.default_pair`), prepared on first use.
+
+        ``engine``: ``"torch"`` runs hub ids or local directories with transformers;
+        ``"llama.cpp"`` runs GGUF files with :class:`~kad.engines.LlamaCppEngine` (on
+        the CPU; the tokenizer is the aligned GGUF's own); ``"auto"`` (default) is
+        ``llama.cpp`` when llama-cpp-python is installed, the device is the CPU and
+        every model given is a ``.gguf`` file, else ``torch``.
 
         ``base_url`` (instead of ``base``): the base model is ``base_model`` (default:
         the only one) of that OpenAI-compatible server, a :class:`~kad.engines.RemoteEngine`
         with ``api_key`` and ``approximate``; only the aligned model is loaded here."""
         if base is not None and base_url is not None:
             raise ValueError("give the base model either by name (base) or by server (base_url), not both")
-        device = resolve_device(device)
-        if base_url is None:
-            base_lm, base_tokenizer = load(base or str(default_pair.local_path(default_pair.BASE)), device, dtype)
-        aligned_model, tokenizer = load(aligned or str(default_pair.local_path(default_pair.ALIGNED)), device, dtype)
-        ref_model, ref_tokenizer = load(reference, device, dtype) if reference else (None, None)
+        requested = None if device is None else resolve_device(device)
+        engine = resolve_engine(engine, requested, [m for m in (base, aligned, reference) if m is not None])
+        device = requested or (torch.device("cpu") if engine == "llama.cpp" else resolve_device(None))
+        if engine == "llama.cpp":
+            aligned_lm, tokenizer = load_gguf(aligned or default_pair.ALIGNED)
+            base_lm = None if base_url else load_gguf(base or default_pair.BASE, tokenizer)[0]
+            ref_lm = load_gguf(reference, tokenizer)[0] if reference else None
+            base_tokenizer = ref_tokenizer = None  # each GGUF's tokenizer was checked against the aligned one
+        else:
+            if base_url is None:
+                base_lm, base_tokenizer = load(base or str(default_pair.local_path(default_pair.BASE)), device, dtype)
+            aligned_lm, tokenizer = load(aligned or str(default_pair.local_path(default_pair.ALIGNED)), device, dtype)
+            ref_lm, ref_tokenizer = load(reference, device, dtype) if reference else (None, None)
         if base_url is not None:  # the server's vocabulary is checked against the aligned tokenizer
             base_lm = RemoteEngine(base_url, base_model, tokenizer, api_key=api_key, approximate=approximate,
                                    device=device)  # fmt: skip
             base_tokenizer = None
         return cls(
             base_lm,
-            aligned_model,
+            aligned_lm,
             tokenizer,
-            reference=ref_model,
+            reference=ref_lm,
             base_tokenizer=base_tokenizer,
             reference_tokenizer=ref_tokenizer,
         )

@@ -13,7 +13,9 @@ each package's module has ``get_part_path()``.  On first use a file is
 Later runs load the converted directory directly.  The cache is ``$KAD_CACHE``,
 else ``$XDG_CACHE_HOME/kad``, else ``~/.cache/kad``; the assembled GGUF is
 deleted once converted, or when conversion fails (the packages still hold the
-bytes).  Intermediate files have names of their own per process, and the
+bytes) — unless llama.cpp asked for it (:func:`gguf_path`): llama.cpp runs the
+GGUF file itself and keeps it, with only the tokenizer saved beside it
+(:func:`tokenizer_path`), no conversion.  Intermediate files have names of their own per process, and the
 converted directory appears in one rename: two processes preparing the same
 model at once both succeed, and an interrupted one leaves nothing that a later
 run would take for a model.
@@ -190,16 +192,70 @@ def drop_padding_tokens(tokenizer_json: Path) -> None:
     tokenizer_json.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
 
 
+def gguf_path(model: PackagedGGUF, directory: Path | None = None) -> Path:
+    """The assembled GGUF file of ``model`` (``<cache>/<name>.gguf``, what llama.cpp
+    reads), assembled on first use and kept."""
+    directory = directory or cache_dir()
+    target = directory / f"{model.name}.gguf"
+    if target.is_file():
+        return target
+    model.part_paths()  # fail with the install command before doing anything
+    assemble(model, directory).replace(target)  # one rename: a concurrent process wrote the same bytes
+    return target
+
+
 def local_path(model: PackagedGGUF, directory: Path | None = None) -> Path:
     """The directory of ``model`` converted for ``from_pretrained``, assembling and
-    converting it first if the cache does not have it yet."""
+    converting it first if the cache does not have it yet (from the kept GGUF of
+    :func:`gguf_path` if there is one, else from a temporary one)."""
     directory = directory or cache_dir()
     target = directory / model.name
     if (target / "config.json").is_file():
         return target
+    kept = directory / f"{model.name}.gguf"
+    if kept.is_file():
+        return convert(kept, target)
     model.part_paths()  # fail with the install command before doing anything
     gguf = assemble(model, directory)
     try:
         return convert(gguf, target)
     finally:
         gguf.unlink()
+
+
+def tokenizer_path(model: PackagedGGUF, directory: Path | None = None) -> Path:
+    """A directory with ``model``'s tokenizer for ``AutoTokenizer.from_pretrained``,
+    without converting the weights: the converted model's if there is one, else
+    the tokenizer read from the GGUF (:func:`gguf_path`) and saved once."""
+    directory = directory or cache_dir()
+    converted = directory / model.name
+    if (converted / "tokenizer.json").is_file():
+        return converted
+    return gguf_tokenizer_path(gguf_path(model, directory), directory)
+
+
+def gguf_tokenizer_path(gguf: Path, directory: Path | None = None) -> Path:
+    """The tokenizer of the GGUF file ``gguf`` (read by transformers, padding tokens
+    dropped) saved once under ``<cache>/tokenizers/``, keyed by the file's path,
+    size and modification time; the directory."""
+    from transformers import AutoTokenizer
+
+    gguf = gguf.resolve()
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    target = (directory or cache_dir()) / "tokenizers" / f"{gguf.stem}-{key}"
+    if (target / "tokenizer.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.", suffix=".partial"))
+    try:
+        tokenizer.save_pretrained(staging)
+        drop_padding_tokens(staging / "tokenizer.json")
+        staging.rename(target)
+    except OSError:
+        if not (target / "tokenizer.json").is_file():  # not a concurrent save that won the rename
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

@@ -8,11 +8,21 @@ does not have.
 
 from __future__ import annotations
 
+import importlib.util
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Literal
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from . import default_pair
+from .engines.llamacpp import INSTALL_HINT, LlamaCppEngine
+
+# The runtimes that load models by name (kad --engine); "auto" picks one (resolve_engine).
+EngineKind = Literal["auto", "torch", "llama.cpp"]
+ENGINES: tuple[EngineKind, ...] = ("auto", "torch", "llama.cpp")
 
 
 def check_same_vocabulary(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> None:
@@ -78,3 +88,54 @@ def load(
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise ModelLoadError(f"cannot load the model {name_or_path!r}: {reason}") from None
     return model.to(device).eval(), tokenizer
+
+
+def llama_cpp_installed() -> bool:
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def resolve_engine(
+    engine: EngineKind, device: torch.device | None, models: Sequence[str]
+) -> Literal["torch", "llama.cpp"]:
+    """The runtime for ``models`` (the names given; none: the default pair) on ``device``
+    (``None``: not chosen).  ``auto``: llama.cpp when it is installed, every model is a
+    ``.gguf`` file and the device is the CPU (or not chosen on a machine without CUDA);
+    else torch.  :class:`ModelLoadError` for an explicit choice that cannot work."""
+    if engine not in ENGINES:
+        raise ModelLoadError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    gguf = [m for m in models if str(m).endswith(".gguf")]
+    cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
+    if engine == "auto":
+        return "llama.cpp" if len(gguf) == len(models) and cpu and llama_cpp_installed() else "torch"
+    if engine == "llama.cpp":
+        if device is not None and device.type != "cpu":
+            raise ModelLoadError(f"the llama.cpp engine runs on the CPU, not {str(device)!r}: drop --device")
+        if not llama_cpp_installed():
+            raise ModelLoadError(f"the llama.cpp engine needs llama-cpp-python: {INSTALL_HINT}")
+        other = [m for m in models if m not in gguf]
+        if other:
+            raise ModelLoadError(f"the llama.cpp engine runs GGUF files; {other[0]!r} is not one (a .gguf file)")
+    elif gguf:
+        raise ModelLoadError(f"{gguf[0]!r} is a GGUF file: run it with --engine llama.cpp")
+    return engine
+
+
+def load_gguf(
+    model: str | default_pair.PackagedGGUF, tokenizer: PreTrainedTokenizerBase | None = None
+) -> tuple[LlamaCppEngine, PreTrainedTokenizerBase]:
+    """A GGUF model in llama.cpp and the tokenizer it is checked against: ``tokenizer``
+    if given, else its own (read from the GGUF once, :func:`kad.default_pair.gguf_tokenizer_path`).
+    ``model``: a ``.gguf`` path or a default-pair model (its GGUF, assembled once)."""
+    if isinstance(model, default_pair.PackagedGGUF):
+        path = default_pair.gguf_path(model)
+        tokenizer_dir = None if tokenizer is not None else default_pair.tokenizer_path(model)
+    else:
+        path = Path(model).expanduser()
+        if not path.is_file():
+            raise ModelLoadError(f"GGUF model {model!r}: no such file")
+        tokenizer_dir = None if tokenizer is not None else default_pair.gguf_tokenizer_path(path)
+    try:
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(tokenizer_dir)
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot read the tokenizer of the GGUF model {str(path)!r}: {error}") from None
+    return LlamaCppEngine(path, tokenizer), tokenizer

@@ -14,12 +14,14 @@ from dataclasses import dataclass
 import pytest
 import torch
 from decoding_helpers import make_models, make_tokenizer
+from gguf_models import require_llama_cpp, tiny_gguf
 
 from kad.batch import Batch
-from kad.engines import Engine, HFEngine
+from kad.engines import Engine, HFEngine, LlamaCppEngine
 
 MODELS = make_models()
-V = len(make_tokenizer())
+TOKENIZER = make_tokenizer()
+V = len(TOKENIZER)
 # Ragged token ids: rows of different lengths, one of a single token.
 PROMPTS = [[5, 17, 22, 9, 40, 3], [31, 8], [12], [60, 61, 62, 7]]
 
@@ -33,9 +35,21 @@ class EngineCase:
     atol: float
 
 
+def _llama_cpp(role: str) -> Callable[[], Engine]:
+    """The tiny ``role`` model as an f32 GGUF in llama.cpp (skipped without llama-cpp-python)."""
+
+    def make() -> Engine:
+        require_llama_cpp()
+        return LlamaCppEngine(tiny_gguf(role), TOKENIZER, n_ctx=64)
+
+    return make
+
+
 CASES = {
     "hf-qwen2": EngineCase(lambda: HFEngine(MODELS["base"], V), atol=1e-4),
     "hf-llama": EngineCase(lambda: HFEngine(MODELS["aligned"], V), atol=1e-4),
+    "llamacpp-qwen2": EngineCase(_llama_cpp("base"), atol=1e-4),
+    "llamacpp-llama": EngineCase(_llama_cpp("aligned"), atol=1e-4),
 }
 
 

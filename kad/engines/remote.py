@@ -41,9 +41,8 @@ from .. import partial
 from ..batch import Batch
 from ..settings import Settings
 from .base import EngineError
+from .vocabulary import vocabulary_mismatch
 
-# Probe text of the vocabulary check: ASCII, digits, whitespace runs, accents, CJK, emoji.
-_PROBE = "KAD check: 17 * 3 = 51;\n\tnaïve café, 東京 🚀 <|endoftext|> def f(x):  return x**2"
 # vLLM's answer to a logprobs request above its --max-logprobs.
 _MAX_LOGPROBS = re.compile(r"max(?:imum)? allowed:?\s*(\d+)")
 
@@ -315,23 +314,18 @@ class RemoteEngine:
         return entry
 
     def _check_vocabulary(self, tokenizer: PreTrainedTokenizerBase) -> None:
-        """The served model's tokenizer must be ``tokenizer``'s vocabulary: the probe text
-        tokenizes the same, and sample ids (first, middle, last) read the same."""
-        served = self._request("POST", "/tokenize", {"model": self.model, "prompt": _PROBE,
-                                                     "add_special_tokens": False}, root=True)  # fmt: skip
-        local = tokenizer(_PROBE, add_special_tokens=False).input_ids
-        remote = served.get("tokens") if isinstance(served, dict) else None
-        ids = sorted({0, 1, self._vocab_size // 3, self._vocab_size // 2, self._vocab_size - 1})
-        mismatch = None
-        if remote != local:
-            mismatch = f"{_PROBE!r} is {remote} there but {local} here"
-        else:
-            for i in ids:
-                text = self._request("POST", "/detokenize", {"model": self.model, "tokens": [i]}, root=True)
-                text = text.get("prompt") if isinstance(text, dict) else None
-                if text != tokenizer.decode([i]):
-                    mismatch = f"token {i} is {text!r} there but {tokenizer.decode([i])!r} here"
-                    break
+        """The served model's tokenizer must be ``tokenizer``'s vocabulary (:mod:`.vocabulary`)."""
+
+        def tokenize(text: str) -> list[int] | None:
+            answer = self._request("POST", "/tokenize", {"model": self.model, "prompt": text,
+                                                         "add_special_tokens": False}, root=True)  # fmt: skip
+            return answer.get("tokens") if isinstance(answer, dict) else None
+
+        def token_text(token: int) -> str | None:
+            answer = self._request("POST", "/detokenize", {"model": self.model, "tokens": [token]}, root=True)
+            return answer.get("prompt") if isinstance(answer, dict) else None
+
+        mismatch = vocabulary_mismatch(tokenizer, tokenize, token_text)
         if mismatch is not None:
             raise ValueError(
                 f"the served model {self.model!r} at {self.url} and the aligned model's tokenizer "

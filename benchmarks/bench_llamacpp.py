@@ -1,0 +1,86 @@
+#!/usr/bin/env python
+"""The default pair on the llama.cpp engine (GGUF Q4_K_M) vs the torch engine (bf16), one run.
+
+    OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_llamacpp.py
+
+Both engines decode the same GSM8K prompts (the aligned model's chat template) with
+``base`` (the base model alone), ``kad`` and ``kad-spec`` at each γ, ``Dual(0.4)``,
+T = 1, at each batch size, after a warm-up of each engine; every run produces
+exactly ``--new-tokens`` tokens per row (no stop token).  Reported: tokens/s (all
+rows together), acceptance, wall time.  The torch engine runs the bf16 safetensors
+kad converts the GGUF files to; llama.cpp runs the GGUF files themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import kad
+import kad_kernels as kk
+from kad.tasks import TASKS
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from bench_decoding import cpu_name  # noqa: E402  (benchmarks/ is not a package)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch-sizes", default="1,4")
+    parser.add_argument("--gammas", default="2,4,6")
+    parser.add_argument("--engines", default="llama.cpp,torch")
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--lam", type=float, default=0.4)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=HERE / "results" / "llamacpp-cpu")
+    args = parser.parse_args(argv)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    print(f"# device: CPU {cpu_name()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}; "
+          f"kad {commit}; {kk.Dual(args.lam)!r}, T = 1, {args.new_tokens} tokens per row")  # fmt: skip
+    task = TASKS["gsm8k"]
+    batches = [int(b) for b in args.batch_sizes.split(",")]
+    items = task.load(max(batches))
+    runs = [("base", None)] + [("kad", None)] + [("kad-spec", int(g)) for g in args.gammas.split(",")]
+    rows = []
+    print(f"{'engine':<10} {'B':>3} {'mode':<12} {'tok/s':>7} {'accept':>6} {'wall s':>7}", flush=True)
+    for name in args.engines.split(","):
+        started = time.perf_counter()
+        decoder = kad.Decoder.from_pretrained(device="cpu", dtype=torch.bfloat16, engine=name)
+        decoder.stop_ids = frozenset()
+        loaded = time.perf_counter() - started
+        prompts = [decoder.encode(task.user_message(item), chat=True) for item in items]
+        decoder.generate(prompts[:1], "kad-spec", kk.Dual(args.lam), max_new_tokens=8, seed=0)  # warm-up
+        print(f"# {name}: loaded in {loaded:.1f} s ({decoder.engines['base'].name})", flush=True)
+        for batch in batches:
+            for mode, gamma in runs:
+                rule = None if mode == "base" else kk.Dual(args.lam)
+                out = decoder.generate(prompts[:batch], mode, rule, gamma=gamma or 4, temperature=1.0,
+                                       max_new_tokens=args.new_tokens, seed=args.seed, track_alpha=False)  # fmt: skip
+                s = out.stats
+                label = f"{mode} γ={gamma}" if gamma else mode
+                rows.append(dict(engine=name, batch=batch, mode=mode, gamma=gamma or "", tokens_per_s=s.tokens_per_s,
+                                 acceptance=s.acceptance_rate if gamma else "", wall_s=s.wall_time_s,
+                                 new_tokens=s.new_tokens))  # fmt: skip
+                accept = f"{s.acceptance_rate:.3f}" if gamma else "—"
+                print(f"{name:<10} {batch:>3} {label:<12} {s.tokens_per_s:>7.2f} {accept:>6} {s.wall_time_s:>7.2f}",
+                      flush=True)  # fmt: skip
+        del decoder
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "bench_llamacpp.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"wrote {args.out / 'bench_llamacpp.csv'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

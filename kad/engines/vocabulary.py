@@ -1,0 +1,46 @@
+"""The vocabulary check of engines that tokenize on their own (a server, a GGUF file).
+
+KAD mixes two distributions token by token, so an engine whose runtime has a
+tokenizer of its own (vLLM's, the GGUF's) must mean by every id what the aligned
+model's tokenizer means.  Comparing whole vocabularies is slow over HTTP and
+brittle across tokenizer libraries; a probe text with the cases that tell
+tokenizers apart (digits, whitespace runs, accents, CJK, emoji, a special token)
+plus a few ids read back catches a different model family or version.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from transformers import PreTrainedTokenizerBase
+
+PROBE = "KAD check: 17 * 3 = 51;\n\tnaïve café, 東京 🚀 <|endoftext|> def f(x):  return x**2"
+
+
+def probe_text(tokenizer: PreTrainedTokenizerBase) -> str:
+    """:data:`PROBE` as ``tokenizer`` reads it back: itself for a byte-level tokenizer;
+    for a tokenizer without some of its characters, the text with its unknown token
+    in their place, which the other side must then read the same way."""
+    return tokenizer.decode(tokenizer(PROBE, add_special_tokens=False).input_ids)
+
+
+def vocabulary_mismatch(
+    tokenizer: PreTrainedTokenizerBase,
+    tokenize: Callable[[str], Sequence[int] | None],
+    token_text: Callable[[int], str | None],
+) -> str | None:
+    """How the other side's tokenizer differs from ``tokenizer``, or ``None``.
+
+    ``tokenize(text)``: its ids for ``text`` (special tokens parsed, none added);
+    ``token_text(id)``: its text of one id (``None`` for an unusable answer)."""
+    text = probe_text(tokenizer)
+    local = tokenizer(text, add_special_tokens=False).input_ids
+    other = tokenize(text)
+    if other is None or list(other) != local:
+        return f"{text!r} is {other} there but {local} here"
+    size = len(tokenizer)
+    for i in sorted({0, 1, size // 3, size // 2, size - 1}):
+        theirs, ours = token_text(i), tokenizer.decode([i])
+        if theirs != ours:
+            return f"token {i} is {theirs!r} there but {ours!r} here"
+    return None

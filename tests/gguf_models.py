@@ -1,0 +1,125 @@
+"""The tiny test models of :mod:`decoding_helpers` written as GGUF files for llama.cpp.
+
+The same weights as the transformers models (f32 or f16), so the llama.cpp engine
+and the transformers engine can be compared on one model; and the test tokenizer's
+vocabulary as a byte-level BPE vocabulary without merges, so llama.cpp tokenizes
+text into the same ids as the character tokenizer (each character is a token; the
+space is GPT-2's byte symbol ``Ġ``).  The lm_head's padding rows beyond the
+tokenizer are padding tokens of type UNUSED, so the GGUF has as many tokens as the
+model has logits, as llama.cpp requires.
+
+Tensor names come from ``gguf``'s own HF-to-GGUF name map.  llama.cpp's ``llama``
+architecture applies rotary embeddings to interleaved pairs where transformers
+rotates halves, so the Q and K rows are permuted as llama.cpp's converter does;
+``qwen2`` uses transformers' layout as is.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import importlib.util
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from decoding_helpers import make_models, make_tokenizer
+from transformers import PreTrainedModel, PreTrainedTokenizerFast
+
+_ARCHITECTURES = {"qwen2": gguf.MODEL_ARCH.QWEN2, "llama": gguf.MODEL_ARCH.LLAMA}
+_SPACE = "\u0120"  # GPT-2's byte-level symbol for the byte 0x20
+
+
+def _permute_for_interleaved_rope(weight: np.ndarray, heads: int) -> np.ndarray:
+    """Rows of a Q or K projection ``[heads·head_dim, ...]`` from rotated halves to rotated pairs."""
+    return weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
+
+
+def _tokens(tokenizer: PreTrainedTokenizerFast, logits: int) -> tuple[list[str], list[int]]:
+    """The GGUF token list and token types: the tokenizer's tokens in id order, then padding."""
+    by_id = {i: token for token, i in tokenizer.get_vocab().items()}
+    special = set(tokenizer.all_special_tokens)
+    tokens, types = [], []
+    for i in range(logits):
+        token = by_id.get(i)
+        if token is None:
+            tokens.append(f"<unused{i}>")
+            types.append(gguf.TokenType.UNUSED)
+        elif token in special:
+            tokens.append(token)
+            types.append(gguf.TokenType.CONTROL)
+        else:
+            tokens.append(token.replace(" ", _SPACE))
+            types.append(gguf.TokenType.NORMAL)
+    return tokens, types
+
+
+def write_gguf(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, path: Path, dtype: torch.dtype = torch.float32
+) -> Path:
+    """Write ``model`` (a transformers Qwen2 or Llama causal LM) with ``tokenizer``'s
+    vocabulary to ``path`` as GGUF with ``dtype`` weights (norms stay f32)."""
+    config = model.config
+    arch_name = config.model_type
+    arch = _ARCHITECTURES[arch_name]
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    logits = model.get_output_embeddings().weight.shape[0]
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_context_length(config.max_position_embeddings)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(config.intermediate_size)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_layer_norm_rms_eps(config.rms_norm_eps)
+    writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == torch.float32 else gguf.LlamaFileType.MOSTLY_F16)
+    tokens, types = _tokens(tokenizer, logits)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_bos_token_id(tokenizer.eos_token_id)  # never added (add_bos_token false), but llama.cpp wants one
+    writer.add_add_bos_token(False)
+
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    for hf_name, tensor in model.state_dict().items():
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if name is None:
+            raise ValueError(f"no GGUF name for {hf_name}")
+        data = tensor.detach().float().numpy()
+        if arch_name == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            data = _permute_for_interleaved_rope(data, heads if "q_proj" in hf_name else kv_heads)
+        matrix = data.ndim == 2 and not hf_name.endswith("norm.weight")
+        writer.add_tensor(name, data.astype(np.float16 if matrix and dtype == torch.float16 else np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def require_llama_cpp() -> None:
+    """Skip the calling test without llama-cpp-python, or fail under ``KAD_REQUIRE_LLAMACPP=1``
+    (CI installs it: a test that silently skips there would test nothing)."""
+    if importlib.util.find_spec("llama_cpp") is None:
+        message = "needs llama-cpp-python: pip install -e '.[llamacpp]' (bash .ci/run installs it)"
+        if os.environ.get("KAD_REQUIRE_LLAMACPP") == "1":
+            raise RuntimeError(message)
+        pytest.skip(message)
+
+
+@functools.cache
+def tiny_gguf(role: str, dtype: torch.dtype = torch.float32) -> Path:
+    """The tiny ``role`` model of :func:`decoding_helpers.make_models` as a GGUF file
+    (written once per test process, removed at exit)."""
+    directory = Path(tempfile.mkdtemp(prefix="kad-gguf-"))
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
+    return write_gguf(make_models()[role], make_tokenizer(), directory / f"{role}.gguf", dtype)

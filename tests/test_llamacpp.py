@@ -1,0 +1,211 @@
+"""The llama.cpp engine (kad/engines/llamacpp.py) on the tiny test models written as GGUF.
+
+The GGUF files hold the transformers models' own f32 weights (tests/gguf_models.py),
+so llama.cpp is checked against transformers on the same model, and the decoding
+properties are checked on llama.cpp alone: greedy speculative == greedy sequential,
+sampled tokens follow π computed from the transformers models.  The engine
+contract itself runs in tests/test_engines.py.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from decoding_helpers import CHARS, PROMPTS, goodness_of_fit, make_models, make_tokenizer, mixture_probs
+from gguf_models import require_llama_cpp, tiny_gguf
+
+import kad
+import kad_kernels as kk
+from kad import cli
+from kad.batch import Batch
+from kad.engines import EngineError, LlamaCppEngine
+from kad.loop import ContextLengthWarning
+from kad.models import ModelLoadError, resolve_engine
+
+MODELS = make_models()
+TOKENIZER = make_tokenizer()
+V = len(TOKENIZER)
+BUDGETS = [10, 14, 8]
+
+
+@pytest.fixture(scope="module")
+def decoder() -> kad.Decoder:
+    require_llama_cpp()
+    return kad.Decoder(
+        LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=128),
+        LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=128),
+        TOKENIZER,
+    )
+
+
+def _fresh(role: str, tokens: list[int]) -> torch.Tensor:
+    with torch.no_grad():
+        return MODELS[role](input_ids=torch.tensor([tokens])).logits[0, :, :V]
+
+
+# ----------------------------------------------------------------------------- the same model as transformers
+
+
+@pytest.mark.parametrize("role", ["base", "aligned"], ids=["qwen2", "llama"])
+def test_llamacpp_gives_the_transformers_logits_of_the_same_weights(role):
+    require_llama_cpp()
+    engine = LlamaCppEngine(tiny_gguf(role), TOKENIZER, n_ctx=64)
+    tokens = TOKENIZER(PROMPTS[3]).input_ids
+    logits = engine.advance(Batch([tokens], engine.device), keep=len(tokens))[0]
+    torch.testing.assert_close(logits, _fresh(role, tokens), atol=2e-4, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["f32", "f16"])
+def test_logits_of_float_weights_do_not_depend_on_how_tokens_are_fed(dtype):
+    """Quantized weights do (docs/llamacpp.md); f32 and f16 weights, which these tests use, do not."""
+    require_llama_cpp()
+    engine = LlamaCppEngine(tiny_gguf("base", dtype), TOKENIZER, n_ctx=64)
+    tokens = TOKENIZER(PROMPTS[1]).input_ids
+    whole = engine.advance(Batch([tokens], engine.device), keep=3)[0]
+    engine.reset()
+    batch = Batch([tokens[:-1]], engine.device)
+    split = [engine.advance(batch, keep=2)[0]]
+    batch.append(torch.tensor(tokens[-1:]))
+    split.append(engine.advance(batch)[0])
+    torch.testing.assert_close(torch.cat(split), whole, atol=1e-4, rtol=0)
+
+
+def test_greedy_llamacpp_emits_the_tokens_of_greedy_torch(decoder):
+    torch_decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
+    for mode in ("base", "kad"):
+        rule = kk.Dual(0.4) if mode == "kad" else None
+        ours = decoder.generate(PROMPTS[:3], mode, rule, temperature=0.0, max_new_tokens=BUDGETS).token_ids
+        assert ours == torch_decoder.generate(PROMPTS[:3], mode, rule, temperature=0.0, max_new_tokens=BUDGETS).token_ids
+
+
+# ----------------------------------------------------------------------------- decoding on llama.cpp alone
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 6])
+@pytest.mark.parametrize("rule", [kk.Dual(0.4), kk.Primal(0.9), kk.Nudging(0.4)], ids=repr)
+def test_greedy_speculative_emits_the_sequential_tokens(decoder, rule, gamma):
+    mode = "nudging" if isinstance(rule, kk.Nudging) else "kad"
+    sequential = decoder.generate(PROMPTS[:3], mode, rule, temperature=0.0, max_new_tokens=BUDGETS)
+    spec = decoder.generate(PROMPTS[:3], f"{mode}-spec", rule, gamma=gamma, temperature=0.0, max_new_tokens=BUDGETS)
+    assert spec.token_ids == sequential.token_ids
+    assert [len(t) for t in spec.token_ids] != [1, 1, 1]  # rows decoded more than a stop token
+
+
+def test_greedy_speculative_rejects_and_accepts_drafts(decoder):
+    stats = decoder.generate(PROMPTS[:3], "kad-spec", kk.Dual(0.4), gamma=3, temperature=0.0,
+                             max_new_tokens=BUDGETS).stats  # fmt: skip
+    assert 0.2 < stats.acceptance_rate < 0.95
+
+
+@pytest.mark.parametrize("mode", ["kad", "kad-spec"])
+def test_sampled_first_token_follows_the_mixture(decoder, mode):
+    """2000 first tokens (40 batches of 50 rows) against π from the transformers models;
+    the same counts are far from p alone (what a verify against p would give)."""
+    rule, temperature = kk.Dual(0.4), 1.0
+    prompt = decoder.encode("hello")
+    counts = np.zeros(V)
+    for seed in range(40):
+        out = decoder.generate([prompt] * 50, mode, rule, gamma=3, temperature=temperature, max_new_tokens=1, seed=seed)
+        np.add.at(counts, [tokens[0] for tokens in out.token_ids], 1)
+    pi = mixture_probs(MODELS, rule, [prompt], temperature, V)[0].numpy()
+    assert goodness_of_fit(counts, pi) > 1e-3
+    p = mixture_probs(MODELS, kk.Dual(0.0), [prompt], temperature, V)[0].numpy()
+    assert goodness_of_fit(counts, p) < 1e-6
+
+
+def test_batched_output_equals_per_prompt_output(decoder):
+    batched = decoder.generate(PROMPTS[:3], "kad-spec", kk.Dual(0.4), temperature=0.0, max_new_tokens=BUDGETS)
+    for prompt, budget, tokens in zip(PROMPTS[:3], BUDGETS, batched.token_ids):
+        alone = decoder.generate([prompt], "kad-spec", kk.Dual(0.4), temperature=0.0, max_new_tokens=budget)
+        assert alone.token_ids[0] == tokens
+
+
+def test_a_row_kept_twice_gets_a_sequence_of_its_own():
+    require_llama_cpp()
+    engine = LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=64)
+    prompts = [TOKENIZER(p).input_ids for p in PROMPTS[:2]]
+    batch = Batch(prompts, engine.device)
+    engine.advance(batch)
+    rows = torch.tensor([1, 1, 0])
+    batch.select(rows)
+    engine.select(rows)
+    batch.append(torch.tensor([10, 20, 30]))
+    logits = engine.advance(batch)[:, 0]
+    for row, (source, token) in enumerate(zip([1, 1, 0], [10, 20, 30])):
+        torch.testing.assert_close(logits[row], _fresh("base", prompts[source] + [token])[-1], atol=2e-4, rtol=0)
+
+
+# ----------------------------------------------------------------------------- bad input and limits
+
+
+def test_a_gguf_of_another_vocabulary_is_refused_naming_both():
+    require_llama_cpp()
+    other = make_tokenizer(CHARS[::-1])
+    with pytest.raises(ValueError, match=r"base\.gguf.*different vocabularies"):
+        LlamaCppEngine(tiny_gguf("base"), other)
+
+
+def test_bad_arguments_are_refused(tmp_path):
+    require_llama_cpp()
+    with pytest.raises(ValueError, match="no such file"):
+        LlamaCppEngine(tmp_path / "absent.gguf", TOKENIZER)
+    (tmp_path / "garbage.gguf").write_bytes(b"not a gguf file")
+    with pytest.raises(ValueError, match="garbage.gguf.*cannot load"):
+        LlamaCppEngine(tmp_path / "garbage.gguf", TOKENIZER)
+    with pytest.raises(ValueError, match="n_ctx"):
+        LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=0)
+
+
+def test_too_many_rows_are_refused_in_one_line():
+    require_llama_cpp()
+    engine = LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=16)
+    with pytest.raises(EngineError, match="at most 256"):
+        engine.advance(Batch([[5]] * 257, engine.device))
+
+
+def test_rows_stop_at_the_context_length_with_a_warning():
+    require_llama_cpp()
+    small = kad.Decoder(LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=20),
+                        LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=20), TOKENIZER)  # fmt: skip
+    small.stop_ids = frozenset()
+    prompt = TOKENIZER(PROMPTS[3]).input_ids[:12]
+    for mode in ("kad", "kad-spec"):
+        with pytest.warns(ContextLengthWarning):
+            out = small.generate([prompt], mode, kk.Dual(0.4), temperature=0.0, max_new_tokens=30)
+        assert len(prompt) + len(out.token_ids[0]) <= 20
+
+
+def test_the_engine_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_engine("torch", cpu, []) == "torch"
+    with pytest.raises(ModelLoadError, match="--engine llama.cpp"):
+        resolve_engine("torch", cpu, ["m.gguf"])
+    with pytest.raises(ModelLoadError, match="runs on the CPU"):
+        resolve_engine("llama.cpp", cuda, [])
+    with pytest.raises(ModelLoadError, match="engine must be one of"):
+        resolve_engine("onnx", cpu, [])
+    assert resolve_engine("auto", cpu, ["some/dir"]) == "torch"
+    assert resolve_engine("auto", cuda, ["m.gguf"]) == "torch"
+    require_llama_cpp()
+    assert resolve_engine("auto", cpu, []) == "llama.cpp"
+    assert resolve_engine("auto", cpu, ["a.gguf", "b.gguf"]) == "llama.cpp"
+    with pytest.raises(ModelLoadError, match="'some/dir' is not one"):
+        resolve_engine("llama.cpp", cpu, ["a.gguf", "some/dir"])
+
+
+def test_cli_generate_on_gguf_files(capsys, tmp_path, monkeypatch):
+    """The tokenizer comes from the aligned GGUF (read by transformers, kept in the cache)."""
+    require_llama_cpp()
+    monkeypatch.setenv("KAD_CACHE", str(tmp_path))
+    code = cli.main([
+        "generate", "--engine", "llama.cpp", "--base", str(tiny_gguf("base")), "--aligned", str(tiny_gguf("aligned")),
+        "--prompt", "hello there", "--no-chat", "--temperature", "0", "--max-new-tokens", "6", "--mode", "kad-spec",
+    ])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0
+    expected = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER).generate(
+        ["hello there"], "kad-spec", kk.Dual(0.4), temperature=0.0, max_new_tokens=6
+    )
+    assert expected.texts[0] in out
+    assert list(tmp_path.glob("tokenizers/aligned-*/tokenizer.json"))
