@@ -1,4 +1,4 @@
-"""Build script: the C++/CUDA extension ``kad_kernels._C`` of ``csrc/`` (DESIGN §3).
+"""Build script: the C++/CUDA extension ``kad_kernels._C`` of ``csrc/`` (docs/design.md §3.4).
 
 The extension is compiled here, with ninja, when torch is importable in the
 build environment: ``pip install --no-build-isolation .`` (or ``-e .``) after

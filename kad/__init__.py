@@ -1,4 +1,4 @@
-"""kad: KAD decoding over model engines (DESIGN §5), built on ``kad_kernels``.
+"""kad: KAD decoding over model engines (docs/design.md §5), built on ``kad_kernels``.
 
 :class:`Decoder` runs a base model and an aligned model (and, for the implicit
 reward baseline, a reference model) in one batched loop, drawing every token

@@ -49,6 +49,8 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="torch (transformers) or llama.cpp (GGUF files, CPU); default auto: llama.cpp when "
                             "it is installed, the models are GGUF files (the default pair is) and the device "
                             "is the CPU")  # fmt: skip
+    group.add_argument("--tokenizer", help="with llama.cpp: the aligned model's tokenizer (hub id or directory) "
+                                           "instead of the aligned GGUF's own")  # fmt: skip
     group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     group.add_argument("--dtype", default="auto", choices=_DTYPES, help="default: the checkpoints' own")
@@ -71,6 +73,7 @@ def _decoder(args: argparse.Namespace) -> Decoder:
     dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     return Decoder.from_pretrained(
         args.base, args.aligned, args.reference, device=args.device, dtype=dtype, engine=args.engine,
+        tokenizer=args.tokenizer,
         base_url=args.base_url, base_model=args.base_model, api_key=args.api_key, approximate=args.approximate,
     )  # fmt: skip
 

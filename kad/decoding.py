@@ -1,4 +1,4 @@
-"""Text in, text out: :class:`Decoder` runs KAD decoding (DESIGN §5) on a base, an
+"""Text in, text out: :class:`Decoder` runs KAD decoding (docs/design.md §5) on a base, an
 aligned and optionally a reference model, by hub id, local path, transformers
 model or any :class:`~kad.engines.Engine`.  It tokenizes (optionally in the
 aligned model's chat template), runs :func:`kad.loop.decode` and detokenizes;
@@ -20,7 +20,15 @@ from . import default_pair
 from .engines import Engine, EngineError, HFEngine, RemoteEngine
 from .loop import Decoded, decode
 from .settings import Mode, Settings
-from .models import EngineKind, check_same_vocabulary, load, load_gguf, resolve_device, resolve_engine
+from .models import (
+    EngineKind,
+    check_same_vocabulary,
+    load,
+    load_gguf,
+    load_tokenizer,
+    resolve_device,
+    resolve_engine,
+)
 from .stats import GenerationStats
 
 # The system message the paper prompts every model with (in the aligned model's chat template).
@@ -137,6 +145,7 @@ class Decoder:
         device: str | torch.device | None = None,
         dtype: str | torch.dtype = "auto",
         engine: EngineKind = "auto",
+        tokenizer: str | None = None,
         base_url: str | None = None,
         base_model: str | None = None,
         api_key: str | None = None,
@@ -151,7 +160,8 @@ class Decoder:
         ``"llama.cpp"`` runs GGUF files with :class:`~kad.engines.LlamaCppEngine` (on
         the CPU; the tokenizer is the aligned GGUF's own); ``"auto"`` (default) is
         ``llama.cpp`` when llama-cpp-python is installed, the device is the CPU and
-        every model given is a ``.gguf`` file, else ``torch``.
+        every model given is a ``.gguf`` file, else ``torch``.  ``tokenizer`` (llama.cpp
+        only): the aligned model's tokenizer by hub id or directory instead of the GGUF's own.
 
         ``base_url`` (instead of ``base``): the base model is ``base_model`` (default:
         the only one) of that OpenAI-compatible server, a :class:`~kad.engines.RemoteEngine`
@@ -161,8 +171,13 @@ class Decoder:
         requested = None if device is None else resolve_device(device)
         engine = resolve_engine(engine, requested, [m for m in (base, aligned, reference) if m is not None])
         device = requested or (torch.device("cpu") if engine == "llama.cpp" else resolve_device(None))
+        if tokenizer is not None and engine != "llama.cpp":
+            raise ValueError("tokenizer goes with the llama.cpp engine (transformers models bring their own)")
         if engine == "llama.cpp":
-            aligned_lm, tokenizer = load_gguf(aligned or default_pair.ALIGNED)
+            if base is None and base_url is None:  # the base first: a missing pair names its packages first
+                default_pair.gguf_path(default_pair.BASE)
+            given = load_tokenizer(tokenizer) if tokenizer is not None else None
+            aligned_lm, tokenizer = load_gguf(aligned or default_pair.ALIGNED, given)
             base_lm = None if base_url else load_gguf(base or default_pair.BASE, tokenizer)[0]
             ref_lm = load_gguf(reference, tokenizer)[0] if reference else None
             base_tokenizer = ref_tokenizer = None  # each GGUF's tokenizer was checked against the aligned one

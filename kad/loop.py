@@ -1,4 +1,4 @@
-"""The batched KAD decoding loop over engines (DESIGN §5).
+"""The batched KAD decoding loop over engines (docs/design.md §5).
 
 Every token is drawn by the ``kad_kernels`` API: :func:`kad_kernels.sample` from
 the mixture ``π = p⊙(1−d) + α q`` of the base model ``p`` and the aligned model

@@ -139,3 +139,14 @@ def load_gguf(
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"cannot read the tokenizer of the GGUF model {str(path)!r}: {error}") from None
     return LlamaCppEngine(path, tokenizer), tokenizer
+
+
+def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """A tokenizer by hub id or directory; :class:`ModelLoadError` naming it otherwise."""
+    if _looks_like_path(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
+        raise ModelLoadError(f"tokenizer {name_or_path!r}: no such directory")
+    try:
+        return AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
+    except (OSError, ValueError, KeyError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ModelLoadError(f"cannot load the tokenizer {name_or_path!r}: {reason}") from None

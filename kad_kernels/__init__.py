@@ -1,7 +1,7 @@
 """kad_kernels: fused kernels for Knapsack Approximation Deferral (KAD) decoding.
 
 ``π = p⊙(1−d) + α q``: the base model's deferred tokens (mask ``d``, mass α) go
-to the aligned model q.  See DESIGN §1 for the math, §2 for this API.
+to the aligned model q.  See docs/design.md §1 for the math and docs/design.md §2 for this API.
 """
 
 from ._backends import available_backends

@@ -1,4 +1,4 @@
-"""Backend registry and dispatch (DESIGN §3).
+"""Backend registry and dispatch (docs/design.md §3.2–§3.3).
 
 A backend is three functions on already validated, normalized arguments
 (``kind``; ``param`` and temperature each f32 ``[B]`` or one float for every row,

@@ -1,4 +1,4 @@
-"""The ``cpu`` and ``cuda`` backends: the C++/CUDA kernels of ``csrc/`` (DESIGN §3).
+"""The ``cpu`` and ``cuda`` backends: the C++/CUDA kernels of ``csrc/`` (docs/design.md §3.4).
 
 The extension ``kad_kernels._C`` is compiled by ``setup.py`` when torch is
 importable at install time (``pip install --no-build-isolation``), otherwise

@@ -1,4 +1,4 @@
-"""Randomness (DESIGN §2): every mode becomes uniforms in [0, 1) before a draw.
+"""Randomness (docs/design.md §2.4): every mode becomes uniforms in [0, 1) before a draw.
 
 ``seed``/``offset`` follow Triton's ``tl.rand(seed, offset)`` bit for bit —
 Philox-4x32-10, key = seed, counter = (offset, offset >> 32, 0, 0), first

@@ -1,4 +1,4 @@
-"""Argument checks shared by every public entry point (DESIGN §2).
+"""Argument checks shared by every public entry point (docs/design.md §2.1–§2.2).
 
 Everything here that reads tensor *values* (token ranges, uniforms, the
 bad-logits flags) costs a host sync and runs only with ``check=True``; shape,

@@ -1,4 +1,4 @@
-"""Public entry points (DESIGN §2): validate, normalize, dispatch to a backend."""
+"""Public entry points (docs/design.md §2.1): validate, normalize, dispatch to a backend."""
 
 from __future__ import annotations
 

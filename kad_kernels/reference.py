@@ -1,4 +1,4 @@
-"""The ``torch`` backend: DESIGN §1 written out in plain PyTorch, any device.
+"""The ``torch`` backend: docs/design.md §1–§2 written out in plain PyTorch, any device.
 
 Every other backend is tested against these functions.  They favour reading
 over speed: each line maps to a formula of the design.  Shapes: ``N`` rows of a
@@ -40,7 +40,7 @@ def probs(logits: Tensor, temperature: Tensor) -> Tensor:
 
 
 def deferral_mask(kind: Kind, param: Tensor, p: Tensor, q: Tensor) -> Tensor:
-    """``d`` of DESIGN §1 as bool ``[N, V]``; ``param`` is λ, μ or the budget, ``[N]``."""
+    """``d`` of docs/design.md §1.3 as bool ``[N, V]``; ``param`` is λ, μ or the budget, ``[N]``."""
     a = param[:, None]
     max_p = p.amax(-1, keepdim=True)
     max_q = q.amax(-1, keepdim=True)

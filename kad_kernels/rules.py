@@ -1,4 +1,4 @@
-"""Deferral rules (DESIGN §1): which tokens of the base model p go to the aligned model q.
+"""Deferral rules (docs/design.md §1.3): which tokens of the base model p go to the aligned model q.
 
 A rule is a small immutable object holding its parameter, a Python float or a
 per-row tensor ``[B]``.  Backends never look at the classes: they receive

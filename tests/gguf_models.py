@@ -2,11 +2,12 @@
 
 The same weights as the transformers models (f32 or f16), so the llama.cpp engine
 and the transformers engine can be compared on one model; and the test tokenizer's
-vocabulary as a byte-level BPE vocabulary without merges, so llama.cpp tokenizes
+vocabulary as a byte-level BPE vocabulary, so llama.cpp tokenizes
 text into the same ids as the character tokenizer (each character is a token; the
 space is GPT-2's byte symbol ``Ġ``).  The lm_head's padding rows beyond the
-tokenizer are padding tokens of type UNUSED, so the GGUF has as many tokens as the
-model has logits, as llama.cpp requires.
+tokenizer are tokens too (``<|endoftext|>``, which transformers' GPT-2 tokenizer
+adds when it reads the file anyway, the merged token of :data:`_MERGE`, then
+``[PAD<id>]`` padding), so the GGUF has as many tokens as the model has logits, as llama.cpp requires.
 
 Tensor names come from ``gguf``'s own HF-to-GGUF name map.  llama.cpp's ``llama``
 architecture applies rotary embeddings to interleaved pairs where transformers
@@ -33,6 +34,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerFast
 
 _ARCHITECTURES = {"qwen2": gguf.MODEL_ARCH.QWEN2, "llama": gguf.MODEL_ARCH.LLAMA}
 _SPACE = "\u0120"  # GPT-2's byte-level symbol for the byte 0x20
+# llama.cpp refuses a BPE vocabulary without merges (and gguf writes no empty list), so the
+# GGUF has one merge, of a letter and a digit, whose result takes the first padding slot:
+# both pre-tokenizers split letters from digits, so no text is ever tokenized into it.
+_MERGE = "a 1"
 
 
 def _permute_for_interleaved_rope(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -47,8 +52,14 @@ def _tokens(tokenizer: PreTrainedTokenizerFast, logits: int) -> tuple[list[str],
     tokens, types = [], []
     for i in range(logits):
         token = by_id.get(i)
-        if token is None:
-            tokens.append(f"<unused{i}>")
+        if token is None and i == len(by_id):  # transformers would add it when reading the file
+            tokens.append("<|endoftext|>")
+            types.append(gguf.TokenType.CONTROL)
+        elif token is None and i == len(by_id) + 1:
+            tokens.append(_MERGE.replace(" ", ""))
+            types.append(gguf.TokenType.NORMAL)
+        elif token is None:  # named as llama.cpp's converter names padding (kad drops these)
+            tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
         elif token in special:
             tokens.append(token)
@@ -84,7 +95,7 @@ def write_gguf(
     writer.add_tokenizer_pre("default")
     writer.add_token_list(tokens)
     writer.add_token_types(types)
-    writer.add_token_merges([])
+    writer.add_token_merges([_MERGE])
     writer.add_eos_token_id(tokenizer.eos_token_id)
     writer.add_bos_token_id(tokenizer.eos_token_id)  # never added (add_bos_token false), but llama.cpp wants one
     writer.add_add_bos_token(False)

@@ -1,7 +1,7 @@
 """Test helpers: logits, the rules' formulas written out independently, statistics.
 
 Nothing here imports ``kad_kernels.reference``: the formulas below are the
-tests' own reading of DESIGN §1, so the reference backend is checked against
+tests' own reading of docs/design.md §1, so the reference backend is checked against
 them rather than against itself.
 """
 
@@ -113,7 +113,7 @@ def primal_cumulative(p: torch.Tensor) -> torch.Tensor:
 
 def rule_mask(name: str, param: float, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """The deferral mask ``d`` [N, V] of the authors' rule ``name`` (and the Dual losses),
-    straight from the definitions of DESIGN §1; ``p``/``q`` are fp32 probabilities."""
+    straight from the definitions of docs/design.md §1.3; ``p``/``q`` are fp32 probabilities."""
     max_p = p.amax(-1, keepdim=True)
     max_q = q.amax(-1, keepdim=True)
     if name in ("token_wise", "logistic"):

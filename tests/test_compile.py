@@ -1,4 +1,4 @@
-"""torch.compile captures the public API whole (DESIGN §2: custom ops with fake impls)."""
+"""torch.compile captures the public API whole (docs/design.md §2.5: custom ops with fake impls)."""
 
 import pytest
 import torch

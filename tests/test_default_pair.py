@@ -301,6 +301,33 @@ def test_second_call_uses_the_cache(make_gguf, install_parts, tmp_path, monkeypa
     assert _leftovers(tmp_path / "cache") == []
 
 
+def test_gguf_path_keeps_the_assembled_file_for_llama_cpp(make_gguf, install_parts, tmp_path, monkeypatch):
+    """llama.cpp's path: the GGUF assembled once and kept, the tokenizer read from it
+    once (padding dropped), no conversion; a later conversion reads the kept file."""
+    from transformers import AutoTokenizer
+
+    tiny = make_gguf()
+    model = install_parts(tiny.data)
+    cache = tmp_path / "cache"
+    path = dp.gguf_path(model, cache)
+    assert path == cache / f"{model.name}.gguf" and path.read_bytes() == tiny.data
+    tokenizer_dir = dp.tokenizer_path(model, cache)
+    assert tokenizer_dir.parent == cache / "tokenizers"
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    assert not any(token.startswith("[PAD") for token in tokenizer.get_vocab())
+    assert not (cache / model.name).exists()  # nothing converted
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("assembled again")
+
+    monkeypatch.setattr(dp, "assemble", forbidden)
+    assert dp.gguf_path(model, cache) == path
+    assert dp.tokenizer_path(model, cache) == tokenizer_dir
+    converted = dp.local_path(model, cache)  # from the kept GGUF, which stays
+    assert (converted / "model.safetensors").is_file() and path.is_file()
+    assert dp.tokenizer_path(model, cache) == converted  # the converted model's tokenizer from now on
+
+
 @pytest.mark.parametrize("failing", ["loading", "saving"])
 def test_failed_conversion_leaves_nothing_and_a_later_call_recovers(
     make_gguf, install_parts, tmp_path, monkeypatch, failing

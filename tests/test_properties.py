@@ -1,4 +1,4 @@
-"""Properties of the mixture π = p⊙(1−d) + α q (DESIGN §1) on every backend.
+"""Properties of the mixture π = p⊙(1−d) + α q (docs/design.md §1) on every backend.
 
 The expected values come from the rules' definitions written out in
 ``helpers`` (not from ``kad_kernels.reference``); the reference backend is then

@@ -1,5 +1,5 @@
 """Draws: ``sample`` and ``verify`` are exact (χ² at fixed seeds), greedy rows take the
-arg-max, ``uniforms`` mode is the inverse CDF of DESIGN §2 on every backend, and the
+arg-max, ``uniforms`` mode is the inverse CDF of docs/design.md §2.4 on every backend, and the
 ``generator`` / ``seed``+``offset`` modes are reproducible with the documented
 Philox counter layout.
 

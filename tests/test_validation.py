@@ -1,4 +1,4 @@
-"""Bad input raises the documented error, naming the argument (DESIGN §1–§3)."""
+"""Bad input raises the documented error, naming the argument (docs/design.md §1–§3)."""
 
 from __future__ import annotations
 

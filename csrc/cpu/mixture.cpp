@@ -1,4 +1,5 @@
-// kad::native_mixture on CPU tensors: π [N, V] and α [N] (DESIGN §1), for tests and analysis.
+// kad::native_mixture on CPU tensors: π [N, V] and α [N] (docs/design.md §1.1), for tests
+// and analysis.
 #include <torch/library.h>
 
 #include "row.h"

@@ -1,4 +1,4 @@
-// One row of the CPU backend: the passes of DESIGN §4 over fp32 scratch rows.
+// One row of the CPU backend: the passes of docs/design.md §4 over fp32 scratch rows.
 //
 // A thread takes whole rows (at::parallel_for over the batch) and keeps a
 // Workspace of three fp32 rows of length V: the logits are read twice in their own
@@ -230,7 +230,7 @@ RowSoftmax exp_row(const T* x, int64_t vocab, float inv_t, float* out) {
   return {shift, sum, m.flag};
 }
 
-// Primal threshold key (DESIGN §1, Primal): defer v iff bits(p_v) < key, where key
+// Primal threshold key (docs/design.md §1.4, Primal): defer v iff bits(p_v) < key, where key
 // is the bit pattern of the smallest value whose cumulative mass
 // C = Σ_{u: p_u <= p_v} p_u exceeds the budget.  Non-negative floats order like
 // their bit patterns, so a radix select over 11 + 11 + 10 bits finds it in three
@@ -276,7 +276,7 @@ inline uint32_t primal_key(const float* e, float scale, int64_t vocab, float bud
   return prefix;
 }
 
-// α = S_d / (S_d + S_kept) and π_v = p_v (1 − d_v) + α q_v (DESIGN §1) into pi [V],
+// α = S_d / (S_d + S_kept) and π_v = p_v (1 − d_v) + α q_v (docs/design.md §1.1) into pi [V],
 // from e_p, e_q and their scales (p_v = e_p[v] · p_scale).  The ratio form gives
 // α = 0 exactly when nothing is deferred and 1 when everything is.
 template <int64_t KIND>
@@ -419,7 +419,7 @@ int32_t row_flags(const RowLogits<T>& row, int64_t vocab) {
   return flag;
 }
 
-// arg-max of w [V], lowest index on ties (greedy rows, DESIGN §1).
+// arg-max of w [V], lowest index on ties (greedy rows, docs/design.md §1.2).
 inline int64_t argmax(const float* w, int64_t vocab) {
   struct Best {
     float value;
@@ -440,7 +440,7 @@ inline int64_t argmax(const float* w, int64_t vocab) {
       .index;
 }
 
-// Inverse CDF of non-negative weights w [V] (DESIGN §2): the smallest v with
+// Inverse CDF of non-negative weights w [V] (docs/design.md §2.4): the smallest v with
 // Σ_{u<=v} w_u > u · Σ w, clamped to the last positive weight, with cumulative
 // sums in double rounded to fp32 as torch.cumsum does on CPU.  Block sums first,
 // so the sequential scan covers one block instead of the whole vocabulary.

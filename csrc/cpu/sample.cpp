@@ -1,4 +1,4 @@
-// kad::native_sample on CPU tensors: one token per row from π (DESIGN §2).
+// kad::native_sample on CPU tensors: one token per row from π (docs/design.md §2.1).
 #include <torch/library.h>
 
 #include "row.h"

@@ -1,5 +1,5 @@
 // kad::native_verify on CPU tensors: speculative verification of γ drafts from q
-// against the target π (DESIGN §2).  A row is sequential: position i is mixed only
+// against the target π (docs/design.md §2.3).  A row is sequential: position i is mixed only
 // if drafts 0..i−1 were accepted, so a rejection skips the rest of the row's work.
 #include <torch/library.h>
 
@@ -60,7 +60,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
           break;
         }
         // Rejected: draw from the residual max(π − q, 0), or from π if it is empty.
-        // π − q = p(1 − d) + (α − 1) q is positive on kept tokens only (DESIGN §4).
+        // π − q = p(1 − d) + (α − 1) q is positive on kept tokens only
+        // (docs/design.md §1.1).
         float* residual = ws.p.data();
         for_chunks(vocab, [=](int64_t begin, int64_t end, int64_t) {
           for (int64_t v = begin; v < end; ++v) residual[v] = std::max(pi[v] - eq[v] * q_scale, 0.0f);

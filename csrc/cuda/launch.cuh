@@ -1,4 +1,4 @@
-// The host side of the CUDA kernels: argument checks, the slice layout of DESIGN §4,
+// The host side of the CUDA kernels: argument checks, the slice layout of docs/design.md §4,
 // scratch memory, dispatch over dtype and rule, the stream.
 #pragma once
 
@@ -20,7 +20,7 @@
 
 namespace kad::cuda {
 
-// The slice layout (DESIGN §4): about kBlocksPerSm blocks in flight per SM, slices of
+// The slice layout (docs/design.md §4): about kBlocksPerSm blocks in flight per SM, slices of
 // at least kMinSlice tokens (8–16k).
 constexpr int kBlocksPerSm = 4;
 constexpr int64_t kMinSlice = 4 * kChunk;

@@ -1,4 +1,4 @@
-// kad::native_mixture on CUDA tensors: π [N, V] written out and α [N] (DESIGN §1),
+// kad::native_mixture on CUDA tensors: π [N, V] written out and α [N] (docs/design.md §1.1),
 // for analysis and tests.  The only op with an [N, V] output; it reads p and q
 // once more to write it.
 #include <torch/library.h>

@@ -1,4 +1,4 @@
-// Passes 1–2 of DESIGN §4 for small batches: each pass is one launch over all
+// Passes 1–2 of docs/design.md §4 for small batches: each pass is one launch over all
 // (row, slice) blocks, block x = n·S + j; the last block of a row folds the slices'
 // partials into its state (row.cuh).  Large batches run the same phases inside the
 // fused kernels of mixture.cu, sample.cu and verify.cu instead.

@@ -1,4 +1,4 @@
-// The passes of DESIGN §4 over one row of logits: the device functions shared by the
+// The passes of docs/design.md §4 over one row of logits: the device functions shared by the
 // CUDA kernels of mixture.cu, sample.cu and verify.cu (their host side: launch.cuh).
 //
 // Rows are those of the flattened [N, V] logits (verify: n = b·(γ+1) + i).  Each
@@ -248,7 +248,7 @@ __device__ __forceinline__ Lse lse_merge(const Lse& a, const Lse& b, float scale
           __fmaf_rn(a.z2, __fmul_rn(sa, sa), __fmul_rn(__fmul_rn(b.z2, sb), sb))};
 }
 
-// p_v = 2^((x_v − m)·scale) / z (DESIGN §1).  The logits are shifted by the raw max
+// p_v = 2^((x_v − m)·scale) / z (docs/design.md §1.2).  The logits are shifted by the raw max
 // BEFORE the 1/T scaling, so the arg-max gets 2^0 = 1 exactly and p = 1/z: max p is
 // exactly 1/z, which the zero_one and max_p rules compare with.  Rounded products, so
 // that every pass and verify's point evaluations see the same p.
@@ -508,7 +508,7 @@ __device__ void primal_step(const Problem<T>& pr, int64_t n, const RowState& st,
   __syncthreads();
 }
 
-// Radix level `level` over slice j of row n (DESIGN §1 Primal: C_v <= budget with ties
+// Radix level `level` over slice j of row n (docs/design.md §1.4 Primal: C_v <= budget with ties
 // together iff key(p_v) < the key of the first value, in increasing order, whose
 // cumulative mass exceeds the budget).  Histogram of the next digit of the keys that
 // share the prefix found so far, weighted by mass.
@@ -614,9 +614,9 @@ struct PiQ {
   float pi, q;
 };
 
-// π and q of one token from its logits: π = p (1 − d) + α q (DESIGN §1) — separate
-// roundings, as the reference — or the ImplicitReward softmax of the score, `uniform`
-// where no score is finite.  The one formula of every pass and point evaluation.
+// π and q of one token from its logits: π = p (1 − d) + α q (docs/design.md §1.1) —
+// separate roundings, as the reference — or the ImplicitReward softmax of the score,
+// `uniform` where no score is finite.  The one formula of every pass and point evaluation.
 template <int64_t KIND>
 __device__ __forceinline__ PiQ mixture_at(const RowState& st, float xp, float xq, float xr, float uniform) {
   const float q = prob(xq, st.m_q, st.scale, st.inv_z_q);
@@ -656,7 +656,8 @@ __device__ PiQ mixture_at_token(const Problem<T>& pr, const RowState& st, int64_
   return mixture_at<KIND>(st, load_one(r.p, x), load_one(r.q, x), xr, 1.0f / static_cast<float>(pr.vocab));
 }
 
-// The residual weight max(π − q, 0) of verify (DESIGN §4: positive only on kept tokens).
+// The residual weight max(π − q, 0) of verify (positive only on kept tokens:
+// docs/design.md §1.1).
 __device__ __forceinline__ float residual_weight(float pi, float q) { return fmaxf(__fsub_rn(pi, q), 0.0f); }
 
 // ----------------------------------------------------------------------------- the draw
@@ -666,7 +667,7 @@ struct Best {
   int32_t index;
 };
 
-// The larger π, the lower index on ties (torch.argmax, DESIGN §1 greedy rows).
+// The larger π, the lower index on ties (torch.argmax, docs/design.md §1.2 greedy rows).
 struct Better {
   __device__ __forceinline__ Best operator()(Best a, Best b) const {
     return b.value > a.value || (b.value == a.value && b.index < a.index) ? b : a;
@@ -730,7 +731,7 @@ __device__ float pi_slice_mass(const Problem<T>& pr, const RowState& st, int64_t
   }
 }
 
-// The inverse CDF of slice j of row n (DESIGN §2): the smallest v with
+// The inverse CDF of slice j of row n (docs/design.md §2.4): the smallest v with
 // Σ_{start <= w <= v} weight_w > target, among positive weights (a parallel scan is
 // monotone only up to rounding, so a zero weight an ulp above its neighbour must not
 // win); the last positive weight if the target is not reached.  Weights are π, or the

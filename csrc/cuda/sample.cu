@@ -1,4 +1,4 @@
-// kad::native_sample on CUDA tensors: one token per row from π (DESIGN §2).
+// kad::native_sample on CUDA tensors: one token per row from π (docs/design.md §2.1).
 // Sampled rows: the inverse CDF at u (uniforms[n], or Philox at offset + n), one
 // slice scanned; greedy rows (T = 0): the arg-max of π, lowest index on ties.
 #include <torch/library.h>

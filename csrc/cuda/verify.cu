@@ -1,5 +1,5 @@
 // kad::native_verify on CUDA tensors: speculative verification of draft [B, γ]
-// (drawn from q) against the target π (DESIGN §2).  Logits [B, γ+1, V] are the
+// (drawn from q) against the target π (docs/design.md §2.3).  Logits [B, γ+1, V] are the
 // N = B·(γ+1) rows of passes 1–2; then, per batch row b:
 //
 //   sampled  accept x_i iff u_i q_i(x_i) < π_i(x_i), in order: point evaluations,

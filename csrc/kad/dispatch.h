@@ -10,7 +10,7 @@
 
 #include "rules.h"
 
-// AT_DISPATCH over the logits dtypes of DESIGN §2 (fp32, bf16, fp16), scalar_t inside.
+// AT_DISPATCH over the logits dtypes of docs/design.md §2.1 (fp32, bf16, fp16), scalar_t inside.
 #define KAD_DISPATCH_LOGITS(TYPE, NAME, ...)                                              \
   AT_DISPATCH_SWITCH(TYPE, NAME, AT_DISPATCH_CASE(at::ScalarType::Float, __VA_ARGS__)    \
                                      AT_DISPATCH_CASE(at::ScalarType::BFloat16, __VA_ARGS__) \

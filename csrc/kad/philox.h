@@ -1,5 +1,5 @@
 // Philox-4x32-10 uniforms, bit-identical to Triton's tl.rand(seed, offset) and to
-// kad_kernels/_random.py (DESIGN §2 "Randomness"): key = seed, counter =
+// kad_kernels/_random.py (docs/design.md §2.4): key = seed, counter =
 // (offset, offset >> 32, 0, 0), first output word folded to [0, 1).  Shared by
 // the CPU and CUDA kernels so seed/offset draws agree across every backend.
 #pragma once

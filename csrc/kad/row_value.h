@@ -1,6 +1,6 @@
-// λ / budget or T of each batch row (DESIGN §2): f32 [B] on the logits' device, or one
-// value for every row.  The Python API hands a float over as the value, with no
-// tensor: a device tensor of it would cost a fill launch per call.
+// λ / budget or T of each batch row (docs/design.md §1.3, §2.5): f32 [B] on the
+// logits' device, or one value for every row.  The Python API hands a float over as
+// the value, with no tensor: a device tensor of it would cost a fill launch per call.
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,4 +1,4 @@
-// The deferral rules of DESIGN §1 for one token, shared by the CPU and CUDA kernels.
+// The deferral rules of docs/design.md §1.3 for one token, shared by the CPU and CUDA kernels.
 // Kind values mirror kad_kernels.rules.Kind; the reference is deferral_mask() in
 // kad_kernels/reference.py.
 #pragma once
@@ -47,7 +47,7 @@ KAD_HOST_DEVICE uint32_t float_key(float p) {
 #endif
 }
 
-// d_v of DESIGN §1.  KIND is a template argument so each rule's loop compiles
+// d_v of docs/design.md §1.3.  KIND is a template argument so each rule's loop compiles
 // (and vectorizes) without a branch per token.
 template <int64_t KIND>
 KAD_HOST_DEVICE bool defers(float p, float q, const RowLoss& row) {

@@ -89,6 +89,7 @@ class LlamaCppEngine:
         if n_ctx is not None and n_ctx < 1:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
         llama_cpp = _import_llama_cpp()
+        self._model = self._ctx = self._llama_batch = None  # what close() frees, once made
         self._lib = llama_cpp
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
         self.path = Path(model_path).expanduser()
@@ -113,9 +114,7 @@ class LlamaCppEngine:
         self._stop_ids = frozenset(
             int(i) for i in (llama_cpp.llama_vocab_eos(self._vocab), llama_cpp.llama_vocab_eot(self._vocab)) if i >= 0
         )
-        self._ctx = None  # made on the first advance, for that many rows
-        self._rows_capacity = 0
-        self._llama_batch = None
+        self._rows_capacity = 0  # the context is made on the first advance, for that many rows
         if tokenizer is not None:
             self._check_vocabulary(tokenizer)
         self.reset()
@@ -129,7 +128,7 @@ class LlamaCppEngine:
         if self._ctx:
             lib.llama_free(self._ctx)
             self._ctx = None
-        if getattr(self, "_model", None):
+        if self._model:
             lib.llama_model_free(self._model)
             self._model = None
 
@@ -187,7 +186,7 @@ class LlamaCppEngine:
         row_of = torch.arange(rows)[:, None].expand(-1, end - start)[new]
         column = torch.arange(start, end)[None, :].expand(rows, -1)[new]
         wanted = column >= end - keep
-        if int(positions.max(initial=-1) if positions.numel() else -1) >= self.n_ctx:
+        if positions.numel() and int(positions.max()) >= self.n_ctx:
             raise EngineError(f"llama.cpp model {self.name}: a row needs more than n_ctx = {self.n_ctx} positions")
 
         # Masked columns among the kept ones hold no token: uniform logits there.
@@ -217,6 +216,9 @@ class LlamaCppEngine:
         for r in rows:
             sequence = self._sequences[r]
             if sequence in used:  # a row kept twice: its copy needs a sequence of its own
+                if not free:
+                    raise ValueError(f"select keeps {len(rows)} rows, more than the {self._rows_capacity} "
+                                     "sequences of this generation's llama context")  # fmt: skip
                 copy = free.pop()
                 self._lib.llama_memory_seq_cp(memory, sequence, copy, -1, -1)
                 sequence = copy

@@ -1,4 +1,4 @@
-"""kad inside transformers' ``generate`` (DESIGN §5).
+"""kad inside transformers' ``generate`` (docs/design.md §5.6).
 
 Two entry points:
 

@@ -1,4 +1,4 @@
-"""The ``triton`` backend: fused Triton kernels (DESIGN §3–§4).
+"""The ``triton`` backend: fused Triton kernels (docs/design.md §3–§4).
 
 Runs on CUDA tensors, and on CPU tensors under ``TRITON_INTERPRET=1`` (how CI
 tests it).  Each operation is a ``torch.library`` custom op with a fake

@@ -1,4 +1,4 @@
-"""The one draw per row shared by ``sample`` and ``verify`` (DESIGN §4, pass 3).
+"""The one draw per row shared by ``sample`` and ``verify`` (docs/design.md §4, pass 3).
 
 Greedy rows take the arg-max of π (per-slice arg-max, then the lowest index
 among the slice winners).  Sampled rows draw by inverse CDF in vocabulary

@@ -1,4 +1,4 @@
-"""``sample``: one token per row from π (DESIGN §2), logits ``[B, V]``.
+"""``sample``: one token per row from π (docs/design.md §2.1), logits ``[B, V]``.
 
 Pass 1, then pass 2 with the draw in it: each row's last program to finish its
 slice's masses (a per-row ticket) draws the row's token, so the draws overlap

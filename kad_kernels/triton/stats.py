@@ -1,4 +1,4 @@
-"""Row statistics shared by every Triton operation (DESIGN §4, passes 1–2).
+"""Row statistics shared by every Triton operation (docs/design.md §4, passes 1–2).
 
 Each row of the flattened ``[N, V]`` logits is cut into ``S`` slices; a program
 ``(n, j)`` handles slice ``j`` of row ``n`` so that a batch of one still fills
@@ -154,7 +154,7 @@ def last_to_finish(ticket_ptr, n, count):
 
 @triton.jit
 def inverse_temperature(temp_ptr, temp_value, b):
-    """1/T, and T = 1 on greedy rows (T = 0): DESIGN §1."""
+    """1/T, and T = 1 on greedy rows (T = 0): docs/design.md §1.2."""
     t = row_value(temp_ptr, temp_value, b)
     return tl.where(t > 0, 1.0 / tl.where(t > 0, t, 1.0), 1.0)
 
@@ -227,7 +227,7 @@ def mixture_alpha(stats_ptr, n, N, S, SP: tl.constexpr, KIND):
 
 @triton.jit
 def deferred(KIND, p, q, e, xp, a, max_p, max_q, sum_p2, key_limit):
-    """The mask d of DESIGN §1 on a chunk; the forms mirror reference.deferral_mask.
+    """The mask d of docs/design.md §1.3 on a chunk; the forms mirror reference.deferral_mask.
     ``e`` = exp((x − max)/T) and ``xp`` the raw p logits (for the primal key)."""
     if KIND == LOGISTIC:
         d = p < a
@@ -562,7 +562,7 @@ def mixture_of(
     m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
     KIND,
 ):
-    """(π, q) from a chunk's logits: π = p(1 − d) + α q (DESIGN §1), or p q / q_ref normalized."""
+    """(π, q) from a chunk's logits: π = p(1 − d) + α q (docs/design.md §1.1), or p q / q_ref normalized."""
     p, q, e = probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, True)
     if KIND == IMPLICIT_REWARD:
         y = reward_logit(xp.to(tl.float32), xq.to(tl.float32), xr.to(tl.float32))

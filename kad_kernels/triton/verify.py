@@ -1,4 +1,4 @@
-"""``verify``: speculative verification with draft q and target π (DESIGN §2).
+"""``verify``: speculative verification with draft q and target π (docs/design.md §2.3).
 
 Logits ``[B, γ+1, V]`` are ``N = B·(γ+1)`` mixture rows for the statistics
 passes.  Then one launch runs the accept chain on the draft tokens (point
