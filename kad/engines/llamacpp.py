@@ -54,6 +54,11 @@ def _import_llama_cpp():
     return llama_cpp
 
 
+def _amx_kernels(llama_cpp) -> bool:
+    """Whether this llama.cpp build has its AMX matrix kernels (llama.cpp's system info)."""
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
 def _threads() -> int:
     """The CPUs this process may run on (llama-cpp-python's default is half the cores)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -72,7 +77,9 @@ class LlamaCppEngine:
     ``n_gpu_layers``: layers offloaded to a GPU build of llama.cpp (logits still
     come back to the CPU).  ``kv_unified``: one KV buffer for all rows instead of
     one per row (llama.cpp's option; per row is faster when rows share no prefix).
-    ``verbose``: llama.cpp's log on stderr."""
+    ``extra_buffers``: weights in llama.cpp's extra buffer types (repacked for its
+    faster CPU kernels; default: yes, unless the build has the AMX kernels, which
+    crashed).  ``verbose``: llama.cpp's log on stderr."""
 
     def __init__(
         self,
@@ -84,6 +91,7 @@ class LlamaCppEngine:
         n_batch: int = 2048,
         n_gpu_layers: int = 0,
         kv_unified: bool = False,
+        extra_buffers: bool | None = None,
         verbose: bool = False,
     ):
         if n_ctx is not None and n_ctx < 1:
@@ -98,6 +106,13 @@ class LlamaCppEngine:
         llama_cpp.llama_backend_init()
         params = llama_cpp.llama_model_default_params()
         params.n_gpu_layers = n_gpu_layers
+        # llama.cpp's AMX matrix kernels (llama-cpp-python 0.3.36, built with -march=native on an
+        # AMX Xeon) crashed in ggml_backend_amx_mul_mat on any call of more than one token.  They
+        # run only on weights in llama.cpp's "extra" buffer types, so such a build loads the
+        # weights without those (its repacked AVX kernels go too: about 14 % slower here); a
+        # build without AMX keeps them (docs/llamacpp.md).
+        self.extra_buffers = not _amx_kernels(llama_cpp) if extra_buffers is None else extra_buffers
+        params.use_extra_bufts = self.extra_buffers
         self._model = llama_cpp.llama_model_load_from_file(str(self.path).encode(), params)
         if not self._model:
             raise ValueError(f"GGUF model {str(model_path)!r}: llama.cpp cannot load it (see verbose=True)")
