@@ -30,6 +30,7 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -163,14 +164,26 @@ def convert(gguf: Path, target: Path, dtype: torch.dtype = _DTYPE) -> Path:
     model.load_state_dict(unpacked.state_dict())
     model.generation_config = unpacked.generation_config
     del unpacked
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.", suffix=".partial"))
-    try:
+
+    def write(staging: Path) -> None:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         drop_padding_tokens(staging / "tokenizer.json")
+
+    return _save_atomically(target, "config.json", write)
+
+
+def _save_atomically(target: Path, marker: str, write: Callable[[Path], None]) -> Path:
+    """Make the directory ``target`` by ``write(staging)`` into a staging directory
+    beside it, then one rename: a partly written directory is never taken for a
+    finished one, and if another process finished ``target`` meanwhile (it has
+    ``marker``), that one is kept."""
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.", suffix=".partial"))
+    try:
+        write(staging)
         staging.rename(target)
     except OSError:
-        if not (target / "config.json").is_file():  # not a concurrent conversion that won the rename
+        if not (target / marker).is_file():  # not a concurrent writer that won the rename
             raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -248,14 +261,9 @@ def gguf_tokenizer_path(gguf: Path, directory: Path | None = None) -> Path:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f"{target.name}.", suffix=".partial"))
-    try:
+
+    def write(staging: Path) -> None:
         tokenizer.save_pretrained(staging)
         drop_padding_tokens(staging / "tokenizer.json")
-        staging.rename(target)
-    except OSError:
-        if not (target / "tokenizer.json").is_file():  # not a concurrent save that won the rename
-            raise
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+
+    return _save_atomically(target, "tokenizer.json", write)
