@@ -14,43 +14,21 @@ callers never change.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import Callable
 
 import torch
 from torch import Tensor
 
 from . import reference
+from ._backend import Backend, FunctionBackend, as_rows
 from ._random import philox_uniform
 from .rules import Kind, Param
-
-
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    mixture: Callable[..., tuple[Tensor, Tensor, Tensor]]
-    sample: Callable[..., tuple[Tensor, Tensor]]
-    verify: Callable[..., tuple[Tensor, Tensor, Tensor]]
-    philox_in_kernel: bool
 
 
 def philox_draws(seed: Tensor, offset: Tensor, batch: int, positions: int) -> Tensor:
     """Uniforms ``[batch, positions]`` of the counter layout documented in ``_random``."""
     counter = offset + torch.arange(batch * positions, device=offset.device)
     return philox_uniform(seed, counter).view(batch, positions)
-
-
-def as_rows(value: Param, rows: int, device: torch.device) -> Tensor:
-    """``param`` or temperature as f32 ``[rows]``, for code that takes tensors only (the reference)."""
-    if isinstance(value, Tensor):
-        return value
-    return torch.full((rows,), value, dtype=torch.float32, device=device)
-
-
-def value_args(value: Param) -> tuple[Tensor | None, float]:
-    """``(tensor, float)``, as ops and kernels take ``param`` and temperature (an op
-    schema has no "tensor or float"): the float counts only when the tensor is None."""
-    return (value, 0.0) if isinstance(value, Tensor) else (None, value)
 
 
 def _flags(p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor:
@@ -87,7 +65,7 @@ def _torch_verify(
 
 
 def _load_torch() -> Backend:
-    return Backend("torch", _torch_mixture, _torch_sample, _torch_verify, philox_in_kernel=False)
+    return FunctionBackend("torch", _torch_mixture, _torch_sample, _torch_verify, philox_in_kernel=False)
 
 
 def _load_triton() -> Backend:

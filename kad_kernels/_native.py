@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from . import _fake
-from ._backends import Backend, value_args
+from ._backend import Backend, FunctionBackend, value_args
 
 
 def _jit_build() -> types.ModuleType:
@@ -81,10 +81,10 @@ def _verify(
 
 
 def cpu_backend() -> Backend:
-    return Backend("cpu", _mixture, _sample, _verify, philox_in_kernel=True)
+    return FunctionBackend("cpu", _mixture, _sample, _verify, philox_in_kernel=True)
 
 
 def cuda_backend() -> Backend:
     if not _C.with_cuda:
         raise ImportError("the kad_kernels extension was built without CUDA (needs a CUDA build of torch and nvcc)")
-    return Backend("cuda", _mixture, _sample, _verify, philox_in_kernel=True)
+    return FunctionBackend("cuda", _mixture, _sample, _verify, philox_in_kernel=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import triton  # noqa: F401  (ImportError here marks the backend unavailable)
 
-from .._backends import Backend
+from .._backend import Backend, FunctionBackend
 from .ops import mixture_op, sample_op, verify_op
 
 
 def backend() -> Backend:
-    return Backend("triton", mixture_op, sample_op, verify_op, philox_in_kernel=True)
+    return FunctionBackend("triton", mixture_op, sample_op, verify_op, philox_in_kernel=True)

@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 
 from .. import _fake
-from .._backends import value_args
+from .._backend import value_args
 from ..rules import Kind
 from . import mixture as _mixture
 from . import sample as _sample

@@ -23,7 +23,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .._backends import value_args
+from .._backend import value_args
 from ..rules import Kind
 
 # Fields of the statistics buffer [FIELDS, N, S]: max and Σexp of p, Σexp² of p,
