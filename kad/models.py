@@ -67,6 +67,12 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def _first_line(error: Exception) -> str:
+    """What a loader's exception says, in one line (its type when it says nothing)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def _looks_like_path(name_or_path: str) -> bool:
     return os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or os.sep + os.sep in name_or_path
 
@@ -85,8 +91,7 @@ def load(
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
     except (OSError, ValueError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"cannot load the model {name_or_path!r}: {reason}") from None
+        raise ModelLoadError(f"cannot load the model {name_or_path!r}: {_first_line(error)}") from None
     return model.to(device).eval(), tokenizer
 
 
@@ -148,5 +153,4 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
     try:
         return AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
     except (OSError, ValueError, KeyError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise ModelLoadError(f"cannot load the tokenizer {name_or_path!r}: {reason}") from None
+        raise ModelLoadError(f"cannot load the tokenizer {name_or_path!r}: {_first_line(error)}") from None

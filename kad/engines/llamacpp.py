@@ -223,17 +223,18 @@ class LlamaCppEngine:
 
     def select(self, rows: Tensor) -> None:
         rows = rows.tolist()
+        kept = {self._sequences[r] for r in rows}
+        free = [s for s in range(self._rows_capacity) if s not in kept]
+        if len(rows) - len(kept) > len(free):  # refused before the cache is touched
+            raise ValueError(f"select keeps {len(rows)} rows, more than the {self._rows_capacity} "
+                             "sequences of this generation's llama context")  # fmt: skip
         memory = self._lib.llama_get_memory(self._ctx)
-        free = [s for s in range(self._rows_capacity) if s not in {self._sequences[r] for r in rows}]
         for s in free:
             self._lib.llama_memory_seq_rm(memory, s, -1, -1)
         sequences, used = [], set()
         for r in rows:
             sequence = self._sequences[r]
             if sequence in used:  # a row kept twice: its copy needs a sequence of its own
-                if not free:
-                    raise ValueError(f"select keeps {len(rows)} rows, more than the {self._rows_capacity} "
-                                     "sequences of this generation's llama context")  # fmt: skip
                 copy = free.pop()
                 self._lib.llama_memory_seq_cp(memory, sequence, copy, -1, -1)
                 sequence = copy
