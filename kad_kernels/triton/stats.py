@@ -552,7 +552,9 @@ def chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, mask, KIND):
     in their own dtype: loads apart from arithmetic, so loops can fetch ahead."""
     xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf"))
     xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf"))
-    xr = tl.load(r_ptr + row + cols, mask=mask & (KIND == IMPLICIT_REWARD), other=float("-inf"))
+    # A select, not ``mask & (KIND == …)``: Triton's interpreter gives that int32 lanes,
+    # which its loads refuse from triton 3.9 on.
+    xr = tl.load(r_ptr + row + cols, mask=tl.where(KIND == IMPLICIT_REWARD, mask, False), other=float("-inf"))
     return xp, xq, xr
 
 
