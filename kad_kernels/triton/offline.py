@@ -30,6 +30,7 @@ from unittest import mock
 import torch
 import triton
 from triton import knobs
+from triton._utils import find_paths_if, get_iterable_path
 from triton.backends.compiler import GPUTarget
 from triton.backends.nvidia.compiler import CUDABackend
 from triton.compiler import ASTSource
@@ -67,7 +68,7 @@ def compile_launches(call: Callable[[], object], target: GPUTarget = HOPPER,
     def run(fn: JITFunction, *args, grid, warmup, **kwargs):
         binder = create_function_from_signature(fn.signature, fn.params, backend)
         bound, specialization, options = binder(*args, **kwargs)
-        options, signature, constexprs, attrs = fn._pack_args(backend, kwargs, bound, specialization, options)
+        options, signature, constexprs, attrs = _pack_args(fn, backend, kwargs, bound, specialization, options)
         kernel = triton.compile(ASTSource(fn, signature, constexprs, attrs), target=target,
                                 options=options.__dict__)
         grid = grid(bound) if callable(grid) else grid
@@ -77,6 +78,22 @@ def compile_launches(call: Callable[[], object], target: GPUTarget = HOPPER,
             mock.patch.object(stats, "multiprocessors", lambda device: multiprocessors):
         call()
     return launches
+
+
+def _pack_args(fn: JITFunction, backend, kwargs, bound, specialization, options):
+    """(options, signature, constexprs, attrs) of a bound launch, as ``JITFunction.run``
+    makes them before it compiles (``JITFunction._pack_args`` from triton 3.5 on)."""
+    if hasattr(fn, "_pack_args"):
+        return fn._pack_args(backend, kwargs, bound, specialization, options)
+    options = backend.parse_options(kwargs)
+    sigvals = [kind for kind, _ in specialization]
+    signature = dict(zip((param.name for param in fn.params), sigvals))
+    constexprs = {path: get_iterable_path(list(bound.values()), path)
+                  for path in find_paths_if(sigvals, lambda _, val: val == "constexpr")}
+    attrvals = ["" if kind == "constexpr" else attr for kind, attr in specialization]
+    attrs = {path: backend.parse_attr(get_iterable_path(attrvals, path))
+             for path in find_paths_if(attrvals, lambda _, x: isinstance(x, str))}
+    return options, signature, constexprs, attrs
 
 
 def operation(op: str, kind: Kind, batch: int, vocab: int, dtype: torch.dtype, *, gamma: int = 4,
