@@ -39,8 +39,9 @@ def probs(logits: Tensor, temperature: Tensor) -> Tensor:
     return torch.softmax(tempered_logits(logits, temperature), dim=-1)
 
 
-def deferral_mask(kind: Kind, param: Tensor, p: Tensor, q: Tensor) -> Tensor:
-    """``d`` of docs/design.md §1.3 as bool ``[N, V]``; ``param`` is λ, μ or the budget, ``[N]``."""
+def deferral_mask(kind: Kind, param: Tensor, p: Tensor, q: Tensor, p_logits: Tensor) -> Tensor:
+    """``d`` of docs/design.md §1.3 as bool ``[N, V]``; ``param`` is λ, μ or the budget, ``[N]``;
+    ``p_logits`` ``[N, V]`` rank the tokens for Primal (§1.4)."""
     a = param[:, None]
     max_p = p.amax(-1, keepdim=True)
     max_q = q.amax(-1, keepdim=True)
@@ -63,16 +64,20 @@ def deferral_mask(kind: Kind, param: Tensor, p: Tensor, q: Tensor) -> Tensor:
     if kind == Kind.MINUS_MAX_P_PLUS:
         return q > max_p + a
     if kind == Kind.PRIMAL:
-        return (cumulative_mass_below(p) <= a) | (a >= 1)
+        return (cumulative_mass_below(p, p_logits) <= a) | (a >= 1)
     raise ValueError(f"{kind!r} is not a deferral rule")
 
 
-def cumulative_mass_below(p: Tensor) -> Tensor:
-    """``C_v = Σ_{u: p_u ≤ p_v} p_u`` ``[N, V]``: tied tokens share one C, so the
-    primal rule defers a tie group together or not at all."""
-    sorted_p, _ = torch.sort(p, dim=-1)
-    cumulative = sorted_p.cumsum(-1)
-    last_of_tie = torch.searchsorted(sorted_p, p, right=True) - 1
+def cumulative_mass_below(p: Tensor, p_logits: Tensor) -> Tensor:
+    """``C_v = Σ_{u: x_u ≤ x_v} p_u`` ``[N, V]`` with ``x`` the raw logits of p: p rises
+    with x, and ranking by x makes tokens with equal logits (−0 = +0) a tie group that
+    shares one C, deferred together or not at all.  Ranking by the rounded p instead
+    would also tie distinct logits whose p round alike, which depends on each backend's
+    exp (docs/design.md §1.4)."""
+    x = p_logits.float() + 0.0  # −0 + 0 = +0
+    order = torch.sort(x, dim=-1, stable=True)
+    cumulative = p.gather(-1, order.indices).cumsum(-1)
+    last_of_tie = torch.searchsorted(order.values, x, right=True) - 1
     return cumulative.gather(-1, last_of_tie)
 
 
@@ -110,7 +115,7 @@ def mixture(
         return pi, torch.zeros(pi.shape[0], device=pi.device)
     p = probs(p_logits, temperature)
     q = probs(q_logits, temperature)
-    d = deferral_mask(kind, param, p, q)
+    d = deferral_mask(kind, param, p, q, p_logits)
     alpha = deferred_mass(p, d)
     return p * ~d + alpha[:, None] * q, alpha
 

@@ -42,7 +42,7 @@ class Kind(IntEnum):
     MAX_Q_PLUS = 6  # p_v < max q + lam
     MAX_P_PLUS = 7  # q_v < max p + lam
     MINUS_MAX_P_PLUS = 8  # q_v > max p + lam
-    PRIMAL = 9  # C_v <= budget, C_v = sum_{u: p_u <= p_v} p_u
+    PRIMAL = 9  # C_v <= budget, C_v = sum_{u: x_u <= x_v} p_u over the p-logits x
     IMPLICIT_REWARD = 10  # not a mask: pi ∝ p q / q_ref
 
 
@@ -139,7 +139,8 @@ class Dual(Rule):
 
 class Primal(Rule):
     """KAD primal (greedy knapsack with critical item): defer the least likely tokens
-    while their cumulative mass fits ``budget``; ties go together or not at all;
+    while their cumulative mass fits ``budget``; tokens with equal logits go together or
+    not at all (docs/design.md §1.4);
     ``budget >= 1`` defers everything (pi = q exactly).  Paper: budget = 0.9."""
 
     kind = Kind.PRIMAL

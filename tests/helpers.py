@@ -86,18 +86,20 @@ def softmax(logits: torch.Tensor, temperature=1.0) -> torch.Tensor:
     return torch.softmax(x / t[..., None], dim=-1)
 
 
-def primal_mask_loop(p_row: torch.Tensor, budget: float) -> torch.Tensor:
-    """Greedy knapsack over the distinct values of one row of p, least likely first:
-    a whole tie group is deferred iff the cumulative mass up to and including it is
-    ``<= budget``; ``budget >= 1`` defers everything."""
-    values = p_row.double().tolist()
-    d = [False] * len(values)
+def primal_mask_loop(p_row: torch.Tensor, budget: float, logits_row: torch.Tensor) -> torch.Tensor:
+    """Greedy knapsack over the distinct logit values of one row, least likely first
+    (p rises with the logit): a whole tie group of equal logits is deferred iff the
+    cumulative mass up to and including it is ``<= budget``; ``budget >= 1`` defers
+    everything."""
     if budget >= 1:
-        return torch.ones(len(values), dtype=torch.bool)
+        return torch.ones(p_row.numel(), dtype=torch.bool)
+    masses = p_row.double().tolist()
+    logits = (logits_row.double() + 0.0).tolist()  # −0 + 0 = +0
+    d = [False] * len(masses)
     cumulative = 0.0
-    for value in sorted(set(values)):
-        group = [i for i, x in enumerate(values) if x == value]
-        cumulative += value * len(group)
+    for value in sorted(set(logits)):
+        group = [i for i, x in enumerate(logits) if x == value]
+        cumulative += sum(masses[i] for i in group)
         if cumulative > budget:
             break
         for i in group:
@@ -105,15 +107,23 @@ def primal_mask_loop(p_row: torch.Tensor, budget: float) -> torch.Tensor:
     return torch.tensor(d, dtype=torch.bool)
 
 
-def primal_cumulative(p: torch.Tensor) -> torch.Tensor:
-    """``C_v = Σ_{u: p_u ≤ p_v} p_u`` in float64, ``[N, V]`` (pairwise, for small V only)."""
-    p = p.double()
-    return (p[:, None, :] * (p[:, None, :] <= p[:, :, None])).sum(-1)
+def primal_cumulative(p: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
+    """``C_v = Σ_{u: x_u ≤ x_v} p_u`` in float64 with ``x`` the logits, ``[N, V]``
+    (pairwise, for small V only)."""
+    p, x = p.double(), p_logits.double()
+    return (p[:, None, :] * (x[:, None, :] <= x[:, :, None])).sum(-1)
 
 
-def rule_mask(name: str, param: float, p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+def _primal_logits(p_logits: torch.Tensor | None) -> torch.Tensor:
+    if p_logits is None:
+        raise ValueError("primal ranks tokens by p's logits: pass p_logits")
+    return p_logits
+
+
+def rule_mask(name: str, param: float, p: torch.Tensor, q: torch.Tensor, p_logits: torch.Tensor | None = None) -> torch.Tensor:
     """The deferral mask ``d`` [N, V] of the authors' rule ``name`` (and the Dual losses),
-    straight from the definitions of docs/design.md §1.3; ``p``/``q`` are fp32 probabilities."""
+    straight from the definitions of docs/design.md §1.3; ``p``/``q`` are fp32 probabilities,
+    ``p_logits`` rank the tokens for primal (§1.4)."""
     max_p = p.amax(-1, keepdim=True)
     max_q = q.amax(-1, keepdim=True)
     if name in ("token_wise", "logistic"):
@@ -137,7 +147,7 @@ def rule_mask(name: str, param: float, p: torch.Tensor, q: torch.Tensor) -> torc
     if name == "squared":  # ||p - e_v||^2 = 1 - 2 p_v + ||p||^2
         return 1 - 2 * p + (p * p).sum(-1, keepdim=True) > param
     if name in ("budget_lr", "primal"):
-        return torch.stack([primal_mask_loop(row, param) for row in p])
+        return torch.stack([primal_mask_loop(row, param, x) for row, x in zip(p, _primal_logits(p_logits))])
     raise KeyError(name)
 
 
@@ -155,8 +165,9 @@ def implicit_reward_formula(p_logits, q_logits, ref_logits, temperature: float =
     return w / w.sum(-1, keepdim=True)
 
 
-def decision_sides(name: str, param: float, p: torch.Tensor, q: torch.Tensor):
-    """``(lhs, rhs)`` float64 [N, V] of the comparison that decides ``d_v`` (None for no mask)."""
+def decision_sides(name: str, param: float, p: torch.Tensor, q: torch.Tensor, p_logits: torch.Tensor | None = None):
+    """``(lhs, rhs)`` float64 [N, V] of the comparison that decides ``d_v`` (None for no mask);
+    ``p_logits`` rank the tokens for primal."""
     p, q = p.double(), q.double()
     max_p = p.amax(-1, keepdim=True).expand_as(p)
     max_q = q.amax(-1, keepdim=True).expand_as(p)
@@ -175,18 +186,21 @@ def decision_sides(name: str, param: float, p: torch.Tensor, q: torch.Tensor):
     if name == "primal":
         if param >= 1:
             return None
-        sorted_p, _ = torch.sort(p, dim=-1)
-        cumulative = sorted_p.cumsum(-1)
-        index = torch.searchsorted(sorted_p, p, right=True) - 1
+        x = _primal_logits(p_logits).double() + 0.0
+        order = torch.sort(x, dim=-1, stable=True)
+        cumulative = p.gather(-1, order.indices).cumsum(-1)
+        index = torch.searchsorted(order.values, x, right=True) - 1
         return cumulative.gather(-1, index), const
     return sides.get(name)
 
 
-def ambiguous_rows(name: str, param: float, p: torch.Tensor, q: torch.Tensor, rel: float = 1e-5) -> torch.Tensor:
+def ambiguous_rows(
+    name: str, param: float, p: torch.Tensor, q: torch.Tensor, rel: float = 1e-5, p_logits: torch.Tensor | None = None
+) -> torch.Tensor:
     """Rows [N] where some token's deferral decision lies within ``rel`` (relative) of its
     threshold, so that fp32 rounding differences between backends may flip it.  Exact
     equality is not ambiguous (ties of equal logits are reproduced exactly)."""
-    sides = decision_sides(name, param, p, q)
+    sides = decision_sides(name, param, p, q, p_logits)
     if sides is None:
         return torch.zeros(p.shape[0], dtype=torch.bool)
     lhs, rhs = sides

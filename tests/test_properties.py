@@ -155,13 +155,14 @@ def test_lam_zero_gives_p(backend_case, slow, vocab, dtype, rule):
 # --------------------------------------------------------------------------- primal
 
 
-def _primal_expected_alpha(p: torch.Tensor, budget: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy-knapsack α in float64 (sorted cumulative mass at the end of each tie group)
-    and the rows where some group's cumulative mass is within 1e-5 of the budget."""
-    sorted_p, _ = torch.sort(p.double(), dim=-1)
-    cumulative = sorted_p.cumsum(-1)
-    group_end = torch.ones_like(sorted_p, dtype=torch.bool)
-    group_end[:, :-1] = sorted_p[:, 1:] != sorted_p[:, :-1]
+def _primal_expected_alpha(p: torch.Tensor, p_logits: torch.Tensor, budget: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy-knapsack α in float64 (the cumulative mass, in logit order, at the end of each
+    tie group of equal logits) and the rows where some group's cumulative mass is within
+    1e-5 of the budget."""
+    order = torch.sort(p_logits.double(), dim=-1, stable=True)
+    cumulative = p.double().gather(-1, order.indices).cumsum(-1)
+    group_end = torch.ones_like(cumulative, dtype=torch.bool)
+    group_end[:, :-1] = order.values[:, 1:] != order.values[:, :-1]
     fits = group_end & (cumulative <= budget)
     alpha = torch.where(fits, cumulative, torch.zeros_like(cumulative)).amax(-1)
     ambiguous = (group_end & ((cumulative - budget).abs() <= 1e-5)).any(-1)
@@ -175,7 +176,7 @@ def test_primal_alpha_is_the_greedy_knapsack(backend, device, slow, batch, vocab
     p, q, _ = _inputs(batch, vocab, dtype=torch.bfloat16, device=device, seed=50)
     probs, alpha = _mixture(p, q, Primal(budget), backend=backend)
     assert (alpha <= budget + 1e-6).all(), f"alpha {alpha.max().item()} exceeds the budget {budget}"
-    expected, ambiguous = _primal_expected_alpha(softmax(p), budget)
+    expected, ambiguous = _primal_expected_alpha(softmax(p), p, budget)
     rows = ~ambiguous
     assert rows.sum() >= batch // 2
     torch.testing.assert_close(alpha[rows].double(), expected[rows], rtol=0, atol=1e-5)
@@ -212,11 +213,50 @@ def test_primal_defers_ties_together(backend, device, slow, dtype):
         for value in torch.unique(p[b]):
             group = d[b][p[b] == value]
             assert group.all() or not group.any(), f"budget {budget}: a tie group was split: {group.tolist()}"
-        expected = primal_mask_loop(p[b], budget)
+        expected = primal_mask_loop(p[b], budget, p_logits[b].cpu())
         assert torch.equal(d[b], expected), f"budget {budget}: mask {d[b].tolist()} != {expected.tolist()}"
         torch.testing.assert_close(alpha[b].double(), (p[b].double() * expected).sum(), rtol=0, atol=1e-6)
         seen.add(int(expected.sum()))
     assert len(seen) >= 5, "the budgets should walk through several tie groups"
+
+
+def _tie_heavy_case(name: str) -> tuple[torch.Tensor, float, float]:
+    """``(p_logits [B, V], T, budget)`` where ties decide the primal mask: distinct logits
+    whose fp32 p round alike, many exactly equal logits, tiny vocabularies."""
+    g = torch.Generator().manual_seed(90)
+    if name == "distinct-logits-equal-p":  # docs/design.md §1.4: p = [0.5, 0.5], C = [0.5, 1]
+        return torch.tensor([[1.17e-7, 1.86e-7]] * 3).bfloat16(), 3.0, 0.9
+    if name == "near-constant-bf16":  # a few exact bf16 values, p nearly uniform at T = 100
+        return (1.0 + 0.01 * torch.randn(16, 301, generator=g)).bfloat16(), 100.0, 0.05
+    if name == "fp16-tiny-V":
+        return (3 * torch.randn(16, 31, generator=g)).half(), 1.0, 0.3
+    if name == "high-T-fp32":  # distinct fp32 logits, p equal to a few ulps
+        return (5.0 + 1e-6 * torch.randn(16, 97, generator=g)), 50.0, 0.5
+    raise KeyError(name)
+
+
+@pytest.mark.parametrize(
+    "case", ["distinct-logits-equal-p", "near-constant-bf16", "fp16-tiny-V", "high-T-fp32"]
+)
+def test_primal_ties_are_equal_logits(backend, device, case):
+    """Every backend ranks by the logits (docs/design.md §1.4): a tie group is a set of
+    equal logits, deferred whole or kept whole, and α is the float64 greedy knapsack in
+    logit order, except where a group's C lies within 1e-5 of the budget."""
+    p_logits, temperature, budget = _tie_heavy_case(case)
+    q_logits = make_logits(tuple(p_logits.shape), seed=91, dtype=p_logits.dtype)
+    probs, alpha = _mixture(p_logits.to(device), q_logits.to(device), Primal(budget), temperature, backend=backend)
+    p, q = softmax(p_logits, temperature), softmax(q_logits, temperature)
+    expected, ambiguous = _primal_expected_alpha(p, p_logits, budget)
+    rows = ~ambiguous
+    assert rows.sum() >= max(1, p.shape[0] // 2), "the case must have rows away from the budget"
+    torch.testing.assert_close(alpha[rows].double(), expected[rows], rtol=0, atol=1e-5)
+    if case == "distinct-logits-equal-p":
+        assert torch.equal(p[:, 0], p[:, 1]) and torch.equal(alpha, torch.full((3,), 0.5))
+    expected_mask = rule_mask("primal", budget, p, q, p_logits)
+    rest = probs - alpha[:, None] * q  # p_v on kept tokens, 0 on deferred ones
+    kept = rest.abs() > p / 2
+    for b in rows.nonzero()[:, 0].tolist():
+        assert torch.equal(~kept[b], expected_mask[b]), f"row {b}: mask {(~kept[b]).tolist()}"
 
 
 # --------------------------------------------------------------------------- formulas
@@ -263,7 +303,7 @@ def _varied_logits(batch, vocab, *, seed, device, dtype=torch.float32, low=0.3, 
 
 def _check_rule_formula(backend_case, rule, d, p_logits, q_logits, name, param, temperature=1.0):
     p, q = softmax(p_logits, temperature), softmax(q_logits, temperature)
-    assert not ambiguous_rows(name, param, p, q).any(), "test data too close to the threshold"
+    assert not ambiguous_rows(name, param, p, q, p_logits=p_logits).any(), "test data too close to the threshold"
     probs, alpha = _mixture(p_logits, q_logits, rule, temperature, backend=backend_case.name)
     expected, expected_alpha = mixture_from_mask(p, q, d)
     tol = FORMULA_TOL if backend_case.is_reference else PROBS_TOL
@@ -278,7 +318,7 @@ def test_authors_rule_matches_formula(backend_case, name, param):
     p_logits = _varied_logits(batch, vocab, seed=70, device=device)
     q_logits = _varied_logits(batch, vocab, seed=71, device=device, low=0.5, high=6.0)
     p, q = softmax(p_logits), softmax(q_logits)
-    d = rule_mask(name, param, p, q)
+    d = rule_mask(name, param, p, q, p_logits)
     assert d.any() and not d.all(), f"{name}({param}): the test data must defer some tokens and keep others"
     if name == "max":
         assert d.all(-1).any() and not d.all(-1).all()
@@ -475,7 +515,7 @@ def test_matches_reference(other_case, key, batch, vocab, dtype):
     got_probs, got_alpha = _mixture(to(p), to(q), rule, to(temperature), ref=to(ref), backend=other_case.name)
     rows = torch.ones(batch, dtype=torch.bool)
     if name is not None:
-        rows = ~ambiguous_rows(name, param, softmax(p, temperature), softmax(q, temperature))
+        rows = ~ambiguous_rows(name, param, softmax(p, temperature), softmax(q, temperature), p_logits=p)
     assert rows.sum() >= max(1, batch // 2)
     torch.testing.assert_close(got_probs[rows], want_probs[rows], **PROBS_TOL)
     torch.testing.assert_close(got_alpha[rows], want_alpha[rows], **ALPHA_TOL)

@@ -230,13 +230,14 @@ RowSoftmax exp_row(const T* x, int64_t vocab, float inv_t, float* out) {
   return {shift, sum, m.flag};
 }
 
-// Primal threshold key (docs/design.md §1.4, Primal): defer v iff bits(p_v) < key, where key
-// is the bit pattern of the smallest value whose cumulative mass
-// C = Σ_{u: p_u <= p_v} p_u exceeds the budget.  Non-negative floats order like
-// their bit patterns, so a radix select over 11 + 11 + 10 bits finds it in three
-// histogram passes (the last over the few candidates left) instead of a sort.
-// Tied tokens share one key, hence are deferred together or not at all.
-inline uint32_t primal_key(const float* e, float scale, int64_t vocab, float budget, std::vector<int64_t>& candidates) {
+// Primal threshold key (docs/design.md §1.4): defer v iff logit_key(x_v) < key, where key
+// is the key of the smallest logit whose cumulative mass C = Σ_{u: x_u <= x_v} p_u
+// exceeds the budget.  A radix select over 11 + 11 + 10 bits of the keys finds it in
+// three histogram passes (the last over the few candidates left) instead of a sort.
+// Tokens with equal logits share one key, hence are deferred together or not at all.
+// `x` [V]: the fp32 logits of p.
+inline uint32_t primal_key(const float* x, const float* e, float scale, int64_t vocab, float budget,
+                           std::vector<int64_t>& candidates) {
   if (budget >= 1.0f) return 0xFFFFFFFFu;
   constexpr int kShifts[3] = {21, 10, 0};
   constexpr int kWidths[3] = {11, 11, 10};
@@ -250,7 +251,7 @@ inline uint32_t primal_key(const float* e, float scale, int64_t vocab, float bud
     std::fill(hist.begin(), hist.end(), 0.0);
     auto add = [&](int64_t v) {
       const float p = e[v] * scale;
-      const uint32_t key = float_key(p);
+      const uint32_t key = logit_key(x[v]);
       if ((key & prefix_mask) != prefix) return false;
       hist[(key >> shift) & digit_mask] += p;
       return true;
@@ -277,21 +278,26 @@ inline uint32_t primal_key(const float* e, float scale, int64_t vocab, float bud
 }
 
 // α = S_d / (S_d + S_kept) and π_v = p_v (1 − d_v) + α q_v (docs/design.md §1.1) into pi [V],
-// from e_p, e_q and their scales (p_v = e_p[v] · p_scale).  The ratio form gives
+// from e_p, e_q and their scales (p_v = e_p[v] · p_scale); `xp` [V] holds p's fp32 logits
+// for Primal, which ranks by them (nullptr for the other rules).  The ratio form gives
 // α = 0 exactly when nothing is deferred and 1 when everything is.
 template <int64_t KIND>
-float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_scale, int64_t vocab, RowLoss loss,
-                    float* pi) {
+float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_scale, const float* xp, int64_t vocab,
+                    RowLoss loss, float* pi) {
+  auto logit = [xp](int64_t v) {
+    if constexpr (KIND == kPrimal) return xp[v];
+    return 0.0f;
+  };
   struct Masses {
     float deferred, kept;
   };
   // Both sums in one pass; lambdas capture by value (the vectorizer gives up on
   // loads through captured references).
-  auto slice_masses = [ep, p_scale, eq, q_scale, loss](int64_t begin, int64_t end) {
+  auto slice_masses = [ep, p_scale, eq, q_scale, logit, loss](int64_t begin, int64_t end) {
     float deferred[kLanes] = {}, kept[kLanes] = {};
-    auto accumulate = [ep, p_scale, eq, q_scale, loss, &deferred, &kept](int64_t v, int64_t l) {
+    auto accumulate = [ep, p_scale, eq, q_scale, logit, loss, &deferred, &kept](int64_t v, int64_t l) {
       const float p = ep[v] * p_scale;
-      const bool d = defers<KIND>(p, eq[v] * q_scale, loss);
+      const bool d = defers<KIND>(p, eq[v] * q_scale, logit(v), loss);
       deferred[l] += d ? p : 0.0f;
       kept[l] += d ? 0.0f : p;
     };
@@ -313,7 +319,7 @@ float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_sca
     for (int64_t v = begin; v < end; ++v) {
       const float p = ep[v] * p_scale, q = eq[v] * q_scale;
       const float shared = alpha * q;
-      pi[v] = defers<KIND>(p, q, loss) ? shared : p + shared;
+      pi[v] = defers<KIND>(p, q, logit(v), loss) ? shared : p + shared;
     }
   });
   return alpha;
@@ -403,9 +409,17 @@ Mixed mixture_row(int64_t kind, float param, float temperature, const RowLogits<
   // max p = e^0 · scale: the arg-max's e is exactly 1 (exp_row).
   RowLoss loss{param, 1.0f * p_scale, 1.0f * q_scale, 0.0f, 0u};
   if (kind == kSquared) loss.sum_p2 = row_sum(vocab, [ep, p_scale](int64_t v) { return (ep[v] * p_scale) * (ep[v] * p_scale); });
-  if (kind == kPrimal) loss.primal_key = primal_key(ep, p_scale, vocab, param, ws.candidates);
+  const float* xp = nullptr;  // p's fp32 logits, the ranking of Primal
+  if (kind == kPrimal) {
+    float* logits = ws.aux.data();
+    for_chunks(vocab, [&](int64_t begin, int64_t end, int64_t) {
+      for (int64_t v = begin; v < end; ++v) logits[v] = load(row.p, v);
+    });
+    xp = logits;
+    loss.primal_key = primal_key(xp, ep, p_scale, vocab, param, ws.candidates);
+  }
   const float alpha = with_kind(kind, [&](auto k) {
-    return defer_and_mix<decltype(k)::value>(ep, p_scale, ws.q.data(), q_scale, vocab, loss, pi);
+    return defer_and_mix<decltype(k)::value>(ep, p_scale, ws.q.data(), q_scale, xp, vocab, loss, pi);
   });
   return {alpha, sp.flag | (sq.flag << 2), q_scale};
 }

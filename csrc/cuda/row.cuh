@@ -16,8 +16,8 @@
 //
 //   stats    max and Σexp of p and q (Σexp² of p; of the ImplicitReward score),
 //            and the bad-logits bits                        reads p, q (ref)
-//   primal   Primal only, three radix levels of 10 bits over the fp32 bit pattern
-//            of p: the threshold key without a sort         reads p, 3 times
+//   primal   Primal only, three radix levels of 11 bits over the order-preserving
+//            key of p's logits: the threshold without a sort  reads p, 3 times
 //   mass     S_d = Σ p d and S_kept = Σ p (1 − d), hence α  reads p (q)
 //   op       mixture: π written out (p, q); sample/verify: the arg-max of π (p, q),
 //            or an inverse CDF that scans one slice, picked from slice masses the
@@ -45,12 +45,12 @@ constexpr int kWarps = kThreads / 32;
 constexpr int64_t kChunk = 2048;  // slice lengths are multiples of this: one bf16 load per thread
 constexpr int kMaxSlices = 128;   // the draw keeps one mass per slice in shared memory
 
-// Radix select of the Primal threshold: p <= 1 < 2 leaves bits 31 and 30 of its fp32
-// pattern zero, so three 10-bit digits cover the key.
-constexpr int kDigitBits = 10;
+// Radix select of the Primal threshold over logit_key (rules.h), 32 bits: three 11-bit
+// digits cover it (the top digit has 10; the shifts run in 64 bits).
+constexpr int kDigitBits = 11;
 constexpr int kDigits = 1 << kDigitBits;
 constexpr int kLevels = 3;
-static_assert(kDigitBits * kLevels == 30, "the digits must cover the 30 low bits of a key");
+static_assert(kDigitBits * kLevels >= 32, "the digits must cover the 32 bits of a key");
 static_assert(kDigits % kThreads == 0, "the walk gives every thread the same number of digits");
 
 // Masses of the radix select in fixed point: an integer histogram sums exactly in any
@@ -502,14 +502,14 @@ __device__ void primal_step(const Problem<T>& pr, int64_t n, const RowState& st,
     out->prefix = prefix;
     out->below = below;
     out->level = level + 1;
-    if (level + 1 == kLevels) out->loss.primal_key = prefix;  // defer v iff key(p_v) < key of the critical item
+    if (level + 1 == kLevels) out->loss.primal_key = prefix;  // defer v iff key(x_v) < key of the critical item
   }
   __threadfence();
   __syncthreads();
 }
 
 // Radix level `level` over slice j of row n (docs/design.md §1.4 Primal: C_v <= budget with ties
-// together iff key(p_v) < the key of the first value, in increasing order, whose
+// together iff logit_key(x_v) < the key of the first logit, in increasing order, whose
 // cumulative mass exceeds the budget).  Histogram of the next digit of the keys that
 // share the prefix found so far, weighted by mass.
 template <typename T>
@@ -520,7 +520,7 @@ __device__ void primal_phase(const Problem<T>& pr, int64_t n, int j, int level) 
   for (int d = threadIdx.x; d < kDigits; d += kThreads) hist.set(d, 0);
   __syncthreads();
   const int shift = (kLevels - 1 - level) * kDigitBits;
-  const uint32_t prefix_high = st.prefix >> (shift + kDigitBits);  // level 0: bits 31–30, zero
+  const uint64_t prefix_high = static_cast<uint64_t>(st.prefix) >> (shift + kDigitBits);  // level 0: zero
   const T* p = pr.p.row(n, pr.positions);
   const int64_t end = pr.end(j);
   for_each_vec<T>(pr.start(j), end, [&](int64_t col) {
@@ -529,10 +529,10 @@ __device__ void primal_phase(const Problem<T>& pr, int64_t n, int j, int level) 
 #pragma unroll
     for (int k = 0; k < kVec<T>; ++k) {
       const float pv = prob(x[k], st.m_p, st.scale, st.inv_z_p);
-      const uint32_t key = float_key(pv);
+      const uint64_t key = logit_key(x[k]);
       // p = 0 weighs nothing and never decides the threshold; NaN fails the test.
       if (pv > 0.0f && (key >> (shift + kDigitBits)) == prefix_high)
-        hist.add((key >> shift) & (kDigits - 1), mass_units(pv));
+        hist.add(static_cast<int>((key >> shift) & (kDigits - 1)), mass_units(pv));
     }
   });
   __syncthreads();
@@ -570,7 +570,7 @@ __device__ void mass_phase(const Problem<T>& pr, int64_t n, int j) {
     for (int k = 0; k < kN; ++k) {
       const float p = prob(xp[k], st.m_p, st.scale, st.inv_z_p);
       const float q = kNeedsQ ? prob(xq[k], st.m_q, st.scale, st.inv_z_q) : 0.0f;
-      if (defers<KIND>(p, q, st.loss))
+      if (defers<KIND>(p, q, xp[k], st.loss))
         sums.x += p;
       else
         sums.y += p;
@@ -625,7 +625,7 @@ __device__ __forceinline__ PiQ mixture_at(const RowState& st, float xp, float xq
   } else {
     const float p = prob(xp, st.m_p, st.scale, st.inv_z_p);
     const float shared = __fmul_rn(st.alpha, q);
-    return {defers<KIND>(p, q, st.loss) ? shared : __fadd_rn(p, shared), q};
+    return {defers<KIND>(p, q, xp, st.loss) ? shared : __fadd_rn(p, shared), q};
   }
 }
 

@@ -19,7 +19,7 @@ enum Kind : int64_t {
   kMaxQPlus = 6,        // p_v < max q + lam
   kMaxPPlus = 7,        // q_v < max p + lam
   kMinusMaxPPlus = 8,   // q_v > max p + lam
-  kPrimal = 9,          // key(p_v) < primal_key (the radix-selected threshold)
+  kPrimal = 9,          // logit_key(x_v) < primal_key (the radix-selected threshold)
   kImplicitReward = 10  // not a mask: pi ∝ p q / q_ref
 };
 constexpr int64_t kNumKinds = 11;
@@ -28,29 +28,34 @@ constexpr int64_t kNumKinds = 11;
 constexpr int32_t kBadNonfinite = 1;
 constexpr int32_t kBadAllNegInf = 2;
 
-// The per-row quantities a mask needs besides p_v and q_v.
+// The per-row quantities a mask needs besides p_v, q_v and the logit x_v of p_v.
 struct RowLoss {
   float param;           // lam, mu or the primal budget
   float max_p, max_q;    // max_v p_v, max_v q_v
   float sum_p2;          // Σ p_v², for the squared loss
-  uint32_t primal_key;   // defer v iff bits(p_v) < primal_key (Primal only)
+  uint32_t primal_key;   // defer v iff logit_key(x_v) < primal_key (Primal only)
 };
 
-// The fp32 bit pattern of p >= 0 orders like p: the primal rule compares keys.
-KAD_HOST_DEVICE uint32_t float_key(float p) {
+// A key that orders like the logit x (an fp32 value; bf16 and fp16 logits convert
+// exactly): p rises with x, so Primal ranks tokens by it, and equal logits, the
+// genuine ties, share a key (−0 is folded into +0; docs/design.md §1.4).  Negative
+// floats order backwards in their bits, so their bits are flipped, positives go above.
+KAD_HOST_DEVICE uint32_t logit_key(float x) {
+  uint32_t bits;
 #if defined(__CUDA_ARCH__)
-  return __float_as_uint(p);
+  bits = __float_as_uint(x == 0.0f ? 0.0f : x);
 #else
-  uint32_t key;
-  __builtin_memcpy(&key, &p, sizeof key);
-  return key;
+  const float folded = x == 0.0f ? 0.0f : x;
+  __builtin_memcpy(&bits, &folded, sizeof bits);
 #endif
+  return (bits & 0x80000000u) != 0 ? ~bits : bits | 0x80000000u;
 }
 
-// d_v of docs/design.md §1.3.  KIND is a template argument so each rule's loop compiles
-// (and vectorizes) without a branch per token.
+// d_v of docs/design.md §1.3 for the token with probabilities p, q and p-logit x.  KIND
+// is a template argument so each rule's loop compiles (and vectorizes) without a branch
+// per token.
 template <int64_t KIND>
-KAD_HOST_DEVICE bool defers(float p, float q, const RowLoss& row) {
+KAD_HOST_DEVICE bool defers(float p, float q, float x, const RowLoss& row) {
   const float a = row.param;
   if constexpr (KIND == kLogistic) return p < a;
   if constexpr (KIND == kPerceptron) return row.max_p - p > a;
@@ -61,7 +66,7 @@ KAD_HOST_DEVICE bool defers(float p, float q, const RowLoss& row) {
   if constexpr (KIND == kMaxQPlus) return p < row.max_q + a;
   if constexpr (KIND == kMaxPPlus) return q < row.max_p + a;
   if constexpr (KIND == kMinusMaxPPlus) return q > row.max_p + a;
-  if constexpr (KIND == kPrimal) return float_key(p) < row.primal_key;
+  if constexpr (KIND == kPrimal) return logit_key(x) < row.primal_key;
   return false;
 }
 
