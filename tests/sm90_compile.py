@@ -14,11 +14,11 @@ spills registers to local memory; a 16-bit load of one element where rows of
 16-byte multiples allow vector loads (the draw lost its vector loads once; only
 the accept chain, which reads single draft tokens, loads elements alone); and a
 pass over whole rows with fewer resident programs per SM than the slicing
-(``stats.PROGRAMS_PER_SM``) counts on.
+(``layout.PROGRAMS_PER_SM``) counts on.
 
 And it checks what the interpreter, running one program at a time, cannot: that
 each launch whose last program per row reads the others' partials (a ticket,
-``stats.last_to_finish``) keeps release/acquire order in its SASS
+``layout.last_to_finish``) keeps release/acquire order in its SASS
 (``offline.ticket_faults``).
 """
 
@@ -32,7 +32,7 @@ assert os.environ.get("TRITON_INTERPRET") != "1", "the GPU compiler does not run
 import torch  # noqa: E402
 
 from kad_kernels.rules import Kind  # noqa: E402
-from kad_kernels.triton import offline, stats  # noqa: E402
+from kad_kernels.triton import layout, offline  # noqa: E402
 
 
 WIDE = 50304  # rows of 16-byte multiples in every dtype: vector loads possible
@@ -70,9 +70,9 @@ def regressions(launch: offline.Launch, wide: bool) -> list[str]:
     found = [f"{launch.name} spills {r.local_bytes} B per thread"] if r.local_bytes else []
     if wide and launch.name not in POINT_LOADS and r.loads.get("U16"):
         found.append(f"{launch.name} loads 16-bit elements one by one ({r.loads['U16']} LDG.U16)")
-    if launch.name in STREAMING and r.blocks_per_sm < stats.PROGRAMS_PER_SM:
+    if launch.name in STREAMING and r.blocks_per_sm < layout.PROGRAMS_PER_SM:
         found.append(f"{launch.name}: {r.blocks_per_sm} programs per SM ({r.registers} registers, "
-                     f"{r.shared_bytes} B shared), the slicing assumes {stats.PROGRAMS_PER_SM}")
+                     f"{r.shared_bytes} B shared), the slicing assumes {layout.PROGRAMS_PER_SM}")
     ops = offline.opcodes(launch)
     if launch.name in TICKETED and not any(op.startswith("ATOMG") for op in ops):
         found.append(f"{launch.name} takes no ticket")

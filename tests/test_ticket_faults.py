@@ -2,7 +2,7 @@
 ``sm90_compile.py`` runs on every ticketed launch, against SASS sequences with one
 link of the protocol broken at a time.  The sequence below is the ticket of
 ``_mass_sample_kernel`` as ptxas emits it for sm_90 (operands dropped); the
-faults are those a wrong ``sem``/``scope`` in ``stats.last_to_finish`` produces
+faults are those a wrong ``sem``/``scope`` in ``layout.last_to_finish`` produces
 (checked by compiling each), or a load moved across the ticket."""
 
 import pytest

@@ -1,7 +1,7 @@
 """What the ``triton`` backend promises beyond the shared suite: its results do not
 depend on how it cuts rows into slices.
 
-The cut follows the GPU's SM count and the batch (``stats.layout``): one slice per
+The cut follows the GPU's SM count and the batch (``layout.layout``): one slice per
 row at large batches, many one-chunk slices at small ones, uneven last slices in
 between.  Under the interpreter the SM count is a stand-in of 2, so the shared
 suite sees few of the cuts a GPU makes; here the count is set to others, and every
@@ -14,7 +14,7 @@ import triton
 
 import kad_kernels as kk
 from helpers import make_logits, masked, neg_inf_mask
-from kad_kernels.triton import stats
+from kad_kernels.triton import layout
 
 pytestmark = pytest.mark.skipif("triton" not in kk.available_backends(), reason="triton not available")
 
@@ -33,7 +33,7 @@ TEMPERATURES = {"per-row": TEMPERATURE, "float": 0.8}
 
 @pytest.fixture(params=SMS, ids=lambda n: f"{n}sm")
 def multiprocessors(request, monkeypatch):
-    monkeypatch.setattr(stats, "multiprocessors", lambda device: request.param)
+    monkeypatch.setattr(layout, "multiprocessors", lambda device: request.param)
     return request.param
 
 
@@ -85,10 +85,10 @@ def test_verify_does_not_depend_on_the_cut(multiprocessors, rule, temperature):
 @pytest.mark.parametrize("rows", [1, 3, 8, 40, 64, 256, 320, 1280])
 @pytest.mark.parametrize("chunks", [1, 5, 16, 25, 75, 125])
 def test_slices_are_even_and_fill_at_most_two_waves(rows, chunks):
-    """The cut of ``stats.layout``: slices of equal length (the last may be shorter),
+    """The cut of ``layout.layout``: slices of equal length (the last may be shorter),
     within two waves of 4 programs per SM on 132 SMs unless a row is one slice."""
-    slots = stats.PROGRAMS_PER_SM * 132
-    per_slice = stats._chunks_per_slice(rows, chunks, slots)
+    slots = layout.PROGRAMS_PER_SM * 132
+    per_slice = layout._chunks_per_slice(rows, chunks, slots)
     slices = triton.cdiv(chunks, per_slice)
     assert per_slice == triton.cdiv(chunks, slices), "slices of equal length"
     assert slices == 1 or rows * slices <= 2 * slots
@@ -98,5 +98,5 @@ def test_slices_are_even_and_fill_at_most_two_waves(rows, chunks):
 def test_headline_cuts(rows, slices):
     """V = 151936 (75 chunks) on an H100: B = 1 as many slices as chunks, B = 64 one
     wave of 512 programs, B = 256 two slices, verify's 1280 rows unsplit."""
-    per_slice = stats._chunks_per_slice(rows, 75, stats.PROGRAMS_PER_SM * 132)
+    per_slice = layout._chunks_per_slice(rows, 75, layout.PROGRAMS_PER_SM * 132)
     assert triton.cdiv(75, per_slice) == slices

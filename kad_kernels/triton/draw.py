@@ -14,10 +14,9 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .stats import (
-    IMPLICIT_REWARD, M_Q, M_Y, S_K, Z_Q, Z_Y, chunk_logits3, mixture_of, mixture_state, row_offset,
-    last_to_finish, row_value, slice_bounds, slice_stats,
-)
+from .layout import last_to_finish, row_offset, row_value, slice_bounds
+from .mixture_math import IMPLICIT_REWARD, chunk_logits3, mixture_of
+from .row_stats import M_Q, M_Y, S_K, Z_Q, Z_Y, mixture_state, slice_stats
 
 
 # Chunks per step of the draw's walk through a slice: a step's loads are all in flight

@@ -7,9 +7,10 @@ import triton
 import triton.language as tl
 
 from ..rules import Kind
-from .stats import (
-    BLOCK, NUM_WARPS, chunk_mixture, layout, mixture_state, row_args, row_offset, row_statistics, slice_bounds,
-)
+from .layout import BLOCK, NUM_WARPS, layout, row_args, row_offset, slice_bounds
+from .mixture_math import chunk_mixture
+from .passes import row_statistics
+from .row_stats import mixture_state
 
 
 @triton.jit(do_not_specialize=['N', 'P', 'S', 'KIND'])

@@ -37,7 +37,7 @@ from triton.compiler import ASTSource
 from triton.runtime.jit import JITFunction, create_function_from_signature
 
 from ..rules import Kind
-from . import mixture, sample, stats, verify
+from . import layout, mixture, sample, verify
 
 HOPPER = GPUTarget("cuda", 90, 32)
 H100_SMS = 132
@@ -75,7 +75,7 @@ def compile_launches(call: Callable[[], object], target: GPUTarget = HOPPER,
         launches.append(Launch(fn.__name__, tuple(grid), options.num_warps, kernel))
 
     with mock.patch.object(JITFunction, "run", run), \
-            mock.patch.object(stats, "multiprocessors", lambda device: multiprocessors):
+            mock.patch.object(layout, "multiprocessors", lambda device: multiprocessors):
         call()
     return launches
 
@@ -188,7 +188,7 @@ GLOBAL_WRITES = {"STG", "ST", "RED", "ATOMG", "ATOM"}
 
 def ticket_faults(ops: list[str]) -> list[str]:
     """How each global atomic in ``ops`` (``opcodes``) falls short of the ticket
-    protocol of ``stats.last_to_finish``, as ptxas lowers it for sm_70 and later:
+    protocol of ``layout.last_to_finish``, as ptxas lowers it for sm_70 and later:
 
         STG … BAR.SYNC … MEMBAR.*.GPU  ATOMG.*.STRONG.GPU  CCTL.IVALL … BAR.SYNC … LDG
 

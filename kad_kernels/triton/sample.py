@@ -16,10 +16,10 @@ import triton.language as tl
 
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, pi_slice_masses
-from .stats import (
-    BLOCK, MAX_REGISTERS, NUM_WARPS, first_pass, last_to_finish, layout, mixture_state, pass_two_args, row_args,
-    row_offset, row_value, slice_masses,
-)
+from .layout import BLOCK, MAX_REGISTERS, NUM_WARPS, last_to_finish, layout, row_args, row_offset, row_value
+from .pass_two import slice_masses
+from .passes import first_pass, pass_two_args
+from .row_stats import mixture_state
 
 
 @triton.jit

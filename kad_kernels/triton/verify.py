@@ -18,10 +18,12 @@ import triton.language as tl
 
 from ..rules import Kind
 from .draw import _argmax_kernel, draw_row, greedy_token
-from .stats import (
-    BLOCK, MAX_REGISTERS, NUM_WARPS, chunk_logits3, chunk_mixture, layout, mixture_of,
-    last_to_finish, mixture_state, row_args, row_offset, row_statistics, row_value, slice_bounds,
+from .layout import (
+    BLOCK, MAX_REGISTERS, NUM_WARPS, last_to_finish, layout, row_args, row_offset, row_value, slice_bounds,
 )
+from .mixture_math import chunk_logits3, chunk_mixture, mixture_of
+from .passes import row_statistics
+from .row_stats import mixture_state
 
 
 @triton.jit
