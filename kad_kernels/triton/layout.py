@@ -4,9 +4,13 @@ The logits ``[B, P, V]`` (``P`` = γ+1 positions in verify, 1 otherwise) are
 ``N = B·P`` rows of ``V`` tokens; row ``n`` is batch row ``n // P`` at position
 ``n % P``.  Each row is cut into ``S`` slices of whole ``BLOCK``-token chunks, and
 program ``(n, j)`` handles slice ``j`` of row ``n``, so that a batch of one still
-fills the GPU (``S = 1`` for large batches).  Here: the cut (host side), and the
-device helpers that address a program's row, slice and chunks, read the per-row
-values (T, the rule parameter) and count a row's finished programs (tickets).
+fills the GPU (``S = 1`` for large batches).  Kernels take these counts as
+``rows``, ``positions``, ``vocab`` and ``slices``; the shape comments on their
+pointers use the letters.
+
+Here: the cut (host side), and the device helpers that address a program's row,
+slice and chunks, read the per-row values (T, the rule parameter) and count a
+row's finished programs (tickets).
 """
 
 from __future__ import annotations
@@ -88,16 +92,16 @@ def _chunks_per_slice(rows: int, chunks: int, slots: int) -> int:
 
 
 @triton.jit
-def row_offset(n, P, stride_b, stride_p):
-    """Element offset of flattened row ``n`` = (batch n // P, position n % P)."""
-    return (n // P).to(tl.int64) * stride_b + (n % P).to(tl.int64) * stride_p
+def row_offset(n, positions, stride_b, stride_p):
+    """Element offset of row ``n`` = (batch row n // positions, position n % positions)."""
+    return (n // positions).to(tl.int64) * stride_b + (n % positions).to(tl.int64) * stride_p
 
 
 @triton.jit
-def slice_bounds(j, slice_len, V):
+def slice_bounds(j, slice_len, vocab):
     """[start, end) of slice ``j`` of a row."""
     start = j * slice_len
-    return start, tl.minimum(start + slice_len, V)
+    return start, tl.minimum(start + slice_len, vocab)
 
 
 @triton.jit
@@ -120,8 +124,8 @@ def chunk_rows(ptr, row, off, end, BLOCK: tl.constexpr, VEC: tl.constexpr, POLIC
 def row_value(values_ptr, value, b):
     """Batch row b's T, λ or budget: ``values_ptr[b]`` (f32 [B]), or ``value`` for every
     row when the pointer is None (a float from the API: no device tensor, so no fill
-    launch per call; B = 1 spent a fifth of its time on two).  None is a constexpr, so
-    each form compiles without the other's branch."""
+    launch per call: two would take a fifth of B = 1's time).  None is a constexpr,
+    so each form compiles without the other's branch."""
     if values_ptr is None:
         return value
     else:
@@ -140,11 +144,18 @@ def last_to_finish(ticket_ptr, n, count):
     return tl.atomic_add(ticket_ptr + n, 1, sem="acq_rel") == count - 1
 
 
-def row_args(param, temperature) -> tuple:
-    """The kernels' ``temp_ptr, temp_value, param_ptr, param_value`` (``row_value``)."""
-    return (*value_args(temperature), *value_args(param))
+def row_values(param, temperature) -> dict:
+    """The kernels' ``temp_ptr, temp_value, param_ptr, param_value`` (``row_value``) of
+    T and the rule parameter, each a tensor [B] or a float."""
+    temp_ptr, temp_value = value_args(temperature)
+    param_ptr, param_value = value_args(param)
+    return dict(temp_ptr=temp_ptr, temp_value=temp_value, param_ptr=param_ptr, param_value=param_value)
 
 
-def row_strides(p) -> tuple[int, int]:
-    """(batch, position) element strides of logits [B, V] or [B, P, V] (``row_offset``)."""
-    return p.stride(0), p.stride(1) if p.dim() == 3 else 0
+def row_geometry(p, cut: Layout) -> dict:
+    """The kernels' ``rows, vocab, positions, stride_b, stride_p, slice_len, slices`` of
+    logits p [B, V] or [B, P, V] cut as ``cut`` (``row_offset``, ``slice_bounds``)."""
+    return dict(
+        rows=cut.rows, vocab=cut.vocab, positions=cut.positions, stride_b=p.stride(0),
+        stride_p=p.stride(1) if p.dim() == 3 else 0, slice_len=cut.slice_len, slices=cut.slices,
+    )

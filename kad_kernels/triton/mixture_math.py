@@ -9,6 +9,8 @@ as arguments.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import triton
 import triton.language as tl
 
@@ -21,7 +23,7 @@ from ..rules import Kind
 # tokens that improbable are never drawn either way.
 LOG2E = tl.constexpr(1.4426950408889634)
 
-
+# The rules, as the kernels' runtime ``kind`` argument compares them (one compile serves all).
 LOGISTIC = tl.constexpr(Kind.LOGISTIC.value)
 PERCEPTRON = tl.constexpr(Kind.PERCEPTRON.value)
 ZERO_ONE = tl.constexpr(Kind.ZERO_ONE.value)
@@ -35,46 +37,71 @@ PRIMAL = tl.constexpr(Kind.PRIMAL.value)
 IMPLICIT_REWARD = tl.constexpr(Kind.IMPLICIT_REWARD.value)
 
 
+class RowState(NamedTuple):
+    """What evaluating p, q and π anywhere in one row takes (the CUDA side's
+    ``RowState``): f32 scalars unless marked, built by ``row_stats.row_state``.
+
+    A NamedTuple, which every supported Triton (3.4 … 3.9) passes to and returns
+    from ``@triton.jit`` functions, field access included, in the interpreter and
+    in compiled code alike; it is flattened into scalars, so the generated code
+    is that of the loose values."""
+
+    m_p: tl.tensor  # max of the row's p logits
+    z_p: tl.tensor  # Σ exp((x − m_p)/T): p_v = exp((x_v − m_p)/T) / z_p, max p = 1/z_p
+    sum_p2: tl.tensor  # Σ p_v² (Squared only, else 0)
+    m_q: tl.tensor  # max and Σexp of q, as for p
+    z_q: tl.tensor
+    m_y: tl.tensor  # max and Σexp of the ImplicitReward score y (−inf, 0 for other rules)
+    z_y: tl.tensor
+    param: tl.tensor  # the rule parameter: λ, μ, or the Primal budget
+    key_limit: tl.tensor  # i64: Primal defers the keys below it (0 for other rules)
+    inv_t: tl.tensor  # 1/T, 1 on greedy rows (T = 0)
+    alpha: tl.tensor  # α, once pass 2 is done (else 0)
+
+
 @triton.jit
-def probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, WITH_Q: tl.constexpr):
+def probs(xp, xq, state, WITH_Q: tl.constexpr):
     """p, q (fp32) from logits in their own dtype (q = 0 unless ``WITH_Q``), and
     e = exp((x_p − max)/T).  Logits are shifted by the row max *before*
     the 1/T scaling, so the arg-max has e = exp(0) = 1 exactly (a fused x/T − max
     could leave it an ulp off), and p = e · (1/z) then equals max p = 1/z exactly, as
     the rules assume."""
-    e = tl.exp2((xp.to(tl.float32) - m_p) * (inv_t * LOG2E))
+    e = tl.exp2((xp.to(tl.float32) - state.m_p) * (state.inv_t * LOG2E))
     if WITH_Q:
-        q = tl.exp2((xq.to(tl.float32) - m_q) * (inv_t * LOG2E)) * (1.0 / z_q)
+        q = tl.exp2((xq.to(tl.float32) - state.m_q) * (state.inv_t * LOG2E)) * (1.0 / state.z_q)
     else:
         q = tl.zeros_like(e)
-    return e * (1.0 / z_p), q, e
+    return e * (1.0 / state.z_p), q, e
 
 
 @triton.jit
-def deferred(KIND, p, q, e, xp, a, max_p, max_q, sum_p2, key_limit):
+def deferred(kind, p, q, e, xp, state):
     """The mask d of docs/design.md §1.3 on a chunk; the forms mirror reference.deferral_mask.
     ``e`` = exp((x − max)/T) and ``xp`` the raw p logits (for the primal key)."""
-    if KIND == LOGISTIC:
-        d = p < a
-    elif KIND == PERCEPTRON:
-        d = (max_p - p) > a
-    elif KIND == ZERO_ONE:
-        # [p_v < max p] > a with a >= 0; e = exp(x − max) is 1.0 exactly at the maximum
-        d = (e < 1.0) & ((tl.zeros_like(p) + a) < 1.0)
-    elif KIND == SQUARED:
-        d = (1.0 - 2.0 * p + sum_p2) > a
-    elif KIND == NUDGING:
-        d = (tl.zeros_like(p) + max_p) < a
-    elif KIND == MAX_Q_MINUS:
-        d = p < max_q - a
-    elif KIND == MAX_Q_PLUS:
-        d = p < max_q + a
-    elif KIND == MAX_P_PLUS:
-        d = q < max_p + a
-    elif KIND == MINUS_MAX_P_PLUS:
-        d = q > max_p + a
+    param = state.param
+    max_p = 1.0 / state.z_p
+    max_q = 1.0 / state.z_q
+    if kind == LOGISTIC:
+        d = p < param
+    elif kind == PERCEPTRON:
+        d = (max_p - p) > param
+    elif kind == ZERO_ONE:
+        # [p_v < max p] > λ with λ >= 0; e = exp(x − max) is 1.0 exactly at the maximum
+        d = (e < 1.0) & ((tl.zeros_like(p) + param) < 1.0)
+    elif kind == SQUARED:
+        d = (1.0 - 2.0 * p + state.sum_p2) > param
+    elif kind == NUDGING:
+        d = (tl.zeros_like(p) + max_p) < param
+    elif kind == MAX_Q_MINUS:
+        d = p < max_q - param
+    elif kind == MAX_Q_PLUS:
+        d = p < max_q + param
+    elif kind == MAX_P_PLUS:
+        d = q < max_p + param
+    elif kind == MINUS_MAX_P_PLUS:
+        d = q > max_p + param
     else:  # PRIMAL: C_v <= budget  <=>  key_v below the critical key (radix select)
-        d = rank_key(xp) < key_limit
+        d = rank_key(xp) < state.key_limit
     return d
 
 
@@ -98,20 +125,18 @@ def rank_key(x):
 
 
 @triton.jit
-def mixture_of(
-    xp, xq, xr, mask, V,
-    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
-    KIND,
-):
+def mixture_of(xp, xq, xr, mask, vocab, state, kind):
     """(π, q) from a chunk's logits: π = p(1 − d) + α q (docs/design.md §1.1), or p q / q_ref normalized."""
-    p, q, e = probs(xp, xq, inv_t, m_p, z_p, m_q, z_q, True)
-    if KIND == IMPLICIT_REWARD:
+    p, q, e = probs(xp, xq, state, True)
+    if kind == IMPLICIT_REWARD:
+        m_y = state.m_y
         y = reward_logit(xp.to(tl.float32), xq.to(tl.float32), xr.to(tl.float32))
-        uniform = tl.where(mask, 1.0 / V, 0.0)
-        pi = tl.where(m_y == float("-inf"), uniform, tl.exp2((y - tl.where(m_y == float("-inf"), 0.0, m_y)) * (inv_t * LOG2E)) / z_y)
+        uniform = tl.where(mask, 1.0 / vocab, 0.0)
+        shifted = (y - tl.where(m_y == float("-inf"), 0.0, m_y)) * (state.inv_t * LOG2E)
+        pi = tl.where(m_y == float("-inf"), uniform, tl.exp2(shifted) / state.z_y)
     else:
-        d = deferred(KIND, p, q, e, xp, a, 1.0 / z_p, 1.0 / z_q, sum_p2, key_limit)
-        pi = tl.where(d, 0.0, p) + alpha * q
+        d = deferred(kind, p, q, e, xp, state)
+        pi = tl.where(d, 0.0, p) + state.alpha * q
     return pi, q
 
 
@@ -123,23 +148,19 @@ def reward_logit(xp, xq, xr):
 
 
 @triton.jit
-def chunk_mixture(
-    p_ptr, q_ptr, r_ptr, row, cols, mask, V,
-    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha,
-    KIND,
-):
+def chunk_mixture(p_ptr, q_ptr, ref_ptr, row, cols, mask, vocab, state, kind):
     """(π, q) on a chunk: ``chunk_logits3`` then ``mixture_of``."""
-    xp, xq, xr = chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, mask, KIND)
-    return mixture_of(xp, xq, xr, mask, V, m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha, KIND)
+    xp, xq, xr = chunk_logits3(p_ptr, q_ptr, ref_ptr, row, cols, mask, kind)
+    return mixture_of(xp, xq, xr, mask, vocab, state, kind)
 
 
 @triton.jit
-def chunk_logits3(p_ptr, q_ptr, r_ptr, row, cols, mask, KIND):
+def chunk_logits3(p_ptr, q_ptr, ref_ptr, row, cols, mask, kind):
     """The logits of p, q and (ImplicitReward only, else never fetched) ref on a chunk,
     in their own dtype: loads apart from arithmetic, so loops can fetch ahead."""
     xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf"))
     xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf"))
-    # A select, not ``mask & (KIND == …)``: Triton's interpreter gives that int32 lanes,
+    # A select, not ``mask & (kind == …)``: Triton's interpreter gives that int32 lanes,
     # which its loads refuse from triton 3.9 on.
-    xr = tl.load(r_ptr + row + cols, mask=tl.where(KIND == IMPLICIT_REWARD, mask, False), other=float("-inf"))
+    xr = tl.load(ref_ptr + row + cols, mask=tl.where(kind == IMPLICIT_REWARD, mask, False), other=float("-inf"))
     return xp, xq, xr

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from .layout import chunk_rows, row_offset, row_value, slice_bounds
-from .mixture_math import IMPLICIT_REWARD, LOG2E, PRIMAL, reward_logit
+from .mixture_math import IMPLICIT_REWARD, LOG2E, PRIMAL, RowState, reward_logit
 
 
 # Fields of the statistics buffer [FIELDS, N, S]: max and Σexp of p, Σexp² of p,
@@ -24,11 +24,18 @@ FIELDS = 10
 
 
 # Row and slice counts change with every batch: specializing on them only multiplies compiles.
-@triton.jit(do_not_specialize=['N', 'P', 'S'])
+@triton.jit(do_not_specialize=["rows", "positions", "slices"])
 def _stats_kernel(
-    p_ptr, q_ptr, r_ptr, temp_ptr, temp_value, stats_ptr, flag_ptr, ticket_ptr,
-    N, V, P, stride_b, stride_p, slice_len, S,
-    HAS_REF: tl.constexpr, SUM_SQUARES: tl.constexpr, BLOCK: tl.constexpr, VEC: tl.constexpr,
+    p_ptr,  # [B, P, V] p logits (bf16, fp16 or fp32); strides stride_b, stride_p, 1
+    q_ptr,  # [B, P, V] q logits, p's dtype and strides
+    ref_ptr,  # [B, P, V] ref logits, p's dtype and strides; None unless ImplicitReward
+    temp_ptr,  # f32 [B] temperatures, or None: temp_value for every row
+    temp_value,
+    stats_ptr,  # f32 [FIELDS, N, S] partials: out (pass 1's fields)
+    flag_ptr,  # i32 [N, S] bad-logits bits of each slice: out
+    ticket_ptr,  # i32 [N] tickets, zeroed here; None when no later launch takes one
+    rows, vocab, positions, stride_b, stride_p, slice_len, slices,
+    SUM_SQUARES: tl.constexpr, BLOCK: tl.constexpr, VEC: tl.constexpr,
 ):
     """Pass 1 for slice j of row n: online max/Σexp per tile row (``rows_update``), one
     reduction across the program at the end.  The bad-logits bits come from the
@@ -37,9 +44,9 @@ def _stats_kernel(
     (``ticket_ptr`` not None) on which a later launch counts its finished slices."""
     n = tl.program_id(0)
     j = tl.program_id(1)
-    row = row_offset(n, P, stride_b, stride_p)
-    inv_t = inverse_temperature(temp_ptr, temp_value, n // P)
-    start, end = slice_bounds(j, slice_len, V)
+    row = row_offset(n, positions, stride_b, stride_p)
+    inv_t = inverse_temperature(temp_ptr, temp_value, n // positions)
+    start, end = slice_bounds(j, slice_len, vocab)
     m_p = tl.full([BLOCK // VEC], float("-inf"), tl.float32)
     z_p = tl.zeros([BLOCK // VEC], tl.float32)
     s2_p = tl.zeros([BLOCK // VEC], tl.float32)
@@ -60,31 +67,31 @@ def _stats_kernel(
         next_q = chunk_rows(q_ptr, row, off + BLOCK, end, BLOCK, VEC, "evict_first")
         m_p, z_p, s2_p = rows_update(m_p, z_p, s2_p, xp, inv_t, SUM_SQUARES)
         m_q, z_q, _ = rows_update(m_q, z_q, z_q, xq, inv_t, False)
-        if HAS_REF:
-            xr = chunk_rows(r_ptr, row, off, end, BLOCK, VEC, "evict_first").to(tl.float32)
+        if ref_ptr is not None:
+            xr = chunk_rows(ref_ptr, row, off, end, BLOCK, VEC, "evict_first").to(tl.float32)
             # ref enters y only where it is above −inf, so its NaNs need a maximum that keeps them.
             m_r = tl.maximum(m_r, tl.reduce(xr, 1, _max_keep_nan), propagate_nan=tl.PropagateNan.ALL)
             m_y, z_y, _ = rows_update(m_y, z_y, z_y, reward_logit(xp, xq, xr), inv_t, False)
-    base = n * S + j
-    NS = N * S
+    at = n * slices + j  # this slice's entry of each [N, S] field
+    field_len = rows * slices
     bits = not_finite(m_p, z_p) | not_finite(m_q, z_q) << 2
     big, z, s2 = combine_partials(m_p, z_p, s2_p, inv_t)
-    tl.store(stats_ptr + M_P * NS + base, big)
-    tl.store(stats_ptr + Z_P * NS + base, z)
-    tl.store(stats_ptr + S2_P * NS + base, s2)
+    tl.store(stats_ptr + M_P * field_len + at, big)
+    tl.store(stats_ptr + Z_P * field_len + at, z)
+    tl.store(stats_ptr + S2_P * field_len + at, s2)
     big, z, _ = combine_partials(m_q, z_q, z_q, inv_t)
-    tl.store(stats_ptr + M_Q * NS + base, big)
-    tl.store(stats_ptr + Z_Q * NS + base, z)
-    if HAS_REF:
+    tl.store(stats_ptr + M_Q * field_len + at, big)
+    tl.store(stats_ptr + Z_Q * field_len + at, z)
+    if ref_ptr is not None:
         # One reduction of m_r, kept NaN and all: a second use of the loop's m_r crashes
         # Triton's thread-locality pass on fp32 tiles (several rows per thread).
         big_r = tl.reduce(m_r, 0, _max_keep_nan)
         bits |= ((big_r != big_r) | (big_r == float("inf"))).to(tl.int32) << 4
         big, z, _ = combine_partials(m_y, z_y, z_y, inv_t)
-        tl.store(stats_ptr + M_Y * NS + base, big)
-        tl.store(stats_ptr + Z_Y * NS + base, z)
-        tl.store(stats_ptr + M_R * NS + base, big_r)
-    tl.store(flag_ptr + base, bits)
+        tl.store(stats_ptr + M_Y * field_len + at, big)
+        tl.store(stats_ptr + Z_Y * field_len + at, z)
+        tl.store(stats_ptr + M_R * field_len + at, big_r)
+    tl.store(flag_ptr + at, bits)
     if ticket_ptr is not None:
         if j == 0:
             tl.store(ticket_ptr + n, 0)
@@ -100,11 +107,11 @@ def rows_update(m, z, s2, x, inv_t, SUM_SQUARES: tl.constexpr):
     m_new = tl.maximum(m, tl.max(x, 1))
     safe = tl.where(m_new == float("-inf"), 0.0, m_new)
     c = inv_t * LOG2E
-    r = tl.exp2((m - safe) * c)
+    rescale = tl.exp2((m - safe) * c)
     e = tl.exp2((x - safe[:, None]) * c)
-    z = z * r + tl.sum(e, 1)
+    z = z * rescale + tl.sum(e, 1)
     if SUM_SQUARES:
-        s2 = s2 * (r * r) + tl.sum(e * e, 1)
+        s2 = s2 * (rescale * rescale) + tl.sum(e * e, 1)
     return m_new, z, s2
 
 
@@ -127,14 +134,51 @@ def inverse_temperature(temp_ptr, temp_value, b):
     return tl.where(t > 0, 1.0 / tl.where(t > 0, t, 1.0), 1.0)
 
 
+# ----------------------------------------------------------------------------- the row state
+#
+# Any program folds a row's per-slice partials itself (a few dozen floats): no launch
+# writes a per-row state.
+
+
 @triton.jit
-def slice_stats(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr, other):
-    """Field ``F`` of every slice of row ``n``, ``[SP]`` (``other`` past the S slices).
-    Read from L2 (``.cg``), not L1: a row's last program in ``sample``'s pass 2 reads
-    partials that programs on other SMs have just written, which an L1 line cached
-    earlier (a neighbouring row's) could hide."""
-    j = tl.arange(0, SP)
-    return tl.load(stats_ptr + (F * N + n) * S + j, mask=j < S, other=other, cache_modifier=".cg")
+def row_state(
+    stats_ptr,  # f32 [FIELDS, N, S] partials of pass 1 (and of pass 2 for α)
+    limit_ptr,  # i64 [N] primal key limits (read for Primal only)
+    param_ptr,  # f32 [B] rule parameters, or None: param_value for every row
+    param_value,
+    temp_ptr,  # f32 [B] temperatures, or None: temp_value for every row
+    temp_value,
+    n, positions, rows, slices, SLICES_POW2: tl.constexpr, kind, WITH_ALPHA: tl.constexpr,
+):
+    """The ``RowState`` of row ``n``: all it takes to evaluate π on any chunk of it,
+    α included if ``WITH_ALPHA`` (once pass 2 is done)."""
+    inv_t = inverse_temperature(temp_ptr, temp_value, n // positions)
+    m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, rows, slices, SLICES_POW2, inv_t)
+    if kind == IMPLICIT_REWARD:  # pass 1 fills the y fields for this rule only
+        m_y, z_y = combine_lse(stats_ptr, M_Y, Z_Y, n, rows, slices, SLICES_POW2, inv_t)
+    else:
+        m_y = tl.full((), float("-inf"), tl.float32)
+        z_y = tl.full((), 0.0, tl.float32)
+    param = row_value(param_ptr, param_value, n // positions)
+    if kind == PRIMAL:
+        key_limit = tl.load(limit_ptr + n)
+    else:
+        key_limit = tl.full((), 0, tl.int64)
+    if WITH_ALPHA:
+        alpha = mixture_alpha(stats_ptr, n, rows, slices, SLICES_POW2, kind)
+    else:
+        alpha = 0.0
+    return RowState(m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, param, key_limit, inv_t, alpha)
+
+
+@triton.jit
+def slice_stats(stats_ptr, FIELD: tl.constexpr, n, rows, slices, SLICES_POW2: tl.constexpr, other):
+    """Field ``FIELD`` of every slice of row ``n``, ``[SLICES_POW2]`` (``other`` past the
+    last slice).  Read from L2 (``.cg``), not L1: a row's last program in ``sample``'s
+    pass 2 reads partials that programs on other SMs have just written, which an L1
+    line cached earlier (a neighbouring row's) could hide."""
+    j = tl.arange(0, SLICES_POW2)
+    return tl.load(stats_ptr + (FIELD * rows + n) * slices + j, mask=j < slices, other=other, cache_modifier=".cg")
 
 
 @triton.jit
@@ -148,78 +192,43 @@ def combine_partials(m, z, s2, inv_t):
 
 
 @triton.jit
-def combine_lse(stats_ptr, FM: tl.constexpr, FZ: tl.constexpr, n, N, S, SP: tl.constexpr, inv_t):
+def combine_lse(
+    stats_ptr, FIELD_MAX: tl.constexpr, FIELD_SUM: tl.constexpr, n, rows, slices, SLICES_POW2: tl.constexpr, inv_t
+):
     """Row max of the raw logits and Σexp((x − max)/T) from the per-slice partials of
-    fields (FM, FZ)."""
-    m = slice_stats(stats_ptr, FM, n, N, S, SP, float("-inf"))
-    z = slice_stats(stats_ptr, FZ, n, N, S, SP, 0.0)
+    fields (FIELD_MAX, FIELD_SUM)."""
+    m = slice_stats(stats_ptr, FIELD_MAX, n, rows, slices, SLICES_POW2, float("-inf"))
+    z = slice_stats(stats_ptr, FIELD_SUM, n, rows, slices, SLICES_POW2, 0.0)
     big, total, _ = combine_partials(m, z, z, inv_t)
     return big, total
 
 
 @triton.jit
-def row_sum(stats_ptr, F: tl.constexpr, n, N, S, SP: tl.constexpr):
-    return tl.sum(slice_stats(stats_ptr, F, n, N, S, SP, 0.0), 0)
+def row_sum(stats_ptr, FIELD: tl.constexpr, n, rows, slices, SLICES_POW2: tl.constexpr):
+    return tl.sum(slice_stats(stats_ptr, FIELD, n, rows, slices, SLICES_POW2, 0.0), 0)
 
 
 @triton.jit
-def row_softmax(stats_ptr, n, N, S, SP: tl.constexpr, inv_t):
+def row_softmax(stats_ptr, n, rows, slices, SLICES_POW2: tl.constexpr, inv_t):
     """(max p-logit, Σexp p, ||p||², max q-logit, Σexp q) of row ``n``."""
     m_p, z_p, s2_p = combine_partials(
-        slice_stats(stats_ptr, M_P, n, N, S, SP, float("-inf")),
-        slice_stats(stats_ptr, Z_P, n, N, S, SP, 0.0),
-        slice_stats(stats_ptr, S2_P, n, N, S, SP, 0.0),
+        slice_stats(stats_ptr, M_P, n, rows, slices, SLICES_POW2, float("-inf")),
+        slice_stats(stats_ptr, Z_P, n, rows, slices, SLICES_POW2, 0.0),
+        slice_stats(stats_ptr, S2_P, n, rows, slices, SLICES_POW2, 0.0),
         inv_t,
     )
-    m_q, z_q = combine_lse(stats_ptr, M_Q, Z_Q, n, N, S, SP, inv_t)
+    m_q, z_q = combine_lse(stats_ptr, M_Q, Z_Q, n, rows, slices, SLICES_POW2, inv_t)
     return m_p, z_p, s2_p / (z_p * z_p), m_q, z_q
 
 
 @triton.jit
-def row_alpha(stats_ptr, n, N, S, SP: tl.constexpr):
-    """α = S_d / (S_d + S_kept): exactly 0 if nothing is deferred, 1 if all is."""
-    deferred = row_sum(stats_ptr, S_D, n, N, S, SP)
-    kept = row_sum(stats_ptr, S_K, n, N, S, SP)
-    return deferred / (deferred + kept)
-
-
-@triton.jit
-def mixture_alpha(stats_ptr, n, N, S, SP: tl.constexpr, KIND):
-    """α of the mixture; ImplicitReward defers nothing."""
-    if KIND == IMPLICIT_REWARD:
+def mixture_alpha(stats_ptr, n, rows, slices, SLICES_POW2: tl.constexpr, kind):
+    """α = S_d / (S_d + S_kept): exactly 0 if nothing is deferred, 1 if all is;
+    ImplicitReward defers nothing."""
+    if kind == IMPLICIT_REWARD:
         alpha = 0.0
     else:
-        alpha = row_alpha(stats_ptr, n, N, S, SP)
+        deferred_mass = row_sum(stats_ptr, S_D, n, rows, slices, SLICES_POW2)
+        kept_mass = row_sum(stats_ptr, S_K, n, rows, slices, SLICES_POW2)
+        alpha = deferred_mass / (deferred_mass + kept_mass)
     return alpha
-
-
-@triton.jit
-def row_state(
-    stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP: tl.constexpr, KIND
-):
-    """Everything a kernel needs to evaluate π on any chunk of row ``n``."""
-    inv_t = inverse_temperature(temp_ptr, temp_value, n // P)
-    m_p, z_p, sum_p2, m_q, z_q = row_softmax(stats_ptr, n, N, S, SP, inv_t)
-    if KIND == IMPLICIT_REWARD:  # pass 1 fills the y fields for this rule only
-        m_y, z_y = combine_lse(stats_ptr, M_Y, Z_Y, n, N, S, SP, inv_t)
-    else:
-        m_y = tl.full((), float("-inf"), tl.float32)
-        z_y = tl.full((), 0.0, tl.float32)
-    a = row_value(param_ptr, param_value, n // P)
-    if KIND == PRIMAL:
-        key_limit = tl.load(limit_ptr + n)
-    else:
-        key_limit = tl.full((), 0, tl.int64)
-    return m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t
-
-
-@triton.jit
-def mixture_state(
-    stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP: tl.constexpr, KIND
-):
-    """``row_state`` and α: all that ``chunk_mixture`` needs, once pass 2 is done."""
-    m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t = row_state(
-        stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value, n, P, N, S, SP, KIND
-    )
-    alpha = mixture_alpha(stats_ptr, n, N, S, SP, KIND)
-    return m_p, z_p, sum_p2, m_q, z_q, m_y, z_y, a, key_limit, inv_t, alpha
