@@ -5,6 +5,12 @@ vocabularies, dtypes and rules.
     python benchmarks/bench_kernels.py                    # full grid on CUDA
     python benchmarks/bench_kernels.py --quick --backends torch   # small grid, CPU
 
+This is the GPU benchmark (gpu_check.sh runs it).  CPU numbers come from
+``benchmarks/bench_cpu_kernels.py`` (pytest-benchmark: groups, saved JSON, compared
+runs), which builds its inputs and calls with this module's helpers.  The CPU timer
+here stays so that the whole script (CSV, markdown, plot, mismatch and torch-compile
+columns) can be checked without a GPU before a device run.
+
 Backends: every backend of ``kk.available_backends()`` that serves the device
 (``--backends`` to choose), plus ``torch-compile``: ``torch.compile`` of the
 reference functions (``kad_kernels.reference.sample`` / ``verify``) called
@@ -211,7 +217,7 @@ def compiled_reference(torch, op: str, kind):
 SPLIT_SCAN_FIXED = "2.13"
 
 
-def _configure_compile(torch) -> None:
+def configure_compile(torch) -> None:
     """Let torch-compile recompile per shape: all compilations of an op share one code
     object, and past the default limit of 8 dynamo would silently fall back to eager.
     (The mismatch column checks the compiled tokens against eager.)  Lower cumsum to
@@ -299,7 +305,7 @@ def run(args, partial_csv: Path | None = None) -> list[dict]:
 
     import kad_kernels as kk
 
-    _configure_compile(torch)
+    configure_compile(torch)
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backends = pick_backends(kk, args.backends, device)
