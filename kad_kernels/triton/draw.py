@@ -30,7 +30,7 @@ WALK = tl.constexpr(4)
 def _argmax_kernel(
     p_ptr,  # [B, P, V] p logits; strides stride_b, stride_p, 1
     q_ptr,  # [B, P, V] q logits, p's dtype and strides
-    ref_ptr,  # [B, P, V] ref logits, p's dtype and strides (p itself if absent: read for ImplicitReward only)
+    ref_ptr,  # [B, P, V] ref logits, p's dtype and strides; None unless ImplicitReward
     temp_ptr,  # f32 [B] temperatures, or None: temp_value for every row
     temp_value,
     param_ptr,  # f32 [B] rule parameters, or None: param_value for every row
@@ -130,7 +130,8 @@ def draw_row(
     """The inverse CDF at ``u`` of a row's weights — π, or the residual
     max(π − q, 0) when ``residual`` — given their ``masses`` over the row's
     slices of ``slice_len`` (``[SLICES_POW2]``, zero past the last).  ``row`` is the
-    row's element offset, ``state`` its ``RowState`` with α.
+    row's element offset in the logits (``p_ptr``, ``q_ptr`` and ``ref_ptr`` as
+    ``_argmax_kernel``'s), ``state`` its ``RowState`` with α.
 
     Three steps, so the serial part is short: the slice holding u·Σ from
     ``masses``; in it, chunk sums until the running mass passes the target (a

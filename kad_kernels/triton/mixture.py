@@ -17,7 +17,7 @@ from .row_stats import row_state
 def _mixture_kernel(
     p_ptr,  # [B, V] p logits; strides stride_b, 1
     q_ptr,  # [B, V] q logits, p's dtype and strides
-    ref_ptr,  # [B, V] ref logits, p's dtype and strides (p itself if absent: read for ImplicitReward only)
+    ref_ptr,  # [B, V] ref logits, p's dtype and strides; None unless ImplicitReward
     temp_ptr,  # f32 [B] temperatures, or None: temp_value for every row
     temp_value,
     param_ptr,  # f32 [B] rule parameters, or None: param_value for every row
@@ -54,7 +54,7 @@ def mixture(kind: Kind, param, p, q, ref, temperature):
     probs = torch.empty(batch, vocab, dtype=torch.float32, device=p.device)
     alpha = torch.empty(batch, dtype=torch.float32, device=p.device)
     _mixture_kernel[(batch, cut.slices)](
-        p_ptr=p, q_ptr=q, ref_ptr=ref if ref is not None else p, **row_values(param, temperature),
+        p_ptr=p, q_ptr=q, ref_ptr=ref if kind == Kind.IMPLICIT_REWARD else None, **row_values(param, temperature),
         stats_ptr=stats, limit_ptr=limits, out_ptr=probs, alpha_ptr=alpha, **row_geometry(p, cut), kind=int(kind),
         SLICES_POW2=cut.slices_pow2, BLOCK=BLOCK, num_warps=NUM_WARPS,
     )

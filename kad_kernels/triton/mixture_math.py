@@ -156,11 +156,16 @@ def chunk_mixture(p_ptr, q_ptr, ref_ptr, row, cols, mask, vocab, state, kind):
 
 @triton.jit
 def chunk_logits3(p_ptr, q_ptr, ref_ptr, row, cols, mask, kind):
-    """The logits of p, q and (ImplicitReward only, else never fetched) ref on a chunk,
-    in their own dtype: loads apart from arithmetic, so loops can fetch ahead."""
+    """The logits of p, q and ref on a chunk, in their own dtype: loads apart from
+    arithmetic, so loops can fetch ahead.  ref is fetched for ImplicitReward only;
+    absent (``ref_ptr`` None) it reads as −inf (f32: the interpreter builds no bf16
+    constants), like an unfetched chunk."""
     xp = tl.load(p_ptr + row + cols, mask=mask, other=float("-inf"))
     xq = tl.load(q_ptr + row + cols, mask=mask, other=float("-inf"))
-    # A select, not ``mask & (kind == …)``: Triton's interpreter gives that int32 lanes,
-    # which its loads refuse from triton 3.9 on.
-    xr = tl.load(ref_ptr + row + cols, mask=tl.where(kind == IMPLICIT_REWARD, mask, False), other=float("-inf"))
+    if ref_ptr is None:
+        xr = tl.full(xp.shape, float("-inf"), tl.float32)
+    else:
+        # A select, not ``mask & (kind == …)``: Triton's interpreter gives that int32 lanes,
+        # which its loads refuse from triton 3.9 on.
+        xr = tl.load(ref_ptr + row + cols, mask=tl.where(kind == IMPLICIT_REWARD, mask, False), other=float("-inf"))
     return xp, xq, xr

@@ -29,7 +29,7 @@ def _mass_sample_kernel(
     # the arguments of pass 2 (pass_two._mass_kernel), then:
     p_ptr, q_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr, slice_flag_ptr, flag_ptr,
     rows, vocab, positions, stride_b, stride_p, slice_len, slices, kind,
-    ref_ptr,  # [B, V] ref logits, p's dtype and strides (p itself if absent: read for ImplicitReward only)
+    ref_ptr,  # [B, V] ref logits, p's dtype and strides; None unless ImplicitReward
     ticket_ptr,  # i32 [B] tickets, zeroed by pass 1
     u_ptr,  # f32 [B] uniforms, or None: Philox from seed_ptr, offset_ptr
     seed_ptr,  # i64 [1] Philox seed (when u_ptr is None)
@@ -60,7 +60,8 @@ def drawn_token(
     u_ptr, seed_ptr, offset_ptr, b, rows, vocab, stride_b, slice_len, slices,
     kind, SLICES_POW2: tl.constexpr, BLOCK: tl.constexpr,
 ):
-    """Row b's token by inverse CDF of π, once passes 1 and 2 are complete."""
+    """Row b's token by inverse CDF of π, once passes 1 and 2 are complete (arguments
+    as ``_mass_sample_kernel``'s)."""
     if u_ptr is None:
         u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b)  # counter layout of _random.py
     else:
@@ -82,7 +83,7 @@ def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset, ma
     cut = layout(batch, 1, vocab, p.device)
     tokens = torch.empty(batch, dtype=torch.int64, device=p.device)
     tickets = torch.empty(batch, dtype=torch.int32, device=p.device)
-    ref = ref if ref is not None else p  # read for ImplicitReward only
+    ref = ref if kind == Kind.IMPLICIT_REWARD else None
     philox = uniforms is None
     stats, limits, slice_flags, flags = first_pass(kind, param, p, q, ref, temperature, cut, tickets)
     _mass_sample_kernel[(batch, cut.slices)](

@@ -31,7 +31,7 @@ from .row_stats import row_state
 def _accept_kernel(
     p_ptr,  # [B, P, V] p logits, P = γ+1; strides stride_b, stride_p, 1
     q_ptr,  # [B, P, V] q logits, p's dtype and strides
-    ref_ptr,  # [B, P, V] ref logits, p's dtype and strides (p itself if absent: read for ImplicitReward only)
+    ref_ptr,  # [B, P, V] ref logits, p's dtype and strides; None unless ImplicitReward
     draft_ptr,  # int [B, γ] draft tokens, contiguous
     temp_ptr,  # f32 [B] temperatures, or None: temp_value for every row
     temp_value,
@@ -120,7 +120,7 @@ def accept_chain(
 ):
     """Accept x_i iff u_i q_i(x_i) < π_i(x_i) (greedy: x_i = argmax π_i), in order: the
     number accepted in row b; with ``write``, also its tokens (the accepted drafts, −1
-    after them and at γ, where the draw will write)."""
+    after them and at γ, where the draw will write).  Arguments as ``_accept_kernel``'s."""
     gamma = positions - 1
     greedy = row_value(temp_ptr, temp_value, b) == 0
     going = 1
@@ -158,8 +158,9 @@ def drawn_last_token(
     kind, SLICES_POW2: tl.constexpr, DRAW_SLICES_POW2: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """Row b's token at position i, drawn from the residual after a rejection (from π_i
-    if the residual is all zero) or from π_γ as the bonus.  The slice masses are read
-    from L2 (``.cg``): other SMs have just written them."""
+    if the residual is all zero) or from π_γ as the bonus (arguments as
+    ``_accept_kernel``'s).  The slice masses are read from L2 (``.cg``): other SMs
+    have just written them."""
     n = b * positions + i
     if draw_u_ptr is None:
         u = tl.rand(tl.load(seed_ptr), tl.load(offset_ptr) + b * positions + positions - 1)
@@ -193,7 +194,7 @@ def verify(
     stats, limits, flags = row_statistics(kind, param, p, q, ref, temperature, cut, tickets)
     best_val = torch.empty(rows, cut.slices, dtype=torch.float32, device=device)
     best_idx = torch.empty(rows, cut.slices, dtype=torch.int32, device=device)
-    ref = ref if ref is not None else p  # read for ImplicitReward only
+    ref = ref if kind == Kind.IMPLICIT_REWARD else None
     values = row_values(param, temperature)
     if maybe_greedy:
         _argmax_kernel[(rows, cut.slices)](
