@@ -42,29 +42,29 @@ def probs(logits: Tensor, temperature: Tensor) -> Tensor:
 def deferral_mask(kind: Kind, param: Tensor, p: Tensor, q: Tensor, p_logits: Tensor) -> Tensor:
     """``d`` of docs/design.md §1.3 as bool ``[N, V]``; ``param`` is λ, μ or the budget, ``[N]``;
     ``p_logits`` ``[N, V]`` rank the tokens for Primal (§1.4)."""
-    a = param[:, None]
+    param = param[:, None]  # [N, 1]
     max_p = p.amax(-1, keepdim=True)
     max_q = q.amax(-1, keepdim=True)
     if kind == Kind.LOGISTIC:
-        return p < a
+        return p < param
     if kind == Kind.PERCEPTRON:
-        return (max_p - p) > a
+        return (max_p - p) > param
     if kind == Kind.ZERO_ONE:
-        return (p < max_p).float() > a
+        return (p < max_p).float() > param
     if kind == Kind.SQUARED:
-        return (1 - 2 * p + (p * p).sum(-1, keepdim=True)) > a
+        return (1 - 2 * p + (p * p).sum(-1, keepdim=True)) > param
     if kind == Kind.NUDGING:
-        return (max_p < a).expand_as(p)
+        return (max_p < param).expand_as(p)
     if kind == Kind.MAX_Q_MINUS:
-        return p < max_q - a
+        return p < max_q - param
     if kind == Kind.MAX_Q_PLUS:
-        return p < max_q + a
+        return p < max_q + param
     if kind == Kind.MAX_P_PLUS:
-        return q < max_p + a
+        return q < max_p + param
     if kind == Kind.MINUS_MAX_P_PLUS:
-        return q > max_p + a
+        return q > max_p + param
     if kind == Kind.PRIMAL:
-        return (cumulative_mass_below(p, p_logits) <= a) | (a >= 1)
+        return (cumulative_mass_below(p, p_logits) <= param) | (param >= 1)
     raise ValueError(f"{kind!r} is not a deferral rule")
 
 

@@ -283,7 +283,7 @@ inline uint32_t primal_key(const float* x, const float* e, float scale, int64_t 
 // α = 0 exactly when nothing is deferred and 1 when everything is.
 template <int64_t KIND>
 float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_scale, const float* xp, int64_t vocab,
-                    RowLoss loss, float* pi) {
+                    RowRule rule, float* pi) {
   auto logit = [xp](int64_t v) {
     if constexpr (KIND == kPrimal) return xp[v];
     return 0.0f;
@@ -293,11 +293,11 @@ float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_sca
   };
   // Both sums in one pass; lambdas capture by value (the vectorizer gives up on
   // loads through captured references).
-  auto slice_masses = [ep, p_scale, eq, q_scale, logit, loss](int64_t begin, int64_t end) {
+  auto slice_masses = [ep, p_scale, eq, q_scale, logit, rule](int64_t begin, int64_t end) {
     float deferred[kLanes] = {}, kept[kLanes] = {};
-    auto accumulate = [ep, p_scale, eq, q_scale, logit, loss, &deferred, &kept](int64_t v, int64_t l) {
+    auto accumulate = [ep, p_scale, eq, q_scale, logit, rule, &deferred, &kept](int64_t v, int64_t l) {
       const float p = ep[v] * p_scale;
-      const bool d = defers<KIND>(p, eq[v] * q_scale, logit(v), loss);
+      const bool d = defers<KIND>(p, eq[v] * q_scale, logit(v), rule);
       deferred[l] += d ? p : 0.0f;
       kept[l] += d ? 0.0f : p;
     };
@@ -319,7 +319,7 @@ float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_sca
     for (int64_t v = begin; v < end; ++v) {
       const float p = ep[v] * p_scale, q = eq[v] * q_scale;
       const float shared = alpha * q;
-      pi[v] = defers<KIND>(p, q, logit(v), loss) ? shared : p + shared;
+      pi[v] = defers<KIND>(p, q, logit(v), rule) ? shared : p + shared;
     }
   });
   return alpha;
@@ -407,8 +407,8 @@ Mixed mixture_row(int64_t kind, float param, float temperature, const RowLogits<
   const float* ep = ws.p.data();
   const float p_scale = sp.scale(), q_scale = sq.scale();
   // max p = e^0 · scale: the arg-max's e is exactly 1 (exp_row).
-  RowLoss loss{param, 1.0f * p_scale, 1.0f * q_scale, 0.0f, 0u};
-  if (kind == kSquared) loss.sum_p2 = row_sum(vocab, [ep, p_scale](int64_t v) { return (ep[v] * p_scale) * (ep[v] * p_scale); });
+  RowRule rule{param, 1.0f * p_scale, 1.0f * q_scale, 0.0f, 0u};
+  if (kind == kSquared) rule.sum_p2 = row_sum(vocab, [ep, p_scale](int64_t v) { return (ep[v] * p_scale) * (ep[v] * p_scale); });
   const float* xp = nullptr;  // p's fp32 logits, the ranking of Primal
   if (kind == kPrimal) {
     float* logits = ws.aux.data();
@@ -416,10 +416,10 @@ Mixed mixture_row(int64_t kind, float param, float temperature, const RowLogits<
       for (int64_t v = begin; v < end; ++v) logits[v] = load(row.p, v);
     });
     xp = logits;
-    loss.primal_key = primal_key(xp, ep, p_scale, vocab, param, ws.candidates);
+    rule.primal_key = primal_key(xp, ep, p_scale, vocab, param, ws.candidates);
   }
   const float alpha = with_kind(kind, [&](auto k) {
-    return defer_and_mix<decltype(k)::value>(ep, p_scale, ws.q.data(), q_scale, xp, vocab, loss, pi);
+    return defer_and_mix<decltype(k)::value>(ep, p_scale, ws.q.data(), q_scale, xp, vocab, rule, pi);
   });
   return {alpha, sp.flag | (sq.flag << 2), q_scale};
 }

@@ -298,10 +298,10 @@ struct alignas(16) RowState {
   float m_q, inv_z_q;
   float m_y, inv_z_y;         // ImplicitReward: π_v = prob(score_v, m_y, ...), uniform if m_y = −inf
   float alpha;                // α (0 for ImplicitReward)
-  RowLoss loss;
+  RowRule rule;
   uint32_t prefix;            // Primal radix walk: the key digits fixed so far
   unsigned long long below;   // mass (units) of the keys under the prefix's range
-  int32_t level;              // next radix level; kLevels once loss.primal_key is final
+  int32_t level;              // next radix level; kLevels once rule.primal_key is final
 };
 
 static_assert(sizeof(RowState) % 16 == 0 && std::is_trivially_copyable<RowState>::value, "loaded as uint4");
@@ -389,7 +389,7 @@ __device__ void finalize_stats(const Problem<T>& pr, int64_t n, float scale) {
       st.alpha = 0.0f;
       const float param = pr.param_of(n);
       // max p = 1/z exactly: the arg-max's term is 2^0 (see prob).
-      st.loss = RowLoss{param, st.inv_z_p, st.inv_z_q, __fmul_rn(__fmul_rn(s.p.z2, st.inv_z_p), st.inv_z_p),
+      st.rule = RowRule{param, st.inv_z_p, st.inv_z_q, __fmul_rn(__fmul_rn(s.p.z2, st.inv_z_p), st.inv_z_p),
                         0xFFFFFFFFu};
       st.prefix = 0;
       st.below = 0;
@@ -494,7 +494,7 @@ __device__ void primal_step(const Problem<T>& pr, int64_t n, const RowState& st,
     // Everything in range fits: at level 0 the whole row (all tokens deferred); deeper it
     // cannot happen, the integer masses of a bucket being the same at every level.
     if (threadIdx.x == 0) {
-      out->loss.primal_key = level == 0 ? 0xFFFFFFFFu : st.prefix + (1u << (shift + kDigitBits));
+      out->rule.primal_key = level == 0 ? 0xFFFFFFFFu : st.prefix + (1u << (shift + kDigitBits));
       out->level = kLevels;
     }
   } else if (digit == first) {
@@ -502,7 +502,7 @@ __device__ void primal_step(const Problem<T>& pr, int64_t n, const RowState& st,
     out->prefix = prefix;
     out->below = below;
     out->level = level + 1;
-    if (level + 1 == kLevels) out->loss.primal_key = prefix;  // defer v iff key(x_v) < key of the critical item
+    if (level + 1 == kLevels) out->rule.primal_key = prefix;  // defer v iff key(x_v) < key of the critical item
   }
   __threadfence();
   __syncthreads();
@@ -570,7 +570,7 @@ __device__ void mass_phase(const Problem<T>& pr, int64_t n, int j) {
     for (int k = 0; k < kN; ++k) {
       const float p = prob(xp[k], st.m_p, st.scale, st.inv_z_p);
       const float q = kNeedsQ ? prob(xq[k], st.m_q, st.scale, st.inv_z_q) : 0.0f;
-      if (defers<KIND>(p, q, xp[k], st.loss))
+      if (defers<KIND>(p, q, xp[k], st.rule))
         sums.x += p;
       else
         sums.y += p;
@@ -625,7 +625,7 @@ __device__ __forceinline__ PiQ mixture_at(const RowState& st, float xp, float xq
   } else {
     const float p = prob(xp, st.m_p, st.scale, st.inv_z_p);
     const float shared = __fmul_rn(st.alpha, q);
-    return {defers<KIND>(p, q, xp, st.loss) ? shared : __fadd_rn(p, shared), q};
+    return {defers<KIND>(p, q, xp, st.rule) ? shared : __fadd_rn(p, shared), q};
   }
 }
 

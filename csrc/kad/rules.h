@@ -28,8 +28,9 @@ constexpr int64_t kNumKinds = 11;
 constexpr int32_t kBadNonfinite = 1;
 constexpr int32_t kBadAllNegInf = 2;
 
-// The per-row quantities a mask needs besides p_v, q_v and the logit x_v of p_v.
-struct RowLoss {
+// A rule as one row applies it: its parameter and the row's quantities that a mask
+// needs besides p_v, q_v and the logit x_v of p_v.
+struct RowRule {
   float param;           // lam, mu or the primal budget
   float max_p, max_q;    // max_v p_v, max_v q_v
   float sum_p2;          // Σ p_v², for the squared loss
@@ -55,18 +56,18 @@ KAD_HOST_DEVICE uint32_t logit_key(float x) {
 // is a template argument so each rule's loop compiles (and vectorizes) without a branch
 // per token.
 template <int64_t KIND>
-KAD_HOST_DEVICE bool defers(float p, float q, float x, const RowLoss& row) {
-  const float a = row.param;
-  if constexpr (KIND == kLogistic) return p < a;
-  if constexpr (KIND == kPerceptron) return row.max_p - p > a;
-  if constexpr (KIND == kZeroOne) return (p < row.max_p ? 1.0f : 0.0f) > a;
-  if constexpr (KIND == kSquared) return 1.0f - 2.0f * p + row.sum_p2 > a;
-  if constexpr (KIND == kNudging) return row.max_p < a;
-  if constexpr (KIND == kMaxQMinus) return p < row.max_q - a;
-  if constexpr (KIND == kMaxQPlus) return p < row.max_q + a;
-  if constexpr (KIND == kMaxPPlus) return q < row.max_p + a;
-  if constexpr (KIND == kMinusMaxPPlus) return q > row.max_p + a;
-  if constexpr (KIND == kPrimal) return logit_key(x) < row.primal_key;
+KAD_HOST_DEVICE bool defers(float p, float q, float x, const RowRule& rule) {
+  const float param = rule.param;
+  if constexpr (KIND == kLogistic) return p < param;
+  if constexpr (KIND == kPerceptron) return rule.max_p - p > param;
+  if constexpr (KIND == kZeroOne) return (p < rule.max_p ? 1.0f : 0.0f) > param;
+  if constexpr (KIND == kSquared) return 1.0f - 2.0f * p + rule.sum_p2 > param;
+  if constexpr (KIND == kNudging) return rule.max_p < param;
+  if constexpr (KIND == kMaxQMinus) return p < rule.max_q - param;
+  if constexpr (KIND == kMaxQPlus) return p < rule.max_q + param;
+  if constexpr (KIND == kMaxPPlus) return q < rule.max_p + param;
+  if constexpr (KIND == kMinusMaxPPlus) return q > rule.max_p + param;
+  if constexpr (KIND == kPrimal) return logit_key(x) < rule.primal_key;
   return false;
 }
 
