@@ -108,10 +108,12 @@ def primal_mask_loop(p_row: torch.Tensor, budget: float, logits_row: torch.Tenso
 
 
 def primal_cumulative(p: torch.Tensor, p_logits: torch.Tensor) -> torch.Tensor:
-    """``C_v = Σ_{u: x_u ≤ x_v} p_u`` in float64 with ``x`` the logits, ``[N, V]``
-    (pairwise, for small V only)."""
-    p, x = p.double(), p_logits.double()
-    return (p[:, None, :] * (x[:, None, :] <= x[:, :, None])).sum(-1)
+    """``C_v = Σ_{u: x_u ≤ x_v} p_u`` in float64 with ``x`` the logits, ``[N, V]``: the mass
+    in logit order up to the end of v's tie group of equal logits (−0 = +0)."""
+    x = p_logits.double() + 0.0
+    order = torch.sort(x, dim=-1, stable=True)
+    cumulative = p.double().gather(-1, order.indices).cumsum(-1)
+    return cumulative.gather(-1, torch.searchsorted(order.values, x, right=True) - 1)
 
 
 def _primal_logits(p_logits: torch.Tensor | None) -> torch.Tensor:
@@ -186,11 +188,7 @@ def decision_sides(name: str, param: float, p: torch.Tensor, q: torch.Tensor, p_
     if name == "primal":
         if param >= 1:
             return None
-        x = _primal_logits(p_logits).double() + 0.0
-        order = torch.sort(x, dim=-1, stable=True)
-        cumulative = p.gather(-1, order.indices).cumsum(-1)
-        index = torch.searchsorted(order.values, x, right=True) - 1
-        return cumulative.gather(-1, index), const
+        return primal_cumulative(p, _primal_logits(p_logits)), const
     return sides.get(name)
 
 

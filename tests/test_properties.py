@@ -22,6 +22,7 @@ from helpers import (
     masked,
     mixture_from_mask,
     neg_inf_mask,
+    primal_cumulative,
     primal_mask_loop,
     rule_mask,
     size_params,
@@ -156,16 +157,11 @@ def test_lam_zero_gives_p(backend_case, slow, vocab, dtype, rule):
 
 
 def _primal_expected_alpha(p: torch.Tensor, p_logits: torch.Tensor, budget: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Greedy-knapsack α in float64 (the cumulative mass, in logit order, at the end of each
-    tie group of equal logits) and the rows where some group's cumulative mass is within
-    1e-5 of the budget."""
-    order = torch.sort(p_logits.double(), dim=-1, stable=True)
-    cumulative = p.double().gather(-1, order.indices).cumsum(-1)
-    group_end = torch.ones_like(cumulative, dtype=torch.bool)
-    group_end[:, :-1] = order.values[:, 1:] != order.values[:, :-1]
-    fits = group_end & (cumulative <= budget)
-    alpha = torch.where(fits, cumulative, torch.zeros_like(cumulative)).amax(-1)
-    ambiguous = (group_end & ((cumulative - budget).abs() <= 1e-5)).any(-1)
+    """Greedy-knapsack α in float64 (the largest C_v within the budget, C over tie groups of
+    equal logits in logit order) and the rows where some C_v is within 1e-5 of the budget."""
+    cumulative = primal_cumulative(p, p_logits)
+    alpha = torch.where(cumulative <= budget, cumulative, torch.zeros_like(cumulative)).amax(-1)
+    ambiguous = ((cumulative - budget).abs() <= 1e-5).any(-1)
     return alpha, ambiguous
 
 
