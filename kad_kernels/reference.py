@@ -29,13 +29,22 @@ def bad_logits_flag(logits: Tensor) -> Tensor:
 
 
 def tempered_logits(logits: Tensor, temperature: Tensor) -> Tensor:
-    """``logits / T`` in fp32, ``[N, V]``; greedy rows (T = 0) use T = 1."""
+    """``(logits − max) / T`` in fp32, ``[N, V]``; greedy rows (T = 0) use T = 1.
+
+    The row max is subtracted before the division (docs/design.md §1.1): the
+    differences near the max, which carry the mass, are then exact, and the
+    division rounds each at its own size.  ``logits / T`` alone rounds at |x|/T,
+    a relative error of ~1e-5 in p for |x| = 2.5e4 and T = 2.85.  A row without a
+    finite max (all −inf, or a NaN or +inf entry) is left unshifted."""
+    x = logits.float()
+    shift = x.amax(-1, keepdim=True)  # [N, 1]
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
     t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
-    return logits.float() / t[:, None]
+    return (x - shift) / t[:, None]
 
 
 def probs(logits: Tensor, temperature: Tensor) -> Tensor:
-    """``softmax(logits / T)`` in fp32, ``[N, V]``."""
+    """``softmax(logits / T)`` in fp32, ``[N, V]``, from ``tempered_logits``."""
     return torch.softmax(tempered_logits(logits, temperature), dim=-1)
 
 
