@@ -77,14 +77,15 @@ def masked(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- formulas
 
 
-def softmax(logits: torch.Tensor, temperature=1.0) -> torch.Tensor:
-    """``softmax(logits / T)`` in fp32 on CPU over the last dim; ``T`` a float or a tensor of
-    the leading shape, 0 (greedy) meaning 1.  The row max is subtracted before the
-    division, as docs/design.md §1.1 specifies."""
-    x = logits.float().cpu()
+def softmax(logits: torch.Tensor, temperature=1.0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``softmax(logits / T)`` in ``dtype`` (fp32 as the kernels compute it, or fp64 for the
+    exact value) on CPU over the last dim; ``T`` a float or a tensor of the leading shape,
+    0 (greedy) meaning 1.  The row max is subtracted before the division, as
+    docs/design.md §1.1 specifies."""
+    x = logits.to(dtype).cpu()
     shift = x.amax(-1, keepdim=True)
     shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    t = torch.as_tensor(temperature, dtype=torch.float32).cpu().expand(x.shape[:-1])
+    t = torch.as_tensor(temperature, dtype=torch.float32).to(dtype).cpu().expand(x.shape[:-1])
     t = torch.where(t > 0, t, torch.ones_like(t))
     return torch.softmax((x - shift) / t[..., None], dim=-1)
 

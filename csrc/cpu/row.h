@@ -44,10 +44,13 @@ inline float load(const at::Half* x, int64_t v) { return static_cast<float>(rein
 // e^x for x <= 0, the only arguments a softmax produces (x - max).  Cody–Waite
 // reduction x = n ln 2 + r, |r| <= ln2 / 2, and Cephes' degree-6 polynomial for
 // e^r: within 2 ulp of expf, and exactly 1 at x = 0, so the arg-max of a row
-// keeps p = 1 / Σ exactly as torch.softmax does.  x < -87 (including -inf)
-// gives 0 where expf would give a subnormal.
+// keeps p = 1 / Σ exactly as torch.softmax does.  x < ln 2^-126 (including -inf)
+// gives 0: e^x is then below fp32's smallest normal, and so is p = e^x / Σ, which
+// docs/design.md §2.4 lets a kernel flush.  A cut-off above it would flush normal
+// probabilities too, and the accept test of a draft that q puts there would differ.
+constexpr float kLogSmallestNormal = -87.33654475f;  // ln 2^-126: n = -126 below
 inline float exp_nonpositive(float x) {
-  const float clamped = std::max(x, -87.0f);
+  const float clamped = std::max(x, kLogSmallestNormal);
   const float n = std::floor(clamped * 1.44269504088896341f + 0.5f);
   float r = clamped - n * 0.693359375f;
   r = r - n * -2.12194440e-4f;
@@ -61,7 +64,7 @@ inline float exp_nonpositive(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof scale);
-  return x < -87.0f ? 0.0f : er * scale;
+  return x < kLogSmallestNormal ? 0.0f : er * scale;
 }
 
 // Tokens per block of the inverse CDF's block sums (InverseCdf).
