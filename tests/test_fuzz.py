@@ -150,9 +150,8 @@ def _ambiguous(rule: kk.Rule, p_logits, q_logits, temperature: torch.Tensor) -> 
     _, param = rule.spec(p_logits.shape[0], torch.device("cpu"))
     value = float(param) if not isinstance(param, torch.Tensor) else float(param.flatten()[0])
     tempered = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
-    exact = dict(dtype=torch.float64)
-    return ambiguous_rows(name, value, softmax(p_logits, tempered, **exact), softmax(q_logits, tempered, **exact),
-                          p_logits=p_logits)
+    p, q = (softmax(x, tempered, dtype=torch.float64) for x in (p_logits, q_logits))
+    return ambiguous_rows(name, value, p, q, p_logits=p_logits)
 
 
 def _score_rounding(rule: kk.Rule, p_logits, q_logits, ref_logits, temperature: torch.Tensor) -> torch.Tensor:
