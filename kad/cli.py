@@ -23,12 +23,14 @@ import torch
 from tqdm.auto import tqdm
 from transformers import TextStreamer
 
+import kad_kernels as kk
+
 from . import default_pair
 from .decoding import RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
 from .engines import EngineError
 from .loop import ContextLengthWarning
 from .models import ENGINES
-from .settings import MODES
+from .settings import MODES, Settings
 from .evaluate import RunConfig, Summary, evaluate, load_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
@@ -67,6 +69,15 @@ def _add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens: int) 
     group.add_argument("--system", default=SYSTEM_PROMPT, help="system message of the chat template ('' for none)")
 
 
+def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
+    """The rule of the decoding options, every option checked before a model loads."""
+    rule = build_rule(args.mode, args.rule, args.lam)
+    Settings(args.mode, rule, args.gamma, args.temperature).checked_rule()
+    if args.max_new_tokens < 0:
+        raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
+    return rule
+
+
 def _decoder(args: argparse.Namespace) -> Decoder:
     if args.base_url is None and (args.base_model or args.api_key or args.approximate):
         raise ValueError("--base-model, --api-key and --approximate go with --base-url")
@@ -93,7 +104,7 @@ def add_generate(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    rule = build_rule(args.mode, args.rule, args.lam)
+    rule = _decoding_rule(args)
     decoder = _decoder(args)
     single = len(args.prompt) == 1
     streamer = TextStreamer(decoder.tokenizer, skip_prompt=True, skip_special_tokens=True) if single else None
@@ -146,7 +157,7 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be >= 1")
-    build_rule(args.mode, args.rule, args.lam)  # fail on a bad rule before loading models
+    _decoding_rule(args)
     name = rule_name(args.mode, args.rule)
     takes_lam = name not in (None, "implicit-reward")
     decoder = _decoder(args)
@@ -237,6 +248,8 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
 def run_demo(args: argparse.Namespace) -> int:
     from .demo import demo
 
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     demo(_decoder(args), item_index=args.item, seed=args.seed, max_new_tokens=args.max_new_tokens)
     return 0
 

@@ -168,6 +168,8 @@ class Decoder:
         with ``api_key`` and ``approximate``; only the aligned model is loaded here."""
         if base is not None and base_url is not None:
             raise ValueError("give the base model either by name (base) or by server (base_url), not both")
+        if base_url is not None:
+            RemoteEngine.checked_url(base_url)  # before the aligned model loads
         requested = None if device is None else resolve_device(device)
         engine = resolve_engine(engine, requested, [m for m in (base, aligned, reference) if m is not None])
         device = requested or (torch.device("cpu") if engine == "llama.cpp" else resolve_device(None))

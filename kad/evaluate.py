@@ -157,9 +157,14 @@ def summary_table(results: Sequence[dict]) -> str:
 
 
 def load_result(path: str | os.PathLike) -> dict:
-    """A result file, checked to be one."""
-    with open(path, encoding="utf-8") as f:
-        result = json.load(f)
+    """A result file, checked to be one (``ValueError`` naming ``path`` otherwise)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            result = json.load(f)
+    except OSError as error:
+        raise ValueError(f"cannot read {path}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not a kad eval result file: not JSON ({error})") from None
     if not isinstance(result, dict) or result.get("format") != FORMAT:
         raise ValueError(f"{path} is not a kad eval result file (format {FORMAT})")
     return result

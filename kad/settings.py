@@ -4,6 +4,7 @@ that the loop and the engines read."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -55,9 +56,12 @@ class Settings:
         return self.mode.endswith("-spec")
 
     def checked_rule(self) -> kk.Rule:
-        """The rule, checked against the mode, and ``gamma`` checked where it is used."""
+        """The rule, checked against the mode; ``gamma`` (where it is used) and
+        ``temperature`` are checked too, so that a bad setting fails before a model runs."""
         rule = resolve_rule(self.mode, self.rule)
-        gamma = self.gamma
+        gamma, temperature = self.gamma, self.temperature
         if self.speculative and (isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1):
             raise ValueError(f"gamma (drafts per speculative round) must be an int >= 1, got {gamma!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
+            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
         return rule

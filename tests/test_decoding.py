@@ -419,6 +419,9 @@ def test_a_model_with_fewer_logits_than_tokens_is_refused():
         (dict(mode="base", rule=kk.Dual(0.4)), ValueError, "takes no rule"),
         (dict(mode="speculative"), ValueError, "unknown mode"),
         (dict(max_new_tokens=[3, 4]), ValueError, "max_new_tokens"),
+        (dict(temperature=-0.5), ValueError, "temperature must be a finite number >= 0"),
+        (dict(temperature=float("nan")), ValueError, "temperature must be a finite number >= 0"),
+        (dict(temperature=float("inf")), ValueError, "temperature must be a finite number >= 0"),
         (dict(prompts=["a", "b"], streamer=_Recorder()), ValueError, "streamer takes one prompt"),
     ],
     ids=lambda x: x if isinstance(x, str) else None,
@@ -461,6 +464,30 @@ def test_cli_says_in_one_line_what_cannot_be_loaded(tmp_path, capsys, options, m
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
     assert len(error.strip().splitlines()) == 2  # argparse's usage line, then the error
+
+
+@pytest.mark.parametrize("command", ["generate", "eval"])
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--mode", "kad-spec", "--gamma", "0"], "gamma (drafts per speculative round) must be an int >= 1, got 0"),
+        (["--temperature", "-1"], "temperature must be a finite number >= 0 (0 = greedy), got -1.0"),
+        (["--temperature", "nan"], "temperature must be a finite number >= 0 (0 = greedy), got nan"),
+        (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0, got -1"),
+        (["--lam", "1.5"], "lam must lie in [0.0, 1.0], got 1.5"),
+        (["--base-url", "localhost:8000/v1"], "base URL 'localhost:8000/v1' must start with http:// or https://"),
+    ],
+    ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url"],
+)
+def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options, message):
+    # The models do not exist: an option checked only after loading would fail on them first.
+    models = ["--aligned", "/nonexistent/model"] + ([] if "--base-url" in options else ["--base", "/nonexistent/model"])
+    task = ["--task", "gsm8k"] if command == "eval" else ["--prompt", "hello"]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, *task, *models, *options])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert message in error and "Traceback" not in error and "/nonexistent/model" not in error
 
 
 def _short_context_model(positions: int) -> torch.nn.Module:

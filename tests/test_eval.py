@@ -150,6 +150,28 @@ def test_summary_table_and_cli_summary(tmp_path, capsys):
     assert table[3].startswith("| gsm8k | base | 10 | 30.0% (11%–60%) |")
 
 
+@pytest.mark.parametrize("command", ["summary", "plot"])
+@pytest.mark.parametrize(
+    "name, content, message",
+    [("missing.json", None, "cannot read {path}: No such file or directory"),
+     ("folder", "", "cannot read {path}: Is a directory"),
+     ("garbled.json", "{not json", "{path} is not a kad eval result file: not JSON (Expecting property name"),
+     ("other.json", '{"format": "something else"}', "{path} is not a kad eval result file (format kad-eval/1)")],
+    ids=["missing", "directory", "not-json", "other-json"],
+)  # fmt: skip
+def test_cli_names_a_result_file_it_cannot_read(tmp_path, capsys, command, name, content, message):
+    path = tmp_path / name
+    if content == "":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([command, str(path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"kad: error: {message.format(path=path)}" in error and "Traceback" not in error
+
+
 @pytest.mark.parametrize(
     "changes, without, label",
     [({}, None, "kad-spec dual 0.4 γ=3"), ({}, "gamma", "kad-spec dual 0.4"), ({}, "lam", "kad-spec dual γ=3"),

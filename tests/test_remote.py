@@ -11,7 +11,9 @@ tests share one server (one xdist group) and bound every request.
 from __future__ import annotations
 
 import json
+import re
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,6 +164,21 @@ def test_nothing_listening_is_one_line_naming_the_url():
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(EngineError, match=rf"^{url}/models: ConnectError.* \(after 2 attempts\)$"):
         RemoteEngine(url, SERVED_NAME, make_tokenizer(), **FAST_FAILURE)
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [("127.0.0.1:8000/v1", "must start with http:// or https:// and name a host"),
+     ("ftp://127.0.0.1/v1", "must start with http:// or https:// and name a host"),
+     ("http:///v1", "must start with http:// or https:// and name a host"),
+     ("http://[::1/v1", "is not a URL"),
+     ("http://127.0.0.1:70000/v1", "has port 70000, outside 1..65535")],
+)  # fmt: skip
+def test_a_malformed_url_is_refused_before_any_request(url, message):
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=rf"^base URL {re.escape(repr(url))} .*{re.escape(message)}"):
+        RemoteEngine(url, SERVED_NAME, make_tokenizer())
+    assert time.perf_counter() - start < 1.0  # no retries
 
 
 @pytest.mark.parametrize("fault", ["not-json", "truncated", "http-500", "wrong-count", "bad-logprobs", "drop"])

@@ -87,7 +87,7 @@ class RemoteEngine:
             raise ValueError(f"logprobs must be >= 1 and <= max_logprobs, got {logprobs} and {max_logprobs}")
         if attempts < 1:
             raise ValueError(f"attempts must be >= 1, got {attempts}")
-        self.url = base_url.rstrip("/")
+        self.url = self.checked_url(base_url)
         self.model = model
         self._vocab_size = len(tokenizer)
         self._first_k, self._max_k = logprobs, max_logprobs
@@ -102,6 +102,21 @@ class RemoteEngine:
         self._check_vocabulary(tokenizer)
         self._settings: Settings | None = None
         self.reset()
+
+    @staticmethod
+    def checked_url(base_url: str) -> str:
+        """``base_url`` without its trailing ``/``; ``ValueError`` naming it unless it is an
+        http(s) URL with a host (a typo fails at once, not after every retry)."""
+        example = "e.g. http://127.0.0.1:8000/v1"
+        try:
+            url = httpx.URL(base_url)
+        except (httpx.InvalidURL, TypeError) as error:
+            raise ValueError(f"base URL {base_url!r} is not a URL ({error}); {example}") from None
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base URL {base_url!r} must start with http:// or https:// and name a host; {example}")
+        if url.port is not None and not 0 < url.port < 65536:
+            raise ValueError(f"base URL {base_url!r} has port {url.port}, outside 1..65535")
+        return base_url.rstrip("/")
 
     # ------------------------------------------------------------------ the Engine protocol
 
