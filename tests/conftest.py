@@ -25,11 +25,24 @@ if not torch.cuda.is_available():
 from dataclasses import dataclass  # noqa: E402
 
 import pytest  # noqa: E402
+from hypothesis import HealthCheck, settings  # noqa: E402
 
 import kad_kernels as kk  # noqa: E402
 from kad_kernels import _backends  # noqa: E402
 
 HAS_CUDA = torch.cuda.is_available()
+
+# Hypothesis: CI runs "kad-ci" (derandomized, so a run is reproducible); the long
+# profile is for scripts such as ``python tests/test_fuzz.py --examples N``.  Tests
+# scale ``settings.default.max_examples`` to their cost.
+_FUZZ = dict(
+    deadline=None,
+    print_blob=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("kad-ci", max_examples=30, derandomize=True, **_FUZZ)
+settings.register_profile("kad-long", max_examples=int(os.environ.get("KAD_FUZZ_EXAMPLES", "2000")), **_FUZZ)
+settings.load_profile(os.environ.get("KAD_FUZZ_PROFILE", "kad-ci"))
 
 # xdist workers share the cores: one intra-op pool per worker, not one per core each.
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ:

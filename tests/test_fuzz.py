@@ -28,7 +28,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, note, settings
+from hypothesis import given, note
 from hypothesis import strategies as st
 
 import kad_kernels as kk
@@ -42,14 +42,7 @@ DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 LOGITS = ("ordinary", "extreme", "flat", "mostly-neg-inf", "near-constant")
 LAYOUTS = ("contiguous", "wide-rows", "every-other-row")
 
-_COMMON = dict(
-    deadline=None,
-    print_blob=True,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile("kad-ci", max_examples=30, derandomize=True, **_COMMON)
-settings.register_profile("kad-long", max_examples=int(os.environ.get("KAD_FUZZ_EXAMPLES", "2000")), **_COMMON)
-settings.load_profile(os.environ.get("KAD_FUZZ_PROFILE", "kad-ci"))
+# The hypothesis profiles (kad-ci, kad-long) are registered in conftest.py.
 # The interpreter runs Triton kernels in Python: its cases stay small.
 MAX_BATCH, MAX_VOCAB = (64, 20000) if os.environ.get("KAD_FUZZ_PROFILE") == "kad-long" else (8, 4099)
 

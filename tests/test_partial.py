@@ -4,16 +4,23 @@ The property that matters: wherever :func:`kad.partial.exact` says a row is exac
 the kernels give the same mixture, α and greedy token on the completed row as on
 the true one, for any q.  The rows are random with every kind of peakedness,
 −inf entries, exact ties at the k-th value, and (as vLLM does) the sampled token
-added when it is not among the top k.
+added when it is not among the top k.  A hypothesis property adds one-row cases
+with any k and rule parameters next to where a decision or the exactness
+changes (100 × the profile's examples: 3000 in CI; ``KAD_FUZZ_PROFILE=kad-long``
+for more, see conftest.py).
 """
 
 from __future__ import annotations
 
 import pytest
 import torch
+from helpers import ambiguous_rows
+from hypothesis import given, note, settings
+from hypothesis import strategies as st
 
 import kad_kernels as kk
 from kad.partial import TopK, completed_logits, exact
+from kad_kernels.rules import Kind
 
 V = 50
 ROWS = 600
@@ -100,3 +107,88 @@ def test_ids_beyond_the_vocabulary_are_dropped():
     row = completed_logits(top, 10)
     assert row.shape == (1, 10) and row[0, 0] == -0.5 and row[0, 1] == -1.5
     assert torch.isfinite(row).all()
+
+
+# ----------------------------------------------------------------------------- property, adversarial parameters
+
+# helpers.decision_sides' name of each rule kind kad.partial judges.
+FORMULA = {Kind.LOGISTIC: "logistic", Kind.PERCEPTRON: "perceptron", Kind.ZERO_ONE: "zero_one",
+           Kind.SQUARED: "squared", Kind.NUDGING: "max", Kind.PRIMAL: "primal"}  # fmt: skip
+
+
+# A parameter 10^-7 to 10^-1 off a value where a decision changes, or on it.
+OFFSETS = st.one_of(st.just(0.0), st.builds(lambda sign, e: sign * 10.0**e, st.sampled_from([-1, 1]), st.floats(-7, -1)))
+
+
+def _parameter(draw, low: float, high: float, critical: float, values: torch.Tensor) -> float:
+    """A rule parameter in [low, high]: random, or next to ``critical`` (where exactness
+    changes) or to one of ``values`` (where a decision of the row changes)."""
+    near = st.one_of(st.just(critical), st.sampled_from(sorted(set(values.tolist()))))
+    value = draw(st.one_of(st.floats(low, high), st.builds(lambda v, d: v + d, near, OFFSETS)))
+    return min(high, max(low, value))
+
+
+@st.composite
+def served_rows(draw):
+    """``(logits [1, V], what a server returns, rule)``: one row of any peakedness, with
+    ties and −inf entries; k from 1 to V, vLLM's sampled token added or not; a rule
+    whose parameter is random or close to where a decision or the exactness changes."""
+    vocab = draw(st.integers(2, 300))
+    k = draw(st.integers(1, vocab))
+    generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
+    x = torch.randn(vocab, generator=generator, dtype=torch.float64) * draw(st.sampled_from([0.0, 0.1, 1.0, 3.0, 10.0, 30.0]))
+    if draw(st.booleans()):
+        x = (x * 2).round() / 2  # ties
+    if draw(st.booleans()):
+        x[torch.randperm(vocab, generator=generator)[: draw(st.integers(1, vocab - 1))]] = float("-inf")
+    logits = x.float()[None]
+    logprobs = torch.log_softmax(logits.double(), dim=-1).float()
+    top = logprobs.topk(k, dim=1)
+    ids, values = top.indices, top.values
+    if draw(st.booleans()):  # vLLM adds the token it sampled when it is not among the top k
+        sampled = torch.multinomial(logprobs.double().exp(), 1, generator=generator)
+        outside = ~(ids == sampled).any(1, keepdim=True)
+        ids = torch.cat([ids, torch.where(outside, sampled, -1)], dim=1)
+        values = torch.cat([values, torch.where(outside, logprobs.gather(1, sampled), float("-inf"))], dim=1)
+
+    p = logprobs.double().exp()[0]
+    b, top1, squares = float(p.topk(k).values[-1]), float(p.max()), float(p.square().sum())
+    cumulative = p.sort().values.cumsum(0)  # C at each token, least likely first
+    kind = draw(st.sampled_from(sorted(FORMULA, key=lambda kind: kind.value)))
+    if kind == Kind.LOGISTIC:  # kept iff p_v >= λ; exact iff b < λ
+        rule = kk.Dual(_parameter(draw, 0.0, 1.0, b, p))
+    elif kind == Kind.PERCEPTRON:  # kept iff p_v >= P − μ; exact iff b < P − μ
+        rule = kk.Dual(mu=_parameter(draw, 0.0, 1.0, top1 - b, top1 - p), loss="perceptron")
+    elif kind == Kind.ZERO_ONE:  # μ < 1 keeps the arg-max, μ >= 1 everything
+        rule = kk.Dual(mu=draw(st.one_of(st.just(1.0), st.floats(0.0, 2.0))), loss="zero_one")
+    elif kind == Kind.SQUARED:  # kept iff p_v >= t = (1 + S − μ)/2: μ that puts t on b or on a p_v
+        rule = kk.Dual(mu=_parameter(draw, 0.0, 2.0, 1 + squares - 2 * b, 1 + squares - 2 * p), loss="squared")
+    elif kind == Kind.PRIMAL:  # exact iff the mass at or below b fits the budget
+        rule = kk.Primal(_parameter(draw, 0.0, 1.2, float(p[p <= b].sum()), cumulative))
+    else:  # NUDGING: everything kept iff P >= λ
+        rule = kk.Nudging(_parameter(draw, 0.0, 1.0, top1, p))
+    return logits, TopK(ids, values, k), rule
+
+
+@settings(max_examples=100 * settings.default.max_examples)
+@given(case=served_rows())
+def test_exact_says_exact_only_where_the_top_k_gives_the_mixture(case):
+    logits, top, rule = case
+    vocab = logits.shape[1]
+    note(f"{rule!r}, V = {vocab}, k = {top.k}")
+    if not exact(rule, 1.0, top, vocab)[0]:
+        return
+    assert exact(rule, 0.0, top, vocab)[0]  # greedy reads π at T = 1
+    completed = completed_logits(top, vocab)
+    q = torch.randn(1, vocab, generator=torch.Generator().manual_seed(vocab)) * 3
+    _, param = rule.spec(1, torch.device("cpu"))
+    for row in (logits, completed):  # a decision within fp32 rounding of its threshold: no promise
+        p64, q64 = torch.softmax(row.double(), -1), torch.softmax(q.double(), -1)
+        if ambiguous_rows(FORMULA[rule.kind], float(param), p64, q64, p_logits=row)[0]:
+            return
+    true, approx = kk.mixture(logits, q, rule), kk.mixture(completed, q, rule)
+    torch.testing.assert_close(approx.probs, true.probs, atol=2e-6, rtol=1e-4)
+    torch.testing.assert_close(approx.alpha, true.alpha, atol=2e-6, rtol=1e-4)
+    first, second = true.probs[0].double().topk(2).values.tolist()
+    if first - second > 1e-5:
+        assert torch.equal(kk.sample(completed, q, rule, 0.0), kk.sample(logits, q, rule, 0.0))
