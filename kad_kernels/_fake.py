@@ -1,6 +1,7 @@
 """Output shapes of the backend ops, for their fake (meta) implementations: what
 ``torch.compile`` traces in place of a kernel (the Triton custom ops and the C++
-``kad::native_*`` ops share them)."""
+``kad::native_*`` ops share them).  A batch of no rows gets these empty outputs
+from the Triton ops too, which have no launch for it."""
 
 from __future__ import annotations
 

@@ -42,6 +42,8 @@ def _mixture_op(
     temperature: Optional[Tensor],
     temperature_value: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    if p.shape[0] == 0:  # no rows: nothing to launch (a layout needs one)
+        return _fake.mixture(kind, param, param_value, p, q, ref, temperature, temperature_value)
     p, q, ref = _same_strides(p, q, ref)
     return _mixture.mixture(Kind(kind), _given(param, param_value), p, q, ref, _given(temperature, temperature_value))
 
@@ -64,6 +66,8 @@ def _sample_op(
     offset: Optional[Tensor],
     maybe_greedy: bool,
 ) -> tuple[Tensor, Tensor]:
+    if p.shape[0] == 0:
+        return _fake.sample(kind, param, param_value, p, q, ref, temperature, temperature_value, uniforms, seed, offset)
     p, q, ref = _same_strides(p, q, ref)
     return _sample.sample(
         Kind(kind), _given(param, param_value), p, q, ref, _given(temperature, temperature_value), uniforms, seed,
@@ -91,6 +95,9 @@ def _verify_op(
     offset: Optional[Tensor],
     maybe_greedy: bool,
 ) -> tuple[Tensor, Tensor, Tensor]:
+    if p.shape[0] == 0:
+        return _fake.verify(kind, param, param_value, p, q, ref, draft, temperature, temperature_value,
+                            accept_uniforms, draw_uniforms, seed, offset)  # fmt: skip
     p, q, ref = _same_strides(p, q, ref)
     return _verify.verify(
         Kind(kind), _given(param, param_value), p, q, ref, draft, _given(temperature, temperature_value),
