@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
+import transformers
 from tqdm.auto import tqdm
 from transformers import TextStreamer
 
@@ -264,6 +265,8 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="kad", description="KAD decoding: a base model aligned by a small one.")
+    versions = f"kad {kk.__version__} (torch {torch.__version__}, transformers {transformers.__version__})"
+    parser.add_argument("--version", action="version", version=versions)
     subparsers = parser.add_subparsers(dest="command", required=True)
     for add in (add_demo, add_generate, add_eval, add_summary, add_plot):
         add(subparsers)

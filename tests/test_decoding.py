@@ -10,6 +10,7 @@ dropped rows), batched against per-prompt decoding.
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 
 import numpy as np
 import pytest
@@ -488,6 +489,14 @@ def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error and "/nonexistent/model" not in error
+
+
+def test_cli_version_is_the_package_version(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.startswith(f"kad {kk.__version__} (torch {torch.__version__}, ")
+    assert importlib.metadata.version("kad-kernels") == kk.__version__  # pyproject reads it from kad_kernels
 
 
 def _short_context_model(positions: int) -> torch.nn.Module:
