@@ -25,12 +25,15 @@ from decoding_helpers import (
     pair_counts,
     two_sample,
 )
+from hypothesis import given
+from hypothesis import strategies as st
 
 import kad
 import kad_kernels as kk
 from kad import cli
 from kad.decoding import build_rule
 from kad.engines import HFEngine
+from kad_kernels.rules import Kind
 
 MODELS = make_models()
 TOKENIZER = make_tokenizer()
@@ -79,6 +82,30 @@ def test_greedy_speculative_emits_the_sequential_tokens(rule_index, size, gamma)
     assert out.token_ids == _greedy_sequential(rule_index, size)
     for tokens, budget in zip(out.token_ids, budgets):
         assert 1 <= len(tokens) <= budget
+
+
+@st.composite
+def _greedy_cases(draw):
+    """Ragged prompts of random token ids, budgets from 0, any γ, any rule, random stop tokens."""
+    rows = draw(st.integers(1, 4))
+    prompts = [draw(st.lists(st.integers(0, V - 1), min_size=1, max_size=12)) for _ in range(rows)]
+    budgets = [draw(st.integers(0, 10)) for _ in range(rows)]
+    return prompts, budgets, draw(st.sampled_from(RULES)), draw(st.integers(1, 8)), draw(st.sets(st.integers(0, V - 1), max_size=3))
+
+
+@given(case=_greedy_cases())
+def test_greedy_speculative_is_sequential_and_batched_is_one_by_one(case):
+    prompts, budgets, rule, gamma, stop_ids = case
+    decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER, reference=MODELS["reference"])
+    decoder.stop_ids = frozenset(stop_ids)
+    mode = {Kind.NUDGING: "nudging", Kind.IMPLICIT_REWARD: "implicit-reward"}.get(rule.kind, "kad")
+    sequential = decoder.generate(prompts, mode, rule, temperature=0.0, max_new_tokens=budgets).token_ids
+    speculative = decoder.generate(prompts, f"{mode}-spec", rule, gamma=gamma, temperature=0.0, max_new_tokens=budgets)
+    assert speculative.token_ids == sequential
+    for prompt, budget, tokens in zip(prompts, budgets, sequential):
+        assert len(tokens) <= budget and not stop_ids & set(tokens[:-1])
+        alone = decoder.generate([prompt], f"{mode}-spec", rule, gamma=gamma, temperature=0.0, max_new_tokens=budget)
+        assert alone.token_ids == [tokens]
 
 
 def test_greedy_speculative_is_not_trivial():
