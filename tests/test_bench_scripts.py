@@ -1,0 +1,39 @@
+"""The GPU benchmark script runs end to end on the CPU.
+
+``benchmarks/gpu_check.sh`` spends scarce GPU minutes on ``bench_kernels.py``; a script
+broken by an API change would waste them.  Here it runs on a tiny grid on the CPU
+(its CPU timer is there for this), with the torch.compile column, and its CSV must
+hold every row, no error and no token that differs from the eager reference.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import kad_kernels as kk
+
+ROOT = Path(__file__).resolve().parents[1]
+BACKENDS = ["torch", "torch-compile", *(["cpu"] if "cpu" in kk.available_backends() else [])]
+
+
+def test_bench_kernels_writes_every_row_with_the_reference_tokens(tmp_path):
+    args = [sys.executable, str(ROOT / "benchmarks" / "bench_kernels.py"), "--device", "cpu",
+            "--backends", ",".join(BACKENDS), "--ops", "sample,verify", "--rules", "dual,primal", "--batch", "3",
+            "--vocab", "1001", "--dtypes", "bf16", "--min-run-time", "0.01", "--out-dir", str(tmp_path)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    done = subprocess.run(args, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    with open(tmp_path / "bench_kernels.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert sorted((r["op"], r["rule"], r["backend"]) for r in rows) == sorted(
+        (op, rule, backend) for op in ("sample", "verify") for rule in ("dual", "primal") for backend in BACKENDS
+    )
+    for row in rows:
+        assert row["error"] == "", row
+        assert float(row["median_us"]) > 0 and float(row["gbps"]) > 0, row
+        assert row["mismatch_rows"] in ("", "0"), row  # empty for eager torch itself
+    assert (tmp_path / "bench_kernels.md").is_file()
