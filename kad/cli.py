@@ -283,6 +283,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except (ValueError, FileExistsError) as error:  # bad arguments found past argparse
         parser.error(str(error))
+    except KeyboardInterrupt:  # Ctrl-C: what was streamed stays on the screen, no traceback
+        print("\nkad: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

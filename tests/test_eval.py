@@ -150,6 +150,16 @@ def test_summary_table_and_cli_summary(tmp_path, capsys):
     assert table[3].startswith("| gsm8k | base | 10 | 30.0% (11%–60%) |")
 
 
+def test_cli_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "run_summary", interrupted)
+    assert cli.main(["summary", "any.json"]) == 130
+    error = capsys.readouterr().err
+    assert error.strip() == "kad: interrupted"
+
+
 @pytest.mark.parametrize("command", ["summary", "plot"])
 @pytest.mark.parametrize(
     "name, content, message",
