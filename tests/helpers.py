@@ -12,6 +12,8 @@ import pytest
 import scipy.stats
 import torch
 
+from kad_kernels.rules import Kind
+
 NEG_INF = float("-inf")
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -169,6 +171,14 @@ def implicit_reward_formula(p_logits, q_logits, ref_logits, temperature: float =
     p, q, r = (softmax(x, temperature).double() for x in (p_logits, q_logits, ref_logits))
     w = torch.where(r > 0, p * q / r, torch.zeros_like(p))
     return w / w.sum(-1, keepdim=True)
+
+
+# The formula names of decision_sides (and rule_mask), by rule kind.
+FORMULA = {
+    Kind.LOGISTIC: "logistic", Kind.PERCEPTRON: "perceptron", Kind.ZERO_ONE: "zero_one", Kind.SQUARED: "squared",
+    Kind.NUDGING: "max", Kind.MAX_Q_MINUS: "max_q_minus", Kind.MAX_Q_PLUS: "max_q_plus",
+    Kind.MAX_P_PLUS: "max_p_plus", Kind.MINUS_MAX_P_PLUS: "minus_max_p_plus", Kind.PRIMAL: "primal",
+}  # fmt: skip
 
 
 def decision_sides(name: str, param: float, p: torch.Tensor, q: torch.Tensor, p_logits: torch.Tensor | None = None):

@@ -32,8 +32,7 @@ from hypothesis import given, note
 from hypothesis import strategies as st
 
 import kad_kernels as kk
-from helpers import ambiguous_rows, cdf_boundary_distance, expected_verify, softmax
-from kad_kernels.rules import Kind
+from helpers import FORMULA, ambiguous_rows, cdf_boundary_distance, expected_verify, softmax
 
 DELTA = 1e-5  # the draw's promise (docs/design.md §2.4)
 PROBS_TOL = dict(rtol=1e-4, atol=1e-6)
@@ -56,12 +55,6 @@ RULES = st.one_of(
               st.sampled_from(["max_q_minus", "max_q_plus", "max_p_plus", "minus_max_p_plus"])),
     st.just(kk.ImplicitReward()),
 )
-# The formula names of helpers.decision_sides, by kind.
-FORMULA = {
-    Kind.LOGISTIC: "logistic", Kind.PERCEPTRON: "perceptron", Kind.ZERO_ONE: "zero_one", Kind.SQUARED: "squared",
-    Kind.NUDGING: "max", Kind.MAX_Q_MINUS: "max_q_minus", Kind.MAX_Q_PLUS: "max_q_plus",
-    Kind.MAX_P_PLUS: "max_p_plus", Kind.MINUS_MAX_P_PLUS: "minus_max_p_plus", Kind.PRIMAL: "primal",
-}
 
 
 @st.composite

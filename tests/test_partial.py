@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from helpers import ambiguous_rows
+from helpers import FORMULA, ambiguous_rows, softmax
 from hypothesis import given, note, settings
 from hypothesis import strategies as st
 
 import kad_kernels as kk
-from kad.partial import TopK, completed_logits, exact
+from kad.partial import SUPPORTED, TopK, completed_logits, exact
 from kad_kernels.rules import Kind
 
 V = 50
@@ -111,11 +111,6 @@ def test_ids_beyond_the_vocabulary_are_dropped():
 
 # ----------------------------------------------------------------------------- property, adversarial parameters
 
-# helpers.decision_sides' name of each rule kind kad.partial judges.
-FORMULA = {Kind.LOGISTIC: "logistic", Kind.PERCEPTRON: "perceptron", Kind.ZERO_ONE: "zero_one",
-           Kind.SQUARED: "squared", Kind.NUDGING: "max", Kind.PRIMAL: "primal"}  # fmt: skip
-
-
 # A parameter 10^-7 to 10^-1 off a value where a decision changes, or on it.
 OFFSETS = st.one_of(st.just(0.0), st.builds(lambda sign, e: sign * 10.0**e, st.sampled_from([-1, 1]), st.floats(-7, -1)))
 
@@ -154,7 +149,7 @@ def served_rows(draw):
     p = logprobs.double().exp()[0]
     b, top1, squares = float(p.topk(k).values[-1]), float(p.max()), float(p.square().sum())
     cumulative = p.sort().values.cumsum(0)  # C at each token, least likely first
-    kind = draw(st.sampled_from(sorted(FORMULA, key=lambda kind: kind.value)))
+    kind = draw(st.sampled_from(sorted(SUPPORTED, key=lambda kind: kind.value)))
     if kind == Kind.LOGISTIC:  # kept iff p_v >= λ; exact iff b < λ
         rule = kk.Dual(_parameter(draw, 0.0, 1.0, b, p))
     elif kind == Kind.PERCEPTRON:  # kept iff p_v >= P − μ; exact iff b < P − μ
@@ -183,7 +178,7 @@ def test_exact_says_exact_only_where_the_top_k_gives_the_mixture(case):
     q = torch.randn(1, vocab, generator=torch.Generator().manual_seed(vocab)) * 3
     _, param = rule.spec(1, torch.device("cpu"))
     for row in (logits, completed):  # a decision within fp32 rounding of its threshold: no promise
-        p64, q64 = torch.softmax(row.double(), -1), torch.softmax(q.double(), -1)
+        p64, q64 = (softmax(x, dtype=torch.float64) for x in (row, q))
         if ambiguous_rows(FORMULA[rule.kind], float(param), p64, q64, p_logits=row)[0]:
             return
     true, approx = kk.mixture(logits, q, rule), kk.mixture(completed, q, rule)

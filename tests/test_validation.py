@@ -124,6 +124,7 @@ def test_a_batch_of_no_rows_gives_empty_outputs(backend, device, rule, randomnes
     # A serving loop whose rows have all finished may still call the kernels.
     p, q = (torch.zeros(0, GAMMA + 1, V, device=device) for _ in range(2))
     ref = p.clone() if rule.needs_ref else None
+    ref_row = None if ref is None else ref[:, 0]
     drafts = torch.zeros(0, GAMMA, dtype=torch.long, device=device)
     draws = {
         "generator": (dict(generator=torch.Generator(device).manual_seed(0)),) * 2,
@@ -131,9 +132,9 @@ def test_a_batch_of_no_rows_gives_empty_outputs(backend, device, rule, randomnes
                      dict(uniforms=(torch.zeros(0, GAMMA, device=device), torch.zeros(0, device=device)))),
         "seed": (dict(seed=1, offset=0),) * 2,
     }[randomness]  # fmt: skip
-    mixed = kk.mixture(p[:, 0], q[:, 0], rule, ref_logits=None if ref is None else ref[:, 0], backend=backend)
+    mixed = kk.mixture(p[:, 0], q[:, 0], rule, ref_logits=ref_row, backend=backend)
     assert (mixed.probs.shape, mixed.alpha.shape, mixed.probs.dtype) == ((0, V), (0,), torch.float32)
-    tokens = kk.sample(p[:, 0], q[:, 0], rule, ref_logits=None if ref is None else ref[:, 0], backend=backend, **draws[0])
+    tokens = kk.sample(p[:, 0], q[:, 0], rule, ref_logits=ref_row, backend=backend, **draws[0])
     assert (tokens.shape, tokens.dtype, tokens.device.type) == ((0,), torch.int64, device.type)
     verified = kk.verify(p, q, drafts, rule, ref_logits=ref, backend=backend, **draws[1])
     assert (verified.tokens.shape, verified.num_accepted.shape) == ((0, GAMMA + 1), (0,))
