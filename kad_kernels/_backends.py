@@ -154,5 +154,10 @@ def resolve(name: str, device: torch.device, kind: Kind | None = None) -> Backen
     if backend is None:
         raise RuntimeError(f"backend {name!r} is not available here: {how}")
     if not _serves(name, device):
-        raise RuntimeError(f"backend {name!r} does not run on {device.type} tensors: {how}")
+        devices = _REGISTRY[name][1]
+        if device.type in devices:  # triton on CPU tensors, without the interpreter
+            raise RuntimeError(f"backend {name!r} does not run on {device.type} tensors here: {how}")
+        raise RuntimeError(
+            f"backend {name!r} does not run on {device.type} tensors; it serves {' and '.join(devices)} tensors"
+        )
     return backend

@@ -622,6 +622,17 @@ def test_unavailable_backend_says_how_to_get_it():
     pytest.skip("every registered backend serves CPU tensors here")
 
 
+@pytest.mark.parametrize("name", ["torch", "cpu", "triton", "cuda", "auto"])
+def test_backend_on_a_device_it_does_not_serve(name):
+    """Meta tensors (no backend serves them) get the devices the backend serves, not a how-to-install hint."""
+    p, q = (x.to("meta") for x in _pq())
+    expected = "torch" if name == "auto" else name  # auto falls back to the reference
+    if expected not in kk.available_backends():
+        pytest.skip(f"backend {expected!r} does not load here")
+    with pytest.raises(RuntimeError, match=rf"backend '{expected}' does not run on meta tensors; it serves (cpu|cuda)"):
+        kk.mixture(p, q, RULE, backend=name)
+
+
 def test_available_backends():
     names = kk.available_backends()
     assert isinstance(names, list) and "torch" in names
