@@ -56,7 +56,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                                            "instead of the aligned GGUF's own")  # fmt: skip
     group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    group.add_argument("--dtype", default="auto", choices=_DTYPES, help="default: the checkpoints' own")
+    group.add_argument("--dtype", default="auto", choices=_DTYPES, help="torch engine; default: the checkpoints' own")
 
 
 def _add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -74,6 +74,8 @@ def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
     """The rule of the decoding options, every option checked before a model loads."""
     rule = build_rule(args.mode, args.rule, args.lam)
     Settings(args.mode, rule, args.gamma, args.temperature).checked_rule()
+    if rule is not None and rule.needs_ref and args.reference is None:
+        raise ValueError(f"--mode {args.mode} needs --reference: the small unaligned model")
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     return rule

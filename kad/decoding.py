@@ -161,7 +161,8 @@ class Decoder:
         the CPU; the tokenizer is the aligned GGUF's own); ``"auto"`` (default) is
         ``llama.cpp`` when llama-cpp-python is installed, the device is the CPU and
         every model given is a ``.gguf`` file, else ``torch``.  ``tokenizer`` (llama.cpp
-        only): the aligned model's tokenizer by hub id or directory instead of the GGUF's own.
+        only): the aligned model's tokenizer by hub id or directory instead of the GGUF's own;
+        ``dtype`` (torch only; llama.cpp runs each GGUF file's own types).
 
         ``base_url`` (instead of ``base``): the base model is ``base_model`` (default:
         the only one) of that OpenAI-compatible server, a :class:`~kad.engines.RemoteEngine`
@@ -175,6 +176,9 @@ class Decoder:
         device = requested or (torch.device("cpu") if engine == "llama.cpp" else resolve_device(None))
         if tokenizer is not None and engine != "llama.cpp":
             raise ValueError("tokenizer goes with the llama.cpp engine (transformers models bring their own)")
+        if dtype != "auto" and engine == "llama.cpp":
+            name = str(dtype).removeprefix("torch.")
+            raise ValueError(f"dtype {name} goes with the torch engine (llama.cpp runs the GGUF files' own types)")
         if engine == "llama.cpp":
             if base is None and base_url is None:  # the base first: a missing pair names its packages first
                 default_pair.gguf_path(default_pair.BASE)

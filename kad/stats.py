@@ -58,17 +58,21 @@ class GenerationStats:
         return _ratio(self.deferring_steps, self.alpha_count)
 
     def summary(self) -> str:
-        """One line per statistic, aligned, for printing."""
+        """One line per statistic, aligned, for printing; the rates with nothing to
+        count (acceptance without verification, α when not tracked) are left out."""
         rows = [
             ("new tokens", f"{self.new_tokens}"),
             ("wall time", f"{self.wall_time_s:.3f} s"),
             ("tokens/s", f"{self.tokens_per_s:.1f}"),
             ("rounds", f"{self.rounds}"),
-            ("acceptance rate", f"{self.acceptance_rate:.3f} ({self.drafts_accepted}/{self.drafts_proposed} drafts)"),
-            ("mean accepted length", f"{self.mean_accepted_length:.2f} tokens/round"),
-            ("mean alpha", f"{self.mean_alpha:.3f}"),
-            ("steps deferring", f"{self.deferral_fraction:.3f}"),
         ]
+        if self.verified_rows:
+            rows += [
+                ("acceptance rate", f"{self.acceptance_rate:.3f} ({self.drafts_accepted}/{self.drafts_proposed} drafts)"),
+                ("mean accepted length", f"{self.mean_accepted_length:.2f} tokens/round"),
+            ]
+        if self.alpha_count:
+            rows += [("mean alpha", f"{self.mean_alpha:.3f}"), ("steps deferring", f"{self.deferral_fraction:.3f}")]
         if self.requests:
             exact = self.partial_positions - self.inexact_positions
             rows += [

@@ -342,6 +342,9 @@ def test_statistics():
     assert base.mean_alpha == 0 and base.deferral_fraction == 0
     assert np.isnan(untracked.mean_alpha) and untracked.alpha_count == 0
     assert "acceptance rate" in spec.summary() and "tokens/s" in spec.summary()
+    # A sequential mode has no acceptance to report, an untracked α no mean: no "nan" lines.
+    assert "acceptance" not in seq.summary() and "mean alpha" in seq.summary()
+    assert "mean alpha" not in untracked.summary() and "nan" not in seq.summary() + untracked.summary()
 
 
 @pytest.mark.parametrize("mode, rule", [("kad-spec", kk.Dual(0.4)), ("kad", kk.Dual(0.4)), ("nudging", kk.Nudging(0.4))])
@@ -504,8 +507,9 @@ def test_cli_says_in_one_line_what_cannot_be_loaded(tmp_path, capsys, options, m
         (["--max-new-tokens", "-1"], "--max-new-tokens must be >= 0, got -1"),
         (["--lam", "1.5"], "lam must lie in [0.0, 1.0], got 1.5"),
         (["--base-url", "localhost:8000/v1"], "base URL 'localhost:8000/v1' must start with http:// or https://"),
+        (["--mode", "implicit-reward-spec"], "--mode implicit-reward-spec needs --reference: the small unaligned model"),
     ],
-    ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url"],
+    ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url", "reference"],
 )
 def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options, message):
     # The models do not exist: an option checked only after loading would fail on them first.

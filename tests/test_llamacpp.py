@@ -200,6 +200,14 @@ def test_the_engine_choice():
         resolve_engine("llama.cpp", cpu, ["a.gguf", "some/dir"])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, "bfloat16"])
+def test_a_dtype_is_refused_with_gguf_files(dtype):
+    """llama.cpp runs each GGUF file's own types: a dtype would be ignored, so it is refused before loading."""
+    require_llama_cpp()
+    with pytest.raises(ValueError, match=r"^dtype (float16|bfloat16) goes with the torch engine"):
+        kad.Decoder.from_pretrained("/nonexistent/b.gguf", "/nonexistent/a.gguf", engine="llama.cpp", dtype=dtype)
+
+
 def test_cli_generate_on_gguf_files(capsys, tmp_path):
     require_llama_cpp()
     TOKENIZER.save_pretrained(tmp_path / "tokenizer")
