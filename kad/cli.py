@@ -32,7 +32,7 @@ from .engines import EngineError
 from .loop import ContextLengthWarning
 from .models import ENGINES
 from .settings import MODES, Settings
-from .evaluate import RunConfig, Summary, evaluate, load_result, summary_table
+from .evaluate import RunConfig, Summary, check_seed, evaluate, load_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
 _DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -160,6 +160,7 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
 def run_eval(args: argparse.Namespace) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1):
         raise ValueError("--batch-size and --limit must be >= 1")
+    check_seed(args.seed)
     _decoding_rule(args)
     name = rule_name(args.mode, args.rule)
     takes_lam = name not in (None, "implicit-reward")

@@ -7,6 +7,7 @@ the modes and the loop are described in :mod:`kad.loop`.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -249,6 +250,7 @@ class Decoder:
         """
         settings = Settings(mode, rule, gamma, temperature, track_alpha)
         settings.checked_rule()
+        seed = None if seed is None else _checked_seed(seed)
         if isinstance(prompts, str):
             prompts = [prompts]
         if len(prompts) == 0:
@@ -290,6 +292,13 @@ class Decoder:
         if not all(0 <= t < self.vocab_size for t in ids):
             raise ValueError(f"prompt {row} has token ids outside [0, {self.vocab_size})")
         return ids
+
+
+def _checked_seed(seed: int) -> int:
+    """``seed`` for ``torch.Generator.manual_seed``, which takes 64 bits (negative ones two's complement)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64:
+        raise ValueError(f"seed must be an int of 64 bits, in [-2**63, 2**64), got {seed!r}")
+    return int(seed)
 
 
 def _name(model: PreTrainedModel | Engine | None) -> str:

@@ -208,6 +208,18 @@ def _item_record(
     }
 
 
+def check_seed(seed: int) -> None:
+    """A run's seed is 32 bits: each batch draws with :func:`batch_seed`, which needs the other 32."""
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed must be an int in [0, 2**32) (a batch seeds with seed * 2**32 + its first), got {seed!r}")
+
+
+def batch_seed(seed: int, first: int) -> int:
+    """The seed of the batch starting at item ``first``: one per batch of a run, so a resumed run
+    draws what an uninterrupted one would."""
+    return seed * 2**32 + first
+
+
 def evaluate(
     decoder: Decoder,
     config: RunConfig,
@@ -222,6 +234,7 @@ def evaluate(
     file at ``path`` (same configuration required) instead of refusing to touch
     it.  ``on_batch(summary, new_items)`` is called after each saved batch with the
     :class:`Summary` of the items so far."""
+    check_seed(config.seed)
     task = TASKS[config.task]
     rule = build_rule(config.mode, config.rule, config.lam if config.lam is not None else 0.0)
     path = Path(path)
@@ -238,7 +251,7 @@ def evaluate(
             gamma=config.gamma or 1,
             temperature=config.temperature,
             max_new_tokens=config.max_new_tokens,
-            seed=config.seed * 2**32 + first,
+            seed=batch_seed(config.seed, first),
             chat=True,
             system_prompt=config.system_prompt or None,
         )

@@ -437,6 +437,14 @@ def test_a_model_with_fewer_logits_than_tokens_is_refused():
         kad.Decoder(MODELS["base"], MODELS["aligned"], make_tokenizer(chars=CHARS + "#$%&*"))
 
 
+@pytest.mark.parametrize("seed", [2**64 - 1, -(2**63), np.int64(5)], ids=["2**64-1", "-2**63", "numpy"])
+def test_every_64_bit_seed_is_taken(seed):
+    """The ends of torch.Generator.manual_seed's range; -2**63 and 2**63 are the same 64 bits."""
+    tokens = DECODER.generate(["hello"], "kad", kk.Dual(0.4), max_new_tokens=4, seed=seed).token_ids
+    twin = {2**64 - 1: -1, -(2**63): 2**63}.get(int(seed), int(seed))
+    assert tokens == DECODER.generate(["hello"], "kad", kk.Dual(0.4), max_new_tokens=4, seed=twin).token_ids
+
+
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
@@ -454,6 +462,10 @@ def test_a_model_with_fewer_logits_than_tokens_is_refused():
         (dict(temperature=float("nan")), ValueError, "temperature must be a finite number >= 0"),
         (dict(temperature=float("inf")), ValueError, "temperature must be a finite number >= 0"),
         (dict(prompts=["a", "b"], streamer=_Recorder()), ValueError, "streamer takes one prompt"),
+        (dict(seed=2**64), ValueError, r"seed must be an int of 64 bits, in \[-2\*\*63, 2\*\*64\), got 18446744073709551616"),
+        (dict(seed=-(2**63) - 1), ValueError, "seed must be an int of 64 bits"),
+        (dict(seed=1.5), ValueError, "seed must be an int of 64 bits"),
+        (dict(seed="7"), ValueError, "seed must be an int of 64 bits"),
     ],
     ids=lambda x: x if isinstance(x, str) else None,
 )

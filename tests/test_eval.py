@@ -69,6 +69,20 @@ def test_result_file_schema(tmp_path):
     )
 
 
+@pytest.mark.parametrize("seed", [-1, 2**32])
+def test_a_seed_outside_32_bits_is_refused_before_anything_runs(tmp_path, capsys, seed):
+    """A batch seeds with seed * 2**32 + its first item: a wider seed would collide or overflow mid-run."""
+    with pytest.raises(ValueError, match=rf"seed must be an int in \[0, 2\*\*32\) .*got {seed}"):
+        evaluate.evaluate(DECODER, _config(seed=seed), tmp_path / "run.json", limit=1)
+    assert not (tmp_path / "run.json").exists()
+    with pytest.raises(SystemExit) as exit_info:  # the models do not exist: checked before they load
+        cli.main(["eval", "--task", "gsm8k", "--base", "/nonexistent/model", "--aligned", "/nonexistent/model",
+                  "--seed", str(seed)])  # fmt: skip
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert "seed must be an int in [0, 2**32)" in error and "/nonexistent/model" not in error
+
+
 def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, monkeypatch):
     config = _config(mode="kad", gamma=None, batch_size=1)
     whole = evaluate.evaluate(DECODER, config, tmp_path / "whole.json", limit=3)
