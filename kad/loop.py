@@ -102,14 +102,20 @@ def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
     return _Plan(rule, settings.speculative, engines["base"], engines["aligned"], reference)
 
 
+def context_length(engines: Sequence[Engine]) -> tuple[int, str] | None:
+    """The smallest context length of ``engines`` and the engine's name; ``None`` if none is bounded."""
+    limits = [(e.max_length, e.name) for e in engines if e.max_length is not None]
+    return min(limits) if limits else None
+
+
 def fit_budgets(prompts: Sequence[Sequence[int]], budgets: Sequence[int], engines: Sequence[Engine]) -> list[int]:
     """Each row's budget, cut so that prompt + new tokens fit every engine's context
     length; warns (:class:`ContextLengthWarning`) when it cuts, raises ``ValueError``
     for a prompt that leaves no room at all."""
-    limits = [(e.max_length, e.name) for e in engines if e.max_length is not None]
-    if not limits:
+    context = context_length(engines)
+    if context is None:
         return list(budgets)
-    limit, name = min(limits)
+    limit, name = context
     fitted, cut = [], []
     for row, (prompt, budget) in enumerate(zip(prompts, budgets)):
         room = limit - len(prompt)
@@ -193,6 +199,8 @@ class _Loop:
         self.track_alpha = settings.track_alpha
         self.generator = generator
         self.streamer = streamer
+        context = context_length(plan.engines)
+        self.context_length = None if context is None else context[0]
         self.device = plan.target.device
         self.stats = GenerationStats()
         self.row_stats: list[GenerationStats] = []
@@ -225,8 +233,8 @@ class _Loop:
                 batch = Batch([prompts[row] for row in active], self.device)
             while active:
                 if self.plan.speculative:
-                    round_gamma = max(1, min(self.gamma, max(left[row] for row in active) - 1))
-                    tokens, emitted, alpha = self._speculative_round(batch, round_gamma)
+                    lengths = [len(prompts[row]) + len(outputs[row]) for row in active]
+                    tokens, emitted, alpha = self._speculative_round(batch, self._round_gamma(lengths, left, active))
                 else:
                     tokens, emitted, alpha = self._step(batch)
                 self.stats.rounds += 1
@@ -243,6 +251,17 @@ class _Loop:
                     active = [active[i] for i in keep]
         finally:
             self.stats.wall_time_s = time.perf_counter() - start
+
+    def _round_gamma(self, lengths: list[int], left: list[int], active: list[int]) -> int:
+        """Drafts of the next round: at most γ, no more than the most tokens any row has
+        left can use (the round's last token is not a draft), and no more than fit the
+        context of the longest row: a round feeds each row's ``lengths`` tokens (the
+        pending one included) and its drafts.  At least 1: :func:`fit_budgets` left
+        each active row room for its remaining tokens, so for one draft."""
+        gamma = min(self.gamma, max(left[row] for row in active) - 1)
+        if self.context_length is not None:
+            gamma = min(gamma, self.context_length - max(lengths))
+        return max(1, gamma)
 
     def _alpha(self, p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor | None:
         """α ``[N]`` of the mixtures of logits ``[N, V]``, if tracked.  One model

@@ -550,16 +550,26 @@ def _short_context_model(positions: int) -> torch.nn.Module:
     return short.eval()
 
 
-@pytest.mark.parametrize("mode", ["kad", "kad-spec"])
-def test_rows_stop_at_the_context_length_with_a_warning(mode):
+@pytest.mark.parametrize("mode, gamma", [("kad", 1), ("kad-spec", 3), ("kad-spec", 8)])
+def test_rows_stop_at_the_context_length_with_a_warning(monkeypatch, mode, gamma):
     decoder = kad.Decoder(_short_context_model(20), MODELS["aligned"], TOKENIZER)
     decoder.stop_ids = frozenset()
     prompts = [DECODER.encode(p) for p in PROMPTS]  # 11, 14, 1 and 30 tokens
     with pytest.raises(ValueError, match="prompt 3 has 30 tokens, which fill the context length 20"):
-        decoder.generate(prompts, mode, kk.Dual(0.4), gamma=3, max_new_tokens=40)
+        decoder.generate(prompts, mode, kk.Dual(0.4), gamma=gamma, max_new_tokens=40)
+    # No forward may hold more than 20 positions in a row: a draft past the context would
+    # read positions the model has no embedding for (llama.cpp and vLLM refuse them).
+    original, longest = HFEngine.advance, []
+
+    def advance(self: HFEngine, batch, keep: int = 1):
+        longest.append(int(batch.lengths.max()))
+        return original(self, batch, keep)
+
+    monkeypatch.setattr(HFEngine, "advance", advance)
     with pytest.warns(kad.ContextLengthWarning, match=r"context length 20 of .* for prompt\(s\) 0, 1, 2"):
-        out = decoder.generate(prompts[:3], mode, kk.Dual(0.4), gamma=3, max_new_tokens=40, seed=0)
+        out = decoder.generate(prompts[:3], mode, kk.Dual(0.4), gamma=gamma, max_new_tokens=40, seed=0)
     assert [len(p) + len(t) for p, t in zip(prompts, out.token_ids)] == [20, 20, 20]
+    assert max(longest) == (20 if mode == "kad-spec" else 19)  # the last token of a row is never fed
 
 
 def test_cli_warns_in_one_line_at_the_context_length(tmp_path, capsys):

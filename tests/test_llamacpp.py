@@ -161,6 +161,21 @@ def test_bad_arguments_are_refused(tmp_path):
         LlamaCppEngine(tmp_path / "garbage.gguf", TOKENIZER)
     with pytest.raises(ValueError, match="n_ctx"):
         LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=0)
+    with pytest.raises(ValueError, match="n_batch must be positive, got 0"):
+        LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_batch=0)
+
+
+@pytest.mark.parametrize("n_batch", [1, 3])
+def test_a_batch_of_more_rows_than_n_batch_tokens(n_batch):
+    """llama.cpp aborted the process when a context's batch had fewer tokens than it has rows;
+    n_batch only splits the feeds, so the logits are those of one feed."""
+    require_llama_cpp()
+    prompts = [TOKENIZER(p).input_ids for p in PROMPTS[:4]]
+    logits = {}
+    for size in (n_batch, 2048):
+        engine = LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=64, n_batch=size)
+        logits[size] = engine.advance(Batch(prompts, engine.device), keep=2)
+    torch.testing.assert_close(logits[n_batch], logits[2048], atol=F16_KV_ATOL, rtol=0)
 
 
 def test_too_many_rows_are_refused_in_one_line():
@@ -170,16 +185,19 @@ def test_too_many_rows_are_refused_in_one_line():
         engine.advance(Batch([[5]] * 257, engine.device))
 
 
-def test_rows_stop_at_the_context_length_with_a_warning():
+@pytest.mark.parametrize("mode, gamma", [("kad", 1), ("kad-spec", 1), ("kad-spec", 4), ("kad-spec", 8)])
+def test_rows_stop_at_the_context_length_with_a_warning(mode, gamma):
+    """llama.cpp refuses a row past n_ctx, so every round must fit: a row near the context
+    with a short row beside it (whose budget would allow more drafts) included."""
     require_llama_cpp()
     small = kad.Decoder(LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=20),
                         LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=20), TOKENIZER)  # fmt: skip
     small.stop_ids = frozenset()
-    prompt = TOKENIZER(PROMPTS[3]).input_ids[:12]
-    for mode in ("kad", "kad-spec"):
+    long = TOKENIZER(PROMPTS[3]).input_ids
+    for prompts in ([long[:12]], [long[:18], long[:1]], [long[:1], long[:19], long[:5]]):
         with pytest.warns(ContextLengthWarning):
-            out = small.generate([prompt], mode, kk.Dual(0.4), temperature=0.0, max_new_tokens=30)
-        assert len(prompt) + len(out.token_ids[0]) <= 20
+            out = small.generate(prompts, mode, kk.Dual(0.4), gamma=gamma, temperature=0.0, max_new_tokens=30)
+        assert [len(p) + len(t) for p, t in zip(prompts, out.token_ids)] == [20] * len(prompts)
 
 
 def test_the_engine_choice():

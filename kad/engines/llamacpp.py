@@ -96,6 +96,8 @@ class LlamaCppEngine:
     ):
         if n_ctx is not None and n_ctx < 1:
             raise ValueError(f"n_ctx must be positive, got {n_ctx}")
+        if n_batch < 1:
+            raise ValueError(f"n_batch must be positive, got {n_batch}")
         llama_cpp = _import_llama_cpp()
         self._model = self._ctx = self._llama_batch = None  # what close() frees, once made
         self._lib = llama_cpp
@@ -256,7 +258,9 @@ class LlamaCppEngine:
                 lib.llama_free(self._ctx)
             params = lib.llama_context_default_params()
             params.n_ctx = self.n_ctx * rows
-            params.n_batch = params.n_ubatch = min(self.n_batch, params.n_ctx)
+            # llama.cpp reserves an output per sequence within one batch (it aborts the process
+            # otherwise), so the context's batch holds every row even if a decode feeds fewer.
+            params.n_batch = params.n_ubatch = max(min(self.n_batch, params.n_ctx), rows)
             params.n_seq_max = rows
             params.n_threads = params.n_threads_batch = self.n_threads
             params.kv_unified = self.kv_unified
