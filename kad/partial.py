@@ -23,6 +23,10 @@ primal (C_v > budget)           m + Σ_{returned p_v ≤ b} p_v ≤ budget: ever
 nudging (all kept iff P ≥ λ)    P < λ (π = q); otherwise π = p needs m = 0
 ==============================  =================================================
 
+Greedy rows (T = 0) take the arg-max of these π.  One more case is exact for them:
+λ = 0 defers nothing (π = p, the ``base`` mode), and ``b < P`` puts p's arg-max among
+the returned tokens, above every token left out.
+
 The row handed to the kernels (:func:`completed_logits`) has the returned
 log-probabilities and spreads ``m`` evenly over the other tokens; each of those gets
 at most ``b`` (an average of values ≤ b) and they keep their total ``m``, so when the
@@ -95,7 +99,9 @@ def exact(rule: kk.Rule, temperature: float, top: TopK, vocab_size: int) -> Tens
     complete = ((top.ids >= 0) & (top.ids < vocab_size)).sum(1) >= vocab_size  # every token returned
     top1 = probs.max(1).values
     if rule.kind == Kind.LOGISTIC:
-        return complete | (b < param)
+        # λ = 0 defers nothing (π = p: the base mode); a greedy row then needs only p's arg-max.
+        greedy_of_p = (temperature == 0.0) & (param == 0) & (b < top1)
+        return complete | (b < param) | greedy_of_p
     if rule.kind == Kind.PERCEPTRON:
         return complete | (b < top1 - param)
     if rule.kind == Kind.ZERO_ONE:

@@ -9,13 +9,16 @@ from __future__ import annotations
 import http.server
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 
 import httpx
 
 # What the proxy does with the next /completions requests, in order (then: forward).
-FAULTS = ("not-json", "truncated", "http-500", "wrong-count", "bad-logprobs", "drop", "forward")
+FAULTS = ("not-json", "truncated", "http-500", "wrong-count", "bad-logprobs", "few-logprobs", "mass-unbounded",
+          "bad-encoding", "trickle", "drop", "forward")  # fmt: skip
+TRICKLE_S = 0.05  # "trickle": seconds between the bytes of the answer
 
 
 class FaultProxy:
@@ -91,12 +94,42 @@ class FaultProxy:
             table = answer["choices"][0]["logprobs"]["top_logprobs"][0]
             table[next(iter(table))] = 3.0  # a probability above 1
             content = json.dumps(answer).encode()
+        elif fault in ("few-logprobs", "mass-unbounded"):
+            answer = response.json()
+            tables = answer["choices"][0]["logprobs"]["top_logprobs"]
+            likeliest = max(tables[0].items(), key=lambda item: item[1])
+            if fault == "few-logprobs":  # one of the k asked: its k-th largest is unknown
+                tables[0] = dict([likeliest])
+            else:  # the others' mass vanishes: the rest would have to hold it, beyond the bound of the k-th
+                tables[0] = {key: (value if key == likeliest[0] else -9999.0) for key, value in tables[0].items()}
+            content = json.dumps(answer).encode()
+        elif fault == "bad-encoding":  # announced gzip, sent plain
+            return _answer(handler, response.status_code, content, {"Content-Encoding": "gzip"})
+        elif fault == "trickle":  # a byte at a time: each read is quick, the whole answer is not
+            return _answer(handler, response.status_code, content, pause=TRICKLE_S)
         _answer(handler, response.status_code, content)
 
 
-def _answer(handler: http.server.BaseHTTPRequestHandler, status: int, content: bytes) -> None:
+def _answer(
+    handler: http.server.BaseHTTPRequestHandler,
+    status: int,
+    content: bytes,
+    headers: dict[str, str] | None = None,
+    pause: float | None = None,
+) -> None:
     handler.send_response(status)
     handler.send_header("Content-Type", "application/json")
     handler.send_header("Content-Length", str(len(content)))
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
     handler.end_headers()
-    handler.wfile.write(content)
+    if pause is None:
+        handler.wfile.write(content)
+        return
+    try:
+        for i in range(len(content)):
+            handler.wfile.write(content[i : i + 1])
+            handler.wfile.flush()
+            time.sleep(pause)
+    except (BrokenPipeError, ConnectionResetError):  # the client gave up: what the fault is for
+        handler.close_connection = True

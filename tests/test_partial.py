@@ -93,6 +93,21 @@ def test_other_temperatures_and_q_dependent_rules_are_never_exact():
     assert exact(kk.Dual(0.3), 0.0, top, V).any()  # greedy reads π at T = 1
 
 
+def test_greedy_rows_of_a_rule_deferring_nothing_need_only_the_arg_max():
+    """Dual(0) keeps every token (π = p, the base mode): sampled, π needs the whole row; greedy,
+    only p's arg-max, which is among the returned tokens above every other once b < P."""
+    logits = _rows(6)
+    logits[::10, :K] = 100.0  # the top k tied: the k-th is the arg-max, so a token left out may tie it
+    top = _top_k(logits, 7)
+    assert not exact(kk.Dual(0.0), 1.0, top, V).any()
+    is_exact = exact(kk.Dual(0.0), 0.0, top, V)
+    assert not is_exact[::10].any() and is_exact.sum() > ROWS // 2
+    completed = completed_logits(top, V)
+    greedy_true, greedy_approx = (kk.sample(x, x, kk.Dual(0.0), 0.0) for x in (logits, completed))
+    assert torch.equal(greedy_approx[is_exact], greedy_true[is_exact])
+    assert torch.equal(greedy_true, logits.argmax(1))
+
+
 def test_a_row_returned_whole_is_exact_for_every_rule():
     logits = _rows(5)[:20]
     logprobs = torch.log_softmax(logits, dim=-1)

@@ -22,7 +22,7 @@ import pytest
 import scipy.stats
 import torch
 from decoding_helpers import CHARS, make_tokenizer
-from fault_proxy import FaultProxy
+from fault_proxy import FAULTS, FaultProxy
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from vllm_server import MAX_LOGPROBS, SERVED_NAME, VllmServer, build_models, free_port
 
@@ -154,7 +154,39 @@ def test_vocabulary_and_model_name_are_checked_at_start(served):
         RemoteEngine(served.server.url, SERVED_NAME, make_tokenizer(chars=CHARS[::-1]))
     with pytest.raises(ValueError, match=rf"does not serve a model named 'other'; it serves \['{SERVED_NAME}'\]"):
         RemoteEngine(served.server.url, "other", served.tokenizer)
-    assert served.engine().max_length == 512
+    assert served.engine().max_length == 511  # --max-model-len 512 holds a prompt and the one token asked
+
+
+def test_a_row_that_fills_max_model_len_is_served(served):
+    """vLLM refuses a prompt + max_tokens past --max-model-len; a speculative round feeds a row
+    its drafts too.  Rows of every length up to the context, a short row beside them."""
+    prompt = served.tokenizer("hello there " * 100).input_ids[:500]
+    prompts = [prompt[:n] for n in (500, 507, 510)] + [prompt[:3]]
+    for mode, gamma in [("kad", 1), ("kad-spec", 4), ("kad-spec", 8)]:
+        with pytest.warns(kad.ContextLengthWarning, match="context length 511"):
+            remote = served.remote().generate(prompts, mode, kk.Dual(0.4), gamma=gamma, temperature=0.0,
+                                              max_new_tokens=12)  # fmt: skip
+        assert [len(p) + len(t) for p, t in zip(prompts, remote.token_ids)][:3] == [511, 511, 511]
+
+
+def test_greedy_base_mode_is_served_and_sampling_it_is_refused(served):
+    """π = p needs only p's arg-max when greedy; sampled, it needs the whole row."""
+    local = served.local().generate(PROMPTS, "base", temperature=0.0, max_new_tokens=BUDGETS)
+    remote = served.remote(logprobs=1).generate(PROMPTS, "base", temperature=0.0, max_new_tokens=BUDGETS)
+    assert remote.token_ids == local.token_ids and remote.stats.inexact_positions == 0
+    with pytest.raises(ValueError, match="mode 'base' samples the base model's whole distribution"):
+        served.remote().generate(PROMPTS, "base", temperature=1.0, max_new_tokens=4)
+
+
+def test_the_server_limit_is_learnt_once(served):
+    """Asked above --max-logprobs, the server refuses and tells its limit; the engine asks within it after."""
+    engine = served.engine(logprobs=MAX_LOGPROBS + 10)
+    decoder = kad.Decoder(engine, served.aligned, served.tokenizer)
+    out = decoder.generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=BUDGETS)
+    assert out.stats.requests == out.stats.rounds  # the refused request is not counted; no other was refused
+    with pytest.raises(EngineError, match=rf"the top-{MAX_LOGPROBS} log-probabilities do not determine"):
+        decoder.generate(PROMPTS, "kad-spec", kk.Dual(mu=0.2, loss="perceptron"), gamma=3, temperature=0.0,
+                         max_new_tokens=BUDGETS)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- faults
@@ -181,11 +213,13 @@ def test_a_malformed_url_is_refused_before_any_request(url, message):
     assert time.perf_counter() - start < 1.0  # no retries
 
 
-@pytest.mark.parametrize("fault", ["not-json", "truncated", "http-500", "wrong-count", "bad-logprobs", "drop"])
+@pytest.mark.parametrize("fault", [f for f in FAULTS if f != "forward"])
 def test_a_garbled_answer_is_retried_then_refused_keeping_what_was_generated(served, fault):
     expected = served.local().generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6).token_ids
+    # A trickled answer of a few kB takes minutes; the whole answer must come within the timeout.
+    timeout = dict(timeout=2.0) if fault == "trickle" else {}
     with FaultProxy(served.server.url) as proxy:
-        decoder = kad.Decoder(served.engine(proxy.url, **FAST_FAILURE), served.aligned, served.tokenizer)
+        decoder = kad.Decoder(served.engine(proxy.url, **FAST_FAILURE | timeout), served.aligned, served.tokenizer)
         proxy.faults.extend([fault])  # once: the retry gets a real answer
         out = decoder.generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6)
         assert out.token_ids == expected

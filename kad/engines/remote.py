@@ -62,8 +62,8 @@ class RemoteEngine:
     score positions where the top-k does not determine π anyway (and temperatures
     other than 0 and 1) instead of stopping; such positions are counted.
     ``max_prompts``: prompts per request (vLLM refuses more than 1024 by default).
-    ``timeout`` (s) per request, ``attempts`` per request, ``backoff`` (s) before the
-    first retry, doubling.  ``device``: where the logits go (the aligned model's).
+    ``timeout`` (s) per request, for the whole answer (a server that trickles its answer
+    times out too), ``attempts`` per request, ``backoff`` (s) before the first retry, doubling.  ``device``: where the logits go (the aligned model's).
     ``transport``: an ``httpx`` transport (tests)."""
 
     def __init__(
@@ -93,12 +93,14 @@ class RemoteEngine:
         self._first_k, self._max_k = logprobs, max_logprobs
         self.approximate = approximate
         self.max_prompts = max_prompts
-        self.attempts, self.backoff = attempts, backoff
+        self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._device = torch.device(device)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
         self._requests, self._waited = 0, 0.0
-        self._max_length = self._served_model()["max_model_len"]
+        model_len = self._served_model()["max_model_len"]
+        # A prompt of n tokens asks for one more (max_tokens=1), which the server counts: n + 1 <= max_model_len.
+        self._max_length = None if model_len is None else model_len - 1
         self._check_vocabulary(tokenizer)
         self._settings: Settings | None = None
         self.reset()
@@ -162,13 +164,19 @@ class RemoteEngine:
 
     def reset(self, settings: Settings | None = None) -> None:
         """Start a generation; ``ValueError`` if its rule or temperature cannot be scored
-        exactly from top-k log-probabilities (and ``approximate`` is off)."""
+        exactly from top-k log-probabilities (and ``approximate`` is off): the base mode
+        only greedily, the kad modes at temperature 0 or 1."""
         if settings is not None and not self.approximate:
             rule = settings.checked_rule()
             if rule.kind not in partial.SUPPORTED:
                 raise ValueError(
                     f"{type(rule).__name__} needs the base model's whole distribution, which {self.url} returns "
                     "only as top-k log-probabilities: use a dual, primal or nudging rule, or approximate=True"
+                )
+            if settings.mode == "base" and settings.temperature != 0:
+                raise ValueError(
+                    f"mode 'base' samples the base model's whole distribution, which {self.url} returns only as "
+                    "top-k log-probabilities: use temperature 0 (greedy), or approximate=True (--approximate)"
                 )
             if settings.temperature not in (0.0, 1.0):
                 raise ValueError(
@@ -208,8 +216,8 @@ class RemoteEngine:
 
     def _score(self, prompts: list[list[int]]) -> partial.TopK:
         """The top-k of every prompt, k raised for the positions where π is not yet exact."""
-        k = self._k
-        top = self._top_k(prompts, k)
+        top = self._top_k(prompts, self._k)
+        k = top.k  # lower than asked if the server refused and told its limit
         settings = self._settings
         todo = torch.ones(len(prompts), dtype=torch.bool)
         if settings is not None:
@@ -226,8 +234,9 @@ class RemoteEngine:
         self._partial += len(prompts)
         if todo.any() and settings is not None:
             if not self.approximate:
+                what = repr(settings.rule) if settings.rule is not None else f"mode {settings.mode!r}"
                 raise EngineError(
-                    f"{self.url}: the top-{k} log-probabilities do not determine π for {settings.rule!r} at "
+                    f"{self.url}: the top-{k} log-probabilities do not determine π for {what} at "
                     f"{int(todo.sum())} of {len(prompts)} positions; serve the model with a larger "
                     "--max-logprobs, or allow approximate=True (--approximate)"
                 )
@@ -259,12 +268,14 @@ class RemoteEngine:
         while True:
             try:
                 return self._request(
-                    "POST", "/completions", body, parse=lambda answer: _parse_top_k(answer, len(prompts), k)
-                )
+                    "POST", "/completions", body,
+                    parse=lambda answer: _parse_top_k(answer, len(prompts), k, self._vocab_size),
+                )  # fmt: skip
             except _LogprobsTooMany as refusal:  # learn the server's limit, ask again within it
                 if refusal.limit >= k or refusal.limit < 1:
                     raise EngineError(f"{self.url}: refused logprobs={k}: {refusal}") from None
                 self._max_k = k = body["logprobs"] = refusal.limit
+                self._k = min(self._k, k)  # and start the next positions within it
 
     # ------------------------------------------------------------------ HTTP
 
@@ -287,7 +298,7 @@ class RemoteEngine:
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
             try:
-                response = self._client.request(method, url, json=body)
+                response = self._answer(method, url, body)
                 if response.status_code >= 500 or response.status_code == 429:
                     raise _Retryable(f"HTTP {response.status_code}")
                 if response.status_code >= 400:
@@ -303,11 +314,25 @@ class RemoteEngine:
                 return parsed
             except httpx.TimeoutException:
                 reason = "timed out"
-            except httpx.TransportError as error:
+            except httpx.RequestError as error:  # transport faults, and bodies that do not decode
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             except _Retryable as error:
                 reason = str(error)
         raise EngineError(f"{url}: {reason} (after {self.attempts} attempts)")
+
+    def _answer(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
+        """The response with its whole body read within :attr:`timeout` of sending: httpx's
+        own timeouts bound each read, not their sum."""
+        deadline = time.perf_counter() + self.timeout
+        with self._client.stream(method, url, json=body) as response:
+            content = bytearray()
+            for chunk in response.iter_raw():
+                content += chunk
+                if time.perf_counter() > deadline:
+                    raise httpx.ReadTimeout(f"no whole answer within {self.timeout} s")
+        # A response of the bytes read, decoded (Content-Encoding) as httpx would.
+        return httpx.Response(response.status_code, headers=response.headers, content=bytes(content),
+                              request=response.request)  # fmt: skip
 
     def _served_model(self) -> dict[str, Any]:
         """The server's entry for :attr:`model` (``/v1/models``; :attr:`model` set to the only
@@ -372,9 +397,11 @@ def _refuse(response: httpx.Response, url: str) -> None:
     raise EngineError(f"{url}: HTTP {response.status_code}: {message}")
 
 
-def _parse_top_k(answer: Any, count: int, k: int) -> partial.TopK:
+def _parse_top_k(answer: Any, count: int, k: int, vocab_size: int) -> partial.TopK:
     """``answer``'s top log-probabilities as a :class:`~kad.partial.TopK` of ``count`` rows;
-    :class:`_Retryable` for anything that does not fit the request."""
+    :class:`_Retryable` for anything that does not fit the request: among it fewer than
+    ``min(k, vocab_size)`` entries in a row (its k-th largest would not bound the tokens left
+    out), or more mass left out than the tokens left out can hold below that bound."""
     choices = answer.get("choices") if isinstance(answer, dict) else None
     if not isinstance(choices, list) or len(choices) != count:
         got = len(choices) if isinstance(choices, list) else "no"
@@ -391,6 +418,14 @@ def _parse_top_k(answer: Any, count: int, k: int) -> partial.TopK:
         total = sum(math.exp(v) for v in row.values() if v <= 0)
         if not row or any(i < 0 or math.isnan(v) or v > 1e-4 for i, v in row.items()) or total > 1 + 1e-3:
             raise _Retryable("an answer whose log-probabilities are not a distribution")
+        if len(row) < min(k, vocab_size):
+            raise _Retryable(f"an answer with {len(row)} log-probabilities where logprobs={k} were asked")
+        probs = sorted((math.exp(min(v, 0.0)) for v in row.values()), reverse=True)
+        bound, left_out_mass = probs[min(k, len(row)) - 1], 1 - sum(probs)
+        left_out = vocab_size - sum(1 for i in row if i < vocab_size)
+        if left_out_mass > bound * left_out + 1e-3:
+            raise _Retryable(f"an answer that leaves out {left_out_mass:.3g} of the mass, more than its "
+                             f"{left_out} other tokens can hold at most {bound:.3g} each")  # fmt: skip
         rows[index] = row
     width = max(len(r) for r in rows)  # type: ignore[arg-type]
     ids = torch.full((count, width), -1, dtype=torch.long)
