@@ -4,9 +4,10 @@ that the loop and the engines read."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal, get_args
+
+import torch
 
 import kad_kernels as kk
 
@@ -16,6 +17,7 @@ Mode = Literal[
     "base", "aligned", "kad", "kad-spec", "nudging", "nudging-spec", "implicit-reward", "implicit-reward-spec"
 ]
 MODES: tuple[str, ...] = get_args(Mode)
+_F32 = torch.finfo(torch.float32)
 
 
 def resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:
@@ -62,6 +64,16 @@ class Settings:
         gamma, temperature = self.gamma, self.temperature
         if self.speculative and (isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1):
             raise ValueError(f"gamma (drafts per speculative round) must be an int >= 1, got {gamma!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not 0 <= temperature < math.inf:
-            raise ValueError(f"temperature must be a finite number >= 0 (0 = greedy), got {temperature!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+            temperature == 0 or _F32.tiny <= temperature <= _F32.max
+        ):
+            raise ValueError(
+                f"temperature must be a finite number >= 0 (0 = greedy), a float32 normal number when > 0 "
+                f"([{_F32.tiny:.3g}, {_F32.max:.3g}]: the kernels scale by 1/T in fp32), got {temperature!r}"
+            )
+        if isinstance(rule.param, torch.Tensor):
+            raise ValueError(
+                f"{rule!r} has a tensor parameter (one per row, for the kernels): the decoding loop drops rows "
+                "as they finish, so give one number for every row"
+            )
         return rule

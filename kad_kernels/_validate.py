@@ -47,10 +47,16 @@ def logits(p_logits: Tensor, q_logits: Tensor, ref_logits: Tensor | None, rule: 
             raise ValueError(f"{name} is on {x.device} but p_logits on {p_logits.device}")
 
 
+# A positive T is a normal float32: the kernels scale logits by 1/T in fp32, which a
+# subnormal T overflows (and a T beyond fp32's range does not convert).
+_F32 = torch.finfo(torch.float32)
+_NORMAL = f"a float32 normal number when > 0 ([{_F32.tiny:.3g}, {_F32.max:.3g}])"
+
+
 def temperature(value: float | Tensor, rows: int, device: torch.device) -> float | Tensor:
     """T as f32 ``[rows]`` on ``device``, or a float for every row (no device tensor:
-    backends take it as a kernel argument); T = 0 marks a greedy row, T < 0, inf or
-    NaN is refused."""
+    backends take it as a kernel argument); T = 0 marks a greedy row, T < 0, inf,
+    NaN and T outside float32's normal range are refused."""
     if isinstance(value, Tensor):
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != rows):
             raise ValueError(f"temperature must be a float or a tensor [{rows}], got shape {tuple(value.shape)}")
@@ -58,8 +64,8 @@ def temperature(value: float | Tensor, rows: int, device: torch.device) -> float
             raise ValueError(f"temperature is on {value.device}, logits on {device}")
         t = value.to(torch.float32).expand(rows).contiguous()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not 0 <= value < float("inf"):
-            raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {value}")
+        if not (value == 0 or _F32.tiny <= value <= _F32.max):
+            raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), {_NORMAL}, got {value}")
         return float(value)
     else:
         raise TypeError(f"temperature must be a float or a tensor, got {type(value).__name__}")
@@ -68,8 +74,8 @@ def temperature(value: float | Tensor, rows: int, device: torch.device) -> float
 
 def temperature_values(t: Tensor) -> None:
     """Value check of a tensor temperature (host sync)."""
-    if not (torch.isfinite(t) & (t >= 0)).all():
-        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), got {t.tolist()}")
+    if not (torch.isfinite(t) & ((t == 0) | (t >= _F32.tiny))).all():
+        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), {_NORMAL}, got {t.tolist()}")
 
 
 def uniforms(name: str, u: Tensor, shape: tuple[int, ...], device: torch.device, check: bool) -> Tensor:

@@ -9,6 +9,7 @@ refuses.  The Hub-layout recipe folder is loaded from disk.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from decoding_helpers import CHARS, exact_pairs, goodness_of_fit, make_tokenizer, pair_counts
@@ -29,7 +30,12 @@ from hf_helpers import (
     prompt_ids,
 )
 from transformers import Qwen2ForCausalLM
-from transformers.generation import GenerateDecoderOnlyOutput
+from transformers.generation import (
+    EosTokenCriteria,
+    GenerateDecoderOnlyOutput,
+    MaxLengthCriteria,
+    TemperatureLogitsWarper,
+)
 
 import kad
 import kad.hf
@@ -143,6 +149,20 @@ def test_num_return_sequences_samples_each_prompt_several_times():
 # ----------------------------------------------------------------------------- generation options honoured
 
 
+@pytest.mark.parametrize("as_type", [np.int64, torch.tensor, lambda i: torch.tensor([i]), lambda i: np.array([i])],
+                         ids=["numpy-int", "0-d-tensor", "1-d-tensor", "numpy-array"])  # fmt: skip
+def test_eos_and_pad_ids_may_be_arrays(as_type):
+    """transformers takes token ids as numpy or torch values too: rows stop there all the same."""
+    batch = inputs(3)
+    width = batch["input_ids"].shape[1]
+    free = new_tokens(BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW), width)
+    stop, pad = free[0][2], 3
+    out = BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW,
+                        eos_token_id=as_type(stop), pad_token_id=as_type(pad))  # fmt: skip
+    assert new_tokens(out, width, (stop,))[0] == free[0][:3]
+    assert_padded_after_stop(out, width, pad, (stop,))
+
+
 def test_rows_stop_at_any_of_several_eos_ids_and_are_padded():
     batch = inputs(3)
     width = batch["input_ids"].shape[1]
@@ -231,6 +251,12 @@ REFUSED = [
     (dict(return_dict_in_generate=True, output_scores=True), "output_scores"),
     (dict(max_time=5.0), "max_time"),
     (dict(logits_processor=[Identity()]), r"logits_processor \[Identity\]"),
+    # Instances of the kinds kad honours from the generation config: theirs would be dropped.
+    (dict(do_sample=True, logits_processor=[TemperatureLogitsWarper(0.3)]), r"logits_processor \[TemperatureLogitsWarper\]"),
+    (dict(stopping_criteria=[MaxLengthCriteria(10)]), r"stopping_criteria \[MaxLengthCriteria\]"),
+    (dict(stopping_criteria=[EosTokenCriteria(10)]), r"stopping_criteria \[EosTokenCriteria\]"),
+    (dict(do_sample=True, top_k=50), "top_k=50"),  # transformers' default value, asked for
+    (dict(streamer=_Recorder()), "a streamer takes one row, got 3"),
     (dict(aligned_model=None), "needs aligned_model"),
     (dict(rule=None), "needs a rule"),
     (dict(gamma=-1), "gamma"),

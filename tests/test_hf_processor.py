@@ -212,8 +212,10 @@ def test_each_generate_is_checked_again():
         (inputs(3), None, "no pad_token_id: pass pad_token_id"),
         (inputs(3, padding_side="right"), EOS, "pad on the left"),
         (inputs(2, ["<eos>hello", "a"]), EOS, "a pad token no prompt starts with"),
+        # No padding at all: transformers passes no attention mask, and the prompts still start with pad.
+        (inputs(2, ["<eos>hello", "<eos>abcde"]), EOS, "a pad token no prompt starts with"),
     ],
-    ids=["no-pad-token-id", "right-padding", "prompt-starts-with-pad"],
+    ids=["no-pad-token-id", "right-padding", "prompt-starts-with-pad", "unpadded-prompts-start-with-pad"],
 )
 def test_padding_the_processor_would_misread_is_refused(batch, pad_token_id, match):
     processor = KADLogitsProcessor(ALIGNED, kk.Dual(0.4), tokenizer=TOKENIZER, pad_token_id=pad_token_id)

@@ -279,7 +279,9 @@ def test_per_row_parameter_of_wrong_length(entry, rule):
 # --------------------------------------------------------------------------- temperature
 
 
-@pytest.mark.parametrize("value", [-0.5, -1e-12, math.nan, math.inf, -math.inf], ids=str)
+# 1e-40 and 1e-45: subnormal in fp32, whose 1/T overflows (the cpu backend drew garbage);
+# 1e39 and 1e300: beyond fp32 (the torch backend raised a raw conversion error).
+@pytest.mark.parametrize("value", [-0.5, -1e-12, math.nan, math.inf, -math.inf, 1e-40, 1e-45, 1e39, 1e300], ids=str)
 @pytest.mark.parametrize("entry", ENTRY)
 def test_bad_float_temperature(entry, value):
     p, q = _pq(_shape(entry))
@@ -287,13 +289,24 @@ def test_bad_float_temperature(entry, value):
         CALLS[entry](p, q, temperature=value)
 
 
-@pytest.mark.parametrize("value", [-0.5, math.nan, math.inf], ids=str)
+@pytest.mark.parametrize("value", [-0.5, math.nan, math.inf, 1e-40, 1e39], ids=str)
 @pytest.mark.parametrize("entry", ENTRY)
 def test_bad_tensor_temperature(entry, value):
     p, q = _pq(_shape(entry))
     t = torch.tensor([1.0, 0.0, value, 0.7])
     with pytest.raises(ValueError, match=r"temperature must be finite and >= 0"):
         CALLS[entry](p, q, temperature=t)
+
+
+def test_the_ends_of_the_temperature_range_sample_their_limits(backend, device):
+    """T at fp32's smallest normal number draws as any tiny T does; at its largest, from uniform rows."""
+    p, q = (x.to(device) for x in _pq())
+    u = torch.full((B,), 0.5, device=device)
+    cold = kk.sample(p, q, RULE, torch.finfo(torch.float32).tiny, uniforms=u, backend=backend)
+    colder = kk.sample(p, q, RULE, 1e-30, uniforms=u, backend="torch")
+    assert torch.equal(cold, colder)
+    hot = kk.sample(p, q, kk.Dual(0.4), torch.finfo(torch.float32).max, uniforms=u, backend=backend)
+    assert torch.equal(hot.cpu(), torch.full((B,), p.shape[1] // 2))  # π uniform: the middle token at u = 0.5
 
 
 @pytest.mark.parametrize("shape", [(B - 1,), (B + 1,), (B, 1)])

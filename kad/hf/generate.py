@@ -93,17 +93,20 @@ def generate(
     passed to ``generate`` by the user.
 
     Honoured: ``max_new_tokens``/``max_length``; ``eos_token_id`` (one id or
-    several: a row stops after any); ``pad_token_id`` (fills finished rows);
+    several, as ints or an array: a row stops after any); ``pad_token_id`` (fills finished rows);
     ``do_sample=False`` (greedy: arg-max of π) or ``do_sample=True`` with
     ``temperature`` (p and q* are both tempered before mixing); a ``streamer``;
     ``num_return_sequences``; ``return_dict_in_generate`` (a
     :class:`KADGenerateOutput` with ``sequences`` and the KAD statistics).
     Refused (``ValueError`` naming the option): beam search, ``assistant_model``,
     top-k/top-p/min-p/typical/ε/η sampling, penalties and every other logits
-    processor, stopping criteria other than length and EOS, score/logit/attention
-    outputs.  transformers' global default ``top_k=50`` is not a request and is
-    not applied; a ``top_k`` of the call or of the model's generation config is
-    refused.  The caches are kad's own ``DynamicCache`` s (``cache_implementation``
+    processor, stopping criteria other than length and EOS, the call's own
+    ``logits_processor`` and ``stopping_criteria`` instances (set the generation
+    options instead), score/logit/attention outputs, a streamer with more than
+    one row.  transformers' global default ``top_k=50`` is not a request and is
+    not applied; a ``top_k`` argument of the call or of the model's generation
+    config is refused (a ``generation_config=`` object's ``top_k=50`` cannot be
+    told from the default once transformers has merged it).  The caches are kad's own ``DynamicCache`` s (``cache_implementation``
     does not apply).
 
     Randomness: ``generator`` (a ``torch.Generator`` on the model's device) or,
@@ -140,9 +143,10 @@ def generate(
         raise ValueError(f"the engines return different numbers of logits ({sizes}): they must share one vocabulary")
 
     prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
+    if streamer is not None and len(prompts) > 1:
+        raise ValueError(f"a streamer takes one row, got {len(prompts)}: KAD's rows advance by different counts")
     budget = generation_config.max_length - input_ids.shape[1]
-    eos = generation_config.eos_token_id
-    stop_ids = frozenset([] if eos is None else [eos] if isinstance(eos, int) else eos)
+    stop_ids = frozenset(_token_ids(generation_config.eos_token_id))
     out = decode(
         engines,
         prompts,
@@ -201,9 +205,13 @@ def _refuse_unsupported(
     for name in _UNSUPPORTED_OUTPUTS:
         if getattr(config, name, False):
             refuse(f"{name}=True", "KAD returns the sequences and its statistics (kad_stats)")
+    for name, why in [("logits_processor", "KAD draws every token from the mixture π as it is"),
+                      ("stopping_criteria", "rows stop at EOS or the length (max_new_tokens, eos_token_id)")]:  # fmt: skip
+        for given in call.get(name) or []:  # the user's own instances, which the generation config does not show
+            refuse(f"{name} [{type(given).__name__}]", why)
     for processor in processors:
         kind = type(processor).__name__
-        if kind in _HONOURED_PROCESSORS or (kind == "TopKLogitsWarper" and _is_default_top_k(model, config)):
+        if kind in _HONOURED_PROCESSORS or (kind == "TopKLogitsWarper" and _is_default_top_k(model, config, call)):
             continue
         refuse(setting(processor), "KAD draws every token from the mixture π as it is")
     for criterion in criteria:
@@ -215,9 +223,12 @@ def _refuse_unsupported(
         refuse(f"the model inputs {', '.join(extra)}", "KAD feeds both models token ids only")
 
 
-def _is_default_top_k(model: PreTrainedModel, config: GenerationConfig) -> bool:
-    """Whether ``top_k`` is transformers' global default rather than a request."""
-    return config.top_k == _DEFAULT_TOP_K and getattr(model.generation_config, "top_k", None) is None
+def _is_default_top_k(model: PreTrainedModel, config: GenerationConfig, call: Mapping[str, Any]) -> bool:
+    """Whether ``top_k`` is transformers' global default rather than a request of the call's
+    arguments or the model's generation config.  (A ``generation_config=`` object of the call
+    is merged with the defaults before kad sees it: its ``top_k=50`` reads as the default.)"""
+    asked = (call.get("kwargs") or {}).get("top_k")
+    return config.top_k == _DEFAULT_TOP_K and asked is None and getattr(model.generation_config, "top_k", None) is None
 
 
 def _settings(
@@ -320,12 +331,15 @@ def _seeded_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
 
 
+def _token_ids(value: Any) -> list[int]:
+    """Token ids given as transformers takes them: None, an int, a list, a numpy or torch array."""
+    return [] if value is None else [int(i) for i in torch.as_tensor(value).flatten().tolist()]
+
+
 def _pad_id(config: GenerationConfig) -> int:
     """What fills a finished row: pad, else the first EOS (transformers' fallback), else 0."""
-    if config.pad_token_id is not None:
-        return int(config.pad_token_id)
-    eos = config.eos_token_id
-    return int(eos if isinstance(eos, int) else eos[0]) if eos else 0
+    pad, eos = _token_ids(config.pad_token_id), _token_ids(config.eos_token_id)
+    return pad[0] if pad else eos[0] if eos else 0
 
 
 def _sequences(input_ids: Tensor, new_tokens: list[list[int]], pad_id: int) -> Tensor:

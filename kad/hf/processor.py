@@ -123,10 +123,10 @@ class KADLogitsProcessor(LogitsProcessor):
             )
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
-        if not 0 < temperature < math.inf:
+        if not torch.finfo(torch.float32).tiny <= temperature <= torch.finfo(torch.float32).max:
             raise ValueError(
-                f"temperature must be finite and > 0, got {temperature}: for greedy decoding pass do_sample=False "
-                "to generate"
+                f"temperature must be finite and > 0 (a float32 normal number), got {temperature}: for greedy "
+                "decoding pass do_sample=False to generate"
             )
         if tokenizer is not None:
             if vocab_size is not None and vocab_size != len(tokenizer):
@@ -190,8 +190,9 @@ class KADLogitsProcessor(LogitsProcessor):
         """A new generation: reset the cache, lay out each row's real tokens (the batch
         left-pads them itself), and check the padding against generate's mask."""
         real = self._real_tokens(input_ids)
-        if call is not None and call.attention_mask is not None:
-            self._check_padding(real, call.attention_mask)
+        if call is not None:  # transformers passes no mask when every token is real
+            mask = call.attention_mask if call.attention_mask is not None else torch.ones_like(real)
+            self._check_padding(real, mask)
         prompts = [row[mask].tolist() for row, mask in zip(input_ids, real)]
         self.engine.reset()
         self._batch = Batch(prompts, self.engine.device)
