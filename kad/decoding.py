@@ -253,12 +253,17 @@ class Decoder:
         seed = None if seed is None else _checked_seed(seed)
         if isinstance(prompts, str):
             prompts = [prompts]
+        if not isinstance(prompts, Sequence) or not all(isinstance(p, (str, Sequence)) for p in prompts):
+            raise TypeError("prompts must be a string, a list of strings or a list of token-id lists")
         if len(prompts) == 0:
             raise ValueError("prompts is empty: pass at least one prompt")
         if streamer is not None and len(prompts) != 1:
             raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
-        budgets = [max_new_tokens] * len(prompts) if isinstance(max_new_tokens, int) else list(max_new_tokens)
-        if len(budgets) != len(prompts) or any(b < 0 for b in budgets):
+        if isinstance(max_new_tokens, numbers.Integral):
+            budgets = [max_new_tokens] * len(prompts)
+        else:
+            budgets = list(max_new_tokens) if isinstance(max_new_tokens, Sequence) else []
+        if len(budgets) != len(prompts) or not all(_is_count(b) for b in budgets):
             raise ValueError(f"max_new_tokens must be an int >= 0 or one per prompt, got {max_new_tokens!r}")
         ids = [self._prompt_ids(row, p, chat, system_prompt) for row, p in enumerate(prompts)]
 
@@ -292,6 +297,11 @@ class Decoder:
         if not all(0 <= t < self.vocab_size for t in ids):
             raise ValueError(f"prompt {row} has token ids outside [0, {self.vocab_size})")
         return ids
+
+
+def _is_count(value: object) -> bool:
+    """An int ``>= 0`` (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 def _checked_seed(seed: int) -> int:

@@ -264,6 +264,7 @@ REFUSED = [
     (dict(rule=kk.ImplicitReward()), "needs a reference model"),
     (dict(aligned_tokenizer=make_tokenizer(chars=CHARS[::-1])), "the base model.*the aligned model.*differ"),
     (dict(vocab_size=77), "the aligned model has 76 output logits, fewer than the vocabulary's 77"),
+    (dict(vocab_size=2.5), r"vocab_size must be an int >= 1, got 2.5"),
 ]
 
 
@@ -272,6 +273,14 @@ def test_unsupported_options_are_refused_by_name(kwargs, match):
     call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, **inputs(3))
     call.update(kwargs)
     with pytest.raises(ValueError, match=match):
+        BASE.generate(**call)
+
+
+@pytest.mark.parametrize("name", ["aligned_model", "reference_model"])
+def test_a_model_that_is_not_one_is_refused_naming_the_argument(name):
+    call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, **inputs(3))
+    call[name] = "Qwen/Qwen2.5-0.5B"  # a hub id: the model must be loaded first
+    with pytest.raises(TypeError, match=rf"{name} must be a transformers PreTrainedModel or a kad.engines.Engine"):
         BASE.generate(**call)
 
 

@@ -132,6 +132,11 @@ def generate(
     _refuse_unsupported(model, generation_config, logits_processor, stopping_criteria, call, model_kwargs)
     if aligned_model is None:
         raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
+    for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
+        if value is not None and not isinstance(value, (PreTrainedModel, Engine)):
+            raise TypeError(f"{name} must be a transformers PreTrainedModel or a kad.engines.Engine, got {value!r}")
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+        raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
     settings = _settings(mode, rule, gamma, generation_config, track_alpha)
 
     models = {"base": model, "aligned": aligned_model, "reference": reference_model}
