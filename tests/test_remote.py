@@ -217,7 +217,7 @@ def test_a_malformed_url_is_refused_before_any_request(url, message):
 def test_a_garbled_answer_is_retried_then_refused_keeping_what_was_generated(served, fault):
     expected = served.local().generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6).token_ids
     # A trickled answer of a few kB takes minutes; the whole answer must come within the timeout.
-    timeout = dict(timeout=2.0) if fault == "trickle" else {}
+    timeout = dict(timeout=5.0) if fault == "trickle" else {}
     with FaultProxy(served.server.url) as proxy:
         decoder = kad.Decoder(served.engine(proxy.url, **FAST_FAILURE | timeout), served.aligned, served.tokenizer)
         proxy.faults.extend([fault])  # once: the retry gets a real answer
