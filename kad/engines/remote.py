@@ -63,8 +63,9 @@ class RemoteEngine:
     other than 0 and 1) instead of stopping; such positions are counted.
     ``max_prompts``: prompts per request (vLLM refuses more than 1024 by default).
     ``timeout`` (s) per request, for the whole answer (a server that trickles its answer
-    times out too), ``attempts`` per request, ``backoff`` (s) before the first retry, doubling.  ``device``: where the logits go (the aligned model's).
-    ``transport``: an ``httpx`` transport (tests)."""
+    times out too), ``attempts`` per request, ``backoff`` (s) before the first retry,
+    doubling.  ``device``: where the logits go (the aligned model's).  ``transport``: an
+    ``httpx`` transport (tests)."""
 
     def __init__(
         self,

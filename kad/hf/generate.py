@@ -93,8 +93,8 @@ def generate(
     passed to ``generate`` by the user.
 
     Honoured: ``max_new_tokens``/``max_length``; ``eos_token_id`` (one id or
-    several, as ints or an array: a row stops after any); ``pad_token_id`` (fills finished rows);
-    ``do_sample=False`` (greedy: arg-max of π) or ``do_sample=True`` with
+    several, as ints or an array: a row stops after any); ``pad_token_id`` (fills
+    finished rows); ``do_sample=False`` (greedy: arg-max of π) or ``do_sample=True`` with
     ``temperature`` (p and q* are both tempered before mixing); a ``streamer``;
     ``num_return_sequences``; ``return_dict_in_generate`` (a
     :class:`KADGenerateOutput` with ``sequences`` and the KAD statistics).
@@ -106,8 +106,8 @@ def generate(
     one row.  transformers' global default ``top_k=50`` is not a request and is
     not applied; a ``top_k`` argument of the call or of the model's generation
     config is refused (a ``generation_config=`` object's ``top_k=50`` cannot be
-    told from the default once transformers has merged it).  The caches are kad's own ``DynamicCache`` s (``cache_implementation``
-    does not apply).
+    told from the default once transformers has merged it).  The caches are kad's
+    own ``DynamicCache`` s (``cache_implementation`` does not apply).
 
     Randomness: ``generator`` (a ``torch.Generator`` on the model's device) or,
     without it, one seeded from torch's global generator, so ``torch.manual_seed``
