@@ -164,11 +164,13 @@ def run_eval(args: argparse.Namespace) -> int:
     _decoding_rule(args)
     name = rule_name(args.mode, args.rule)
     takes_lam = name not in (None, "implicit-reward")
+    # The implicit-reward modes fix their rule; a kad mode records the one it was given.
+    recorded = None if args.mode.startswith("implicit-reward") else name
     decoder = _decoder(args)
     config = RunConfig(
         task=args.task,
         mode=args.mode,
-        rule=name if takes_lam else None,
+        rule=recorded,
         lam=args.lam if takes_lam else None,
         gamma=args.gamma if args.mode.endswith("-spec") else None,
         temperature=args.temperature,
@@ -189,7 +191,7 @@ def run_eval(args: argparse.Namespace) -> int:
     with tqdm(total=max(total, done), initial=done, desc=config.stem(), unit="item") as progress:
 
         def on_batch(s: Summary, new_items: int) -> None:
-            progress.update(new_items)
+            progress.update(s.items - progress.n)  # s.items: all saved so far (a redone short batch counts once)
             progress.set_postfix(acc=f"{s.accuracy:.1%}", tok_s=f"{s.tokens_per_s:.1f}")
 
         try:

@@ -60,7 +60,7 @@ class RunConfig:
         """A file name for the run: task, mode, rule and parameter, γ, seed."""
         parts = [self.task, self.mode]
         if self.rule is not None:
-            parts.append(f"{self.rule}{self.lam:g}")
+            parts.append(self.rule if self.lam is None else f"{self.rule}{self.lam:g}")
         if self.gamma is not None:
             parts.append(f"g{self.gamma}")
         parts.append(f"s{self.seed}")
@@ -128,7 +128,7 @@ def run_label(config: dict, without: str | None = None) -> str:
     if config["rule"] is not None:
         if config["rule"] != config["mode"].removesuffix("-spec"):  # "nudging 0.4", not "nudging nudging 0.4"
             label += f" {config['rule']}"
-        label += f" {config['lam']:g}" if without != "lam" else ""
+        label += f" {config['lam']:g}" if without != "lam" and config["lam"] is not None else ""
     if config["gamma"] is not None and without != "gamma":
         label += f" γ={config['gamma']}"
     return label
@@ -208,6 +208,15 @@ def _item_record(
     }
 
 
+def _drop_short_last_batch(result: dict, batch_size: int) -> None:
+    """Forget the last batch if it holds fewer than ``batch_size`` items (a run extended past
+    its old limit): redone whole, with its own seed, it draws what an uninterrupted run would."""
+    batches = result["batches"]
+    if batches and batches[-1]["size"] < batch_size:
+        del result["items"][batches[-1]["first"] :]
+        batches.pop()
+
+
 def check_seed(seed: int) -> None:
     """A run's seed is 32 bits: each batch draws with :func:`batch_seed`, which needs the other 32."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -241,6 +250,9 @@ def evaluate(
     path.parent.mkdir(parents=True, exist_ok=True)
     result = _start(config, path, resume)
     items = task.load(limit, seed=config.seed)
+    if len(items) <= len(result["items"]):  # nothing more to run: the file as it is
+        return result
+    _drop_short_last_batch(result, config.batch_size)
     result["limit"] = limit
     for first in range(len(result["items"]), len(items), config.batch_size):
         batch = items[first : first + config.batch_size]

@@ -42,13 +42,27 @@ _FIGURES = (
 
 
 def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dict[str, list[tuple[float, Summary]]]:
-    """``{label: [(x, summary), ...]}`` sorted by x, over the runs that have ``x`` and pass ``keep``."""
-    lines: dict[str, list[tuple[float, Summary]]] = defaultdict(list)
+    """``{label: [(x, summary), ...]}`` sorted by x, over the runs that have ``x`` and pass
+    ``keep``: one line per configuration but ``x`` (seed, models and grading included), one
+    point per x (the run with the most items).  Lines that the run label does not tell
+    apart are labelled with the fields in which they differ."""
+    groups: dict[tuple, dict[float, dict]] = defaultdict(dict)
     for result in results:
         config = result["config"]
-        if config[x] is not None and keep(config):
-            lines[f"{config['task']}: {run_label(config, without=x)}"].append((config[x], summarize(result)))
-    return {label: sorted(points, key=lambda p: p[0]) for label, points in lines.items()}
+        if config[x] is None or not keep(config):
+            continue
+        points = groups[tuple(sorted((k, repr(v)) for k, v in config.items() if k != x))]
+        if len(result["items"]) > len(points.get(config[x], {"items": ()})["items"]):
+            points[config[x]] = result
+    configs = {key: next(iter(points.values()))["config"] for key, points in groups.items()}
+    labels = {key: f"{c['task']}: {run_label(c, without=x)}" for key, c in configs.items()}
+    lines = {}
+    for key, points in groups.items():
+        twins = [configs[k] for k in groups if labels[k] == labels[key]]
+        differ = [f for f in configs[key] if f != x and len({repr(c[f]) for c in twins}) > 1]
+        label = labels[key] + "".join(f", {f}={configs[key][f]}" for f in differ)
+        lines[label] = [(value, summarize(points[value])) for value in sorted(points)]
+    return lines
 
 
 def plot_results(results: Sequence[dict], out_dir: str | Path) -> list[Path]:

@@ -18,7 +18,8 @@ for at most ``MAX_NEW_TOKENS`` tokens, answers read the paper's way
 
 * ``gsm8k``, ``svamp``: the last number of the text, commas removed;
 * ``math500``: the last ``\boxed{...}``, the part after its last ``=``;
-* ``arc``, ``csqa``, ``tqa``: the last standalone capital letter A–J.
+* ``arc``, ``csqa``, ``tqa``: the last standalone capital letter A–J (A–M for
+  ``tqa``, whose 13 options the paper's A–J could not all read).
 
 ``strict=False`` reads and compares answers better, so that scores measure
 the model rather than its formatting (numeric equivalence, LaTeX
@@ -186,7 +187,7 @@ _LATEX_REWRITES = tuple(
         (r"\\[dt]frac", r"\\frac"),
         (r"\\(?:text|textbf|textrm|mathrm|mbox)\{([^{}]*)\}", r"\1"),
         (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", ""),
-        (r"\\?%|\$|\s", ""),
+        (r"\\?[%$]|\s", ""),
         (r"\\frac(\d)(\d)", r"\\frac{\1}{\2}"),
         (r"\\sqrt(\w)", r"\\sqrt{\1}"),
         (_DIGIT_GROUP_COMMA.pattern, ""),
@@ -242,7 +243,9 @@ _MC_FOOTER = (
     "Provide your reasoning about the answer and finish your answer with the letter "
     "corresponding to the correct option (e.g., A, B, C, or D).\n\n"
 )
-_STANDALONE_LETTER = re.compile(r"\b[A-J]\b")
+# The paper reads A–J; a task with more options reads up to its last one (TruthfulQA's 13:
+# its shuffle puts correct options at K–M, which A–J could never read).
+_PAPER_LAST_LETTER = "J"
 
 
 @dataclass(frozen=True)
@@ -274,13 +277,15 @@ class ChoiceTask(Task):
 
     def extract(self, text: str, strict: bool = True) -> str | None:
         """The last standalone capital letter A–J of ``text`` (not one inside a
-        word).  Not strict: the letter of the last "answer is (B)", "Answer: B",
-        "correct option is B" or ``\\boxed{B}``, otherwise the last standalone
-        letter among this task's options that is not the pronoun "I"."""
+        word; up to the last option's letter for a task of more than 10 options).
+        Not strict: the letter of the last "answer is (B)", "Answer: B", "correct
+        option is B" or ``\\boxed{B}``, otherwise the last standalone letter among
+        this task's options that is not the pronoun "I"."""
+        last = ascii_uppercase[self.max_options - 1]
         if strict:
-            letters = _STANDALONE_LETTER.findall(text)
+            letters = re.findall(rf"\b[A-{max(last, _PAPER_LAST_LETTER)}]\b", text)
             return letters[-1] if letters else None
-        letter = f"[A-{ascii_uppercase[self.max_options - 1]}]"
+        letter = f"[A-{last}]"
         stated = re.findall(
             rf"(?i:answer|option|choice)\s*(?:is\s*:?|:)\s*[(\[*]*\s*({letter})\b|\\boxed\{{({letter})\}}", text
         )

@@ -14,6 +14,7 @@ from gguf_models import require_llama_cpp
 
 import kad
 from kad import cli, evaluate
+from kad.decoding import build_rule
 from kad.demo import RUNS, demo
 from kad.evaluate import RunConfig, summarize, wilson_interval
 from kad.plots import plot_results
@@ -114,6 +115,21 @@ def test_resume_after_interruption_gives_the_uninterrupted_result(tmp_path, monk
     assert len(evaluate.evaluate(DECODER, config, path, limit=4, resume=True)["items"]) == 4
     with pytest.raises(ValueError, match="lam: 0.4 → 0.5"):
         evaluate.evaluate(DECODER, dataclasses.replace(config, lam=0.5), path, limit=4, resume=True)
+
+
+def test_extending_a_run_draws_what_one_longer_run_draws(tmp_path):
+    """Limit 3 in batches of 2 ends with a batch of 1; extended to 6 it is redone whole, so the
+    batches (and their seeds) are those of a run of 6; a smaller limit leaves the file as it is."""
+    config = _config(mode="kad", gamma=None, batch_size=2)
+    whole = evaluate.evaluate(DECODER, config, tmp_path / "whole.json", limit=6)
+    path = tmp_path / "run.json"
+    evaluate.evaluate(DECODER, config, path, limit=3)
+    extended = evaluate.evaluate(DECODER, config, path, limit=6, resume=True)
+    assert [b["first"] for b in extended["batches"]] == [b["first"] for b in whole["batches"]] == [0, 2, 4]
+    assert [r["generation"] for r in extended["items"]] == [r["generation"] for r in whole["items"]]
+    saved = path.read_text()
+    again = evaluate.evaluate(DECODER, config, path, limit=2, resume=True)
+    assert again["limit"] == 6 and len(again["items"]) == 6 and path.read_text() == saved
 
 
 def test_load_result_rejects_other_json(tmp_path):
@@ -221,6 +237,26 @@ def test_plots_from_results(tmp_path):
     assert plot_results(results[:1], tmp_path / "none") == []
 
 
+def test_a_line_joins_only_runs_that_differ_in_the_plotted_parameter(tmp_path):
+    """Seeds, models and grading make lines of their own, told apart in the legend; two runs
+    of one configuration are one point (the longer run); one seed at one λ draws no line."""
+    from kad.plots import _lines
+
+    results = [_fake_result(5, lam=0.2), _fake_result(6, lam=0.4), _fake_result(7, lam=0.4, seed=1),
+               _fake_result(3, lam=0.8, base="other-base"), _fake_result(4, lam=0.2, strict=False)]  # fmt: skip
+    longer = _fake_result(9, lam=0.4)
+    longer["items"] = longer["items"] + longer["items"][:2]
+    lines = _lines([*results, longer], "lam", lambda c: True)
+    points = {label: [(x, s.correct) for x, s in line] for label, line in lines.items()}
+    assert points == {
+        "gsm8k: kad-spec dual γ=3, seed=0, strict=True, base=tiny-base": [(0.2, 5), (0.4, 11)],
+        "gsm8k: kad-spec dual γ=3, seed=1, strict=True, base=tiny-base": [(0.4, 7)],
+        "gsm8k: kad-spec dual γ=3, seed=0, strict=True, base=other-base": [(0.8, 3)],
+        "gsm8k: kad-spec dual γ=3, seed=0, strict=False, base=tiny-base": [(0.2, 4)],
+    }
+    assert plot_results([_fake_result(5, lam=0.4), _fake_result(6, lam=0.4, seed=1)], tmp_path) == []
+
+
 def test_cli_eval_end_to_end(model_dir, tmp_path, capsys):
     out = tmp_path / "results"
     args = ["eval", "--task", "arc", "--limit", "3", "--base", model_dir, "--aligned", model_dir, "--device", "cpu",
@@ -240,15 +276,25 @@ def test_cli_eval_end_to_end(model_dir, tmp_path, capsys):
     assert cli.main(["plot", str(path), "--out", str(tmp_path / "plots")]) == 0  # one run: no figure, no error
 
 
-@pytest.mark.parametrize("mode, expected", [("base", (None, None, None)), ("nudging", ("nudging", 0.3, None)),
-                                            ("kad", ("primal", 0.3, None)), ("kad-spec", ("primal", 0.3, 3))])  # fmt: skip
-def test_cli_eval_records_only_the_parameters_a_mode_uses(model_dir, tmp_path, mode, expected):
-    rule = [] if mode in ("base", "nudging") else ["--rule", "primal"]
+@pytest.mark.parametrize(
+    "mode, rule, expected",
+    [("base", None, (None, None, None)), ("nudging", None, ("nudging", 0.3, None)),
+     ("kad", "primal", ("primal", 0.3, None)), ("kad-spec", "primal", ("primal", 0.3, 3)),
+     ("implicit-reward-spec", None, (None, None, 3)), ("kad-spec", "implicit-reward", ("implicit-reward", None, 3))],
+)  # fmt: skip
+def test_cli_eval_records_only_the_parameters_a_mode_uses(model_dir, tmp_path, mode, rule, expected):
+    rule_args = [] if rule is None else ["--rule", rule]
     args = ["eval", "--task", "svamp", "--limit", "1", "--base", model_dir, "--aligned", model_dir, "--mode", mode,
-            *rule, "--lam", "0.3", "--gamma", "3", "--max-new-tokens", "2", "--output", str(tmp_path / "r.json")]  # fmt: skip
+            *rule_args, "--reference", model_dir, "--lam", "0.3", "--gamma", "3", "--max-new-tokens", "2",
+            "--output", str(tmp_path / "r.json")]  # fmt: skip
     assert cli.main(args) == 0
     config = evaluate.load_result(tmp_path / "r.json")["config"]
     assert (config["rule"], config["lam"], config["gamma"]) == expected
+    # What evaluate() ran: the rule the options named (ImplicitReward, not a Dual of λ = 0).
+    expected_rule = build_rule(mode, rule, 0.3)
+    assert repr(build_rule(config["mode"], config["rule"], config["lam"] or 0.0)) == repr(expected_rule)
+    if rule == "implicit-reward":
+        assert evaluate.run_label(config) == "kad-spec implicit-reward γ=3"
 
 
 def test_demo_prints_each_run_and_a_table(capsys):

@@ -192,8 +192,9 @@ def test_math_extraction(text, strict, better):
         # Paper: the pronoun "I" and the article "A" count as answers.
         ("arc", "The answer is (B). I hope this helps!", "I", "B"),
         ("csqa", "The correct answer is: (C). A mall has many doors.", "A", "C"),
-        # Paper: only A-J, though TruthfulQA has up to 13 options.
-        ("tqa", "So the answer is K.", None, "K"),
+        # Paper: only A-J; TruthfulQA's shuffled 13 options need A-M, or answers K-M could never score.
+        ("tqa", "So the answer is K.", "K", "K"),
+        ("tqa", "So the answer is N.", None, None),
         ("arc", "So the answer is K.", None, None),
     ],
 )
@@ -237,6 +238,9 @@ NUMBER_GRADES = [
         ("Evelyn", "\\text{Evelyn}", False, True),
         ("11\\sqrt{2}", "11\\sqrt2", False, True),
         ("3, 5, 7", "3,5,7", False, True),
+        ("36", "\\$36", False, True),  # the escaped dollar goes with its backslash
+        ("32,348", "\\$32,\\!348", False, True),
+        ("\\$18.90", "\\$18.90", True, True),
         ("\\sqrt{2}", "\\sqrt{3}", False, False),
         # Answers with "=": the paper keeps what follows the last "=" on both sides.
         ("x = 5", "5", False, True),
@@ -254,11 +258,12 @@ def test_grading(task_name, extracted, reference, strict, better):
 
 
 @pytest.mark.parametrize("strict", [True, False])
-@pytest.mark.parametrize("name", COUNTS)
-def test_every_reference_answer_grades_correct_and_others_do_not(name, strict):
-    """A model that ends with the reference answer scores on every item, one that ends with another does not."""
+@pytest.mark.parametrize("name, seed", [(name, 0) for name in COUNTS] + [("tqa", 3)])
+def test_every_reference_answer_grades_correct_and_others_do_not(name, seed, strict):
+    """A model that ends with the reference answer scores on every item, one that ends with another does
+    not; TruthfulQA at another seed too (its shuffle puts some correct options at K-M)."""
     task = TASKS[name]
-    for item in task.load():
+    for item in task.load(seed=seed):
         if isinstance(task, ChoiceTask):
             right, wrong = item.answer, "B" if item.answer == "A" else "A"
         elif name == "math500":
