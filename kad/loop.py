@@ -159,10 +159,10 @@ def decode(
     leaves with what was emitted before it as its ``partial``."""
     plan = _plan(engines, settings)
     budgets = fit_budgets(prompts, budgets, plan.engines)
-    for engine in plan.engines:
-        engine.reset(settings)
-    loop = _Loop(plan, stop_ids, settings, generator, streamer)
+    loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
     try:
+        for engine in plan.engines:
+            engine.reset(settings)
         loop.run([list(p) for p in prompts], budgets)
     except EngineError as error:
         error.partial = loop.decoded()
@@ -191,6 +191,7 @@ class _Loop:
         settings: Settings,
         generator: torch.Generator,
         streamer: Streamer | None,
+        rows: int,
     ):
         self.plan = plan
         self.stop_ids = stop_ids
@@ -203,8 +204,8 @@ class _Loop:
         self.context_length = None if context is None else context[0]
         self.device = plan.target.device
         self.stats = GenerationStats()
-        self.row_stats: list[GenerationStats] = []
-        self.outputs: list[list[int]] = []
+        self.row_stats = [GenerationStats() for _ in range(rows)]
+        self.outputs: list[list[int]] = [[] for _ in range(rows)]  # what decoded() reports before run()
 
     def _logits(self, engine: Engine, batch: Batch, keep: int = 1) -> Tensor:
         return engine.advance(batch, keep).to(self.device)

@@ -62,8 +62,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
             raise ModelLoadError(f"device {str(device)!r} is not available: {build} (torch {torch.__version__})")
         if resolved.index is not None and resolved.index >= torch.cuda.device_count():
             raise ModelLoadError(f"device {str(device)!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
-    elif resolved.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelLoadError(f"device {str(device)!r} is not available on this machine")
+    elif resolved.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise ModelLoadError(f"device {str(device)!r} is not available on this machine")
+    elif resolved.type != "cpu":  # xpu, hpu, ...: torch's module of that name says; meta holds no data
+        is_available = getattr(getattr(torch, resolved.type, None), "is_available", None)
+        if resolved.type == "meta" or is_available is None or not is_available():
+            raise ModelLoadError(f"device {str(device)!r} is not available on this machine (torch {torch.__version__})")
     return resolved
 
 
@@ -103,15 +108,23 @@ def resolve_engine(
     engine: EngineKind, device: torch.device | None, models: Sequence[str]
 ) -> Literal["torch", "llama.cpp"]:
     """The runtime for ``models`` (the names given; none: the default pair) on ``device``
-    (``None``: not chosen).  ``auto``: llama.cpp when it is installed, every model is a
-    ``.gguf`` file and the device is the CPU (or not chosen on a machine without CUDA);
-    else torch.  :class:`ModelLoadError` for an explicit choice that cannot work."""
+    (``None``: not chosen).  ``auto``: llama.cpp for ``.gguf`` files, and for the default
+    pair when it is installed and the device is the CPU (or not chosen on a machine
+    without CUDA); else torch.  :class:`ModelLoadError` for a choice that cannot work:
+    GGUF files and transformers models mixed, GGUF files on another device than the CPU
+    or without llama-cpp-python, a GGUF file under torch, a directory under llama.cpp."""
     if engine not in ENGINES:
         raise ModelLoadError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
     gguf = [m for m in models if str(m).endswith(".gguf")]
     cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
     if engine == "auto":
-        return "llama.cpp" if len(gguf) == len(models) and cpu and llama_cpp_installed() else "torch"
+        if 0 < len(gguf) < len(models):
+            other = next(m for m in models if m not in gguf)
+            raise ModelLoadError(f"{gguf[0]!r} is a GGUF file and {other!r} is not: give every model as GGUF "
+                                 "files (llama.cpp) or every one as a transformers model (torch)")  # fmt: skip
+        if gguf:  # GGUF files run in llama.cpp, whose own checks then name what is missing
+            return resolve_engine("llama.cpp", device, models)
+        return "llama.cpp" if not models and cpu and llama_cpp_installed() else "torch"
     if engine == "llama.cpp":
         if device is not None and device.type != "cpu":
             raise ModelLoadError(f"the llama.cpp engine runs on the CPU, not {str(device)!r}: drop --device")

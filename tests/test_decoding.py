@@ -482,6 +482,39 @@ def test_bad_arguments_are_refused(kwargs, error, match):
         DECODER.generate(kwargs.pop("prompts"), **kwargs)
 
 
+class _FailsAt:
+    """An HFEngine whose ``reset`` or ``advance`` number ``at`` fails, as a served model may."""
+
+    def __init__(self, engine: HFEngine, method: str, at: int):
+        self.engine, self.method, self.at, self.calls = engine, method, at, 0
+
+    def __getattr__(self, name):
+        attribute = getattr(self.engine, name)
+        if name != self.method:
+            return attribute
+
+        def failing(*args, **kwargs):
+            self.calls += 1
+            if self.calls == self.at:
+                raise kad.engines.EngineError(f"{name} failed")
+            return attribute(*args, **kwargs)
+
+        return failing
+
+
+@pytest.mark.parametrize("method, at, emitted", [("reset", 1, 0), ("advance", 1, 0), ("advance", 3, 2)])
+def test_an_engine_error_keeps_what_was_generated(method, at, emitted):
+    """From the first reset on, an EngineError leaves with every row's tokens so far (none before the first step)."""
+    base = _FailsAt(HFEngine(MODELS["base"], V), method, at)
+    decoder = kad.Decoder(base, MODELS["aligned"], TOKENIZER)
+    with pytest.raises(kad.engines.EngineError, match=f"{method} failed") as failure:
+        decoder.generate(PROMPTS[:2], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6)
+    expected = DECODER.generate(PROMPTS[:2], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6).token_ids
+    partial = failure.value.partial
+    assert partial.token_ids == [tokens[:emitted] for tokens in expected]
+    assert partial.texts == [TOKENIZER.decode(t, skip_special_tokens=True) for t in partial.token_ids]
+
+
 @pytest.mark.parametrize("mode, rule", [("kad", kk.ImplicitReward()), ("implicit-reward-spec", None)])
 def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
     decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
@@ -499,8 +532,11 @@ def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
         (["--base", "kad-tests/not-a-model", "--aligned", "kad-tests/not-a-model"], "cannot load the model 'kad-tests/not-a-model'"),
         (["--device", "cuda:99"], "device 'cuda:99' is not available"),
         (["--device", "gpu0"], "device 'gpu0' is not a device"),
+        (["--device", "xpu"], "device 'xpu' is not available on this machine"),  # torch's module says
+        (["--device", "hpu"], "device 'hpu' is not available on this machine"),  # torch has no such module
+        (["--device", "meta"], "device 'meta' is not available on this machine"),  # holds no data
     ],
-    ids=["missing-path", "unknown-hub-id", "absent-device", "malformed-device"],
+    ids=["missing-path", "unknown-hub-id", "absent-device", "malformed-device", "xpu", "hpu", "meta"],
 )
 def test_cli_says_in_one_line_what_cannot_be_loaded(tmp_path, capsys, options, message):
     if "--base" not in options:

@@ -123,6 +123,20 @@ def test_batched_output_equals_per_prompt_output(decoder):
         assert alone.token_ids[0] == tokens
 
 
+@pytest.mark.parametrize("rule", [kk.Dual(0.0), kk.Primal(0.1), kk.Nudging(0.4)], ids=repr)
+def test_a_row_finishing_before_the_aligned_model_first_runs(decoder, rule):
+    """Where p alone decides, the aligned model may not have run when a row leaves the batch;
+    dropping the row from its empty cache is no fault (§5.3)."""
+    prompts, budgets = PROMPTS[:3], [1, 6, 3]
+    sampled = decoder.generate(prompts, "kad", rule, temperature=1.0, max_new_tokens=budgets, seed=0)
+    assert all(len(t) <= b for t, b in zip(sampled.token_ids, budgets))
+    greedy = decoder.generate(prompts, "kad", rule, temperature=0.0, max_new_tokens=budgets)
+    expected = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER).generate(
+        prompts, "kad", rule, temperature=0.0, max_new_tokens=budgets
+    )
+    assert greedy.token_ids == expected.token_ids
+
+
 def test_a_row_kept_twice_gets_a_sequence_of_its_own():
     """Rows dropped and one kept twice (the protocol allows it; the loop only drops rows)."""
     require_llama_cpp()
@@ -210,7 +224,10 @@ def test_the_engine_choice():
     with pytest.raises(ModelLoadError, match="engine must be one of"):
         resolve_engine("onnx", cpu, [])
     assert resolve_engine("auto", cpu, ["some/dir"]) == "torch"
-    assert resolve_engine("auto", cuda, ["m.gguf"]) == "torch"
+    with pytest.raises(ModelLoadError, match="runs on the CPU, not 'cuda'"):  # was torch, then "no such directory"
+        resolve_engine("auto", cuda, ["m.gguf"])
+    with pytest.raises(ModelLoadError, match="'b.gguf' is a GGUF file and 'some/dir' is not: give every model"):
+        resolve_engine("auto", cpu, ["b.gguf", "some/dir"])
     require_llama_cpp()
     assert resolve_engine("auto", cpu, []) == "llama.cpp"
     assert resolve_engine("auto", cpu, ["a.gguf", "b.gguf"]) == "llama.cpp"

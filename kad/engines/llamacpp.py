@@ -224,6 +224,8 @@ class LlamaCppEngine:
         self._cached = min(self._cached, width)
 
     def select(self, rows: Tensor) -> None:
+        if not self._sequences:  # nothing fed yet (an aligned model the rule has not needed): nothing to keep
+            return
         rows = rows.tolist()
         kept = {self._sequences[r] for r in rows}
         free = [s for s in range(self._rows_capacity) if s not in kept]
