@@ -108,6 +108,11 @@ class Decoder:
         models = {"base": base, "aligned": aligned, "reference": reference}
         names = {role: f"the {role} model" + (f" {_name(m)!r}" if _name(m) else "") for role, m in models.items()}
         models = {role: m for role, m in models.items() if m is not None}
+        engines = [m for m in models.values() if not isinstance(m, PreTrainedModel)]
+        if len({id(e) for e in engines}) < len(engines):  # a model given twice gets two HFEngines; an engine cannot
+            twice = [role for role, m in models.items() if sum(m is e for e in engines) > 1]
+            raise ValueError(f"the {' and '.join(twice)} models are one engine object, whose cache serves one role: "
+                             "make an engine for each")  # fmt: skip
         tokenizers = {"aligned": tokenizer, "base": base_tokenizer, "reference": reference_tokenizer}
         tokenizers = {role: t for role, t in tokenizers.items() if t is not None}
         check_same_vocabulary({names[role]: t for role, t in tokenizers.items()})
@@ -170,6 +175,10 @@ class Decoder:
         with ``api_key`` and ``approximate``; only the aligned model is loaded here."""
         if base is not None and base_url is not None:
             raise ValueError("give the base model either by name (base) or by server (base_url), not both")
+        dtypes = ("float32", "bfloat16", "float16")
+        if not (dtype == "auto" or dtype in dtypes or dtype in [getattr(torch, d) for d in dtypes]):
+            raise ValueError(f"dtype must be 'auto', {', '.join(map(repr, dtypes))} or that torch dtype, got {dtype!r}")
+        dtype = getattr(torch, dtype) if dtype in dtypes else dtype
         if base_url is not None:
             RemoteEngine.checked_url(base_url)  # before the aligned model loads
         requested = None if device is None else resolve_device(device)

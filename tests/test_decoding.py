@@ -515,6 +515,22 @@ def test_an_engine_error_keeps_what_was_generated(method, at, emitted):
     assert partial.texts == [TOKENIZER.decode(t, skip_special_tokens=True) for t in partial.token_ids]
 
 
+def test_one_engine_object_in_two_roles_is_refused():
+    """Its cache serves one role; the same transformers model twice gets an engine per role."""
+    engine = HFEngine(MODELS["aligned"], V)
+    with pytest.raises(ValueError, match="the aligned and reference models are one engine object"):
+        kad.Decoder(MODELS["base"], engine, TOKENIZER, reference=engine)
+    twice = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER, reference=MODELS["aligned"])
+    out = twice.generate(["hello"], "implicit-reward", temperature=0.0, max_new_tokens=4)
+    assert len(out.token_ids[0]) == 4
+
+
+@pytest.mark.parametrize("dtype", ["nonsense", "float64", torch.int8])
+def test_a_dtype_that_is_not_one_is_refused_before_loading(dtype):
+    with pytest.raises(ValueError, match="dtype must be 'auto', 'float32', 'bfloat16', 'float16' or that torch"):
+        kad.Decoder.from_pretrained("/nonexistent/b", "/nonexistent/a", dtype=dtype, device="cpu")
+
+
 @pytest.mark.parametrize("mode, rule", [("kad", kk.ImplicitReward()), ("implicit-reward-spec", None)])
 def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
     decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
