@@ -11,6 +11,8 @@ that would break exactness refused by name.
 from __future__ import annotations
 
 import copy
+import warnings
+
 import pytest
 import torch
 from decoding_helpers import CHARS, exact_pairs, goodness_of_fit, make_tokenizer, pair_counts
@@ -31,6 +33,7 @@ from hf_helpers import (
 )
 from transformers import LogitsProcessor
 
+import kad
 import kad_kernels as kk
 from kad.hf import KADLogitsProcessor
 
@@ -204,6 +207,27 @@ def test_each_generate_is_checked_again():
     out = generate(inputs(1), processor)
     with pytest.raises(ValueError, match="top_p=0.9"):
         generate({"input_ids": out}, processor, do_sample=True, top_k=0, top_p=0.9)
+
+
+def test_a_row_past_the_aligned_models_context_is_warned_once():
+    """transformers decides where rows stop; the processor says when the aligned model runs past its context."""
+    short = type(ALIGNED)(type(ALIGNED.config)(**{**ALIGNED.config.to_dict(), "max_position_embeddings": 16}))
+    short.load_state_dict(ALIGNED.state_dict())
+    processor = KADLogitsProcessor(short.eval(), kk.Dual(0.4), tokenizer=TOKENIZER, pad_token_id=TOKENIZER.pad_token_id)
+    batch = inputs(1)
+    width = batch["input_ids"].shape[1]
+    with pytest.warns(kad.ContextLengthWarning, match="context length 16 of the aligned model") as record:
+        generate(batch, processor, max_new_tokens=16 - width + 4)
+    assert len([w for w in record if issubclass(w.category, kad.ContextLengthWarning)]) == 1
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kad.ContextLengthWarning)
+        generate(batch, processor, max_new_tokens=16 - width)  # the last token is never fed
+
+
+def test_inputs_embeds_are_refused():
+    embeds = BASE.get_input_embeddings()(inputs(1)["input_ids"])
+    with pytest.raises(ValueError, match="input_ids has no tokens .*inputs_embeds"):
+        BASE.generate(inputs_embeds=embeds, logits_processor=[kad_processor(kk.Dual(0.4))], max_new_tokens=3)
 
 
 @pytest.mark.parametrize(

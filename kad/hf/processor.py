@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 from types import FrameType
 from typing import Any, NamedTuple
 
@@ -36,6 +37,7 @@ import kad_kernels as kk
 
 from ..batch import Batch
 from ..engines import Engine, HFEngine
+from ..loop import ContextLengthWarning
 from .options import option_of, setting
 
 # log_softmax changes neither the base scores' π (a per-row shift of p_logits) nor
@@ -147,6 +149,7 @@ class KADLogitsProcessor(LogitsProcessor):
         self._batch: Batch | None = None
         self._previous: Tensor | None = None  # the last call's input_ids [B, L]
         self._processors: LogitsProcessorList | None = None  # the list of the last call's generate
+        self._longest, self._warned = 0, False  # the longest row's positions; ContextLengthWarning given
 
     def reset(self) -> None:
         """Drop the aligned model's cache (the next call starts a new generation)."""
@@ -167,11 +170,21 @@ class KADLogitsProcessor(LogitsProcessor):
         processors = call.processors if call is not None else None
         if self._continues(input_ids, processors):
             self._batch.append(input_ids[:, -1].to(self._batch.tokens.device))
+            self._longest += 1
         else:
             if call is not None:
                 _refuse_unsupported(call, self)
             self._start(input_ids, call)
         self._previous, self._processors = input_ids.clone(), processors
+        limit = self.engine.max_length
+        if limit is not None and self._longest > limit and not self._warned:
+            self._warned = True  # once per generation: transformers, not kad, decides where rows stop
+            warnings.warn(
+                f"a row runs past the context length {limit} of the aligned model {self.engine.name}: "
+                "its logits there are outside what it was trained on; lower max_new_tokens",
+                ContextLengthWarning,
+                stacklevel=4,
+            )
         return self.engine.advance(self._batch)[:, 0]
 
     def _continues(self, input_ids: Tensor, processors: LogitsProcessorList | None) -> bool:
@@ -189,6 +202,11 @@ class KADLogitsProcessor(LogitsProcessor):
     def _start(self, input_ids: Tensor, call: _GenerateCall | None) -> None:
         """A new generation: reset the cache, lay out each row's real tokens (the batch
         left-pads them itself), and check the padding against generate's mask."""
+        if input_ids.shape[1] == 0:
+            raise ValueError(
+                "input_ids has no tokens (generate given inputs_embeds?): KADLogitsProcessor feeds the aligned "
+                "model token ids, so pass input_ids"
+            )
         real = self._real_tokens(input_ids)
         if call is not None:  # transformers passes no mask when every token is real
             mask = call.attention_mask if call.attention_mask is not None else torch.ones_like(real)
@@ -196,6 +214,7 @@ class KADLogitsProcessor(LogitsProcessor):
         prompts = [row[mask].tolist() for row, mask in zip(input_ids, real)]
         self.engine.reset()
         self._batch = Batch(prompts, self.engine.device)
+        self._longest, self._warned = max(len(p) for p in prompts), False  # positions of the longest row
 
     def _real_tokens(self, input_ids: Tensor) -> Tensor:
         """bool ``[B, L]``: False on each row's leading run of ``pad_token_id`` (left padding)."""
