@@ -244,6 +244,8 @@ REFUSED = [
     (dict(do_sample=True, top_p=0.9), "top_p=0.9"),
     (dict(do_sample=True, min_p=0.1), "min_p=0.1"),
     (dict(repetition_penalty=1.2), "repetition_penalty=1.2"),
+    (dict(encoder_repetition_penalty=1.25), r"encoder_repetition_penalty=1.25:"),  # transformers holds 1/1.25
+    (dict(exponential_decay_length_penalty=(2, 1.5)), r"support exponential_decay_length_penalty:"),
     (dict(no_repeat_ngram_size=2), "no_repeat_ngram_size=2"),
     (dict(min_new_tokens=3), r"min_length=\d+ \(set by min_length or min_new_tokens\)"),
     (dict(num_beams=2), "num_beams=2"),

@@ -21,7 +21,7 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "EtaLogitsWarper": ("eta_cutoff", "epsilon"),
     "TopHLogitsWarper": ("top_h", "top_h"),
     "RepetitionPenaltyLogitsProcessor": ("repetition_penalty", "penalty"),
-    "EncoderRepetitionPenaltyLogitsProcessor": ("encoder_repetition_penalty", "penalty"),
+    "EncoderRepetitionPenaltyLogitsProcessor": ("encoder_repetition_penalty", "penalty"),  # holds 1 / the option
     "NoRepeatNGramLogitsProcessor": ("no_repeat_ngram_size", "ngram_size"),
     "MinLengthLogitsProcessor": ("min_length", "min_length"),
     "MinNewTokensLengthLogitsProcessor": ("min_new_tokens", "min_new_tokens"),
@@ -32,13 +32,15 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "ForcedBOSTokenLogitsProcessor": ("forced_bos_token_id", "bos_token_id"),
     "ForcedEOSTokenLogitsProcessor": ("forced_eos_token_id", "eos_token_id"),
     "InfNanRemoveLogitsProcessor": ("remove_invalid_values", "remove_invalid_values"),
-    "ExponentialDecayLengthPenalty": ("exponential_decay_length_penalty", "regulation_factor"),
+    "ExponentialDecayLengthPenalty": ("exponential_decay_length_penalty", ""),  # a pair, held apart: name only
     "UnbatchedClassifierFreeGuidanceLogitsProcessor": ("guidance_scale", "guidance_scale"),
     "WatermarkLogitsProcessor": ("watermarking_config", "bias"),
     "SynthIDTextWatermarkLogitsProcessor": ("watermarking_config", "ngram_len"),
 }
 # transformers turns min_new_tokens into min_length (prompt + min_new_tokens).
 _SET_BY = {"min_length": "min_length or min_new_tokens"}
+# Processors that hold a function of the option's value, and its inverse.
+_OPTION_VALUE = {"EncoderRepetitionPenaltyLogitsProcessor": lambda penalty: 1 / penalty}
 
 
 def option_of(processor: LogitsProcessor) -> str | None:
@@ -54,7 +56,9 @@ def setting(processor: LogitsProcessor) -> str:
     if name not in _OPTIONS:
         return f"logits_processor [{name}]"
     option, attribute = _OPTIONS[name]
-    value = getattr(processor, attribute, None)
+    value = getattr(processor, attribute, None) if attribute else None
     value = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+    if value is not None and name in _OPTION_VALUE:
+        value = _OPTION_VALUE[name](value)
     text = f"{option}={value!r}" if value is not None else option
     return text + (f" (set by {_SET_BY[option]})" if option in _SET_BY else "")
