@@ -17,7 +17,6 @@ Mode = Literal[
     "base", "aligned", "kad", "kad-spec", "nudging", "nudging-spec", "implicit-reward", "implicit-reward-spec"
 ]
 MODES: tuple[str, ...] = get_args(Mode)
-_F32 = torch.finfo(torch.float32)
 
 
 def resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:
@@ -64,12 +63,12 @@ class Settings:
         gamma, temperature = self.gamma, self.temperature
         if self.speculative and (isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1):
             raise ValueError(f"gamma (drafts per speculative round) must be an int >= 1, got {gamma!r}")
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
-            temperature == 0 or _F32.tiny <= temperature <= _F32.max
-        ):
+        is_number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
+        if not (is_number and kk.temperature_in_range(temperature)):
+            f32 = torch.finfo(torch.float32)
             raise ValueError(
                 f"temperature must be a finite number >= 0 (0 = greedy), a float32 normal number when > 0 "
-                f"([{_F32.tiny:.3g}, {_F32.max:.3g}]: the kernels scale by 1/T in fp32), got {temperature!r}"
+                f"([{f32.tiny:.3g}, {f32.max:.3g}]: the kernels scale by 1/T in fp32), got {temperature!r}"
             )
         if isinstance(rule.param, torch.Tensor):
             raise ValueError(

@@ -5,6 +5,7 @@ to the aligned model q.  See docs/design.md §1 for the math and docs/design.md 
 """
 
 from ._backends import available_backends
+from ._validate import temperature_in_range
 from .api import Mixture, Verified, mixture, sample, verify
 from .rules import Dual, ImplicitReward, Nudging, Primal, Rule, Threshold, rule_from_name
 
@@ -22,5 +23,6 @@ __all__ = [
     "Threshold",
     "ImplicitReward",
     "rule_from_name",
+    "temperature_in_range",
 ]
 __version__ = "0.1.0"

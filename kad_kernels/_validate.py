@@ -53,6 +53,11 @@ _F32 = torch.finfo(torch.float32)
 _NORMAL = f"a float32 normal number when > 0 ([{_F32.tiny:.3g}, {_F32.max:.3g}])"
 
 
+def temperature_in_range(value: float) -> bool:
+    """Whether a float temperature is one the kernels take: 0 (greedy) or a normal float32."""
+    return value == 0 or _F32.tiny <= value <= _F32.max
+
+
 def temperature(value: float | Tensor, rows: int, device: torch.device) -> float | Tensor:
     """T as f32 ``[rows]`` on ``device``, or a float for every row (no device tensor:
     backends take it as a kernel argument); T = 0 marks a greedy row, T < 0, inf,
@@ -64,7 +69,7 @@ def temperature(value: float | Tensor, rows: int, device: torch.device) -> float
             raise ValueError(f"temperature is on {value.device}, logits on {device}")
         t = value.to(torch.float32).expand(rows).contiguous()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if not (value == 0 or _F32.tiny <= value <= _F32.max):
+        if not temperature_in_range(value):
             raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), {_NORMAL}, got {value}")
         return float(value)
     else:

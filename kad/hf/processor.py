@@ -125,7 +125,7 @@ class KADLogitsProcessor(LogitsProcessor):
             )
         if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
             raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
-        if not torch.finfo(torch.float32).tiny <= temperature <= torch.finfo(torch.float32).max:
+        if temperature == 0 or not kk.temperature_in_range(temperature):
             raise ValueError(
                 f"temperature must be finite and > 0 (a float32 normal number), got {temperature}: for greedy "
                 "decoding pass do_sample=False to generate"
