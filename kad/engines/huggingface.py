@@ -10,10 +10,10 @@ from ..batch import Batch
 from ..settings import Settings
 
 
-def _stop_ids(model: PreTrainedModel) -> frozenset[int]:
-    ids = getattr(model.generation_config, "eos_token_id", None)
-    ids = ids if isinstance(ids, (list, tuple)) else [ids]
-    return frozenset(int(i) for i in ids if i is not None)
+def token_ids(value: object) -> list[int]:
+    """Token ids as a generation config holds them (``eos_token_id``, ``pad_token_id``):
+    None, an int, a list, a numpy or torch array."""
+    return [] if value is None else [int(i) for i in torch.as_tensor(value).flatten().tolist()]
 
 
 def _max_length(model: PreTrainedModel) -> int | None:
@@ -35,7 +35,7 @@ class HFEngine:
         self._vocab_size = logits if vocab_size is None else vocab_size
         if not 0 < self._vocab_size <= logits:
             raise ValueError(f"vocab_size must be in [1, {logits}] (the model's output logits), got {vocab_size}")
-        self._stop_ids = _stop_ids(model)
+        self._stop_ids = frozenset(token_ids(getattr(model.generation_config, "eos_token_id", None)))
         self._max_length = _max_length(model)
         self.reset()
 

@@ -30,6 +30,7 @@ from transformers.generation import GenerateDecoderOnlyOutput, LogitsProcessorLi
 import kad_kernels as kk
 
 from ..engines import Engine, HFEngine
+from ..engines.huggingface import token_ids
 from ..loop import decode
 from ..settings import MODES, Settings
 from ..models import check_same_vocabulary
@@ -151,7 +152,7 @@ def generate(
     if streamer is not None and len(prompts) > 1:
         raise ValueError(f"a streamer takes one row, got {len(prompts)}: KAD's rows advance by different counts")
     budget = generation_config.max_length - input_ids.shape[1]
-    stop_ids = frozenset(_token_ids(generation_config.eos_token_id))
+    stop_ids = frozenset(token_ids(generation_config.eos_token_id))
     out = decode(
         engines,
         prompts,
@@ -336,14 +337,9 @@ def _seeded_generator(device: torch.device) -> torch.Generator:
     return torch.Generator(device).manual_seed(seed)
 
 
-def _token_ids(value: Any) -> list[int]:
-    """Token ids given as transformers takes them: None, an int, a list, a numpy or torch array."""
-    return [] if value is None else [int(i) for i in torch.as_tensor(value).flatten().tolist()]
-
-
 def _pad_id(config: GenerationConfig) -> int:
     """What fills a finished row: pad, else the first EOS (transformers' fallback), else 0."""
-    pad, eos = _token_ids(config.pad_token_id), _token_ids(config.eos_token_id)
+    pad, eos = token_ids(config.pad_token_id), token_ids(config.eos_token_id)
     return pad[0] if pad else eos[0] if eos else 0
 
 
