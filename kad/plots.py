@@ -52,7 +52,8 @@ def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dic
         if config[x] is None or not keep(config):
             continue
         points = groups[tuple(sorted((k, repr(v)) for k, v in config.items() if k != x))]
-        if len(result["items"]) > len(points.get(config[x], {"items": ()})["items"]):
+        kept = points.get(config[x])
+        if kept is None or len(result["items"]) > len(kept["items"]):
             points[config[x]] = result
     configs = {key: next(iter(points.values()))["config"] for key, points in groups.items()}
     labels = {key: f"{c['task']}: {run_label(c, without=x)}" for key, c in configs.items()}
