@@ -30,12 +30,11 @@ from . import default_pair
 from .decoding import RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
 from .engines import EngineError
 from .loop import ContextLengthWarning
-from .models import ENGINES
+from .models import DTYPES, ENGINES
 from .settings import MODES, Settings
 from .evaluate import RunConfig, Summary, check_seed, evaluate, load_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
-_DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
@@ -56,7 +55,7 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                                            "instead of the aligned GGUF's own")  # fmt: skip
     group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
-    group.add_argument("--dtype", default="auto", choices=_DTYPES, help="torch engine; default: the checkpoints' own")
+    group.add_argument("--dtype", default="auto", choices=("auto", *DTYPES), help="torch engine; default: the checkpoints' own")
 
 
 def _add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -84,9 +83,8 @@ def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
 def _decoder(args: argparse.Namespace) -> Decoder:
     if args.base_url is None and (args.base_model or args.api_key or args.approximate):
         raise ValueError("--base-model, --api-key and --approximate go with --base-url")
-    dtype = args.dtype if args.dtype == "auto" else getattr(torch, args.dtype)
     return Decoder.from_pretrained(
-        args.base, args.aligned, args.reference, device=args.device, dtype=dtype, engine=args.engine,
+        args.base, args.aligned, args.reference, device=args.device, dtype=args.dtype, engine=args.engine,
         tokenizer=args.tokenizer,
         base_url=args.base_url, base_model=args.base_model, api_key=args.api_key, approximate=args.approximate,
     )  # fmt: skip

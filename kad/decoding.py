@@ -28,6 +28,7 @@ from .models import (
     load_gguf,
     load_tokenizer,
     resolve_device,
+    resolve_dtype,
     resolve_engine,
 )
 from .stats import GenerationStats
@@ -175,10 +176,7 @@ class Decoder:
         with ``api_key`` and ``approximate``; only the aligned model is loaded here."""
         if base is not None and base_url is not None:
             raise ValueError("give the base model either by name (base) or by server (base_url), not both")
-        dtypes = ("float32", "bfloat16", "float16")
-        if not (dtype == "auto" or dtype in dtypes or dtype in [getattr(torch, d) for d in dtypes]):
-            raise ValueError(f"dtype must be 'auto', {', '.join(map(repr, dtypes))} or that torch dtype, got {dtype!r}")
-        dtype = getattr(torch, dtype) if dtype in dtypes else dtype
+        dtype = resolve_dtype(dtype)
         if base_url is not None:
             RemoteEngine.checked_url(base_url)  # before the aligned model loads
         requested = None if device is None else resolve_device(device)

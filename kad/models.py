@@ -23,6 +23,8 @@ from .engines.llamacpp import INSTALL_HINT, LlamaCppEngine
 # The runtimes that load models by name (kad --engine); "auto" picks one (resolve_engine).
 EngineKind = Literal["auto", "torch", "llama.cpp"]
 ENGINES: tuple[EngineKind, ...] = ("auto", "torch", "llama.cpp")
+# The dtypes a transformers model may be loaded in, by name ("auto": the checkpoint's own).
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 def check_same_vocabulary(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> None:
@@ -70,6 +72,18 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
         if resolved.type == "meta" or is_available is None or not is_available():
             raise ModelLoadError(f"device {str(device)!r} is not available on this machine (torch {torch.__version__})")
     return resolved
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> str | torch.dtype:
+    """``"auto"`` or the ``torch.dtype`` of ``dtype`` (one of :data:`DTYPES`, by name or as
+    that dtype); ``ValueError`` naming it otherwise."""
+    if dtype == "auto":
+        return dtype
+    if dtype in DTYPES:
+        return getattr(torch, dtype)
+    if dtype not in [getattr(torch, d) for d in DTYPES]:
+        raise ValueError(f"dtype must be 'auto', {', '.join(map(repr, DTYPES))} or that torch dtype, got {dtype!r}")
+    return dtype
 
 
 def _first_line(error: Exception) -> str:
