@@ -244,12 +244,12 @@ class _Loop:
                 for row in active:
                     self.row_stats[row].wall_time_s = now
                     self.row_stats[row].rounds += 1
-                if len(keep) < len(active):
+                if 0 < len(keep) < len(active):  # finished rows leave the batch (nothing to do once all have)
                     rows = torch.tensor(keep, dtype=torch.long, device=self.device)
                     batch.select(rows)
                     for engine in self.plan.engines:
                         engine.select(rows)
-                    active = [active[i] for i in keep]
+                active = [active[i] for i in keep]
         finally:
             self.stats.wall_time_s = time.perf_counter() - start
 

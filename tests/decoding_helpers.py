@@ -40,7 +40,7 @@ def make_tokenizer(chars: str = CHARS, eos: str = "<eos>") -> PreTrainedTokenize
     return tokenizer
 
 
-def _sharpen(model: torch.nn.Module, scale: float) -> torch.nn.Module:
+def sharpen(model: torch.nn.Module, scale: float) -> torch.nn.Module:
     with torch.no_grad():
         model.get_output_embeddings().weight.mul_(scale)
     return model.eval()
@@ -63,7 +63,17 @@ def make_models(eos_token_id: int = 0) -> dict[str, torch.nn.Module]:
     reference = Qwen2ForCausalLM(
         Qwen2Config(vocab_size=72, hidden_size=32, num_hidden_layers=1, intermediate_size=64, **common)
     )
-    return {"base": _sharpen(base, 15.0), "aligned": _sharpen(aligned, 15.0), "reference": _sharpen(reference, 15.0)}
+    return {"base": sharpen(base, 15.0), "aligned": sharpen(aligned, 15.0), "reference": sharpen(reference, 15.0)}
+
+
+def tiny_model(config_class, model_class, vocab_size: int, seed: int = 4, scale: float = 15.0, **options) -> torch.nn.Module:
+    """A tiny random model of any architecture (two layers, width 32), its lm_head sharpened
+    by ``scale``; ``options`` go to its config (a sliding window, layer types)."""
+    torch.manual_seed(seed)
+    config = config_class(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, intermediate_size=64,
+                          num_attention_heads=4, num_key_value_heads=2, eos_token_id=None, bos_token_id=None,
+                          pad_token_id=None, **options)
+    return sharpen(model_class(config), scale)
 
 
 # ----------------------------------------------------------------------------- distributions of the first two tokens

@@ -23,6 +23,7 @@ from decoding_helpers import (
     make_models,
     make_tokenizer,
     pair_counts,
+    tiny_model,
     two_sample,
 )
 from hypothesis import given
@@ -291,6 +292,43 @@ def test_batched_output_equals_per_prompt_output(mode, rule):
     ]
     assert batched.token_ids == single
     assert batched.texts == [TOKENIZER.decode(t, skip_special_tokens=True) for t in single]
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+def test_a_sliding_window_base_decodes_speculatively(attention):
+    """A window of 3 tokens, far shorter than the rows: rejected drafts (masked columns)
+    must not count in it, and cropping them must work past the window."""
+    from transformers import MistralConfig, MistralForCausalLM
+
+    base = tiny_model(MistralConfig, MistralForCausalLM, V, sliding_window=3)
+    base.set_attn_implementation(attention)
+    decoder = kad.Decoder(base, MODELS["aligned"], TOKENIZER)
+    rule = kk.Dual(0.4)
+    sequential = decoder.generate(PROMPTS, "kad", rule, temperature=0.0, max_new_tokens=BUDGETS).token_ids
+    for gamma in (1, 3, 6):
+        speculative = decoder.generate(PROMPTS, "kad-spec", rule, gamma=gamma, temperature=0.0, max_new_tokens=BUDGETS)
+        assert speculative.token_ids == sequential
+        assert 0 < speculative.stats.drafts_accepted < speculative.stats.drafts_proposed
+    assert sequential == [
+        decoder.generate([p], "kad", rule, temperature=0.0, max_new_tokens=b).token_ids[0] for p, b in zip(PROMPTS, BUDGETS)
+    ]
+
+
+def test_a_model_whose_cache_cannot_drop_tokens_or_rows():
+    """LFM2's convolution layers keep a recurrent state: no drafts to crop (speculative
+    modes refused up front), no finished row to drop (an EngineError keeping the output)."""
+    from transformers import Lfm2Config, Lfm2ForCausalLM
+
+    base = tiny_model(Lfm2Config, Lfm2ForCausalLM, V, layer_types=["conv", "full_attention"])
+    decoder = kad.Decoder(base, MODELS["aligned"], TOKENIZER)
+    with pytest.raises(ValueError, match="kad-spec needs a model whose cache can drop rejected drafts; .*Lfm2.* conv layers"):
+        decoder.generate(PROMPTS[:2], "kad-spec", kk.Dual(0.4), temperature=0.0, max_new_tokens=4)
+    together = decoder.generate(PROMPTS[:2], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=4).token_ids
+    assert together == [decoder.generate([p], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=4).token_ids[0]
+                        for p in PROMPTS[:2]]
+    with pytest.raises(kad.engines.EngineError, match="cannot drop a finished row .*conv layers") as failure:
+        decoder.generate(PROMPTS[:2], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=[2, 4])
+    assert failure.value.partial.token_ids == [together[0][:2], together[1][:2]]
 
 
 def test_rows_stop_at_their_own_stop_token():

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from decoding_helpers import make_models, make_tokenizer
+from decoding_helpers import make_models, make_tokenizer, tiny_model
 from gguf_models import require_llama_cpp, tiny_gguf
+from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 from kad.batch import Batch
 from kad.engines import Engine, HFEngine, LlamaCppEngine
@@ -45,9 +46,22 @@ def _llama_cpp(role: str) -> Callable[[], Engine]:
     return make
 
 
+def _windowed(model_type: str) -> torch.nn.Module:
+    """A tiny model whose attention sees the last 3 tokens: every layer (Mistral's
+    ``sliding_window``), or the second of two (Qwen2's ``layer_types``, as in Gemma)."""
+    if model_type == "mistral":
+        return tiny_model(MistralConfig, MistralForCausalLM, V, seed=3, scale=1.0, sliding_window=3)
+    return tiny_model(Qwen2Config, Qwen2ForCausalLM, V, seed=3, scale=1.0, sliding_window=3, use_sliding_window=True,
+                      max_window_layers=1)
+
+
+WINDOWED = {name: _windowed(name) for name in ("mistral", "qwen2")}
+
 CASES = {
     "hf-qwen2": EngineCase(lambda: HFEngine(MODELS["base"], V), atol=1e-4),
     "hf-llama": EngineCase(lambda: HFEngine(MODELS["aligned"], V), atol=1e-4),
+    "hf-mistral-window": EngineCase(lambda: HFEngine(WINDOWED["mistral"]), atol=1e-4),
+    "hf-qwen2-window": EngineCase(lambda: HFEngine(WINDOWED["qwen2"]), atol=1e-4),
     "llamacpp-qwen2": EngineCase(_llama_cpp("base"), atol=1e-4),
     "llamacpp-llama": EngineCase(_llama_cpp("aligned"), atol=1e-4),
 }
