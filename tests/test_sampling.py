@@ -476,6 +476,28 @@ def test_generator_mode_is_reproducible(backend, device, slow):
     assert not torch.equal(v1.tokens, v3.tokens)
 
 
+def test_uniforms_are_read_by_their_strides(backend, device, slow):
+    """Uniforms given as views (the loop passes the columns of one tensor): the tokens of
+    their contiguous copies; generator mode (which passes such views) draws as torch does."""
+    batch, vocab, gamma = (4 if slow else 16), 40, 3
+    rule = RULES["dual"][0]
+    p, q = (x.to(device) for x in _rand_inputs(batch, vocab, gamma, seed=820))
+    drafts = p[:, :gamma].argmin(-1)  # unlikely under p: rejections, then draws from the residual
+    u = torch.rand(batch, gamma + 1, generator=torch.Generator().manual_seed(821)).to(device)
+    strided = kk.verify(p, q, drafts, rule, uniforms=(u[:, :gamma], u[:, gamma]), backend=backend)
+    copied = kk.verify(p, q, drafts, rule, uniforms=(u[:, :gamma].contiguous(), u[:, gamma].contiguous()), backend=backend)
+    assert (strided.num_accepted < gamma).any()
+    assert torch.equal(strided.tokens, copied.tokens) and torch.equal(strided.num_accepted, copied.num_accepted)
+    p1, q1 = p[:, 0].contiguous(), q[:, 0].contiguous()
+    every_other = torch.rand(2 * batch, generator=torch.Generator().manual_seed(822)).to(device)[::2]
+    assert torch.equal(kk.sample(p1, q1, rule, uniforms=every_other, backend=backend),
+                       kk.sample(p1, q1, rule, uniforms=every_other.contiguous(), backend=backend))
+    gen = lambda: torch.Generator(device=device).manual_seed(13)  # noqa: E731
+    ours = kk.verify(p, q, drafts, rule, generator=gen(), backend=backend)
+    torch_backend = kk.verify(p, q, drafts, rule, generator=gen(), backend="torch")
+    assert torch.equal(ours.tokens, torch_backend.tokens) and torch.equal(ours.num_accepted, torch_backend.num_accepted)
+
+
 SEEDS = [0, 12345, 2**31 + 5, 2**40 + 7, -3, 2**63 - 1]
 OFFSETS = [0, 5, 2**32 + 3]
 SLOW_SEED_OFFSETS = {(0, 0), (2**40 + 7, 5), (-3, 2**32 + 3)}

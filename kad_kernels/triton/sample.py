@@ -31,7 +31,7 @@ def _mass_sample_kernel(
     rows, vocab, positions, stride_b, stride_p, slice_len, slices, kind,
     ref_ptr,  # [B, V] ref logits, p's dtype and strides; None unless ImplicitReward
     ticket_ptr,  # i32 [B] tickets, zeroed by pass 1
-    u_ptr,  # f32 [B] uniforms, or None: Philox from seed_ptr, offset_ptr
+    u_ptr,  # f32 [B] uniforms, contiguous, or None: Philox from seed_ptr, offset_ptr
     seed_ptr,  # i64 [1] Philox seed (when u_ptr is None)
     offset_ptr,  # i64 [1] Philox offset (when u_ptr is None)
     out_ptr,  # i64 [B] tokens: out (sampled rows)
@@ -88,7 +88,7 @@ def sample(kind: Kind, param, p, q, ref, temperature, uniforms, seed, offset, ma
     stats, limits, slice_flags, flags = first_pass(kind, param, p, q, ref, temperature, cut, tickets)
     _mass_sample_kernel[(batch, cut.slices)](
         **pass_two_kwargs(kind, param, p, q, temperature, stats, limits, slice_flags, flags, cut),
-        ref_ptr=ref, ticket_ptr=tickets, u_ptr=uniforms, seed_ptr=seed if philox else None,
+        ref_ptr=ref, ticket_ptr=tickets, u_ptr=None if philox else uniforms.contiguous(), seed_ptr=seed if philox else None,
         offset_ptr=offset if philox else None, out_ptr=tokens,
     )
     if maybe_greedy:

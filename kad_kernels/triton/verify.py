@@ -42,7 +42,7 @@ def _accept_kernel(
     best_val_ptr,  # f32 [N, S] max π of each slice (greedy rows; the arg-max launch)
     best_idx_ptr,  # i32 [N, S] its lowest index
     accept_u_ptr,  # f32 [B, γ] accept uniforms, contiguous, or None: Philox from seed_ptr, offset_ptr
-    draw_u_ptr,  # f32 [B] uniforms of the last draw, or None (Philox)
+    draw_u_ptr,  # f32 [B] uniforms of the last draw, contiguous, or None (Philox)
     seed_ptr,  # i64 [1] Philox seed (when the uniforms are None)
     offset_ptr,  # i64 [1] Philox offset (when the uniforms are None)
     tokens_ptr,  # i64 [B, P] tokens: out
@@ -211,7 +211,7 @@ def verify(
     _accept_kernel[(batch, draw.slices)](
         p_ptr=p, q_ptr=q, ref_ptr=ref, draft_ptr=draft.contiguous(), **values, stats_ptr=stats, limit_ptr=limits,
         best_val_ptr=best_val, best_idx_ptr=best_idx,
-        accept_u_ptr=None if philox else accept_uniforms.contiguous(), draw_u_ptr=None if philox else draw_uniforms,
+        accept_u_ptr=None if philox else accept_uniforms.contiguous(), draw_u_ptr=None if philox else draw_uniforms.contiguous(),
         seed_ptr=seed if philox else None, offset_ptr=offset if philox else None,
         tokens_ptr=tokens, accepted_ptr=accepted, res_mass_ptr=res_mass, pi_mass_ptr=pi_mass, ticket_ptr=tickets,
         rows=rows, vocab=vocab, positions=positions, stride_b=p.stride(0), stride_p=p.stride(1), slices=cut.slices,
