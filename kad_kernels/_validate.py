@@ -78,8 +78,8 @@ def temperature(value: float | Tensor, rows: int, device: torch.device) -> float
 
 
 def temperature_values(t: Tensor) -> None:
-    """Value check of a tensor temperature (host sync)."""
-    if not (torch.isfinite(t) & ((t == 0) | (t >= _F32.tiny))).all():
+    """Value check of a tensor temperature in its own dtype (host sync)."""
+    if not (torch.isfinite(t) & ((t == 0) | ((t >= _F32.tiny) & (t <= _F32.max)))).all():
         raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), {_NORMAL}, got {t.tolist()}")
 
 

@@ -34,7 +34,7 @@ def _prepare(p_logits, q_logits, ref_logits, rule: Rule, temperature, ndim: int,
     kind, param = rule.spec(batch, device)
     t = _validate.temperature(temperature, batch, device)
     if check and isinstance(temperature, Tensor):
-        _validate.temperature_values(t)
+        _validate.temperature_values(temperature)  # the given values: a float64 1e-50 would read as 0 in f32
     return resolve(backend, device, kind), kind, param, t
 
 

@@ -289,11 +289,17 @@ def test_bad_float_temperature(entry, value):
         CALLS[entry](p, q, temperature=value)
 
 
-@pytest.mark.parametrize("value", [-0.5, math.nan, math.inf, 1e-40, 1e39], ids=str)
+# A float64 tensor is checked as given: -1e-50 and 1e-50 would read as 0 (greedy) in fp32.
+@pytest.mark.parametrize(
+    "value, dtype",
+    [(v, torch.float32) for v in (-0.5, math.nan, math.inf, 1e-40, 1e39)]
+    + [(v, torch.float64) for v in (-0.5, math.nan, 1e-40, 1e39, 1e300, -1e-50, 1e-50)],
+    ids=str,
+)
 @pytest.mark.parametrize("entry", ENTRY)
-def test_bad_tensor_temperature(entry, value):
+def test_bad_tensor_temperature(entry, value, dtype):
     p, q = _pq(_shape(entry))
-    t = torch.tensor([1.0, 0.0, value, 0.7])
+    t = torch.tensor([1.0, 0.0, value, 0.7], dtype=dtype)
     with pytest.raises(ValueError, match=r"temperature must be finite and >= 0"):
         CALLS[entry](p, q, temperature=t)
 
