@@ -59,10 +59,27 @@ def _check_param(name: str, value: Param, low: float, high: float) -> Param:
         return value
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a tensor [B], got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:  # an int beyond float: past either end of every range
+        value = math.inf if value > 0 else -math.inf
     if math.isnan(value) or not low <= value <= high:
         raise ValueError(f"{name} must lie in [{low}, {high}], got {value}")
     return value
+
+
+def _same(a: object, b: object) -> bool:
+    if isinstance(a, torch.Tensor) or isinstance(b, torch.Tensor):
+        return (
+            isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and a.device == b.device
+            and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+        )
+    return a == b
+
+
+def _hashable(value: object) -> object:
+    """A tensor hashes by what :func:`_same` compares first (equal rules hash equal)."""
+    return (value.device, value.dtype, tuple(value.shape)) if isinstance(value, torch.Tensor) else value
 
 
 class Rule:
@@ -91,7 +108,13 @@ class Rule:
         return self.kind, float(p)
 
     def __eq__(self, other: object) -> bool:
-        return type(self) is type(other) and self.__dict__ == other.__dict__
+        """Same class and fields; tensor parameters equal in device, dtype and values."""
+        if type(self) is not type(other) or self.__dict__.keys() != other.__dict__.keys():
+            return False
+        return all(_same(v, other.__dict__[k]) for k, v in self.__dict__.items())
+
+    def __hash__(self) -> int:
+        return hash((type(self), *((k, _hashable(v)) for k, v in self.__dict__.items())))
 
     def __repr__(self) -> str:
         fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k not in ("kind", "param_name"))

@@ -246,6 +246,24 @@ def test_edge_parameters_accepted(make):
         make(value)
 
 
+def test_ints_beyond_float_are_parameters_past_the_ends():
+    """An int too large for a float is +inf (a budget, a mu) or out of range (lam), not an OverflowError."""
+    assert Primal(10**400).param == math.inf and Dual(mu=10**400, loss="perceptron").param == math.inf
+    with pytest.raises(ValueError, match=r"lam must lie in \[0.0, 1.0\], got inf"):
+        Dual(10**400)
+    with pytest.raises(ValueError, match=r"budget must lie in \[0.0, inf\], got -inf"):
+        Primal(-(10**400))
+
+
+def test_rules_compare_and_hash_with_tensor_parameters():
+    per_row = lambda *values: Dual(torch.tensor(values))  # noqa: E731
+    assert per_row(0.3, 0.4) == per_row(0.3, 0.4) and hash(per_row(0.3, 0.4)) == hash(per_row(0.3, 0.4))
+    assert per_row(0.3, 0.4) != per_row(0.3, 0.5) and per_row(0.3, 0.4) != per_row(0.3, 0.4, 0.5)
+    assert per_row(0.3) != Dual(0.3) and Dual(0.3) != Dual(mu=-math.log(0.3), loss="perceptron")
+    assert Dual(torch.tensor([0.3])) != Dual(torch.tensor([0.3], dtype=torch.float64))
+    assert len({Dual(0.3), Dual(0.3), Primal(0.3), Nudging(0.3), per_row(0.3, 0.4)}) == 4
+
+
 @pytest.mark.parametrize("value", ["0.3", None, [0.3], True], ids=repr)
 def test_parameter_of_wrong_type(value):
     with pytest.raises(TypeError, match=r"budget must be a float or a tensor"):
