@@ -373,6 +373,24 @@ def test_draft_token_out_of_range(bad, dtype):
         kk.verify(p, q, drafts, RULE)
 
 
+@pytest.mark.parametrize("bad", [-1, V, 10**8], ids=str)
+def test_check_false_rejects_a_draft_outside_the_vocabulary(backend, device, bad):
+    """Unchecked, such a draft has π = q = 0: rejected, never read out of bounds (the
+    cpu backend read past the row and emitted it, or crashed).  The torch reference
+    raises IndexError."""
+    if backend == "torch":
+        pytest.skip("the reference indexes the draft")
+    p, q, _ = _verify_inputs()
+    first = kk.mixture(p[:, 0], q[:, 0], RULE).probs.argmax(-1)  # accepted with a coin of 0
+    drafts = torch.stack([first, first, first], dim=1)
+    drafts[2, 1] = bad
+    accept, draw = torch.zeros(B, GAMMA), torch.full((B,), 0.5)
+    out = kk.verify(p.to(device), q.to(device), drafts.to(device), RULE, uniforms=(accept.to(device), draw.to(device)),
+                    backend=backend, check=False)
+    assert out.num_accepted[2].item() == 1 and out.tokens[2, 0].item() == first[2].item()
+    assert 0 <= out.tokens[2, 1].item() < V and out.tokens[2, 2].item() == -1
+
+
 def test_check_false_still_checks_draft_shape():
     # check=False skips the value checks (a host sync); only shape/dtype are still checked.
     p, q, drafts = _verify_inputs()

@@ -49,8 +49,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
           break;
         }
         const int64_t x = draft_tokens[b * gamma + i];
-        // Accept x with probability min(1, π(x) / q(x)): u · q(x) < π(x).
-        const bool accept = greedy ? x == target : accept_u.at(b * gamma + i, n) * (eq[x] * q_scale) < pi[x];
+        // Accept x with probability min(1, π(x) / q(x)): u · q(x) < π(x).  An unchecked
+        // (check=False) draft outside the vocabulary has π = q = 0 and fails, as on CUDA.
+        const bool in_vocab = 0 <= x && x < vocab;
+        const bool accept =
+            in_vocab && (greedy ? x == target : accept_u.at(b * gamma + i, n) * (eq[x] * q_scale) < pi[x]);
         if (accept) {
           tokens_out[n] = x;
           continue;
