@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from jinja2 import TemplateError  # chat templates are jinja2 (a dependency of torch)
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
@@ -221,7 +222,11 @@ class Decoder:
             return self.tokenizer(prompt).input_ids
         messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
         messages.append({"role": "user", "content": prompt})
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        try:
+            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        except TemplateError as error:  # e.g. a template that takes no system message (Gemma's)
+            hint = " (without a system prompt: system_prompt=None, --system '')" if system_prompt else ""
+            raise ValueError(f"the aligned model's chat template refused the conversation: {error}{hint}") from None
         return self.tokenizer(text, add_special_tokens=False).input_ids
 
     @torch.inference_mode()

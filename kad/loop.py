@@ -112,9 +112,10 @@ def fit_budgets(prompts: Sequence[Sequence[int]], budgets: Sequence[int], engine
     """Each row's budget, cut so that prompt + new tokens fit every engine's context
     length; warns (:class:`ContextLengthWarning`) when it cuts, raises ``ValueError``
     for a prompt that leaves no room at all."""
+    budgets = [int(b) for b in budgets]  # numpy counts too: a round's γ (min with a budget) must be an int
     context = context_length(engines)
     if context is None:
-        return list(budgets)
+        return budgets
     limit, name = context
     fitted, cut = [], []
     for row, (prompt, budget) in enumerate(zip(prompts, budgets)):

@@ -4,6 +4,7 @@ that the loop and the engines read."""
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -51,6 +52,13 @@ class Settings:
     gamma: int = 4
     temperature: float = 1.0
     track_alpha: bool = True
+
+    def __post_init__(self) -> None:
+        # numpy's numbers as Python's, so that they pass the checks and reach the kernels as ints and floats
+        for name, kind, python in (("gamma", numbers.Integral, int), ("temperature", numbers.Real, float)):
+            value = getattr(self, name)
+            if isinstance(value, kind) and not isinstance(value, (bool, python)):
+                object.__setattr__(self, name, python(value))
 
     @property
     def speculative(self) -> bool:

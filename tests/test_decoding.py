@@ -408,6 +408,34 @@ def test_chat_template_and_system_message():
     assert out.token_ids == DECODER.generate([expected], "base", temperature=0.0, max_new_tokens=5).token_ids
 
 
+def test_a_chat_template_refusing_the_conversation_is_a_value_error():
+    """Gemma's template takes no system message: a ValueError saying how to go without (the CLI's one line)."""
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = (
+        "{% for m in messages %}{% if m['role'] == 'system' %}{{ raise_exception('System role not supported') }}"
+        "{% endif %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
+    decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], tokenizer)
+    with pytest.raises(ValueError, match=r"chat template refused the conversation: System role not supported "
+                                         r"\(without a system prompt: system_prompt=None, --system ''\)"):
+        decoder.generate("hi", "base", chat=True, max_new_tokens=2)
+    assert decoder.encode("hi", chat=True, system_prompt=None) == TOKENIZER("<user>hi<assistant>").input_ids
+
+
+def test_numpy_numbers_are_taken_as_python_ones():
+    """A numpy budget reached the model as logits_to_keep (an index there, not a count) in a short last round."""
+    rule = kk.Dual(0.4)
+    want = DECODER.generate(PROMPTS[:2], "kad-spec", rule, gamma=4, temperature=0.0, max_new_tokens=6).token_ids
+    for budget in (np.int64(6), [np.int64(6), np.int32(6)]):
+        got = DECODER.generate(PROMPTS[:2], "kad-spec", rule, gamma=np.int64(4), temperature=np.float32(0.0),
+                               max_new_tokens=budget)
+        assert got.token_ids == want
+    sampled = DECODER.generate(PROMPTS[:1], "kad-spec", rule, gamma=4, temperature=np.float32(0.5), seed=3,
+                               max_new_tokens=6)
+    assert sampled.token_ids == DECODER.generate(PROMPTS[:1], "kad-spec", rule, gamma=4, temperature=float(np.float32(0.5)),
+                                                 seed=3, max_new_tokens=6).token_ids
+
+
 class _Recorder:
     """A transformers-style streamer that records what it receives."""
 
