@@ -14,6 +14,7 @@ otherwise hub ids, local directories or GGUF files; ``--engine`` picks the runti
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from collections.abc import Sequence
@@ -32,7 +33,7 @@ from .engines import EngineError
 from .loop import ContextLengthWarning
 from .models import DTYPES, ENGINES
 from .settings import MODES, Settings
-from .evaluate import RunConfig, Summary, check_seed, evaluate, load_result, summary_table
+from .evaluate import RunConfig, Summary, check_seed, check_writable, evaluate, load_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
 
@@ -88,6 +89,14 @@ def _decoder(args: argparse.Namespace) -> Decoder:
         tokenizer=args.tokenizer,
         base_url=args.base_url, base_model=args.base_model, api_key=args.api_key, approximate=args.approximate,
     )  # fmt: skip
+
+
+def _output_dir(directory: Path, option: str) -> None:
+    """``directory`` created and writable, checked before the work that would be written there."""
+    try:
+        check_writable(directory)
+    except OSError as error:
+        raise ValueError(f"{option}: cannot write in {directory} ({error.strerror or error})") from None
 
 
 def add_generate(subparsers: argparse._SubParsersAction) -> None:
@@ -164,7 +173,6 @@ def run_eval(args: argparse.Namespace) -> int:
     takes_lam = name not in (None, "implicit-reward")
     # The implicit-reward modes fix their rule; a kad mode records the one it was given.
     recorded = None if args.mode.startswith("implicit-reward") else name
-    decoder = _decoder(args)
     config = RunConfig(
         task=args.task,
         mode=args.mode,
@@ -177,14 +185,21 @@ def run_eval(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         strict=args.strict,
         system_prompt=args.system,
+        base="", aligned="", reference=None, dtype="", device="",  # the models', once they are loaded
+    )
+    # The output and a file to resume are checked first: loading the models takes minutes.
+    path = args.output or args.out_dir / f"{config.stem()}.json"
+    _output_dir(path.parent, "--output" if args.output else "--out-dir")
+    done = len(load_result(path)["items"]) if args.resume and path.exists() else 0
+    decoder = _decoder(args)
+    config = dataclasses.replace(
+        config,
         base=decoder.engines["base"].name,
         aligned=decoder.engines["aligned"].name,
         reference=decoder.engines["reference"].name if "reference" in decoder.engines else None,
         dtype=str(getattr(decoder.engines["base"], "dtype", "")).removeprefix("torch."),
         device=str(decoder.device),
     )
-    path = args.output or args.out_dir / f"{config.stem()}.json"
-    done = len(load_result(path)["items"]) if args.resume and path.exists() else 0
     total = len(TASKS[args.task].load(args.limit))
     with tqdm(total=max(total, done), initial=done, desc=config.stem(), unit="item") as progress:
 
@@ -229,9 +244,16 @@ def add_plot(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from .plots import plot_results
+    from .plots import figures, plot_results
 
-    for path in plot_results([load_result(p) for p in args.results], args.out):
+    results = [load_result(p) for p in args.results]
+    if not figures(results):
+        raise ValueError(
+            f"no figure from {', '.join(map(str, args.results))}: a figure needs two runs of one configuration "
+            "that differ only in γ or in the rule parameter"
+        )
+    _output_dir(args.out, "--out")
+    for path in plot_results(results, args.out):
         print(path)
     return 0
 
@@ -254,6 +276,9 @@ def run_demo(args: argparse.Namespace) -> int:
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    items = len(TASKS["gsm8k"].load())
+    if not 0 <= args.item < items:
+        raise ValueError(f"--item must be a GSM8K test item in [0, {items}), got {args.item}")
     demo(_decoder(args), item_index=args.item, seed=args.seed, max_new_tokens=args.max_new_tokens)
     return 0
 

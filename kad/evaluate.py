@@ -16,10 +16,13 @@ mean accepted length and mean α.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import reprlib
 import tempfile
+import typing
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -167,7 +170,73 @@ def load_result(path: str | os.PathLike) -> dict:
         raise ValueError(f"{path} is not a kad eval result file: not JSON ({error})") from None
     if not isinstance(result, dict) or result.get("format") != FORMAT:
         raise ValueError(f"{path} is not a kad eval result file (format {FORMAT})")
+    problem = _structure_problem(result)
+    if problem is not None:
+        raise ValueError(f"{path} is not a kad eval result file: {problem}")
     return result
+
+
+# The fields the readers of a result file use, by the type they need.
+_TOP_FIELDS = {"config": dict, "batches": list, "items": list}
+_CONFIG_FIELDS = typing.get_type_hints(RunConfig)
+_BATCH_FIELDS = {"first": int, "size": int, "wall_time_s": float}
+_ITEM_FIELDS = {"correct": bool, "stats": dict}
+_STAT_FIELDS = typing.get_type_hints(GenerationStats)
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
+               bool: "true or false", type(None): "null"}  # fmt: skip
+
+
+def _records(result: dict):
+    """``(where, record, fields)`` of a result, outside in: consumed lazily, a record is
+    reached only once the one holding it has been found to be an object."""
+    yield "", result, _TOP_FIELDS
+    yield "config", result["config"], _CONFIG_FIELDS
+    for i, batch in enumerate(result["batches"]):
+        yield f"batches[{i}]", batch, _BATCH_FIELDS
+    for i, item in enumerate(result["items"]):
+        yield f"items[{i}]", item, _ITEM_FIELDS
+        yield f"items[{i}].stats", item["stats"], _STAT_FIELDS
+
+
+def _structure_problem(result: dict) -> str | None:
+    """The first thing in ``result`` that a reader could not use, or ``None``."""
+    for where, record, fields in _records(result):
+        if not isinstance(record, dict):
+            return f"{where} is {_shown(record)}, not an object"
+        # Statistics added since a file was written count as 0; one kad does not know is refused.
+        optional = fields is _STAT_FIELDS
+        unknown = sorted(record.keys() - fields.keys()) if optional else []
+        if unknown:
+            return f"{where}.{unknown[0]} is not a statistic of kad"
+        for name, kind in fields.items():
+            at = f"{where}.{name}" if where else name
+            if name not in record:
+                if optional:
+                    continue
+                return f"{at} is missing"
+            kinds = typing.get_args(kind) or (kind,)
+            if not _fits(record[name], kinds):
+                return f"{at} is {_shown(record[name])}, not {' or '.join(_JSON_NAMES[k] for k in kinds)}"
+    return None
+
+
+def _shown(value: object) -> str:
+    return "null" if value is None else reprlib.repr(value)
+
+
+def _fits(value: object, kinds: tuple[type, ...]) -> bool:
+    if isinstance(value, bool) or bool in kinds:  # to Python a bool is an int, to JSON not a number
+        return isinstance(value, bool) and bool in kinds
+    return isinstance(value, kinds) or (float in kinds and isinstance(value, int))  # 1 will do for 1.0
+
+
+def check_writable(directory: Path) -> None:
+    """Create ``directory`` and write a file there (``OSError`` otherwise), so that a result
+    that cannot be saved is refused before any decoding, not after the first batch."""
+    if directory.exists() and not directory.is_dir():  # mkdir would say only "File exists"
+        raise NotADirectoryError(errno.ENOTDIR, os.strerror(errno.ENOTDIR), str(directory))
+    directory.mkdir(parents=True, exist_ok=True)
+    tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp").close()
 
 
 def _write_atomically(path: Path, result: dict) -> None:
@@ -247,7 +316,7 @@ def evaluate(
     task = TASKS[config.task]
     rule = build_rule(config.mode, config.rule, config.lam if config.lam is not None else 0.0)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_writable(path.parent)
     result = _start(config, path, resume)
     items = task.load(limit, seed=config.seed)
     if len(items) <= len(result["items"]):  # nothing more to run: the file as it is

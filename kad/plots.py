@@ -66,8 +66,21 @@ def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dic
     return lines
 
 
+def figures(results: Sequence[dict]) -> list[tuple[_Figure, dict[str, list[tuple[float, Summary]]]]]:
+    """The figures the results support, each with its lines."""
+    supported = []
+    for figure in _FIGURES:
+        lines = _lines(results, figure.x, figure.keep)
+        if any(len(points) > 1 for points in lines.values()):
+            supported.append((figure, lines))
+    return supported
+
+
 def plot_results(results: Sequence[dict], out_dir: str | Path) -> list[Path]:
     """Write the figures the results support to ``out_dir``; returns their paths."""
+    supported = figures(results)
+    if not supported:  # no empty out_dir left behind
+        return []
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -76,10 +89,7 @@ def plot_results(results: Sequence[dict], out_dir: str | Path) -> list[Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, x, x_label, y, y_label, keep, is_baseline in _FIGURES:
-        lines = _lines(results, x, keep)
-        if not any(len(points) > 1 for points in lines.values()):
-            continue
+    for (name, x, x_label, y, y_label, keep, is_baseline), lines in supported:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
         for label, points in lines.items():
             xs, ys = [p[0] for p in points], [getattr(s, y) for _, s in points]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 
 import pytest
 from decoding_helpers import make_models, make_tokenizer
@@ -212,6 +213,49 @@ def test_cli_names_a_result_file_it_cannot_read(tmp_path, capsys, command, name,
     assert f"kad: error: {message.format(path=path)}" in error and "Traceback" not in error
 
 
+NO_MODEL = ["--base", "/nonexistent/model", "--aligned", "/nonexistent/model"]  # checked after what is tested
+
+
+@pytest.mark.parametrize("command", [["summary"], ["plot"], ["eval", "--task", "gsm8k", *NO_MODEL, "--resume", "--output"]])
+@pytest.mark.parametrize(
+    "spoil, problem",
+    [(lambda r: r.pop("config"), "config is missing"),
+     (lambda r: r.update(config=None), "config is null, not an object"),
+     (lambda r: r["config"].pop("task"), "config.task is missing"),
+     (lambda r: r["config"].update(lam="x"), "config.lam is 'x', not a number or null"),
+     (lambda r: r.pop("items"), "items is missing"),
+     (lambda r: r.update(batches={}), "batches is {}, not a list"),
+     (lambda r: r["batches"][0].pop("wall_time_s"), "batches[0].wall_time_s is missing"),
+     (lambda r: r["items"][3].update(correct="yes"), "items[3].correct is 'yes', not true or false"),
+     (lambda r: r["items"][0].pop("stats"), "items[0].stats is missing"),
+     (lambda r: r["items"][0]["stats"].update(new_tokens=True), "items[0].stats.new_tokens is True, not an integer"),
+     (lambda r: r["items"][0]["stats"].update(bogus=1), "items[0].stats.bogus is not a statistic of kad")],
+    ids=["no-config", "null-config", "no-task", "text-lam", "no-items", "batches-object", "no-batch-time",
+         "text-correct", "no-stats", "bool-count", "unknown-stat"],
+)  # fmt: skip
+def test_cli_names_a_result_file_it_cannot_use(tmp_path, capsys, command, spoil, problem):
+    """The right format tag, the wrong contents: every reader gets one line naming the file and
+    what is wrong (eval --resume before the models load)."""
+    result = _fake_result(5)
+    spoil(result)
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(result))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, str(path)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"kad: error: {path} is not a kad eval result file: {problem}" in error and "/nonexistent" not in error
+
+
+def test_load_result_takes_what_json_and_older_files_hold(tmp_path):
+    """1 for 1.0, and no counts of the statistics added since a file was written."""
+    result = _fake_result(5, lam=1)
+    del result["items"][0]["stats"]["deferring_steps"]
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(result))
+    assert summarize(evaluate.load_result(path)).items == 10
+
+
 @pytest.mark.parametrize(
     "changes, without, label",
     [({}, None, "kad-spec dual 0.4 γ=3"), ({}, "gamma", "kad-spec dual 0.4"), ({}, "lam", "kad-spec dual γ=3"),
@@ -257,6 +301,67 @@ def test_a_line_joins_only_runs_that_differ_in_the_plotted_parameter(tmp_path):
     assert plot_results([_fake_result(5, lam=0.4), _fake_result(6, lam=0.4, seed=1)], tmp_path) == []
 
 
+def _write_results(tmp_path, results: list[dict]) -> list[str]:
+    paths = [tmp_path / f"run{i}.json" for i in range(len(results))]
+    for path, result in zip(paths, results):
+        path.write_text(json.dumps(result))
+    return list(map(str, paths))
+
+
+def test_cli_plot_says_when_the_results_make_no_figure(tmp_path, capsys):
+    paths = _write_results(tmp_path, [_fake_result(5, lam=0.4), _fake_result(6, lam=0.4, seed=1)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", *paths, "--out", str(tmp_path / "plots")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"kad: error: no figure from {paths[0]}, {paths[1]}: a figure needs two runs of one configuration" in error
+    assert not (tmp_path / "plots").exists()
+
+
+@pytest.mark.parametrize("out, directory", [("{file}", "{file}"), ("{file}/plots", "{file}/plots")],
+                         ids=["a-file", "under-a-file"])  # fmt: skip
+def test_cli_plot_names_an_out_it_cannot_write(tmp_path, capsys, out, directory):
+    file = tmp_path / "file"
+    file.write_text("")
+    paths = _write_results(tmp_path, [_fake_result(5, gamma=2), _fake_result(5, gamma=4)])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", *paths, "--out", out.format(file=file)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"kad: error: --out: cannot write in {directory.format(file=file)} (" in error and "Traceback" not in error
+
+
+# /proc: a directory where no file can be created, even by root.
+PROCFS = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no procfs")
+
+
+@pytest.mark.parametrize(
+    "option, value, directory",
+    [("--output", "{file}/run.json", "{file}"), ("--output", "{file}/sub/run.json", "{file}/sub"),
+     ("--out-dir", "{file}", "{file}"), pytest.param("--output", "/proc/run.json", "/proc", marks=PROCFS)],
+    ids=["output-in-a-file", "output-under-a-file", "out-dir-a-file", "output-in-procfs"],
+)  # fmt: skip
+def test_cli_eval_refuses_an_output_it_cannot_write_before_the_models_load(tmp_path, capsys, option, value, directory):
+    file = tmp_path / "file"
+    file.write_text("")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--task", "gsm8k", *NO_MODEL, option, value.format(file=file)])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"kad: error: {option}: cannot write in {directory.format(file=file)} (" in error
+    assert "/nonexistent" not in error
+
+
+@PROCFS
+def test_evaluate_refuses_an_output_it_cannot_write_before_decoding(monkeypatch):
+    def generate(*args, **kwargs):
+        raise AssertionError("decoded a batch that cannot be saved")
+
+    monkeypatch.setattr(DECODER, "generate", generate)
+    with pytest.raises(OSError):
+        evaluate.evaluate(DECODER, _config(), "/proc/run.json", limit=1)
+
+
 def test_cli_eval_end_to_end(model_dir, tmp_path, capsys):
     out = tmp_path / "results"
     args = ["eval", "--task", "arc", "--limit", "3", "--base", model_dir, "--aligned", model_dir, "--device", "cpu",
@@ -273,7 +378,6 @@ def test_cli_eval_end_to_end(model_dir, tmp_path, capsys):
     assert evaluate.load_result(path) == result
     assert cli.main([*args, "--resume", "--limit", "4"]) == 0
     assert len(evaluate.load_result(path)["items"]) == 4
-    assert cli.main(["plot", str(path), "--out", str(tmp_path / "plots")]) == 0  # one run: no figure, no error
 
 
 @pytest.mark.parametrize(
@@ -306,6 +410,19 @@ def test_demo_prints_each_run_and_a_table(capsys):
     assert [line.split(" | ")[0].removeprefix("| ") for line in lines[2:]] == [title for title, _, _ in RUNS]
     assert lines[-1].split(" | ")[4].endswith("%")  # kad-spec reports its acceptance rate
     assert lines[2].split(" | ")[4] == "–"  # base does not speculate
+
+
+@pytest.mark.parametrize("item", [-1, len(TASKS["gsm8k"].load())])
+def test_cli_demo_refuses_an_item_outside_gsm8k_before_the_models_load(monkeypatch, capsys, item):
+    def load(args):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr(cli, "_decoder", load)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--item", str(item)])
+    assert exit_info.value.code == 2
+    items = len(TASKS["gsm8k"].load())
+    assert f"kad: error: --item must be a GSM8K test item in [0, {items}), got {item}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("engine", ["torch", "llama.cpp"])
