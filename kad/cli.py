@@ -33,7 +33,7 @@ from .engines import EngineError
 from .loop import ContextLengthWarning
 from .models import DTYPES, ENGINES
 from .settings import MODES, Settings
-from .evaluate import RunConfig, Summary, check_seed, check_writable, evaluate, load_result, summary_table
+from .evaluate import RunConfig, Summary, check_seed, check_writable, evaluate, load_result, saved_result, summary_table
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
 
@@ -190,7 +190,8 @@ def run_eval(args: argparse.Namespace) -> int:
     # The output and a file to resume are checked first: loading the models takes minutes.
     path = args.output or args.out_dir / f"{config.stem()}.json"
     _output_dir(path.parent, "--output" if args.output else "--out-dir")
-    done = len(load_result(path)["items"]) if args.resume and path.exists() else 0
+    saved = saved_result(path, args.resume)
+    done = 0 if saved is None else len(saved["items"])
     decoder = _decoder(args)
     config = dataclasses.replace(
         config,

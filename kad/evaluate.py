@@ -246,12 +246,20 @@ def _write_atomically(path: Path, result: dict) -> None:
     os.replace(f.name, path)
 
 
+def saved_result(path: Path, resume: bool) -> dict | None:
+    """The result file at ``path`` when resuming it; ``None`` if there is none; an existing
+    file without ``resume`` is refused (``FileExistsError``)."""
+    if not path.exists():
+        return None
+    if not resume:
+        raise FileExistsError(f"{path} exists: pass --resume to continue it, or choose another --output")
+    return load_result(path)
+
+
 def _start(config: RunConfig, path: Path, resume: bool) -> dict:
     """The result to continue: the saved one when resuming, else a new one."""
-    if path.exists():
-        if not resume:
-            raise FileExistsError(f"{path} exists: pass --resume to continue it, or choose another --output")
-        result = load_result(path)
+    result = saved_result(path, resume)
+    if result is not None:
         if result["config"] != asdict(config):
             saved = result["config"]
             changed = ", ".join(f"{k}: {saved.get(k)!r} → {v!r}" for k, v in asdict(config).items() if saved.get(k) != v)

@@ -352,6 +352,19 @@ def test_cli_eval_refuses_an_output_it_cannot_write_before_the_models_load(tmp_p
     assert "/nonexistent" not in error
 
 
+def test_cli_eval_refuses_an_existing_output_without_resume_before_the_models_load(monkeypatch, tmp_path, capsys):
+    def load(args):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr(cli, "_decoder", load)
+    existing = tmp_path / "run.json"
+    existing.write_text("{}")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--task", "gsm8k", "--output", str(existing)])
+    assert exit_info.value.code == 2
+    assert f"{existing} exists: pass --resume to continue it" in capsys.readouterr().err
+
+
 @PROCFS
 def test_evaluate_refuses_an_output_it_cannot_write_before_decoding(monkeypatch):
     def generate(*args, **kwargs):
