@@ -314,21 +314,39 @@ def test_a_sliding_window_base_decodes_speculatively(attention):
     ]
 
 
-def test_a_model_whose_cache_cannot_drop_tokens_or_rows():
+def test_a_model_whose_cache_cannot_drop_drafts():
     """LFM2's convolution layers keep a recurrent state: no drafts to crop (speculative
-    modes refused up front), no finished row to drop (an EngineError keeping the output)."""
+    modes refused up front); rows that finish first leave it (reorder_cache) exactly."""
     from transformers import Lfm2Config, Lfm2ForCausalLM
 
     base = tiny_model(Lfm2Config, Lfm2ForCausalLM, V, layer_types=["conv", "full_attention"])
     decoder = kad.Decoder(base, MODELS["aligned"], TOKENIZER)
     with pytest.raises(ValueError, match="kad-spec needs a model whose cache can drop rejected drafts; .*Lfm2.* conv layers"):
         decoder.generate(PROMPTS[:2], "kad-spec", kk.Dual(0.4), temperature=0.0, max_new_tokens=4)
-    together = decoder.generate(PROMPTS[:2], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=4).token_ids
-    assert together == [decoder.generate([p], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=4).token_ids[0]
-                        for p in PROMPTS[:2]]
-    with pytest.raises(kad.engines.EngineError, match="cannot drop a finished row .*conv layers") as failure:
-        decoder.generate(PROMPTS[:2], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=[2, 4])
-    assert failure.value.partial.token_ids == [together[0][:2], together[1][:2]]
+    for mode, rule in (("kad", kk.Dual(0.4)), ("nudging", kk.Nudging(0.4))):
+        batched = decoder.generate(PROMPTS, mode, rule, temperature=0.0, max_new_tokens=BUDGETS).token_ids
+        assert batched == [decoder.generate([p], mode, rule, temperature=0.0, max_new_tokens=b).token_ids[0]
+                           for p, b in zip(PROMPTS, BUDGETS)]
+
+
+def test_models_keeping_state_outside_the_cache_are_refused():
+    from transformers import (
+        OpenAIGPTConfig,
+        OpenAIGPTLMHeadModel,
+        RecurrentGemmaConfig,
+        RecurrentGemmaForCausalLM,
+        RwkvConfig,
+        RwkvForCausalLM,
+    )
+
+    for model in (
+        tiny_model(RecurrentGemmaConfig, RecurrentGemmaForCausalLM, V, lru_width=32, attention_window_size=3),
+        RwkvForCausalLM(RwkvConfig(vocab_size=V, hidden_size=32, num_hidden_layers=2, attention_hidden_size=32)),
+        OpenAIGPTLMHeadModel(OpenAIGPTConfig(vocab_size=V, n_embd=32, n_layer=1, n_head=2)),
+    ):
+        with pytest.raises(ValueError, match=rf"\({model.config.model_type}\) keeps its state outside a transformers "
+                                             "DynamicCache"):
+            kad.Decoder(model, MODELS["aligned"], TOKENIZER)
 
 
 def test_rows_stop_at_their_own_stop_token():

@@ -15,10 +15,24 @@ import pytest
 import torch
 from decoding_helpers import make_models, make_tokenizer, tiny_model
 from gguf_models import require_llama_cpp, tiny_gguf
-from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    GPTNeoConfig,
+    GPTNeoForCausalLM,
+    Lfm2Config,
+    Lfm2ForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
+    MptConfig,
+    MptForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from kad.batch import Batch
 from kad.engines import Engine, HFEngine, LlamaCppEngine
+from kad.settings import Settings
 
 MODELS = make_models()
 TOKENIZER = make_tokenizer()
@@ -30,10 +44,12 @@ PROMPTS = [[5, 17, 22, 9, 40, 3], [31, 8], [12], [60, 61, 62, 7]]
 @dataclass(frozen=True)
 class EngineCase:
     """A runtime under test: ``make()`` returns a fresh engine; ``atol`` bounds the
-    logit difference between a batched/cached evaluation and a fresh one."""
+    logit difference between a batched/cached evaluation and a fresh one; ``drafts``:
+    whether it can drop rejected drafts (else it refuses the speculative modes)."""
 
     make: Callable[[], Engine]
     atol: float
+    drafts: bool = True
 
 
 def _llama_cpp(role: str) -> Callable[[], Engine]:
@@ -56,12 +72,23 @@ def _windowed(model_type: str) -> torch.nn.Module:
 
 
 WINDOWED = {name: _windowed(name) for name in ("mistral", "qwen2")}
+# Layers that cannot drop drafts: a recurrent state (Mamba: no attention at all; LFM2:
+# convolutions beside attention), GPT-Neo's local attention and MPT's ALiBi, both by cache column.
+NO_DRAFTS = {
+    "mamba": tiny_model(MambaConfig, MambaForCausalLM, V, seed=3, scale=1.0, state_size=4),
+    "lfm2": tiny_model(Lfm2Config, Lfm2ForCausalLM, V, seed=3, scale=1.0, layer_types=["conv", "full_attention"]),
+    "gptneo": tiny_model(GPTNeoConfig, GPTNeoForCausalLM, V, seed=3, scale=1.0, num_layers=2, num_heads=4,
+                         attention_types=[[["global", "local"], 1]], window_size=3),
+    "mpt": tiny_model(MptConfig, MptForCausalLM, V, seed=3, scale=1.0, d_model=32, n_layers=2, n_heads=4),
+}
+
 
 CASES = {
     "hf-qwen2": EngineCase(lambda: HFEngine(MODELS["base"], V), atol=1e-4),
     "hf-llama": EngineCase(lambda: HFEngine(MODELS["aligned"], V), atol=1e-4),
     "hf-mistral-window": EngineCase(lambda: HFEngine(WINDOWED["mistral"]), atol=1e-4),
     "hf-qwen2-window": EngineCase(lambda: HFEngine(WINDOWED["qwen2"]), atol=1e-4),
+    **{f"hf-{name}": EngineCase(lambda name=name: HFEngine(NO_DRAFTS[name]), atol=1e-4, drafts=False) for name in NO_DRAFTS},
     "llamacpp-qwen2": EngineCase(_llama_cpp("base"), atol=1e-4),
     "llamacpp-llama": EngineCase(_llama_cpp("aligned"), atol=1e-4),
 }
@@ -131,6 +158,10 @@ def test_truncate_forgets_rejected_drafts(case):
     """Drafts fed, some rejected per row (masked), the unaccepted tail cropped: the
     next columns see only the accepted tokens, at their positions."""
     engine = case.make()
+    if not case.drafts:
+        with pytest.raises(ValueError, match="kad-spec needs a model whose cache can drop rejected drafts"):
+            engine.reset(Settings(mode="kad-spec"))
+        return
     batch = prefilled(engine)
     engine.advance(batch)
     first = batch.width
