@@ -47,7 +47,8 @@ class ModelLayers:
         config = model.config.get_text_config(decoder=True)
         if (
             "cache" not in inspect.signature(model.forward).parameters
-            or not type(model)._supports_default_dynamic_cache()  # transformers' own list of the exceptions
+            # transformers' own list of the exceptions (GenerationMixin's; a model without it may still do)
+            or not getattr(type(model), "_supports_default_dynamic_cache", lambda: True)()
             or config.model_type in _STATE_ON_MODULES
         ):
             raise ValueError(
