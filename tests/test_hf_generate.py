@@ -249,6 +249,11 @@ REFUSED = [
     (dict(no_repeat_ngram_size=2), "no_repeat_ngram_size=2"),
     (dict(min_new_tokens=3), r"min_length=\d+ \(set by min_length or min_new_tokens\)"),
     (dict(num_beams=2), "num_beams=2"),
+    # Other decoding methods, which transformers would run instead (KAD ran and dropped them).
+    (dict(penalty_alpha=0.6, top_k=4), "penalty_alpha: contrastive search"),
+    (dict(dola_layers="high"), "dola_layers: dola generation"),
+    (dict(force_words_ids=[[5, 6]]), "force_words_ids/constraints: constrained beam search"),
+    (dict(prefix_allowed_tokens_fn=lambda batch, ids: list(range(10))), "support prefix_allowed_tokens_fn:"),
     (dict(assistant_model=ALIGNED), "assistant_model"),
     (dict(return_dict_in_generate=True, output_scores=True), "output_scores"),
     (dict(max_time=5.0), "max_time"),

@@ -182,6 +182,7 @@ REFUSED_IN_GENERATE = [
     (dict(num_beams=2), r"num_beams=2: .*beam search"),
     (dict(assistant_model=copy.deepcopy(BASE)), r"assistant_model"),
     (dict(extra=Identity()), r"logits_processor \[Identity\] after"),
+    (dict(prefix_allowed_tokens_fn=lambda batch, ids: list(range(10))), r"^prefix_allowed_tokens_fn before"),
 ]
 
 

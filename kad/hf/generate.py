@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
-from transformers.generation import GenerateDecoderOnlyOutput, LogitsProcessorList, StoppingCriteriaList
+from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, LogitsProcessorList, StoppingCriteriaList
 
 import kad_kernels as kk
 
@@ -48,6 +48,14 @@ _DEFAULT_TOP_K = GenerationConfig._get_default_generation_params().get("top_k")
 # themselves, and renormalized scores are not returned.
 _HONOURED_PROCESSORS = {"TemperatureLogitsWarper", "LogitNormalization"}
 _HONOURED_CRITERIA = {"MaxLengthCriteria", "EosTokenCriteria"}
+# Decoding methods KAD replaces (transformers' assisted decoding is lossless, so its
+# prompt lookup can be dropped); the others, by the option that selects them.
+_KAD_MODES = {GenerationMode.GREEDY_SEARCH, GenerationMode.SAMPLE, GenerationMode.ASSISTED_GENERATION}
+_MODE_OPTIONS = {
+    GenerationMode.CONTRASTIVE_SEARCH: "penalty_alpha",
+    GenerationMode.DOLA_GENERATION: "dola_layers",
+    GenerationMode.CONSTRAINED_BEAM_SEARCH: "force_words_ids/constraints",
+}
 _OPTION_OF_CRITERION = {"MaxTimeCriteria": "max_time", "StopStringCriteria": "stop_strings"}
 # Outputs beside the sequences that KAD does not produce.
 _UNSUPPORTED_OUTPUTS = ("output_scores", "output_logits", "output_attentions", "output_hidden_states")
@@ -108,7 +116,9 @@ def generate(
     not applied; a ``top_k`` argument of the call or of the model's generation
     config is refused (a ``generation_config=`` object's ``top_k=50`` cannot be
     told from the default once transformers has merged it).  The caches are kad's
-    own ``DynamicCache`` s (``cache_implementation`` does not apply).
+    own ``DynamicCache`` s (``cache_implementation`` does not apply; ``"paged"``
+    must not be set: transformers then runs continuous batching without calling
+    this function or any logits processor).
 
     Randomness: ``generator`` (a ``torch.Generator`` on the model's device) or,
     without it, one seeded from torch's global generator, so ``torch.manual_seed``
@@ -126,7 +136,9 @@ def generate(
     downloaded).  ``vocab_size``: the logits are cut to this many tokens
     (models may pad their lm_head); default ``len`` of a tokenizer, else the
     fewest logits of the models.  (``generate`` keeps its own ``tokenizer=``
-    argument to itself, so the base tokenizer goes by ``base_tokenizer=``.)
+    argument to itself, so the base tokenizer goes by ``base_tokenizer=``; with a
+    ``custom_generate`` function transformers loses it, so ``stop_strings`` and
+    ``token_healing`` end in transformers' own error asking for a tokenizer.)
     """
     call = _generate_call(model)
     streamer = streamer if streamer is not None else call.get("streamer")
@@ -204,8 +216,10 @@ def _refuse_unsupported(
 
     if model.config.is_encoder_decoder:
         refuse("encoder-decoder models", "KAD mixes two decoder-only causal LMs")
-    if (config.num_beams or 1) > 1:
-        refuse(f"num_beams={config.num_beams}", "beam search; KAD samples or decodes greedily from π")
+    method = config.get_generation_mode()
+    if method not in _KAD_MODES:
+        option = _MODE_OPTIONS.get(method, f"num_beams={config.num_beams}")
+        refuse(option, f"{method.value.replace('_', ' ')}; KAD samples or decodes greedily from π")
     if call.get("assistant_model") is not None:
         refuse("assistant_model", "kad-spec already drafts with aligned_model and verifies against π")
     for name in _UNSUPPORTED_OUTPUTS:

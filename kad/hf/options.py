@@ -36,6 +36,7 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "UnbatchedClassifierFreeGuidanceLogitsProcessor": ("guidance_scale", "guidance_scale"),
     "WatermarkLogitsProcessor": ("watermarking_config", "bias"),
     "SynthIDTextWatermarkLogitsProcessor": ("watermarking_config", "ngram_len"),
+    "PrefixConstrainedLogitsProcessor": ("prefix_allowed_tokens_fn", ""),  # a function: named only
 }
 # transformers turns min_new_tokens into min_length (prompt + min_new_tokens).
 _SET_BY = {"min_length": "min_length or min_new_tokens"}

@@ -75,7 +75,9 @@ class KADLogitsProcessor(LogitsProcessor):
     version of KAD is :func:`kad.hf.generate`.  The list is found by looking at
     the caller (:func:`_generate_call`): when ``__call__`` is not called by a
     ``LogitsProcessorList`` (called directly or by another framework), nothing
-    is checked and exactness is the caller's to ensure.
+    is checked and exactness is the caller's to ensure.  transformers'
+    continuous batching (``cache_implementation="paged"``) calls no logits
+    processor at all, so it cannot be refused here: it is not KAD.
 
     **Temperature**: KAD at temperature T mixes ``softmax(p/T)`` and
     ``softmax(q*/T)``; pass ``temperature`` here and leave ``generate``'s at 1
