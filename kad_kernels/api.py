@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
 import torch
@@ -84,9 +85,11 @@ def mixture(
     """The target distribution ``π = p⊙(1−d) + α q`` and ``α`` for logits ``[B, V]``.
 
     For analysis and tests; decoding should call :func:`sample` or :func:`verify`,
-    which never materialize π."""
+    which never materialize π.  Only the ``torch`` backend differentiates π; the
+    kernels' π requires no grad (backward through it would leave the logits' ``.grad`` empty)."""
     impl, kind, param, t = _prepare(p_logits, q_logits, ref_logits, rule, temperature, 2, backend, check)
-    probs, alpha, flags = impl.mixture(kind, param, p_logits, q_logits, ref_logits, t)
+    with contextlib.nullcontext() if impl.name == "torch" else torch.no_grad():
+        probs, alpha, flags = impl.mixture(kind, param, p_logits, q_logits, ref_logits, t)
     if check:
         _validate.raise_on_bad_logits(flags)
     return Mixture(probs, alpha)

@@ -118,6 +118,17 @@ def test_empty_vocabulary():
         kk.mixture(p, p.clone(), RULE)
 
 
+def test_only_the_reference_differentiates_the_mixture(backend, device):
+    """The kernels' π claimed a gradient and backward left p.grad None (cpu) or raised (triton)."""
+    p, q = (x.to(device).requires_grad_() for x in _pq())
+    probs = kk.mixture(p, q, RULE, backend=backend).probs
+    if backend != "torch":
+        assert not probs.requires_grad
+        return
+    probs[:, 0].sum().backward()
+    assert p.grad is not None and q.grad is not None and p.grad.abs().sum() > 0
+
+
 @pytest.mark.parametrize("rule", [Dual(0.3), Primal(0.9), ImplicitReward()], ids=repr)
 @pytest.mark.parametrize("randomness", ["generator", "uniforms", "seed"])
 def test_a_batch_of_no_rows_gives_empty_outputs(backend, device, rule, randomness):
