@@ -245,16 +245,17 @@ def add_plot(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_plot(args: argparse.Namespace) -> int:
-    from .plots import figures, plot_results
+    from .plots import draw, figures
 
     results = [load_result(p) for p in args.results]
-    if not figures(results):
+    supported = figures(results)
+    if not supported:
         raise ValueError(
             f"no figure from {', '.join(map(str, args.results))}: a figure needs two runs of one configuration "
             "that differ only in γ or in the rule parameter"
         )
     _output_dir(args.out, "--out")
-    for path in plot_results(results, args.out):
+    for path in draw(results, supported, args.out):
         print(path)
     return 0
 

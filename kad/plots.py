@@ -78,7 +78,13 @@ def figures(results: Sequence[dict]) -> list[tuple[_Figure, dict[str, list[tuple
 
 def plot_results(results: Sequence[dict], out_dir: str | Path) -> list[Path]:
     """Write the figures the results support to ``out_dir``; returns their paths."""
-    supported = figures(results)
+    return draw(results, figures(results), out_dir)
+
+
+def draw(
+    results: Sequence[dict], supported: list[tuple[_Figure, dict[str, list[tuple[float, Summary]]]]], out_dir: str | Path
+) -> list[Path]:
+    """Write ``supported`` (:func:`figures` of ``results``) to ``out_dir``; returns their paths."""
     if not supported:  # no empty out_dir left behind
         return []
     import matplotlib
