@@ -40,10 +40,9 @@ _STATE_ON_MODULES = frozenset({"recurrent_gemma"})
 
 
 class ModelLayers:
-    """The layer types of ``model`` and what they allow."""
+    """The layer types of ``model`` (called ``name`` in messages) and what they allow."""
 
-    def __init__(self, model: PreTrainedModel):
-        self.name = model.name_or_path or type(model).__name__
+    def __init__(self, model: PreTrainedModel, name: str):
         config = model.config.get_text_config(decoder=True)
         if (
             "cache" not in inspect.signature(model.forward).parameters
@@ -52,7 +51,7 @@ class ModelLayers:
             or config.model_type in _STATE_ON_MODULES
         ):
             raise ValueError(
-                f"{self.name!r} ({config.model_type}) keeps its state outside a transformers DynamicCache, "
+                f"{name!r} ({config.model_type}) keeps its state outside a transformers DynamicCache, "
                 "which the torch engine needs"
             )
         self.types: list[str] = get_layer_types_and_kwargs(config)[0]

@@ -41,7 +41,7 @@ class HFEngine:
             raise ValueError(f"vocab_size must be in [1, {logits}] (the model's output logits), got {vocab_size}")
         self._stop_ids = frozenset(token_ids(getattr(model.generation_config, "eos_token_id", None)))
         self._max_length = _max_length(model)
-        self._layers = ModelLayers(model)
+        self._layers = ModelLayers(model, self.name)
         self.reset()
 
     @property
