@@ -14,6 +14,8 @@ with ``kad_kernels.sample`` or verifying drafts with ``kad_kernels.verify``::
 ``demo``, ``generate``, ``eval`` (:mod:`kad.evaluate`), ``summary``, ``plot``.
 """
 
+from kad_kernels import __version__  # one version for the distribution (pyproject.toml reads it there)
+
 from .decoding import SYSTEM_PROMPT, Decoder, Generation
 from .engines import Engine, HFEngine
 from .loop import ContextLengthWarning, decode
@@ -34,4 +36,5 @@ __all__ = [
     "Settings",
     "check_same_vocabulary",
     "decode",
+    "__version__",
 ]
