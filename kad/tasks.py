@@ -22,23 +22,23 @@ for at most ``MAX_NEW_TOKENS`` tokens, answers read the paper's way
   ``tqa``, whose 13 options the paper's A–J could not all read).
 
 ``strict=False`` reads and compares answers better, so that scores measure
-the model rather than its formatting (numeric equivalence, LaTeX
-normalization, "the answer is (B)" phrases); its scores are not comparable
-with the paper's.
+the model rather than its formatting: the answer the model states ("the answer
+is (B)", a box, "#### 18") over whatever follows it, numeric equivalence, LaTeX
+normalization; its scores are not comparable with the paper's.  Both readings
+are in :mod:`kad.answers` (docs/design.md §5.7).
 """
 
 from __future__ import annotations
 
 import json
 import random
-import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from fractions import Fraction
 from importlib import resources
 from itertools import islice
 from string import ascii_uppercase
 
+from . import answers
 from .decoding import SYSTEM_PROMPT
 
 # Sampling settings of the paper's evaluations.
@@ -103,50 +103,6 @@ class Task(ABC):
     def _matches(self, extracted: str, reference: str, strict: bool) -> bool: ...
 
 
-def _trim(answer: str) -> str:
-    """``answer`` without surrounding whitespace and a sentence's final period."""
-    return answer.strip().removesuffix(".").rstrip()
-
-
-_LATEX_FRACTION = re.compile(r"\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}")
-
-
-def _plain_fractions(text: str) -> str:
-    """``text`` with ``\\frac{a}{b}`` of integers written ``a/b``."""
-    return _LATEX_FRACTION.sub(r"\1/\2", text)
-
-
-def _as_number(text: str) -> Fraction | None:
-    """The exact value of an integer, decimal, ``a/b`` or ``\\frac{a}{b}``; ``None`` for anything else."""
-    try:
-        return Fraction(_plain_fractions(text))
-    except (ValueError, ZeroDivisionError):
-        return None
-
-
-def _last_braced(text: str, commands: tuple[str, ...]) -> str | None:
-    """The argument of the last ``command{...}`` in ``text`` for any of ``commands``,
-    nested braces included; ``None`` if there is none or it is never closed
-    (a generation cut off by the token limit)."""
-    index, command = max((text.rfind(command + "{"), command) for command in commands)
-    if index < 0:
-        return None
-    start = index + len(command) + 1
-    depth = 1
-    for end in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[end], 0)
-        if depth == 0:
-            return text[start:end]
-    return None
-
-
-_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-# Better extraction: a fraction or a percentage is one answer, and a comma is
-# dropped only between digit groups, so that "3,4" stays two numbers.
-_NUMBER_WITH_FORM = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?%?")
-_DIGIT_GROUP_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
-
-
 @dataclass(frozen=True)
 class NumberTask(Task):
     """Word problems with a numeric answer (GSM8K, SVAMP), prompted with the bare question."""
@@ -155,55 +111,16 @@ class NumberTask(Task):
         return item.question
 
     def extract(self, text: str, strict: bool = True) -> str | None:
-        """The last number of ``text`` with commas removed (``"$1,234"`` gives
-        ``"1234"``).  Not strict: the last number inside the last ``\\boxed{}``
-        if there is one (a final answer followed by more arithmetic), and
-        fractions and percentages are kept whole (``"3/4"``, ``"25%"``)."""
-        if strict:
-            numbers = _NUMBER.findall(text.replace(",", ""))
-        else:
-            text = _plain_fractions(_last_braced(text, ("\\boxed",)) or text)
-            numbers = _NUMBER_WITH_FORM.findall(_DIGIT_GROUP_COMMA.sub("", text))
-        return numbers[-1] if numbers else None
+        """The last number (:func:`~kad.answers.last_number`); not strict: the
+        stated one (:func:`~kad.answers.stated_number`)."""
+        return answers.last_number(text) if strict else answers.stated_number(text)
 
     def _matches(self, extracted: str, reference: str, strict: bool) -> bool:
         if strict:
-            return _trim(extracted) == _trim(reference)
-        # Equal values, whatever their form: "18.00" is 18, "1/2" is 0.5; a
-        # percentage matches the number of percent or the fraction it stands for.
-        value, expected = _as_number(extracted.removesuffix("%")), _as_number(reference)
-        if value is None or expected is None:
-            return False
-        return expected == value or (extracted.endswith("%") and expected == value / 100)
+            return answers.trim(extracted) == answers.trim(reference)
+        return answers.same_number(extracted, reference)
 
 
-# Rewrites that make equal LaTeX answers equal strings, in order (spacing
-# commands go before whitespace, whose removal would strand their backslash).
-_LATEX_REWRITES = tuple(
-    (re.compile(pattern), replacement)
-    for pattern, replacement in (
-        (r"\\(?:left|right)(?![A-Za-z])", ""),
-        (r"\\[!,;: ]", ""),
-        (r"\\[dt]frac", r"\\frac"),
-        (r"\\(?:text|textbf|textrm|mathrm|mbox)\{([^{}]*)\}", r"\1"),
-        (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", ""),
-        (r"\\?[%$]|\s", ""),
-        (r"\\frac(\d)(\d)", r"\\frac{\1}{\2}"),
-        (r"\\sqrt(\w)", r"\\sqrt{\1}"),
-        (_DIGIT_GROUP_COMMA.pattern, ""),
-        (r"(\d)\.0+(?!\d)", r"\1"),
-        (r"\.$", ""),
-    )
-)
-
-
-def _normalize_latex(answer: str) -> str:
-    for pattern, replacement in _LATEX_REWRITES:
-        answer = pattern.sub(replacement, answer)
-    return answer
-
-
-_ASSIGNED_VARIABLE = re.compile(r"^\s*[A-Za-z]\s*=")
 # The paper's instruction after a MATH problem, so that the answer can be found.
 _MATH_INSTRUCTION = "\n\nPresent the answer in LaTex format: \\boxed{Your answer}"
 
@@ -216,26 +133,18 @@ class MathTask(Task):
         return item.question + _MATH_INSTRUCTION
 
     def extract(self, text: str, strict: bool = True) -> str | None:
-        """The content of the last ``\\boxed{...}``, the part after its last
-        ``=`` (``"x = 5"`` gives ``"5"``).  Not strict: ``\\fbox{...}`` counts
+        """The content of the last ``\\boxed{...}``, the part after its last ``=``
+        (:func:`~kad.answers.paper_boxed`).  Not strict: ``\\fbox{...}`` counts
         too and the content stays whole; :meth:`is_correct` decides about ``=``."""
         if strict:
-            boxed = _last_braced(text, ("\\boxed",))
-            return None if boxed is None else boxed.split("=")[-1].strip()
-        return _last_braced(text, ("\\boxed", "\\fbox"))
+            return answers.paper_boxed(text)
+        return answers.last_braced(text, ("\\boxed", "\\fbox"))
 
     def _matches(self, extracted: str, reference: str, strict: bool) -> bool:
         if strict:
             # The reference is cut at "=" too: the paper read both sides with one function.
-            return _trim(extracted) == _trim(reference.split("=")[-1])
-        reference = _ASSIGNED_VARIABLE.sub("", reference)  # "y = 2x + 3" asks for 2x + 3
-        if "=" not in reference:  # "x = 5" answers 5; equations (of a plane, say) stay whole
-            extracted = extracted.split("=")[-1]
-        extracted, reference = _normalize_latex(extracted), _normalize_latex(reference)
-        if extracted == reference:
-            return True
-        value, expected = _as_number(extracted), _as_number(reference)
-        return value is not None and value == expected
+            return answers.trim(extracted) == answers.trim(reference.split("=")[-1])
+        return answers.same_latex(extracted, reference)
 
 
 _MC_HEADER = "Choose the correct answer to the following multiple-choice question.\n\n"
@@ -276,23 +185,14 @@ class ChoiceTask(Task):
         return f"{_MC_HEADER}Question: {item.question}\n\n{options}\n{_MC_FOOTER}"
 
     def extract(self, text: str, strict: bool = True) -> str | None:
-        """The last standalone capital letter A–J of ``text`` (not one inside a
-        word; up to the last option's letter for a task of more than 10 options).
-        Not strict: the letter of the last "answer is (B)", "Answer: B", "correct
-        option is B" or ``\\boxed{B}``, otherwise the last standalone letter among
-        this task's options that is not the pronoun "I"."""
+        """The last standalone capital letter A–J (up to the last option's letter
+        for a task of more than 10 options; :func:`~kad.answers.last_capital`).
+        Not strict: the stated letter among this task's options
+        (:func:`~kad.answers.stated_letter`)."""
         last = ascii_uppercase[self.max_options - 1]
         if strict:
-            letters = re.findall(rf"\b[A-{max(last, _PAPER_LAST_LETTER)}]\b", text)
-            return letters[-1] if letters else None
-        letter = f"[A-{last}]"
-        stated = re.findall(
-            rf"(?i:answer|option|choice)\s*(?:is\s*:?|:)\s*[(\[*]*\s*({letter})\b|\\boxed\{{({letter})\}}", text
-        )
-        if stated:
-            return "".join(stated[-1])
-        letters = re.findall(rf"\b(?!I(?:['’]|\s+[a-z]))({letter})\b", text)
-        return letters[-1] if letters else None
+            return answers.last_capital(text, max(last, _PAPER_LAST_LETTER))
+        return answers.stated_letter(text, last)
 
     def _matches(self, extracted: str, reference: str, strict: bool) -> bool:
         return extracted == reference

@@ -149,6 +149,17 @@ GSM_OUTPUT = (
         ("The price went down by 25%.", "25", "25%"),
         # Paper: every comma goes, digit groups or not.
         ("The two numbers are 3,4", "34", "4"),
+        # Better: LaTeX digit-group separators and the Unicode minus are read as such.
+        ("The answer is $\\boxed{1,\\!080}$.", "080", "1080"),
+        ("The answer is $\\boxed{1{,}080}$.", "080", "1080"),
+        ("The answer is $\\boxed{1\\,080}$.", "080", "1080"),
+        ("The temperature fell to \u22123 degrees.", "3", "-3"),
+        # Better: the stated answer wins over numbers after it, and its sentence's last number is it.
+        ("The answer is 18.\n\nNote: she keeps 2 eggs for tomorrow.", "2", "18"),
+        ("#### 18\n\nCheck: 16 - 3 - 4 = 9 eggs.", "9", "18"),
+        ("The answer is: she makes 16 - 7 = 9 eggs, 9 * $2 = $18.50 a day.", "18.50", "18.50"),
+        ("The answer is $\\boxed{18 \\text{ dollars (from 9 eggs)}}$", "9", "18"),
+        ("The answer is 20... no: I counted twice. So \\boxed{18}, as 2 + 16 = 18", "18", "18"),
     ],
 )
 def test_number_extraction(text, strict, better):
@@ -180,6 +191,9 @@ def test_math_extraction(text, strict, better):
     assert task.extract(text, strict=False) == better
 
 
+OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB) bank - needs security.\nC) library\n\n"
+
+
 @pytest.mark.parametrize(
     "name, text, strict, better",
     [
@@ -196,6 +210,20 @@ def test_math_extraction(text, strict, better):
         ("tqa", "So the answer is K.", "K", "K"),
         ("tqa", "So the answer is N.", None, None),
         ("arc", "So the answer is K.", None, None),
+        # Better: phrases that state an answer, wherever the letter stands in them ...
+        ("csqa", OPTIONS + "The best answer would be B.", "B", "B"),
+        ("csqa", OPTIONS + "Therefore, B is the correct answer.", "B", "B"),
+        ("tqa", "Option I is the correct one.", "I", "I"),
+        ("arc", "The final answer is $\\boxed{\\text{B}}$. A plant needs light.", "A", "B"),
+        ("csqa", "The answer is b.", None, "B"),
+        # ... but not an option's header, "another option is", the article A or the pronoun I.
+        ("arc", "Another option is A, but it is wrong. So the correct one must be C.", "C", "C"),
+        ("csqa", "**Answer:** A revolving door keeps heat in. Banks need security, so B.", "B", "B"),
+        ("tqa", "Answer: I would go with B.", "B", "B"),
+        ("csqa", "B is the best fit. A bank needs security.", "A", "B"),
+        # Better: a listing of the options is no answer; one option restated is.
+        ("csqa", OPTIONS + "The bank is where security matters most.", "C", None),
+        ("arc", "Option A is tempting, but no.\n\nB) It conducts heat.", "B", "B"),
     ],
 )
 def test_choice_extraction(name, text, strict, better):
@@ -217,6 +245,9 @@ NUMBER_GRADES = [
     ("50%", "0.5", False, True),
     ("50%", "5", False, False),
 ]
+
+
+PMATRIX = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
 
 
 @pytest.mark.parametrize(
@@ -248,6 +279,24 @@ NUMBER_GRADES = [
         ("y=2x+3", "y = 2x + 3", False, True),
         ("0", "5x - 7y + 11z + 4 = 0", True, False),
         ("5x-7y+11z+4=0", "5x - 7y + 11z + 4 = 0", False, True),
+        # Better: the reference's own forms — matrices, braces left out, units, subscripts, sets.
+        ("\\begin{pmatrix}-2\\\\-14\\\\-7\\end{pmatrix}", PMATRIX, False, True),
+        ("\\begin{pmatrix} -2 \\\\\n-14 \\\\\n-7 \\end{pmatrix}", PMATRIX, False, True),
+        ("\\begin{pmatrix}-2\\\\-14-7\\end{pmatrix}", PMATRIX, False, False),
+        ("\\frac{9}{19}", "\\frac9{19}", False, True),
+        ("\\frac{270}{7}^\\circ", "\\frac{270}7\\text{ degrees}", False, True),
+        ("5.4", "5.4 \\text{ cents}", False, True),
+        ("864", "864 \\mbox{ inches}^2", False, True),
+        ("90 \\text{ degrees}", "90^\\circ", False, True),
+        ("23", "2 \\text{ and } 3", False, False),
+        ("52_{8}", "52_8", False, True),
+        ("x^{2}+1", "x^2 + 1", False, True),
+        ("[-2, 7]", "x \\in [-2,7]", False, True),
+        ("C", "\\text{(C)}", False, True),
+        # Better: a mixed number is its value, and not the digits run together.
+        ("\\frac{9}{5}", "1\\frac{4}{5}", False, True),
+        ("137.5", "137 \\frac{1}{2}", False, True),
+        ("14/5", "1\\frac{4}{5}", False, False),
     ]],
 )
 def test_grading(task_name, extracted, reference, strict, better):
@@ -273,3 +322,44 @@ def test_every_reference_answer_grades_correct_and_others_do_not(name, seed, str
         for answer, expected in ((right, True), (wrong, False)):
             text = f"Putting it all together, the answer is {answer}."
             assert task.is_correct(task.extract(text, strict), item, strict) is expected, (item.id, text)
+
+
+def _number_forms(answer: str) -> list[str]:
+    value = int(answer)
+    latex_separators = f"So it is $\\boxed{{{value:,}}}$".replace(",", "{,}")
+    return [f"So she pays ${value:,}.", f"The answer is ${answer}.00.", f"#### {answer}",
+            f"The answer is \\boxed{{{answer}}}.\n\nCheck: 2 * 3 = 6", latex_separators]
+
+
+def _math_forms(answer: str) -> list[str]:
+    without_sizes = answer.replace("\\left", "").replace("\\right", "")
+    forms = [answer.replace("\\frac", "\\dfrac"), answer.replace(" ", ""), without_sizes]
+    return [f"The final answer is $\\boxed{{{form}}}$." for form in forms]
+
+
+def _choice_forms(item: Item, letter: str) -> list[str]:
+    listing = "".join(f"{chr(65 + i)}) {text}\n" for i, text in enumerate(item.choices))
+    return [f"The answer is {letter}) {item.choices[ord(letter) - 65]}", f"**Answer: {letter}**",
+            f"Therefore, {letter} is correct. I hope this helps!",
+            f"Let's evaluate each option:\n{listing}\nSo, {letter} is the best answer."]
+
+
+@pytest.mark.parametrize("name", list(COUNTS))
+def test_every_reference_answer_in_a_models_other_forms_grades_correct_when_lenient(name):
+    """The better reading finds the reference answer in the forms models write it (a thousands
+    separator, "$18.00", a check after the box, \\dfrac, spaces, an option's text after its letter,
+    a listing of the options before the stated one), and another answer in the same form scores not."""
+    task = TASKS[name]
+    for item in task.load():
+        if isinstance(task, ChoiceTask):
+            wrong = "B" if item.answer == "A" else "A"
+            cases = [(text, True) for text in _choice_forms(item, item.answer)]
+            cases += [(text, False) for text in _choice_forms(item, wrong)]
+        elif name == "math500":
+            cases = [(text, True) for text in _math_forms(item.answer)]
+            cases += [(text, False) for text in _math_forms(f"{item.answer}+1")]
+        else:
+            cases = [(text, True) for text in _number_forms(item.answer)]
+            cases += [(text, False) for text in _number_forms(str(int(item.answer) + 1))]
+        for text, expected in cases:
+            assert task.is_correct(task.extract(text, strict=False), item, strict=False) is expected, (item.id, text)
