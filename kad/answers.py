@@ -23,29 +23,37 @@ def trim(answer: str) -> str:
     return answer.strip().removesuffix(".").rstrip()
 
 
-def _last_braced_span(text: str, commands: tuple[str, ...]) -> tuple[int, str] | None:
-    """Where the last ``command{...}`` of any of ``commands`` starts, and its argument
-    (nested braces included); ``None`` if there is none or it is never closed (a
-    generation cut off by the token limit)."""
-    index, command = max((text.rfind(command + "{"), command) for command in commands)
-    if index < 0:
-        return None
-    start = index + len(command) + 1
+def _braced_argument(text: str, start: int) -> str | None:
+    """The text from ``start`` to the brace that closes the one before it, nested braces
+    included; ``None`` if it is never closed (a generation cut off by the token limit)."""
     depth = 1
     for end in range(start, len(text)):
         depth += {"{": 1, "}": -1}.get(text[end], 0)
         if depth == 0:
-            return index, text[start:end]
+            return text[start:end]
     return None
 
 
-def last_braced(text: str, commands: tuple[str, ...]) -> str | None:
+def _last_braced_span(text: str, commands: tuple[str, ...], closed: bool = False) -> tuple[int, str] | None:
+    """Where the last ``command{...}`` of any of ``commands`` starts, and its argument;
+    ``None`` if there is none or it is never closed.  With ``closed``, the last one
+    that is closed (an earlier answer, when the generation was cut off in a later box)."""
+    starts = sorted((m.start(), command) for command in commands for m in re.finditer(re.escape(command + "{"), text))
+    for index, command in reversed(starts):
+        argument = _braced_argument(text, index + len(command) + 1)
+        if argument is not None:
+            return index, argument
+        if not closed:
+            return None
+    return None
+
+
+def last_braced(text: str, commands: tuple[str, ...], closed: bool = False) -> str | None:
     """The argument of the last ``command{...}`` in ``text`` (see :func:`_last_braced_span`)."""
-    span = _last_braced_span(text, commands)
+    span = _last_braced_span(text, commands, closed)
     return None if span is None else span[1]
 
 
-# Not after a digit: 1\frac{4}{5} is a mixed number, not 14/5.
 _LATEX_FRACTION = re.compile(r"(?<!\d)\\[dt]?frac\{(-?\d+)\}\{(-?\d+)\}")
 _MIXED_NUMBER = re.compile(r"(-?)(\d+)\s*\\[dt]?frac\{(\d+)\}\{(\d+)\}")
 
@@ -55,15 +63,21 @@ def plain_fractions(text: str) -> str:
     return _LATEX_FRACTION.sub(r"\1/\2", text)
 
 
+# What as_number reads: not Fraction's whole syntax (3_5 is 35 there, 1e10000000 takes seconds).
+_PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/-?\d+)?")
+
+
 def as_number(text: str) -> Fraction | None:
     """The exact value of an integer, decimal, ``a/b``, ``\\frac{a}{b}`` or mixed
     number ``1\\frac{4}{5}``; ``None`` for anything else."""
+    text = text.strip()
     try:
-        if mixed := _MIXED_NUMBER.fullmatch(text.strip()):
+        if mixed := _MIXED_NUMBER.fullmatch(text):
             sign, whole, numerator, denominator = mixed.groups()
             value = int(whole) + Fraction(int(numerator), int(denominator))
             return -value if sign else value
-        return Fraction(plain_fractions(text))
+        plain = plain_fractions(text)
+        return Fraction(plain) if _PLAIN_NUMBER.fullmatch(plain) else None
     except (ValueError, ZeroDivisionError):
         return None
 
@@ -88,8 +102,9 @@ _NUMBER_SPELLINGS = tuple(
 )
 # Where a stated answer begins: "the answer is", "Answer:", GSM8K's "####".
 _STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b|:)|####")
-# A stated answer runs to the end of its sentence or line ("18." ends it, "18.5" does not).
-_SENTENCE = re.compile(r"\s*(.*?)(?:\.(?!\d)|\n|$)", re.DOTALL)
+# A stated answer runs to the end of its clause: a sentence's period ("18." ends it, "18.5"
+# does not), the line, ";" or an aside in parentheses.
+_CLAUSE = re.compile(r"\s*(.*?)(?:\.(?!\d)|[\n;(]|$)", re.DOTALL)
 _TEXT_COMMAND = re.compile(r"\\(?:text|mbox)\{[^{}]*\}")
 
 
@@ -100,24 +115,34 @@ def last_number(text: str) -> str | None:
 
 
 def stated_number(text: str) -> str | None:
-    """The better reading: the last number of the stated answer — the last
-    ``\\boxed{}`` or the sentence after the last "answer is"/"Answer:"/"####",
-    whichever comes later — else of the whole text.  Fractions and percentages
-    stay whole (``"3/4"``, ``"25%"``); words in a box (``\\text{ dollars (9 eggs)}``)
-    are not read when the box has a number outside them."""
+    """The better reading: the number of the stated answer — the last closed
+    ``\\boxed{}`` or the clause after the last "answer is"/"Answer:"/"####",
+    whichever comes later (:func:`_answer_number`) — else the last number of the
+    text.  Fractions and percentages stay whole (``"3/4"``, ``"25%"``); words in a
+    box (``\\text{ dollars (9 eggs)}``) are not read when it has a number outside them."""
     for pattern, replacement in _NUMBER_SPELLINGS:
         text = pattern.sub(replacement, text)
-    scope = text
-    box = _last_braced_span(text, ("\\boxed",))
+    box = _last_braced_span(text, ("\\boxed",), closed=True)
     stated = list(_STATED_NUMBER.finditer(text))
     if box is not None and (not stated or box[0] > stated[-1].start()):
         without_words = _TEXT_COMMAND.sub("", box[1])
-        scope = without_words if _NUMBER.search(without_words) else box[1]
+        answer = _answer_number(without_words if _NUMBER.search(without_words) else box[1])
     elif stated:
-        sentence = _SENTENCE.match(text, stated[-1].end()).group(1)
-        scope = sentence if _NUMBER.search(sentence) else text
-    numbers = _NUMBER_WITH_FORM.findall(DIGIT_GROUP_COMMA.sub("", plain_fractions(scope)))
+        answer = _answer_number(_CLAUSE.match(text, stated[-1].end()).group(1))
+    else:
+        answer = None
+    if answer is not None:
+        return answer
+    numbers = _NUMBER_WITH_FORM.findall(DIGIT_GROUP_COMMA.sub("", plain_fractions(text)))
     return numbers[-1] if numbers else None
+
+
+def _answer_number(stated: str) -> str | None:
+    """The number a stated answer gives: the first after its last ``=`` when it works
+    a sum out ("9 * $2 = $18"), else its first ("18 eggs, not 20")."""
+    stated = DIGIT_GROUP_COMMA.sub("", plain_fractions(stated)).rsplit("=", 1)[-1]
+    numbers = _NUMBER_WITH_FORM.findall(stated)
+    return numbers[0] if numbers else None
 
 
 def same_number(extracted: str, reference: str) -> bool:
@@ -141,8 +166,10 @@ _LATEX_REWRITES = tuple(
         # \\ (a matrix row's end) stays; \! \, \; \: and "\ " are spacing.
         (r"(\\\\)|\\[!,;: ]", r"\1"),
         (r"\\[dt]frac", r"\\frac"),
-        # A unit after a number: 5.4 \text{ cents}, 864 \mbox{ inches}^2 (not "2 \text{ and } 3").
-        (r"(?<=[\d}])\s*\\(?:text|mbox)\{\s*(?!(?:and|or)\s*\})[A-Za-z]+(?:\s+[A-Za-z]+)*\s*\}(?:\^\{?\d\}?)?", ""),
+        # A unit after a value: 5.4 \text{ cents}, 864 \mbox{ inches}^2, 6\pi \text{ cm}^2 — not
+        # words that change the value or join two ("2 \text{ and } 3", "10 \text{ million}", 2\text{i}).
+        (r"(?<=[\w}])\s*\\(?:text|mbox)\{\s*(?!(?:and|or|to|than|more|less|times|hundred|thousand|million|billion)\b)"
+         r"[A-Za-z]{2,}(?:\s+[A-Za-z]+)*\s*\}(?:\^\{?\d\}?)?", ""),
         (r"\\(?:text|textbf|textrm|mathrm|mbox)\{([^{}]*)\}", r"\1"),
         (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", ""),
         (r"\\?[%$]|\s", ""),
@@ -160,6 +187,7 @@ _LATEX_REWRITES = tuple(
 )
 _ASSIGNED_VARIABLE = re.compile(r"^\s*[A-Za-z]\s*=")
 _MEMBER_OF = re.compile(r"^\s*[A-Za-z]\s*\\in(?![A-Za-z])")
+_WORD = re.compile(r"[A-Za-z]{2,}")  # an answer in words ("east", "Evelyn"), not a variable
 
 
 def normalize_latex(answer: str) -> str:
@@ -177,14 +205,15 @@ def paper_boxed(text: str) -> str | None:
 
 def same_latex(extracted: str, reference: str) -> bool:
     """The better comparison: "y = 2x + 3" and "x \\in [a, b]" ask for the right-hand
-    side, "x = 5" answers 5 unless the reference is an equation (of a plane, say);
-    then equal after :func:`normalize_latex`, or equal numbers."""
+    side, "x = 5" answers 5 unless the reference is an equation (of a plane, say) —
+    but "x = -4, x = 4" does not answer 4; then equal after :func:`normalize_latex`
+    (words in either case), or equal numbers."""
     reference = _MEMBER_OF.sub("", _ASSIGNED_VARIABLE.sub("", reference))
     extracted = _MEMBER_OF.sub("", extracted)
-    if "=" not in reference:
-        extracted = extracted.split("=")[-1]
+    if "=" not in reference and extracted.count("=") == 1:
+        extracted = extracted.split("=")[1]
     extracted, reference = normalize_latex(extracted), normalize_latex(reference)
-    if extracted == reference:
+    if extracted == reference or (_WORD.fullmatch(reference) and extracted.lower() == reference.lower()):
         return True
     value, expected = as_number(extracted), as_number(reference)
     return value is not None and value == expected
@@ -199,9 +228,11 @@ def last_capital(text: str, last: str) -> str | None:
     return letters[-1] if letters else None
 
 
-# A letter used as a word is no answer: the pronoun I ("I think", "I'm"), the article A ("A bank").
+# A capital A or I before a lowercase word is the article ("A bank needs ...") or the
+# pronoun ("I think", "I'm"), unless the word goes on about the letter ("A is", "I because").
 # Put before the letter's group.
-_NOT_A_WORD = r"(?![AaIi](?:['’]|[ \t]+[a-z]))"
+_ABOUT_THE_LETTER = r"(?:is|was|seems|looks|fits|because|since|as|and|or|but|not|it|so|then|here|instead)\b"
+_NOT_A_WORD = rf"(?![AaIi](?:['’]|[ \t]+(?!{_ABOUT_THE_LETTER})[a-z]))"
 _ANSWER_VERB = r"(?:is|would[ \t]+be|should[ \t]+be|must[ \t]+be|will[ \t]+be)"
 
 
@@ -209,17 +240,23 @@ def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
     """Phrases stating an answer; each pattern's one group is the letter (either case)."""
     any_case = f"(?i:{letter})"
     keyword = r"(?i:answer|(?:correct|right|best|final)[ \t]+(?:option|choice))"
+    # Not one of a list of letters ("Answer: (A) and (C) are wrong; B").
+    alone = rf"(?!\)?[ \t]*(?:,|/|&|and\b|or\b)[ \t]*\(?{any_case}(?![A-Za-z]))"
+    noun = r"(?:answer|option|choice|one)\b"
     return (
         # \boxed{B}, \boxed{(B)}, \boxed{\text{B}}
         re.compile(rf"\\boxed\{{\s*(?:\\text(?:bf)?\{{)?\s*\(?({any_case})\)?\s*\}}?\s*\}}"),
         # "the answer is (B)", "Answer: b", "**Answer:** B", "the best option would be: option C"
         re.compile(
             rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB})(?:[ \t*_]*:)?|[ \t*_]*:)[\s*_]*"
-            rf"(?i:(?:option|choice)[ \t]+)?[(\[]?{_NOT_A_WORD}({any_case})(?![A-Za-z])"
+            rf"(?i:(?:option|choice)[ \t]+)?[(\[]?{_NOT_A_WORD}({any_case})(?![A-Za-z]){alone}"
         ),
-        # "B is correct", "(C) is the best answer", "Option I is the right one"
+        # "B is correct.", "(C) is the best answer", "Option I is the right one", "A is the answer"
+        # (not "A is the best insulator", "D is correct only for mammals")
         re.compile(
-            rf"(?:(?i:option|choice)[ \t]+)?\(?\b({letter})\)?[ \t]+is[ \t]+(?:the[ \t]+)?(?i:correct|right|best)\b"
+            rf"(?:(?i:option|choice)[ \t]+)?\(?\b({letter})\)?[ \t]+is[ \t]+(?i:"
+            rf"(?:the|my)[ \t]+(?:(?:correct|right|best|final|most[ \t]+\w+)[ \t]+)?{noun}"
+            rf"|(?:correct|right)[ \t]*(?:[.!,;)]|$))"
         ),
     )
 

@@ -134,11 +134,12 @@ class MathTask(Task):
 
     def extract(self, text: str, strict: bool = True) -> str | None:
         """The content of the last ``\\boxed{...}``, the part after its last ``=``
-        (:func:`~kad.answers.paper_boxed`).  Not strict: ``\\fbox{...}`` counts
-        too and the content stays whole; :meth:`is_correct` decides about ``=``."""
+        (:func:`~kad.answers.paper_boxed`).  Not strict: the last closed box (an
+        earlier one when the generation was cut off inside a later), ``\\fbox{...}``
+        counts too, and the content stays whole: :meth:`is_correct` decides about ``=``."""
         if strict:
             return answers.paper_boxed(text)
-        return answers.last_braced(text, ("\\boxed", "\\fbox"))
+        return answers.last_braced(text, ("\\boxed", "\\fbox"), closed=True)
 
     def _matches(self, extracted: str, reference: str, strict: bool) -> bool:
         if strict:

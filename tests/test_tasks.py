@@ -160,6 +160,15 @@ GSM_OUTPUT = (
         ("The answer is: she makes 16 - 7 = 9 eggs, 9 * $2 = $18.50 a day.", "18.50", "18.50"),
         ("The answer is $\\boxed{18 \\text{ dollars (from 9 eggs)}}$", "9", "18"),
         ("The answer is 20... no: I counted twice. So \\boxed{18}, as 2 + 16 = 18", "18", "18"),
+        # Better: a stated answer is its first number, or the first after its last "=", up to
+        # the end of its clause (a period, ";", "(", the line).
+        ("The answer is 18 eggs, not 20.", "20", "18"),
+        ("The answer is 20; she gives away 2.", "2", "20"),
+        ("#### 18 dollars (9 eggs * $2)", "2", "18"),
+        ("The answer is 20 (after giving away 2).", "2", "20"),
+        ("The answer is 18 dollars, which is 2 more than 16.", "16", "18"),
+        # Better: a box cut off by the token limit leaves the one before it.
+        ("So $\\boxed{18}$. Check: $\\boxed{9 \\times", "9", "18"),
     ],
 )
 def test_number_extraction(text, strict, better):
@@ -183,6 +192,7 @@ def test_number_extraction(text, strict, better):
         ("Adding them up gives 7, so the answer is 7.", None, None),
         ("So the sum is $\\boxed{\\frac{1}{", None, None),  # cut off by the token limit
         ("The answer is $\\fbox{7}$.", None, "7"),
+        ("So $\\boxed{5}$.\nCheck: $\\boxed{\\frac{1}{", None, "5"),
     ],
 )
 def test_math_extraction(text, strict, better):
@@ -191,6 +201,7 @@ def test_math_extraction(text, strict, better):
     assert task.extract(text, strict=False) == better
 
 
+REJECTED = "Option B says plants absorb light; wrong.\nOption C is wrong too.\n"
 OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB) bank - needs security.\nC) library\n\n"
 
 
@@ -221,6 +232,16 @@ OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB
         ("csqa", "**Answer:** A revolving door keeps heat in. Banks need security, so B.", "B", "B"),
         ("tqa", "Answer: I would go with B.", "B", "B"),
         ("csqa", "B is the best fit. A bank needs security.", "A", "B"),
+        # ... and A or I going on about themselves are letters ("A is", "I because").
+        ("arc", REJECTED + "Therefore, A is the answer.", "A", "A"),
+        ("arc", REJECTED + "The answer is A because it fits.", "A", "A"),
+        ("arc", "The correct answer is A since it conducts heat.", "A", "A"),
+        ("tqa", "Option I is the truthful statement, so I is the answer.", "I", "I"),
+        # Better: not a letter of a list after "Answer:", nor "X is correct" going on, nor "X is the best <noun>".
+        ("arc", "Answer: (A) and (C) are both wrong; B", "B", "B"),
+        ("arc", "Answer: B and C are wrong, so A.", "A", "A"),
+        ("arc", "The answer is C. D is correct only for mammals.", "D", "C"),
+        ("arc", "The answer is B. Note: A is the best insulator, not conductor.", "A", "B"),
         # Better: a listing of the options is no answer; one option restated is.
         ("csqa", OPTIONS + "The bank is where security matters most.", "C", None),
         ("arc", "Option A is tempting, but no.\n\nB) It conducts heat.", "B", "B"),
@@ -297,6 +318,17 @@ PMATRIX = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
         ("\\frac{9}{5}", "1\\frac{4}{5}", False, True),
         ("137.5", "137 \\frac{1}{2}", False, True),
         ("14/5", "1\\frac{4}{5}", False, False),
+        # Better: not "x = -4, x = 4" for 4, nor Fraction's own syntax (3_5 is 35 there), nor
+        # words that change a value; text answers in either case.
+        ("x = -4, x = 4", "4", False, False),
+        ("x = 2 \\text{ or } x = 3", "3", False, False),
+        ("3_5", "35", False, False),
+        ("1e10000000", "1", False, False),  # Fraction would take seconds to build it
+        ("2\\text{i}", "2", False, False),
+        ("5\\text{ or more}", "5", False, False),
+        ("10 \\text{ million}", "10", False, False),
+        ("6\\pi \\text{ cm}^2", "6\\pi", False, True),
+        ("\\text{East}", "\\text{east}", False, True),
     ]],
 )
 def test_grading(task_name, extracted, reference, strict, better):
