@@ -8,6 +8,7 @@ import torch
 
 import kad_kernels as kk
 from helpers import make_logits
+from kad_kernels.rules import Kind
 
 pytestmark = pytest.mark.skipif("cpu" not in kk.available_backends(), reason="the C++ extension did not build")
 
@@ -54,3 +55,55 @@ def test_results_do_not_depend_on_the_thread_count(batch):
         torch.set_num_threads(threads)
     for a, b in zip(one, two):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------- the ops called directly (torch.ops.kad.native_*)
+# The ops are public, so the C++ side checks what would take a kernel out of bounds,
+# even though kad_kernels' API validates it first.  (Before, a short uniforms tensor was
+# read past its end and an ImplicitReward call without ref dereferenced null.)
+DUAL, IMPLICIT = int(Kind.LOGISTIC), int(Kind.IMPLICIT_REWARD)
+_DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(
+    not torch.cuda.is_available() or "cuda" not in kk.available_backends(), reason="needs the cuda backend")])]
+
+
+def _sample(device, kind=DUAL, p=None, ref=None, uniforms=None, seed=None, offset=None):
+    p = torch.randn(4, 33, device=device) if p is None else p
+    return torch.ops.kad.native_sample(kind, None, 0.05, p, p.clone(), ref, None, 1.0, uniforms, seed, offset)
+
+
+def _verify(device, accept=None, draw=None, gamma=3):
+    p = torch.randn(4, gamma + 1, 33, device=device)
+    draft = torch.zeros(4, gamma, dtype=torch.long, device=device)
+    return torch.ops.kad.native_verify(DUAL, None, 0.05, p, p.clone(), None, draft, None, 1.0, accept, draw, None, None)
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda d: _sample(d, uniforms=torch.rand(3, device=d)), "uniforms must be f32 with 4 values"),
+        (lambda d: _sample(d, uniforms=torch.rand(0, device=d)), "uniforms must be f32 with 4 values"),
+        (lambda d: _sample(d, uniforms=torch.rand(4, device=d).double()), "uniforms must be f32 with 4 values"),
+        (lambda d: _sample(d), "seed and offset"),
+        (lambda d: _sample(d, seed=torch.zeros(2, dtype=torch.long, device=d),
+                           offset=torch.zeros(1, dtype=torch.long, device=d)), "seed and offset must be int64 [1]"),
+        (lambda d: _verify(d, torch.rand(4, 2, device=d), torch.rand(4, device=d)), "accept uniforms must be f32 with 12"),
+        (lambda d: _verify(d, torch.rand(4, 3, device=d), torch.rand(3, device=d)), "draw uniforms must be f32 with 4"),
+        (lambda d: _sample(d, kind=IMPLICIT, uniforms=torch.rand(4, device=d)), "ref logits go with ImplicitReward"),
+        (lambda d: _sample(d, ref=torch.randn(4, 33, device=d), uniforms=torch.rand(4, device=d)),
+         "ref logits go with ImplicitReward"),
+        (lambda d: _sample(d, kind=99, uniforms=torch.rand(4, device=d)), "unknown rule kind 99"),
+    ],
+    ids=["short-uniforms", "empty-uniforms", "f64-uniforms", "no-randomness", "seed-shape", "short-accept",
+         "short-draw", "implicit-without-ref", "ref-without-implicit", "unknown-kind"],
+)
+def test_ops_called_directly_refuse_what_would_read_out_of_bounds(device, call, message):
+    with pytest.raises(RuntimeError, match=message.replace("[", r"\[")):
+        call(device)
+
+
+def test_philox_offsets_wrap_past_int64s_maximum_as_the_reference_does():
+    p, q = make_logits((6, 101), seed=8), make_logits((6, 101), seed=9)
+    offset = 2**63 - 3  # the call's counters run past 2^63 - 1
+    native = kk.sample(p, q, kk.Dual(0.01), seed=1, offset=offset, backend="cpu")
+    assert torch.equal(native, kk.sample(p, q, kk.Dual(0.01), seed=1, offset=offset, backend="torch"))

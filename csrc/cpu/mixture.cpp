@@ -10,8 +10,8 @@ namespace {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> mixture(
     int64_t kind, const c10::optional<at::Tensor>& param, double param_value, const at::Tensor& p, const at::Tensor& q,
     const c10::optional<at::Tensor>& ref, const c10::optional<at::Tensor>& temperature, double temperature_value) {
+  check_inputs(kind, p, q, ref, 2);
   const int64_t rows = p.size(0), vocab = p.size(1);
-  check_inputs(p, q, ref);
   const RowParams rp = row_params(param, param_value, temperature, temperature_value, p);
   at::Tensor probs = at::empty({rows, vocab}, p.options().dtype(at::kFloat));
   at::Tensor alpha = at::empty({rows}, p.options().dtype(at::kFloat));

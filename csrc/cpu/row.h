@@ -522,22 +522,28 @@ class InverseCdf {
 // offset + counter (the counter layout of kad_kernels/_random.py).
 class Uniforms {
  public:
-  // `uniforms` if given, else the Philox seed/offset (the caller sets one of the two).
-  Uniforms(const c10::optional<at::Tensor>& uniforms, const c10::optional<at::Tensor>& seed,
-           const c10::optional<at::Tensor>& offset) {
+  // `uniforms` (`count` f32 values) if given, else the Philox seed/offset (int64 [1] each).
+  // The op is public (torch.ops.kad), so the sizes are checked here, not only in Python.
+  Uniforms(const char* name, const c10::optional<at::Tensor>& uniforms, const c10::optional<at::Tensor>& seed,
+           const c10::optional<at::Tensor>& offset, int64_t count) {
     if (uniforms.has_value()) {
-      TORCH_CHECK(uniforms->scalar_type() == at::kFloat, "kad: uniforms must be f32");
+      TORCH_CHECK(uniforms->device().is_cpu() && uniforms->scalar_type() == at::kFloat && uniforms->numel() == count,
+                  "kad: ", name, " must be f32 with ", count, " values on the CPU, got ", uniforms->scalar_type(), " ",
+                  uniforms->sizes());
       given_ = uniforms->contiguous();
       data_ = given_.data_ptr<float>();
       return;
     }
-    TORCH_CHECK(seed.has_value() && offset.has_value(), "kad: pass uniforms or seed and offset");
+    TORCH_CHECK(seed.has_value() && offset.has_value(), "kad: pass ", name, ", or seed and offset for Philox");
+    for (const at::Tensor* t : {&*seed, &*offset})
+      TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kLong && t->numel() == 1,
+                  "kad: seed and offset must be int64 [1] on the CPU");
     seed_ = seed->item<int64_t>();
     offset_ = offset->item<int64_t>();
   }
 
   float at(int64_t index, int64_t counter) const {
-    return data_ != nullptr ? data_[index] : philox_uniform(seed_, offset_ + counter);
+    return data_ != nullptr ? data_[index] : philox_uniform(seed_, philox_counter(offset_, counter));
   }
 
  private:
@@ -546,15 +552,20 @@ class Uniforms {
   int64_t seed_ = 0, offset_ = 0;
 };
 
-// Common argument checks of the three ops; the public API has validated shapes already.
-inline void check_inputs(const at::Tensor& p, const at::Tensor& q, const c10::optional<at::Tensor>& ref) {
+// Common argument checks of the three ops: logits [rows, V] (positions 0) or [B, positions, V].
+// The public API validates more (values, drafts); these keep a direct torch.ops call in bounds.
+inline void check_inputs(int64_t kind, const at::Tensor& p, const at::Tensor& q, const c10::optional<at::Tensor>& ref,
+                         int64_t dims) {
+  TORCH_CHECK(kind >= 0 && kind < kNumKinds, "kad: unknown rule kind ", kind);
+  TORCH_CHECK(p.dim() == dims && p.size(-1) > 0, "kad: logits must be ", dims, "-D with a vocabulary, got ", p.sizes());
   for (const at::Tensor* t : {&p, &q}) {
     TORCH_CHECK(t->device().is_cpu(), "kad cpu backend: tensors must be on the CPU");
     TORCH_CHECK(t->stride(-1) == 1 || t->size(-1) == 1, "kad: logits must be contiguous in the last dim");
   }
   TORCH_CHECK(p.sizes() == q.sizes() && p.scalar_type() == q.scalar_type(), "kad: p and q must match");
+  TORCH_CHECK(ref.has_value() == (kind == kImplicitReward), "kad: ref logits go with ImplicitReward, and only with it");
   if (ref.has_value())
-    TORCH_CHECK(ref->sizes() == p.sizes() && ref->scalar_type() == p.scalar_type() &&
+    TORCH_CHECK(ref->device().is_cpu() && ref->sizes() == p.sizes() && ref->scalar_type() == p.scalar_type() &&
                     (ref->stride(-1) == 1 || ref->size(-1) == 1),
                 "kad: ref must match p");
 }

@@ -11,10 +11,10 @@ std::tuple<at::Tensor, at::Tensor> sample(
     const c10::optional<at::Tensor>& ref, const c10::optional<at::Tensor>& temperature, double temperature_value,
     const c10::optional<at::Tensor>& uniforms, const c10::optional<at::Tensor>& seed,
     const c10::optional<at::Tensor>& offset) {
+  check_inputs(kind, p, q, ref, 2);
   const int64_t rows = p.size(0), vocab = p.size(1);
-  check_inputs(p, q, ref);
   const RowParams rp = row_params(param, param_value, temperature, temperature_value, p);
-  const Uniforms u(uniforms, seed, offset);
+  const Uniforms u("uniforms", uniforms, seed, offset, rows);
   at::Tensor tokens = at::empty({rows}, p.options().dtype(at::kLong));
   at::Tensor flags = at::empty({rows}, p.options().dtype(at::kInt));
   int64_t* tokens_out = tokens.data_ptr<int64_t>();

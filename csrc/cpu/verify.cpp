@@ -14,15 +14,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> verify(
     double temperature_value,
     const c10::optional<at::Tensor>& accept_uniforms, const c10::optional<at::Tensor>& draw_uniforms,
     const c10::optional<at::Tensor>& seed, const c10::optional<at::Tensor>& offset) {
+  check_inputs(kind, p, q, ref, 3);
   const int64_t batch = p.size(0), positions = p.size(1), vocab = p.size(2), gamma = positions - 1;
-  check_inputs(p, q, ref);
   const RowParams rp = row_params(param, param_value, temperature, temperature_value, p);
   TORCH_CHECK(draft.dim() == 2 && draft.size(0) == batch && draft.size(1) == gamma,
               "kad: draft must be [", batch, ", ", gamma, "]");
   const at::Tensor drafts = draft.to(at::kLong).contiguous();
   // Philox counters: offset + b·(γ+1) + i for accept coin i, offset + b·(γ+1) + γ for the draw.
-  const Uniforms accept_u(accept_uniforms, seed, offset);
-  const Uniforms draw_u(draw_uniforms, seed, offset);
+  const Uniforms accept_u("accept uniforms", accept_uniforms, seed, offset, batch * gamma);
+  const Uniforms draw_u("draw uniforms", draw_uniforms, seed, offset, batch);
   at::Tensor tokens = at::full({batch, positions}, -1, p.options().dtype(at::kLong));
   at::Tensor num_accepted = at::empty({batch}, p.options().dtype(at::kLong));
   at::Tensor flags = at::empty({batch, positions}, p.options().dtype(at::kInt));

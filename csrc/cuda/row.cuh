@@ -829,7 +829,7 @@ struct Uniforms {
   const int64_t* seed;
   const int64_t* offset;
   __device__ __forceinline__ float at(int64_t index, int64_t counter) const {
-    return given != nullptr ? given[index] : philox_uniform(*seed, *offset + counter);
+    return given != nullptr ? given[index] : philox_uniform(*seed, philox_counter(*offset, counter));
   }
 };
 

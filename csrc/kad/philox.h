@@ -33,4 +33,10 @@ KAD_HOST_DEVICE float philox_uniform(int64_t seed, int64_t counter) {
   return static_cast<float>(x < 0 ? ~x : x) * 4.6566127342e-10f;
 }
 
+// Counter `offset + counter` of a call, wrapping modulo 2^64 (Philox reads 64 bits; a
+// signed add would overflow for offsets near int64's maximum).
+KAD_HOST_DEVICE int64_t philox_counter(int64_t offset, int64_t counter) {
+  return static_cast<int64_t>(static_cast<uint64_t>(offset) + static_cast<uint64_t>(counter));
+}
+
 }  // namespace kad
