@@ -9,8 +9,11 @@ dropped rows), batched against per-prompt decoding.
 
 from __future__ import annotations
 
+import copy as copy_module
 import functools
 import importlib.metadata
+import pickle
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -475,6 +478,41 @@ def test_streamer_receives_the_prompt_then_each_round():
     assert recorder.puts[0] == prompt and recorder.ended
     assert sum(recorder.puts[1:], []) == out.token_ids[0]
     assert len(recorder.puts) - 1 == out.stats.rounds
+
+
+def test_threads_sharing_a_decoder_take_turns():
+    """The engines' caches serve one generation at a time: concurrent calls on one Decoder
+    give each the tokens it gets alone (they crashed or returned wrong tokens before)."""
+    calls = [dict(mode="kad-spec", gamma=g, prompts=PROMPTS[: 1 + g % 3]) for g in (1, 2, 3, 4)]
+
+    def run(call):
+        return DECODER.generate(call["prompts"], call["mode"], kk.Dual(0.4), gamma=call["gamma"], temperature=0,
+                                max_new_tokens=12).token_ids  # fmt: skip
+
+    alone = [run(call) for call in calls]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(run, calls * 2))
+    assert together == alone * 2
+
+
+def test_a_generation_started_from_its_own_streamer_is_refused():
+    class Reentrant(_Recorder):
+        def put(self, value: torch.Tensor) -> None:
+            super().put(value)
+            if len(self.puts) == 2:
+                DECODER.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=2)
+
+    streamer = Reentrant()
+    with pytest.raises(RuntimeError, match="inside a generation of the same Decoder"):
+        DECODER.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=6, streamer=streamer)
+    assert streamer.ended
+    assert DECODER.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=2).token_ids  # not left locked
+
+
+def test_a_decoder_survives_deepcopy_and_pickle():
+    expected = DECODER.generate(PROMPTS[:2], "kad-spec", kk.Dual(0.4), temperature=0, max_new_tokens=8).token_ids
+    for copy in (copy_module.deepcopy(DECODER), pickle.loads(pickle.dumps(DECODER))):
+        assert copy.generate(PROMPTS[:2], "kad-spec", kk.Dual(0.4), temperature=0, max_new_tokens=8).token_ids == expected
 
 
 def test_cli_generate_streams_and_prints_statistics(tmp_path, capsys):

@@ -204,6 +204,21 @@ def test_streamer_receives_the_prompt_then_the_new_tokens(custom_generate):
     assert sum(recorder.puts[1:], []) == new_tokens(out, width)[0]
 
 
+def test_streamer_ends_when_the_generation_raises():
+    """A consumer iterating a TextIteratorStreamer blocks until end(): it comes also after an error."""
+
+    class Failing(_Recorder):
+        def put(self, value: torch.Tensor) -> None:
+            super().put(value)
+            if len(self.puts) == 3:
+                raise RuntimeError("the consumer went away")
+
+    failing = Failing()
+    with pytest.raises(RuntimeError, match="the consumer went away"):
+        BASE.generate(**inputs(1), **KAD, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW, streamer=failing)
+    assert failing.ended
+
+
 def test_return_dict_carries_the_kad_statistics():
     out = BASE.generate(**inputs(3), **KAD, rule=kk.Dual(0.4), gamma=3, do_sample=True, max_new_tokens=NEW,
                         return_dict_in_generate=True)  # fmt: skip

@@ -192,6 +192,21 @@ def test_a_batch_of_more_rows_than_n_batch_tokens(n_batch):
     torch.testing.assert_close(logits[n_batch], logits[2048], atol=F16_KV_ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("rows_after", [2, 3], ids=["same-rows", "more-rows"])
+def test_a_closed_engine_refuses_to_run(rows_after):
+    """After close() a call names the closed engine (it was an AttributeError on the freed
+    batch, or an EngineError blaming memory when the context had to grow)."""
+    require_llama_cpp()
+    engine = LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=64)
+    decoder = kad.Decoder(engine, LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=64), TOKENIZER)
+    decoder.generate(PROMPTS[:2], rule=kk.Dual(0.4), max_new_tokens=2, temperature=0)
+    engine.close()
+    with pytest.raises(EngineError, match="base.gguf: the engine is closed"):
+        decoder.generate(PROMPTS[:rows_after], rule=kk.Dual(0.4), max_new_tokens=2, temperature=0)
+    with pytest.raises(EngineError, match="the engine is closed"):
+        engine.advance(Batch([[5]], engine.device))
+
+
 def test_too_many_rows_are_refused_in_one_line():
     require_llama_cpp()
     engine = LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=16)

@@ -137,8 +137,10 @@ class LlamaCppEngine:
         self.reset()
 
     def close(self) -> None:
-        """Free llama.cpp's context and model (also done when the engine is collected)."""
+        """Free llama.cpp's context and model (also done when the engine is collected);
+        a closed engine refuses to run."""
         lib = self._lib
+        self._rows_capacity = 0
         if self._llama_batch is not None:
             lib.llama_batch_free(self._llama_batch)
             self._llama_batch = None
@@ -180,6 +182,7 @@ class LlamaCppEngine:
         return self._cached
 
     def reset(self, settings: Settings | None = None) -> None:
+        self._check_open()
         if self._ctx:
             self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
         self._cached = 0
@@ -187,6 +190,7 @@ class LlamaCppEngine:
         self._fed = torch.zeros(0, dtype=torch.long)  # [B] real tokens in each row's sequence
 
     def advance(self, batch: Batch, keep: int = 1) -> Tensor:
+        self._check_open()
         start, end = self._cached, batch.width
         if not 0 < keep <= end - start:
             raise ValueError(f"keep must be in [1, {end - start}] (the new columns), got {keep}")
@@ -226,6 +230,7 @@ class LlamaCppEngine:
     def select(self, rows: Tensor) -> None:
         if not self._sequences:  # nothing fed yet (an aligned model the rule has not needed): nothing to keep
             return
+        self._check_open()
         rows = rows.tolist()
         kept = {self._sequences[r] for r in rows}
         free = [s for s in range(self._rows_capacity) if s not in kept]
@@ -248,6 +253,10 @@ class LlamaCppEngine:
         self._fed = self._fed[torch.tensor(rows, dtype=torch.long)]
 
     # ------------------------------------------------------------------ llama.cpp
+
+    def _check_open(self) -> None:
+        if not self._model:
+            raise EngineError(f"llama.cpp model {self.name}: the engine is closed (close() freed the model)")
 
     def _open(self, rows: int) -> None:
         """Sequences 0 … rows-1 for the rows, in a context with room for them."""

@@ -165,17 +165,19 @@ def generate(
         raise ValueError(f"a streamer takes one row, got {len(prompts)}: KAD's rows advance by different counts")
     budget = generation_config.max_length - input_ids.shape[1]
     stop_ids = frozenset(token_ids(generation_config.eos_token_id))
-    out = decode(
-        engines,
-        prompts,
-        [budget] * len(prompts),
-        settings,
-        stop_ids=stop_ids,
-        generator=generator if generator is not None else _seeded_generator(engines["base"].device),
-        streamer=streamer,
-    )
-    if streamer is not None:
-        streamer.end()
+    try:
+        out = decode(
+            engines,
+            prompts,
+            [budget] * len(prompts),
+            settings,
+            stop_ids=stop_ids,
+            generator=generator if generator is not None else _seeded_generator(engines["base"].device),
+            streamer=streamer,
+        )
+    finally:  # a consumer iterating a TextIteratorStreamer waits for end(), also after an error
+        if streamer is not None:
+            streamer.end()
     sequences = _sequences(input_ids, out.token_ids, _pad_id(generation_config))
     if generation_config.return_dict_in_generate:
         return KADGenerateOutput(sequences=sequences, kad_stats=out.stats, kad_row_stats=out.row_stats)
