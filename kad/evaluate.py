@@ -95,7 +95,10 @@ def wilson_interval(successes: int, trials: int, z: float = _Z95) -> tuple[float
     p = successes / trials
     center = (p + z * z / (2 * trials)) / (1 + z * z / trials)
     half = z * math.sqrt(p * (1 - p) / trials + z * z / (4 * trials * trials)) / (1 + z * z / trials)
-    return max(0.0, center - half), min(1.0, center + half)
+    # Exact ends at 0 % and 100 % (rounding left 5.6e-17 and 0.9999999999999999).
+    low = 0.0 if successes == 0 else max(0.0, center - half)
+    high = 1.0 if successes == trials else min(1.0, center + half)
+    return low, high
 
 
 def summarize(result: dict) -> Summary:
@@ -150,7 +153,7 @@ def summary_table(results: Sequence[dict]) -> str:
     ]
     for result in results:
         s = summarize(result)
-        accuracy = f"{number(s.accuracy, '.1%')} ({number(s.ci_low, '.0%')}–{number(s.ci_high, '.0%')})"
+        accuracy = f"{number(s.accuracy, '.1%')} ({number(s.ci_low, '.0%')}–{number(s.ci_high, '.0%')})" if s.items else "–"
         lines.append(
             f"| {result['config']['task']} | {run_label(result['config'])} | {s.items} | {accuracy} "
             f"| {number(s.tokens_per_s, '.2f')} | {number(s.acceptance_rate, '.3f')} "
@@ -182,6 +185,7 @@ _CONFIG_FIELDS = typing.get_type_hints(RunConfig)
 _BATCH_FIELDS = {"first": int, "size": int, "wall_time_s": float}
 _ITEM_FIELDS = {"correct": bool, "stats": dict}
 _STAT_FIELDS = typing.get_type_hints(GenerationStats)
+_SERVED_COUNTERS = ("requests", "server_wait_s", "partial_positions", "inexact_positions")
 _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an integer", float: "a number",
                bool: "true or false", type(None): "null"}  # fmt: skip
 
@@ -348,7 +352,9 @@ def evaluate(
             extracted = task.extract(text, strict=config.strict)
             correct = task.is_correct(extracted, item, strict=config.strict)
             result["items"].append(_item_record(first + offset, item, text, extracted, correct, stats))
-        result["batches"].append({"first": first, "size": len(batch), "wall_time_s": out.stats.wall_time_s})
+        # A served model's counters are the batch's (one request serves every row), not the items'.
+        served = {name: getattr(out.stats, name) for name in _SERVED_COUNTERS}
+        result["batches"].append({"first": first, "size": len(batch), "wall_time_s": out.stats.wall_time_s, **served})
         result["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         summary = summarize(result)
         result["summary"] = {k: None if isinstance(v, float) and math.isnan(v) else v for k, v in asdict(summary).items()}

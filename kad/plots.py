@@ -100,7 +100,8 @@ def draw(
         for label, points in lines.items():
             xs, ys = [p[0] for p in points], [getattr(s, y) for _, s in points]
             if y == "accuracy":
-                errors = [[v - s.ci_low for v, (_, s) in zip(ys, points)], [s.ci_high - v for v, (_, s) in zip(ys, points)]]
+                errors = [[max(0.0, v - s.ci_low) for v, (_, s) in zip(ys, points)],
+                          [max(0.0, s.ci_high - v) for v, (_, s) in zip(ys, points)]]  # fmt: skip
                 ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=3, label=label)
             else:
                 ax.plot(xs, ys, "o-", label=label)

@@ -17,7 +17,11 @@ class GenerationStats:
     A *round* is one iteration of the decoding loop: one token per row in the
     sequential modes, one draft-and-verify cycle in the speculative ones.  Rates
     with nothing to count (acceptance in a sequential mode, α when not tracked)
-    are NaN."""
+    are NaN.  Verification is counted whole, before a row's stop token or budget
+    cuts what it emits (as vLLM counts accepted tokens): the acceptance measures
+    how well the drafts fit π, not where rows stop.  A served model's counters
+    (``requests`` … ``inexact_positions``) are the generation's: one request
+    serves every row, so per-row statistics leave them 0."""
 
     new_tokens: int = 0  # emitted tokens, stop tokens included
     wall_time_s: float = 0.0  # prefill and decoding loop, not tokenization
@@ -44,7 +48,8 @@ class GenerationStats:
 
     @property
     def mean_accepted_length(self) -> float:
-        """Tokens a row emits per verification: accepted drafts + the correction or bonus token."""
+        """Tokens a verification yields per row: accepted drafts + the correction or bonus token
+        (before a stop token or the budget cuts them)."""
         return _ratio(self.drafts_accepted + self.verified_rows, self.verified_rows)
 
     @property

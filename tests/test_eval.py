@@ -148,6 +148,19 @@ def test_wilson_interval(successes, trials, low, high):
     assert wilson_interval(successes, trials) == pytest.approx((low, high), abs=1e-4)
 
 
+@pytest.mark.parametrize("trials", range(1, 60))
+def test_wilson_interval_ends_exactly_at_0_and_100_percent(trials):
+    """kad plot draws accuracy - low as an error bar: 5.6e-17 above 0 made it negative."""
+    assert wilson_interval(0, trials)[0] == 0.0 and wilson_interval(trials, trials)[1] == 1.0
+
+
+def test_plots_of_runs_at_0_and_100_percent(tmp_path):
+    results = [_fake_result(k, lam=lam) for k, lam in ((0, 0.2), (0, 0.4), (10, 0.6))]
+    for result in results:
+        result["items"] = result["items"][:3]
+    assert [p.name for p in plot_results(results, tmp_path)] == ["accuracy_vs_lambda.png"]
+
+
 def test_wilson_interval_of_nothing_is_nan():
     assert all(math.isnan(x) for x in wilson_interval(0, 0))
 
@@ -179,6 +192,8 @@ def test_summary_table_and_cli_summary(tmp_path, capsys):
     assert table[0].startswith("| task | run | n | accuracy (95 % CI) | tok/s")
     assert table[2] == "| gsm8k | kad-spec dual 0.4 γ=3 | 10 | 70.0% (40%–89%) | 50.00 | 0.750 | 3.25 | 0.100 |"
     assert table[3].startswith("| gsm8k | base | 10 | 30.0% (11%–60%) |")
+    empty = dict(_fake_result(0), items=[], batches=[])
+    assert evaluate.summary_table([empty]).splitlines()[2].startswith("| gsm8k | kad-spec dual 0.4 γ=3 | 0 | – | – |")
 
 
 def test_cli_ctrl_c_exits_130_without_a_traceback(monkeypatch, capsys):

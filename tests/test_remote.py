@@ -269,6 +269,9 @@ def test_eval_stopped_by_a_dead_server_resumes_where_it_stopped(served, tmp_path
         assert cli.main([*args, "--base-url", proxy.url, "--resume"]) == 0
     resumed = json.loads(path.read_text())
     assert len(resumed["items"]) == 4 and resumed["items"][:2] == saved["items"]
+    # The server's counters are the batches' (one request serves both rows), not the items'.
+    assert all(batch["requests"] > 0 and batch["partial_positions"] > 0 for batch in resumed["batches"])
+    assert all(item["stats"]["requests"] == 0 for item in resumed["items"])
 
 
 def test_cli_generate_with_a_served_base(served, tmp_path, capsys):
