@@ -153,7 +153,8 @@ def decode(
     new tokens, a row stopping after any token of ``stop_ids``.
 
     ``engines``: ``"base"`` and ``"aligned"`` (and ``"reference"`` for
-    ImplicitReward), sharing one vocabulary; each is reset first.  ``generator``:
+    ImplicitReward), sharing one vocabulary; each is reset first, and again at the end
+    (its cache emptied: nothing is kept between generations).  ``generator``:
     every random draw, on the base engine's device.  ``streamer``: receives each
     round's new tokens of a single prompt (``put``; the caller puts the prompt and
     calls ``end``).  An :class:`~kad.engines.EngineError` during the generation
@@ -161,14 +162,19 @@ def decode(
     plan = _plan(engines, settings)
     budgets = fit_budgets(prompts, budgets, plan.engines)
     loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
+    started = []
     try:
         for engine in plan.engines:
             engine.reset(settings)
+            started.append(engine)
         loop.run([list(p) for p in prompts], budgets)
+        return loop.decoded()
     except EngineError as error:
         error.partial = loop.decoded()
         raise
-    return loop.decoded()
+    finally:  # the caches go with the generation (a large model's KV cache would stay until the next)
+        for engine in started:
+            engine.reset()
 
 
 def _common_dtype(*logits: Tensor | None) -> list[Tensor | None]:

@@ -509,6 +509,15 @@ def test_a_generation_started_from_its_own_streamer_is_refused():
     assert DECODER.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=2).token_ids  # not left locked
 
 
+@pytest.mark.parametrize("mode", ["kad", "kad-spec", "implicit-reward-spec"])
+def test_no_cache_outlives_its_generation(mode):
+    """A large model's KV cache would hold its memory until the next call."""
+    rule = kk.ImplicitReward() if mode.startswith("implicit") else kk.Dual(0.4)
+    DECODER.generate(PROMPTS[:3], mode, rule, max_new_tokens=6)
+    for engine in DECODER.engines.values():
+        assert engine.cached == 0 and engine.cache.get_seq_length() == 0, engine.name
+
+
 def test_a_decoder_survives_deepcopy_and_pickle():
     expected = DECODER.generate(PROMPTS[:2], "kad-spec", kk.Dual(0.4), temperature=0, max_new_tokens=8).token_ids
     for copy in (copy_module.deepcopy(DECODER), pickle.loads(pickle.dumps(DECODER))):

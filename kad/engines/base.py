@@ -42,7 +42,9 @@ class Engine(Protocol):
     **Cache.**  The engine owns its cache; it covers the first :attr:`cached`
     columns.  One engine serves one generation at a time: the loop calls
     :meth:`reset` (with the generation's :class:`~kad.settings.Settings`) before
-    each one, then only :meth:`advance`, :meth:`truncate` and :meth:`select`.
+    each one, then only :meth:`advance`, :meth:`truncate` and :meth:`select`,
+    and :meth:`reset` without settings after it, so that no cache outlives its
+    generation.
     Batch size and width are whatever the first :meth:`advance` after a reset
     brings.  An engine that cannot serve the settings (a rule or temperature it
     cannot score exactly) raises ``ValueError`` in :meth:`reset`; one that fails
