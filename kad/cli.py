@@ -49,9 +49,9 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                        help="with --base-url: score positions the server's top-k does not determine (counted)")  # fmt: skip
     group.add_argument("--aligned", help="the small aligned model (its chat template is used)")
     group.add_argument("--engine", choices=ENGINES, default="auto",
-                       help="torch (transformers) or llama.cpp (GGUF files, CPU); default auto: llama.cpp when "
-                            "it is installed, the models are GGUF files (the default pair is) and the device "
-                            "is the CPU")  # fmt: skip
+                       help="torch (transformers) or llama.cpp (GGUF files, CPU); default auto: GGUF files "
+                            "in llama.cpp, other models in torch, the default pair in llama.cpp when it is "
+                            "installed and the device is the CPU")  # fmt: skip
     group.add_argument("--tokenizer", help="with llama.cpp: the aligned model's tokenizer (hub id or directory) "
                                            "instead of the aligned GGUF's own")  # fmt: skip
     group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")

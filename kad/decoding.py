@@ -177,9 +177,10 @@ class Decoder:
 
         ``engine``: ``"torch"`` runs hub ids or local directories with transformers;
         ``"llama.cpp"`` runs GGUF files with :class:`~kad.engines.LlamaCppEngine` (on
-        the CPU; the tokenizer is the aligned GGUF's own); ``"auto"`` (default) is
-        ``llama.cpp`` when llama-cpp-python is installed, the device is the CPU and
-        every model given is a ``.gguf`` file, else ``torch``.  ``tokenizer`` (llama.cpp
+        the CPU; the tokenizer is the aligned GGUF's own); ``"auto"`` (default) runs
+        ``.gguf`` files in ``llama.cpp`` and other models in ``torch`` (not mixed), and
+        the default pair in ``llama.cpp`` when llama-cpp-python is installed and the
+        device is the CPU, else in ``torch``.  ``tokenizer`` (llama.cpp
         only): the aligned model's tokenizer by hub id or directory instead of the GGUF's own;
         ``dtype`` (torch only; llama.cpp runs each GGUF file's own types).
 
