@@ -23,26 +23,31 @@ def trim(answer: str) -> str:
     return answer.strip().removesuffix(".").rstrip()
 
 
-def _braced_argument(text: str, start: int) -> str | None:
-    """The text from ``start`` to the brace that closes the one before it, nested braces
-    included; ``None`` if it is never closed (a generation cut off by the token limit)."""
-    depth = 1
-    for end in range(start, len(text)):
-        depth += {"{": 1, "}": -1}.get(text[end], 0)
-        if depth == 0:
-            return text[start:end]
-    return None
+def _closing_braces(text: str) -> dict[int, int]:
+    """The index of the brace that closes each ``{`` of ``text`` that is closed, in one
+    pass (reading on from every unclosed box took time quadratic in a looping generation)."""
+    closing, open_braces = {}, []
+    for index, char in enumerate(text):
+        if char == "{":
+            open_braces.append(index)
+        elif char == "}" and open_braces:
+            closing[open_braces.pop()] = index
+    return closing
 
 
 def _last_braced_span(text: str, commands: tuple[str, ...], closed: bool = False) -> tuple[int, str] | None:
-    """Where the last ``command{...}`` of any of ``commands`` starts, and its argument;
-    ``None`` if there is none or it is never closed.  With ``closed``, the last one
-    that is closed (an earlier answer, when the generation was cut off in a later box)."""
+    """Where the last ``command{...}`` of any of ``commands`` starts, and its argument
+    (nested braces included); ``None`` if there is none or it is never closed (a
+    generation cut off by the token limit).  With ``closed``, the last one that is
+    closed (an earlier answer, when the generation was cut off in a later box)."""
     starts = sorted((m.start(), command) for command in commands for m in re.finditer(re.escape(command + "{"), text))
+    if not starts:
+        return None
+    closing = _closing_braces(text)
     for index, command in reversed(starts):
-        argument = _braced_argument(text, index + len(command) + 1)
-        if argument is not None:
-            return index, argument
+        brace = index + len(command)
+        if brace in closing:
+            return index, text[brace + 1 : closing[brace]]
         if not closed:
             return None
     return None
@@ -100,11 +105,12 @@ _NUMBER_SPELLINGS = tuple(
         ("\u2212", "-"),
     )
 )
-# Where a stated answer begins: "the answer is", "Answer:", GSM8K's "####".
-_STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b|:)|####")
+# Where a stated answer begins: "the answer is", "Answer:", GSM8K's "####" before a
+# number (not a markdown heading: "#### Step 3").
+_STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b|:)|####(?=[ \t]*[-$\d])")
 # A stated answer runs to the end of its clause: a sentence's period ("18." ends it, "18.5"
 # does not), the line, ";" or an aside in parentheses.
-_CLAUSE = re.compile(r"\s*(.*?)(?:\.(?!\d)|[\n;(]|$)", re.DOTALL)
+_CLAUSE = re.compile(r"\s*(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)", re.DOTALL)
 _TEXT_COMMAND = re.compile(r"\\(?:text|mbox)\{[^{}]*\}")
 
 
@@ -122,17 +128,15 @@ def stated_number(text: str) -> str | None:
     box (``\\text{ dollars (9 eggs)}``) are not read when it has a number outside them."""
     for pattern, replacement in _NUMBER_SPELLINGS:
         text = pattern.sub(replacement, text)
+    statements = [(m.start(), _CLAUSE.match(text, m.end()).group(1)) for m in _STATED_NUMBER.finditer(text)]
     box = _last_braced_span(text, ("\\boxed",), closed=True)
-    stated = list(_STATED_NUMBER.finditer(text))
-    if box is not None and (not stated or box[0] > stated[-1].start()):
+    if box is not None:
         without_words = _TEXT_COMMAND.sub("", box[1])
-        answer = _answer_number(without_words if _NUMBER.search(without_words) else box[1])
-    elif stated:
-        answer = _answer_number(_CLAUSE.match(text, stated[-1].end()).group(1))
-    else:
-        answer = None
-    if answer is not None:
-        return answer
+        statements.append((box[0], without_words if _NUMBER.search(without_words) else box[1]))
+    # The last statement that gives a number ("the answer is reasonable" gives none).
+    for _, stated in sorted(statements, reverse=True):
+        if (answer := _answer_number(stated)) is not None:
+            return answer
     numbers = _NUMBER_WITH_FORM.findall(DIGIT_GROUP_COMMA.sub("", plain_fractions(text)))
     return numbers[-1] if numbers else None
 
@@ -166,6 +170,7 @@ _LATEX_REWRITES = tuple(
         # \\ (a matrix row's end) stays; \! \, \; \: and "\ " are spacing.
         (r"(\\\\)|\\[!,;: ]", r"\1"),
         (r"\\[dt]frac", r"\\frac"),
+        (r"(?<=\d)\{,\}(?=\d)", ","),  # 10{,}080
         # A unit after a value: 5.4 \text{ cents}, 864 \mbox{ inches}^2, 6\pi \text{ cm}^2 — not
         # words that change the value or join two ("2 \text{ and } 3", "10 \text{ million}", 2\text{i}).
         (r"(?<=[\w}])\s*\\(?:text|mbox)\{\s*(?!(?:and|or|to|than|more|less|times|hundred|thousand|million|billion)\b)"
@@ -255,7 +260,7 @@ def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
         # (not "A is the best insulator", "D is correct only for mammals")
         re.compile(
             rf"(?:(?i:option|choice)[ \t]+)?\(?\b({letter})\)?[ \t]+is[ \t]+(?i:"
-            rf"(?:the|my)[ \t]+(?:(?:correct|right|best|final|most[ \t]+\w+)[ \t]+)?{noun}"
+            rf"(?:the|my)[ \t]+(?:(?:correct|right|best|final|most[ \t]+\w+)[ \t]+)?{noun}(?=[ \t]*(?:[.!,;:)\n]|$))"
             rf"|(?:correct|right)[ \t]*(?:[.!,;)]|$))"
         ),
     )

@@ -167,6 +167,12 @@ GSM_OUTPUT = (
         ("#### 18 dollars (9 eggs * $2)", "2", "18"),
         ("The answer is 20 (after giving away 2).", "2", "20"),
         ("The answer is 18 dollars, which is 2 more than 16.", "16", "18"),
+        # Better: "####" is a marker only before a number (not a markdown heading); "because"
+        # ends a stated answer; a later remark giving no number leaves the statement before it.
+        ("#### Step 1: Eggs\n#### Step 3: Conclusion\nJanet makes $18 every day.", "18", "18"),
+        ("The answer is 12 because x = 12 satisfies 3x = 36.", "36", "12"),
+        ("So $\\boxed{18}$.\n\nWe can check that the answer is reasonable.", "18", "18"),
+        ("So the answer is 18.\n\nThis answer is reasonable because she sells 9 eggs.", "9", "18"),
         # Better: a box cut off by the token limit leaves the one before it.
         ("So $\\boxed{18}$. Check: $\\boxed{9 \\times", "9", "18"),
     ],
@@ -242,6 +248,7 @@ OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB
         ("arc", "Answer: B and C are wrong, so A.", "A", "A"),
         ("arc", "The answer is C. D is correct only for mammals.", "D", "C"),
         ("arc", "The answer is B. Note: A is the best insulator, not conductor.", "A", "B"),
+        ("arc", "The answer is B. Note that A is the correct answer only if it asked about shops.", "A", "B"),
         # Better: a listing of the options is no answer; one option restated is.
         ("csqa", OPTIONS + "The bank is where security matters most.", "C", None),
         ("arc", "Option A is tempting, but no.\n\nB) It conducts heat.", "B", "B"),
@@ -292,6 +299,7 @@ PMATRIX = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
         ("3, 5, 7", "3,5,7", False, True),
         ("36", "\\$36", False, True),  # the escaped dollar goes with its backslash
         ("32,348", "\\$32,\\!348", False, True),
+        ("10{,}080", "10,\\!080", False, True),
         ("\\$18.90", "\\$18.90", True, True),
         ("\\sqrt{2}", "\\sqrt{3}", False, False),
         # Answers with "=": the paper keeps what follows the last "=" on both sides.
