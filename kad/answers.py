@@ -94,12 +94,13 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 # groups, so that "3,4" stays two numbers.
 _NUMBER_WITH_FORM = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?%?")
 DIGIT_GROUP_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
+_LATEX_GROUP_SEPARATOR = r"(?<=\d)\{,\}(?=\d)"  # 1{,}080, in numbers and in LaTeX answers
 # Other spellings of a digit-group separator (LaTeX's 1{,}080, 1,\!080 and 1\,080)
 # and of the minus sign (U+2212), made plain before numbers are read.
 _NUMBER_SPELLINGS = tuple(
     (re.compile(pattern), replacement)
     for pattern, replacement in (
-        (r"(?<=\d)\{,\}(?=\d)", ","),
+        (_LATEX_GROUP_SEPARATOR, ","),
         (r"(?<=\d),\\!(?=\d)", ","),
         (r"(?<=\d)\\[,!](?=\d{3}(?!\d))", ""),
         ("\u2212", "-"),
@@ -109,7 +110,7 @@ _NUMBER_SPELLINGS = tuple(
 # number (not a markdown heading: "#### Step 3").
 _STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b|:)|####(?=[ \t]*[-$\d])")
 # A stated answer runs to the end of its clause: a sentence's period ("18." ends it, "18.5"
-# does not), the line, ";" or an aside in parentheses.
+# does not), the line, ";", an aside in parentheses, or a reason ("because", "since").
 _CLAUSE = re.compile(r"\s*(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)", re.DOTALL)
 _TEXT_COMMAND = re.compile(r"\\(?:text|mbox)\{[^{}]*\}")
 
@@ -170,7 +171,7 @@ _LATEX_REWRITES = tuple(
         # \\ (a matrix row's end) stays; \! \, \; \: and "\ " are spacing.
         (r"(\\\\)|\\[!,;: ]", r"\1"),
         (r"\\[dt]frac", r"\\frac"),
-        (r"(?<=\d)\{,\}(?=\d)", ","),  # 10{,}080
+        (_LATEX_GROUP_SEPARATOR, ","),  # 10{,}080
         # A unit after a value: 5.4 \text{ cents}, 864 \mbox{ inches}^2, 6\pi \text{ cm}^2 — not
         # words that change the value or join two ("2 \text{ and } 3", "10 \text{ million}", 2\text{i}).
         (r"(?<=[\w}])\s*\\(?:text|mbox)\{\s*(?!(?:and|or|to|than|more|less|times|hundred|thousand|million|billion)\b)"
