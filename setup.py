@@ -27,9 +27,10 @@ def _extension() -> dict:
     spec.loader.exec_module(build)
     if not build.has_compiler():
         return {}
-    kwargs = build.extension_kwargs()
+    cuda = build.with_cuda()
+    kwargs = build.extension_kwargs(cuda)
     kwargs["sources"] = [str(Path(s).relative_to(ROOT)) for s in kwargs["sources"]]
-    kind = cpp_extension.CUDAExtension if build.with_cuda() else cpp_extension.CppExtension
+    kind = cpp_extension.CUDAExtension if cuda else cpp_extension.CppExtension
     return {
         "ext_modules": [kind(build.NAME, **kwargs)],
         "cmdclass": {"build_ext": cpp_extension.BuildExtension},

@@ -46,20 +46,20 @@ def cuda_sources() -> list[Path]:
     return sorted((CSRC / "cuda").glob("*.cu"))
 
 
-def sources() -> list[Path]:
+def sources(cuda: bool) -> list[Path]:
     cpu = [CSRC / "ops.cpp", *sorted((CSRC / "cpu").glob("*.cpp"))]
-    return cpu + (cuda_sources() if with_cuda() else [])
+    return cpu + (cuda_sources() if cuda else [])
 
 
 def has_compiler() -> bool:
     return shutil.which("c++") is not None or shutil.which("g++") is not None
 
 
-def extension_kwargs() -> dict:
-    """Keyword arguments of ``CppExtension``/``CUDAExtension`` and of ``cpp_extension.load``."""
-    cuda = with_cuda()
+def extension_kwargs(cuda: bool) -> dict:
+    """Keyword arguments of ``CppExtension``/``CUDAExtension`` (``cuda``: with the CUDA
+    kernels) and of ``cpp_extension.load``."""
     return dict(
-        sources=[str(s) for s in sources()],
+        sources=[str(s) for s in sources(cuda)],
         include_dirs=[str(CSRC)],
         extra_compile_args={"cxx": CXX_FLAGS + (["-DKAD_WITH_CUDA"] if cuda else []), "nvcc": NVCC_FLAGS},
         extra_link_args=LD_FLAGS,

@@ -14,6 +14,7 @@ import hashlib
 import importlib
 import sys
 import types
+import warnings
 
 import torch
 from torch import Tensor
@@ -22,28 +23,56 @@ from . import _fake
 from ._backend import Backend, FunctionBackend, value_args
 
 
-def _jit_build() -> types.ModuleType:
+# Why the extension has no CUDA kernels, when it could have had them (cuda_backend's error).
+_cuda_left_out = ""
+
+
+def _load(cuda: bool) -> types.ModuleType:
+    """``cpp_extension.load`` of the sources, with (``cuda``) or without the CUDA kernels."""
     from torch.utils import cpp_extension
 
     from . import _build
 
+    kwargs = _build.extension_kwargs(cuda)
+    # One build directory per checkout (two checkouts sharing one name would rebuild over each
+    # other) and per variant (the cpu-only fallback must not replace a full build).
+    checkout = hashlib.sha1(str(_build.CSRC).encode()).hexdigest()[:8]
+    return cpp_extension.load(
+        name=f"{_build.NAME.replace('.', '_')}_{checkout}{'' if cuda else '_cpu'}",
+        sources=kwargs["sources"],
+        extra_include_paths=kwargs["include_dirs"],
+        extra_cflags=kwargs["extra_compile_args"]["cxx"],
+        extra_cuda_cflags=kwargs["extra_compile_args"]["nvcc"],
+        extra_ldflags=kwargs["extra_link_args"],
+        with_cuda=cuda,
+    )
+
+
+def _jit_build() -> types.ModuleType:
+    """Build on first use.  A failed CUDA build falls back to the cpu kernels alone, so
+    that a CUDA toolkit at odds with torch's (another major version, or a torch whose
+    build cannot target the GPUs) costs the ``cuda`` backend only.  Torch's build
+    machinery fails in several exception types (RuntimeError, OSError, SystemExit,
+    and IndexError from torch 2.8's arch detection), so all are caught."""
+    from . import _build  # torch's cpp_extension: imported only when there is something to build
+
+    global _cuda_left_out
     if not _build.has_compiler():
         raise ImportError("no C++ compiler found: install g++ (or clang) to build the cpu/cuda backends")
     print("kad_kernels: loading the C++ extension (compiled with ninja on first use: about a minute) ...", file=sys.stderr, flush=True)
-    kwargs = _build.extension_kwargs()
-    # One build directory per checkout: two checkouts sharing one name would rebuild over each other.
-    checkout = hashlib.sha1(str(_build.CSRC).encode()).hexdigest()[:8]
+    cuda = _build.with_cuda()
+    if cuda and not torch.cuda.is_available():
+        # Kernels no GPU here can run: nvcc would take minutes for nothing.
+        cuda, _cuda_left_out = False, "torch sees no GPU, so the on-first-use build left the CUDA kernels out"
+    if cuda:
+        try:
+            return _load(cuda=True)
+        except (Exception, SystemExit) as exc:
+            _cuda_left_out = f"building the CUDA kernels failed: {exc}"
+            warnings.warn(f"kad_kernels: {_cuda_left_out}; building the cpu kernels alone", stacklevel=2)
     try:
-        return cpp_extension.load(
-            name=f"{_build.NAME.replace('.', '_')}_{checkout}",
-            sources=kwargs["sources"],
-            extra_include_paths=kwargs["include_dirs"],
-            extra_cflags=kwargs["extra_compile_args"]["cxx"],
-            extra_cuda_cflags=kwargs["extra_compile_args"]["nvcc"],
-            extra_ldflags=kwargs["extra_link_args"],
-            with_cuda=_build.with_cuda(),
-        )
-    except (RuntimeError, OSError, SystemExit) as exc:  # compiler errors surface as these
+        return _load(cuda=False)
+    except (Exception, SystemExit) as exc:
         raise ImportError(f"building the kad_kernels C++ extension failed: {exc}") from exc
 
 
@@ -86,5 +115,8 @@ def cpu_backend() -> Backend:
 
 def cuda_backend() -> Backend:
     if not _C.with_cuda:
-        raise ImportError("the kad_kernels extension was built without CUDA (needs a CUDA build of torch and nvcc)")
+        raise ImportError(
+            "the kad_kernels extension was built without CUDA: "
+            + (_cuda_left_out or "it needs a CUDA build of torch and nvcc (CUDA_HOME)")
+        )
     return FunctionBackend("cuda", _mixture, _sample, _verify, philox_in_kernel=True)

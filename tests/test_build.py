@@ -1,0 +1,94 @@
+"""The on-first-use build of the C++/CUDA extension (``kad_kernels/_native.py``,
+docs/design.md §3.4): a CUDA build that cannot succeed costs the ``cuda`` backend
+only, never the ``cpu`` kernels or ``import kad_kernels``.
+
+The builds themselves are replaced by a recorder here; the real build is what every
+cpu-backend test runs (and CI's lowest-torch leg, a CUDA build of torch 2.8 on a
+machine without a GPU, is the case these tests stand for).
+"""
+
+from __future__ import annotations
+
+import types
+
+import pytest
+import torch
+
+from kad_kernels import _build, _native
+
+
+@pytest.fixture
+def builds(monkeypatch):
+    """The variants ``_jit_build`` asks for (True: with the CUDA kernels), in order.
+    The CUDA build fails as torch 2.8's arch detection does without a visible GPU."""
+    asked = []
+
+    def load(cuda: bool):
+        asked.append(cuda)
+        if cuda:
+            raise IndexError("list index out of range")
+        return types.SimpleNamespace(with_cuda=False)
+
+    monkeypatch.setattr(_native, "_load", load)
+    monkeypatch.setattr(_native, "_cuda_left_out", "")
+    monkeypatch.setattr(_build, "with_cuda", lambda: True)
+    return asked
+
+
+def _cuda_backend_error(monkeypatch, module) -> str:
+    monkeypatch.setattr(_native, "_C", module)
+    with pytest.raises(ImportError) as info:
+        _native.cuda_backend()
+    return str(info.value)
+
+
+def test_a_failed_cuda_build_falls_back_to_the_cpu_kernels(builds, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.warns(UserWarning, match="building the CUDA kernels failed: list index out of range"):
+        module = _native._jit_build()
+    assert builds == [True, False]
+    message = _cuda_backend_error(monkeypatch, module)
+    assert "built without CUDA: building the CUDA kernels failed: list index out of range" in message
+
+
+def test_without_a_gpu_the_cuda_kernels_are_not_built(builds, monkeypatch, recwarn):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    module = _native._jit_build()
+    assert builds == [False]
+    assert not [w for w in recwarn if "kad_kernels" in str(w.message)]
+    assert "torch sees no GPU" in _cuda_backend_error(monkeypatch, module)
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("ninja: build stopped"), SystemExit(1), IndexError("arch")])
+def test_a_failed_cpu_build_is_an_import_error(monkeypatch, failure):
+    """ImportError is what the backend registry reads as 'unavailable' (auto then uses torch)."""
+
+    def load(cuda: bool):
+        raise failure
+
+    monkeypatch.setattr(_native, "_load", load)
+    monkeypatch.setattr(_build, "with_cuda", lambda: False)
+    with pytest.raises(ImportError, match="building the kad_kernels C\\+\\+ extension failed"):
+        _native._jit_build()
+
+
+def test_the_two_variants_build_in_directories_of_their_own(monkeypatch):
+    """A cpu-only fallback must not overwrite (and later be taken for) the full build."""
+    names = []
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: names.append((kwargs["name"], kwargs["with_cuda"])))
+    _native._load(cuda=True)
+    _native._load(cuda=False)
+    (full, with_cuda), (cpu_only, without_cuda) = names
+    assert (with_cuda, without_cuda) == (True, False)
+    assert full != cpu_only and cpu_only.startswith(full)
+
+
+def test_the_cpu_variant_leaves_the_cuda_sources_and_define_out():
+    cpu = _build.extension_kwargs(cuda=False)
+    assert not any(s.endswith(".cu") for s in cpu["sources"])
+    assert "-DKAD_WITH_CUDA" not in cpu["extra_compile_args"]["cxx"]
+    full = _build.extension_kwargs(cuda=True)
+    assert {s for s in full["sources"] if s.endswith(".cu")} == {str(s) for s in _build.cuda_sources()}
+    assert "-DKAD_WITH_CUDA" in full["extra_compile_args"]["cxx"]
