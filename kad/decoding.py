@@ -20,7 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 import kad_kernels as kk
 
 from . import default_pair
-from .engines import Engine, EngineError, HFEngine, RemoteEngine
+from .engines import Engine, EngineError, HFEngine, RemoteEngine, refuse_shared_engines
 from .loop import Decoded, decode
 from .settings import Mode, Settings
 from .models import (
@@ -113,11 +113,8 @@ class Decoder:
         models = {"base": base, "aligned": aligned, "reference": reference}
         names = {role: f"the {role} model" + (f" {_name(m)!r}" if _name(m) else "") for role, m in models.items()}
         models = {role: m for role, m in models.items() if m is not None}
-        engines = [m for m in models.values() if not isinstance(m, PreTrainedModel)]
-        if len({id(e) for e in engines}) < len(engines):  # a model given twice gets two HFEngines; an engine cannot
-            twice = [role for role, m in models.items() if sum(m is e for e in engines) > 1]
-            raise ValueError(f"the {' and '.join(twice)} models are one engine object, whose cache serves one role: "
-                             "make an engine for each")  # fmt: skip
+        # A model given twice gets an HFEngine per role; an engine object cannot serve two.
+        refuse_shared_engines({role: m for role, m in models.items() if not isinstance(m, PreTrainedModel)})
         tokenizers = {"aligned": tokenizer, "base": base_tokenizer, "reference": reference_tokenizer}
         tokenizers = {role: t for role, t in tokenizers.items() if t is not None}
         check_same_vocabulary({names[role]: t for role, t in tokenizers.items()})

@@ -50,7 +50,7 @@ import kad_kernels as kk
 
 from .batch import Batch
 from .draw import ONE_MODEL, draw_from_p, finish_with_q
-from .engines import Engine, EngineError, ServedEngine
+from .engines import Engine, EngineError, ServedEngine, refuse_shared_engines
 from .settings import Settings
 from .stats import GenerationStats
 
@@ -98,8 +98,9 @@ def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
         raise ValueError(
             f"{type(rule).__name__} needs a reference model (the small unaligned model): pass reference= to Decoder"
         )
-    reference = engines["reference"] if rule.needs_ref else None
-    return _Plan(rule, settings.speculative, engines["base"], engines["aligned"], reference)
+    used = {role: engines[role] for role in ("base", "aligned", "reference") if role != "reference" or rule.needs_ref}
+    refuse_shared_engines(used)
+    return _Plan(rule, settings.speculative, used["base"], used["aligned"], used.get("reference"))
 
 
 def context_length(engines: Sequence[Engine]) -> tuple[int, str] | None:
@@ -215,7 +216,9 @@ class _Loop:
         self.outputs: list[list[int]] = [[] for _ in range(rows)]  # what decoded() reports before run()
 
     def _logits(self, engine: Engine, batch: Batch, keep: int = 1) -> Tensor:
-        return engine.advance(batch, keep).to(self.device)
+        logits = engine.advance(batch, keep).to(self.device)
+        # An engine may return any floating dtype (a float64 model); the kernels take these.
+        return logits if logits.dtype in kk.LOGIT_DTYPES else logits.float()
 
     def decoded(self) -> Decoded:
         """What was emitted so far, and the statistics (served engines' counters included)."""

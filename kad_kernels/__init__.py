@@ -5,7 +5,7 @@ to the aligned model q.  See docs/design.md §1 for the math and docs/design.md 
 """
 
 from ._backends import available_backends
-from ._validate import temperature_in_range
+from ._validate import LOGIT_DTYPES, temperature_in_range
 from .api import Mixture, Verified, mixture, sample, verify
 from .rules import Dual, ImplicitReward, Nudging, Primal, Rule, Threshold, rule_from_name
 
@@ -24,5 +24,6 @@ __all__ = [
     "ImplicitReward",
     "rule_from_name",
     "temperature_in_range",
+    "LOGIT_DTYPES",
 ]
 __version__ = "0.1.0"

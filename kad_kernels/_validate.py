@@ -13,6 +13,7 @@ from torch import Tensor
 from .reference import BAD_ALL_NEG_INF, BAD_NONFINITE
 from .rules import Rule
 
+# The logits' dtypes every backend takes (public as kad_kernels.LOGIT_DTYPES).
 LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FLAG_TENSORS = ("p_logits", "q_logits", "ref_logits")  # 2 flag bits each, in this order
 

@@ -9,6 +9,8 @@ refuses.  The Hub-layout recipe folder is loaded from disk.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -219,6 +221,21 @@ def test_streamer_ends_when_the_generation_raises():
     assert failing.ended
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(do_sample=True, top_k=10), dict(gamma=-1), dict(aligned_model=None), dict(rule=None)],
+    ids=["top_k", "gamma", "aligned_model", "rule"],
+)
+def test_streamer_ends_when_the_call_is_refused(kwargs):
+    """transformers has put the prompt to the streamer before it calls kad.hf.generate."""
+    recorder = _Recorder()
+    call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, streamer=recorder, **inputs(1))
+    call.update(kwargs)
+    with pytest.raises(ValueError):
+        BASE.generate(**call)
+    assert recorder.ended
+
+
 def test_return_dict_carries_the_kad_statistics():
     out = BASE.generate(**inputs(3), **KAD, rule=kk.Dual(0.4), gamma=3, do_sample=True, max_new_tokens=NEW,
                         return_dict_in_generate=True)  # fmt: skip
@@ -239,6 +256,22 @@ def test_the_recipe_folder_loads_from_disk_and_runs_the_same_decoding():
     assert torch.equal(recipe_out, callable_out)
     files = {p.relative_to(kad.hf.RECIPE_DIR).as_posix() for p in kad.hf.RECIPE_DIR.rglob("*") if p.is_file()}
     assert {"README.md", "custom_generate/generate.py", "custom_generate/requirements.txt"} <= files
+
+
+def test_float64_models_are_decoded_in_float32():
+    """The kernels take fp32, bf16 and fp16 logits; a float64 model is read in fp32."""
+    wide = {role: copy.deepcopy(m).double() for role, m in (("base", BASE), ("aligned", ALIGNED))}
+    call = dict(KAD, rule=kk.Dual(0.4), gamma=3, do_sample=False, max_new_tokens=NEW, **inputs(3))
+    expected = BASE.generate(**call)
+    assert torch.equal(wide["base"].generate(**{**call, "aligned_model": wide["aligned"]}), expected)
+    assert torch.equal(BASE.generate(**{**call, "aligned_model": wide["aligned"]}), expected)
+
+
+def test_one_engine_in_two_roles_is_refused():
+    engine = kad.engines.HFEngine(ALIGNED, V)
+    with pytest.raises(ValueError, match="the aligned and reference models are one engine object"):
+        BASE.generate(**inputs(1), **{**KAD, "aligned_model": engine}, reference_model=engine,
+                      rule=kk.ImplicitReward(), max_new_tokens=NEW)  # fmt: skip
 
 
 def test_a_budget_past_the_context_length_stops_there_with_a_warning():

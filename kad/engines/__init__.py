@@ -11,9 +11,9 @@ engine                   runtime
 =======================  ==============================================
 """
 
-from .base import Engine, EngineError, ServedEngine
+from .base import Engine, EngineError, ServedEngine, refuse_shared_engines
 from .huggingface import HFEngine
 from .llamacpp import LlamaCppEngine
 from .remote import RemoteEngine
 
-__all__ = ["Engine", "EngineError", "HFEngine", "LlamaCppEngine", "RemoteEngine", "ServedEngine"]
+__all__ = ["Engine", "EngineError", "HFEngine", "LlamaCppEngine", "RemoteEngine", "ServedEngine", "refuse_shared_engines"]

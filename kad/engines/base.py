@@ -9,6 +9,7 @@ in llama.cpp) is one new module in :mod:`kad.engines` and no change to the loop.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Protocol, runtime_checkable
 
 import torch
@@ -26,6 +27,15 @@ class EngineError(RuntimeError):
     # What was emitted before the failure: a kad.loop.Decoded (token ids, statistics), from
     # kad.Decoder.generate a kad.Generation (texts too).
     partial = None
+
+
+def refuse_shared_engines(engines: Mapping[str, object]) -> None:
+    """``ValueError`` if one engine object fills two roles (``{role: engine}``): its one
+    cache would be advanced for both, so each role needs an engine of its own."""
+    twice = [role for role, e in engines.items() if sum(e is other for other in engines.values()) > 1]
+    if twice:
+        raise ValueError(f"the {' and '.join(twice)} models are one engine object, whose cache serves one role: "
+                         "make an engine for each")  # fmt: skip
 
 
 @runtime_checkable

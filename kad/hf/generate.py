@@ -142,30 +142,30 @@ def generate(
     """
     call = _generate_call(model)
     streamer = streamer if streamer is not None else call.get("streamer")
-    _refuse_unsupported(model, generation_config, logits_processor, stopping_criteria, call, model_kwargs)
-    if aligned_model is None:
-        raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
-    for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
-        if value is not None and not isinstance(value, (PreTrainedModel, Engine)):
-            raise TypeError(f"{name} must be a transformers PreTrainedModel or a kad.engines.Engine, got {value!r}")
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
-        raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
-    settings = _settings(mode, rule, gamma, generation_config, track_alpha)
-
-    models = {"base": model, "aligned": aligned_model, "reference": reference_model}
-    models = {role: m for role, m in models.items() if m is not None}
-    vocab_size = _shared_vocab_size(models, base_tokenizer, aligned_tokenizer, vocab_size)
-    engines = {role: m if isinstance(m, Engine) else HFEngine(m, vocab_size) for role, m in models.items()}
-    if any(e.vocab_size != vocab_size for e in engines.values()):
-        sizes = ", ".join(f"{role} {e.vocab_size}" for role, e in engines.items())
-        raise ValueError(f"the engines return different numbers of logits ({sizes}): they must share one vocabulary")
-
-    prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
-    if streamer is not None and len(prompts) > 1:
-        raise ValueError(f"a streamer takes one row, got {len(prompts)}: KAD's rows advance by different counts")
-    budget = generation_config.max_length - input_ids.shape[1]
-    stop_ids = frozenset(token_ids(generation_config.eos_token_id))
     try:
+        _refuse_unsupported(model, generation_config, logits_processor, stopping_criteria, call, model_kwargs)
+        if aligned_model is None:
+            raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
+        for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
+            if value is not None and not isinstance(value, (PreTrainedModel, Engine)):
+                raise TypeError(f"{name} must be a transformers PreTrainedModel or a kad.engines.Engine, got {value!r}")
+        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+            raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+        settings = _settings(mode, rule, gamma, generation_config, track_alpha)
+
+        models = {"base": model, "aligned": aligned_model, "reference": reference_model}
+        models = {role: m for role, m in models.items() if m is not None}
+        vocab_size = _shared_vocab_size(models, base_tokenizer, aligned_tokenizer, vocab_size)
+        engines = {role: m if isinstance(m, Engine) else HFEngine(m, vocab_size) for role, m in models.items()}
+        if any(e.vocab_size != vocab_size for e in engines.values()):
+            sizes = ", ".join(f"{role} {e.vocab_size}" for role, e in engines.items())
+            raise ValueError(f"the engines return different numbers of logits ({sizes}): they must share one vocabulary")
+
+        prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
+        if streamer is not None and len(prompts) > 1:
+            raise ValueError(f"a streamer takes one row, got {len(prompts)}: KAD's rows advance by different counts")
+        budget = generation_config.max_length - input_ids.shape[1]
+        stop_ids = frozenset(token_ids(generation_config.eos_token_id))
         out = decode(
             engines,
             prompts,
@@ -175,7 +175,7 @@ def generate(
             generator=generator if generator is not None else _seeded_generator(engines["base"].device),
             streamer=streamer,
         )
-    finally:  # a consumer iterating a TextIteratorStreamer waits for end(), also after an error
+    finally:  # transformers has put the prompt to the streamer: a consumer waits for end(), also after a refusal
         if streamer is not None:
             streamer.end()
     sequences = _sequences(input_ids, out.token_ids, _pad_id(generation_config))
