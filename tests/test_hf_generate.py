@@ -267,6 +267,11 @@ def test_float64_models_are_decoded_in_float32():
     assert torch.equal(BASE.generate(**{**call, "aligned_model": wide["aligned"]}), expected)
 
 
+def test_a_generator_that_is_not_one_is_refused_naming_the_argument():
+    with pytest.raises(TypeError, match="generator must be a torch.Generator"):
+        BASE.generate(**inputs(1), **KAD, rule=kk.Dual(0.4), do_sample=True, max_new_tokens=NEW, generator=123)
+
+
 def test_one_engine_in_two_roles_is_refused():
     engine = kad.engines.HFEngine(ALIGNED, V)
     with pytest.raises(ValueError, match="the aligned and reference models are one engine object"):

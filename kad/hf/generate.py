@@ -149,6 +149,8 @@ def generate(
         for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
             if value is not None and not isinstance(value, (PreTrainedModel, Engine)):
                 raise TypeError(f"{name} must be a transformers PreTrainedModel or a kad.engines.Engine, got {value!r}")
+        if generator is not None and not isinstance(generator, torch.Generator):
+            raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
         if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
             raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
         settings = _settings(mode, rule, gamma, generation_config, track_alpha)
