@@ -56,7 +56,7 @@ def draw_from_p(p_logits: Tensor, rule: kk.Rule, temperature: float, uniforms: T
     # π with q = p is p⊙(1−d) + α p: kept tokens carry (1 + α) p_v, deferred ones α p_v.
     mixed = kk.mixture(p_logits, p_logits, rule, tempered, check=False)
     alpha = mixed.alpha
-    p = reference.probs(p_logits, torch.full(p_logits.shape[:1], tempered, device=p_logits.device))  # [N, V]
+    p = reference.probs(p_logits, torch.full(p_logits.shape[:1], tempered, device=p_logits.device, dtype=torch.float32))  # [N, V]
     kept = p.masked_fill(mixed.probs < p * (alpha[:, None] + 0.5), 0.0)  # p⊙(1−d)
     if temperature == 0:
         return _greedy(kept, alpha)

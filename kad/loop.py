@@ -280,7 +280,7 @@ class _Loop:
         if not self.track_alpha:
             return None
         if self.plan.draft is None or self.plan.rule.needs_ref:
-            return torch.zeros(p.shape[0], device=p.device)
+            return torch.zeros(p.shape[0], device=p.device, dtype=torch.float32)
         return kk.mixture(p, q, self.plan.rule, self.temperature, check=False).alpha
 
     def _step(self, batch: Batch) -> tuple[Tensor, Tensor, Tensor | None]:
@@ -289,7 +289,8 @@ class _Loop:
         p = self._logits(plan.target, batch)[:, -1]
         if plan.draft is not None and plan.rule.mask_from_p:
             greedy = self.temperature == 0
-            uniforms = None if greedy else torch.rand(p.shape[0], generator=self.generator, device=self.device)
+            uniforms = None if greedy else torch.rand(p.shape[0], generator=self.generator, device=self.device,
+                                                      dtype=torch.float32)  # fmt: skip
             tokens, alpha = self._draw_needing_q_rarely(batch, p, uniforms)
             alpha = alpha if self.track_alpha else None
         else:
@@ -342,7 +343,7 @@ class _Loop:
         ref = self._logits(plan.reference, batch, keep=gamma + 1) if plan.reference else None
         p, q, ref = _common_dtype(p, q, ref)
         rows = p.shape[0]
-        coins = torch.rand(rows, gamma + 1, generator=self.generator, device=self.device)
+        coins = torch.rand(rows, gamma + 1, generator=self.generator, device=self.device, dtype=torch.float32)
         drafts = batch.tokens[:, first:]
         verified = kk.verify(
             p, q, drafts, plan.rule, self.temperature, ref_logits=ref, uniforms=(coins[:, :gamma], coins[:, gamma]),

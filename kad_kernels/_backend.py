@@ -80,7 +80,9 @@ def as_rows(value: Param, rows: int, device: torch.device) -> Tensor:
     """``param`` or temperature as f32 ``[rows]``, for code that takes tensors only (the reference)."""
     if isinstance(value, Tensor):
         return value
-    return torch.full((rows,), value, dtype=torch.float32, device=device)
+    # Through float64: a finite value beyond float32's range (Primal(1e300)) rounds to inf,
+    # as the kernels' float argument does, where a float32 fill would refuse it.
+    return torch.full((rows,), value, dtype=torch.float64, device=device).to(torch.float32)
 
 
 def value_args(value: Param) -> tuple[Tensor | None, float]:

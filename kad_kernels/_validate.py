@@ -66,6 +66,8 @@ def temperature(value: float | Tensor, rows: int, device: torch.device) -> float
     if isinstance(value, Tensor):
         if value.dim() > 1 or (value.dim() == 1 and value.shape[0] != rows):
             raise ValueError(f"temperature must be a float or a tensor [{rows}], got shape {tuple(value.shape)}")
+        if value.is_complex() or value.dtype == torch.bool:
+            raise TypeError(f"temperature must be a real tensor, got {value.dtype}")
         if value.device != device:
             raise ValueError(f"temperature is on {value.device}, logits on {device}")
         t = value.to(torch.float32).expand(rows).contiguous()

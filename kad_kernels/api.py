@@ -52,7 +52,7 @@ def _randomness(
     if seed is None:
         if offset is not None:
             raise ValueError("offset needs seed")
-        return torch.rand(batch, positions, generator=generator, device=device), None, None
+        return torch.rand(batch, positions, generator=generator, device=device, dtype=torch.float32), None, None
     if generator is not None:
         raise ValueError("pass either generator or seed/offset, not both")
     seed_t = as_int64_scalar("seed", seed, device)

@@ -121,7 +121,7 @@ def mixture(
     """``π_v = p_v (1 − d_v) + α q_v`` and ``α``: ``([N, V], [N])`` in fp32."""
     if kind == Kind.IMPLICIT_REWARD:
         pi = implicit_reward(p_logits, q_logits, ref_logits, temperature)
-        return pi, torch.zeros(pi.shape[0], device=pi.device)
+        return pi, torch.zeros(pi.shape[0], device=pi.device, dtype=torch.float32)
     p = probs(p_logits, temperature)
     q = probs(q_logits, temperature)
     d = deferral_mask(kind, param, p, q, p_logits)

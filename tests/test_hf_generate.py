@@ -272,6 +272,20 @@ def test_a_generator_that_is_not_one_is_refused_naming_the_argument():
         BASE.generate(**inputs(1), **KAD, rule=kk.Dual(0.4), do_sample=True, max_new_tokens=NEW, generator=123)
 
 
+@pytest.mark.parametrize("gamma", [0, 3])
+def test_a_float64_default_dtype_changes_nothing(gamma):
+    """The loop's coins were drawn in the default dtype, which the kernels refused."""
+    call = dict(KAD, rule=kk.Dual(0.4), gamma=gamma, do_sample=True, max_new_tokens=NEW, **inputs(3))
+    expected = BASE.generate(**call, generator=torch.Generator().manual_seed(0))
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        out = BASE.generate(**call, generator=torch.Generator().manual_seed(0))
+    finally:
+        torch.set_default_dtype(default)
+    assert torch.equal(out, expected)
+
+
 def test_one_engine_in_two_roles_is_refused():
     engine = kad.engines.HFEngine(ALIGNED, V)
     with pytest.raises(ValueError, match="the aligned and reference models are one engine object"):

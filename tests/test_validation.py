@@ -305,6 +305,39 @@ def test_per_row_parameter_of_wrong_length(entry, rule):
         CALLS[entry](p, q, rule)
 
 
+@pytest.mark.parametrize(
+    "huge, limit",
+    [(Primal(1e300), Primal(math.inf)), (Dual(mu=1e39, loss="perceptron"), Dual(mu=math.inf, loss="perceptron"))],
+    ids=str,
+)
+def test_a_finite_parameter_beyond_float32_reads_as_inf(backend, device, huge, limit):
+    """The kernels take it as a float argument (inf in fp32); the reference refused it
+    with a raw conversion error."""
+    p, q = (x.to(device) for x in _pq())
+    got = kk.mixture(p, q, huge, backend=backend)
+    want = kk.mixture(p, q, limit, backend=backend)
+    assert torch.equal(got.probs, want.probs) and torch.equal(got.alpha, want.alpha)
+
+
+def test_a_float64_default_dtype_changes_nothing(backend, device):
+    """torch.set_default_dtype(torch.float64) made the drawn uniforms float64, which the
+    cpu backend refused, and the reference's α of ImplicitReward float64."""
+    p, q, drafts = (x.to(device) for x in _verify_inputs())
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        seeded = [torch.Generator(device).manual_seed(0) for _ in range(2)]
+        tokens = kk.sample(p[:, 0], q[:, 0], RULE, generator=seeded[0], backend=backend)
+        verified = kk.verify(p, q, drafts, RULE, generator=seeded[1], backend=backend)
+        alpha = kk.mixture(p[:, 0], q[:, 0], ImplicitReward(), ref_logits=q[:, 0], backend=backend).alpha
+    finally:
+        torch.set_default_dtype(default)
+    seeded = [torch.Generator(device).manual_seed(0) for _ in range(2)]
+    assert torch.equal(tokens, kk.sample(p[:, 0], q[:, 0], RULE, generator=seeded[0], backend=backend))
+    assert torch.equal(verified.tokens, kk.verify(p, q, drafts, RULE, generator=seeded[1], backend=backend).tokens)
+    assert alpha.dtype == torch.float32
+
+
 # --------------------------------------------------------------------------- temperature
 
 
@@ -359,6 +392,16 @@ def test_temperature_of_wrong_type(value):
         kk.mixture(p, q, RULE, temperature=value)
 
 
+@pytest.mark.parametrize("dtype", [torch.complex64, torch.bool], ids=str)
+@pytest.mark.parametrize("check", [True, False])
+def test_temperature_tensor_of_a_dtype_that_is_not_real(dtype, check):
+    """A complex T lost its imaginary part unchecked (and failed inside a comparison
+    checked); a bool T read as 1.0."""
+    p, q = _pq()
+    with pytest.raises(TypeError, match=rf"temperature must be a real tensor, got {dtype}"):
+        kk.mixture(p, q, RULE, temperature=torch.ones(B, dtype=dtype), check=check)
+
+
 def test_temperature_zero_d_tensor_and_int_accepted():
     p, q = _pq()
     a = kk.mixture(p, q, RULE, temperature=torch.tensor(0.5)).probs
@@ -384,17 +427,20 @@ def test_draft_token_out_of_range(bad, dtype):
         kk.verify(p, q, drafts, RULE)
 
 
-@pytest.mark.parametrize("bad", [-1, V, 10**8], ids=str)
+WRAPS = "2**32 + a token"  # read as int32 it would be that token, accepted at a coin of 0
+
+
+@pytest.mark.parametrize("bad", [-1, V, 10**8, WRAPS], ids=str)
 def test_check_false_rejects_a_draft_outside_the_vocabulary(backend, device, bad):
     """Unchecked, such a draft has π = q = 0: rejected, never read out of bounds (the
-    cpu backend read past the row and emitted it, or crashed).  The torch reference
-    raises a RuntimeError (an index out of bounds)."""
+    cpu backend read past the row and emitted it, or crashed; Triton read 2³² + v as v).
+    The torch reference raises a RuntimeError (an index out of bounds)."""
     if backend == "torch":
         pytest.skip("the reference indexes the draft")
     p, q, _ = _verify_inputs()
     first = kk.mixture(p[:, 0], q[:, 0], RULE).probs.argmax(-1)  # accepted with a coin of 0
     drafts = torch.stack([first, first, first], dim=1)
-    drafts[2, 1] = bad
+    drafts[2, 1] = 2**32 + first[2].item() if bad == WRAPS else bad
     accept, draw = torch.zeros(B, GAMMA), torch.full((B,), 0.5)
     out = kk.verify(p.to(device), q.to(device), drafts.to(device), RULE, uniforms=(accept.to(device), draw.to(device)),
                     backend=backend, check=False)

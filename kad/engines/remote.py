@@ -199,7 +199,7 @@ class RemoteEngine:
                 if mask[row, column]:
                     prompts.append(tokens[row, : column + 1][mask[row, : column + 1]].tolist())
                     slots.append((row, k))
-        logits = torch.zeros(tokens.shape[0], keep, self._vocab_size)
+        logits = torch.zeros(tokens.shape[0], keep, self._vocab_size, dtype=torch.float32)
         if slots:
             top = self._score(prompts)
             rows, columns = zip(*slots)
@@ -430,7 +430,7 @@ def _parse_top_k(answer: Any, count: int, k: int, vocab_size: int) -> partial.To
         rows[index] = row
     width = max(len(r) for r in rows)  # type: ignore[arg-type]
     ids = torch.full((count, width), -1, dtype=torch.long)
-    logprobs = torch.full((count, width), -math.inf)
+    logprobs = torch.full((count, width), -math.inf, dtype=torch.float32)
     for i, row in enumerate(rows):
         ids[i, : len(row)] = torch.tensor(list(row.keys()))  # type: ignore[union-attr]
         logprobs[i, : len(row)] = torch.tensor(list(row.values())).clamp_max(0.0)  # type: ignore[union-attr]

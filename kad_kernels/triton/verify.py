@@ -127,7 +127,10 @@ def accept_chain(
     accepted = 0
     for i in range(0, gamma):
         n = b * positions + i
-        x = tl.load(draft_ptr + b * gamma + i).to(tl.int32)
+        draft = tl.load(draft_ptr + b * gamma + i)
+        # Checked in the draft's own dtype: an int64 id beyond int32 must not wrap into the
+        # vocabulary (check=False); -1 matches no column and no greedy token.
+        x = tl.where((draft >= 0) & (draft < vocab), draft, -1).to(tl.int32)
         state = row_state(
             stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value,
             n, positions, rows, slices, SLICES_POW2, kind, WITH_ALPHA=True,
