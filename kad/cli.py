@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
+import signal
 import sys
 import warnings
 from collections.abc import Sequence
@@ -28,7 +30,7 @@ from transformers import TextStreamer
 import kad_kernels as kk
 
 from . import default_pair
-from .decoding import RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
+from .decoding import PARAMETERLESS_RULES, RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
 from .engines import EngineError
 from .loop import ContextLengthWarning
 from .models import DTYPES, ENGINES
@@ -170,7 +172,7 @@ def run_eval(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     _decoding_rule(args)
     name = rule_name(args.mode, args.rule)
-    takes_lam = name not in (None, "implicit-reward")
+    takes_lam = name not in (None, *PARAMETERLESS_RULES)
     # The implicit-reward modes fix their rule; a kad mode records the one it was given.
     recorded = None if args.mode.startswith("implicit-reward") else name
     config = RunConfig(
@@ -212,16 +214,22 @@ def run_eval(args: argparse.Namespace) -> int:
             result = evaluate(decoder, config, path, limit=args.limit, resume=args.resume, on_batch=on_batch)
         except KeyboardInterrupt:
             progress.close()
-            print(f"\ninterrupted: the finished batches are in {path}; continue with the same command and --resume")
+            print(f"\nkad: interrupted: {_what_was_saved(path)}", file=sys.stderr)
             return 130
         except EngineError as error:
             progress.close()
             print(f"kad: error: {error}", file=sys.stderr)
-            print(f"the finished batches are in {path}; continue with the same command and --resume", file=sys.stderr)
+            print(_what_was_saved(path), file=sys.stderr)
             return 1
     print(f"\n{path}\n")
     print(summary_table([result]))
     return 0
+
+
+def _what_was_saved(path: Path) -> str:
+    if not path.exists():
+        return "no batch had finished, so nothing was saved"
+    return f"the finished batches are in {path}; continue with the same command and --resume"
 
 
 def add_summary(subparsers: argparse._SubParsersAction) -> None:
@@ -316,6 +324,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:  # Ctrl-C: what was streamed stays on the screen, no traceback
         print("\nkad: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (kad generate … | head): stop quietly, as head's writers do
+        # Python would hit the closed pipe again flushing stdout at exit: point it at /dev/null.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -61,6 +61,10 @@ _AUTHOR_RULES = (
 RULES = ("dual", "primal", "nudging", "implicit-reward", *_AUTHOR_RULES)
 
 
+# Rules with no parameter: --lam changes nothing (and is not recorded).
+PARAMETERLESS_RULES = ("implicit-reward", "token_max")
+
+
 def rule_name(mode: str, name: str | None) -> str | None:
     """The name of the rule ``mode`` runs: none for one model, fixed by the baseline
     modes (``name`` must be absent or that one), else ``name`` (default ``dual``)."""

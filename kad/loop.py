@@ -162,6 +162,7 @@ def decode(
     leaves with what was emitted before it as its ``partial``."""
     plan = _plan(engines, settings)
     budgets = fit_budgets(prompts, budgets, plan.engines)
+    kk.available_backends()  # loaded once per process (the C++ extension may build): not in the timings
     loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
     started = []
     try:

@@ -13,6 +13,7 @@ import copy as copy_module
 import functools
 import importlib.metadata
 import pickle
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -771,3 +772,20 @@ def test_cli_warns_in_one_line_at_the_context_length(tmp_path, capsys):
     assert cli.main(args) == 0
     error = capsys.readouterr().err
     assert "kad: warning: max_new_tokens runs past the context length 20" in error
+
+
+def test_loading_the_kernels_is_not_timed(monkeypatch):
+    """A process's first kernel call loads the C++ extension (building it takes a minute):
+    outside the generation's clock, which the first eval batch and demo row reported."""
+    from kad_kernels import _backends
+
+    loader, devices, how = _backends._REGISTRY["cpu"]
+
+    def slow_loader():
+        time.sleep(2.0)
+        return loader()
+
+    monkeypatch.setitem(_backends._REGISTRY, "cpu", (slow_loader, devices, how))
+    monkeypatch.setattr(_backends, "_LOADED", {})
+    out = DECODER.generate(["hello"], "kad", kk.Dual(0.4), temperature=0, max_new_tokens=4)
+    assert 0 < out.stats.wall_time_s < 2.0

