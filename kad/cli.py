@@ -35,7 +35,18 @@ from .engines import EngineError
 from .loop import ContextLengthWarning
 from .models import DTYPES, ENGINES
 from .settings import MODES, Settings
-from .evaluate import RunConfig, Summary, check_seed, check_writable, evaluate, load_result, saved_result, summary_table
+from .evaluate import (
+    MODEL_FIELDS,
+    RunConfig,
+    Summary,
+    check_resumable,
+    check_seed,
+    check_writable,
+    evaluate,
+    load_result,
+    saved_result,
+    summary_table,
+)
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
 
@@ -193,6 +204,8 @@ def run_eval(args: argparse.Namespace) -> int:
     path = args.output or args.out_dir / f"{config.stem()}.json"
     _output_dir(path.parent, "--output" if args.output else "--out-dir")
     saved = saved_result(path, args.resume)
+    if saved is not None:
+        check_resumable(saved, config, path, skip=MODEL_FIELDS)
     done = 0 if saved is None else len(saved["items"])
     decoder = _decoder(args)
     config = dataclasses.replace(

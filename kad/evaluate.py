@@ -260,14 +260,26 @@ def saved_result(path: Path, resume: bool) -> dict | None:
     return load_result(path)
 
 
+# The fields of a RunConfig known only once the models are loaded.
+MODEL_FIELDS = ("base", "aligned", "reference", "dtype", "device")
+
+
+def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[str, ...] = ()) -> None:
+    """``ValueError`` naming what differs if ``saved`` (a result) was made with another
+    configuration than ``config``; the fields in ``skip`` are not compared (before the
+    models load, :data:`MODEL_FIELDS`)."""
+    theirs = saved["config"]
+    ours = {k: v for k, v in asdict(config).items() if k not in skip}
+    changed = ", ".join(f"{k}: {theirs.get(k)!r} → {v!r}" for k, v in ours.items() if theirs.get(k) != v)
+    if changed:
+        raise ValueError(f"cannot resume {path}: its configuration differs ({changed})")
+
+
 def _start(config: RunConfig, path: Path, resume: bool) -> dict:
     """The result to continue: the saved one when resuming, else a new one."""
     result = saved_result(path, resume)
     if result is not None:
-        if result["config"] != asdict(config):
-            saved = result["config"]
-            changed = ", ".join(f"{k}: {saved.get(k)!r} → {v!r}" for k, v in asdict(config).items() if saved.get(k) != v)
-            raise ValueError(f"cannot resume {path}: its configuration differs ({changed})")
+        check_resumable(result, config, path)
         return result
     now = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return {"format": FORMAT, "config": asdict(config), "created": now, "batches": [], "items": []}

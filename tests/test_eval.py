@@ -383,6 +383,27 @@ def test_cli_eval_refuses_an_existing_output_without_resume_before_the_models_lo
     assert f"{existing} exists: pass --resume to continue it" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("option, changed", [(["--gamma", "3"], "gamma: 4 → 3"), (["--lenient"], "strict: True → False"),
+                                             (["--batch-size", "2"], "batch_size: 1 → 2")])  # fmt: skip
+def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load(
+    monkeypatch, tmp_path, capsys, option, changed
+):
+    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    output = tmp_path / "run.json"
+    command = ["eval", "--task", "gsm8k", "--mode", "kad-spec", "--gamma", "4", "--limit", "1", "--batch-size", "1",
+               "--max-new-tokens", "2", "--output", str(output)]  # fmt: skip
+    assert cli.main(command) == 0
+
+    def load(args):
+        raise AssertionError("the models were loaded")
+
+    monkeypatch.setattr(cli, "_decoder", load)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, *option, "--resume"])
+    assert exit_info.value.code == 2
+    assert f"cannot resume {output}: its configuration differs ({changed})" in capsys.readouterr().err
+
+
 @PROCFS
 def test_evaluate_refuses_an_output_it_cannot_write_before_decoding(monkeypatch):
     def generate(*args, **kwargs):
