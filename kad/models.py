@@ -104,8 +104,12 @@ def load(
 
     Attention is SDPA: the decoding loop masks columns in the middle of a sequence
     (see :mod:`kad.batch`), which SDPA and eager attention honour exactly."""
-    if _looks_like_path(name_or_path) and not os.path.isdir(os.path.expanduser(name_or_path)):
-        raise ModelLoadError(f"model {name_or_path!r}: no such directory")
+    path = os.path.expanduser(name_or_path)
+    if _looks_like_path(name_or_path) and not os.path.isdir(path):
+        what = "not a directory (a transformers model is one)" if os.path.exists(path) else "no such directory"
+        raise ModelLoadError(f"model {name_or_path!r}: {what}")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise ModelLoadError(f"model {name_or_path!r}: no config.json, so not a transformers model directory")
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")

@@ -683,10 +683,15 @@ def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
         (["--device", "xpu"], "device 'xpu' is not available on this machine"),  # torch's module says
         (["--device", "hpu"], "device 'hpu' is not available on this machine"),  # torch has no such module
         (["--device", "meta"], "device 'meta' is not available on this machine"),  # holds no data
+        (["--base", "{tmp}", "--aligned", "{tmp}"], "no config.json, so not a transformers model directory"),
+        (["--base", "{tmp}/file.json", "--aligned", "{tmp}"], "file.json': not a directory (a transformers model is one)"),
     ],
-    ids=["missing-path", "unknown-hub-id", "absent-device", "malformed-device", "xpu", "hpu", "meta"],
+    ids=["missing-path", "unknown-hub-id", "absent-device", "malformed-device", "xpu", "hpu", "meta", "not-a-model-dir",
+         "a-file"],  # fmt: skip
 )
 def test_cli_says_in_one_line_what_cannot_be_loaded(tmp_path, capsys, options, message):
+    (tmp_path / "file.json").write_text("{}")
+    options = [o.format(tmp=tmp_path) for o in options]
     if "--base" not in options:
         MODELS["base"].save_pretrained(tmp_path / "model")
         TOKENIZER.save_pretrained(tmp_path / "model")
