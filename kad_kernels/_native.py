@@ -10,11 +10,14 @@ trace them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
+import os
 import sys
 import types
 import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
@@ -27,6 +30,26 @@ from ._backend import Backend, FunctionBackend, value_args
 _cuda_left_out = ""
 
 
+@contextlib.contextmanager
+def _own_ninja_first() -> Iterator[None]:
+    """PATH with the ninja of this environment (a dependency) first, while building: each
+    ninja version keeps its own build log, so a run with another ninja on PATH (the
+    system's, from a venv not activated) rebuilt the whole extension."""
+    try:
+        import ninja
+
+        own = ninja.BIN_DIR
+    except (ImportError, AttributeError):
+        yield
+        return
+    path = os.environ.get("PATH", "")
+    os.environ["PATH"] = os.pathsep.join([own, path]) if path else own
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = path
+
+
 def _load(cuda: bool) -> types.ModuleType:
     """``cpp_extension.load`` of the sources, with (``cuda``) or without the CUDA kernels."""
     from torch.utils import cpp_extension
@@ -37,15 +60,16 @@ def _load(cuda: bool) -> types.ModuleType:
     # One build directory per checkout (two checkouts sharing one name would rebuild over each
     # other) and per variant (the cpu-only fallback must not replace a full build).
     checkout = hashlib.sha1(str(_build.CSRC).encode()).hexdigest()[:8]
-    return cpp_extension.load(
-        name=f"{_build.NAME.replace('.', '_')}_{checkout}{'' if cuda else '_cpu'}",
-        sources=kwargs["sources"],
-        extra_include_paths=kwargs["include_dirs"],
-        extra_cflags=kwargs["extra_compile_args"]["cxx"],
-        extra_cuda_cflags=kwargs["extra_compile_args"]["nvcc"],
-        extra_ldflags=kwargs["extra_link_args"],
-        with_cuda=cuda,
-    )
+    with _own_ninja_first():
+        return cpp_extension.load(
+            name=f"{_build.NAME.replace('.', '_')}_{checkout}{'' if cuda else '_cpu'}",
+            sources=kwargs["sources"],
+            extra_include_paths=kwargs["include_dirs"],
+            extra_cflags=kwargs["extra_compile_args"]["cxx"],
+            extra_cuda_cflags=kwargs["extra_compile_args"]["nvcc"],
+            extra_ldflags=kwargs["extra_link_args"],
+            with_cuda=cuda,
+        )
 
 
 def _jit_build() -> types.ModuleType:

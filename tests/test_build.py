@@ -9,6 +9,7 @@ machine without a GPU, is the case these tests stand for).
 
 from __future__ import annotations
 
+import os
 import types
 
 import pytest
@@ -92,3 +93,17 @@ def test_the_cpu_variant_leaves_the_cuda_sources_and_define_out():
     full = _build.extension_kwargs(cuda=True)
     assert {s for s in full["sources"] if s.endswith(".cu")} == {str(s) for s in _build.cuda_sources()}
     assert "-DKAD_WITH_CUDA" in full["extra_compile_args"]["cxx"]
+
+
+def test_the_build_runs_the_ninja_of_this_environment(monkeypatch):
+    """Each ninja version keeps its own build log: the system's ninja first on PATH (a
+    venv not activated) rebuilt the whole extension after a build by the venv's."""
+    ninja = pytest.importorskip("ninja")
+    paths = []
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: paths.append(os.environ["PATH"]))
+    _native._load(cuda=False)
+    assert paths == [os.pathsep.join([ninja.BIN_DIR, "/usr/bin:/bin"])]
+    assert os.environ["PATH"] == "/usr/bin:/bin"
