@@ -286,6 +286,14 @@ def test_a_float64_default_dtype_changes_nothing(gamma):
     assert torch.equal(out, expected)
 
 
+def test_int32_prompts_give_int64_sequences_as_transformers_does():
+    batch = inputs(3)
+    call = dict(KAD, rule=kk.Dual(0.4), gamma=3, do_sample=False, max_new_tokens=NEW)
+    expected = BASE.generate(**batch, **call)
+    out = BASE.generate(**{**batch, "input_ids": batch["input_ids"].int()}, **call)
+    assert out.dtype == torch.int64 and torch.equal(out, expected)
+
+
 def test_one_engine_in_two_roles_is_refused():
     engine = kad.engines.HFEngine(ALIGNED, V)
     with pytest.raises(ValueError, match="the aligned and reference models are one engine object"):

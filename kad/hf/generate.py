@@ -362,9 +362,10 @@ def _pad_id(config: GenerationConfig) -> int:
 
 
 def _sequences(input_ids: Tensor, new_tokens: list[list[int]], pad_id: int) -> Tensor:
-    """``[B, L + n]``: the prompts as given, then each row's new tokens, padded on the right."""
+    """i64 ``[B, L + n]`` (as transformers' own decoding returns, whatever the prompt's
+    integer dtype): the prompts as given, then each row's new tokens, padded on the right."""
     width = max(len(t) for t in new_tokens)
-    new = torch.full((len(new_tokens), width), pad_id, dtype=input_ids.dtype)
+    new = torch.full((len(new_tokens), width), pad_id, dtype=torch.long)
     for row, tokens in enumerate(new_tokens):
-        new[row, : len(tokens)] = torch.tensor(tokens, dtype=input_ids.dtype)
-    return torch.cat([input_ids, new.to(input_ids.device)], dim=1)
+        new[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
+    return torch.cat([input_ids.long(), new.to(input_ids.device)], dim=1)
