@@ -180,7 +180,8 @@ REFUSED_IN_GENERATE = [
     (dict(no_repeat_ngram_size=2), r"no_repeat_ngram_size=2 before"),
     (dict(min_new_tokens=3), r"min_length=\d+ \(set by min_length or min_new_tokens\) before"),
     (dict(num_beams=2), r"num_beams=2: .*beam search"),
-    (dict(assistant_model=copy.deepcopy(BASE)), r"assistant_model"),
+    (dict(assistant_model=copy.deepcopy(BASE)), r"^assistant_model: .*assisted generation"),
+    (dict(prompt_lookup_num_tokens=3), r"^prompt_lookup_num_tokens=3: .*assisted generation"),
     (dict(extra=Identity()), r"logits_processor \[Identity\] after"),
     (dict(prefix_allowed_tokens_fn=lambda batch, ids: list(range(10))), r"^prefix_allowed_tokens_fn before"),
 ]

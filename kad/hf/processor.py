@@ -325,8 +325,10 @@ def _refuse_unsupported(call: _GenerateCall, kad: KADLogitsProcessor) -> None:
         )
     # transformers runs the assistant's own generate with the user's processors too
     if call.method == "_assisted_decoding" or (config is not None and getattr(config, "is_assistant", False)):
+        lookup = config is not None and getattr(config, "prompt_lookup_num_tokens", None)
+        option = f"prompt_lookup_num_tokens={lookup}" if lookup else "assistant_model"
         raise ValueError(
-            "assistant_model: KADLogitsProcessor does not support assisted generation (transformers would apply "
+            f"{option}: KADLogitsProcessor does not support assisted generation (transformers would apply "
             "it to the assistant's scores as well); for speculative KAD use kad.hf.generate"
         )
     where = "before"
