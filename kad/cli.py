@@ -325,7 +325,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.showwarning = _show_warning
-            return args.run(args)
+            code = args.run(args)
+        sys.stdout.flush()  # a reader gone away shows here (BrokenPipeError below), not at exit
+        return code
     except default_pair.ModelPackagesMissing as error:
         print(f"kad: {error}", file=sys.stderr)
         return 1

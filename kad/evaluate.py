@@ -269,8 +269,10 @@ def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[s
     configuration than ``config``; the fields in ``skip`` are not compared (before the
     models load, :data:`MODEL_FIELDS`)."""
     theirs = saved["config"]
-    ours = {k: v for k, v in asdict(config).items() if k not in skip}
-    changed = ", ".join(f"{k}: {theirs.get(k)!r} → {v!r}" for k, v in ours.items() if theirs.get(k) != v)
+    ours = asdict(config)
+    keys = [*ours, *(k for k in theirs if k not in ours)]  # a field this version lacks differs too
+    changed = ", ".join(f"{k}: {theirs.get(k)!r} → {ours.get(k)!r}" for k in keys
+                        if k not in skip and theirs.get(k) != ours.get(k))  # fmt: skip
     if changed:
         raise ValueError(f"cannot resume {path}: its configuration differs ({changed})")
 

@@ -162,8 +162,9 @@ def decode(
     leaves with what was emitted before it as its ``partial``."""
     plan = _plan(engines, settings)
     budgets = fit_budgets(prompts, budgets, plan.engines)
-    kk.available_backends()  # loaded once per process (the C++ extension may build): not in the timings
     loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
+    for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
+        kk.resolve_backend(rule, loop.device)
     started = []
     try:
         for engine in plan.engines:

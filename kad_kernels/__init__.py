@@ -6,7 +6,7 @@ to the aligned model q.  See docs/design.md §1 for the math and docs/design.md 
 
 from ._backends import available_backends
 from ._validate import LOGIT_DTYPES, temperature_in_range
-from .api import Mixture, Verified, mixture, sample, verify
+from .api import Mixture, Verified, mixture, resolve_backend, sample, verify
 from .rules import Dual, ImplicitReward, Nudging, Primal, Rule, Threshold, rule_from_name
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "sample",
     "verify",
     "available_backends",
+    "resolve_backend",
     "Mixture",
     "Verified",
     "Rule",

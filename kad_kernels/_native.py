@@ -40,14 +40,19 @@ def _own_ninja_first() -> Iterator[None]:
 
         own = ninja.BIN_DIR
     except (ImportError, AttributeError):
+        own = ""
+    if not own or not os.path.isfile(os.path.join(own, "ninja")):  # "" would put the cwd first
         yield
         return
-    path = os.environ.get("PATH", "")
+    path = os.environ.get("PATH")
     os.environ["PATH"] = os.pathsep.join([own, path]) if path else own
     try:
         yield
     finally:
-        os.environ["PATH"] = path
+        if path is None:
+            del os.environ["PATH"]
+        else:
+            os.environ["PATH"] = path
 
 
 def _load(cuda: bool) -> types.ModuleType:

@@ -29,6 +29,14 @@ class Verified(NamedTuple):
     num_accepted: Tensor
 
 
+def resolve_backend(rule: Rule, device: torch.device | str, backend: str = "auto") -> str:
+    """The name of the backend that ``backend`` (``"auto"``: the fastest here) runs
+    ``rule`` with on tensors on ``device``, loaded: a backend loads on its first use
+    (the C++ extension may be built then, about a minute), so calling this first keeps
+    that out of a timed region.  ``RuntimeError`` as the entry points raise it."""
+    return resolve(backend, torch.device(device), rule.kind).name
+
+
 def _prepare(p_logits, q_logits, ref_logits, rule: Rule, temperature, ndim: int, backend: str, check: bool):
     _validate.logits(p_logits, q_logits, ref_logits, rule, ndim)
     batch, device = p_logits.shape[0], p_logits.device

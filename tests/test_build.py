@@ -107,3 +107,23 @@ def test_the_build_runs_the_ninja_of_this_environment(monkeypatch):
     _native._load(cuda=False)
     assert paths == [os.pathsep.join([ninja.BIN_DIR, "/usr/bin:/bin"])]
     assert os.environ["PATH"] == "/usr/bin:/bin"
+
+
+@pytest.mark.parametrize("bin_dir", ["", "/nonexistent/bin"])
+def test_without_a_ninja_of_its_own_the_path_is_left_alone(monkeypatch, bin_dir):
+    """ninja's BIN_DIR is "" when it finds no binary: an empty PATH entry would put the cwd first."""
+    ninja = pytest.importorskip("ninja")
+    monkeypatch.setattr(ninja, "BIN_DIR", bin_dir)
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    with _native._own_ninja_first():
+        assert os.environ["PATH"] == "/usr/bin:/bin"
+
+
+def test_an_unset_path_is_unset_again(monkeypatch):
+    ninja = pytest.importorskip("ninja")
+    if not os.path.isfile(os.path.join(ninja.BIN_DIR, "ninja")):
+        pytest.skip("ninja's package has no binary here")
+    monkeypatch.delenv("PATH", raising=False)
+    with _native._own_ninja_first():
+        assert os.environ["PATH"] == ninja.BIN_DIR
+    assert "PATH" not in os.environ

@@ -790,7 +790,11 @@ def test_loading_the_kernels_is_not_timed(monkeypatch):
         time.sleep(2.0)
         return loader()
 
+    def unused_loader():
+        raise AssertionError("a backend auto does not pick here was loaded (on a GPU: minutes of nvcc)")
+
     monkeypatch.setitem(_backends._REGISTRY, "cpu", (slow_loader, devices, how))
+    monkeypatch.setitem(_backends._REGISTRY, "cuda", (unused_loader, *_backends._REGISTRY["cuda"][1:]))
     monkeypatch.setattr(_backends, "_LOADED", {})
     out = DECODER.generate(["hello"], "kad", kk.Dual(0.4), temperature=0, max_new_tokens=4)
     assert 0 < out.stats.wall_time_s < 2.0

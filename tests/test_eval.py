@@ -404,6 +404,14 @@ def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load
     assert f"cannot resume {output}: its configuration differs ({changed})" in capsys.readouterr().err
 
 
+def test_a_saved_configuration_with_a_field_this_version_lacks_is_not_resumed(tmp_path):
+    config = _config()
+    saved = {"config": {**dataclasses.asdict(config), "retired_option": 3}}
+    with pytest.raises(ValueError, match=r"its configuration differs \(retired_option: 3 → None\)"):
+        evaluate.check_resumable(saved, config, tmp_path / "run.json")
+    evaluate.check_resumable({"config": dataclasses.asdict(config)}, config, tmp_path / "run.json")
+
+
 @PROCFS
 def test_evaluate_refuses_an_output_it_cannot_write_before_decoding(monkeypatch):
     def generate(*args, **kwargs):
@@ -533,8 +541,9 @@ def test_cli_output_into_a_closed_pipe_stops_quietly(tmp_path):
     read, write = os.pipe()
     os.close(read)  # no reader: kad's first write fails
     try:
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # stdout block-buffered, as usual
         done = subprocess.run([sys.executable, "-m", "kad.cli", "summary", str(path)], stdout=write,
-                              stderr=subprocess.PIPE, text=True, timeout=300)  # fmt: skip
+                              stderr=subprocess.PIPE, text=True, timeout=300, env=env)  # fmt: skip
     finally:
         os.close(write)
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr, done.stderr

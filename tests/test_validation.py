@@ -786,3 +786,15 @@ def test_dual_lam_with_other_losses(loss):
 def test_threshold_wrong_form():
     with pytest.raises(ValueError, match=r"form must be one of"):
         Threshold(0.1, "max_q")
+
+
+def test_resolve_backend_names_what_auto_runs_and_refuses_what_cannot_run():
+    for rule in (Dual(0.3), Primal(0.5)):
+        name = kk.resolve_backend(rule, "cpu")
+        assert name in kk.available_backends()
+        p, q = _pq()
+        u = torch.full((B,), 0.5)
+        assert torch.equal(kk.sample(p, q, rule, uniforms=u), kk.sample(p, q, rule, uniforms=u, backend=name))
+    assert kk.resolve_backend(RULE, torch.device("cpu"), "torch") == "torch"
+    with pytest.raises(RuntimeError, match="unknown backend 'fast'"):
+        kk.resolve_backend(RULE, "cpu", "fast")
