@@ -98,7 +98,9 @@ def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
         raise ValueError(
             f"{type(rule).__name__} needs a reference model (the small unaligned model): pass reference= to Decoder"
         )
-    used = {role: engines[role] for role in ("base", "aligned", "reference") if role != "reference" or rule.needs_ref}
+    used = {"base": engines["base"], "aligned": engines["aligned"]}
+    if rule.needs_ref:
+        used["reference"] = engines["reference"]
     refuse_shared_engines(used)
     return _Plan(rule, settings.speculative, used["base"], used["aligned"], used.get("reference"))
 
