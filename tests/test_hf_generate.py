@@ -358,6 +358,21 @@ def test_unsupported_options_are_refused_by_name(kwargs, match):
         BASE.generate(**call)
 
 
+# Options at their neutral value: transformers still builds a processor, which changes nothing.
+NEUTRAL = [dict(min_new_tokens=0), dict(min_p=0.0), dict(suppress_tokens=[]), dict(begin_suppress_tokens=[]), "min_length=L"]
+
+
+@pytest.mark.parametrize("option", NEUTRAL, ids=str)
+def test_options_at_their_neutral_value_are_no_request(option):
+    batch = inputs(3)
+    option = dict(min_length=batch["input_ids"].shape[1]) if option == "min_length=L" else option  # counts the prompt
+    call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, do_sample=True, **batch)
+    torch.manual_seed(0)
+    plain = BASE.generate(**call)
+    torch.manual_seed(0)
+    assert torch.equal(BASE.generate(**call, **option), plain)
+
+
 @pytest.mark.parametrize("name", ["aligned_model", "reference_model"])
 def test_a_model_that_is_not_one_is_refused_naming_the_argument(name):
     call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, **inputs(3))

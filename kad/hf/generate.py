@@ -35,7 +35,7 @@ from ..loop import decode
 from ..settings import MODES, Settings
 from ..models import check_same_vocabulary
 from ..stats import GenerationStats
-from .options import setting
+from .options import changes_nothing, setting
 
 # The Hub-layout folder (README.md, custom_generate/generate.py, requirements.txt) that calls this module.
 RECIPE_DIR = Path(__file__).resolve().parent / "recipe"
@@ -112,7 +112,9 @@ def generate(
     processor, stopping criteria other than length and EOS, the call's own
     ``logits_processor`` and ``stopping_criteria`` instances (set the generation
     options instead), score/logit/attention outputs, a streamer with more than
-    one row.  transformers' global default ``top_k=50`` is not a request and is
+    one row.  An option at its neutral value (``min_p=0.0``, ``suppress_tokens=[]``,
+    ``min_new_tokens=0``) changes nothing and is not refused.
+    transformers' global default ``top_k=50`` is not a request and is
     not applied; a ``top_k`` argument of the call or of the model's generation
     config is refused (a ``generation_config=`` object's ``top_k=50`` cannot be
     told from the default once transformers has merged it).  The caches are kad's
@@ -143,7 +145,10 @@ def generate(
     call = _generate_call(model)
     streamer = streamer if streamer is not None else call.get("streamer")
     try:
-        _refuse_unsupported(model, generation_config, logits_processor, stopping_criteria, call, model_kwargs)
+        _refuse_unsupported(
+            model, generation_config, logits_processor, stopping_criteria, call, model_kwargs,
+            prompt_width=input_ids.shape[1],
+        )  # fmt: skip
         if aligned_model is None:
             raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
         for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
@@ -212,8 +217,11 @@ def _refuse_unsupported(
     criteria: StoppingCriteriaList,
     call: Mapping[str, Any],
     model_kwargs: Mapping[str, Any],
+    *,
+    prompt_width: int,
 ) -> None:
-    """``ValueError`` naming the first option of the call that KAD cannot honour."""
+    """``ValueError`` naming the first option of the call that KAD cannot honour (an option at
+    its neutral value, whose processor changes nothing for prompts ``prompt_width`` wide, is none)."""
 
     def refuse(option: str, why: str) -> None:
         raise ValueError(f"kad.hf.generate does not support {option}: {why}")
@@ -236,6 +244,8 @@ def _refuse_unsupported(
     for processor in processors:
         kind = type(processor).__name__
         if kind in _HONOURED_PROCESSORS or (kind == "TopKLogitsWarper" and _is_default_top_k(model, config, call)):
+            continue
+        if changes_nothing(processor, prompt_width):
             continue
         refuse(setting(processor), "KAD draws every token from the mixture π as it is")
     for criterion in criteria:

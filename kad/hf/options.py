@@ -7,6 +7,8 @@ rather than the class transformers built from it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from torch import Tensor
 from transformers import LogitsProcessor
 
@@ -42,12 +44,31 @@ _OPTIONS: dict[str, tuple[str, str]] = {
 _SET_BY = {"min_length": "min_length or min_new_tokens"}
 # Processors that hold a function of the option's value, and its inverse.
 _OPTION_VALUE = {"EncoderRepetitionPenaltyLogitsProcessor": lambda penalty: 1 / penalty}
+# Processors transformers builds even from an option's neutral value, and when they leave every
+# score as it is: (processor, the prompt's width L) -> bool.  A min_length counts the prompt, and
+# the processor masks EOS only while the row is shorter, so one ≤ L never acts (min_new_tokens=0
+# arrives as min_length = L).
+_NEUTRAL: dict[str, Callable[[LogitsProcessor, int], bool]] = {
+    "MinLengthLogitsProcessor": lambda processor, width: processor.min_length <= width,
+    "MinNewTokensLengthLogitsProcessor": lambda processor, width: processor.min_new_tokens <= 0,
+    "MinPLogitsWarper": lambda processor, width: processor.min_p <= 0,
+    "SuppressTokensLogitsProcessor": lambda processor, width: processor.suppress_tokens.numel() == 0,
+    "SuppressTokensAtBeginLogitsProcessor": lambda processor, width: processor.begin_suppress_tokens.numel() == 0,
+}
 
 
 def option_of(processor: LogitsProcessor) -> str | None:
     """The generate option behind ``processor`` (``"top_p"``), None for one transformers did not build."""
     known = _OPTIONS.get(type(processor).__name__)
     return known[0] if known else None
+
+
+def changes_nothing(processor: LogitsProcessor, prompt_width: int) -> bool:
+    """Whether ``processor``, built by transformers from an option at its neutral value
+    (``min_p=0.0``, ``suppress_tokens=[]``, ``min_new_tokens=0``), leaves every score of a
+    generation from prompts ``prompt_width`` tokens wide as it is: such options are no request."""
+    neutral = _NEUTRAL.get(type(processor).__name__)
+    return neutral is not None and bool(neutral(processor, prompt_width))
 
 
 def setting(processor: LogitsProcessor) -> str:

@@ -38,7 +38,7 @@ import kad_kernels as kk
 from ..batch import Batch
 from ..engines import Engine, HFEngine
 from ..loop import ContextLengthWarning
-from .options import option_of, setting
+from .options import changes_nothing, option_of, setting
 
 # log_softmax changes neither the base scores' π (a per-row shift of p_logits) nor
 # log π (already normalized): renormalize_logits=True is harmless before or after.
@@ -175,7 +175,7 @@ class KADLogitsProcessor(LogitsProcessor):
             self._longest += 1
         else:
             if call is not None:
-                _refuse_unsupported(call, self)
+                _refuse_unsupported(call, self, prompt_width=input_ids.shape[1])
             self._start(input_ids, call)
         self._previous, self._processors = input_ids.clone(), processors
         limit = self.engine.max_length
@@ -314,8 +314,10 @@ def _generate_call(frame: FrameType | None, processor: KADLogitsProcessor) -> _G
     )
 
 
-def _refuse_unsupported(call: _GenerateCall, kad: KADLogitsProcessor) -> None:
-    """``ValueError`` naming the first thing in ``call`` that would make tokens not follow π."""
+def _refuse_unsupported(call: _GenerateCall, kad: KADLogitsProcessor, *, prompt_width: int) -> None:
+    """``ValueError`` naming the first thing in ``call`` that would make tokens not follow π
+    (an option at its neutral value, whose processor changes nothing for prompts ``prompt_width``
+    wide, is none)."""
     config = call.config
     if call.method == "_beam_search" or (config is not None and (config.num_beams or 1) > 1):
         beams = f"num_beams={config.num_beams}" if config is not None else "beam search"
@@ -336,8 +338,7 @@ def _refuse_unsupported(call: _GenerateCall, kad: KADLogitsProcessor) -> None:
         if processor is kad:
             where = "after"
             continue
-        name = type(processor).__name__
-        if name not in _HARMLESS:
+        if type(processor).__name__ not in _HARMLESS and not changes_nothing(processor, prompt_width):
             raise ValueError(_refusal(processor, where))
 
 
