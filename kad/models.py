@@ -9,6 +9,7 @@ does not have.
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -102,20 +103,47 @@ def load(
     """A causal LM (in eval mode, on ``device``) and its tokenizer, by hub id or local path;
     :class:`ModelLoadError` naming ``name_or_path`` when it cannot be loaded.
 
+    A local directory holding a PEFT adapter (``adapter_config.json``, no ``config.json``)
+    loads as its base model with the adapter applied (transformers' PEFT integration; needs
+    ``peft``); its tokenizer is the adapter's own if saved with it, else the base model's.
+
     Attention is SDPA: the decoding loop masks columns in the middle of a sequence
     (see :mod:`kad.batch`), which SDPA and eager attention honour exactly."""
     path = os.path.expanduser(name_or_path)
     if _looks_like_path(name_or_path) and not os.path.isdir(path):
         what = "not a directory (a transformers model is one)" if os.path.exists(path) else "no such directory"
         raise ModelLoadError(f"model {name_or_path!r}: {what}")
+    tokenizer_source = name_or_path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
-        raise ModelLoadError(f"model {name_or_path!r}: no config.json, so not a transformers model directory")
+        tokenizer_source = _adapter_tokenizer_source(name_or_path, path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"cannot load the model {name_or_path!r}: {_first_line(error)}") from None
     return model.to(device).eval(), tokenizer
+
+
+def _adapter_tokenizer_source(name_or_path: str, path: str) -> str:
+    """Where the tokenizer of the model directory ``path`` without a ``config.json`` lies, if it
+    is a PEFT adapter (the adapter's own files, else its base model); ModelLoadError otherwise."""
+    adapter_config = os.path.join(path, "adapter_config.json")
+    if not os.path.isfile(adapter_config):
+        raise ModelLoadError(f"model {name_or_path!r}: no config.json, so not a transformers model directory")
+    if importlib.util.find_spec("peft") is None:
+        raise ModelLoadError(f"model {name_or_path!r} is a PEFT adapter (adapter_config.json): pip install peft to load it")
+    if os.path.isfile(os.path.join(path, "tokenizer_config.json")):
+        return name_or_path
+    try:
+        base = json.loads(Path(adapter_config).read_text()).get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError) as error:
+        raise ModelLoadError(f"model {name_or_path!r}: unreadable adapter_config.json: {_first_line(error)}") from None
+    if not isinstance(base, str) or not base:
+        raise ModelLoadError(
+            f"model {name_or_path!r}: a PEFT adapter with no tokenizer files and no base_model_name_or_path "
+            "in adapter_config.json, so no tokenizer to load"
+        )
+    return base
 
 
 def llama_cpp_installed() -> bool:
