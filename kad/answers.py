@@ -75,7 +75,7 @@ _PLAIN_NUMBER = re.compile(r"-?(?:\d+(?:\.\d*)?|\.\d+)(?:/-?\d+)?")
 def as_number(text: str) -> Fraction | None:
     """The exact value of an integer, decimal, ``a/b``, ``\\frac{a}{b}`` or mixed
     number ``1\\frac{4}{5}``; ``None`` for anything else."""
-    text = text.strip()
+    text = text.strip().replace("\u2212", "-")
     try:
         if mixed := _MIXED_NUMBER.fullmatch(text):
             sign, whole, numerator, denominator = mixed.groups()
@@ -107,11 +107,15 @@ _NUMBER_SPELLINGS = tuple(
     )
 )
 # Where a stated answer begins: "the answer is", "Answer:", GSM8K's "####" before a
-# number (not a markdown heading: "#### Step 3").
-_STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b|:)|####(?=[ \t]*[-$\d])")
+# number (not a markdown heading: "#### Step 3", "#### 1. Eggs laid").
+_STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b|:)|####(?=[ \t]*[-$\d])(?![ \t]*\d+[.)][ \t]+[A-Za-z])")
 # A stated answer runs to the end of its clause: a sentence's period ("18." ends it, "18.5"
-# does not), the line, ";", an aside in parentheses, or a reason ("because", "since").
-_CLAUSE = re.compile(r"\s*(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)", re.DOTALL)
+# does not), the line, ";", an aside in parentheses, or a reason ("because", "since").  It
+# goes on to the next line only when that line opens with the number ("Answer:\n**18**"),
+# not a heading's ("Answer:\nStep 1: ...").
+_CLAUSE = re.compile(
+    r"[ \t*_]*(?:\n\s*(?=[*_$\\(]*-?\.?\d))?(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)", re.DOTALL
+)
 _TEXT_COMMAND = re.compile(r"\\(?:text|mbox)\{[^{}]*\}")
 
 
@@ -167,6 +171,7 @@ def same_number(extracted: str, reference: str) -> bool:
 _LATEX_REWRITES = tuple(
     (re.compile(pattern), replacement)
     for pattern, replacement in (
+        ("\u2212", "-"),  # the Unicode minus
         (r"\\(?:left|right)(?![A-Za-z])", ""),
         # \\ (a matrix row's end) stays; \! \, \; \: and "\ " are spacing.
         (r"(\\\\)|\\[!,;: ]", r"\1"),
@@ -246,8 +251,9 @@ def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
     """Phrases stating an answer; each pattern's one group is the letter (either case)."""
     any_case = f"(?i:{letter})"
     keyword = r"(?i:answer|(?:correct|right|best|final)[ \t]+(?:option|choice))"
-    # Not one of a list of letters ("Answer: (A) and (C) are wrong; B").
-    alone = rf"(?!\)?[ \t]*(?:,|/|&|and\b|or\b)[ \t]*\(?{any_case}(?![A-Za-z]))"
+    # Not one of a list of letters ("Answer: (A) and (C) are wrong; B", "(a) or (c)"); a lowercase
+    # letter standing alone there is the article ("C, a chart").
+    alone = rf"(?!\)?[ \t]*(?:,|/|&|and\b|or\b)[ \t]*(?:\({any_case}\)|{letter}(?![A-Za-z])))"
     noun = r"(?:answer|option|choice|one)\b"
     return (
         # \boxed{B}, \boxed{(B)}, \boxed{\text{B}}
@@ -255,7 +261,7 @@ def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
         # "the answer is (B)", "Answer: b", "**Answer:** B", "the best option would be: option C"
         re.compile(
             rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB})(?:[ \t*_]*:)?|[ \t*_]*:)[\s*_]*"
-            rf"(?i:(?:option|choice)[ \t]+)?[(\[]?{_NOT_A_WORD}({any_case})(?![A-Za-z]){alone}"
+            rf"(?i:(?:option|choice)[ \t*_]+)?[(\[*_'\"‘“]?(?:(?<=['\"‘“])|{_NOT_A_WORD})({any_case})(?![A-Za-z]){alone}"
         ),
         # "B is correct.", "(C) is the best answer", "Option I is the right one", "A is the answer"
         # (not "A is the best insulator", "D is correct only for mammals")

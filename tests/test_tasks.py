@@ -170,6 +170,10 @@ GSM_OUTPUT = (
         # Better: "####" is a marker only before a number (not a markdown heading); "because"
         # ends a stated answer; a later remark giving no number leaves the statement before it.
         ("#### Step 1: Eggs\n#### Step 3: Conclusion\nJanet makes $18 every day.", "18", "18"),
+        ("#### 1. Eggs laid\n16 eggs.\n#### 3. Eggs sold\n9 * $2 = $18.\n\nJanet makes $18 a day.", "18", "18"),
+        # Better: a stated answer goes on to the next line only when that line opens with the number.
+        ("Answer:\nStep 1: The ducks lay 16 eggs.\nStep 2: 9 * 2 = $18.\n\nSo she makes $18.", "18", "18"),
+        ("**Answer:**\n\n**18** dollars.\n\nCheck: 16 - 7 = 9 eggs.", "9", "18"),
         ("The answer is 12 because x = 12 satisfies 3x = 36.", "36", "12"),
         ("So $\\boxed{18}$.\n\nWe can check that the answer is reasonable.", "18", "18"),
         ("So the answer is 18.\n\nThis answer is reasonable because she sells 9 eggs.", "9", "18"),
@@ -199,6 +203,7 @@ def test_number_extraction(text, strict, better):
         ("So the sum is $\\boxed{\\frac{1}{", None, None),  # cut off by the token limit
         ("The answer is $\\fbox{7}$.", None, "7"),
         ("So $\\boxed{5}$.\nCheck: $\\boxed{\\frac{1}{", None, "5"),
+        ("So $x = \\boxed{\u22124}$.", "\u22124", "\u22124"),  # the Unicode minus (graded as -4 below)
     ],
 )
 def test_math_extraction(text, strict, better):
@@ -252,6 +257,12 @@ OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB
         # Better: a listing of the options is no answer; one option restated is.
         ("csqa", OPTIONS + "The bank is where security matters most.", "C", None),
         ("arc", "Option A is tempting, but no.\n\nB) It conducts heat.", "B", "B"),
+        # Better: the article after a stated letter is no second letter; markdown and quotes around it.
+        ("arc", "The correct answer is C, a chart. Options A and B are incorrect.", "B", "C"),
+        ("arc", "The correct answer is option **C**. Option A is incorrect.", "A", "C"),
+        ("arc", "Thus the answer is 'E'.", "E", "E"),
+        ("arc", "Thus the answer is 'A'. I checked.", "I", "A"),
+        ("arc", "Answer: (a) or (c) are wrong; B", "B", "B"),
     ],
 )
 def test_choice_extraction(name, text, strict, better):
@@ -337,6 +348,7 @@ PMATRIX = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
         ("10 \\text{ million}", "10", False, False),
         ("6\\pi \\text{ cm}^2", "6\\pi", False, True),
         ("\\text{East}", "\\text{east}", False, True),
+        ("\u22124", "-4", False, True),  # the Unicode minus
     ]],
 )
 def test_grading(task_name, extracted, reference, strict, better):
