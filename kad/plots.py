@@ -60,8 +60,9 @@ def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dic
     lines = {}
     for key, points in groups.items():
         twins = [configs[k] for k in groups if labels[k] == labels[key]]
-        differ = [f for f in configs[key] if f != x and len({repr(c[f]) for c in twins}) > 1]
-        label = labels[key] + "".join(f", {f}={configs[key][f]}" for f in differ)
+        fields = dict.fromkeys(f for c in twins for f in c if f != x)  # files of other versions differ in fields
+        differ = [f for f in fields if len({repr(c.get(f)) for c in twins}) > 1]
+        label = labels[key] + "".join(f", {f}={configs[key].get(f)}" for f in differ)
         lines[label] = [(value, summarize(points[value])) for value in sorted(points)]
     return lines
 

@@ -319,6 +319,16 @@ def test_a_line_joins_only_runs_that_differ_in_the_plotted_parameter(tmp_path):
     assert plot_results([_fake_result(5, lam=0.4), _fake_result(6, lam=0.4, seed=1)], tmp_path) == []
 
 
+def test_a_line_label_names_a_config_field_only_some_files_have():
+    """A file of another kad version may have a field the others lack (check_resumable counts them too)."""
+    from kad.plots import _lines
+
+    noted = _fake_result(4, lam=0.2)
+    noted["config"]["note"] = "rerun"
+    lines = _lines([_fake_result(5, lam=0.2), _fake_result(6, lam=0.4), noted], "lam", lambda c: True)
+    assert sorted(lines) == ["gsm8k: kad-spec dual γ=3, note=None", "gsm8k: kad-spec dual γ=3, note=rerun"]
+
+
 def _write_results(tmp_path, results: list[dict]) -> list[str]:
     paths = [tmp_path / f"run{i}.json" for i in range(len(results))]
     for path, result in zip(paths, results):
