@@ -37,6 +37,7 @@ from .models import DTYPES, ENGINES
 from .settings import MODES, Settings
 from .evaluate import (
     MODEL_FIELDS,
+    ResultWriteError,
     RunConfig,
     Summary,
     check_resumable,
@@ -229,11 +230,16 @@ def run_eval(args: argparse.Namespace) -> int:
             progress.close()
             print(f"\nkad: interrupted: {_what_was_saved(path)}", file=sys.stderr)
             return 130
-        except EngineError as error:
+        except (EngineError, ResultWriteError) as error:
             progress.close()
             print(f"kad: error: {error}", file=sys.stderr)
             print(_what_was_saved(path), file=sys.stderr)
             return 1
+        except Exception:  # reported by main (a bad setting) or as a traceback (a bug): say what is kept first
+            progress.close()
+            if path.exists():
+                print(_what_was_saved(path), file=sys.stderr)
+            raise
     print(f"\n{path}\n")
     print(summary_table([result]))
     return 0

@@ -16,11 +16,13 @@ mean accepted length and mean α.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import math
 import os
 import reprlib
+import stat
 import tempfile
 import typing
 from collections.abc import Callable, Sequence
@@ -29,6 +31,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .decoding import Decoder, build_rule
+from .loop import context_length
 from .stats import GenerationStats
 from .tasks import TASKS, Item
 
@@ -243,11 +246,37 @@ def check_writable(directory: Path) -> None:
     tempfile.NamedTemporaryFile(dir=directory, suffix=".tmp").close()
 
 
+class ResultWriteError(OSError):
+    """A batch's result could not be saved (a full disk, a quota): the file holds the batches before it."""
+
+
 def _write_atomically(path: Path, result: dict) -> None:
-    """Replace ``path`` in one step, so that an interruption leaves the old or the new file."""
-    with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(result, f, ensure_ascii=False, indent=1)
-    os.replace(f.name, path)
+    """Replace ``path`` in one step, so that an interruption or a failed write leaves the old
+    file and no temporary one (:class:`ResultWriteError` naming ``path``).  The file keeps the
+    mode of the one it replaces, else gets the umask's (a temporary file is made 0600)."""
+    mode = _file_mode(path)
+    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(descriptor, "w", encoding="utf-8") as f:
+            json.dump(result, f, ensure_ascii=False, indent=1)
+        os.chmod(temporary, mode)
+        os.replace(temporary, path)
+    except BaseException as error:
+        with contextlib.suppress(OSError):
+            os.unlink(temporary)
+        if isinstance(error, OSError):
+            raise ResultWriteError(f"cannot save the result to {path}: {error.strerror or error}") from error
+        raise
+
+
+def _file_mode(path: Path) -> int:
+    """The permission bits of ``path``, or of a new file under the process's umask."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # reading the umask sets it: put it back at once
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def saved_result(path: Path, resume: bool) -> dict | None:
@@ -312,6 +341,24 @@ def _drop_short_last_batch(result: dict, batch_size: int) -> None:
         batches.pop()
 
 
+def _check_prompts_fit(decoder: Decoder, config: RunConfig, items: Sequence[Item], first: int) -> None:
+    """``ValueError`` naming the first item from ``first`` on whose prompt fills the models'
+    context, before any of them runs: met inside a batch, it would stop the run there for good."""
+    context = context_length(list(decoder.engines.values()))
+    if context is None or config.max_new_tokens == 0:
+        return
+    limit, name = context
+    task = TASKS[config.task]
+    for index in range(first, len(items)):
+        length = len(decoder.encode(task.user_message(items[index]), chat=True, system_prompt=config.system_prompt or None))
+        if length >= limit:
+            raise ValueError(
+                f"{config.task} item {index} (id {items[index].id!r}) has a prompt of {length} tokens, which fill the "
+                f"context length {limit} of {name} and leave no room for an answer: use models with a longer "
+                f"context" + (f", or --limit {index} to stop before it" if index else "")
+            )
+
+
 def check_seed(seed: int) -> None:
     """A run's seed is 32 bits: each batch draws with :func:`batch_seed`, which needs the other 32."""
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
@@ -348,6 +395,7 @@ def evaluate(
     if len(items) <= len(result["items"]):  # nothing more to run: the file as it is
         return result
     _drop_short_last_batch(result, config.batch_size)
+    _check_prompts_fit(decoder, config, items, first=len(result["items"]))
     result["limit"] = limit
     for first in range(len(result["items"]), len(items), config.batch_size):
         batch = items[first : first + config.batch_size]

@@ -5,6 +5,7 @@ saving and resume, the summary's statistics and confidence interval, the figures
 from __future__ import annotations
 
 import dataclasses
+import errno
 import json
 import math
 import os
@@ -542,6 +543,63 @@ def test_cli_eval_stopped_in_its_first_batch_names_no_file(monkeypatch, tmp_path
     assert cli.main(command) == code
     assert output.exists()
     assert f"the finished batches are in {output}; continue with the same command and --resume" in capsys.readouterr().err
+
+
+def test_cli_eval_a_batch_that_cannot_be_saved_keeps_the_ones_before(monkeypatch, tmp_path, capsys):
+    """A full disk at the second batch: one line naming the file, the first batch kept, no temporary file left."""
+    real_dump, dumps = json.dump, []
+
+    def dump_then_fill_the_disk(obj, f, **kwargs):
+        dumps.append(1)
+        if len(dumps) == 2:
+            f.write("{\"format\": ")  # a partial write, then the disk is full
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_dump(obj, f, **kwargs)
+
+    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    monkeypatch.setattr(evaluate.json, "dump", dump_then_fill_the_disk)
+    output = tmp_path / "run.json"
+    command = ["eval", "--task", "gsm8k", "--limit", "3", "--batch-size", "1", "--max-new-tokens", "2",
+               "--output", str(output)]  # fmt: skip
+    assert cli.main(command) == 1
+    error = capsys.readouterr().err
+    assert f"kad: error: cannot save the result to {output}: No space left on device" in error
+    assert f"the finished batches are in {output}" in error and "Traceback" not in error
+    assert len(json.loads(output.read_text())["items"]) == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["run.json"]
+
+
+def test_a_result_file_gets_the_umask_or_keeps_its_mode(tmp_path):
+    """Not the 0600 of a temporary file, which replaced it."""
+    path = tmp_path / "run.json"
+    old = os.umask(0o027)
+    try:
+        evaluate.evaluate(DECODER, _config(max_new_tokens=2), path, limit=1)
+        assert path.stat().st_mode & 0o777 == 0o640
+        path.chmod(0o604)
+        evaluate.evaluate(DECODER, _config(max_new_tokens=2), path, limit=2, resume=True)
+        assert path.stat().st_mode & 0o777 == 0o604
+    finally:
+        os.umask(old)
+
+
+def test_an_item_whose_prompt_fills_the_context_is_named_before_any_batch_runs(tmp_path):
+    """Met inside a batch, it would stop the run there for good (a resumed run meets it again)."""
+    short = type(MODELS["base"])(type(MODELS["base"].config)(**{**MODELS["base"].config.to_dict(),
+                                                                 "max_position_embeddings": 400}))  # fmt: skip
+    short.load_state_dict(MODELS["base"].state_dict())
+    decoder = kad.Decoder(short.eval(), MODELS["aligned"], TOKENIZER)
+    items = TASKS["gsm8k"].load(6)
+    lengths = [len(decoder.encode(TASKS["gsm8k"].user_message(i), chat=True, system_prompt=kad.SYSTEM_PROMPT))
+               for i in items]  # fmt: skip
+    first = next(i for i, n in enumerate(lengths) if n >= 400)
+    assert first > 0  # the tasks' first item fits: the run could have started
+    path = tmp_path / "run.json"
+    match = rf"gsm8k item {first} \(id '{items[first].id}'\) has a prompt of {lengths[first]} tokens.*--limit {first}"
+    with pytest.raises(ValueError, match=match):
+        evaluate.evaluate(decoder, _config(batch_size=1, max_new_tokens=2), path, limit=6)
+    assert not path.exists()
+    evaluate.evaluate(decoder, _config(batch_size=1, max_new_tokens=2), path, limit=first)  # --limit stops before it
 
 
 def test_cli_output_into_a_closed_pipe_stops_quietly(tmp_path):
