@@ -181,7 +181,8 @@ _LATEX_REWRITES = tuple(
         # words that change the value or join two ("2 \text{ and } 3", "10 \text{ million}", 2\text{i}).
         (r"(?<=[\w}])\s*\\(?:text|mbox)\{\s*(?!(?:and|or|to|than|more|less|times|hundred|thousand|million|billion)\b)"
          r"[A-Za-z]{2,}(?:\s+[A-Za-z]+)*\s*\}(?:\^\{?\d\}?)?", ""),
-        (r"\\(?:text|textbf|textrm|mathrm|mbox)\{([^{}]*)\}", r"\1"),
+        (r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\{([^{}]*)\}", r"\1"),
+        (r"\\displaystyle(?![A-Za-z])", ""),
         (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", ""),
         (r"\\?[%$]|\s", ""),
         (r"\\frac(\d)(\d)", r"\\frac{\1}{\2}"),

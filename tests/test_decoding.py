@@ -730,6 +730,15 @@ def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options
     assert message in error and "Traceback" not in error and "/nonexistent/model" not in error
 
 
+@pytest.mark.parametrize("options, message", [(["--batch-size", "0"], "--batch-size must be >= 1, got 0"),
+                                              (["--limit", "-2"], "--limit must be >= 1, got -2")])  # fmt: skip
+def test_cli_eval_names_a_bad_batch_size_or_limit(capsys, options, message):
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--task", "gsm8k", "--base", "/nonexistent/model", "--aligned", "/nonexistent/model", *options])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_cli_version_is_the_package_version(capsys):
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["--version"])

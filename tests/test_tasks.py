@@ -349,6 +349,8 @@ PMATRIX = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
         ("6\\pi \\text{ cm}^2", "6\\pi", False, True),
         ("\\text{East}", "\\text{east}", False, True),
         ("\u22124", "-4", False, True),  # the Unicode minus
+        ("\\mathbf{6}", "6", False, True),
+        ("\\displaystyle \\frac{1}{2}", "\\frac12", False, True),
     ]],
 )
 def test_grading(task_name, extracted, reference, strict, better):
