@@ -259,7 +259,10 @@ def gguf_tokenizer_path(gguf: Path, directory: Path | None = None) -> Path:
     target = (directory or cache_dir()) / "tokenizers" / f"{gguf.stem}-{key}"
     if (target / "tokenizer.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise OSError(f"cannot create the tokenizer cache {target.parent} (KAD_CACHE): {error.strerror}") from None
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
     def write(staging: Path) -> None:

@@ -197,11 +197,15 @@ def load_gguf(
         path = Path(model).expanduser()
         if not path.is_file():
             raise ModelLoadError(f"GGUF model {model!r}: no such file")
-        tokenizer_dir = None if tokenizer is not None else default_pair.gguf_tokenizer_path(path)
+        tokenizer_dir = None
+    # transformers' GGUF reader fails on a damaged file in many exception types (struct.error,
+    # ValueError from numpy, KeyError, ...): each is this file's fault, so each is named as such.
     try:
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(tokenizer_dir)
-    except (OSError, ValueError, KeyError) as error:
-        raise ModelLoadError(f"cannot read the tokenizer of the GGUF model {str(path)!r}: {error}") from None
+        if tokenizer is None:
+            tokenizer_dir = tokenizer_dir or default_pair.gguf_tokenizer_path(path)
+            tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    except Exception as error:
+        raise ModelLoadError(f"cannot read the tokenizer of the GGUF model {str(path)!r}: {_first_line(error)}") from None
     return LlamaCppEngine(path, tokenizer), tokenizer
 
 

@@ -9,6 +9,8 @@ contract itself runs in tests/test_engines.py.
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -173,10 +175,41 @@ def test_bad_arguments_are_refused(tmp_path):
     (tmp_path / "garbage.gguf").write_bytes(b"not a gguf file")
     with pytest.raises(ValueError, match="garbage.gguf.*cannot load"):
         LlamaCppEngine(tmp_path / "garbage.gguf", TOKENIZER)
-    with pytest.raises(ValueError, match="n_ctx"):
-        LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=0)
-    with pytest.raises(ValueError, match="n_batch must be positive, got 0"):
-        LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_batch=0)
+    for name, value, message in [
+        ("n_ctx", 0, "n_ctx must be in [1, 16777215], got 0"),
+        ("n_ctx", 2**31, "n_ctx must be in [1, 16777215], got 2147483648"),  # n_ctx × rows wrapped in llama.cpp's uint32
+        ("n_ctx", 64.5, "n_ctx must be an int, got 64.5"),
+        ("n_ctx", True, "n_ctx must be an int, got True"),
+        ("n_batch", 0, "n_batch must be >= 1, got 0"),
+        ("n_batch", "8", "n_batch must be an int, got '8'"),
+        ("n_threads", -2, "n_threads must be >= 1, got -2"),
+        ("n_gpu_layers", -1, "n_gpu_layers must be >= 0, got -1"),
+    ]:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            LlamaCppEngine(tiny_gguf("base"), TOKENIZER, **{name: value})
+
+
+@pytest.mark.parametrize("damage", ["empty", "header cut", "tensors cut"])
+def test_a_damaged_gguf_is_named_in_one_line(tmp_path, capsys, damage):
+    """Its tokenizer is read by transformers' GGUF reader first, which fails in many exception types."""
+    require_llama_cpp()
+    data = tiny_gguf("aligned").read_bytes()
+    damaged = tmp_path / "damaged.gguf"
+    damaged.write_bytes({"empty": b"", "header cut": data[:2000], "tensors cut": data[: len(data) // 2]}[damage])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", "--base", str(tiny_gguf("base")), "--aligned", str(damaged), "--prompt", "hi",
+                  "--no-chat", "--max-new-tokens", "2"])  # fmt: skip
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"cannot read the tokenizer of the GGUF model '{damaged}'" in error and "Traceback" not in error
+
+
+def test_a_tokenizer_cache_that_cannot_be_made_is_named(tmp_path, monkeypatch):
+    require_llama_cpp()
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("KAD_CACHE", str(tmp_path / "file"))
+    with pytest.raises(ModelLoadError, match=r"cannot create the tokenizer cache .*file/tokenizers \(KAD_CACHE\)"):
+        load_gguf(str(tiny_gguf("aligned")))
 
 
 @pytest.mark.parametrize("n_batch", [1, 3])

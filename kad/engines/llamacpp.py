@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import logging
+import numbers
 import os
 from pathlib import Path
 
@@ -57,6 +58,19 @@ def _import_llama_cpp():
 def _amx_kernels(llama_cpp) -> bool:
     """Whether this llama.cpp build has its AMX matrix kernels (llama.cpp's system info)."""
     return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+def _check_count(
+    name: str, value: object, *, minimum: int = 1, maximum: int | None = None, optional: bool = False
+) -> None:
+    """``ValueError`` naming the argument unless ``value`` is an int in ``[minimum, maximum]`` (or None)."""
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
+        raise ValueError(f"{name} must be {bound}, got {value}")
 
 
 def _threads() -> int:
@@ -94,10 +108,11 @@ class LlamaCppEngine:
         extra_buffers: bool | None = None,
         verbose: bool = False,
     ):
-        if n_ctx is not None and n_ctx < 1:
-            raise ValueError(f"n_ctx must be positive, got {n_ctx}")
-        if n_batch < 1:
-            raise ValueError(f"n_batch must be positive, got {n_batch}")
+        # llama.cpp holds a context's positions (n_ctx per row, MAX_ROWS rows) in a uint32.
+        _check_count("n_ctx", n_ctx, maximum=(2**32 - 1) // MAX_ROWS, optional=True)
+        _check_count("n_batch", n_batch)
+        _check_count("n_threads", n_threads, optional=True)
+        _check_count("n_gpu_layers", n_gpu_layers, minimum=0)
         llama_cpp = _import_llama_cpp()
         self._model = self._ctx = self._llama_batch = None  # what close() frees, once made
         self._lib = llama_cpp
@@ -124,9 +139,9 @@ class LlamaCppEngine:
         if not 0 < self._vocab_size <= self._n_vocab:
             raise ValueError(f"the tokenizer has {self._vocab_size} tokens, the GGUF model {self.name!r} {self._n_vocab}")
         trained = llama_cpp.llama_model_n_ctx_train(self._model)
-        self.n_ctx = n_ctx or min(trained, 4096)
-        self.n_threads = n_threads or _threads()
-        self.n_batch = n_batch
+        self.n_ctx = int(n_ctx) if n_ctx is not None else min(trained, 4096)
+        self.n_threads = int(n_threads) if n_threads is not None else _threads()
+        self.n_batch = int(n_batch)
         self.kv_unified = kv_unified
         self._stop_ids = frozenset(
             int(i) for i in (llama_cpp.llama_vocab_eos(self._vocab), llama_cpp.llama_vocab_eot(self._vocab)) if i >= 0
