@@ -9,6 +9,9 @@ tokenizer are tokens too (``<|endoftext|>``, which transformers' GPT-2 tokenizer
 adds when it reads the file anyway, the merged token of :data:`_MERGE`, then
 ``[PAD<id>]`` padding), so the GGUF has as many tokens as the model has logits, as llama.cpp requires.
 
+:func:`write_sentencepiece_gguf` writes a tiny Llama with a SentencePiece vocabulary
+instead, as Llama-2 and Mistral GGUFs have.
+
 Tensor names come from ``gguf``'s own HF-to-GGUF name map.  llama.cpp's ``llama``
 architecture applies rotary embeddings to interleaved pairs where transformers
 rotates halves, so the Q and K rows are permuted as llama.cpp's converter does;
@@ -30,7 +33,7 @@ import numpy as np
 import pytest
 import torch
 from decoding_helpers import make_models, make_tokenizer
-from transformers import PreTrainedModel, PreTrainedTokenizerFast
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
 
 _ARCHITECTURES = {"qwen2": gguf.MODEL_ARCH.QWEN2, "llama": gguf.MODEL_ARCH.LLAMA}
 _SPACE = "\u0120"  # GPT-2's byte-level symbol for the byte 0x20
@@ -75,11 +78,61 @@ def write_gguf(
 ) -> Path:
     """Write ``model`` (a transformers Qwen2 or Llama causal LM) with ``tokenizer``'s
     vocabulary to ``path`` as GGUF with ``dtype`` weights (norms stay f32)."""
+
+    def add_vocabulary(writer: gguf.GGUFWriter) -> None:
+        tokens, types = _tokens(tokenizer, model.get_output_embeddings().weight.shape[0])
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre("default")
+        writer.add_token_list(tokens)
+        writer.add_token_types(types)
+        writer.add_token_merges([_MERGE])
+        writer.add_eos_token_id(tokenizer.eos_token_id)
+        writer.add_bos_token_id(tokenizer.eos_token_id)  # never added (add_bos_token false), but llama.cpp wants one
+        writer.add_add_bos_token(False)
+
+    return _write(model, path, dtype, add_vocabulary)
+
+
+def write_sentencepiece_gguf(path: Path) -> Path:
+    """A tiny random Llama with a SentencePiece vocabulary (``tokenizer.ggml.model`` "llama", as
+    Llama-2 and Mistral GGUFs have): byte tokens, letters and ``▁``-prefixed pieces, a space
+    prefix added to text.  transformers decodes a ``▁`` piece alone without its space."""
+    tokens, scores, types = ["<unk>", "<s>", "</s>"], [0.0, 0.0, 0.0], [gguf.TokenType.UNKNOWN] + [gguf.TokenType.CONTROL] * 2
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    scores += [0.0] * 256
+    types += [gguf.TokenType.BYTE] * 256
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    pieces = [("\u2581", -1000.0)] + [(c, -1000.0) for c in letters + letters.upper() + "0123456789.,?!"]
+    pieces += [("\u2581" + a, -100.0 - i) for i, a in enumerate(letters)]
+    pieces += [("\u2581" + a + b, -10.0 - i - j / 100) for i, a in enumerate(letters) for j, b in enumerate(letters)]
+    tokens += [piece for piece, _ in pieces]
+    scores += [score for _, score in pieces]
+    types += [gguf.TokenType.NORMAL] * len(pieces)
+    torch.manual_seed(3)
+    config = LlamaConfig(vocab_size=len(tokens), hidden_size=32, num_hidden_layers=1, intermediate_size=64,
+                         num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2,
+                         tie_word_embeddings=False)  # fmt: skip
+
+    def add_vocabulary(writer: gguf.GGUFWriter) -> None:
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(tokens)
+        writer.add_token_scores(scores)
+        writer.add_token_types(types)
+        writer.add_unk_token_id(0)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        writer.add_add_bos_token(True)
+        writer.add_add_space_prefix(True)
+
+    return _write(LlamaForCausalLM(config).eval(), path, torch.float32, add_vocabulary)
+
+
+def _write(model: PreTrainedModel, path: Path, dtype: torch.dtype, add_vocabulary) -> Path:
+    """``model``'s hyperparameters and weights, and the vocabulary ``add_vocabulary(writer)`` adds."""
     config = model.config
     arch_name = config.model_type
     arch = _ARCHITECTURES[arch_name]
     heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    logits = model.get_output_embeddings().weight.shape[0]
     writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
     writer.add_block_count(config.num_hidden_layers)
     writer.add_context_length(config.max_position_embeddings)
@@ -90,15 +143,7 @@ def write_gguf(
     writer.add_layer_norm_rms_eps(config.rms_norm_eps)
     writer.add_rope_freq_base(config.rope_parameters["rope_theta"])
     writer.add_file_type(gguf.LlamaFileType.ALL_F32 if dtype == torch.float32 else gguf.LlamaFileType.MOSTLY_F16)
-    tokens, types = _tokens(tokenizer, logits)
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre("default")
-    writer.add_token_list(tokens)
-    writer.add_token_types(types)
-    writer.add_token_merges([_MERGE])
-    writer.add_eos_token_id(tokenizer.eos_token_id)
-    writer.add_bos_token_id(tokenizer.eos_token_id)  # never added (add_bos_token false), but llama.cpp wants one
-    writer.add_add_bos_token(False)
+    add_vocabulary(writer)
 
     names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
     for hf_name, tensor in model.state_dict().items():

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from decoding_helpers import CHARS, PROMPTS, goodness_of_fit, make_models, make_tokenizer, mixture_probs
-from gguf_models import require_llama_cpp, tiny_gguf
+from gguf_models import require_llama_cpp, tiny_gguf, write_sentencepiece_gguf
 
 import kad
 import kad_kernels as kk
@@ -166,6 +166,20 @@ def test_a_gguf_of_another_vocabulary_is_refused_naming_both():
     other = make_tokenizer(CHARS[::-1])
     with pytest.raises(ValueError, match=r"base\.gguf.*different vocabularies"):
         LlamaCppEngine(tiny_gguf("base"), other)
+
+
+def test_a_sentencepiece_gguf_passes_the_check_against_its_own_tokenizer(tmp_path, monkeypatch):
+    """transformers decodes a ``▁`` piece alone without its space, llama.cpp's piece keeps it: one
+    token still (Llama-2 and Mistral GGUFs were refused against their own tokenizer)."""
+    require_llama_cpp()
+    monkeypatch.setenv("KAD_CACHE", str(tmp_path / "cache"))
+    path = write_sentencepiece_gguf(tmp_path / "spm.gguf")
+    engine, tokenizer = load_gguf(str(path))
+    probed = [len(tokenizer) // 3, len(tokenizer) // 2, len(tokenizer) - 1]  # ids the check reads back
+    assert all(tokenizer.convert_ids_to_tokens(i).startswith("\u2581") for i in probed)
+    assert engine.vocab_size == len(tokenizer)
+    with pytest.raises(ValueError, match="different vocabularies"):  # another vocabulary is still told apart
+        LlamaCppEngine(path, TOKENIZER)
 
 
 def test_bad_arguments_are_refused(tmp_path):
