@@ -51,6 +51,7 @@ import kad_kernels as kk
 from .batch import Batch
 from .draw import ONE_MODEL, draw_from_p, finish_with_q
 from .engines import Engine, EngineError, ServedEngine, refuse_shared_engines
+from .engines.turns import engine_turns
 from .settings import Settings
 from .stats import GenerationStats
 
@@ -167,19 +168,20 @@ def decode(
     loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
     for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
         kk.resolve_backend(rule, loop.device)
-    started = []
-    try:
-        for engine in plan.engines:
-            engine.reset(settings)
-            started.append(engine)
-        loop.run([list(p) for p in prompts], budgets)
-        return loop.decoded()
-    except EngineError as error:
-        error.partial = loop.decoded()
-        raise
-    finally:  # the caches go with the generation (a large model's KV cache would stay until the next)
-        for engine in started:
-            engine.reset()
+    with engine_turns(plan.engines):  # an engine shared by front ends runs one generation at a time
+        started = []
+        try:
+            for engine in plan.engines:
+                engine.reset(settings)
+                started.append(engine)
+            loop.run([list(p) for p in prompts], budgets)
+            return loop.decoded()
+        except EngineError as error:
+            error.partial = loop.decoded()
+            raise
+        finally:  # the caches go with the generation (a large model's KV cache would stay until the next)
+            for engine in started:
+                engine.reset()
 
 
 def _common_dtype(*logits: Tensor | None) -> list[Tensor | None]:

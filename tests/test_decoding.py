@@ -496,6 +496,40 @@ def test_threads_sharing_a_decoder_take_turns():
     assert together == alone * 2
 
 
+def test_front_ends_sharing_an_engine_take_turns():
+    """One engine object handed to two Decoders (or to kad.hf.generate from threads): the loop
+    holds it for a whole generation, so each call gets the tokens it gets alone."""
+    aligned = HFEngine(MODELS["aligned"], len(TOKENIZER))
+    decoders = [kad.Decoder(HFEngine(MODELS["base"], len(TOKENIZER)), aligned, TOKENIZER) for _ in range(2)]
+
+    def run(job):
+        decoder, gamma = job
+        return decoder.generate(PROMPTS[: 1 + gamma % 3], "kad-spec", kk.Dual(0.4), gamma=gamma, temperature=0,
+                                max_new_tokens=12).token_ids  # fmt: skip
+
+    jobs = [(decoders[i % 2], g) for i, g in enumerate((1, 2, 3, 4))]
+    alone = [run(job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(run, jobs * 2))
+    assert together == alone * 2
+
+
+def test_a_generation_on_an_engine_started_from_the_streamer_of_another_is_refused():
+    """Waiting for the engine would never end: the thread asking for it holds it."""
+    aligned = HFEngine(MODELS["aligned"], len(TOKENIZER))
+    first, second = (kad.Decoder(HFEngine(MODELS["base"], len(TOKENIZER)), aligned, TOKENIZER) for _ in range(2))
+
+    class Reentrant(_Recorder):
+        def put(self, value: torch.Tensor) -> None:
+            super().put(value)
+            if len(self.puts) == 2:
+                second.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=2)
+
+    with pytest.raises(RuntimeError, match="started inside another on the same engine"):
+        first.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=6, streamer=Reentrant())
+    assert second.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=2).token_ids  # not left held
+
+
 def test_a_generation_started_from_its_own_streamer_is_refused():
     class Reentrant(_Recorder):
         def put(self, value: torch.Tensor) -> None:
