@@ -276,6 +276,21 @@ def test_rows_stop_at_the_context_length_with_a_warning(mode, gamma):
         assert [len(p) + len(t) for p, t in zip(prompts, out.token_ids)] == [20] * len(prompts)
 
 
+def test_a_processor_generation_past_the_engines_n_ctx_is_refused_before_it_starts():
+    """llama.cpp cannot run past n_ctx: the generation would fail there and lose every token
+    (a transformers aligned model runs on, with a warning)."""
+    require_llama_cpp()
+    from kad.hf import KADLogitsProcessor
+
+    processor = KADLogitsProcessor(LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=16), kk.Dual(0.4))
+    ids = torch.tensor([TOKENIZER(PROMPTS[1]).input_ids])  # 14 tokens
+    with pytest.raises(ValueError, match=r"max_new_tokens=4: .* context length 16 .* lower max_new_tokens to 3"):
+        MODELS["base"].generate(input_ids=ids, logits_processor=[processor], do_sample=False, max_new_tokens=4)
+    out = MODELS["base"].generate(input_ids=ids, logits_processor=[processor], do_sample=False, max_new_tokens=3,
+                                  eos_token_id=None)  # fmt: skip
+    assert out.shape == (1, 17)
+
+
 def test_the_engine_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     assert resolve_engine("torch", cpu, []) == "torch"

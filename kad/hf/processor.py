@@ -77,7 +77,10 @@ class KADLogitsProcessor(LogitsProcessor):
     ``LogitsProcessorList`` (called directly or by another framework), nothing
     is checked and exactness is the caller's to ensure.  transformers'
     continuous batching (``cache_implementation="paged"``) calls no logits
-    processor at all, so it cannot be refused here: it is not KAD.
+    processor at all, so it cannot be refused here: it is not KAD.  A generation
+    whose rows would run past the context of an aligned engine that cannot go past
+    it (a ``LlamaCppEngine``'s ``n_ctx``) is refused before it starts; a transformers
+    aligned model runs on past its training context with a ``ContextLengthWarning``.
 
     **Temperature**: KAD at temperature T mixes ``softmax(p/T)`` and
     ``softmax(q*/T)``; pass ``temperature`` here and leave ``generate``'s at 1
@@ -214,9 +217,25 @@ class KADLogitsProcessor(LogitsProcessor):
             mask = call.attention_mask if call.attention_mask is not None else torch.ones_like(real)
             self._check_padding(real, mask)
         prompts = [row[mask].tolist() for row, mask in zip(input_ids, real)]
+        if call is not None and call.config is not None and call.config.max_length is not None:
+            self._check_context(max(map(len, prompts)), call.config.max_length - input_ids.shape[1])
         self.engine.reset()
         self._batch = Batch(prompts, self.engine.device)
         self._longest, self._warned = max(len(p) for p in prompts), False  # positions of the longest row
+
+    def _check_context(self, longest: int, new_tokens: int) -> None:
+        """``ValueError`` before a generation whose rows would run past the context of an aligned
+        engine that cannot go past it (llama.cpp's ``n_ctx``, a server's): it would fail there,
+        losing every token.  A transformers model can, with a warning (:meth:`_aligned_logits`)."""
+        limit = self.engine.max_length
+        needed = longest + new_tokens - 1  # the last token is never fed
+        if limit is None or needed <= limit or isinstance(self.engine, HFEngine):
+            return
+        raise ValueError(
+            f"max_new_tokens={new_tokens}: the longest row ({longest} tokens) would need {needed} positions, past the "
+            f"context length {limit} of the aligned model {self.engine.name}, which cannot run past it: "
+            f"lower max_new_tokens to {max(limit - longest + 1, 0)} or give the engine a longer context"
+        )
 
     def _real_tokens(self, input_ids: Tensor) -> Tensor:
         """bool ``[B, L]``: False on each row's leading run of ``pad_token_id`` (left padding)."""
