@@ -25,6 +25,8 @@ from .loop import Decoded, decode
 from .settings import Mode, Settings
 from .models import (
     EngineKind,
+    check_gguf_path,
+    check_model_path,
     check_same_vocabulary,
     load,
     load_gguf,
@@ -201,6 +203,10 @@ class Decoder:
         if dtype != "auto" and engine == "llama.cpp":
             name = str(dtype).removeprefix("torch.")
             raise ValueError(f"dtype {name} goes with the torch engine (llama.cpp runs the GGUF files' own types)")
+        check_path = check_gguf_path if engine == "llama.cpp" else check_model_path
+        for name in (base, aligned, reference):  # every path before any model loads: loading one takes minutes
+            if name is not None:
+                check_path(name)
         if engine == "llama.cpp":
             if base is None and base_url is None:  # the base first: a missing pair names its packages first
                 default_pair.gguf_path(default_pair.BASE)

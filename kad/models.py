@@ -97,6 +97,23 @@ def _looks_like_path(name_or_path: str) -> bool:
     return os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or os.sep + os.sep in name_or_path
 
 
+def check_model_path(name_or_path: str) -> None:
+    """:class:`ModelLoadError` naming a transformers model given by a local path that is not a
+    directory: checked for every model before any loads (loading one takes minutes)."""
+    path = os.path.expanduser(name_or_path)
+    if _looks_like_path(name_or_path) and not os.path.isdir(path):
+        what = "not a directory (a transformers model is one)" if os.path.exists(path) else "no such directory"
+        raise ModelLoadError(f"model {name_or_path!r}: {what}")
+
+
+def check_gguf_path(model: str) -> Path:
+    """The GGUF file ``model``; :class:`ModelLoadError` naming it when there is no such file."""
+    path = Path(model).expanduser()
+    if not path.is_file():
+        raise ModelLoadError(f"GGUF model {model!r}: no such file")
+    return path
+
+
 def load(
     name_or_path: str, device: torch.device, dtype: str | torch.dtype = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -109,10 +126,8 @@ def load(
 
     Attention is SDPA: the decoding loop masks columns in the middle of a sequence
     (see :mod:`kad.batch`), which SDPA and eager attention honour exactly."""
+    check_model_path(name_or_path)
     path = os.path.expanduser(name_or_path)
-    if _looks_like_path(name_or_path) and not os.path.isdir(path):
-        what = "not a directory (a transformers model is one)" if os.path.exists(path) else "no such directory"
-        raise ModelLoadError(f"model {name_or_path!r}: {what}")
     tokenizer_source = name_or_path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         tokenizer_source = _adapter_tokenizer_source(name_or_path, path)
@@ -194,9 +209,7 @@ def load_gguf(
         path = default_pair.gguf_path(model)
         tokenizer_dir = None if tokenizer is not None else default_pair.tokenizer_path(model)
     else:
-        path = Path(model).expanduser()
-        if not path.is_file():
-            raise ModelLoadError(f"GGUF model {model!r}: no such file")
+        path = check_gguf_path(model)
         tokenizer_dir = None
     # transformers' GGUF reader fails on a damaged file in many exception types (struct.error,
     # ValueError from numpy, KeyError, ...): each is this file's fault, so each is named as such.

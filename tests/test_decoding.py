@@ -739,6 +739,27 @@ def test_cli_says_in_one_line_what_cannot_be_loaded(tmp_path, capsys, options, m
     assert len(error.strip().splitlines()) == 2  # argparse's usage line, then the error
 
 
+@pytest.mark.parametrize("engine, role", [("torch", "base"), ("torch", "reference"), ("llama.cpp", "base"),
+                                         ("llama.cpp", "reference")])  # fmt: skip
+def test_a_missing_model_path_is_named_before_any_model_loads(monkeypatch, tmp_path, engine, role):
+    """Loading the others first would take minutes before the error."""
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded before every path was checked")
+
+    monkeypatch.setattr(kad.decoding, "load", no_loading)
+    monkeypatch.setattr(kad.decoding, "load_gguf", no_loading)
+    suffix = ".gguf" if engine == "llama.cpp" else ""
+    if suffix:
+        (tmp_path / "model.gguf").write_bytes(b"")
+    else:
+        (tmp_path / "model").mkdir()
+    models = {"base": str(tmp_path / f"model{suffix}"), "aligned": str(tmp_path / f"model{suffix}"),
+              "reference": str(tmp_path / f"model{suffix}")}  # fmt: skip
+    models[role] = str(tmp_path / f"missing{suffix}")
+    with pytest.raises(kad.models.ModelLoadError, match=f"'{tmp_path}/missing{suffix}'"):
+        kad.Decoder.from_pretrained(**models, engine=engine, device="cpu")
+
+
 @pytest.mark.parametrize("command", ["generate", "eval"])
 @pytest.mark.parametrize(
     "options, message",
