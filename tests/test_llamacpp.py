@@ -9,6 +9,8 @@ contract itself runs in tests/test_engines.py.
 
 from __future__ import annotations
 
+import copy as copy_module
+import pickle
 import re
 
 import numpy as np
@@ -252,6 +254,15 @@ def test_a_closed_engine_refuses_to_run(rows_after):
         decoder.generate(PROMPTS[:rows_after], rule=kk.Dual(0.4), max_new_tokens=2, temperature=0)
     with pytest.raises(EngineError, match="the engine is closed"):
         engine.advance(Batch([[5]], engine.device))
+
+
+def test_an_engine_cannot_be_pickled_or_copied_and_says_so():
+    require_llama_cpp()
+    engine = LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=16)
+    decoder = kad.Decoder(engine, LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=16), TOKENIZER)
+    for copy in (pickle.dumps, copy_module.deepcopy, copy_module.copy):
+        with pytest.raises(TypeError, match=r"a LlamaCppEngine \(.*base.gguf\) holds llama.cpp's model"):
+            copy(decoder if copy is not copy_module.copy else engine)
 
 
 def test_too_many_rows_are_refused_in_one_line():

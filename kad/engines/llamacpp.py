@@ -170,6 +170,12 @@ class LlamaCppEngine:
         if hasattr(self, "_lib"):
             self.close()
 
+    def __reduce__(self):
+        raise TypeError(
+            f"a LlamaCppEngine ({self.name}) holds llama.cpp's model and context, which cannot be pickled or "
+            "copied: make another LlamaCppEngine from the same file"
+        )
+
     # ------------------------------------------------------------------ the Engine protocol
 
     @property
