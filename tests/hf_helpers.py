@@ -20,6 +20,15 @@ EOS = TOKENIZER.eos_token_id
 DECODER = kad.Decoder(BASE, ALIGNED, TOKENIZER)
 TEXTS = {1: ["what is 2 + 2?"], 3: ["hello there", "a", "the quick brown"]}  # 3: ragged, left padded
 NEW = 14
+# Options at their neutral value: transformers still builds a processor from each, which changes
+# nothing, so neither entry point may refuse them ("min_length=L": the prompt's own width).
+NEUTRAL_OPTIONS = [dict(min_new_tokens=0), dict(min_p=0.0), dict(suppress_tokens=[]), dict(begin_suppress_tokens=[]),
+                   "min_length=L"]  # fmt: skip
+
+
+def neutral_option(option: dict | str, batch: dict[str, torch.Tensor]) -> dict:
+    """``option`` of :data:`NEUTRAL_OPTIONS` as generate's keyword arguments for ``batch``."""
+    return dict(min_length=batch["input_ids"].shape[1]) if option == "min_length=L" else option
 
 
 def inputs(size: int, texts: list[str] | None = None, padding_side: str = "left") -> dict[str, torch.Tensor]:

@@ -21,6 +21,7 @@ from hf_helpers import (
     DECODER,
     EOS,
     MODELS,
+    NEUTRAL_OPTIONS,
     NEW,
     TEXTS,
     TOKENIZER,
@@ -28,6 +29,7 @@ from hf_helpers import (
     BeyondVocabulary,
     Identity,
     inputs,
+    neutral_option,
     new_tokens,
     prompt_ids,
 )
@@ -358,14 +360,10 @@ def test_unsupported_options_are_refused_by_name(kwargs, match):
         BASE.generate(**call)
 
 
-# Options at their neutral value: transformers still builds a processor, which changes nothing.
-NEUTRAL = [dict(min_new_tokens=0), dict(min_p=0.0), dict(suppress_tokens=[]), dict(begin_suppress_tokens=[]), "min_length=L"]
-
-
-@pytest.mark.parametrize("option", NEUTRAL, ids=str)
+@pytest.mark.parametrize("option", NEUTRAL_OPTIONS, ids=str)
 def test_options_at_their_neutral_value_are_no_request(option):
     batch = inputs(3)
-    option = dict(min_length=batch["input_ids"].shape[1]) if option == "min_length=L" else option  # counts the prompt
+    option = neutral_option(option, batch)
     call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, do_sample=True, **batch)
     torch.manual_seed(0)
     plain = BASE.generate(**call)

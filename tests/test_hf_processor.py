@@ -22,12 +22,14 @@ from hf_helpers import (
     DECODER,
     EOS,
     MODELS,
+    NEUTRAL_OPTIONS,
     NEW,
     TOKENIZER,
     V,
     BeyondVocabulary,
     Identity,
     inputs,
+    neutral_option,
     new_tokens,
     prompt_ids,
 )
@@ -196,13 +198,11 @@ def test_generate_options_that_break_exactness_are_refused(kwargs, match):
         BASE.generate(**inputs(1), logits_processor=processors, max_new_tokens=NEW, **kwargs)  # assisted: batch 1
 
 
-@pytest.mark.parametrize(
-    "option", [dict(min_new_tokens=0), dict(min_p=0.0), dict(suppress_tokens=[]), dict(begin_suppress_tokens=[]),
-               "min_length=L"], ids=str)  # fmt: skip
+@pytest.mark.parametrize("option", NEUTRAL_OPTIONS, ids=str)
 def test_options_at_their_neutral_value_are_allowed(option):
     """transformers builds a processor even from these; it changes nothing, so it is no request."""
     batch = inputs(3)
-    option = dict(min_length=batch["input_ids"].shape[1]) if option == "min_length=L" else option  # counts the prompt
+    option = neutral_option(option, batch)
     torch.manual_seed(0)
     plain = generate(batch, kad_processor(kk.Dual(0.4)), do_sample=True, top_k=0)
     torch.manual_seed(0)
