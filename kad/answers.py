@@ -112,9 +112,9 @@ _STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b|:)|####(?=[ \t]*[-$\d])
 # A stated answer runs to the end of its clause: a sentence's period ("18." ends it, "18.5"
 # does not), the line, ";", an aside in parentheses, or a reason ("because", "since").  It
 # goes on to the next line only when that line opens with the number ("Answer:\n**18**"),
-# not a heading's ("Answer:\nStep 1: ...").
+# not a heading's ("Answer:\nStep 1: ..."); a parenthesis opening it is no aside ("is (18).").
 _CLAUSE = re.compile(
-    r"[ \t*_]*(?:\n\s*(?=[*_$\\(]*-?\.?\d))?(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)", re.DOTALL
+    r"[ \t*_]*(?:\n\s*(?=[*_$\\(]*-?\.?\d))?\(?(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)", re.DOTALL
 )
 _TEXT_COMMAND = re.compile(r"\\(?:text|mbox)\{[^{}]*\}")
 

@@ -166,6 +166,7 @@ GSM_OUTPUT = (
         ("The answer is 20; she gives away 2.", "2", "20"),
         ("#### 18 dollars (9 eggs * $2)", "2", "18"),
         ("The answer is 20 (after giving away 2).", "2", "20"),
+        ("The answer is (18). Check: 16 - 7 = 9 eggs.", "9", "18"),
         ("The answer is 18 dollars, which is 2 more than 16.", "16", "18"),
         # Better: "####" is a marker only before a number (not a markdown heading); "because"
         # ends a stated answer; a later remark giving no number leaves the statement before it.
