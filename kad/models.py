@@ -94,7 +94,14 @@ def _first_line(error: Exception) -> str:
 
 
 def _looks_like_path(name_or_path: str) -> bool:
-    return os.path.isabs(name_or_path) or name_or_path.startswith((".", "~")) or os.sep + os.sep in name_or_path
+    """Whether ``name_or_path`` can only be a local path: absolute, relative to ``.`` or ``~``, or
+    with more parts than a hub id's ``owner/name``.  (``models/qwen`` could be either: transformers
+    takes it as a directory if there is one, else asks the hub.)"""
+    return (
+        os.path.isabs(name_or_path)
+        or name_or_path.startswith((".", "~"))
+        or name_or_path.strip(os.sep).count(os.sep) >= 2
+    )
 
 
 def check_model_path(name_or_path: str) -> None:

@@ -711,6 +711,7 @@ def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
     "options, message",
     [
         (["--base", "/nonexistent/model", "--aligned", "/nonexistent/model"], "model '/nonexistent/model': no such directory"),
+        (["--base", "out/ckpt/final", "--aligned", "out/ckpt/final"], "model 'out/ckpt/final': no such directory"),
         (["--base", "kad-tests/not-a-model", "--aligned", "kad-tests/not-a-model"], "cannot load the model 'kad-tests/not-a-model'"),
         (["--device", "cuda:99"], "device 'cuda:99' is not available"),
         (["--device", "gpu0"], "device 'gpu0' is not a device"),
@@ -720,7 +721,7 @@ def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
         (["--base", "{tmp}", "--aligned", "{tmp}"], "no config.json, so not a transformers model directory"),
         (["--base", "{tmp}/file.json", "--aligned", "{tmp}"], "file.json': not a directory (a transformers model is one)"),
     ],
-    ids=["missing-path", "unknown-hub-id", "absent-device", "malformed-device", "xpu", "hpu", "meta", "not-a-model-dir",
+    ids=["missing-path", "missing-relative-path", "unknown-hub-id", "absent-device", "malformed-device", "xpu", "hpu", "meta", "not-a-model-dir",
          "a-file"],  # fmt: skip
 )
 def test_cli_says_in_one_line_what_cannot_be_loaded(tmp_path, capsys, options, message):
