@@ -30,7 +30,7 @@ from transformers import TextStreamer
 import kad_kernels as kk
 
 from . import default_pair
-from .decoding import PARAMETERLESS_RULES, RULES, SYSTEM_PROMPT, Decoder, build_rule, rule_name
+from .decoding import PARAMETERLESS_RULES, RULES, SYSTEM_PROMPT, Decoder, build_rule, checked_seed, rule_name
 from .engines import EngineError
 from .loop import ContextLengthWarning
 from .models import DTYPES, ENGINES
@@ -129,6 +129,8 @@ def add_generate(subparsers: argparse._SubParsersAction) -> None:
 
 def run_generate(args: argparse.Namespace) -> int:
     rule = _decoding_rule(args)
+    if args.seed is not None:
+        checked_seed(args.seed)  # before the models load
     decoder = _decoder(args)
     single = len(args.prompt) == 1
     streamer = TextStreamer(decoder.tokenizer, skip_prompt=True, skip_special_tokens=True) if single else None
@@ -310,6 +312,7 @@ def run_demo(args: argparse.Namespace) -> int:
     items = len(TASKS["gsm8k"].load())
     if not 0 <= args.item < items:
         raise ValueError(f"--item must be a GSM8K test item in [0, {items}), got {args.item}")
+    checked_seed(args.seed)
     demo(_decoder(args), item_index=args.item, seed=args.seed, max_new_tokens=args.max_new_tokens)
     return 0
 

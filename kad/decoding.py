@@ -281,7 +281,7 @@ class Decoder:
         """
         settings = Settings(mode, rule, gamma, temperature, track_alpha)
         settings.checked_rule()
-        seed = None if seed is None else _checked_seed(seed)
+        seed = None if seed is None else checked_seed(seed)
         if isinstance(prompts, str):
             prompts = [prompts]
         if not isinstance(prompts, Sequence) or not all(isinstance(p, (str, Sequence)) for p in prompts):
@@ -347,7 +347,7 @@ def _is_count(value: object) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
-def _checked_seed(seed: int) -> int:
+def checked_seed(seed: int) -> int:
     """``seed`` for ``torch.Generator.manual_seed``, which takes 64 bits (negative ones two's complement)."""
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64:
         raise ValueError(f"seed must be an int of 64 bits, in [-2**63, 2**64), got {seed!r}")

@@ -772,8 +772,9 @@ def test_a_missing_model_path_is_named_before_any_model_loads(monkeypatch, tmp_p
         (["--lam", "1.5"], "lam must lie in [0.0, 1.0], got 1.5"),
         (["--base-url", "localhost:8000/v1"], "base URL 'localhost:8000/v1' must start with http:// or https://"),
         (["--mode", "implicit-reward-spec"], "--mode implicit-reward-spec needs --reference: the small unaligned model"),
+        (["--seed", str(2**64)], "seed must be an int"),
     ],
-    ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url", "reference"],
+    ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url", "reference", "seed"],
 )
 def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options, message):
     # The models do not exist: an option checked only after loading would fail on them first.

@@ -483,17 +483,23 @@ def test_demo_prints_each_run_and_a_table(capsys):
     assert lines[2].split(" | ")[4] == "–"  # base does not speculate
 
 
-@pytest.mark.parametrize("item", [-1, len(TASKS["gsm8k"].load())])
-def test_cli_demo_refuses_an_item_outside_gsm8k_before_the_models_load(monkeypatch, capsys, item):
+ITEMS = len(TASKS["gsm8k"].load())
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--item", "-1"], f"--item must be a GSM8K test item in [0, {ITEMS}), got -1"),
+    (["--item", str(ITEMS)], f"--item must be a GSM8K test item in [0, {ITEMS}), got {ITEMS}"),
+    (["--seed", str(2**64)], "seed must be an int of 64 bits"),
+], ids=["negative-item", "item-past-the-end", "seed"])  # fmt: skip
+def test_cli_demo_refuses_a_bad_option_before_the_models_load(monkeypatch, capsys, options, message):
     def load(args):
         raise AssertionError("the models were loaded")
 
     monkeypatch.setattr(cli, "_decoder", load)
     with pytest.raises(SystemExit) as exit_info:
-        cli.main(["demo", "--item", str(item)])
+        cli.main(["demo", *options])
     assert exit_info.value.code == 2
-    items = len(TASKS["gsm8k"].load())
-    assert f"kad: error: --item must be a GSM8K test item in [0, {items}), got {item}" in capsys.readouterr().err
+    assert f"kad: error: {message}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("engine", ["torch", "llama.cpp"])
