@@ -77,6 +77,14 @@ def test_greedy_equals_the_kad_decoder(mode, rule, size):
     assert_padded_after_stop(out, width, TOKENIZER.pad_token_id)
 
 
+def test_numpy_integers_count_as_gamma():
+    """As kad.Decoder takes them (a sweep over np.arange, say)."""
+    batch = inputs(3)
+    plain = BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), gamma=3, do_sample=False, max_new_tokens=NEW)
+    assert torch.equal(BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), gamma=np.int64(3), do_sample=False,
+                                     max_new_tokens=NEW), plain)  # fmt: skip
+
+
 def test_gamma_zero_is_plain_kad():
     batch = inputs(3)
     plain = BASE.generate(**batch, **KAD, rule=kk.Dual(0.4), gamma=0, do_sample=False, max_new_tokens=NEW)

@@ -272,8 +272,12 @@ def test_padding_the_processor_would_misread_is_refused(batch, pad_token_id, mat
         ((ALIGNED, kk.Dual(0.4)), dict(tokenizer=make_tokenizer(chars=CHARS + "#$%&*")), ValueError,
          "the aligned model has 76 output logits, fewer than the vocabulary's 77"),
         ((ALIGNED, kk.Dual(0.4)), dict(temperature=0.0), ValueError, "do_sample=False"),
+        ((ALIGNED, kk.Dual(0.4)), dict(vocab_size=2.5), ValueError, r"vocab_size must be an int >= 1, got 2.5"),
+        ((ALIGNED, kk.Dual(0.4)), dict(vocab_size=True), ValueError, r"vocab_size must be an int >= 1, got True"),
+        ((ALIGNED, kk.Dual(0.4)), dict(vocab_size=0), ValueError, r"vocab_size must be an int >= 1, got 0"),
     ],
-    ids=["implicit-reward", "not-a-rule", "vocab-size", "tokenizer", "temperature-0"],
+    ids=["implicit-reward", "not-a-rule", "vocab-size", "tokenizer", "temperature-0", "vocab-size-float",
+         "vocab-size-bool", "vocab-size-0"],
 )  # fmt: skip
 def test_bad_arguments_are_refused(args, kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -14,6 +14,7 @@ top-p, penalties, other logits processors) can silently apply or be dropped.
 from __future__ import annotations
 
 import functools
+import numbers
 import os
 import sys
 import weakref
@@ -32,7 +33,7 @@ import kad_kernels as kk
 from ..engines import Engine, HFEngine
 from ..engines.huggingface import token_ids
 from ..loop import decode
-from ..settings import MODES, Settings
+from ..settings import Settings
 from ..models import check_same_vocabulary
 from ..stats import GenerationStats
 from .options import changes_nothing, setting
@@ -268,12 +269,10 @@ def _is_default_top_k(model: PreTrainedModel, config: GenerationConfig, call: Ma
 def _settings(
     mode: str | None, rule: kk.Rule | None, gamma: int, config: GenerationConfig, track_alpha: bool
 ) -> Settings:
-    if isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 0:
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Integral) or gamma < 0:
         raise ValueError(f"gamma (drafts per speculative round; 0: plain KAD) must be an int >= 0, got {gamma!r}")
     if mode is None:
         mode = "kad-spec" if gamma > 0 else "kad"
-    elif mode not in MODES:
-        raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
     temperature = (1.0 if config.temperature is None else float(config.temperature)) if config.do_sample else 0.0
     settings = Settings(mode, rule, gamma, temperature, track_alpha)  # type: ignore[arg-type]
     settings.checked_rule()

@@ -135,13 +135,13 @@ class KADLogitsProcessor(LogitsProcessor):
                 f"temperature must be finite and > 0 (a float32 normal number), got {temperature}: for greedy "
                 "decoding pass do_sample=False to generate"
             )
+        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+            raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
         if tokenizer is not None:
             if vocab_size is not None and vocab_size != len(tokenizer):
                 raise ValueError(f"vocab_size={vocab_size} but the tokenizer has {len(tokenizer)} tokens")
             vocab_size = len(tokenizer)
         self.engine = _engine(aligned_model)
-        if vocab_size is not None and vocab_size < 1:
-            raise ValueError(f"vocab_size must be >= 1, got {vocab_size}")
         if vocab_size is not None and vocab_size > self.engine.vocab_size:
             raise ValueError(
                 f"the aligned model has {self.engine.vocab_size} output logits, "
