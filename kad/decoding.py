@@ -8,7 +8,6 @@ the modes and the loop are described in :mod:`kad.loop`.
 from __future__ import annotations
 
 import numbers
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -103,7 +102,7 @@ class Decoder:
     ``stop_ids``: the tokens that end a row, from the tokenizers' EOS and the
     models' generation configs (an attribute: replace it to stop elsewhere).
     The engines' caches serve one generation at a time, so calls of
-    :meth:`generate` from several threads take turns.
+    :meth:`generate` from several threads take turns (:mod:`kad.engines.turns`).
     """
 
     def __init__(
@@ -131,14 +130,6 @@ class Decoder:
         self.device = self.engines["base"].device
         stop_ids = {t.eos_token_id for t in tokenizers.values()}.union(*(e.stop_ids for e in self.engines.values()))
         self.stop_ids = frozenset(i for i in stop_ids if i is not None)
-        self._turn = threading.Lock()  # held by the generation running on the engines
-        self._running_in: int | None = None  # the thread that holds it
-
-    def __getstate__(self) -> dict:
-        return {k: v for k, v in self.__dict__.items() if k not in ("_turn", "_running_in")}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state, _turn=threading.Lock(), _running_in=None)
 
     def _engine(self, name: str, model: PreTrainedModel | Engine) -> Engine:
         """``model`` as an engine with the tokenizer's vocabulary."""
@@ -303,16 +294,8 @@ class Decoder:
             generator.seed()
         else:
             generator.manual_seed(seed)
-        if self._running_in == threading.get_ident():  # waiting for the lock would wait forever
-            raise RuntimeError("Decoder.generate was called inside a generation of the same Decoder (from its "
-                               "streamer?): one Decoder runs one generation at a time")  # fmt: skip
-        with self._turn:
-            self._running_in = threading.get_ident()
-            try:
-                out = self._decode(ids, budgets, settings, generator, streamer)
-            finally:
-                self._running_in = None
-        return self._generation(out)
+        # kad.loop.decode holds the engines for the generation: threads take turns (design §6.1).
+        return self._generation(self._decode(ids, budgets, settings, generator, streamer))
 
     def _decode(self, ids: list[list[int]], budgets: list[int], settings: Settings, generator: torch.Generator,
                 streamer: BaseStreamer | None) -> Decoded:

@@ -538,7 +538,7 @@ def test_a_generation_started_from_its_own_streamer_is_refused():
                 DECODER.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=2)
 
     streamer = Reentrant()
-    with pytest.raises(RuntimeError, match="inside a generation of the same Decoder"):
+    with pytest.raises(RuntimeError, match="started inside another on the same engine"):
         DECODER.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=6, streamer=streamer)
     assert streamer.ended
     assert DECODER.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=2).token_ids  # not left locked
