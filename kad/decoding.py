@@ -40,6 +40,14 @@ from .stats import GenerationStats
 SYSTEM_PROMPT = "Answer the question by walking through the reasoning step by step."
 
 
+def chat_messages(user_message: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
+    """The conversation to pass to ``tokenizer.apply_chat_template``: a system
+    turn with ``system_prompt`` (none if empty or ``None``), then the user turn."""
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": user_message})
+    return messages
+
+
 @dataclass
 class Generation:
     """What :meth:`Decoder.generate` returns, one entry per prompt in prompt order.
@@ -230,10 +238,10 @@ class Decoder:
         the assistant's answer."""
         if not chat:
             return self.tokenizer(prompt).input_ids
-        messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-        messages.append({"role": "user", "content": prompt})
         try:
-            text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self.tokenizer.apply_chat_template(
+                chat_messages(prompt, system_prompt), add_generation_prompt=True, tokenize=False
+            )
         except TemplateError as error:  # e.g. a template that takes no system message (Gemma's)
             hint = " (without a system prompt: system_prompt=None, --system '')" if system_prompt else ""
             raise ValueError(f"the aligned model's chat template refused the conversation: {error}{hint}") from None

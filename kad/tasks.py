@@ -7,11 +7,11 @@ final answer out of a generation and grades it::
 
     task = TASKS["gsm8k"]
     item = task.load(limit=1)[0]
-    messages = chat_messages(task.user_message(item))  # for tokenizer.apply_chat_template
+    messages = kad.decoding.chat_messages(task.user_message(item))  # for tokenizer.apply_chat_template
     text = ...  # generate with TEMPERATURE and MAX_NEW_TOKENS
     task.is_correct(task.extract(text), item)
 
-The paper's protocol is the default: the system message ``SYSTEM_PROMPT`` in
+The paper's protocol is the default: the system message ``kad.SYSTEM_PROMPT`` in
 the aligned model's chat template, no exemplars, sampling at ``TEMPERATURE``
 for at most ``MAX_NEW_TOKENS`` tokens, answers read the paper's way
 (``strict=True``) and compared as strings:
@@ -39,7 +39,6 @@ from itertools import islice
 from string import ascii_uppercase
 
 from . import answers
-from .decoding import SYSTEM_PROMPT
 
 # Sampling settings of the paper's evaluations.
 TEMPERATURE = 1.0
@@ -58,14 +57,6 @@ class Item:
     question: str
     answer: str
     choices: tuple[str, ...] = ()
-
-
-def chat_messages(user_message: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
-    """The conversation to pass to ``tokenizer.apply_chat_template``: a system
-    turn with ``system_prompt`` (none if empty or ``None``), then the user turn."""
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": user_message})
-    return messages
 
 
 @dataclass(frozen=True)

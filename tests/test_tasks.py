@@ -12,7 +12,8 @@ from importlib import resources
 
 import pytest
 
-from kad.tasks import SYSTEM_PROMPT, TASKS, ChoiceTask, Item, chat_messages
+from kad.decoding import SYSTEM_PROMPT, chat_messages
+from kad.tasks import TASKS, ChoiceTask, Item
 
 COUNTS = {"gsm8k": 1319, "math500": 500, "svamp": 1000, "arc": 1172, "csqa": 1221, "tqa": 817}
 MC_FOOTER = (
