@@ -280,9 +280,9 @@ class _Loop:
             gamma = min(gamma, self.context_length - max(lengths))
         return max(1, gamma)
 
-    def _alpha(self, p: Tensor, q: Tensor, ref: Tensor | None) -> Tensor | None:
+    def _alpha(self, p: Tensor, q: Tensor) -> Tensor | None:
         """α ``[N]`` of the mixtures of logits ``[N, V]``, if tracked.  One model
-        alone defers nothing; ImplicitReward has α = 0 by definition."""
+        alone defers nothing; ImplicitReward has α = 0 by definition (so it needs no ref)."""
         if not self.track_alpha:
             return None
         if self.plan.draft is None or self.plan.rule.needs_ref:
@@ -304,7 +304,7 @@ class _Loop:
             ref = self._logits(plan.reference, batch)[:, -1] if plan.reference else None
             p, q, ref = _common_dtype(p, q, ref)
             tokens = kk.sample(p, q, plan.rule, self.temperature, ref_logits=ref, generator=self.generator, check=False)
-            alpha = self._alpha(p, q, ref)
+            alpha = self._alpha(p, q)
         batch.append(tokens)
         return tokens[:, None], torch.ones_like(tokens), None if alpha is None else alpha[:, None]
 
@@ -380,8 +380,7 @@ class _Loop:
 
         # α at the bonus position is kept only for rows that drew the bonus, with the real q
         # (or a stand-in where the mask, hence α, depends on p alone).
-        flat = [None if x is None else x.flatten(0, 1) for x in (p, q, ref)]
-        alpha = self._alpha(*flat)
+        alpha = self._alpha(p.flatten(0, 1), q.flatten(0, 1))
         return tokens, accepted + 1, None if alpha is None else alpha.view(rows, gamma + 1)
 
     def _commit(
