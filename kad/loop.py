@@ -50,7 +50,7 @@ import kad_kernels as kk
 
 from .batch import Batch
 from .draw import ONE_MODEL, draw_from_p, finish_with_q
-from .engines import Engine, EngineError, ServedEngine, refuse_shared_engines
+from .engines import Engine, EngineError, ServedEngine, refuse_served_mixers, refuse_shared_engines
 from .engines.turns import engine_turns
 from .settings import Settings
 from .stats import GenerationStats
@@ -103,6 +103,7 @@ def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
     if rule.needs_ref:
         used["reference"] = engines["reference"]
     refuse_shared_engines(used)
+    refuse_served_mixers(used)
     return _Plan(rule, settings.speculative, used["base"], used["aligned"], used.get("reference"))
 
 

@@ -157,6 +157,23 @@ def test_vocabulary_and_model_name_are_checked_at_start(served):
     assert served.engine().max_length == 511  # --max-model-len 512 holds a prompt and the one token asked
 
 
+def test_a_served_model_is_refused_in_any_role_but_the_base_models(served):
+    """π reads every token of q*: top-k log-probabilities of the aligned model would give a wrong π
+    that the exactness check (about p) could not see."""
+    import kad.hf
+
+    message = r"the aligned model .* is a served model, .* only the base model may be served"
+    ids = torch.tensor([served.tokenizer(PROMPTS[0]).input_ids])
+    with pytest.raises(ValueError, match=message):
+        served.aligned.generate(input_ids=ids, custom_generate=kad.hf.generate, aligned_model=served.engine(),
+                                rule=kk.Dual(0.4), max_new_tokens=4, do_sample=False)  # fmt: skip
+    with pytest.raises(ValueError, match=message):
+        kad.hf.KADLogitsProcessor(served.engine(), kk.Dual(0.4))
+    with pytest.raises(ValueError, match=message):
+        kad.Decoder(served.aligned, served.engine(), served.tokenizer).generate(PROMPTS[:1], "kad", kk.Dual(0.4),
+                                                                               max_new_tokens=4)  # fmt: skip
+
+
 def test_a_row_that_fills_max_model_len_is_served(served):
     """vLLM refuses a prompt + max_tokens past --max-model-len; a speculative round feeds a row
     its drafts too.  Rows of every length up to the context, a short row beside them."""

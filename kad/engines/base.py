@@ -29,6 +29,19 @@ class EngineError(RuntimeError):
     partial = None
 
 
+def refuse_served_mixers(engines: Mapping[str, object]) -> None:
+    """``ValueError`` if a :class:`ServedEngine` fills a role other than the base model's
+    (``{role: engine}``): a served model scores its top-k tokens only, which settles π only
+    where that model is p (design §6.3); π reads every token of q* (and of the reference)."""
+    for role, engine in engines.items():
+        if role != "base" and isinstance(engine, ServedEngine):
+            raise ValueError(
+                f"the {role} model {engine.name} is a served model, which returns only its top-k log-probabilities: "
+                f"KAD reads every token of the {role} model, so only the base model may be served; run the "
+                f"{role} model locally"
+            )
+
+
 def refuse_shared_engines(engines: Mapping[str, object]) -> None:
     """``ValueError`` if one engine object fills two roles (``{role: engine}``): its one
     cache would be advanced for both, so each role needs an engine of its own."""

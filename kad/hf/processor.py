@@ -36,7 +36,7 @@ from transformers import (
 import kad_kernels as kk
 
 from ..batch import Batch
-from ..engines import Engine, HFEngine
+from ..engines import Engine, HFEngine, refuse_served_mixers
 from ..loop import ContextLengthWarning
 from .options import changes_nothing, option_of, setting
 
@@ -295,6 +295,7 @@ def _engine(model: PreTrainedModel | Engine) -> Engine:
         return HFEngine(model)  # every logit: V is cut per call
     if not isinstance(model, Engine):
         raise TypeError(f"aligned_model must be a transformers PreTrainedModel or a kad.engines.Engine, got {model!r}")
+    refuse_served_mixers({"aligned": model})
     return model
 
 
