@@ -196,14 +196,20 @@ def test_greedy_base_mode_is_served_and_sampling_it_is_refused(served):
 
 
 def test_the_server_limit_is_learnt_once(served):
-    """Asked above --max-logprobs, the server refuses and tells its limit; the engine asks within it after."""
-    engine = served.engine(logprobs=MAX_LOGPROBS + 10)
-    decoder = kad.Decoder(engine, served.aligned, served.tokenizer)
-    out = decoder.generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=BUDGETS)
-    assert out.stats.requests == out.stats.rounds  # the refused request is not counted; no other was refused
-    with pytest.raises(EngineError, match=rf"the top-{MAX_LOGPROBS} log-probabilities do not determine"):
-        decoder.generate(PROMPTS, "kad-spec", kk.Dual(mu=0.2, loss="perceptron"), gamma=3, temperature=0.0,
-                         max_new_tokens=BUDGETS)  # fmt: skip
+    """Asked above --max-logprobs, the server refuses and tells its limit; the engine asks within it
+    after, in later generations too (each kad eval batch is one)."""
+    with FaultProxy(served.server.url) as proxy:
+        engine = served.engine(proxy.url, logprobs=MAX_LOGPROBS + 10)
+        decoder = kad.Decoder(engine, served.aligned, served.tokenizer)
+        out = decoder.generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=BUDGETS)
+        assert out.stats.requests == out.stats.rounds  # the refused request is not counted; no other was refused
+        assert proxy.completions == out.stats.requests + 1  # the one refused
+        proxy.completions = 0
+        again = decoder.generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=BUDGETS)
+        assert proxy.completions == again.stats.requests  # none refused
+        with pytest.raises(EngineError, match=rf"the top-{MAX_LOGPROBS} log-probabilities do not determine"):
+            decoder.generate(PROMPTS, "kad-spec", kk.Dual(mu=0.2, loss="perceptron"), gamma=3, temperature=0.0,
+                             max_new_tokens=BUDGETS)  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- faults

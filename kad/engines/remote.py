@@ -188,7 +188,8 @@ class RemoteEngine:
         self._cached = 0
         self._requests = self._partial = self._inexact = 0
         self._waited = 0.0
-        self._k = self._first_k  # raised within a generation when a position needs more
+        # raised within a generation when a position needs more; within the server's limit once learnt
+        self._k = min(self._first_k, self._limit())
 
     def advance(self, batch: Batch, keep: int = 1) -> Tensor:
         prompts, slots = [], []
