@@ -157,6 +157,13 @@ def test_vocabulary_and_model_name_are_checked_at_start(served):
     assert served.engine().max_length == 511  # --max-model-len 512 holds a prompt and the one token asked
 
 
+def test_the_served_models_own_eos_stops_rows_as_the_local_models_does(served, tmp_path):
+    """Read from the generation config of the model the server names, when its files are here."""
+    local = kad.engines.HFEngine(served.base)
+    assert local.stop_ids and served.engine().stop_ids == local.stop_ids
+    assert served.engine(stop_ids=[5, 7]).stop_ids == {5, 7}
+
+
 def test_a_served_model_is_refused_in_any_role_but_the_base_models(served):
     """π reads every token of q*: top-k log-probabilities of the aligned model would give a wrong π
     that the exactness check (about p) could not see."""

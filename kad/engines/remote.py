@@ -29,18 +29,19 @@ import json
 import math
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import httpx
 import torch
 from torch import Tensor
-from transformers import PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedTokenizerBase
 
 from .. import partial
 from ..batch import Batch
 from ..settings import Settings
 from .base import EngineError
+from .huggingface import token_ids
 from .vocabulary import vocabulary_mismatch
 
 # vLLM's answer to a logprobs request above its --max-logprobs.
@@ -64,8 +65,12 @@ class RemoteEngine:
     ``max_prompts``: prompts per request (vLLM refuses more than 1024 by default).
     ``timeout`` (s) per request, for the whole answer (a server that trickles its answer
     times out too), ``attempts`` per request, ``backoff`` (s) before the first retry,
-    doubling.  ``device``: where the logits go (the aligned model's).  ``transport``: an
-    ``httpx`` transport (tests)."""
+    doubling.  ``device``: where the logits go (the aligned model's).  ``stop_ids``: the
+    served model's own EOS ids (a row stops after any), as a local model's generation
+    config gives them; default: read from the generation config of the model the server
+    names (``root`` or id in ``/v1/models``) when its files are on this machine (a path, or
+    a hub id in the local cache), else none beyond the aligned tokenizer's EOS, which the
+    decoder adds.  ``transport``: an ``httpx`` transport (tests)."""
 
     def __init__(
         self,
@@ -82,6 +87,7 @@ class RemoteEngine:
         attempts: int = 5,
         backoff: float = 0.5,
         device: str | torch.device = "cpu",
+        stop_ids: Collection[int] | None = None,
         transport: httpx.BaseTransport | None = None,
     ):
         if logprobs < 1 or (max_logprobs is not None and max_logprobs < logprobs):
@@ -99,7 +105,9 @@ class RemoteEngine:
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
         self._requests, self._waited = 0, 0.0
-        model_len = self._served_model()["max_model_len"]
+        served = self._served_model()
+        self._stop_ids = frozenset(map(int, stop_ids)) if stop_ids is not None else _local_stop_ids(served)
+        model_len = served["max_model_len"]
         # A prompt of n tokens asks for one more (max_tokens=1), which the server counts: n + 1 <= max_model_len.
         self._max_length = None if model_len is None else model_len - 1
         self._check_vocabulary(tokenizer)
@@ -141,7 +149,7 @@ class RemoteEngine:
 
     @property
     def stop_ids(self) -> frozenset[int]:
-        return frozenset()  # the tokenizer's EOS, which the decoder adds
+        return self._stop_ids
 
     @property
     def cached(self) -> int:
@@ -459,3 +467,16 @@ def _pad(top: partial.TopK, width: int) -> tuple[Tensor, Tensor]:
     ids = torch.nn.functional.pad(top.ids, (0, extra), value=-1)
     logprobs = torch.nn.functional.pad(top.logprobs, (0, extra), value=-math.inf)
     return ids, logprobs
+
+
+def _local_stop_ids(served: dict[str, Any]) -> frozenset[int]:
+    """The EOS ids of the generation config of the model a server entry names (vLLM's ``root``:
+    the path or hub id it serves, then its ``id``), read from this machine's files only; none
+    when they are not here (another machine's path, a hub id not in the local cache)."""
+    for name in dict.fromkeys(n for n in (served.get("root"), served.get("id")) if isinstance(n, str) and n):
+        try:
+            config = GenerationConfig.from_pretrained(name, local_files_only=True)
+        except (OSError, ValueError):  # no such local files: no config to read
+            continue
+        return frozenset(token_ids(config.eos_token_id))
+    return frozenset()
