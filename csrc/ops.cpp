@@ -2,8 +2,8 @@
 //
 // One schema per operation, implemented per device by csrc/cpu/*.cpp (dispatch
 // key CPU) and csrc/cuda/*.cu (key CUDA), so `cpu` and `cuda` are the same ops
-// on different tensors.  Arguments are those of the backend functions in
-// kad_kernels/_backends.py: kind = kad_kernels.rules.Kind; param and temperature
+// on different tensors.  Arguments are those of the backend interface in
+// kad_kernels/_backend.py (called by kad_kernels/_native.py): kind = kad_kernels.rules.Kind; param and temperature
 // f32 [B], or (tensor None) one float for every row (kad/row_value.h); flags int32
 // with 2 bits per input tensor (p, q, ref).  Fake (meta)
 // implementations are registered in kad_kernels/_native.py.

@@ -23,7 +23,8 @@ The last column is always the **pending** token: emitted but not yet fed to
 any model.  A model's cache covers a prefix of the columns; :meth:`Engine.advance
 <kad.engines.Engine.advance>` feeds it the columns it has not seen, so a model
 reads the whole prompt in its first forward (no separate prefill), and a model
-that skipped steps (the aligned model under nudging) catches up in one forward.
+that skipped steps (the aligned model under a rule whose mask depends on p
+alone, :mod:`kad.draw`) catches up in one forward.
 """
 
 from __future__ import annotations

@@ -18,7 +18,8 @@ mode                     each step / round
                          draws from q's share of π (:mod:`kad.draw`: a fraction
                          α of the draws) and catches up on the skipped tokens
 ``kad-spec``             the aligned model drafts γ tokens (and scores the
-                         position after them), the base model scores the γ + 1
+                         position after them where a bonus token needs it),
+                         the base model scores the γ + 1
                          positions in one forward, ``verify`` accepts a prefix
                          and draws the correction or bonus token
 ``nudging[-spec]``       ``kad[-spec]`` with a ``Nudging`` rule

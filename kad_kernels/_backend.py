@@ -39,7 +39,7 @@ class VerifyFn(Protocol):
         accept_uniforms: Tensor | None, draw_uniforms: Tensor | None, seed: Tensor | None = None,
         offset: Tensor | None = None, maybe_greedy: bool = True,
     ) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
-        """From p ``[B, γ+1, V]``, q ``[B, γ, V]`` and ``draft`` i64 ``[B, γ]``: the emitted tokens
+        """From p and q ``[B, γ+1, V]`` and ``draft`` i64 ``[B, γ]``: the emitted tokens
         i64 ``[B, γ+1]``, accepted counts i64 ``[B]``, flags i32 ``[B, γ+1]``."""
         ...
 

@@ -105,7 +105,8 @@ _REGISTRY: dict[str, tuple[Callable[[], Backend], tuple[str, ...], str]] = {
 # Fastest first, per device type and rule, as measured in benchmarks/RESULTS.md.
 # CUDA (H100, 2026-11-26, every B, V and dtype of the grid): triton beats cuda on
 # every rule but Primal (1.3–2× at B ≥ 8, within 10 % at B = 1), and cuda's radix
-# select beats triton's on Primal (3–13×).  CPU: the C++ kernels (2–20× the reference).
+# select beats triton's on Primal (3–13×).  CPU: the C++ kernels (7.5–45× the reference on the
+# threshold rules, 50–100× on Primal, 2 cores).
 _AUTO_ORDER = {"cuda": ("triton", "cuda", "torch"), "cpu": ("cpu", "torch")}
 _AUTO_ORDER_PRIMAL = {**_AUTO_ORDER, "cuda": ("cuda", "triton", "torch")}
 
