@@ -86,7 +86,11 @@ def _add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens: int) 
 
 def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
     """The rule of the decoding options, every option checked before a model loads."""
-    rule = build_rule(args.mode, args.rule, args.lam)
+    rule_name(args.mode, args.rule)  # a rule the mode does not take names --rule
+    try:
+        rule = build_rule(args.mode, args.rule, args.lam)
+    except ValueError as error:  # the rule's own name for its parameter (budget, mu) is set by --lam
+        raise ValueError(f"--lam {args.lam}: {error}") from None
     Settings(args.mode, rule, args.gamma, args.temperature).checked_rule()
     if rule is not None and rule.needs_ref and args.reference is None:
         raise ValueError(f"--mode {args.mode} needs --reference: the small unaligned model")

@@ -773,8 +773,11 @@ def test_a_missing_model_path_is_named_before_any_model_loads(monkeypatch, tmp_p
         (["--base-url", "localhost:8000/v1"], "base URL 'localhost:8000/v1' must start with http:// or https://"),
         (["--mode", "implicit-reward-spec"], "--mode implicit-reward-spec needs --reference: the small unaligned model"),
         (["--seed", str(2**64)], "seed must be an int"),
+        (["--rule", "primal", "--lam", "-1"], "--lam -1.0: budget must lie in [0.0, inf], got -1.0"),
+        (["--rule", "token_v2", "--lam", "-1"], "--lam -1.0: mu must lie in [0.0, inf], got -1.0"),
     ],
-    ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url", "reference", "seed"],
+    ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url", "reference", "seed",
+         "primal-budget", "token-v2-mu"],
 )
 def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options, message):
     # The models do not exist: an option checked only after loading would fail on them first.
