@@ -20,6 +20,7 @@ import kad_kernels as kk
 
 from . import default_pair
 from .engines import Engine, EngineError, HFEngine, RemoteEngine, refuse_shared_engines
+from .engines.huggingface import checked_model, output_logits
 from .loop import Decoded, decode
 from .settings import Mode, Settings
 from .models import (
@@ -141,15 +142,13 @@ class Decoder:
 
     def _engine(self, name: str, model: PreTrainedModel | Engine) -> Engine:
         """``model`` as an engine with the tokenizer's vocabulary."""
-        if isinstance(model, PreTrainedModel):
-            logits = model.get_output_embeddings().weight.shape[0]
+        if isinstance(checked_model(name, model), PreTrainedModel):
+            logits = output_logits(model)
             if logits < self.vocab_size:
                 raise ValueError(
                     f"{name} has {logits} output logits, fewer than the tokenizer's {self.vocab_size} tokens"
                 )
             return HFEngine(model, self.vocab_size)
-        if not isinstance(model, Engine):
-            raise TypeError(f"{name} must be a transformers PreTrainedModel or a kad.engines.Engine, got {model!r}")
         if model.vocab_size != self.vocab_size:
             raise ValueError(
                 f"{name} returns {model.vocab_size} logits per position, the tokenizer has {self.vocab_size} tokens"

@@ -11,6 +11,7 @@ from transformers.masking_utils import create_masks_for_generate
 
 from ..batch import Batch
 from ..settings import Settings
+from .base import Engine
 from .hf_layers import ModelLayers, window_by_position
 
 
@@ -18,6 +19,19 @@ def token_ids(value: object) -> list[int]:
     """Token ids as a generation config holds them (``eos_token_id``, ``pad_token_id``):
     None, an int, a list, a numpy or torch array."""
     return [] if value is None else [int(i) for i in torch.as_tensor(value).flatten().tolist()]
+
+
+def output_logits(model: PreTrainedModel) -> int:
+    """The rows of ``model``'s lm_head: its logits per position (the vocabulary, maybe padded)."""
+    return model.get_output_embeddings().weight.shape[0]
+
+
+def checked_model(name: str, model: object) -> PreTrainedModel | Engine:
+    """``model`` if it is a transformers ``PreTrainedModel`` or a :class:`~kad.engines.Engine`
+    (what every front end takes); ``TypeError`` naming the argument ``name`` otherwise."""
+    if not isinstance(model, (PreTrainedModel, Engine)):
+        raise TypeError(f"{name} must be a transformers PreTrainedModel or a kad.engines.Engine, got {model!r}")
+    return model
 
 
 def _max_length(model: PreTrainedModel) -> int | None:
@@ -35,7 +49,7 @@ class HFEngine:
 
     def __init__(self, model: PreTrainedModel, vocab_size: int | None = None):
         self.model = model
-        logits = model.get_output_embeddings().weight.shape[0]
+        logits = output_logits(model)
         self._vocab_size = logits if vocab_size is None else vocab_size
         if not 0 < self._vocab_size <= logits:
             raise ValueError(f"vocab_size must be in [1, {logits}] (the model's output logits), got {vocab_size}")

@@ -31,7 +31,7 @@ from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, L
 import kad_kernels as kk
 
 from ..engines import Engine, HFEngine
-from ..engines.huggingface import token_ids
+from ..engines.huggingface import checked_model, output_logits, token_ids
 from ..loop import decode
 from ..settings import Settings
 from ..models import check_same_vocabulary
@@ -153,8 +153,8 @@ def generate(
         if aligned_model is None:
             raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
         for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
-            if value is not None and not isinstance(value, (PreTrainedModel, Engine)):
-                raise TypeError(f"{name} must be a transformers PreTrainedModel or a kad.engines.Engine, got {value!r}")
+            if value is not None:
+                checked_model(name, value)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
         if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
@@ -340,7 +340,7 @@ def _name(model: PreTrainedModel | Engine) -> str:
 
 
 def _logits(model: PreTrainedModel | Engine) -> int:
-    return model.vocab_size if isinstance(model, Engine) else model.get_output_embeddings().weight.shape[0]
+    return model.vocab_size if isinstance(model, Engine) else output_logits(model)
 
 
 def _prompts(input_ids: Tensor, attention_mask: Tensor | None) -> list[list[int]]:

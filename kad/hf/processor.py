@@ -37,6 +37,7 @@ import kad_kernels as kk
 
 from ..batch import Batch
 from ..engines import Engine, HFEngine, refuse_served_mixers
+from ..engines.huggingface import checked_model
 from ..loop import ContextLengthWarning
 from .options import changes_nothing, option_of, setting
 
@@ -291,10 +292,8 @@ class KADLogitsProcessor(LogitsProcessor):
 
 def _engine(model: PreTrainedModel | Engine) -> Engine:
     """The aligned model behind the engine protocol: its cache over a :class:`~kad.batch.Batch`."""
-    if isinstance(model, PreTrainedModel):
+    if isinstance(checked_model("aligned_model", model), PreTrainedModel):
         return HFEngine(model)  # every logit: V is cut per call
-    if not isinstance(model, Engine):
-        raise TypeError(f"aligned_model must be a transformers PreTrainedModel or a kad.engines.Engine, got {model!r}")
     refuse_served_mixers({"aligned": model})
     return model
 
