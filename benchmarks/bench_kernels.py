@@ -251,7 +251,7 @@ def make_call(torch, kk, backend: str, op: str, rule, x: Inputs):
     return lambda: kk.verify(x.p, x.q, x.drafts, rule, 1.0, uniforms=(x.accept, x.draw), backend=backend, check=False)
 
 
-def mismatched_rows(torch, out, ref) -> int:
+def mismatched_rows(out, ref) -> int:
     """Rows whose tokens (and, for verify, num_accepted) differ from the reference's."""
     if isinstance(out, tuple):
         tokens, accepted = out
@@ -359,7 +359,7 @@ def run(args, partial_csv: Path | None = None) -> list[dict]:
                     if backend == "torch":
                         reference = out
                     elif reference is not None:
-                        row["mismatch_rows"] = mismatched_rows(torch, out, reference)
+                        row["mismatch_rows"] = mismatched_rows(out, reference)
                     us = time_us(call)
                     gbps = x.bytes / (us * 1e-6) / 1e9
                     row["median_us"] = _sig(us)
