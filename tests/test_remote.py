@@ -222,6 +222,12 @@ def test_the_server_limit_is_learnt_once(served):
 # ----------------------------------------------------------------------------- faults
 
 
+def test_a_base_url_without_the_api_root_says_so(served):
+    root = served.server.url.removesuffix("/v1")
+    with pytest.raises(EngineError, match=rf"^{root}/models: HTTP 404: .*\(the base URL names the API root, e.g. "):
+        RemoteEngine(root, SERVED_NAME, served.tokenizer, **FAST_FAILURE)
+
+
 def test_nothing_listening_is_one_line_naming_the_url():
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(EngineError, match=rf"^{url}/models: ConnectError.* \(after 2 attempts\)$"):

@@ -404,7 +404,15 @@ def _refuse(response: httpx.Response, url: str) -> None:
     limit = _MAX_LOGPROBS.search(str(message))
     if "logprobs" in str(message) and limit:
         raise _LogprobsTooMany(str(message), int(limit.group(1)))
-    raise EngineError(f"{url}: HTTP {response.status_code}: {message}")
+    raise EngineError(f"{url}: HTTP {response.status_code}: {message}{_HINTS.get(response.status_code, '')}")
+
+
+# What a 4xx answer to kad's requests most likely means.
+_HINTS = {
+    401: " (the server wants an API key: --api-key, api_key=)",
+    403: " (the server refuses this API key: --api-key, api_key=)",
+    404: " (the base URL names the API root, e.g. http://HOST:8000/v1)",
+}
 
 
 def _parse_top_k(answer: Any, count: int, k: int, vocab_size: int) -> partial.TopK:
