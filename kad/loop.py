@@ -52,13 +52,10 @@ import kad_kernels as kk
 from .batch import Batch
 from .draw import ONE_MODEL, draw_from_p, finish_with_q
 from .engines import Engine, EngineError, ServedEngine, refuse_served_mixers, refuse_shared_engines
+from .engines.base import ContextLengthWarning
 from .engines.turns import engine_turns
 from .settings import Settings
 from .stats import GenerationStats
-
-class ContextLengthWarning(UserWarning):
-    """A row's budget ran past a model's context length: the row stops there."""
-
 
 class Streamer(Protocol):
     """What the loop needs of a transformers streamer: ``put`` the new tokens (i64 ``[n]``)."""

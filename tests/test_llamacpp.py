@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy as copy_module
 import pickle
 import re
+import warnings
 
 import numpy as np
 import pytest
@@ -263,6 +264,17 @@ def test_an_engine_cannot_be_pickled_or_copied_and_says_so():
     for copy in (pickle.dumps, copy_module.deepcopy, copy_module.copy):
         with pytest.raises(TypeError, match=r"a LlamaCppEngine \(.*base.gguf\) holds llama.cpp's model"):
             copy(decoder if copy is not copy_module.copy else engine)
+
+
+def test_an_n_ctx_past_the_training_context_is_warned():
+    """The loop stops rows at n_ctx; positions past the training context give logits the model never learnt."""
+    require_llama_cpp()
+    trained = MODELS["aligned"].config.max_position_embeddings
+    with pytest.warns(ContextLengthWarning, match=rf"n_ctx={trained + 1} is past the context length {trained}"):
+        LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=trained + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ContextLengthWarning)
+        LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=trained)
 
 
 def test_too_many_rows_are_refused_in_one_line():

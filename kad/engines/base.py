@@ -19,6 +19,11 @@ from ..batch import Batch
 from ..settings import Settings
 
 
+class ContextLengthWarning(UserWarning):
+    """A row's budget ran past a model's context length (the row stops there), or an engine's
+    context was set past the one its model was trained on."""
+
+
 class EngineError(RuntimeError):
     """An engine could not answer (a server down, refusing or garbling, a distribution it
     cannot give exactly): one line naming where.  The loop keeps what was generated

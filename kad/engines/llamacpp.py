@@ -28,6 +28,7 @@ import ctypes
 import logging
 import numbers
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from ..settings import Settings
-from .base import EngineError
+from .base import ContextLengthWarning, EngineError
 from .vocabulary import vocabulary_mismatch
 
 INSTALL_HINT = "pip install 'kad-kernels[llamacpp]' (compiles llama.cpp: cmake and a C++ compiler, a few minutes)"
@@ -140,6 +141,13 @@ class LlamaCppEngine:
             raise ValueError(f"the tokenizer has {self._vocab_size} tokens, the GGUF model {self.name!r} {self._n_vocab}")
         trained = llama_cpp.llama_model_n_ctx_train(self._model)
         self.n_ctx = int(n_ctx) if n_ctx is not None else min(trained, 4096)
+        if 0 < trained < self.n_ctx:  # the loop stops rows at n_ctx, so this is where it says so
+            warnings.warn(
+                f"n_ctx={self.n_ctx} is past the context length {trained} that {self.name} was trained on: "
+                "its logits there are outside what it was trained on",
+                ContextLengthWarning,
+                stacklevel=2,
+            )
         self.n_threads = int(n_threads) if n_threads is not None else _threads()
         self.n_batch = int(n_batch)
         self.kv_unified = kv_unified
