@@ -73,11 +73,7 @@ class Settings:
             raise ValueError(f"gamma (drafts per speculative round) must be an int >= 1, got {gamma!r}")
         is_number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
         if not (is_number and kk.temperature_in_range(temperature)):
-            f32 = torch.finfo(torch.float32)
-            raise ValueError(
-                f"temperature must be a finite number >= 0 (0 = greedy), a float32 normal number when > 0 "
-                f"([{f32.tiny:.3g}, {f32.max:.3g}]: the kernels scale by 1/T in fp32), got {temperature!r}"
-            )
+            raise ValueError(f"temperature must be {kk.TEMPERATURE_RANGE}, got {temperature!r}")
         if isinstance(rule.param, torch.Tensor):
             raise ValueError(
                 f"{rule!r} has a tensor parameter (one per row, for the kernels): the decoding loop drops rows "

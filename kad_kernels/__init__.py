@@ -5,7 +5,7 @@ to the aligned model q.  See docs/design.md §1 for the math and docs/design.md 
 """
 
 from ._backends import available_backends
-from ._validate import LOGIT_DTYPES, temperature_in_range
+from ._validate import LOGIT_DTYPES, TEMPERATURE_RANGE, temperature_in_range
 from .api import Mixture, Verified, mixture, resolve_backend, sample, verify
 from .rules import Dual, ImplicitReward, Nudging, Primal, Rule, Threshold, rule_from_name
 
@@ -26,5 +26,6 @@ __all__ = [
     "rule_from_name",
     "temperature_in_range",
     "LOGIT_DTYPES",
+    "TEMPERATURE_RANGE",
 ]
 __version__ = "0.1.0"

@@ -52,6 +52,8 @@ def logits(p_logits: Tensor, q_logits: Tensor, ref_logits: Tensor | None, rule: 
 # subnormal T overflows (and a T beyond fp32's range does not convert).
 _F32 = torch.finfo(torch.float32)
 _NORMAL = f"a float32 normal number when > 0 ([{_F32.tiny:.3g}, {_F32.max:.3g}])"
+# What every front end says of a temperature out of range: "temperature must be " + this.
+TEMPERATURE_RANGE = f"finite and >= 0 (0 = greedy), {_NORMAL}"
 
 
 def temperature_in_range(value: float) -> bool:
@@ -73,7 +75,7 @@ def temperature(value: float | Tensor, rows: int, device: torch.device) -> float
         t = value.to(torch.float32).expand(rows).contiguous()
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
         if not temperature_in_range(value):
-            raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), {_NORMAL}, got {value}")
+            raise ValueError(f"temperature must be {TEMPERATURE_RANGE}, got {value}")
         return float(value)
     else:
         raise TypeError(f"temperature must be a float or a tensor, got {type(value).__name__}")
@@ -83,7 +85,7 @@ def temperature(value: float | Tensor, rows: int, device: torch.device) -> float
 def temperature_values(t: Tensor) -> None:
     """Value check of a tensor temperature in its own dtype (host sync)."""
     if not (torch.isfinite(t) & ((t == 0) | ((t >= _F32.tiny) & (t <= _F32.max)))).all():
-        raise ValueError(f"temperature must be finite and >= 0 (0 = greedy), {_NORMAL}, got {t.tolist()}")
+        raise ValueError(f"temperature must be {TEMPERATURE_RANGE}, got {t.tolist()}")
 
 
 def uniforms(name: str, u: Tensor, shape: tuple[int, ...], device: torch.device, check: bool) -> Tensor:
