@@ -45,8 +45,8 @@ def engine_turns(engines: Iterable[object]) -> Iterator[None]:
     starting a generation) is refused with ``RuntimeError``, as waiting would never end.
     Engines are taken in one global order (by ``id``), so two generations sharing some
     engines cannot each hold one the other waits for."""
-    distinct = dict(sorted((id(e), e) for e in engines))  # by id: engines need not be hashable
-    turns = [t for t in map(_turn, distinct.values()) if t is not None]
+    distinct = {id(e): e for e in engines}  # by id: engines need not be hashable
+    turns = [t for t in (_turn(distinct[key]) for key in sorted(distinct)) if t is not None]
     me = threading.get_ident()
     if any(t.owner == me for t in turns):
         raise RuntimeError(
