@@ -34,6 +34,12 @@ def checked_model(name: str, model: object) -> PreTrainedModel | Engine:
     return model
 
 
+def check_vocab_size(vocab_size: object) -> None:
+    """``ValueError`` unless ``vocab_size`` (the logits kept per position) is None or an int >= 1."""
+    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+        raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+
+
 def _max_length(model: PreTrainedModel) -> int | None:
     return getattr(model.config.get_text_config(), "max_position_embeddings", None)
 

@@ -31,7 +31,7 @@ from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, L
 import kad_kernels as kk
 
 from ..engines import Engine, HFEngine
-from ..engines.huggingface import checked_model, output_logits, token_ids
+from ..engines.huggingface import check_vocab_size, checked_model, output_logits, token_ids
 from ..loop import decode
 from ..settings import Settings
 from ..models import check_same_vocabulary
@@ -157,8 +157,7 @@ def generate(
                 checked_model(name, value)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
-            raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+        check_vocab_size(vocab_size)
         settings = _settings(mode, rule, gamma, generation_config, track_alpha)
 
         models = {"base": model, "aligned": aligned_model, "reference": reference_model}

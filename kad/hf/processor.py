@@ -37,7 +37,7 @@ import kad_kernels as kk
 
 from ..batch import Batch
 from ..engines import Engine, HFEngine, refuse_served_mixers
-from ..engines.huggingface import checked_model
+from ..engines.huggingface import check_vocab_size, checked_model
 from ..loop import ContextLengthWarning
 from .options import changes_nothing, option_of, setting
 
@@ -136,8 +136,7 @@ class KADLogitsProcessor(LogitsProcessor):
                 f"temperature must be finite and > 0 (a float32 normal number), got {temperature}: for greedy "
                 "decoding pass do_sample=False to generate"
             )
-        if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
-            raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+        check_vocab_size(vocab_size)
         if tokenizer is not None:
             if vocab_size is not None and vocab_size != len(tokenizer):
                 raise ValueError(f"vocab_size={vocab_size} but the tokenizer has {len(tokenizer)} tokens")
