@@ -14,7 +14,6 @@ otherwise hub ids, local directories or GGUF files; ``--engine`` picks the runti
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import signal
 import sys
@@ -47,6 +46,7 @@ from .evaluate import (
     load_result,
     saved_result,
     summary_table,
+    with_models,
 )
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
@@ -217,14 +217,7 @@ def run_eval(args: argparse.Namespace) -> int:
         check_resumable(saved, config, path, skip=MODEL_FIELDS)
     done = 0 if saved is None else len(saved["items"])
     decoder = _decoder(args)
-    config = dataclasses.replace(
-        config,
-        base=decoder.engines["base"].name,
-        aligned=decoder.engines["aligned"].name,
-        reference=decoder.engines["reference"].name if "reference" in decoder.engines else None,
-        dtype=str(getattr(decoder.engines["base"], "dtype", "")).removeprefix("torch."),
-        device=str(decoder.device),
-    )
+    config = with_models(config, decoder)
     total = len(TASKS[args.task].load(args.limit))
     with tqdm(total=max(total, done), initial=done, desc=config.stem(), unit="item") as progress:
 

@@ -26,11 +26,13 @@ import stat
 import tempfile
 import typing
 from collections.abc import Callable, Sequence
+import dataclasses
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from .decoding import Decoder, build_rule
+from .engines import Engine, ServedEngine
 from .loop import context_length
 from .stats import GenerationStats
 from .tasks import TASKS, Item
@@ -293,6 +295,26 @@ def saved_result(path: Path, resume: bool) -> dict | None:
 MODEL_FIELDS = ("base", "aligned", "reference", "dtype", "device")
 
 
+def with_models(config: RunConfig, decoder: Decoder) -> RunConfig:
+    """``config`` with its :data:`MODEL_FIELDS` read from ``decoder``'s engines.  A served
+    model is recorded by its name on the server, not its URL: a run resumes against the
+    same model served elsewhere (a cluster job on another node); each batch records
+    where it was served."""
+    engines = decoder.engines
+    return dataclasses.replace(
+        config,
+        base=_model_name(engines["base"]),
+        aligned=_model_name(engines["aligned"]),
+        reference=_model_name(engines["reference"]) if "reference" in engines else None,
+        dtype=str(getattr(engines["base"], "dtype", "")).removeprefix("torch."),
+        device=str(decoder.device),
+    )
+
+
+def _model_name(engine: Engine) -> str:
+    return f"{engine.model} (served)" if isinstance(engine, ServedEngine) else engine.name
+
+
 def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[str, ...] = ()) -> None:
     """``ValueError`` naming what differs if ``saved`` (a result) was made with another
     configuration than ``config``; the fields in ``skip`` are not compared (before the
@@ -416,6 +438,8 @@ def evaluate(
             result["items"].append(_item_record(first + offset, item, text, extracted, correct, stats))
         # A served model's counters are the batch's (one request serves every row), not the items'.
         served = {name: getattr(out.stats, name) for name in _SERVED_COUNTERS}
+        if isinstance(base := decoder.engines["base"], ServedEngine):
+            served["served_at"] = base.url
         result["batches"].append({"first": first, "size": len(batch), "wall_time_s": out.stats.wall_time_s, **served})
         result["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         summary = summarize(result)

@@ -300,11 +300,13 @@ def test_eval_stopped_by_a_dead_server_resumes_where_it_stopped(served, tmp_path
         assert "Traceback" not in error
         saved = json.loads(path.read_text())
         assert len(saved["items"]) == 2
-        proxy.before_each = None
         served.server.start()
-        assert cli.main([*args, "--base-url", proxy.url, "--resume"]) == 0
+    # The same model served at another URL (a cluster job on a new node) continues the run.
+    assert cli.main([*args, "--base-url", served.server.url, "--resume"]) == 0
     resumed = json.loads(path.read_text())
     assert len(resumed["items"]) == 4 and resumed["items"][:2] == saved["items"]
+    assert resumed["config"]["base"] == f"{SERVED_NAME} (served)"
+    assert [batch["served_at"] for batch in resumed["batches"]] == [proxy.url, served.server.url]
     # The server's counters are the batches' (one request serves both rows), not the items'.
     assert all(batch["requests"] > 0 and batch["partial_positions"] > 0 for batch in resumed["batches"])
     assert all(item["stats"]["requests"] == 0 for item in resumed["items"])
