@@ -38,6 +38,7 @@ random number, so its seed fixes the whole generation.
 
 from __future__ import annotations
 
+import numbers
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -111,6 +112,28 @@ def context_length(engines: Sequence[Engine]) -> tuple[int, str] | None:
     return min(limits) if limits else None
 
 
+def check_inputs(prompts: Sequence[Sequence[int]], budgets: Sequence[int], vocab_size: int) -> None:
+    """``TypeError``/``ValueError`` naming the first prompt that is not a non-empty list of
+    token ids in ``[0, vocab_size)``, or budgets that are not one int ``>= 0`` per prompt."""
+    if not isinstance(prompts, Sequence) or not prompts:
+        raise ValueError(f"prompts must be a non-empty list of token-id lists, got {prompts!r:.80}")
+    for row, prompt in enumerate(prompts):
+        if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence):
+            raise TypeError(f"prompt {row} must be a list of token ids, got {type(prompt).__name__}")
+        if not prompt:
+            raise ValueError(f"prompt {row} has no tokens")
+        for i, token in enumerate(prompt):
+            if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+                raise TypeError(f"prompt {row} must be a list of token ids (ints), got {token!r} at position {i}")
+            if not 0 <= token < vocab_size:
+                raise ValueError(f"prompt {row} has token ids outside [0, {vocab_size}): {token} at position {i}")
+    if not isinstance(budgets, Sequence) or len(budgets) != len(prompts):
+        raise ValueError(f"budgets must be one per prompt ({len(prompts)}), got {budgets!r:.80}")
+    for row, budget in enumerate(budgets):
+        if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
+            raise ValueError(f"the budget of prompt {row} must be an int >= 0, got {budget!r}")
+
+
 def fit_budgets(prompts: Sequence[Sequence[int]], budgets: Sequence[int], engines: Sequence[Engine]) -> list[int]:
     """Each row's budget, cut so that prompt + new tokens fit every engine's context
     length; warns (:class:`ContextLengthWarning`) when it cuts, raises ``ValueError``
@@ -161,8 +184,10 @@ def decode(
     every random draw, on the base engine's device.  ``streamer``: receives each
     round's new tokens of a single prompt (``put``; the caller puts the prompt and
     calls ``end``).  An :class:`~kad.engines.EngineError` during the generation
-    leaves with what was emitted before it as its ``partial``."""
+    leaves with what was emitted before it as its ``partial``.  Bad prompts or budgets
+    raise as :func:`check_inputs` says."""
     plan = _plan(engines, settings)
+    check_inputs(prompts, budgets, plan.target.vocab_size)
     budgets = fit_budgets(prompts, budgets, plan.engines)
     loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
     for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
@@ -219,9 +244,14 @@ class _Loop:
         self.stats = GenerationStats()
         self.row_stats = [GenerationStats() for _ in range(rows)]
         self.outputs: list[list[int]] = [[] for _ in range(rows)]  # what decoded() reports before run()
+        self._row_maxima: list[tuple[Engine, Tensor]] = []  # this round's, per forward: (engine, [B, keep])
 
     def _logits(self, engine: Engine, batch: Batch, keep: int = 1) -> Tensor:
         logits = engine.advance(batch, keep).to(self.device)
+        # The kernels run with check=False (a host sync each), and draw a token even from a
+        # broken row; a row's max is NaN, +inf or -inf exactly when the row is broken, so one
+        # reduction per forward, read with the round's tokens, catches an overflowing model.
+        self._row_maxima.append((engine, logits.amax(-1)))
         # An engine may return any floating dtype (a float64 model); the kernels take these.
         return logits if logits.dtype in kk.LOGIT_DTYPES else logits.float()
 
@@ -382,6 +412,26 @@ class _Loop:
         alpha = self._alpha(p.flatten(0, 1), q.flatten(0, 1))
         return tokens, accepted + 1, None if alpha is None else alpha.view(rows, gamma + 1)
 
+    def _raise_on_broken_logits(self, active: list[int], outputs: list[list[int]]) -> None:
+        """:class:`EngineError` naming the model and the prompt if a forward of this round
+        gave a row with a NaN or +inf logit, or -inf everywhere: its tokens would be
+        arbitrary (greedy picks token 0), so none of the round's tokens are kept."""
+        maxima, self._row_maxima = self._row_maxima, []
+        for engine, row_max in maxima:
+            broken = (~row_max.isfinite()).flatten(1).any(1).nonzero()[:, 0].tolist()
+            if not broken:
+                continue
+            i = broken[0]
+            values = row_max[i].flatten()
+            what = ("NaN" if values.isnan().any() else "+inf" if (values == torch.inf).any()
+                    else "-inf for every token")  # fmt: skip
+            done = len(outputs[active[i]])
+            raise EngineError(
+                f"{engine.name} gave logits with {what} for prompt {active[i]} after {done} new token"
+                f"{'' if done == 1 else 's'}: the model overflowed (float16 overflows where bfloat16 and float32 "
+                "do not) or is broken"
+            )
+
     def _commit(
         self,
         active: list[int],
@@ -395,6 +445,7 @@ class _Loop:
         its budget; update the statistics (a speculative round's drafts count whole,
         before the cut).  Returns the batch rows still going."""
         tokens_h, emitted_h = tokens.tolist(), emitted.tolist()
+        self._raise_on_broken_logits(active, outputs)
         alpha_h = None if alpha is None else alpha.tolist()
         gamma = tokens.shape[1] - 1 if self.plan.speculative else 0
         keep = []
