@@ -8,7 +8,8 @@ the modes and the loop are described in :mod:`kad.loop`.
 from __future__ import annotations
 
 import numbers
-from collections.abc import Sequence
+import os
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,7 +22,7 @@ import kad_kernels as kk
 from . import default_pair
 from .engines import Engine, EngineError, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.huggingface import checked_model, output_logits
-from .loop import Decoded, decode
+from .loop import Decoded, check_inputs, decode
 from .settings import Mode, Settings
 from .models import (
     EngineKind,
@@ -125,6 +126,8 @@ class Decoder:
         reference_tokenizer: PreTrainedTokenizerBase | None = None,
     ):
         models = {"base": base, "aligned": aligned, "reference": reference}
+        _check_arguments(models, {"tokenizer": tokenizer, "base_tokenizer": base_tokenizer,
+                                  "reference_tokenizer": reference_tokenizer})  # fmt: skip
         names = {role: f"the {role} model" + (f" {_name(m)!r}" if _name(m) else "") for role, m in models.items()}
         models = {role: m for role, m in models.items() if m is not None}
         # A model given twice gets an HFEngine per role; an engine object cannot serve two.
@@ -138,7 +141,24 @@ class Decoder:
         self.engines: dict[str, Engine] = {role: self._engine(names[role], m) for role, m in models.items()}
         self.device = self.engines["base"].device
         stop_ids = {t.eos_token_id for t in tokenizers.values()}.union(*(e.stop_ids for e in self.engines.values()))
-        self.stop_ids = frozenset(i for i in stop_ids if i is not None)
+        # An id past the vocabulary (a generation config's, for a padded lm_head) is never drawn.
+        self.stop_ids = frozenset(i for i in stop_ids if i is not None and 0 <= i < self.vocab_size)
+
+    @property
+    def stop_ids(self) -> frozenset[int]:
+        return self._stop_ids
+
+    @stop_ids.setter
+    def stop_ids(self, ids: Iterable[int]) -> None:
+        """Any iterable of token ids in the vocabulary (``TypeError``/``ValueError`` otherwise)."""
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise TypeError(f"stop_ids must be a set of token ids, got {ids!r:.80}")
+        ids = frozenset(ids)
+        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids):
+            raise TypeError(f"stop_ids must be token ids (ints), got {sorted(ids, key=repr)!r:.80}")
+        if not all(0 <= i < self.vocab_size for i in ids):
+            raise ValueError(f"stop_ids must be in [0, {self.vocab_size}), got {sorted(ids)!r:.80}")
+        self._stop_ids = frozenset(int(i) for i in ids)
 
     def _engine(self, name: str, model: PreTrainedModel | Engine) -> Engine:
         """``model`` as an engine with the tokenizer's vocabulary."""
@@ -277,6 +297,11 @@ class Decoder:
         ``track_alpha``: compute α for the statistics (one more mixture per step
         where the rule needs it).
         """
+        for name, flag in (("chat", chat), ("track_alpha", track_alpha)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        if streamer is not None and not (hasattr(streamer, "put") and hasattr(streamer, "end")):
+            raise TypeError(f"streamer must be a transformers streamer (with put and end), got {streamer!r:.80}")
         settings = Settings(mode, rule, gamma, temperature, track_alpha)
         settings.checked_rule()
         seed = None if seed is None else checked_seed(seed)
@@ -294,7 +319,8 @@ class Decoder:
             budgets = list(max_new_tokens) if isinstance(max_new_tokens, Sequence) else []
         if len(budgets) != len(prompts) or not all(_is_count(b) for b in budgets):
             raise ValueError(f"max_new_tokens must be an int >= 0 or one per prompt, got {max_new_tokens!r}")
-        ids = [self._prompt_ids(row, p, chat, system_prompt) for row, p in enumerate(prompts)]
+        ids = [self.encode(p, chat=chat, system_prompt=system_prompt) if isinstance(p, str) else p for p in prompts]
+        check_inputs(ids, budgets, self.vocab_size)
 
         generator = torch.Generator(self.device)
         if seed is None:
@@ -323,13 +349,23 @@ class Decoder:
         texts = self.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
         return Generation(texts, out.token_ids, out.stats, out.row_stats)
 
-    def _prompt_ids(self, row: int, prompt: str | Sequence[int], chat: bool, system_prompt: str | None) -> list[int]:
-        ids = self.encode(prompt, chat=chat, system_prompt=system_prompt) if isinstance(prompt, str) else list(prompt)
-        if not ids:
-            raise ValueError(f"prompt {row} has no tokens")
-        if not all(0 <= t < self.vocab_size for t in ids):
-            raise ValueError(f"prompt {row} has token ids outside [0, {self.vocab_size})")
-        return ids
+
+def _check_arguments(models: dict[str, object], tokenizers: dict[str, object]) -> None:
+    """``TypeError`` naming the first argument of :class:`Decoder` that is not a model (an
+    engine) or a tokenizer; a name or path is what :meth:`Decoder.from_pretrained` takes."""
+    hint = ": Decoder.from_pretrained loads models by name or path"
+    for arg, model in models.items():
+        if model is not None or arg != "reference":
+            try:
+                checked_model(arg, model)
+            except TypeError as error:
+                raise TypeError(f"{error}{hint if isinstance(model, (str, os.PathLike)) else ''}") from None
+    for arg, tokenizer in tokenizers.items():
+        if (tokenizer is not None or arg == "tokenizer") and not isinstance(tokenizer, PreTrainedTokenizerBase):
+            raise TypeError(
+                f"{arg} must be a transformers tokenizer (PreTrainedTokenizerBase), got {tokenizer!r:.80}"
+                f"{hint if isinstance(tokenizer, (str, os.PathLike)) else ''}"
+            )
 
 
 def _is_count(value: object) -> bool:

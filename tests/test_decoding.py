@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy as copy_module
 import functools
 import importlib.metadata
+import math
 import pickle
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -629,7 +630,12 @@ def test_every_64_bit_seed_is_taken(seed):
     [
         (dict(prompts=[]), ValueError, "prompts is empty"),
         (dict(prompts=[[]]), ValueError, "prompt 0 has no tokens"),
-        (dict(prompts=[[1, 999]]), ValueError, "prompt 0 has token ids outside"),
+        (dict(prompts=[[1, 999]]), ValueError, "prompt 0 has token ids outside .*: 999 at position 1"),
+        (dict(prompts=[[5, 6], [5.9, 6.7]]), TypeError, r"prompt 1 must be a list of token ids \(ints\), got 5.9"),
+        (dict(prompts=[[True, False]]), TypeError, "prompt 0 must be a list of token ids .*got True at position 0"),
+        (dict(prompts=[[1, None]]), TypeError, "prompt 0 must be a list of token ids .*got None at position 1"),
+        (dict(prompts=[[[5, 6]]]), TypeError, r"prompt 0 must be a list of token ids .*got \[5, 6\]"),
+        (dict(prompts=[["a", "b"]]), TypeError, "prompt 0 must be a list of token ids .*got 'a'"),
         (dict(mode="kad-spec", gamma=0), ValueError, "gamma"),
         (dict(mode="kad-spec", gamma=-2), ValueError, "gamma"),
         (dict(mode="kad", rule=None), ValueError, "needs a rule"),
@@ -648,6 +654,9 @@ def test_every_64_bit_seed_is_taken(seed):
         (dict(temperature=1e300), ValueError, r"a float32 normal number when > 0 .*got 1e\+300"),
         (dict(rule=kk.Dual(torch.tensor([0.1]))), ValueError, "has a tensor parameter"),
         (dict(prompts=["a", "b"], streamer=_Recorder()), ValueError, "streamer takes one prompt"),
+        (dict(streamer=5), TypeError, r"streamer must be a transformers streamer \(with put and end\), got 5"),
+        (dict(chat="no"), TypeError, "chat must be True or False, got 'no'"),
+        (dict(track_alpha=1), TypeError, "track_alpha must be True or False, got 1"),
         (dict(seed=2**64), ValueError, r"seed must be an int of 64 bits, in \[-2\*\*63, 2\*\*64\), got 18446744073709551616"),
         (dict(seed=-(2**63) - 1), ValueError, "seed must be an int of 64 bits"),
         (dict(seed=1.5), ValueError, "seed must be an int of 64 bits"),
@@ -659,6 +668,62 @@ def test_bad_arguments_are_refused(kwargs, error, match):
     kwargs = dict(dict(prompts=["hello"], mode="kad", rule=kk.Dual(0.4)), **kwargs)
     with pytest.raises(error, match=match):
         DECODER.generate(kwargs.pop("prompts"), **kwargs)
+
+
+@pytest.mark.parametrize(
+    "prompts, budgets, error, match",
+    [
+        ([[5, 6], [7]], [3], ValueError, r"budgets must be one per prompt \(2\), got \[3\]"),
+        ([[5, 6]], [3, 3], ValueError, r"budgets must be one per prompt \(1\)"),
+        ([[5, 6]], [-2], ValueError, r"the budget of prompt 0 must be an int >= 0, got -2"),
+        ([[5, 6]], [2.9], ValueError, r"the budget of prompt 0 must be an int >= 0, got 2.9"),
+        ([[5, 6]], [True], ValueError, r"the budget of prompt 0 must be an int >= 0, got True"),
+        ([[5, 6], []], [3, 3], ValueError, "prompt 1 has no tokens"),
+        ([[5, V]], [3], ValueError, f"prompt 0 has token ids outside \\[0, {V}\\): {V} at position 1"),
+        ([[5, 6.0]], [3], TypeError, "prompt 0 must be a list of token ids"),
+        (["hello"], [3], TypeError, "prompt 0 must be a list of token ids, got str"),
+        ([], [], ValueError, "prompts must be a non-empty list of token-id lists"),
+    ],
+)
+def test_decode_refuses_bad_prompts_and_budgets(prompts, budgets, error, match):
+    """kad.decode, the loop under every front end, is public: it checks what it is given."""
+    engines = {"base": HFEngine(MODELS["base"], V), "aligned": HFEngine(MODELS["aligned"], V)}
+    settings = kad.settings.Settings("kad", kk.Dual(0.4), 4, 0.0, True)
+    with pytest.raises(error, match=match):
+        kad.decode(engines, prompts, budgets, settings, stop_ids=frozenset(), generator=torch.Generator())
+    assert all(engine.cached == 0 for engine in engines.values())
+
+
+@pytest.mark.parametrize(
+    "arguments, match",
+    [
+        (dict(base="Qwen/Qwen2.5-1.5B"), r"base must be a transformers PreTrainedModel or a kad.engines.Engine, "
+                                         r"got 'Qwen/Qwen2.5-1.5B': Decoder.from_pretrained loads models by name"),
+        (dict(aligned=None), "aligned must be a transformers PreTrainedModel or a kad.engines.Engine, got None$"),
+        (dict(reference=TOKENIZER), "reference must be a transformers PreTrainedModel"),
+        (dict(tokenizer=None), r"tokenizer must be a transformers tokenizer \(PreTrainedTokenizerBase\), got None$"),
+        (dict(tokenizer="Qwen/Qwen2.5-0.5B-Instruct"), "tokenizer must be .*: Decoder.from_pretrained loads models"),
+        (dict(base_tokenizer=MODELS["base"].config), "base_tokenizer must be a transformers tokenizer"),
+    ],
+)
+def test_decoder_arguments_of_the_wrong_kind_are_named(arguments, match):
+    given = dict(base=MODELS["base"], aligned=MODELS["aligned"], tokenizer=TOKENIZER) | arguments
+    with pytest.raises(TypeError, match=match):
+        kad.Decoder(given.pop("base"), given.pop("aligned"), given.pop("tokenizer"), **given)
+
+
+@pytest.mark.parametrize(
+    "ids, error, match",
+    [(5, TypeError, "stop_ids must be a set of token ids, got 5"), ("ab", TypeError, "stop_ids must be a set"),
+     ({1.5}, TypeError, r"stop_ids must be token ids \(ints\), got \[1.5\]"),
+     ({V}, ValueError, rf"stop_ids must be in \[0, {V}\), got \[{V}\]")],
+)
+def test_stop_ids_that_are_not_token_ids_are_refused_when_set(ids, error, match):
+    decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
+    with pytest.raises(error, match=match):
+        decoder.stop_ids = ids
+    decoder.stop_ids = [np.int64(3)]
+    assert decoder.stop_ids == frozenset({3}) and type(next(iter(decoder.stop_ids))) is int
 
 
 class _FailsAt:
@@ -692,6 +757,42 @@ def test_an_engine_error_keeps_what_was_generated(method, at, emitted):
     partial = failure.value.partial
     assert partial.token_ids == [tokens[:emitted] for tokens in expected]
     assert partial.texts == [TOKENIZER.decode(t, skip_special_tokens=True) for t in partial.token_ids]
+
+
+class _BreaksAt:
+    """An HFEngine whose forward number ``at`` gives prompt ``row`` the logits ``value``
+    (NaN or +inf at one token, as a float16 overflow does, or -inf at every token)."""
+
+    def __init__(self, engine: HFEngine, at: int, value: float, row: int = 1):
+        self.engine, self.at, self.value, self.row, self.calls = engine, at, value, row, 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def advance(self, batch, keep=1):
+        logits = self.engine.advance(batch, keep)
+        self.calls += 1
+        if self.calls == self.at:
+            logits = logits.clone()
+            logits[self.row, -1, 3 if self.value != -math.inf else slice(None)] = self.value
+        return logits
+
+
+@pytest.mark.parametrize("value, what", [(math.nan, "NaN"), (math.inf, r"\+inf"), (-math.inf, "-inf for every token")])
+@pytest.mark.parametrize("mode, role", [("base", "base"), ("aligned", "aligned"), ("kad", "base"), ("kad", "aligned"),
+                                        ("kad-spec", "base"), ("kad-spec", "aligned")])  # fmt: skip
+def test_a_model_giving_broken_logits_is_an_engine_error_not_tokens(mode, role, value, what):
+    """The kernels would draw a token from a broken row (greedy: token 0, which stops the
+    row here); the round is dropped and the rows keep what came before it."""
+    engines = {"base": HFEngine(MODELS["base"], V), "aligned": HFEngine(MODELS["aligned"], V)}
+    engines[role] = _BreaksAt(engines[role], at=3, value=value)
+    decoder = kad.Decoder(engines["base"], engines["aligned"], TOKENIZER)
+    settings = dict(mode=mode, rule=kk.Dual(0.4) if mode.startswith("kad") else None, gamma=2, max_new_tokens=8)
+    with pytest.raises(kad.engines.EngineError, match=f"gave logits with {what} for prompt 1 after ") as failure:
+        decoder.generate(PROMPTS[:3], temperature=0.0, **settings)
+    expected = DECODER.generate(PROMPTS[:3], temperature=0.0, **settings).token_ids
+    partial = failure.value.partial.token_ids
+    assert all(expected[row][: len(kept)] == kept and len(kept) < len(expected[row]) for row, kept in enumerate(partial))
 
 
 def test_one_engine_object_in_two_roles_is_refused():
