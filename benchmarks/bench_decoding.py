@@ -47,6 +47,8 @@ from transformers import PreTrainedTokenizerFast, Qwen2Config, Qwen2ForCausalLM
 import kad
 import kad_kernels as kk
 
+from bench_kernels import checked_device  # benchmarks/ is not a package: its scripts import each other
+
 # Public config.json values of Qwen2.5-1.5B and Qwen2.5-0.5B(-Instruct).
 QWEN25_1_5B = dict(
     hidden_size=1536, intermediate_size=8960, num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     if bool(args.base) != bool(args.aligned):
         parser.error("--base and --aligned go together")
 
-    device = torch.device(args.device)
+    device = checked_device(torch, args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     batch_sizes = [int(b) for b in (args.batch_sizes or ("1,16" if device.type == "cuda" else "1")).split(",")]
     gammas = [int(g) for g in args.gammas.split(",")]

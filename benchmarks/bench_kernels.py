@@ -148,6 +148,18 @@ def pick_backends(kk, requested: str | None, device) -> list[str]:
     return sorted(dict.fromkeys(names), key=lambda n: order.get(n, 2))
 
 
+def checked_device(torch, name: str):
+    """``torch.device(name)``; ``SystemExit`` naming ``--device`` for a name torch does not
+    know or a GPU this machine does not have."""
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError) as error:
+        raise SystemExit(f"--device {name!r}: {error}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"--device {name}: torch {torch.__version__} sees no CUDA GPU on this machine")
+    return device
+
+
 def default_peak_gbs(torch, device) -> float | None:
     if device.type != "cuda":
         return None
@@ -307,7 +319,7 @@ def run(args, partial_csv: Path | None = None) -> list[dict]:
 
     configure_compile(torch)
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = checked_device(torch, args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backends = pick_backends(kk, args.backends, device)
     if not backends:
         raise SystemExit("no backend to benchmark on this device")

@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{'engine':<10} {'B':>3} {'mode':<12} {'tok/s':>7} {'accept':>6} {'wall s':>7}", flush=True)
     for name in args.engines.split(","):
         started = time.perf_counter()
-        decoder = kad.Decoder.from_pretrained(device="cpu", dtype=torch.bfloat16, engine=name)
+        # llama.cpp runs the GGUF files' own types (it refuses a dtype).
+        dtype = torch.bfloat16 if name == "torch" else "auto"
+        decoder = kad.Decoder.from_pretrained(device="cpu", dtype=dtype, engine=name)
         decoder.stop_ids = frozenset()
         loaded = time.perf_counter() - started
         prompts = [decoder.encode(task.user_message(item), chat=True) for item in items]

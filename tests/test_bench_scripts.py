@@ -14,6 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import torch
+
 import kad_kernels as kk
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,3 +40,14 @@ def test_bench_kernels_writes_every_row_with_the_reference_tokens(tmp_path):
         assert float(row["median_us"]) > 0 and float(row["gbps"]) > 0, row
         assert row["mismatch_rows"] in ("", "0"), row  # empty for eager torch itself
     assert (tmp_path / "bench_kernels.md").is_file()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there to benchmark")
+@pytest.mark.parametrize("script", ["bench_kernels.py", "bench_decoding.py"])
+@pytest.mark.parametrize("device, says", [("cuda", "sees no CUDA GPU on this machine"), ("gpu", "Expected one of")])
+def test_a_device_this_machine_lacks_is_named_in_one_line(script, device, says):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--device", device], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert done.stderr.strip().splitlines()[-1].startswith(f"--device {device if device == 'cuda' else repr(device)}: ")
+    assert says in done.stderr
