@@ -73,6 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     python = args.python or __import__("os").environ.get("KAD_VLLM_PYTHON")
     if not python:
         parser.error("needs vLLM's CPU build: --python or KAD_VLLM_PYTHON")
+    # Checked before the models convert and load (minutes), not when the server starts.
+    try:
+        found = subprocess.run([python, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
+    except OSError as error:
+        parser.error(f"--python {python}: cannot run it ({error.strerror or error})")
+    if found.returncode != 0:
+        parser.error(f"--python {python}: cannot import vllm ({(found.stderr.strip().splitlines() or ['?'])[-1]})")
 
     base_dir = default_pair.local_path(default_pair.BASE)
     aligned_dir = default_pair.local_path(default_pair.ALIGNED)

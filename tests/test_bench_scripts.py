@@ -9,6 +9,7 @@ hold every row, no error and no token that differs from the eager reference.
 from __future__ import annotations
 
 import csv
+import importlib.util
 import os
 import subprocess
 import sys
@@ -51,3 +52,16 @@ def test_a_device_this_machine_lacks_is_named_in_one_line(script, device, says):
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     assert done.stderr.strip().splitlines()[-1].startswith(f"--device {device if device == 'cuda' else repr(device)}: ")
     assert says in done.stderr
+
+
+@pytest.mark.parametrize("python, says", [("/nonexistent/python", "cannot run it"), (sys.executable, "cannot import vllm")])
+def test_bench_remote_checks_its_vllm_python_before_the_models_load(python, says):
+    if says == "cannot import vllm" and importlib.util.find_spec("vllm") is not None:
+        pytest.skip("vllm is importable here")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_remote.py"), "--python", python], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"bench_remote.py: error: --python {python}: " + (
+        "cannot run it (No such file or directory)" if says == "cannot run it" else
+        "cannot import vllm (ModuleNotFoundError: No module named 'vllm')"
+    )  # fmt: skip
