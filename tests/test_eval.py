@@ -459,8 +459,9 @@ def test_cli_eval_end_to_end(model_dir, tmp_path, capsys):
 )  # fmt: skip
 def test_cli_eval_records_only_the_parameters_a_mode_uses(model_dir, tmp_path, mode, rule, expected):
     rule_args = [] if rule is None else ["--rule", rule]
+    reference = ["--reference", model_dir] if "implicit-reward" in (mode.removesuffix("-spec"), rule) else []
     args = ["eval", "--task", "svamp", "--limit", "1", "--base", model_dir, "--aligned", model_dir, "--mode", mode,
-            *rule_args, "--reference", model_dir, "--lam", "0.3", "--gamma", "3", "--max-new-tokens", "2",
+            *rule_args, *reference, "--lam", "0.3", "--gamma", "3", "--max-new-tokens", "2",
             "--output", str(tmp_path / "r.json")]  # fmt: skip
     assert cli.main(args) == 0
     config = evaluate.load_result(tmp_path / "r.json")["config"]
