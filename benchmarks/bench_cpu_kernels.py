@@ -4,6 +4,7 @@ Not part of the test suite (``testpaths`` is ``tests/`` and the name does not ma
 ``test_*.py``); pytest collects a file named on its command line whatever its name:
 
     python -m pytest benchmarks/bench_cpu_kernels.py --benchmark-only      # the whole grid, 144 cases
+    python benchmarks/bench_cpu_kernels.py -k "..."                        # the same: pytest, --benchmark-only
     python -m pytest benchmarks/bench_cpu_kernels.py --benchmark-only -k "V151936 and bf16 and (B1- or B64-)"
     python -m pytest benchmarks/bench_cpu_kernels.py --benchmark-only --benchmark-save=NAME
     python -m pytest benchmarks/bench_cpu_kernels.py --benchmark-only --benchmark-compare[=NNNN or FILE]
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import sys
 from pathlib import Path
 from typing import NamedTuple
 
@@ -143,3 +145,7 @@ def test_kernel(benchmark, case: Case):
     benchmark(call)
     if benchmark.stats is not None:  # None under --benchmark-disable
         benchmark.extra_info["gbps"] = float(f"{x.bytes / benchmark.stats.stats.median / 1e9:.4g}")
+
+
+if __name__ == "__main__":  # python benchmarks/bench_cpu_kernels.py [pytest options]: the commands above
+    raise SystemExit(pytest.main([__file__, "--benchmark-only", *sys.argv[1:]]))
