@@ -244,16 +244,25 @@ class _Loop:
         self.stats = GenerationStats()
         self.row_stats = [GenerationStats() for _ in range(rows)]
         self.outputs: list[list[int]] = [[] for _ in range(rows)]  # what decoded() reports before run()
-        self._row_maxima: list[tuple[Engine, Tensor]] = []  # this round's, per forward: (engine, [B, keep])
+        self._broken: list[tuple[Engine, Tensor]] = []  # this round's (engine, _BROKEN code [B]) per read
 
     def _logits(self, engine: Engine, batch: Batch, keep: int = 1) -> Tensor:
         logits = engine.advance(batch, keep).to(self.device)
-        # The kernels run with check=False (a host sync each), and draw a token even from a
-        # broken row; a row's max is NaN, +inf or -inf exactly when the row is broken, so one
-        # reduction per forward, read with the round's tokens, catches an overflowing model.
-        self._row_maxima.append((engine, logits.amax(-1)))
         # An engine may return any floating dtype (a float64 model); the kernels take these.
         return logits if logits.dtype in kk.LOGIT_DTYPES else logits.float()
+
+    def _watch(self, engine: Engine, logits: Tensor, read: Tensor | None = None) -> None:
+        """Note the broken rows of ``engine``'s ``logits`` ``[B, V]`` or ``[B, n, V]`` that a
+        draw reads (``read``: bool ``[B]`` or ``[B, n]``; default all): NaN or +inf in a row,
+        or -inf everywhere.  The kernels run with ``check=False`` (a host sync each) and
+        would draw a token from such a row; a row's max is NaN, +inf or -inf exactly
+        when it is broken, so one reduction per forward, read with the round's tokens
+        (:meth:`_raise_on_broken_logits`), catches an overflowing model."""
+        top = logits.amax(-1)
+        code = torch.where(top.isnan(), 3, torch.where(top == torch.inf, 2, torch.where(top == -torch.inf, 1, 0)))
+        if read is not None:
+            code = code * read
+        self._broken.append((engine, code.reshape(code.shape[0], -1).amax(1)))
 
     def decoded(self) -> Decoded:
         """What was emitted so far, and the statistics (served engines' counters included)."""
@@ -322,6 +331,7 @@ class _Loop:
         """One token per row: ``(tokens [B, 1], emitted [B] (ones), α [B, 1] or None)``."""
         plan = self.plan
         p = self._logits(plan.target, batch)[:, -1]
+        self._watch(plan.target, p)
         if plan.draft is not None and plan.rule.mask_from_p:
             greedy = self.temperature == 0
             uniforms = None if greedy else torch.rand(p.shape[0], generator=self.generator, device=self.device,
@@ -331,6 +341,9 @@ class _Loop:
         else:
             q = self._logits(plan.draft, batch)[:, -1] if plan.draft is not None else p
             ref = self._logits(plan.reference, batch)[:, -1] if plan.reference else None
+            for engine, logits in ((plan.draft, q), (plan.reference, ref)):
+                if engine is not None:
+                    self._watch(engine, logits)
             p, q, ref = _common_dtype(p, q, ref)
             tokens = kk.sample(p, q, plan.rule, self.temperature, ref_logits=ref, generator=self.generator, check=False)
             alpha = self._alpha(p, q)
@@ -350,6 +363,8 @@ class _Loop:
         tokens = draw.tokens
         if undecided.numel():
             q = self._logits(plan.draft, batch)[:, -1]
+            read = torch.zeros(q.shape[0], dtype=torch.bool, device=q.device)
+            self._watch(plan.draft, q, read.index_fill(0, undecided if rows is None else rows[undecided], True))
             q = q if rows is None else q[rows]
             p_u, q_u = _common_dtype(p[undecided], q[undecided])
             tokens = tokens.index_put((undecided,), finish_with_q(draw, undecided, p_u, q_u, plan.rule, self.temperature))
@@ -385,6 +400,12 @@ class _Loop:
             check=False,
         )  # fmt: skip
         tokens, accepted = verified.tokens, verified.num_accepted
+        # Verify reads p (and ref) and q up to each row's first rejected draft (or the bonus).
+        read = torch.arange(gamma + 1, device=self.device) <= accepted[:, None]  # [B, γ+1]
+        self._watch(plan.target, p, read)
+        self._watch(plan.draft, q[:, :gamma], read[:, :gamma])
+        if ref is not None:
+            self._watch(plan.reference, ref, read)
         all_accepted = (accepted == gamma).nonzero()[:, 0]
         if all_accepted.numel() and plan.rule.mask_from_p:
             uniforms = None if self.temperature == 0 else coins[all_accepted, gamma]
@@ -392,6 +413,7 @@ class _Loop:
             tokens = tokens.index_put((all_accepted, torch.full_like(all_accepted, gamma)), bonus)
         elif all_accepted.numel():
             q[:, -1] = self._logits(plan.draft, batch)[:, -1].to(q.dtype)
+            self._watch(plan.draft, q[:, -1], torch.zeros_like(accepted, dtype=torch.bool).index_fill(0, all_accepted, True))
             bonus = kk.sample(
                 p[all_accepted, -1], q[all_accepted, -1], plan.rule, self.temperature,
                 ref_logits=None if ref is None else ref[all_accepted, -1], uniforms=coins[all_accepted, gamma],
@@ -413,23 +435,24 @@ class _Loop:
         return tokens, accepted + 1, None if alpha is None else alpha.view(rows, gamma + 1)
 
     def _raise_on_broken_logits(self, active: list[int], outputs: list[list[int]]) -> None:
-        """:class:`EngineError` naming the model and the prompt if a forward of this round
-        gave a row with a NaN or +inf logit, or -inf everywhere: its tokens would be
-        arbitrary (greedy picks token 0), so none of the round's tokens are kept."""
-        maxima, self._row_maxima = self._row_maxima, []
-        for engine, row_max in maxima:
-            broken = (~row_max.isfinite()).flatten(1).any(1).nonzero()[:, 0].tolist()
-            if not broken:
+        """:class:`EngineError` naming the model and the prompt if a draw of this round read
+        a broken row (:meth:`_watch`): its token would be arbitrary (greedy picks token
+        0), so none of the round's tokens are kept."""
+        watched, self._broken = self._broken, []
+        if not watched:
+            return
+        codes = torch.stack([code for _, code in watched]).tolist()  # [reads, B]: one host sync a round
+        for (engine, _), row_codes in zip(watched, codes):
+            broken = next((i for i, code in enumerate(row_codes) if code), None)
+            if broken is None:
                 continue
-            i = broken[0]
-            values = row_max[i].flatten()
-            what = ("NaN" if values.isnan().any() else "+inf" if (values == torch.inf).any()
-                    else "-inf for every token")  # fmt: skip
-            done = len(outputs[active[i]])
+            what = {3: "NaN", 2: "+inf", 1: "-inf for every token"}[row_codes[broken]]
+            done = len(outputs[active[broken]])
+            overflow = " (float16 overflows where bfloat16 and float32 do not)" if (
+                getattr(engine, "dtype", None) == torch.float16) else ""  # fmt: skip
             raise EngineError(
-                f"{engine.name} gave logits with {what} for prompt {active[i]} after {done} new token"
-                f"{'' if done == 1 else 's'}: the model overflowed (float16 overflows where bfloat16 and float32 "
-                "do not) or is broken"
+                f"{engine.name} gave logits with {what} for prompt {active[broken]} after {done} new token"
+                f"{'' if done == 1 else 's'}: the model overflowed{overflow} or is broken"
             )
 
     def _commit(

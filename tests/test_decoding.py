@@ -795,6 +795,35 @@ def test_a_model_giving_broken_logits_is_an_engine_error_not_tokens(mode, role, 
     assert all(expected[row][: len(kept)] == kept and len(kept) < len(expected[row]) for row, kept in enumerate(partial))
 
 
+class _BrokenPastTheFirstRejection:
+    """An HFEngine whose verify logits are NaN at every position after a row's first
+    rejected draft (greedy Dual(0): π = p), which verify never reads."""
+
+    def __init__(self, engine: HFEngine):
+        self.engine, self.broken_rows = engine, 0
+
+    def __getattr__(self, name):
+        return getattr(self.engine, name)
+
+    def advance(self, batch, keep=1):
+        logits = self.engine.advance(batch, keep)
+        if keep > 1:
+            drafts = batch.tokens[:, -(keep - 1) :]
+            accepted = (logits[:, :-1].argmax(-1) == drafts).long().cumprod(1).sum(1)
+            logits = logits.clone()
+            for row, read_up_to in enumerate(accepted.tolist()):
+                logits[row, read_up_to + 1 :] = math.nan
+                self.broken_rows += read_up_to + 1 < keep
+        return logits
+
+
+def test_broken_logits_that_no_draw_reads_are_no_error():
+    settings = dict(mode="kad-spec", rule=kk.Dual(0.0), gamma=4, temperature=0.0, max_new_tokens=12)
+    base = _BrokenPastTheFirstRejection(HFEngine(MODELS["base"], V))
+    out = kad.Decoder(base, MODELS["aligned"], TOKENIZER).generate(PROMPTS, **settings)
+    assert base.broken_rows > 0 and out.token_ids == DECODER.generate(PROMPTS, **settings).token_ids
+
+
 def test_one_engine_object_in_two_roles_is_refused():
     """Its cache serves one role; the same transformers model twice gets an engine per role."""
     engine = HFEngine(MODELS["aligned"], V)
