@@ -78,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         found = subprocess.run([python, "-c", "import vllm"], capture_output=True, text=True, timeout=300)
     except OSError as error:
         parser.error(f"--python {python}: cannot run it ({error.strerror or error})")
+    except subprocess.TimeoutExpired:
+        parser.error(f"--python {python}: importing vllm took over 5 minutes")
     if found.returncode != 0:
         parser.error(f"--python {python}: cannot import vllm ({(found.stderr.strip().splitlines() or ['?'])[-1]})")
 

@@ -314,6 +314,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if not 0 <= args.item < items:
         raise ValueError(f"--item must be a GSM8K test item in [0, {items}), got {args.item}")
     checked_seed(args.seed)
+    if args.reference is not None:  # a third model loaded for nothing
+        raise ValueError("--reference is not read by kad demo (it runs no implicit-reward rule): leave it out")
     demo(_decoder(args), item_index=args.item, seed=args.seed, max_new_tokens=args.max_new_tokens)
     return 0
 

@@ -12,6 +12,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from jinja2 import TemplateError  # chat templates are jinja2 (a dependency of torch)
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -22,7 +23,7 @@ import kad_kernels as kk
 from . import default_pair
 from .engines import Engine, EngineError, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.huggingface import checked_model, output_logits
-from .loop import Decoded, check_inputs, decode
+from .loop import Decoded, checked_inputs, decode
 from .settings import Mode, Settings
 from .models import (
     EngineKind,
@@ -146,11 +147,12 @@ class Decoder:
 
     @property
     def stop_ids(self) -> frozenset[int]:
+        """The token ids that end a row; set it to any iterable of ids in the vocabulary
+        (``TypeError``/``ValueError`` naming ``stop_ids`` otherwise)."""
         return self._stop_ids
 
     @stop_ids.setter
     def stop_ids(self, ids: Iterable[int]) -> None:
-        """Any iterable of token ids in the vocabulary (``TypeError``/``ValueError`` otherwise)."""
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
             raise TypeError(f"stop_ids must be a set of token ids, got {ids!r:.80}")
         ids = frozenset(ids)
@@ -313,6 +315,8 @@ class Decoder:
             raise ValueError("prompts is empty: pass at least one prompt")
         if streamer is not None and len(prompts) != 1:
             raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
+        if isinstance(max_new_tokens, (np.ndarray, torch.Tensor)):  # one per prompt, or a 0-d one for all
+            max_new_tokens = max_new_tokens.tolist()
         if isinstance(max_new_tokens, numbers.Integral):
             budgets = [max_new_tokens] * len(prompts)
         else:
@@ -320,7 +324,7 @@ class Decoder:
         if len(budgets) != len(prompts) or not all(_is_count(b) for b in budgets):
             raise ValueError(f"max_new_tokens must be an int >= 0 or one per prompt, got {max_new_tokens!r}")
         ids = [self.encode(p, chat=chat, system_prompt=system_prompt) if isinstance(p, str) else p for p in prompts]
-        check_inputs(ids, budgets, self.vocab_size)
+        ids, budgets = checked_inputs(ids, budgets, self.vocab_size)
 
         generator = torch.Generator(self.device)
         if seed is None:

@@ -17,6 +17,7 @@ mean accepted length and mean α.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import json
 import math
@@ -26,7 +27,6 @@ import stat
 import tempfile
 import typing
 from collections.abc import Callable, Sequence
-import dataclasses
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -312,20 +312,34 @@ def with_models(config: RunConfig, decoder: Decoder) -> RunConfig:
 
 
 def _model_name(engine: Engine) -> str:
-    return f"{engine.model} (served)" if isinstance(engine, ServedEngine) else engine.name
+    # RemoteEngine.model is the name on the server (an engine without one is named in full).
+    model = getattr(engine, "model", None)
+    return f"{model} (served)" if isinstance(engine, ServedEngine) and isinstance(model, str) else engine.name
 
 
 def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[str, ...] = ()) -> None:
     """``ValueError`` naming what differs if ``saved`` (a result) was made with another
     configuration than ``config``; the fields in ``skip`` are not compared (before the
     models load, :data:`MODEL_FIELDS`)."""
-    theirs = saved["config"]
+    theirs = dict(saved["config"])
     ours = asdict(config)
+    # Files of earlier versions: a served base was named "NAME at URL" (now "NAME (served)",
+    # wherever it is served), and a reference the rule does not read was recorded.
+    if isinstance(theirs.get("base"), str) and ours["base"].endswith(" (served)"):
+        if theirs["base"].startswith(ours["base"].removesuffix(" (served)") + " at "):
+            theirs["base"] = ours["base"]
+    if not _reads_reference(config):
+        theirs["reference"] = ours["reference"] = None
     keys = [*ours, *(k for k in theirs if k not in ours)]  # a field this version lacks differs too
     changed = ", ".join(f"{k}: {theirs.get(k)!r} → {ours.get(k)!r}" for k in keys
                         if k not in skip and theirs.get(k) != ours.get(k))  # fmt: skip
     if changed:
         raise ValueError(f"cannot resume {path}: its configuration differs ({changed})")
+
+
+def _reads_reference(config: RunConfig) -> bool:
+    rule = build_rule(config.mode, config.rule, config.lam if config.lam is not None else 0.0)
+    return rule is not None and rule.needs_ref
 
 
 def _start(config: RunConfig, path: Path, resume: bool) -> dict:
@@ -438,7 +452,7 @@ def evaluate(
             result["items"].append(_item_record(first + offset, item, text, extracted, correct, stats))
         # A served model's counters are the batch's (one request serves every row), not the items'.
         served = {name: getattr(out.stats, name) for name in _SERVED_COUNTERS}
-        if isinstance(base := decoder.engines["base"], ServedEngine):
+        if isinstance(base := decoder.engines["base"], ServedEngine) and hasattr(base, "url"):
             served["served_at"] = base.url
         result["batches"].append({"first": first, "size": len(batch), "wall_time_s": out.stats.wall_time_s, **served})
         result["updated"] = datetime.now(timezone.utc).isoformat(timespec="seconds")

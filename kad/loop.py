@@ -45,6 +45,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -112,26 +113,46 @@ def context_length(engines: Sequence[Engine]) -> tuple[int, str] | None:
     return min(limits) if limits else None
 
 
-def check_inputs(prompts: Sequence[Sequence[int]], budgets: Sequence[int], vocab_size: int) -> None:
-    """``TypeError``/``ValueError`` naming the first prompt that is not a non-empty list of
+def checked_inputs(
+    prompts: Sequence[Sequence[int]], budgets: Sequence[int], vocab_size: int
+) -> tuple[list[list[int]], list[int]]:
+    """The prompts and budgets as lists of Python ints (numpy arrays and tensors too);
+    ``TypeError``/``ValueError`` naming the first prompt that is not a non-empty list of
     token ids in ``[0, vocab_size)``, or budgets that are not one int ``>= 0`` per prompt."""
-    if not isinstance(prompts, Sequence) or not prompts:
-        raise ValueError(f"prompts must be a non-empty list of token-id lists, got {prompts!r:.80}")
+    prompts, budgets = _as_list(prompts), _as_list(budgets)
+    if not isinstance(prompts, list) or not prompts:
+        raise TypeError(f"prompts must be a non-empty list of token-id lists, got {prompts!r:.80}")
+    checked = []
     for row, prompt in enumerate(prompts):
-        if isinstance(prompt, (str, bytes)) or not isinstance(prompt, Sequence):
+        prompt = _as_list(prompt)
+        if not isinstance(prompt, list):
             raise TypeError(f"prompt {row} must be a list of token ids, got {type(prompt).__name__}")
         if not prompt:
             raise ValueError(f"prompt {row} has no tokens")
-        for i, token in enumerate(prompt):
-            if isinstance(token, bool) or not isinstance(token, numbers.Integral):
-                raise TypeError(f"prompt {row} must be a list of token ids (ints), got {token!r} at position {i}")
-            if not 0 <= token < vocab_size:
-                raise ValueError(f"prompt {row} has token ids outside [0, {vocab_size}): {token} at position {i}")
-    if not isinstance(budgets, Sequence) or len(budgets) != len(prompts):
+        if not all(type(t) is int for t in prompt):  # numpy ints pass (as ints); bools, floats do not
+            for i, token in enumerate(prompt):
+                if isinstance(token, bool) or not isinstance(token, numbers.Integral):
+                    raise TypeError(f"prompt {row} must be a list of token ids (ints), got {token!r} at position {i}")
+            prompt = [int(t) for t in prompt]
+        if not (0 <= min(prompt) and max(prompt) < vocab_size):
+            i, token = next((i, t) for i, t in enumerate(prompt) if not 0 <= t < vocab_size)
+            raise ValueError(f"prompt {row} has token ids outside [0, {vocab_size}): {token} at position {i}")
+        checked.append(prompt)
+    if not isinstance(budgets, list) or len(budgets) != len(prompts):
         raise ValueError(f"budgets must be one per prompt ({len(prompts)}), got {budgets!r:.80}")
     for row, budget in enumerate(budgets):
         if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
             raise ValueError(f"the budget of prompt {row} must be an int >= 0, got {budget!r}")
+    return checked, [int(b) for b in budgets]
+
+
+def _as_list(value: object) -> object:
+    """A sequence, numpy array or tensor as a list (of lists: a 2-D one); anything else as it is."""
+    if isinstance(value, (torch.Tensor, np.ndarray)):
+        return value.tolist() if value.ndim > 0 else value
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return list(value)
+    return value
 
 
 def fit_budgets(prompts: Sequence[Sequence[int]], budgets: Sequence[int], engines: Sequence[Engine]) -> list[int]:
@@ -185,9 +206,9 @@ def decode(
     round's new tokens of a single prompt (``put``; the caller puts the prompt and
     calls ``end``).  An :class:`~kad.engines.EngineError` during the generation
     leaves with what was emitted before it as its ``partial``.  Bad prompts or budgets
-    raise as :func:`check_inputs` says."""
+    raise as :func:`checked_inputs` says."""
     plan = _plan(engines, settings)
-    check_inputs(prompts, budgets, plan.target.vocab_size)
+    prompts, budgets = checked_inputs(prompts, budgets, plan.target.vocab_size)
     budgets = fit_budgets(prompts, budgets, plan.engines)
     loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
     for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings

@@ -682,7 +682,8 @@ def test_bad_arguments_are_refused(kwargs, error, match):
         ([[5, V]], [3], ValueError, f"prompt 0 has token ids outside \\[0, {V}\\): {V} at position 1"),
         ([[5, 6.0]], [3], TypeError, "prompt 0 must be a list of token ids"),
         (["hello"], [3], TypeError, "prompt 0 must be a list of token ids, got str"),
-        ([], [], ValueError, "prompts must be a non-empty list of token-id lists"),
+        ([], [], TypeError, "prompts must be a non-empty list of token-id lists"),
+        (np.array([[5, 6]]), np.array([3, 3]), ValueError, r"budgets must be one per prompt \(1\)"),
     ],
 )
 def test_decode_refuses_bad_prompts_and_budgets(prompts, budgets, error, match):
@@ -724,6 +725,24 @@ def test_stop_ids_that_are_not_token_ids_are_refused_when_set(ids, error, match)
         decoder.stop_ids = ids
     decoder.stop_ids = [np.int64(3)]
     assert decoder.stop_ids == frozenset({3}) and type(next(iter(decoder.stop_ids))) is int
+
+
+def test_decode_takes_numpy_arrays_and_tensors_as_lists():
+    engines = {"base": HFEngine(MODELS["base"], V), "aligned": HFEngine(MODELS["aligned"], V)}
+    settings = kad.settings.Settings("kad", kk.Dual(0.4), 4, 0.0, True)
+    prompts = [TOKENIZER("hello there").input_ids[:4], TOKENIZER("what is 2 + 2?").input_ids[:4]]
+
+    def decode(prompts, budgets):
+        return kad.decode(engines, prompts, budgets, settings, stop_ids=frozenset(), generator=torch.Generator())
+
+    expected = decode(prompts, [3, 5]).token_ids
+    assert [len(t) for t in expected] == [3, 5]
+    for rows, budgets in [(np.array(prompts), np.array([3, 5])), (torch.tensor(prompts), torch.tensor([3, 5])),
+                          ([np.array(p, dtype=np.int32) for p in prompts], [np.int64(3), 5])]:  # fmt: skip
+        assert decode(rows, budgets).token_ids == expected
+    settings = dict(mode="kad", rule=kk.Dual(0.4), temperature=0.0)
+    assert (DECODER.generate(prompts, max_new_tokens=np.array([3, 5]), **settings).token_ids
+            == DECODER.generate(prompts, max_new_tokens=[3, 5], **settings).token_ids)  # fmt: skip
 
 
 class _FailsAt:

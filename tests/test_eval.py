@@ -423,6 +423,22 @@ def test_a_saved_configuration_with_a_field_this_version_lacks_is_not_resumed(tm
     evaluate.check_resumable({"config": dataclasses.asdict(config)}, config, tmp_path / "run.json")
 
 
+def test_files_of_earlier_versions_resume_where_only_the_naming_changed(tmp_path):
+    """A served base was named "NAME at URL", and a reference the rule does not read was recorded."""
+    path = tmp_path / "run.json"
+    served = _config(base="base (served)")
+    for base in ("base at http://node1:8000/v1", "base at http://node2:9000/v1"):
+        evaluate.check_resumable({"config": dataclasses.asdict(_config(base=base))}, served, path)
+    with pytest.raises(ValueError, match=r"base: 'other at http://node1:8000/v1' → 'base \(served\)'"):
+        evaluate.check_resumable({"config": dataclasses.asdict(_config(base="other at http://node1:8000/v1"))},
+                                 served, path)  # fmt: skip
+    evaluate.check_resumable({"config": dataclasses.asdict(_config(reference="ref"))}, _config(reference=None), path)
+    reads = dict(mode="implicit-reward", rule=None, lam=None)
+    with pytest.raises(ValueError, match=r"reference: 'ref' → None"):
+        evaluate.check_resumable({"config": dataclasses.asdict(_config(**reads, reference="ref"))},
+                                 _config(**reads, reference=None), path)  # fmt: skip
+
+
 @PROCFS
 def test_evaluate_refuses_an_output_it_cannot_write_before_decoding(monkeypatch):
     def generate(*args, **kwargs):
@@ -491,7 +507,8 @@ ITEMS = len(TASKS["gsm8k"].load())
     (["--item", "-1"], f"--item must be a GSM8K test item in [0, {ITEMS}), got -1"),
     (["--item", str(ITEMS)], f"--item must be a GSM8K test item in [0, {ITEMS}), got {ITEMS}"),
     (["--seed", str(2**64)], "seed must be an int of 64 bits"),
-], ids=["negative-item", "item-past-the-end", "seed"])  # fmt: skip
+    (["--reference", "m"], "--reference is not read by kad demo (it runs no implicit-reward rule): leave it out"),
+], ids=["negative-item", "item-past-the-end", "seed", "reference"])  # fmt: skip
 def test_cli_demo_refuses_a_bad_option_before_the_models_load(monkeypatch, capsys, options, message):
     def load(args):
         raise AssertionError("the models were loaded")

@@ -145,16 +145,6 @@ class ServedEngine(Engine, Protocol):
     since its last :meth:`~Engine.reset`, what the statistics report."""
 
     @property
-    def model(self) -> str:
-        """The model's name on its server: the same weights wherever they are served."""
-        ...
-
-    @property
-    def url(self) -> str:
-        """Where the model is served (:attr:`~Engine.name` says both)."""
-        ...
-
-    @property
     def requests(self) -> int:
         """HTTP requests answered (retries of one request count once)."""
         ...
