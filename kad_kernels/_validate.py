@@ -18,10 +18,24 @@ LOGIT_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 _FLAG_TENSORS = ("p_logits", "q_logits", "ref_logits")  # 2 flag bits each, in this order
 
 
-def logits(p_logits: Tensor, q_logits: Tensor, ref_logits: Tensor | None, rule: Rule, ndim: int) -> None:
-    """p/q (and ref) share shape, dtype and device; ``ndim`` dims; last dim contiguous."""
+def rule_type(rule: object) -> None:
     if not isinstance(rule, Rule):
         raise TypeError(f"rule must be a kad_kernels rule (Dual, Primal, ...), got {type(rule).__name__}")
+
+
+def backend_name(backend: object) -> None:
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a backend's name (a str, e.g. 'auto'), got {backend!r:.60}")
+
+
+def generator(value: object) -> None:
+    if value is not None and not isinstance(value, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator, got {type(value).__name__}")
+
+
+def logits(p_logits: Tensor, q_logits: Tensor, ref_logits: Tensor | None, rule: Rule, ndim: int) -> None:
+    """p/q (and ref) share shape, dtype and device; ``ndim`` dims; last dim contiguous."""
+    rule_type(rule)
     named = {"p_logits": p_logits, "q_logits": q_logits}
     if rule.needs_ref:
         if ref_logits is None:
@@ -57,7 +71,10 @@ TEMPERATURE_RANGE = f"finite and >= 0 (0 = greedy), {_NORMAL}"
 
 
 def temperature_in_range(value: float) -> bool:
-    """Whether a float temperature is one the kernels take: 0 (greedy) or a normal float32."""
+    """Whether a float temperature is one the kernels take: 0 (greedy) or a normal float32
+    (an int too; not a bool, which the entry points refuse)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
     return value == 0 or _F32.tiny <= value <= _F32.max
 
 

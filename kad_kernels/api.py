@@ -34,11 +34,14 @@ def resolve_backend(rule: Rule, device: torch.device | str, backend: str = "auto
     ``rule`` with on tensors on ``device``, loaded: a backend loads on its first use
     (the C++ extension may be built then, about a minute), so calling this first keeps
     that out of a timed region.  ``RuntimeError`` as the entry points raise it."""
+    _validate.rule_type(rule)
+    _validate.backend_name(backend)
     return resolve(backend, torch.device(device), rule.kind).name
 
 
 def _prepare(p_logits, q_logits, ref_logits, rule: Rule, temperature, ndim: int, backend: str, check: bool):
     _validate.logits(p_logits, q_logits, ref_logits, rule, ndim)
+    _validate.backend_name(backend)
     batch, device = p_logits.shape[0], p_logits.device
     kind, param = rule.spec(batch, device)
     t = _validate.temperature(temperature, batch, device)
@@ -57,6 +60,7 @@ def _randomness(
     offset: int | Tensor | None,
 ) -> tuple[Tensor | None, Tensor | None, Tensor | None]:
     """``(uniforms [B, positions], seed, offset)``: exactly one of uniforms or seed is set."""
+    _validate.generator(generator)
     if seed is None:
         if offset is not None:
             raise ValueError("offset needs seed")

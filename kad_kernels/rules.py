@@ -56,7 +56,7 @@ def _check_param(name: str, value: Param, low: float, high: float) -> Param:
         v = value.double()
         if v.numel() and (torch.isnan(v).any() or (v < low).any() or (v > high).any()):
             raise ValueError(f"{name} must lie in [{low}, {high}] (no NaN), got {value.tolist()}")
-        return value
+        return value.clone()  # the rule's own: a later write to the caller's tensor would skip this check
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a float or a tensor [B], got {type(value).__name__}")
     try:
@@ -82,7 +82,16 @@ def _hashable(value: object) -> object:
     return (value.device, value.dtype, tuple(value.shape)) if isinstance(value, torch.Tensor) else value
 
 
-class Rule:
+class _RuleType(type):
+    """Marks a rule built when its constructor returns; :meth:`Rule.__setattr__` then refuses."""
+
+    def __call__(cls, *args, **kwargs):
+        rule = super().__call__(*args, **kwargs)
+        object.__setattr__(rule, "_built", True)
+        return rule
+
+
+class Rule(metaclass=_RuleType):
     """Base class of the deferral rules; ``kind`` and ``param`` are all a backend sees."""
 
     kind: Kind
@@ -93,6 +102,14 @@ class Rule:
     # p's kept tokens (weight 1 − α) and q (weight α), so a draw needs q only with
     # probability α (kad.draw uses this to skip the aligned model).
     mask_from_p: bool = False
+
+    _built = False  # set once the constructor has returned (_RuleType)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Fields are set by the constructor only: a rule is checked when it is built."""
+        if self._built:
+            raise AttributeError(f"{type(self).__name__} is immutable: build a new rule instead of setting {name}")
+        object.__setattr__(self, name, value)
 
     def spec(self, rows: int, device: torch.device) -> tuple[Kind, Param]:
         """``(kind, param)`` with ``param`` as f32 ``[rows]`` on ``device``, or a float for
@@ -107,17 +124,21 @@ class Rule:
             return self.kind, p.to(torch.float32).expand(rows).contiguous()
         return self.kind, float(p)
 
+    def _fields(self) -> dict[str, object]:
+        return {k: v for k, v in self.__dict__.items() if k != "_built"}
+
     def __eq__(self, other: object) -> bool:
         """Same class and fields; tensor parameters equal in device, dtype and values."""
-        if type(self) is not type(other) or self.__dict__.keys() != other.__dict__.keys():
+        if type(self) is not type(other) or self._fields().keys() != other._fields().keys():
             return False
-        return all(_same(v, other.__dict__[k]) for k, v in self.__dict__.items())
+        theirs = other._fields()
+        return all(_same(v, theirs[k]) for k, v in self._fields().items())
 
     def __hash__(self) -> int:
-        return hash((type(self), *((k, _hashable(v)) for k, v in self.__dict__.items())))
+        return hash((type(self), *((k, _hashable(v)) for k, v in self._fields().items())))
 
     def __repr__(self) -> str:
-        fields = ", ".join(f"{k}={v!r}" for k, v in self.__dict__.items() if k not in ("kind", "param_name"))
+        fields = ", ".join(f"{k}={v!r}" for k, v in self._fields().items() if k not in ("kind", "param_name"))
         return f"{type(self).__name__}({fields})"
 
 

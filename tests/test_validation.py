@@ -183,6 +183,44 @@ def test_rule_not_a_rule():
     p, q = _pq()
     with pytest.raises(TypeError, match=r"rule must be a kad_kernels rule"):
         kk.mixture(p, q, "token_wise")
+    with pytest.raises(TypeError, match=r"rule must be a kad_kernels rule .*got str"):
+        kk.resolve_backend("Dual", "cpu")
+
+
+@pytest.mark.parametrize("backend", [["cpu"], None, 0], ids=repr)
+@pytest.mark.parametrize("entry", ENTRY)
+def test_backend_not_a_name(entry, backend):
+    p, q = _pq(_shape(entry))
+    message = r"backend must be a backend's name \(a str, e.g. 'auto'\), got "
+    with pytest.raises(TypeError, match=message):
+        CALLS[entry](p, q, backend=backend)
+    with pytest.raises(TypeError, match=message):
+        kk.resolve_backend(RULE, "cpu", backend)
+
+
+@pytest.mark.parametrize("entry", ["sample", "verify"])
+def test_generator_not_a_generator(entry):
+    p, q = _pq(_shape(entry))
+    with pytest.raises(TypeError, match="generator must be a torch.Generator, got int"):
+        CALLS[entry](p, q, generator=5)
+
+
+def test_a_rule_is_immutable():
+    """Checked when built: neither a field set later nor a write to the given tensor reaches the kernels."""
+    lam = torch.tensor([0.3, 0.4])
+    rule = Dual(lam)
+    lam.fill_(math.nan)
+    assert torch.equal(rule.param, torch.tensor([0.3, 0.4]))
+    for made, field in [(Dual(0.3), "param"), (Primal(0.9), "kind"), (ImplicitReward(), "param"), (Dual(0.3), "new")]:
+        with pytest.raises(AttributeError, match=f"{type(made).__name__} is immutable: build a new rule .*{field}"):
+            setattr(made, field, 7.0)
+    assert Dual(0.3) == Dual(0.3) and repr(Dual(0.3)) == "Dual(loss='logistic', param=0.3)"
+    assert Dual(torch.tensor([0.3], requires_grad=True)).param.requires_grad  # the copy stays in autograd's graph
+
+
+@pytest.mark.parametrize("value", [True, False, "1", None, 1.0j])
+def test_temperature_in_range_is_false_for_what_the_entry_points_refuse(value):
+    assert kk.temperature_in_range(value) is False
 
 
 # --------------------------------------------------------------------------- ref_logits
