@@ -31,7 +31,7 @@ import kad_kernels as kk
 from . import default_pair
 from .decoding import PARAMETERLESS_RULES, RULES, SYSTEM_PROMPT, Decoder, build_rule, checked_seed, rule_name
 from .engines import EngineError
-from .loop import ContextLengthWarning
+from .loop import KEEPS_PARTIAL, ContextLengthWarning
 from .models import DTYPES, ENGINES
 from .settings import MODES, Settings
 from .evaluate import (
@@ -155,8 +155,8 @@ def run_generate(args: argparse.Namespace) -> int:
             system_prompt=args.system or None,
             streamer=streamer,
         )
-    except EngineError as error:  # show what was generated before it (one prompt: already streamed)
-        if not single and error.partial is not None:
+    except KEEPS_PARTIAL as error:  # show what was generated before it (one prompt: already streamed)
+        if not single and getattr(error, "partial", None) is not None:
             for i, text in enumerate(error.partial.texts):
                 print(f"[{i}] {text}")
         raise

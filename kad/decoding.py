@@ -21,9 +21,9 @@ from transformers.generation.streamers import BaseStreamer
 import kad_kernels as kk
 
 from . import default_pair
-from .engines import Engine, EngineError, HFEngine, RemoteEngine, refuse_shared_engines
+from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.huggingface import checked_model, output_logits
-from .loop import Decoded, checked_inputs, decode
+from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode
 from .settings import Mode, Settings
 from .models import (
     EngineKind,
@@ -342,7 +342,7 @@ class Decoder:
         try:
             return decode(self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator,
                           streamer=streamer)  # fmt: skip
-        except EngineError as error:  # keep what was generated, with its text
+        except KEEPS_PARTIAL as error:  # keep what was generated, with its text
             error.partial = self._generation(error.partial)
             raise
         finally:

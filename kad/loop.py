@@ -186,6 +186,11 @@ def fit_budgets(prompts: Sequence[Sequence[int]], budgets: Sequence[int], engine
     return fitted
 
 
+# What leaves decode with the rows emitted before it as its ``partial``: a failing engine,
+# Ctrl-C, a device out of memory (a smaller batch may fit).
+KEEPS_PARTIAL = (EngineError, KeyboardInterrupt, torch.OutOfMemoryError)
+
+
 def decode(
     engines: Mapping[str, Engine],
     prompts: Sequence[Sequence[int]],
@@ -204,8 +209,9 @@ def decode(
     (its cache emptied: nothing is kept between generations).  ``generator``:
     every random draw, on the base engine's device.  ``streamer``: receives each
     round's new tokens of a single prompt (``put``; the caller puts the prompt and
-    calls ``end``).  An :class:`~kad.engines.EngineError` during the generation
-    leaves with what was emitted before it as its ``partial``.  Bad prompts or budgets
+    calls ``end``).  An :class:`~kad.engines.EngineError`, ``KeyboardInterrupt`` or
+    ``torch.OutOfMemoryError`` during the generation (:data:`KEEPS_PARTIAL`) leaves
+    with what was emitted before it as its ``partial``.  Bad prompts or budgets
     raise as :func:`checked_inputs` says."""
     plan = _plan(engines, settings)
     prompts, budgets = checked_inputs(prompts, budgets, plan.target.vocab_size)
@@ -221,7 +227,7 @@ def decode(
                 started.append(engine)
             loop.run([list(p) for p in prompts], budgets)
             return loop.decoded()
-        except EngineError as error:
+        except KEEPS_PARTIAL as error:
             error.partial = loop.decoded()
             raise
         finally:  # the caches go with the generation (a large model's KV cache would stay until the next)

@@ -746,10 +746,11 @@ def test_decode_takes_numpy_arrays_and_tensors_as_lists():
 
 
 class _FailsAt:
-    """An HFEngine whose ``reset`` or ``advance`` number ``at`` fails, as a served model may."""
+    """An HFEngine whose ``reset`` or ``advance`` number ``at`` fails, as a served model may
+    (or raises ``error``: Ctrl-C, a device out of memory)."""
 
-    def __init__(self, engine: HFEngine, method: str, at: int):
-        self.engine, self.method, self.at, self.calls = engine, method, at, 0
+    def __init__(self, engine: HFEngine, method: str, at: int, error: type[BaseException] | None = None):
+        self.engine, self.method, self.at, self.calls, self.error = engine, method, at, 0, error
 
     def __getattr__(self, name):
         attribute = getattr(self.engine, name)
@@ -759,18 +760,21 @@ class _FailsAt:
         def failing(*args, **kwargs):
             self.calls += 1
             if self.calls == self.at:
-                raise kad.engines.EngineError(f"{name} failed")
+                raise (self.error or kad.engines.EngineError)(f"{name} failed")
             return attribute(*args, **kwargs)
 
         return failing
 
 
+@pytest.mark.parametrize("error", [kad.engines.EngineError, KeyboardInterrupt, torch.OutOfMemoryError],
+                         ids=lambda e: e.__name__)  # fmt: skip
 @pytest.mark.parametrize("method, at, emitted", [("reset", 1, 0), ("advance", 1, 0), ("advance", 3, 2)])
-def test_an_engine_error_keeps_what_was_generated(method, at, emitted):
-    """From the first reset on, an EngineError leaves with every row's tokens so far (none before the first step)."""
-    base = _FailsAt(HFEngine(MODELS["base"], V), method, at)
+def test_an_engine_error_keeps_what_was_generated(method, at, emitted, error):
+    """From the first reset on, an EngineError (or Ctrl-C, or a device out of memory) leaves with
+    every row's tokens so far (none before the first step)."""
+    base = _FailsAt(HFEngine(MODELS["base"], V), method, at, error)
     decoder = kad.Decoder(base, MODELS["aligned"], TOKENIZER)
-    with pytest.raises(kad.engines.EngineError, match=f"{method} failed") as failure:
+    with pytest.raises(error, match=f"{method} failed") as failure:
         decoder.generate(PROMPTS[:2], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6)
     expected = DECODER.generate(PROMPTS[:2], "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6).token_ids
     partial = failure.value.partial
