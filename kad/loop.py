@@ -243,6 +243,10 @@ def _common_dtype(*logits: Tensor | None) -> list[Tensor | None]:
     return [None if x is None else x.float() for x in logits]
 
 
+# How a row of logits is broken, by the code _Loop._watch gives it (0: not broken).
+_BROKEN = {1: "-inf for every token", 2: "+inf", 3: "NaN"}
+
+
 class _Loop:
     """The decoding loop of one :func:`decode` call.
 
@@ -271,7 +275,7 @@ class _Loop:
         self.stats = GenerationStats()
         self.row_stats = [GenerationStats() for _ in range(rows)]
         self.outputs: list[list[int]] = [[] for _ in range(rows)]  # what decoded() reports before run()
-        self._broken: list[tuple[Engine, Tensor]] = []  # this round's (engine, _BROKEN code [B]) per read
+        self._broken: list[tuple[Engine, Tensor]] = []  # this round's (engine, code [B] of _BROKEN or 0) per read
 
     def _logits(self, engine: Engine, batch: Batch, keep: int = 1) -> Tensor:
         logits = engine.advance(batch, keep).to(self.device)
@@ -473,7 +477,7 @@ class _Loop:
             broken = next((i for i, code in enumerate(row_codes) if code), None)
             if broken is None:
                 continue
-            what = {3: "NaN", 2: "+inf", 1: "-inf for every token"}[row_codes[broken]]
+            what = _BROKEN[row_codes[broken]]
             done = len(outputs[active[broken]])
             overflow = " (float16 overflows where bfloat16 and float32 do not)" if (
                 getattr(engine, "dtype", None) == torch.float16) else ""  # fmt: skip
