@@ -23,7 +23,7 @@ import kad_kernels as kk
 from . import default_pair
 from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.huggingface import checked_model, output_logits
-from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode
+from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode, is_count
 from .settings import Mode, Settings
 from .models import (
     EngineKind,
@@ -321,7 +321,7 @@ class Decoder:
             budgets = [max_new_tokens] * len(prompts)
         else:
             budgets = list(max_new_tokens) if isinstance(max_new_tokens, Sequence) else []
-        if len(budgets) != len(prompts) or not all(_is_count(b) for b in budgets):
+        if len(budgets) != len(prompts) or not all(is_count(b) for b in budgets):
             raise ValueError(f"max_new_tokens must be an int >= 0 or one per prompt, got {max_new_tokens!r}")
         ids = [self.encode(p, chat=chat, system_prompt=system_prompt) if isinstance(p, str) else p for p in prompts]
         ids, budgets = checked_inputs(ids, budgets, self.vocab_size)
@@ -370,11 +370,6 @@ def _check_arguments(models: dict[str, object], tokenizers: dict[str, object]) -
                 f"{arg} must be a transformers tokenizer (PreTrainedTokenizerBase), got {tokenizer!r:.80}"
                 f"{hint if isinstance(tokenizer, (str, os.PathLike)) else ''}"
             )
-
-
-def _is_count(value: object) -> bool:
-    """An int ``>= 0`` (numpy's too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 def checked_seed(seed: int) -> int:

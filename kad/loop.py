@@ -141,9 +141,14 @@ def checked_inputs(
     if not isinstance(budgets, list) or len(budgets) != len(prompts):
         raise ValueError(f"budgets must be one per prompt ({len(prompts)}), got {budgets!r:.80}")
     for row, budget in enumerate(budgets):
-        if isinstance(budget, bool) or not isinstance(budget, numbers.Integral) or budget < 0:
+        if not is_count(budget):
             raise ValueError(f"the budget of prompt {row} must be an int >= 0, got {budget!r}")
     return checked, [int(b) for b in budgets]
+
+
+def is_count(value: object) -> bool:
+    """An int ``>= 0`` (numpy's too), not a bool."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
 
 
 def _as_list(value: object) -> object:
@@ -158,8 +163,7 @@ def _as_list(value: object) -> object:
 def fit_budgets(prompts: Sequence[Sequence[int]], budgets: Sequence[int], engines: Sequence[Engine]) -> list[int]:
     """Each row's budget, cut so that prompt + new tokens fit every engine's context
     length; warns (:class:`ContextLengthWarning`) when it cuts, raises ``ValueError``
-    for a prompt that leaves no room at all."""
-    budgets = [int(b) for b in budgets]  # numpy counts too: a round's γ (min with a budget) must be an int
+    for a prompt that leaves no room at all.  ``budgets``: Python ints (:func:`checked_inputs`)."""
     context = context_length(engines)
     if context is None:
         return budgets
@@ -225,7 +229,7 @@ def decode(
             for engine in plan.engines:
                 engine.reset(settings)
                 started.append(engine)
-            loop.run([list(p) for p in prompts], budgets)
+            loop.run(prompts, budgets)  # checked_inputs' own lists
             return loop.decoded()
         except KEEPS_PARTIAL as error:
             error.partial = loop.decoded()

@@ -71,8 +71,7 @@ class Settings:
         gamma, temperature = self.gamma, self.temperature
         if self.speculative and (isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1):
             raise ValueError(f"gamma (drafts per speculative round) must be an int >= 1, got {gamma!r}")
-        is_number = isinstance(temperature, (int, float)) and not isinstance(temperature, bool)
-        if not (is_number and kk.temperature_in_range(temperature)):
+        if not kk.temperature_in_range(temperature):  # False also for a bool or a non-number
             raise ValueError(f"temperature must be {kk.TEMPERATURE_RANGE}, got {temperature!r}")
         if isinstance(rule.param, torch.Tensor):
             raise ValueError(
