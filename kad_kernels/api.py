@@ -36,7 +36,11 @@ def resolve_backend(rule: Rule, device: torch.device | str, backend: str = "auto
     that out of a timed region.  ``RuntimeError`` as the entry points raise it."""
     _validate.rule_type(rule)
     _validate.backend_name(backend)
-    return resolve(backend, torch.device(device), rule.kind).name
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        # No tensor can live there, so no backend would run: naming one would mislead.
+        raise RuntimeError(f"device {str(device)!r}: CUDA is not available here (torch {torch.__version__})")
+    return resolve(backend, device, rule.kind).name
 
 
 def _prepare(p_logits, q_logits, ref_logits, rule: Rule, temperature, ndim: int, backend: str, check: bool):

@@ -836,3 +836,10 @@ def test_resolve_backend_names_what_auto_runs_and_refuses_what_cannot_run():
     assert kk.resolve_backend(RULE, torch.device("cpu"), "torch") == "torch"
     with pytest.raises(RuntimeError, match="unknown backend 'fast'"):
         kk.resolve_backend(RULE, "cpu", "fast")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.parametrize("backend", ["auto", "triton", "torch"])
+def test_resolve_backend_refuses_cuda_where_there_is_none(backend):
+    with pytest.raises(RuntimeError, match="device 'cuda': CUDA is not available here"):
+        kk.resolve_backend(RULE, "cuda", backend)
