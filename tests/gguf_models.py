@@ -10,7 +10,7 @@ adds when it reads the file anyway, the merged token of :data:`_MERGE`, then
 ``[PAD<id>]`` padding), so the GGUF has as many tokens as the model has logits, as llama.cpp requires.
 
 :func:`write_sentencepiece_gguf` writes a tiny Llama with a SentencePiece vocabulary
-instead, as Llama-2 and Mistral GGUFs have.
+instead, as Llama-2 and Mistral GGUFs have; :func:`write_mamba_gguf` a tiny recurrent model.
 
 Tensor names come from ``gguf``'s own HF-to-GGUF name map.  llama.cpp's ``llama``
 architecture applies rotary embeddings to interleaved pairs where transformers
@@ -33,7 +33,14 @@ import numpy as np
 import pytest
 import torch
 from decoding_helpers import make_models, make_tokenizer
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedModel, PreTrainedTokenizerFast
+from transformers import (
+    LlamaConfig,
+    LlamaForCausalLM,
+    MambaConfig,
+    MambaForCausalLM,
+    PreTrainedModel,
+    PreTrainedTokenizerFast,
+)
 
 _ARCHITECTURES = {"qwen2": gguf.MODEL_ARCH.QWEN2, "llama": gguf.MODEL_ARCH.LLAMA}
 _SPACE = "\u0120"  # GPT-2's byte-level symbol for the byte 0x20
@@ -79,18 +86,58 @@ def write_gguf(
     """Write ``model`` (a transformers Qwen2 or Llama causal LM) with ``tokenizer``'s
     vocabulary to ``path`` as GGUF with ``dtype`` weights (norms stay f32)."""
 
-    def add_vocabulary(writer: gguf.GGUFWriter) -> None:
-        tokens, types = _tokens(tokenizer, model.get_output_embeddings().weight.shape[0])
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre("default")
-        writer.add_token_list(tokens)
-        writer.add_token_types(types)
-        writer.add_token_merges([_MERGE])
-        writer.add_eos_token_id(tokenizer.eos_token_id)
-        writer.add_bos_token_id(tokenizer.eos_token_id)  # never added (add_bos_token false), but llama.cpp wants one
-        writer.add_add_bos_token(False)
+    return _write(model, path, dtype, functools.partial(_add_byte_level_vocabulary, model, tokenizer))
 
-    return _write(model, path, dtype, add_vocabulary)
+
+def _add_byte_level_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerFast, writer: gguf.GGUFWriter) -> None:
+    tokens, types = _tokens(tokenizer, model.get_output_embeddings().weight.shape[0])
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre("default")
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    writer.add_token_merges([_MERGE])
+    writer.add_eos_token_id(tokenizer.eos_token_id)
+    writer.add_bos_token_id(tokenizer.eos_token_id)  # never added (add_bos_token false), but llama.cpp wants one
+    writer.add_add_bos_token(False)
+
+
+def write_mamba_gguf(path: Path) -> Path:
+    """A tiny random Mamba (a recurrent state, no attention) with the test tokenizer's
+    vocabulary, written as llama.cpp's converter writes one (A as ``-exp(A_log)``, the
+    convolution weights without their middle axis)."""
+    tokenizer = make_tokenizer()
+    torch.manual_seed(5)
+    config = MambaConfig(vocab_size=len(tokenizer) + 8, hidden_size=32, state_size=4, num_hidden_layers=2, expand=2,
+                         conv_kernel=4, tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id)  # fmt: skip
+    model = MambaForCausalLM(config).eval()
+    arch = gguf.MODEL_ARCH.MAMBA
+    writer = gguf.GGUFWriter(str(path), gguf.MODEL_ARCH_NAMES[arch])
+    writer.add_context_length(2048)
+    writer.add_embedding_length(config.hidden_size)
+    writer.add_feed_forward_length(0)
+    writer.add_head_count(0)
+    writer.add_block_count(config.num_hidden_layers)
+    writer.add_ssm_conv_kernel(config.conv_kernel)
+    writer.add_ssm_inner_size(config.intermediate_size)
+    writer.add_ssm_state_size(config.state_size)
+    writer.add_ssm_time_step_rank(config.time_step_rank)
+    writer.add_layer_norm_rms_eps(config.layer_norm_epsilon)
+    writer.add_ssm_dt_b_c_rms(False)
+    writer.add_file_type(gguf.LlamaFileType.ALL_F32)
+    _add_byte_level_vocabulary(model, tokenizer, writer)
+    names = gguf.get_tensor_name_map(arch, config.num_hidden_layers)
+    for hf_name, tensor in model.state_dict().items():
+        data = tensor.detach().float()
+        if hf_name.endswith(".A_log"):
+            data = -torch.exp(data)
+        if hf_name.endswith("conv1d.weight"):
+            data = data.squeeze(1)
+        writer.add_tensor(names.get_name(hf_name, try_suffixes=(".weight", ".bias")), data.numpy())
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
 
 
 def write_sentencepiece_gguf(path: Path) -> Path:

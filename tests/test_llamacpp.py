@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from decoding_helpers import CHARS, PROMPTS, goodness_of_fit, make_models, make_tokenizer, mixture_probs
-from gguf_models import require_llama_cpp, tiny_gguf, write_sentencepiece_gguf
+from gguf_models import require_llama_cpp, tiny_gguf, write_mamba_gguf, write_sentencepiece_gguf
 
 import kad
 import kad_kernels as kk
@@ -275,6 +275,34 @@ def test_an_n_ctx_past_the_training_context_is_warned():
     with warnings.catch_warnings():
         warnings.simplefilter("error", ContextLengthWarning)
         LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=trained)
+
+
+def test_a_context_that_cannot_be_made_leaves_the_engine_usable_for_a_smaller_batch(monkeypatch):
+    """A failed context (out of memory for a bigger batch) must not leave a smaller batch
+    decoding on the context it freed (that crashed the process)."""
+    require_llama_cpp()
+    engine = LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=64)
+    decoder = kad.Decoder(engine, LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=64), TOKENIZER)
+    first = decoder.generate(PROMPTS[:1], "base", max_new_tokens=4, temperature=0).token_ids
+    with monkeypatch.context() as patch:
+        patch.setattr(engine._lib, "llama_init_from_model", lambda model, params: None)
+        with pytest.raises(EngineError, match=r"base.gguf: cannot make a context for 3 rows of 64 positions"):
+            decoder.generate(PROMPTS[:3], "base", max_new_tokens=4, temperature=0)
+    assert decoder.generate(PROMPTS[:1], "base", max_new_tokens=4, temperature=0).token_ids == first
+
+
+def test_a_recurrent_gguf_decodes_and_refuses_drafts_before_it_starts(tmp_path):
+    """A recurrent state (Mamba) cannot be cut back past rejected drafts: speculative modes
+    are refused when the generation starts, as the transformers engine refuses them; the
+    modes without drafts run (Dual(0) gives the base model's tokens)."""
+    require_llama_cpp()
+    mamba = LlamaCppEngine(write_mamba_gguf(tmp_path / "mamba.gguf"), TOKENIZER, n_ctx=64)
+    decoder = kad.Decoder(mamba, LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=64), TOKENIZER)
+    base = decoder.generate(PROMPTS[:2], "base", max_new_tokens=6, temperature=0).token_ids
+    assert decoder.generate(PROMPTS[:2], "kad", kk.Dual(0.0), max_new_tokens=6, temperature=0).token_ids == base
+    with pytest.raises(ValueError, match=r"kad-spec needs a model whose cache can drop rejected drafts; the llama.cpp "
+                                         r"model '.*mamba.gguf' keeps recurrent state"):  # fmt: skip
+        decoder.generate(PROMPTS[:2], "kad-spec", kk.Dual(0.0), max_new_tokens=6, temperature=0)
 
 
 def test_too_many_rows_are_refused_in_one_line():

@@ -155,6 +155,9 @@ class LlamaCppEngine:
             int(i) for i in (llama_cpp.llama_vocab_eos(self._vocab), llama_cpp.llama_vocab_eot(self._vocab)) if i >= 0
         )
         self._rows_capacity = 0  # the context is made on the first advance, for that many rows
+        # A recurrent state cannot be cut back to a position, so rejected drafts cannot be dropped.
+        self._recurrent = ("recurrent" if llama_cpp.llama_model_is_recurrent(self._model)
+                           else "hybrid recurrent" if llama_cpp.llama_model_is_hybrid(self._model) else "")  # fmt: skip
         if tokenizer is not None:
             self._check_vocabulary(tokenizer)
         self.reset()
@@ -212,6 +215,11 @@ class LlamaCppEngine:
 
     def reset(self, settings: Settings | None = None) -> None:
         self._check_open()
+        if settings is not None and settings.speculative and self._recurrent:
+            raise ValueError(
+                f"{settings.mode} needs a model whose cache can drop rejected drafts; the llama.cpp model "
+                f"{self.name!r} keeps {self._recurrent} state: use a mode without drafts"
+            )
         if self._ctx:
             self._lib.llama_memory_clear(self._lib.llama_get_memory(self._ctx), True)
         self._cached = 0
@@ -296,6 +304,9 @@ class LlamaCppEngine:
         if rows > self._rows_capacity:
             if self._ctx:
                 lib.llama_free(self._ctx)
+                # Until the new context is made: a failure below must not leave a smaller batch
+                # decoding on the freed one.
+                self._ctx, self._rows_capacity = None, 0
             params = lib.llama_context_default_params()
             params.n_ctx = self.n_ctx * rows
             # llama.cpp reserves an output per sequence within one batch (it aborts the process
@@ -321,7 +332,9 @@ class LlamaCppEngine:
         if stale:
             memory = self._lib.llama_get_memory(self._ctx)
             for row in stale:
-                self._lib.llama_memory_seq_rm(memory, self._sequences[row], int(real[row]), -1)
+                if not self._lib.llama_memory_seq_rm(memory, self._sequences[row], int(real[row]), -1):
+                    raise EngineError(f"llama.cpp model {self.name}: cannot drop the cached tokens of row {row} "
+                                      f"past position {int(real[row])}")  # fmt: skip
             self._fed = torch.minimum(self._fed, real)
 
     def _decode(self, tokens: Tensor, positions: Tensor, rows: Tensor, wanted: Tensor) -> Tensor | None:
