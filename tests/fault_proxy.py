@@ -17,7 +17,7 @@ import httpx
 
 # What the proxy does with the next /completions requests, in order (then: forward).
 FAULTS = ("not-json", "truncated", "http-500", "wrong-count", "bad-logprobs", "few-logprobs", "mass-unbounded",
-          "bad-encoding", "trickle", "drop", "forward")  # fmt: skip
+          "huge-token-id", "bad-encoding", "trickle", "drop", "forward")  # fmt: skip
 TRICKLE_S = 0.05  # "trickle": seconds between the bytes of the answer
 
 
@@ -102,6 +102,10 @@ class FaultProxy:
                 tables[0] = dict([likeliest])
             else:  # the others' mass vanishes: the rest would have to hold it, beyond the bound of the k-th
                 tables[0] = {key: (value if key == likeliest[0] else -9999.0) for key, value in tables[0].items()}
+            content = json.dumps(answer).encode()
+        elif fault == "huge-token-id":  # an id past int64, with a negligible probability
+            answer = response.json()
+            answer["choices"][0]["logprobs"]["top_logprobs"][0][f"token_id:{2**64}"] = -50.0
             content = json.dumps(answer).encode()
         elif fault == "bad-encoding":  # announced gzip, sent plain
             return _answer(handler, response.status_code, content, {"Content-Encoding": "gzip"})

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 import scipy.stats
@@ -247,6 +248,42 @@ def test_a_malformed_url_is_refused_before_any_request(url, message):
     with pytest.raises(ValueError, match=rf"^base URL {re.escape(repr(url))} .*{re.escape(message)}"):
         RemoteEngine(url, SERVED_NAME, make_tokenizer())
     assert time.perf_counter() - start < 1.0  # no retries
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [(dict(timeout=None), "timeout must be a finite number of seconds, got None"),
+     (dict(timeout=0), "timeout must be > 0 seconds, got 0"),
+     (dict(timeout=float("inf")), "timeout must be a finite number of seconds, got inf"),
+     (dict(backoff=-1), "backoff must be >= 0 seconds, got -1"),
+     (dict(max_prompts=0), "max_prompts must be >= 1, got 0"),
+     (dict(attempts=2.5), "attempts must be an int, got 2.5"),
+     (dict(logprobs=0), "logprobs must be >= 1, got 0"),
+     (dict(logprobs=20, max_logprobs=5), "max_logprobs must be >= 20, got 5"),
+     (dict(api_key="sk-SECRET\n"), "api_key (its 10 characters not shown) must be printable ASCII without spaces"),
+     (dict(api_key="sk SECRET"), "api_key (its 9 characters not shown)"),
+     (dict(api_key=b"sk-SECRET"), "api_key must be a str, got bytes")],
+)  # fmt: skip
+def test_bad_engine_arguments_are_named_before_any_request(argument, message):
+    """A value that would fail later (inside a retry loop, after the first rounds, or by
+    echoing a key httpx cannot send) is refused when the engine is made; a key is never shown."""
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=f"^{re.escape(message)}") as refusal:
+        RemoteEngine("http://127.0.0.1:9/v1", SERVED_NAME, make_tokenizer(), **argument)
+    assert "SECRET" not in str(refusal.value)
+    assert time.perf_counter() - start < 1.0  # no request, no retries
+
+
+def test_a_request_the_client_cannot_send_fails_at_once():
+    """httpx's LocalProtocolError (a header h11 refuses) is this side's fault: no retry sends it."""
+
+    def refuse(request: httpx.Request) -> httpx.Response:
+        raise httpx.LocalProtocolError("Illegal header value")
+
+    start = time.perf_counter()
+    with pytest.raises(EngineError, match=r"^http://127.0.0.1:9/v1/models: cannot send the request: Illegal header"):
+        RemoteEngine("http://127.0.0.1:9/v1", SERVED_NAME, make_tokenizer(), transport=httpx.MockTransport(refuse))
+    assert time.perf_counter() - start < 0.4  # the first retry would wait backoff=0.5 s
 
 
 @pytest.mark.parametrize("fault", [f for f in FAULTS if f != "forward"])

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import numbers
 import os
 import warnings
 from pathlib import Path
@@ -37,6 +36,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from ..settings import Settings
+from .arguments import check_count
 from .base import ContextLengthWarning, EngineError
 from .vocabulary import vocabulary_mismatch
 
@@ -59,19 +59,6 @@ def _import_llama_cpp():
 def _amx_kernels(llama_cpp) -> bool:
     """Whether this llama.cpp build has its AMX matrix kernels (llama.cpp's system info)."""
     return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
-
-
-def _check_count(
-    name: str, value: object, *, minimum: int = 1, maximum: int | None = None, optional: bool = False
-) -> None:
-    """``ValueError`` naming the argument unless ``value`` is an int in ``[minimum, maximum]`` (or None)."""
-    if value is None and optional:
-        return
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise ValueError(f"{name} must be an int, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        bound = f">= {minimum}" if maximum is None else f"in [{minimum}, {maximum}]"
-        raise ValueError(f"{name} must be {bound}, got {value}")
 
 
 def _threads() -> int:
@@ -110,10 +97,10 @@ class LlamaCppEngine:
         verbose: bool = False,
     ):
         # llama.cpp holds a context's positions (n_ctx per row, MAX_ROWS rows) in a uint32.
-        _check_count("n_ctx", n_ctx, maximum=(2**32 - 1) // MAX_ROWS, optional=True)
-        _check_count("n_batch", n_batch)
-        _check_count("n_threads", n_threads, optional=True)
-        _check_count("n_gpu_layers", n_gpu_layers, minimum=0)
+        check_count("n_ctx", n_ctx, maximum=(2**32 - 1) // MAX_ROWS, optional=True)
+        check_count("n_batch", n_batch)
+        check_count("n_threads", n_threads, optional=True)
+        check_count("n_gpu_layers", n_gpu_layers, minimum=0)
         llama_cpp = _import_llama_cpp()
         self._model = self._ctx = self._llama_batch = None  # what close() frees, once made
         self._lib = llama_cpp

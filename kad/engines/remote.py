@@ -40,12 +40,26 @@ from transformers import GenerationConfig, PreTrainedTokenizerBase
 from .. import partial
 from ..batch import Batch
 from ..settings import Settings
+from .arguments import check_count, check_seconds
 from .base import EngineError
 from .huggingface import token_ids
 from .vocabulary import vocabulary_mismatch
 
+# Token ids are int32 in the servers (and in llama.cpp): a larger one is a garbled answer.
+_MAX_TOKEN_ID = 2**31
 # vLLM's answer to a logprobs request above its --max-logprobs.
 _MAX_LOGPROBS = re.compile(r"max(?:imum)? allowed:?\s*(\d+)")
+
+
+def _check_api_key(api_key: object) -> None:
+    """``ValueError`` naming ``api_key`` (never showing it) unless a header can carry it."""
+    if api_key is None:
+        return
+    if not isinstance(api_key, str):
+        raise ValueError(f"api_key must be a str, got {type(api_key).__name__}")
+    if not (api_key.isascii() and api_key.isprintable()) or any(c.isspace() for c in api_key):
+        raise ValueError(f"api_key (its {len(api_key)} characters not shown) must be printable ASCII without spaces "
+                         "or line breaks: a key read from a file keeps its newline unless stripped")  # fmt: skip
 
 
 class _Retryable(Exception):
@@ -90,10 +104,13 @@ class RemoteEngine:
         stop_ids: Collection[int] | None = None,
         transport: httpx.BaseTransport | None = None,
     ):
-        if logprobs < 1 or (max_logprobs is not None and max_logprobs < logprobs):
-            raise ValueError(f"logprobs must be >= 1 and <= max_logprobs, got {logprobs} and {max_logprobs}")
-        if attempts < 1:
-            raise ValueError(f"attempts must be >= 1, got {attempts}")
+        check_count("logprobs", logprobs)
+        check_count("max_logprobs", max_logprobs, minimum=logprobs, optional=True)
+        check_count("max_prompts", max_prompts)
+        check_count("attempts", attempts)
+        check_seconds("timeout", timeout)
+        check_seconds("backoff", backoff, zero=True)
+        _check_api_key(api_key)
         self.url = self.checked_url(base_url)
         self.model = model
         self._vocab_size = len(tokenizer)
@@ -324,6 +341,8 @@ class RemoteEngine:
                 return parsed
             except httpx.TimeoutException:
                 reason = "timed out"
+            except httpx.LocalProtocolError as error:  # a request this client cannot send: no retry sends it
+                raise EngineError(f"{url}: cannot send the request: {error}") from None
             except httpx.RequestError as error:  # transport faults, and bodies that do not decode
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             except _Retryable as error:
@@ -434,7 +453,8 @@ def _parse_top_k(answer: Any, count: int, k: int, vocab_size: int) -> partial.To
         if not isinstance(index, int) or not 0 <= index < count or rows[index] is not None:
             raise _Retryable(f"an answer with choice index {index!r}")
         total = sum(math.exp(v) for v in row.values() if v <= 0)
-        if not row or any(i < 0 or math.isnan(v) or v > 1e-4 for i, v in row.items()) or total > 1 + 1e-3:
+        garbled = any(not 0 <= i < _MAX_TOKEN_ID or math.isnan(v) or v > 1e-4 for i, v in row.items())
+        if not row or garbled or total > 1 + 1e-3:
             raise _Retryable("an answer whose log-probabilities are not a distribution")
         if len(row) < min(k, vocab_size):
             raise _Retryable(f"an answer with {len(row)} log-probabilities where logprobs={k} were asked")
