@@ -22,7 +22,7 @@ import kad_kernels as kk
 
 from . import default_pair
 from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
-from .engines.huggingface import checked_model, output_logits
+from .engines.huggingface import checked_model, checked_tokenizer, output_logits
 from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode, is_count
 from .settings import Mode, Settings
 from .models import (
@@ -299,9 +299,8 @@ class Decoder:
         ``track_alpha``: compute α for the statistics (one more mixture per step
         where the rule needs it).
         """
-        for name, flag in (("chat", chat), ("track_alpha", track_alpha)):
-            if not isinstance(flag, bool):
-                raise TypeError(f"{name} must be True or False, got {flag!r}")
+        if not isinstance(chat, bool):
+            raise TypeError(f"chat must be True or False, got {chat!r}")
         if streamer is not None and not (hasattr(streamer, "put") and hasattr(streamer, "end")):
             raise TypeError(f"streamer must be a transformers streamer (with put and end), got {streamer!r:.80}")
         settings = Settings(mode, rule, gamma, temperature, track_alpha)
@@ -365,11 +364,11 @@ def _check_arguments(models: dict[str, object], tokenizers: dict[str, object]) -
             except TypeError as error:
                 raise TypeError(f"{error}{hint if isinstance(model, (str, os.PathLike)) else ''}") from None
     for arg, tokenizer in tokenizers.items():
-        if (tokenizer is not None or arg == "tokenizer") and not isinstance(tokenizer, PreTrainedTokenizerBase):
-            raise TypeError(
-                f"{arg} must be a transformers tokenizer (PreTrainedTokenizerBase), got {tokenizer!r:.80}"
-                f"{hint if isinstance(tokenizer, (str, os.PathLike)) else ''}"
-            )
+        if tokenizer is not None or arg == "tokenizer":
+            try:
+                checked_tokenizer(arg, tokenizer)
+            except TypeError as error:
+                raise TypeError(f"{error}{hint if isinstance(tokenizer, (str, os.PathLike)) else ''}") from None
 
 
 def checked_seed(seed: int) -> int:

@@ -65,10 +65,12 @@ class Settings:
         return self.mode.endswith("-spec")
 
     def checked_rule(self) -> kk.Rule:
-        """The rule, checked against the mode; ``gamma`` (where it is used) and
-        ``temperature`` are checked too, so that a bad setting fails before a model runs."""
+        """The rule, checked against the mode; ``gamma`` (where it is used),
+        ``temperature`` and ``track_alpha`` are checked too, so that a bad setting fails before a model runs."""
         rule = resolve_rule(self.mode, self.rule)
         gamma, temperature = self.gamma, self.temperature
+        if not isinstance(self.track_alpha, bool):
+            raise TypeError(f"track_alpha must be True or False, got {self.track_alpha!r}")
         if self.speculative and (isinstance(gamma, bool) or not isinstance(gamma, int) or gamma < 1):
             raise ValueError(f"gamma (drafts per speculative round) must be an int >= 1, got {gamma!r}")
         if not kk.temperature_in_range(temperature):  # False also for a bool or a non-number

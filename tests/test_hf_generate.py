@@ -387,6 +387,29 @@ def test_a_model_that_is_not_one_is_refused_naming_the_argument(name):
         BASE.generate(**call)
 
 
+@pytest.mark.parametrize("name", ["base_tokenizer", "aligned_tokenizer"])
+@pytest.mark.parametrize("value", ["gpt2", 5])
+def test_a_tokenizer_that_is_not_one_is_refused_naming_the_argument(name, value):
+    """A hub id has a len too (that of the id: "gpt2" cut the vocabulary to 4 tokens)."""
+    call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, **inputs(3), **{name: value})
+    with pytest.raises(TypeError, match=rf"^{name} must be a transformers tokenizer \(PreTrainedTokenizerBase\), got"):
+        BASE.generate(**call)
+
+
+def test_track_alpha_must_be_a_bool():
+    with pytest.raises(TypeError, match="track_alpha must be True or False, got 'no'"):
+        BASE.generate(**KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, track_alpha="no", **inputs(3))
+
+
+def test_position_ids_of_the_caller_are_refused_not_dropped():
+    """KAD feeds both models their own positions: the caller's would be ignored, and a model
+    with absolute positions would then give other tokens than transformers' own greedy."""
+    batch = inputs(1)
+    positions = torch.arange(batch["input_ids"].shape[1])[None] + 40
+    with pytest.raises(ValueError, match="does not support the model inputs position_ids"):
+        BASE.generate(**KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, position_ids=positions, **batch)
+
+
 def test_transformers_default_top_k_is_not_a_request():
     """Sampling without top_k gets transformers' global default top_k=50: kad draws from
     all of π (72 tokens here) rather than refusing the call."""

@@ -31,7 +31,7 @@ from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, L
 import kad_kernels as kk
 
 from ..engines import Engine, HFEngine
-from ..engines.huggingface import check_vocab_size, checked_model, output_logits, token_ids
+from ..engines.huggingface import check_vocab_size, checked_model, checked_tokenizer, output_logits, token_ids
 from ..loop import decode
 from ..settings import Settings
 from ..models import check_same_vocabulary
@@ -113,7 +113,8 @@ def generate(
     processor, stopping criteria other than length and EOS, the call's own
     ``logits_processor`` and ``stopping_criteria`` instances (set the generation
     options instead), score/logit/attention outputs, a streamer with more than
-    one row.  An option at its neutral value (``min_p=0.0``, ``suppress_tokens=[]``,
+    one row, model inputs beyond ``input_ids`` and ``attention_mask`` (the caller's
+    ``position_ids`` too: KAD positions both models' tokens itself).  An option at its neutral value (``min_p=0.0``, ``suppress_tokens=[]``,
     ``min_new_tokens=0``) changes nothing and is not refused.
     transformers' global default ``top_k=50`` is not a request and is
     not applied; a ``top_k`` argument of the call or of the model's generation
@@ -155,6 +156,9 @@ def generate(
         for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
             if value is not None:
                 checked_model(name, value)
+        for name, value in (("base_tokenizer", base_tokenizer), ("aligned_tokenizer", aligned_tokenizer)):
+            if value is not None:
+                checked_tokenizer(name, value)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
         check_vocab_size(vocab_size)
@@ -253,6 +257,8 @@ def _refuse_unsupported(
         if kind not in _HONOURED_CRITERIA:
             refuse(_OPTION_OF_CRITERION.get(kind, f"stopping_criteria [{kind}]"), "rows stop at EOS or the length")
     extra = sorted(k for k, v in model_kwargs.items() if v is not None and k not in _MODEL_KWARGS_HANDLED)
+    if (call.get("kwargs") or {}).get("position_ids") is not None:  # the caller's, not those generate builds
+        extra = sorted([*extra, "position_ids"])
     if extra:
         refuse(f"the model inputs {', '.join(extra)}", "KAD feeds both models token ids only")
 

@@ -18,6 +18,7 @@ transformers' decoding loop.
 from __future__ import annotations
 
 import math
+import numbers
 import sys
 import warnings
 from types import FrameType
@@ -37,8 +38,8 @@ import kad_kernels as kk
 
 from ..batch import Batch
 from ..engines import Engine, HFEngine, refuse_served_mixers
-from ..engines.huggingface import check_vocab_size, checked_model
-from ..loop import ContextLengthWarning
+from ..engines.huggingface import check_vocab_size, checked_model, checked_tokenizer
+from ..loop import ContextLengthWarning, is_count
 from .options import changes_nothing, option_of, setting
 
 # log_softmax changes neither the base scores' π (a per-row shift of p_logits) nor
@@ -137,7 +138,11 @@ class KADLogitsProcessor(LogitsProcessor):
                 "decoding pass do_sample=False to generate"
             )
         check_vocab_size(vocab_size)
+        if pad_token_id is not None and not is_count(pad_token_id):
+            kind = ValueError if isinstance(pad_token_id, numbers.Integral) else TypeError  # a negative id, or a str
+            raise kind(f"pad_token_id must be a token id (an int >= 0) or None, got {pad_token_id!r:.80}")
         if tokenizer is not None:
+            checked_tokenizer("tokenizer", tokenizer)
             if vocab_size is not None and vocab_size != len(tokenizer):
                 raise ValueError(f"vocab_size={vocab_size} but the tokenizer has {len(tokenizer)} tokens")
             vocab_size = len(tokenizer)
@@ -150,7 +155,7 @@ class KADLogitsProcessor(LogitsProcessor):
         self.rule = rule
         self.temperature = float(temperature)
         self.vocab_size = vocab_size
-        self.pad_token_id = pad_token_id
+        self.pad_token_id = None if pad_token_id is None else int(pad_token_id)
         self._batch: Batch | None = None
         self._previous: Tensor | None = None  # the last call's input_ids [B, L]
         self._processors: LogitsProcessorList | None = None  # the list of the last call's generate
