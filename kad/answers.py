@@ -92,7 +92,12 @@ def as_number(text: str) -> Fraction | None:
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 # A fraction or a percentage is one answer, and a comma goes only between digit
 # groups, so that "3,4" stays two numbers.
-_NUMBER_WITH_FORM = re.compile(r"-?\d+(?:\.\d+)?(?:/\d+)?%?")
+# ".5" is a number where no word or number goes before its point.
+_NUMBER_WITH_FORM = re.compile(r"-?(?:\d+(?:\.\d+)?|(?<![\w.])\.\d+)(?:/\d+)?%?")
+# A mixed number, 5\frac{1}{2} or 5 1/2 (a proper fraction after a space), read as one
+# improper fraction, 11/2: its whole part alone would be another answer.
+_MIXED_NUMBERS = (re.compile(r"(?<![\d.])" + _MIXED_NUMBER.pattern),
+                  re.compile(r"(?<![\d./])(-?)(\d+) (\d+)/(\d+)(?![\d/])"))  # fmt: skip
 DIGIT_GROUP_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _LATEX_GROUP_SEPARATOR = r"(?<=\d)\{,\}(?=\d)"  # 1{,}080, in numbers and in LaTeX answers
 # Other spellings of a digit-group separator (LaTeX's 1{,}080, 1,\!080 and 1\,080)
@@ -104,6 +109,7 @@ _NUMBER_SPELLINGS = tuple(
         (r"(?<=\d),\\!(?=\d)", ","),
         (r"(?<=\d)\\[,!](?=\d{3}(?!\d))", ""),
         ("\u2212", "-"),
+        (r"(?<![\w)])-\\?\$(?=\d)", "-"),  # -$5 and -\$5 are -5 ("$10 - $3" keeps its space)
     )
 )
 # Where a stated answer begins: "the answer is", "Answer:", GSM8K's "####" before a
@@ -133,6 +139,8 @@ def stated_number(text: str) -> str | None:
     box (``\\text{ dollars (9 eggs)}``) are not read when it has a number outside them."""
     for pattern, replacement in _NUMBER_SPELLINGS:
         text = pattern.sub(replacement, text)
+    for pattern in _MIXED_NUMBERS:
+        text = pattern.sub(_improper_fraction, text)
     statements = [(m.start(), _CLAUSE.match(text, m.end()).group(1)) for m in _STATED_NUMBER.finditer(text)]
     box = _last_braced_span(text, ("\\boxed",), closed=True)
     if box is not None:
@@ -144,6 +152,14 @@ def stated_number(text: str) -> str | None:
             return answer
     numbers = _NUMBER_WITH_FORM.findall(DIGIT_GROUP_COMMA.sub("", plain_fractions(text)))
     return numbers[-1] if numbers else None
+
+
+def _improper_fraction(mixed: re.Match) -> str:
+    """``-11/2`` for the groups ``("-", "5", "1", "2")`` of a proper fraction; else the text as it is."""
+    sign, whole, numerator, denominator = mixed.groups()
+    if not 0 <= int(numerator) < int(denominator):
+        return mixed.group(0)
+    return f"{sign}{int(whole) * int(denominator) + int(numerator)}/{denominator}"
 
 
 def _answer_number(stated: str) -> str | None:
@@ -246,6 +262,9 @@ def last_capital(text: str, last: str) -> str | None:
 _ABOUT_THE_LETTER = r"(?:is|was|seems|looks|fits|because|since|as|and|or|but|not|it|so|then|here|instead)\b"
 _NOT_A_WORD = rf"(?![AaIi](?:['’]|[ \t]+(?!{_ABOUT_THE_LETTER})[a-z]))"
 _ANSWER_VERB = r"(?:is|would[ \t]+be|should[ \t]+be|must[ \t]+be|will[ \t]+be)"
+# Where "B is correct" ends as a statement (not "D is correct only for ..."): punctuation, the
+# line's end or the text's, after the closing ** or _ of bold or italics.
+_STATEMENT_END = r"[ \t*_]*(?:[.!,;:)\n]|$)"
 
 
 def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
@@ -267,9 +286,9 @@ def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
         # "B is correct.", "(C) is the best answer", "Option I is the right one", "A is the answer"
         # (not "A is the best insulator", "D is correct only for mammals")
         re.compile(
-            rf"(?:(?i:option|choice)[ \t]+)?\(?\b({letter})\)?[ \t]+is[ \t]+(?i:"
-            rf"(?:the|my)[ \t]+(?:(?:correct|right|best|final|most[ \t]+\w+)[ \t]+)?{noun}(?=[ \t]*(?:[.!,;:)\n]|$))"
-            rf"|(?:correct|right)[ \t]*(?:[.!,;)]|$))"
+            rf"(?:(?i:option|choice)[ \t]+)?\(?(?<![A-Za-z0-9])({letter})\)?[ \t]+is[ \t]+(?i:"
+            rf"(?:the|my)[ \t]+(?:(?:correct|right|best|final|most[ \t]+\w+)[ \t]+)?{noun}(?={_STATEMENT_END})"
+            rf"|(?:correct|right)(?={_STATEMENT_END}))"
         ),
     )
 

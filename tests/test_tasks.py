@@ -181,6 +181,15 @@ GSM_OUTPUT = (
         ("So the answer is 18.\n\nThis answer is reasonable because she sells 9 eggs.", "9", "18"),
         # Better: a box cut off by the token limit leaves the one before it.
         ("So $\\boxed{18}$. Check: $\\boxed{9 \\times", "9", "18"),
+        # Better: a number is read whole, not as its whole part or its digits (each was read "5").
+        ("The answer is .5 hours.", "5", ".5"),
+        ("It takes him \\boxed{5\\frac{1}{2}} hours.", "2", "11/2"),
+        ("The answer is 5 1/2 hours.", "2", "11/2"),
+        ("The answer is -$5.", "5", "-5"),
+        ("The answer is $\\boxed{-\\$5}$.", "5", "-5"),
+        ("So it costs $10 - $3 = $7 in all, 1/2 of it tax.", "2", "1/2"),  # no sign: "- $3" is a difference
+        ("It takes 1 2/4 hours, about 5 3/2 pieces.", "2", "3/2"),  # 5 3/2 is no mixed number
+        ("Version 2.5 came out.", "2.5", "2.5"),
     ],
 )
 def test_number_extraction(text, strict, better):
@@ -254,6 +263,11 @@ OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB
         ("arc", "Answer: (A) and (C) are both wrong; B", "B", "B"),
         ("arc", "Answer: B and C are wrong, so A.", "A", "A"),
         ("arc", "The answer is C. D is correct only for mammals.", "D", "C"),
+        # ... but "X is correct" ending its line, or in bold, is a statement.
+        ("arc", "C is correct\nA is wrong: rotation does not change density.", "A", "C"),
+        ("arc", "**C is correct**\n\nA is wrong: rotation does not change density.", "A", "C"),
+        ("arc", "**C is the correct answer**\n\nA is wrong.", "A", "C"),
+        ("arc", "_C is right_. A is wrong.", "A", "C"),
         ("arc", "The answer is B. Note: A is the best insulator, not conductor.", "A", "B"),
         ("arc", "The answer is B. Note that A is the correct answer only if it asked about shops.", "A", "B"),
         # Better: a listing of the options is no answer; one option restated is.
