@@ -4,7 +4,7 @@
 * ``tokens_per_s_vs_gamma.png``: tok/s vs γ, runs without speculation as dashed lines;
 * ``accuracy_vs_lambda.png`` / ``accuracy_vs_budget.png``: accuracy with its 95 %
   interval vs λ (dual, nudging and the other thresholded rules) / vs the primal
-  budget, the single-model runs as dashed lines in their shaded interval.
+  budget (``primal``, ``budget_lr``), the single-model runs as dashed lines in their shaded interval.
 
 A line joins the runs of one task that differ only in the plotted parameter; a
 figure is written only when some line has two or more points.
@@ -17,7 +17,19 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
+import kad_kernels as kk
+
+from .decoding import build_rule
 from .evaluate import Summary, run_label, summarize
+
+def _is_primal(config: dict) -> bool:
+    """Whether the run's rule spends a primal budget: ``--rule primal``, or a rule name of the
+    authors' code that builds one (``budget_lr``)."""
+    try:
+        return isinstance(build_rule(config["mode"], config["rule"], 0.5), kk.Primal)
+    except (KeyError, ValueError):  # a file of another version: a mode or rule unknown here
+        return False
+
 
 class _Figure(NamedTuple):
     name: str  # file name
@@ -35,9 +47,9 @@ _FIGURES = (
     _Figure("tokens_per_s_vs_gamma.png", "gamma", "γ (drafts per round)", "tokens_per_s", "tokens/s",
             lambda c: True, lambda c: c["gamma"] is None),
     _Figure("accuracy_vs_lambda.png", "lam", "λ", "accuracy", "accuracy",
-            lambda c: c["rule"] != "primal", lambda c: c["rule"] is None),
+            lambda c: not _is_primal(c), lambda c: c["rule"] is None),
     _Figure("accuracy_vs_budget.png", "lam", "primal budget b", "accuracy", "accuracy",
-            lambda c: c["rule"] == "primal", lambda c: c["rule"] is None),
+            _is_primal, lambda c: c["rule"] is None),
 )  # fmt: skip
 
 

@@ -22,7 +22,7 @@ from kad import cli, evaluate
 from kad.decoding import build_rule
 from kad.demo import RUNS, demo
 from kad.evaluate import RunConfig, summarize, wilson_interval
-from kad.plots import plot_results
+from kad.plots import figures, plot_results
 from kad.tasks import TASKS
 
 MODELS = make_models()
@@ -298,6 +298,13 @@ def test_plots_from_results(tmp_path):
         assert path.read_bytes().startswith(b"\x89PNG") and path.stat().st_size > 10_000
     # One run per configuration: nothing to draw a line through.
     assert plot_results(results[:1], tmp_path / "none") == []
+
+
+def test_a_primal_budget_of_the_authors_rule_names_is_plotted_against_the_budget():
+    """budget_lr builds Primal(budget): its runs belong with --rule primal's, not on the λ axis."""
+    budget_lr = [_fake_result(k, mode="kad", rule="budget_lr", lam=b, gamma=None) for k, b in ((4, 0.5), (6, 0.9))]
+    drawn = {figure.name: sorted(lines) for figure, lines in figures(budget_lr)}
+    assert drawn == {"accuracy_vs_budget.png": ["gsm8k: kad budget_lr"]}
 
 
 def test_a_line_joins_only_runs_that_differ_in_the_plotted_parameter(tmp_path):
