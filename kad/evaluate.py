@@ -283,9 +283,11 @@ def _file_mode(path: Path) -> int:
 
 def saved_result(path: Path, resume: bool) -> dict | None:
     """The result file at ``path`` when resuming it; ``None`` if there is none; an existing
-    file without ``resume`` is refused (``FileExistsError``)."""
+    file without ``resume`` is refused (``FileExistsError``), a directory too (``ValueError``)."""
     if not path.exists():
         return None
+    if path.is_dir():  # --resume could not continue it either
+        raise ValueError(f"{path} is a directory: name the result file (--output {path / 'run.json'}), or use --out-dir")
     if not resume:
         raise FileExistsError(f"{path} exists: pass --resume to continue it, or choose another --output")
     return load_result(path)

@@ -401,6 +401,18 @@ def test_cli_eval_refuses_an_existing_output_without_resume_before_the_models_lo
     assert f"{existing} exists: pass --resume to continue it" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("resume", [[], ["--resume"]], ids=["new", "resume"])
+def test_cli_eval_refuses_a_directory_as_output_before_the_models_load(monkeypatch, tmp_path, capsys, resume):
+    """The hint must not be --resume, which cannot continue a directory either."""
+    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--task", "gsm8k", "--output", str(tmp_path), *resume])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error == f"kad: error: {tmp_path} is a directory: name the result file (--output {tmp_path / 'run.json'}), " \
+                    "or use --out-dir\n"
+
+
 @pytest.mark.parametrize("option, changed", [(["--gamma", "3"], "gamma: 4 → 3"), (["--lenient"], "strict: True → False"),
                                              (["--batch-size", "2"], "batch_size: 1 → 2")])  # fmt: skip
 def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load(
