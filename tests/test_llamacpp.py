@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 from decoding_helpers import CHARS, PROMPTS, goodness_of_fit, make_models, make_tokenizer, mixture_probs
-from gguf_models import require_llama_cpp, tiny_gguf, write_mamba_gguf, write_sentencepiece_gguf
+from gguf_models import require_llama_cpp, tiny_gguf, write_gguf, write_mamba_gguf, write_sentencepiece_gguf
 
 import kad
 import kad_kernels as kk
@@ -303,6 +303,16 @@ def test_a_recurrent_gguf_decodes_and_refuses_drafts_before_it_starts(tmp_path):
     with pytest.raises(ValueError, match=r"kad-spec needs a model whose cache can drop rejected drafts; the llama.cpp "
                                          r"model '.*mamba.gguf' keeps recurrent state"):  # fmt: skip
         decoder.generate(PROMPTS[:2], "kad-spec", kk.Dual(0.0), max_new_tokens=6, temperature=0)
+
+
+def test_rows_stop_where_llama_cpp_ends_a_generation(tmp_path):
+    """The stop ids are llama.cpp's end-of-generation set, not EOS and EOT alone: here
+    <|im_end|> and <|fim_pad|> (72, 73) and <|endoftext|> (74), of which EOT is one."""
+    require_llama_cpp()
+    tokenizer = make_tokenizer()
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>", "<|fim_pad|>"]})
+    engine = LlamaCppEngine(write_gguf(MODELS["base"], tokenizer, tmp_path / "base.gguf"), n_ctx=16)
+    assert engine.stop_ids == {tokenizer.eos_token_id, 72, 73, 74}
 
 
 def test_too_many_rows_are_refused_in_one_line():

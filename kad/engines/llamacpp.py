@@ -138,9 +138,10 @@ class LlamaCppEngine:
         self.n_threads = int(n_threads) if n_threads is not None else _threads()
         self.n_batch = int(n_batch)
         self.kv_unified = kv_unified
-        self._stop_ids = frozenset(
-            int(i) for i in (llama_cpp.llama_vocab_eos(self._vocab), llama_cpp.llama_vocab_eot(self._vocab)) if i >= 0
-        )
+        # llama.cpp's own end-of-generation set, where its own generation stops: EOS, EOT and
+        # the tokens its vocabulary loader marks (Qwen's <|endoftext|> beside <|im_end|>, as
+        # its transformers generation config lists both; its FIM separators too).
+        self._stop_ids = frozenset(i for i in range(self._n_vocab) if llama_cpp.llama_vocab_is_eog(self._vocab, i))
         self._rows_capacity = 0  # the context is made on the first advance, for that many rows
         # A recurrent state cannot be cut back to a position, so rejected drafts cannot be dropped.
         self._recurrent = ("recurrent" if llama_cpp.llama_model_is_recurrent(self._model)
