@@ -286,6 +286,23 @@ def test_a_request_the_client_cannot_send_fails_at_once():
     assert time.perf_counter() - start < 0.4  # the first retry would wait backoff=0.5 s
 
 
+def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown():
+    """A URL's user:password would be shown in every message and recorded in eval results
+    (served_at): the engine sends them as HTTP basic auth and names the URL without them."""
+    sent = []
+
+    def unavailable(request: httpx.Request) -> httpx.Response:
+        sent.append((str(request.url), request.headers.get("Authorization")))
+        return httpx.Response(503, stream=httpx.ByteStream(b""))  # a body to stream, as a server sends
+
+    with pytest.raises(EngineError, match=r"^http://127.0.0.1:9/v1/models: HTTP 503 \(after 1 attempts\)$"):
+        RemoteEngine("http://kad:SECRET@127.0.0.1:9/v1", SERVED_NAME, make_tokenizer(), attempts=1,
+                     transport=httpx.MockTransport(unavailable))  # fmt: skip
+    assert sent == [("http://127.0.0.1:9/v1/models", httpx.BasicAuth("kad", "SECRET")._auth_header)]
+    with pytest.raises(ValueError, match=r"^base URL 'http://127.0.0.1:9/v1' has credentials and api_key is given too"):
+        RemoteEngine("http://kad:SECRET@127.0.0.1:9/v1", SERVED_NAME, make_tokenizer(), api_key="sk-1")
+
+
 @pytest.mark.parametrize("fault", [f for f in FAULTS if f != "forward"])
 def test_a_garbled_answer_is_retried_then_refused_keeping_what_was_generated(served, fault):
     expected = served.local().generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=6).token_ids

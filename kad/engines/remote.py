@@ -111,7 +111,11 @@ class RemoteEngine:
         check_seconds("timeout", timeout)
         check_seconds("backoff", backoff, zero=True)
         _check_api_key(api_key)
-        self.url = self.checked_url(base_url)
+        self.url = self.checked_url(base_url)  # without credentials: it is shown and recorded
+        credentials = httpx.URL(base_url)
+        if credentials.userinfo and api_key:
+            raise ValueError(f"base URL {self.url!r} has credentials and api_key is given too: give one of them")
+        auth = httpx.BasicAuth(credentials.username, credentials.password) if credentials.userinfo else None
         self.model = model
         self._vocab_size = len(tokenizer)
         self._first_k, self._max_k = logprobs, max_logprobs
@@ -120,7 +124,7 @@ class RemoteEngine:
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._device = torch.device(device)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._client = httpx.Client(timeout=timeout, headers=headers, transport=transport)
+        self._client = httpx.Client(timeout=timeout, headers=headers, auth=auth, transport=transport)
         self._requests, self._waited = 0, 0.0
         served = self._served_model()
         self._stop_ids = frozenset(map(int, stop_ids)) if stop_ids is not None else _local_stop_ids(served)
@@ -133,13 +137,18 @@ class RemoteEngine:
 
     @staticmethod
     def checked_url(base_url: str) -> str:
-        """``base_url`` without its trailing ``/``; ``ValueError`` naming it unless it is an
-        http(s) URL with a host (a typo fails at once, not after every retry)."""
+        """``base_url`` without its trailing ``/`` and any ``user:password@`` (which would be
+        shown in messages and recorded in results; the engine sends them as HTTP basic
+        auth); ``ValueError`` naming it unless it is an http(s) URL with a host (a typo
+        fails at once, not after every retry)."""
         example = "e.g. http://127.0.0.1:8000/v1"
         try:
             url = httpx.URL(base_url)
         except (httpx.InvalidURL, TypeError) as error:
             raise ValueError(f"base URL {base_url!r} is not a URL ({error}); {example}") from None
+        if url.userinfo:
+            url = url.copy_with(username=None, password=None)
+            base_url = str(url)
         if url.scheme not in ("http", "https") or not url.host:
             raise ValueError(f"base URL {base_url!r} must start with http:// or https:// and name a host; {example}")
         if url.port is not None and not 0 < url.port < 65536:
