@@ -17,7 +17,7 @@ import httpx
 
 # What the proxy does with the next /completions requests, in order (then: forward).
 FAULTS = ("not-json", "truncated", "http-500", "wrong-count", "bad-logprobs", "few-logprobs", "mass-unbounded",
-          "huge-token-id", "bad-encoding", "trickle", "drop", "forward")  # fmt: skip
+          "huge-token-id", "error-as-success", "bad-encoding", "trickle", "drop", "forward")  # fmt: skip
 TRICKLE_S = 0.05  # "trickle": seconds between the bytes of the answer
 
 
@@ -70,6 +70,8 @@ class FaultProxy:
             return
         if fault == "http-500":
             return _answer(handler, 500, b'{"error": {"message": "injected"}}')
+        if fault == "error-as-success":  # a gateway's error sent with 200
+            return _answer(handler, 200, b'{"error": {"message": "injected"}}')
         try:
             response = httpx.request(handler.command, self.upstream + handler.path, content=body,
                                      headers={"Content-Type": "application/json"}, timeout=60)  # fmt: skip

@@ -286,6 +286,30 @@ def test_a_request_the_client_cannot_send_fails_at_once():
     assert time.perf_counter() - start < 0.4  # the first retry would wait backoff=0.5 s
 
 
+@pytest.mark.parametrize(
+    "status, headers, body, message",
+    [(301, {"Location": "https://127.0.0.1:9/v1/models"}, b"",
+      "HTTP 301, a redirect to https://127.0.0.1:9/v1/models: give the base URL it names"),
+     (404, {}, b"<html>\n<body>\n<h1>Not Found</h1>\n</body>\n</html>\n",
+      "HTTP 404: <html> <body> <h1>Not Found</h1> </body> </html> (the base URL names the API root"),
+     (200, {}, b'{"error": {"message": "the model\\nis loading"}}', "an error answer: the model is loading")],
+    ids=["redirect", "html-404", "error-as-success"],
+)  # fmt: skip
+def test_answers_that_are_no_model_list_are_named_in_one_line(status, headers, body, message):
+    """A redirect is not retried (no retry gets another answer); a body's line breaks and an
+    error sent with 200 reach the message as one line."""
+    calls = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        calls.append(request.url.path)
+        return httpx.Response(status, headers=headers, stream=httpx.ByteStream(body))
+
+    with pytest.raises(EngineError, match=rf"^http://127.0.0.1:9/v1/models: {re.escape(message)}") as failure:
+        RemoteEngine("http://127.0.0.1:9/v1", SERVED_NAME, make_tokenizer(), attempts=2, backoff=0.0,
+                     transport=httpx.MockTransport(answer))  # fmt: skip
+    assert "\n" not in str(failure.value) and calls == ["/v1/models"]
+
+
 def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown():
     """A URL's user:password would be shown in every message and recorded in eval results
     (served_at): the engine sends them as HTTP basic auth and names the URL without them."""

@@ -339,6 +339,10 @@ class RemoteEngine:
                     raise _Retryable(f"HTTP {response.status_code}")
                 if response.status_code >= 400:
                     _refuse(response, url)
+                if response.is_redirect:  # http -> https, a moved API: no retry gets another answer
+                    where = response.headers.get("Location", "elsewhere")
+                    raise EngineError(f"{url}: HTTP {response.status_code}, a redirect to {where}: give the base URL "
+                                      "it names")  # fmt: skip
                 try:
                     answer = response.json()
                 except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -378,7 +382,9 @@ class RemoteEngine:
         answer = self._request("GET", "/models")
         entries = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            raise EngineError(f"{self.url}/models: not an OpenAI-compatible model list")
+            error = _error_message(answer)
+            what = f"an error answer: {error}" if error else "not an OpenAI-compatible model list"
+            raise EngineError(f"{self.url}/models: {what}")
         names = [e.get("id") for e in entries]
         if self.model is None:
             if len(names) != 1:
@@ -425,14 +431,24 @@ def _root(url: str) -> str:
 
 def _refuse(response: httpx.Response, url: str) -> None:
     """A 4xx answer: a k above the server's limit (learnt), else a one-line error."""
-    try:
-        message = response.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        message = response.text[:200]
+    message = _error_message(response) or " ".join(response.text.split())[:200]  # an HTML page: one line
     limit = _MAX_LOGPROBS.search(str(message))
     if "logprobs" in str(message) and limit:
         raise _LogprobsTooMany(str(message), int(limit.group(1)))
     raise EngineError(f"{url}: HTTP {response.status_code}: {message}{_HINTS.get(response.status_code, '')}")
+
+
+def _error_message(answer: Any) -> str | None:
+    """The message of an OpenAI-style error answer ``{"error": {"message": ...}}`` (a
+    response or its JSON), on one line; None for any other answer."""
+    try:
+        if isinstance(answer, httpx.Response):
+            answer = answer.json()
+        error = answer["error"]
+        message = error["message"] if isinstance(error, dict) else error
+    except (ValueError, KeyError, TypeError, IndexError):
+        return None
+    return " ".join(str(message).split())[:200] or None
 
 
 # What a 4xx answer to kad's requests most likely means.
@@ -449,6 +465,8 @@ def _parse_top_k(answer: Any, count: int, k: int, vocab_size: int) -> partial.To
     ``min(k, vocab_size)`` entries in a row (its k-th largest would not bound the tokens left
     out), or more mass left out than the tokens left out can hold below that bound."""
     choices = answer.get("choices") if isinstance(answer, dict) else None
+    if choices is None and (message := _error_message(answer)):  # an error sent as a success
+        raise _Retryable(f"an error answer: {message}")
     if not isinstance(choices, list) or len(choices) != count:
         got = len(choices) if isinstance(choices, list) else "no"
         raise _Retryable(f"an answer with {got} choices for {count} prompts")
