@@ -85,6 +85,7 @@ def finish_with_q(
 ) -> Tensor:
     """The tokens of ``rows`` (i64 ``[R]``, rows that need q) from their logits ``[R, V]``:
     q's branch of a sampled row, the arg-max of π of a greedy one."""
-    if temperature == 0:
-        return kk.sample(p_logits, q_logits, rule, 0.0, check=False)
+    if temperature == 0:  # uniforms the greedy rows ignore, rather than a draw from torch's default generator
+        ignored = torch.zeros(p_logits.shape[0], device=p_logits.device, dtype=torch.float32)
+        return kk.sample(p_logits, q_logits, rule, 0.0, uniforms=ignored, check=False)
     return kk.sample(q_logits, q_logits, ONE_MODEL, temperature, uniforms=draw.q_uniforms[rows], check=False)

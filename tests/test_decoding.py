@@ -604,6 +604,18 @@ def test_cli_rule_names():
 # ----------------------------------------------------------------------------- errors
 
 
+@pytest.mark.parametrize("mode", ["kad", "kad-spec", "nudging"])
+def test_greedy_decoding_leaves_the_global_random_state_alone(mode):
+    """Greedy draws nothing: code after it draws from torch's default generator what it drew before."""
+    decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    decoder.generate(PROMPTS[:3], mode, kk.Dual(0.4) if mode != "nudging" else kk.Nudging(0.4), temperature=0,
+                     max_new_tokens=8)
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_mismatched_tokenizers_are_refused_naming_both():
     shuffled = make_tokenizer(chars=CHARS[::-1])
     with pytest.raises(ValueError, match="the aligned model.*the base model.*differ"):

@@ -396,6 +396,15 @@ def test_a_tokenizer_that_is_not_one_is_refused_naming_the_argument(name, value)
         BASE.generate(**call)
 
 
+def test_greedy_decoding_leaves_the_global_random_state_alone():
+    """As transformers' own greedy search: code after generate draws what it drew before."""
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    BASE.generate(**KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, do_sample=False, **inputs(3))
+    assert torch.equal(torch.rand(3), expected)
+
+
 def test_track_alpha_must_be_a_bool():
     with pytest.raises(TypeError, match="track_alpha must be True or False, got 'no'"):
         BASE.generate(**KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, track_alpha="no", **inputs(3))

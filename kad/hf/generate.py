@@ -184,7 +184,7 @@ def generate(
             [budget] * len(prompts),
             settings,
             stop_ids=stop_ids,
-            generator=generator if generator is not None else _seeded_generator(engines["base"].device),
+            generator=generator if generator is not None else _seeded_generator(engines["base"].device, settings),
             streamer=streamer,
         )
     finally:  # transformers has put the prompt to the streamer: a consumer waits for end(), also after a refusal
@@ -364,8 +364,11 @@ def _prompts(input_ids: Tensor, attention_mask: Tensor | None) -> list[list[int]
     return rows
 
 
-def _seeded_generator(device: torch.device) -> torch.Generator:
-    """A generator on ``device`` seeded from torch's global generator (``torch.manual_seed``)."""
+def _seeded_generator(device: torch.device, settings: Settings) -> torch.Generator:
+    """A generator on ``device`` seeded from torch's global generator (``torch.manual_seed``);
+    greedy decoding draws nothing, so it leaves the global generator as transformers' does."""
+    if settings.temperature == 0:
+        return torch.Generator(device)
     seed = int(torch.randint(2**62, (), dtype=torch.long))
     return torch.Generator(device).manual_seed(seed)
 
