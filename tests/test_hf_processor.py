@@ -198,6 +198,15 @@ def test_generate_options_that_break_exactness_are_refused(kwargs, match):
         BASE.generate(**inputs(1), logits_processor=processors, max_new_tokens=NEW, **kwargs)  # assisted: batch 1
 
 
+@pytest.mark.parametrize("temperature", [0.5, 2.0])
+def test_a_processor_temperature_with_greedy_decoding_is_refused(temperature):
+    """Greedy KAD is the arg-max of π at T = 1 (design §1.2); the arg-max of π at another T
+    is another token sequence than Decoder.generate(temperature=0) gives."""
+    processor = kad_processor(kk.Dual(0.4), temperature=temperature)
+    with pytest.raises(ValueError, match=rf"KADLogitsProcessor\(temperature={temperature}\) with do_sample=False"):
+        BASE.generate(**inputs(3), logits_processor=[processor], max_new_tokens=NEW, do_sample=False)
+
+
 @pytest.mark.parametrize("option", NEUTRAL_OPTIONS, ids=str)
 def test_options_at_their_neutral_value_are_allowed(option):
     """transformers builds a processor even from these; it changes nothing, so it is no request."""

@@ -87,7 +87,9 @@ class KADLogitsProcessor(LogitsProcessor):
     **Temperature**: KAD at temperature T mixes ``softmax(p/T)`` and
     ``softmax(q*/T)``; pass ``temperature`` here and leave ``generate``'s at 1
     (transformers would divide ``log π`` by T after this processor, sampling
-    ∝ π^(1/T), which is not KAD at T).  For greedy decoding use ``do_sample=False``.
+    ∝ π^(1/T), which is not KAD at T).  For greedy decoding use ``do_sample=False``
+    and leave ``temperature`` at 1 (greedy KAD is the arg-max of π at T = 1; another
+    value is refused then).
 
     **Padding**: a processor does not see the attention mask.  For a left-padded
     batch pass ``pad_token_id`` (the pad id of the tokenizer): each row's leading
@@ -355,6 +357,11 @@ def _refuse_unsupported(call: _GenerateCall, kad: KADLogitsProcessor, *, prompt_
         raise ValueError(
             f"{option}: KADLogitsProcessor does not support assisted generation (transformers would apply "
             "it to the assistant's scores as well); for speculative KAD use kad.hf.generate"
+        )
+    if config is not None and not config.do_sample and kad.temperature != 1.0:
+        raise ValueError(
+            f"KADLogitsProcessor(temperature={kad.temperature}) with do_sample=False: greedy KAD is the arg-max of "
+            "π at temperature 1 (docs/design.md §1.2), as Decoder.generate(temperature=0); leave temperature at 1"
         )
     where = "before"
     for processor in call.processors:
