@@ -355,8 +355,10 @@ REFUSED = [
     (dict(mode="speculative"), "unknown mode"),
     (dict(rule=kk.ImplicitReward()), "needs a reference model"),
     (dict(aligned_tokenizer=make_tokenizer(chars=CHARS[::-1])), "the base model.*the aligned model.*differ"),
-    (dict(vocab_size=77), "the aligned model has 76 output logits, fewer than the vocabulary's 77"),
+    (dict(vocab_size=77, base_tokenizer=None, aligned_tokenizer=None),  # no tokenizer to check it against
+     "the aligned model has 76 output logits, fewer than the vocabulary's 77"),
     (dict(vocab_size=2.5), r"vocab_size must be an int >= 1, got 2.5"),
+    (dict(vocab_size=70), r"vocab_size=70 but the tokenizer of the base model .* has 72 tokens"),
 ]
 
 
@@ -403,6 +405,15 @@ def test_greedy_decoding_leaves_the_global_random_state_alone():
     torch.manual_seed(0)
     BASE.generate(**KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, do_sample=False, **inputs(3))
     assert torch.equal(torch.rand(3), expected)
+
+
+def test_numpy_numbers_and_outputs_transformers_would_not_return_are_no_refusal():
+    """vocab_size as numpy's int is an int; output_scores without return_dict_in_generate
+    asks for nothing (transformers returns no scores then either)."""
+    call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, do_sample=False, **inputs(3))
+    plain = BASE.generate(**call)
+    assert torch.equal(BASE.generate(**call, vocab_size=np.int64(V)), plain)
+    assert torch.equal(BASE.generate(**call, output_scores=True), plain)
 
 
 def test_track_alpha_must_be_a_bool():

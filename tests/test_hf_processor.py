@@ -13,6 +13,7 @@ from __future__ import annotations
 import copy
 import warnings
 
+import numpy as np
 import pytest
 import torch
 from decoding_helpers import CHARS, exact_pairs, goodness_of_fit, make_tokenizer, pair_counts
@@ -297,6 +298,13 @@ def test_padding_the_processor_would_misread_is_refused(batch, pad_token_id, mat
 def test_bad_arguments_are_refused(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         KADLogitsProcessor(*args, **kwargs)
+
+
+def test_numpy_numbers_are_taken_as_python_numbers():
+    processor = KADLogitsProcessor(ALIGNED, kk.Dual(0.4), temperature=np.float32(0.5), vocab_size=np.int64(72),
+                                   pad_token_id=np.int64(0))  # fmt: skip
+    assert (processor.temperature, processor.vocab_size, processor.pad_token_id) == (0.5, 72, 0)  # 0.5: exact in f32
+    assert all(type(x) in (int, float) for x in (processor.temperature, processor.vocab_size, processor.pad_token_id))
 
 
 def test_base_scores_narrower_than_the_vocabulary_are_refused():

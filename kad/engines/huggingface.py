@@ -3,6 +3,8 @@ what it does with sliding windows and recurrent layers is :mod:`.hf_layers`."""
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
@@ -42,10 +44,14 @@ def checked_tokenizer(name: str, tokenizer: object) -> PreTrainedTokenizerBase:
     return tokenizer
 
 
-def check_vocab_size(vocab_size: object) -> None:
-    """``ValueError`` unless ``vocab_size`` (the logits kept per position) is None or an int >= 1."""
-    if vocab_size is not None and (isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1):
+def checked_vocab_size(vocab_size: object) -> int | None:
+    """``vocab_size`` (the logits kept per position) as a Python int, or None; ``ValueError``
+    unless it is None or an int >= 1 (numpy's too)."""
+    if vocab_size is None:
+        return None
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, numbers.Integral) or vocab_size < 1:
         raise ValueError(f"vocab_size must be an int >= 1, got {vocab_size!r}")
+    return int(vocab_size)
 
 
 def _max_length(model: PreTrainedModel) -> int | None:

@@ -31,7 +31,7 @@ from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, L
 import kad_kernels as kk
 
 from ..engines import Engine, HFEngine
-from ..engines.huggingface import check_vocab_size, checked_model, checked_tokenizer, output_logits, token_ids
+from ..engines.huggingface import checked_model, checked_tokenizer, checked_vocab_size, output_logits, token_ids
 from ..loop import decode
 from ..settings import Settings
 from ..models import check_same_vocabulary
@@ -112,8 +112,8 @@ def generate(
     top-k/top-p/min-p/typical/ε/η sampling, penalties and every other logits
     processor, stopping criteria other than length and EOS, the call's own
     ``logits_processor`` and ``stopping_criteria`` instances (set the generation
-    options instead), score/logit/attention outputs, a streamer with more than
-    one row, model inputs beyond ``input_ids`` and ``attention_mask`` (the caller's
+    options instead), score/logit/attention outputs (with ``return_dict_in_generate``),
+    a streamer with more than one row, model inputs beyond ``input_ids`` and ``attention_mask`` (the caller's
     ``position_ids`` too: KAD positions both models' tokens itself).  An option at
     its neutral value (``min_p=0.0``, ``suppress_tokens=[]``, ``min_new_tokens=0``)
     changes nothing and is not refused.
@@ -162,7 +162,7 @@ def generate(
                 checked_tokenizer(name, value)
         if generator is not None and not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
-        check_vocab_size(vocab_size)
+        vocab_size = checked_vocab_size(vocab_size)
         settings = _settings(mode, rule, gamma, generation_config, track_alpha)
 
         models = {"base": model, "aligned": aligned_model, "reference": reference_model}
@@ -239,8 +239,8 @@ def _refuse_unsupported(
         refuse(option, f"{method.value.replace('_', ' ')}; KAD samples or decodes greedily from π")
     if call.get("assistant_model") is not None:
         refuse("assistant_model", "kad-spec already drafts with aligned_model and verifies against π")
-    for name in _UNSUPPORTED_OUTPUTS:
-        if getattr(config, name, False):
+    for name in _UNSUPPORTED_OUTPUTS:  # without return_dict_in_generate transformers returns none of them either
+        if getattr(config, name, False) and config.return_dict_in_generate:
             refuse(f"{name}=True", "KAD returns the sequences and its statistics (kad_stats)")
     for name, why in [("logits_processor", "KAD draws every token from the mixture π as it is"),
                       ("stopping_criteria", "rows stop at EOS or the length (max_new_tokens, eos_token_id)")]:  # fmt: skip
@@ -304,6 +304,9 @@ def _shared_vocab_size(
     if len(known) == 2:
         _check_once(known)
     widths = {role: _logits(m) for role, m in models.items()}
+    for name, tokenizer in known.items():  # the logits must be the tokenizer's tokens, no more, no fewer
+        if vocab_size is not None and vocab_size != len(tokenizer):
+            raise ValueError(f"vocab_size={vocab_size} but the tokenizer of {name} has {len(tokenizer)} tokens")
     if vocab_size is None:
         vocab_size = next((len(t) for t in known.values()), min(widths.values()))
     for role, width in widths.items():

@@ -38,7 +38,7 @@ import kad_kernels as kk
 
 from ..batch import Batch
 from ..engines import Engine, HFEngine, refuse_served_mixers
-from ..engines.huggingface import check_vocab_size, checked_model, checked_tokenizer
+from ..engines.huggingface import checked_model, checked_tokenizer, checked_vocab_size
 from ..loop import ContextLengthWarning, is_count
 from .options import changes_nothing, option_of, setting
 
@@ -132,14 +132,15 @@ class KADLogitsProcessor(LogitsProcessor):
                 f"{type(rule).__name__} needs a reference model, which KADLogitsProcessor does not run: "
                 "use kad.hf.generate(..., reference_model=...) or kad.Decoder"
             )
-        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
+        if isinstance(temperature, bool) or not isinstance(temperature, numbers.Real):  # numpy's floats too
             raise TypeError(f"temperature must be a float, got {type(temperature).__name__}")
+        temperature = float(temperature)
         if temperature == 0 or not kk.temperature_in_range(temperature):
             raise ValueError(
                 f"temperature must be finite and > 0 (a float32 normal number), got {temperature}: for greedy "
                 "decoding pass do_sample=False to generate"
             )
-        check_vocab_size(vocab_size)
+        vocab_size = checked_vocab_size(vocab_size)
         if pad_token_id is not None and not is_count(pad_token_id):
             kind = ValueError if isinstance(pad_token_id, numbers.Integral) else TypeError  # a negative id, or a str
             raise kind(f"pad_token_id must be a token id (an int >= 0) or None, got {pad_token_id!r:.80}")
