@@ -183,7 +183,7 @@ def resolve_engine(
     or without llama-cpp-python, a GGUF file under torch, a directory under llama.cpp."""
     if engine not in ENGINES:
         raise ModelLoadError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
-    gguf = [m for m in models if str(m).endswith(".gguf")]
+    gguf = [m for m in models if str(m).lower().endswith(".gguf")]  # MODEL.GGUF too
     cpu = device.type == "cpu" if device is not None else not torch.cuda.is_available()
     if engine == "auto":
         if 0 < len(gguf) < len(models):

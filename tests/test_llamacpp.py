@@ -369,6 +369,7 @@ def test_the_engine_choice():
     require_llama_cpp()
     assert resolve_engine("auto", cpu, []) == "llama.cpp"
     assert resolve_engine("auto", cpu, ["a.gguf", "b.gguf"]) == "llama.cpp"
+    assert resolve_engine("auto", cpu, ["A.GGUF", "b.Gguf"]) == "llama.cpp"  # the suffix in any case
     with pytest.raises(ModelLoadError, match="'some/dir' is not one"):
         resolve_engine("llama.cpp", cpu, ["a.gguf", "some/dir"])
 
