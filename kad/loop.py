@@ -327,8 +327,8 @@ class _Loop:
                     tokens, emitted, alpha = self._speculative_round(batch, self._round_gamma(lengths, left, active))
                 else:
                     tokens, emitted, alpha = self._step(batch)
-                self.stats.rounds += 1
                 keep = self._commit(active, tokens, emitted, alpha, outputs, left)
+                self.stats.rounds += 1  # a round committed: one dropped for broken logits is not counted
                 now = time.perf_counter() - start
                 for row in active:
                     self.row_stats[row].wall_time_s = now

@@ -828,6 +828,9 @@ def test_a_model_giving_broken_logits_is_an_engine_error_not_tokens(mode, role, 
     expected = DECODER.generate(PROMPTS[:3], temperature=0.0, **settings).token_ids
     partial = failure.value.partial.token_ids
     assert all(expected[row][: len(kept)] == kept and len(kept) < len(expected[row]) for row, kept in enumerate(partial))
+    stats = failure.value.partial  # the dropped round is in no count
+    assert stats.stats.rounds == max(s.rounds for s in stats.row_stats)
+    assert stats.stats.new_tokens == sum(map(len, partial))
 
 
 class _BrokenPastTheFirstRejection:
