@@ -74,7 +74,7 @@ class GenerationStats:
         if self.verified_rows:
             rows += [
                 ("acceptance rate", f"{self.acceptance_rate:.3f} ({self.drafts_accepted}/{self.drafts_proposed} drafts)"),
-                ("mean accepted length", f"{self.mean_accepted_length:.2f} tokens/round"),
+                ("mean accepted length", f"{self.mean_accepted_length:.2f} tokens per row and round"),
             ]
         if self.alpha_count:
             rows += [("mean alpha", f"{self.mean_alpha:.3f}"), ("steps deferring", f"{self.deferral_fraction:.3f}")]
