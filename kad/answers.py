@@ -96,8 +96,9 @@ _NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
 _NUMBER_WITH_FORM = re.compile(r"-?(?:\d+(?:\.\d+)?|(?<![\w.])\.\d+)(?:/\d+)?%?")
 # A mixed number, 5\frac{1}{2} or 5 1/2 (a proper fraction after a space), read as one
 # improper fraction, 11/2: its whole part alone would be another answer.
-_MIXED_NUMBERS = (re.compile(r"(?<![\d.])" + _MIXED_NUMBER.pattern),
-                  re.compile(r"(?<![\d./])(-?)(\d+) (\d+)/(\d+)(?![\d/])"))  # fmt: skip
+# Digit groups go with the whole part ("1,234 1/2"); "6 1/4-pound" is a unit, not a mixed number.
+_MIXED_NUMBERS = (re.compile(r"(?<![\d.,])" + _MIXED_NUMBER.pattern),
+                  re.compile(r"(?<![\d.,/])(-?)(\d{1,3}(?:,\d{3})+|\d+) (\d+)/(\d+)(?![\d/]|-[A-Za-z])"))  # fmt: skip
 DIGIT_GROUP_COMMA = re.compile(r"(?<=\d),(?=\d{3}(?!\d))")
 _LATEX_GROUP_SEPARATOR = r"(?<=\d)\{,\}(?=\d)"  # 1{,}080, in numbers and in LaTeX answers
 # Other spellings of a digit-group separator (LaTeX's 1{,}080, 1,\!080 and 1\,080)
@@ -159,7 +160,7 @@ def _improper_fraction(mixed: re.Match) -> str:
     sign, whole, numerator, denominator = mixed.groups()
     if not 0 <= int(numerator) < int(denominator):
         return mixed.group(0)
-    return f"{sign}{int(whole) * int(denominator) + int(numerator)}/{denominator}"
+    return f"{sign}{int(whole.replace(',', '')) * int(denominator) + int(numerator)}/{denominator}"
 
 
 def _answer_number(stated: str) -> str | None:

@@ -263,6 +263,7 @@ def test_a_malformed_url_is_refused_before_any_request(url, message):
      (dict(api_key="sk-SECRET\n"), "api_key (its 10 characters not shown) must be printable ASCII without spaces"),
      (dict(api_key="sk SECRET"), "api_key (its 9 characters not shown)"),
      (dict(api_key=b"sk-SECRET"), "api_key must be a str, got bytes")],
+
 )  # fmt: skip
 def test_bad_engine_arguments_are_named_before_any_request(argument, message):
     """A value that would fail later (inside a retry loop, after the first rounds, or by
@@ -308,6 +309,12 @@ def test_answers_that_are_no_model_list_are_named_in_one_line(status, headers, b
         RemoteEngine("http://127.0.0.1:9/v1", SERVED_NAME, make_tokenizer(), attempts=2, backoff=0.0,
                      transport=httpx.MockTransport(answer))  # fmt: skip
     assert "\n" not in str(failure.value) and calls == ["/v1/models"]
+
+
+def test_a_malformed_url_with_credentials_is_named_without_them():
+    with pytest.raises(ValueError, match=r"^base URL 'http://…@127.0.0.1:80a/v1' is not a URL") as refusal:
+        RemoteEngine("http://kad:SECRET@127.0.0.1:80a/v1", SERVED_NAME, make_tokenizer())
+    assert "SECRET" not in str(refusal.value)
 
 
 def test_credentials_in_the_url_are_sent_as_basic_auth_and_never_shown():

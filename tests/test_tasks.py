@@ -189,6 +189,8 @@ GSM_OUTPUT = (
         ("The answer is $\\boxed{-\\$5}$.", "5", "-5"),
         ("So it costs $10 - $3 = $7 in all, 1/2 of it tax.", "2", "1/2"),  # no sign: "- $3" is a difference
         ("It takes 1 2/4 hours, about 5 3/2 pieces.", "2", "3/2"),  # 5 3/2 is no mixed number
+        ("The answer is 1,234 1/2 dollars.", "2", "2469/2"),
+        ("The answer is 6 1/4-pound bags.", "4", "6"),  # a unit, not a mixed number
         ("Version 2.5 came out.", "2.5", "2.5"),
     ],
 )

@@ -118,9 +118,9 @@ class RemoteEngine:
         auth = httpx.BasicAuth(credentials.username, credentials.password) if credentials.userinfo else None
         self.model = model
         self._vocab_size = len(tokenizer)
-        self._first_k, self._max_k = logprobs, max_logprobs
+        self._first_k, self._max_k = int(logprobs), None if max_logprobs is None else int(max_logprobs)
         self.approximate = approximate
-        self.max_prompts = max_prompts
+        self.max_prompts = int(max_prompts)
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._device = torch.device(device)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -144,8 +144,9 @@ class RemoteEngine:
         example = "e.g. http://127.0.0.1:8000/v1"
         try:
             url = httpx.URL(base_url)
-        except (httpx.InvalidURL, TypeError) as error:
-            raise ValueError(f"base URL {base_url!r} is not a URL ({error}); {example}") from None
+        except (httpx.InvalidURL, TypeError) as error:  # named without a password it may hold
+            shown = re.sub(r"//[^/@]*@", "//…@", base_url) if isinstance(base_url, str) else base_url
+            raise ValueError(f"base URL {shown!r} is not a URL ({error}); {example}") from None
         if url.userinfo:
             url = url.copy_with(username=None, password=None)
             base_url = str(url)

@@ -39,7 +39,7 @@ import kad_kernels as kk
 from ..batch import Batch
 from ..engines import Engine, HFEngine, refuse_served_mixers
 from ..engines.huggingface import checked_model, checked_tokenizer, checked_vocab_size
-from ..loop import ContextLengthWarning, is_count
+from ..loop import ContextLengthWarning
 from .options import changes_nothing, option_of, setting
 
 # log_softmax changes neither the base scores' π (a per-row shift of p_logits) nor
@@ -141,9 +141,10 @@ class KADLogitsProcessor(LogitsProcessor):
                 "decoding pass do_sample=False to generate"
             )
         vocab_size = checked_vocab_size(vocab_size)
-        if pad_token_id is not None and not is_count(pad_token_id):
-            kind = ValueError if isinstance(pad_token_id, numbers.Integral) else TypeError  # a negative id, or a str
-            raise kind(f"pad_token_id must be a token id (an int >= 0) or None, got {pad_token_id!r:.80}")
+        if pad_token_id is not None and (isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral)):
+            raise TypeError(f"pad_token_id must be a token id (an int) or None, got {pad_token_id!r:.80}")
+        if pad_token_id is not None and pad_token_id < 0:  # older configs' "no pad token"
+            pad_token_id = None
         if tokenizer is not None:
             checked_tokenizer("tokenizer", tokenizer)
             if vocab_size is not None and vocab_size != len(tokenizer):
