@@ -113,8 +113,9 @@ def generate(
     processor, stopping criteria other than length and EOS, the call's own
     ``logits_processor`` and ``stopping_criteria`` instances (set the generation
     options instead), score/logit/attention outputs (with ``return_dict_in_generate``),
-    a streamer with more than one row, model inputs beyond ``input_ids`` and ``attention_mask`` (the caller's
-    ``position_ids`` too: KAD positions both models' tokens itself).  An option at
+    a streamer with more than one row, model inputs beyond ``input_ids`` and
+    ``attention_mask`` (the caller's ``position_ids`` too: KAD positions both models'
+    tokens itself).  An option at
     its neutral value (``min_p=0.0``, ``suppress_tokens=[]``, ``min_new_tokens=0``)
     changes nothing and is not refused.
     transformers' global default ``top_k=50`` is not a request and is

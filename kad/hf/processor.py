@@ -141,10 +141,10 @@ class KADLogitsProcessor(LogitsProcessor):
                 "decoding pass do_sample=False to generate"
             )
         vocab_size = checked_vocab_size(vocab_size)
-        if pad_token_id is not None and (isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral)):
-            raise TypeError(f"pad_token_id must be a token id (an int) or None, got {pad_token_id!r:.80}")
-        if pad_token_id is not None and pad_token_id < 0:  # older configs' "no pad token"
-            pad_token_id = None
+        if pad_token_id is not None:
+            if isinstance(pad_token_id, bool) or not isinstance(pad_token_id, numbers.Integral):
+                raise TypeError(f"pad_token_id must be a token id (an int) or None, got {pad_token_id!r:.80}")
+            pad_token_id = int(pad_token_id) if pad_token_id >= 0 else None  # < 0: older configs' "no pad token"
         if tokenizer is not None:
             checked_tokenizer("tokenizer", tokenizer)
             if vocab_size is not None and vocab_size != len(tokenizer):
@@ -157,9 +157,9 @@ class KADLogitsProcessor(LogitsProcessor):
                 f"fewer than the vocabulary's {vocab_size} tokens (vocab_size)"
             )
         self.rule = rule
-        self.temperature = float(temperature)
+        self.temperature = temperature
         self.vocab_size = vocab_size
-        self.pad_token_id = None if pad_token_id is None else int(pad_token_id)
+        self.pad_token_id = pad_token_id
         self._batch: Batch | None = None
         self._previous: Tensor | None = None  # the last call's input_ids [B, L]
         self._processors: LogitsProcessorList | None = None  # the list of the last call's generate
