@@ -4,7 +4,8 @@
 * ``tokens_per_s_vs_gamma.png``: tok/s vs γ, runs without speculation as dashed lines;
 * ``accuracy_vs_lambda.png`` / ``accuracy_vs_budget.png``: accuracy with its 95 %
   interval vs λ (dual, nudging and the other thresholded rules) / vs the primal
-  budget (``primal``, ``budget_lr``), the single-model runs as dashed lines in their shaded interval.
+  budget (``primal``, ``budget_lr``), the single-model runs as dashed lines in their
+  shaded interval.
 
 A line joins the runs of one task that differ only in the plotted parameter; a
 figure is written only when some line has two or more points.
@@ -21,6 +22,7 @@ import kad_kernels as kk
 
 from .decoding import build_rule
 from .evaluate import Summary, run_label, summarize
+
 
 def _is_primal(config: dict) -> bool:
     """Whether the run's rule spends a primal budget: ``--rule primal``, or a rule name of the
