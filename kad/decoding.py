@@ -33,6 +33,7 @@ from .models import (
     load,
     load_gguf,
     load_tokenizer,
+    model_tokenizer,
     resolve_device,
     resolve_dtype,
     resolve_engine,
@@ -209,7 +210,8 @@ class Decoder:
 
         ``base_url`` (instead of ``base``): the base model is ``base_model`` (default:
         the only one) of that OpenAI-compatible server, a :class:`~kad.engines.RemoteEngine`
-        with ``api_key`` and ``approximate``; only the aligned model is loaded here."""
+        with ``api_key`` and ``approximate``; only the aligned model is loaded here, with
+        ``torch`` after the server has answered (a failing server fails in seconds)."""
         if base is not None and base_url is not None:
             raise ValueError("give the base model either by name (base) or by server (base_url), not both")
         dtype = resolve_dtype(dtype)
@@ -227,23 +229,28 @@ class Decoder:
         for name in (base, aligned, reference):  # every path before any model loads: loading one takes minutes
             if name is not None:
                 check_path(name)
+
+        def served(tokenizer: PreTrainedTokenizerBase) -> RemoteEngine:
+            """The served base model, its vocabulary checked against the aligned ``tokenizer``."""
+            return RemoteEngine(base_url, base_model, tokenizer, api_key=api_key, approximate=approximate,
+                                device=device)  # fmt: skip
+
         if engine == "llama.cpp":
             if base is None and base_url is None:  # the base first: a missing pair names its packages first
                 default_pair.gguf_path(default_pair.BASE)
             given = load_tokenizer(tokenizer) if tokenizer is not None else None
             aligned_lm, tokenizer = load_gguf(aligned or default_pair.ALIGNED, given)
-            base_lm = None if base_url else load_gguf(base or default_pair.BASE, tokenizer)[0]
+            base_lm = served(tokenizer) if base_url is not None else load_gguf(base or default_pair.BASE, tokenizer)[0]
             ref_lm = load_gguf(reference, tokenizer)[0] if reference else None
             base_tokenizer = ref_tokenizer = None  # each GGUF's tokenizer was checked against the aligned one
         else:
             if base_url is None:
                 base_lm, base_tokenizer = load(base or str(default_pair.local_path(default_pair.BASE)), device, dtype)
-            aligned_lm, tokenizer = load(aligned or str(default_pair.local_path(default_pair.ALIGNED)), device, dtype)
+            aligned = aligned or str(default_pair.local_path(default_pair.ALIGNED))
+            if base_url is not None:  # reached before the aligned weights load: a failing server fails in seconds
+                base_lm, base_tokenizer = served(model_tokenizer(aligned)), None
+            aligned_lm, tokenizer = load(aligned, device, dtype)
             ref_lm, ref_tokenizer = load(reference, device, dtype) if reference else (None, None)
-        if base_url is not None:  # the server's vocabulary is checked against the aligned tokenizer
-            base_lm = RemoteEngine(base_url, base_model, tokenizer, api_key=api_key, approximate=approximate,
-                                   device=device)  # fmt: skip
-            base_tokenizer = None
         return cls(
             base_lm,
             aligned_lm,

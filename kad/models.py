@@ -133,17 +133,26 @@ def load(
 
     Attention is SDPA: the decoding loop masks columns in the middle of a sequence
     (see :mod:`kad.batch`), which SDPA and eager attention honour exactly."""
+    tokenizer = model_tokenizer(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
+    except (OSError, ValueError, KeyError) as error:
+        raise ModelLoadError(f"cannot load the model {name_or_path!r}: {_first_line(error)}") from None
+    return model.to(device).eval(), tokenizer
+
+
+def model_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
+    """The tokenizer :func:`load` gives with the model ``name_or_path``, without loading the
+    weights (seconds, not minutes); :class:`ModelLoadError` naming it when it cannot be had."""
     check_model_path(name_or_path)
     path = os.path.expanduser(name_or_path)
     tokenizer_source = name_or_path
     if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
         tokenizer_source = _adapter_tokenizer_source(name_or_path, path)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(tokenizer_source)
-        model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
+        return AutoTokenizer.from_pretrained(tokenizer_source)
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"cannot load the model {name_or_path!r}: {_first_line(error)}") from None
-    return model.to(device).eval(), tokenizer
 
 
 def _adapter_tokenizer_source(name_or_path: str, path: str) -> str:

@@ -10,6 +10,7 @@ tests share one server (one xdist group) and bound every request.
 
 from __future__ import annotations
 
+import http.server
 import json
 import re
 import threading
@@ -24,7 +25,7 @@ import scipy.stats
 import torch
 from decoding_helpers import CHARS, make_tokenizer
 from fault_proxy import FAULTS, FaultProxy
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, PreTrainedTokenizerBase
 from vllm_server import MAX_LOGPROBS, SERVED_NAME, VllmServer, build_models, free_port
 
 import kad
@@ -233,6 +234,41 @@ def test_nothing_listening_is_one_line_naming_the_url():
     url = f"http://127.0.0.1:{free_port()}/v1"
     with pytest.raises(EngineError, match=rf"^{url}/models: ConnectError.* \(after 2 attempts\)$"):
         RemoteEngine(url, SERVED_NAME, make_tokenizer(), **FAST_FAILURE)
+
+
+def test_a_failing_server_is_found_before_the_aligned_weights_load(tmp_path, monkeypatch):
+    """``Decoder.from_pretrained`` asks the server with the aligned tokenizer alone: a large
+    aligned model takes minutes to load, a refusal (or a dead server) should not wait for it."""
+
+    class Refuse(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = b'{"error": {"message": "wrong key"}}'
+            self.send_response(401)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    directory = tmp_path / "aligned"
+    tokenizer = make_tokenizer()
+    tokenizer.save_pretrained(directory)
+    LlamaConfig(vocab_size=len(tokenizer)).save_pretrained(directory)  # the weights are never read
+
+    def load(name_or_path, *args):
+        raise AssertionError(f"{name_or_path} loaded before the server answered")
+
+    monkeypatch.setattr(kad.decoding, "load", load)
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_port}/v1"
+        with pytest.raises(EngineError, match=rf"^{url}/models: HTTP 401: wrong key"):
+            kad.Decoder.from_pretrained(aligned=str(directory), base_url=url, device="cpu")
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 @pytest.mark.parametrize(
