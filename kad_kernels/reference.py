@@ -1,4 +1,4 @@
-"""The ``torch`` backend: docs/design.md §1–§2 written out in plain PyTorch, any device.
+"""The ``torch`` backend: docs/design.md §1–§2 written out in plain PyTorch (CPU and CUDA tensors).
 
 Every other backend is tested against these functions.  They favour reading
 over speed: each line maps to a formula of the design.  Shapes: ``N`` rows of a

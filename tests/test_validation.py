@@ -739,6 +739,33 @@ def test_check_false_skips_bad_logits_check(backend, device, entry, kind):
         fn(p.to(device), q.to(device), RULE, backend=backend, check=True)
 
 
+@pytest.mark.parametrize("entry", ["sample", "verify"])
+def test_check_false_draws_rows_of_a_negative_or_nan_temperature_at_t1(backend, device, entry):
+    """Such a temperature tensor is a value check's to refuse (a host sync): unchecked, its
+    rows are drawn at T = 1 on every backend, never left as uninitialized memory."""
+    bad = torch.tensor([-1.0, float("nan"), 1.0, -0.5])
+    one = torch.ones(B)
+    if entry == "sample":
+        p, q = _pq()
+        u = torch.tensor([0.1, 0.5, 0.7, 0.9])
+
+        def tokens(temperature, where, backend):
+            return kk.sample(p.to(where), q.to(where), RULE, temperature=temperature.to(where), uniforms=u.to(where),
+                             backend=backend, check=False).cpu()  # fmt: skip
+    else:
+        p, q, drafts = _verify_inputs()
+        accept = torch.rand(B, GAMMA, generator=torch.Generator().manual_seed(4))
+        draw = torch.tensor([0.1, 0.5, 0.7, 0.9])
+
+        def tokens(temperature, where, backend):
+            out = kk.verify(p.to(where), q.to(where), drafts.to(where), RULE, temperature=temperature.to(where),
+                            uniforms=(accept.to(where), draw.to(where)), backend=backend, check=False)
+            return out.tokens.cpu()
+
+    expected = tokens(one, "cpu", "torch")
+    assert torch.equal(tokens(bad, device, backend), expected)
+
+
 def test_first_bad_row_is_named():
     p, q = _pq()
     p[3, 0] = float("nan")

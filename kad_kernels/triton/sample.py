@@ -46,7 +46,7 @@ def _mass_sample_kernel(
         n, j, rows, vocab, positions, stride_b, stride_p, slice_len, slices, kind, HAS_REF, NEEDS_Q, SLICES_POW2, BLOCK,
     )
     last = last_to_finish(ticket_ptr, n, slices)  # greedy rows count too: the arg-max launch goes on to 2S
-    if last & (row_value(temp_ptr, temp_value, n) > 0):
+    if last & (row_value(temp_ptr, temp_value, n) != 0):  # T < 0 or NaN (check=False): drawn at T = 1
         token = drawn_token(
             p_ptr, q_ptr, ref_ptr, temp_ptr, temp_value, param_ptr, param_value, stats_ptr, limit_ptr,
             u_ptr, seed_ptr, offset_ptr, n, rows, vocab, stride_b, slice_len, slices, kind, SLICES_POW2, BLOCK,

@@ -76,7 +76,7 @@ def _accept_kernel(
     rejected = i < positions - 1
     res_total = 0.0
     pi_total = 0.0
-    if row_value(temp_ptr, temp_value, b) > 0:
+    if row_value(temp_ptr, temp_value, b) != 0:  # every row the last token is drawn on
         n = b * positions + i
         state = row_state(
             stats_ptr, limit_ptr, param_ptr, param_value, temp_ptr, temp_value,
