@@ -7,6 +7,8 @@ dtype and device checks are free and always run.
 
 from __future__ import annotations
 
+import numbers
+
 import torch
 from torch import Tensor
 
@@ -72,8 +74,8 @@ TEMPERATURE_RANGE = f"finite and >= 0 (0 = greedy), {_NORMAL}"
 
 def temperature_in_range(value: float) -> bool:
     """Whether a float temperature is one the kernels take: 0 (greedy) or a normal float32
-    (an int too; not a bool, which the entry points refuse)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    (an int or a numpy number too; not a bool, which the entry points refuse)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         return False
     return value == 0 or _F32.tiny <= value <= _F32.max
 
@@ -90,7 +92,7 @@ def temperature(value: float | Tensor, rows: int, device: torch.device) -> float
         if value.device != device:
             raise ValueError(f"temperature is on {value.device}, logits on {device}")
         t = value.to(torch.float32).expand(rows).contiguous()
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+    elif isinstance(value, numbers.Real) and not isinstance(value, bool):  # numpy's float32 is no float
         if not temperature_in_range(value):
             raise ValueError(f"temperature must be {TEMPERATURE_RANGE}, got {value}")
         return float(value)

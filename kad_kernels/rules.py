@@ -9,6 +9,7 @@ per-row tensor ``[B]``.  Backends never look at the classes: they receive
 from __future__ import annotations
 
 import math
+import numbers
 from enum import IntEnum
 from typing import Literal, Union
 
@@ -57,7 +58,7 @@ def _check_param(name: str, value: Param, low: float, high: float) -> Param:
         if v.numel() and (torch.isnan(v).any() or (v < low).any() or (v > high).any()):
             raise ValueError(f"{name} must lie in [{low}, {high}] (no NaN), got {value.tolist()}")
         return value.clone()  # the rule's own: a later write to the caller's tensor would skip this check
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):  # numpy's numbers too
         raise TypeError(f"{name} must be a float or a tensor [B], got {type(value).__name__}")
     try:
         value = float(value)

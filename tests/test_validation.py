@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -423,11 +424,22 @@ def test_temperature_tensor_of_wrong_shape(entry, shape):
         CALLS[entry](p, q, temperature=torch.ones(shape))
 
 
-@pytest.mark.parametrize("value", ["1.0", None, True], ids=repr)
+@pytest.mark.parametrize("value", ["1.0", None, True, np.bool_(True)], ids=repr)
 def test_temperature_of_wrong_type(value):
     p, q = _pq()
     with pytest.raises(TypeError, match=r"temperature must be a float or a tensor"):
         kk.mixture(p, q, RULE, temperature=value)
+
+
+def test_numpy_numbers_are_numbers():
+    """numpy's float32 and int64 are no Python floats (float64 is), but numbers all the same."""
+    p, q = _pq()
+    expected = kk.mixture(p, q, Dual(float(np.float32(0.3))), temperature=float(np.float32(0.7))).probs
+    got = kk.mixture(p, q, Dual(np.float32(0.3)), temperature=np.float32(0.7)).probs
+    assert torch.equal(got, expected)
+    assert Primal(np.int64(1)) == Primal(1.0)
+    with pytest.raises(ValueError, match="temperature must be finite and >= 0"):
+        kk.mixture(p, q, RULE, temperature=np.float32("nan"))
 
 
 @pytest.mark.parametrize("dtype", [torch.complex64, torch.bool], ids=str)
