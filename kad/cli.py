@@ -222,6 +222,8 @@ def run_eval(args: argparse.Namespace) -> int:
     done = 0 if saved is None else len(saved["items"])
     decoder = _decoder(args)
     config = with_models(config, decoder)
+    if saved is not None:  # other models: refused as a setting, before the note on what was saved
+        check_resumable(saved, config, path)
     total = len(TASKS[args.task].load(args.limit))
     with tqdm(total=max(total, done), initial=done, desc=config.stem(), unit="item") as progress:
 

@@ -46,7 +46,10 @@ SYSTEM_PROMPT = "Answer the question by walking through the reasoning step by st
 
 def chat_messages(user_message: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
     """The conversation to pass to ``tokenizer.apply_chat_template``: a system
-    turn with ``system_prompt`` (none if empty or ``None``), then the user turn."""
+    turn with ``system_prompt`` (none if empty or ``None``), then the user turn;
+    ``TypeError`` for a ``system_prompt`` that is not a string (a template would print it)."""
+    if system_prompt is not None and not isinstance(system_prompt, str):
+        raise TypeError(f"system_prompt must be a str or None, got {system_prompt!r:.80}")
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": user_message})
     return messages
@@ -214,6 +217,8 @@ class Decoder:
         ``torch`` after the server has answered (a failing server fails in seconds)."""
         if base is not None and base_url is not None:
             raise ValueError("give the base model either by name (base) or by server (base_url), not both")
+        if base_url is None and (base_model is not None or api_key is not None or approximate):
+            raise ValueError("base_model, api_key and approximate go with base_url (a served base model)")
         dtype = resolve_dtype(dtype)
         if base_url is not None:
             RemoteEngine.checked_url(base_url)  # before the aligned model loads

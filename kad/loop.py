@@ -53,7 +53,14 @@ import kad_kernels as kk
 
 from .batch import Batch
 from .draw import ONE_MODEL, draw_from_p, finish_with_q
-from .engines import Engine, EngineError, ServedEngine, refuse_served_mixers, refuse_shared_engines
+from .engines import (
+    Engine,
+    EngineError,
+    ServedEngine,
+    refuse_other_vocabularies,
+    refuse_served_mixers,
+    refuse_shared_engines,
+)
 from .engines.base import ContextLengthWarning
 from .engines.turns import engine_turns
 from .settings import Settings
@@ -93,6 +100,10 @@ class _Plan:
 def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
     rule = settings.checked_rule()
     family = settings.mode.removesuffix("-spec")
+    needed = [family] if family in ("base", "aligned") else ["base", "aligned"]
+    missing = [role for role in needed if engines.get(role) is None]
+    if missing:
+        raise ValueError(f"mode {settings.mode!r} needs the engines {needed}; engines has no {missing[0]!r}")
     if family in ("base", "aligned"):
         return _Plan(rule, False, engines[family], None, None)
     if rule.needs_ref and engines.get("reference") is None:
@@ -104,6 +115,7 @@ def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
         used["reference"] = engines["reference"]
     refuse_shared_engines(used)
     refuse_served_mixers(used)
+    refuse_other_vocabularies(used)
     return _Plan(rule, settings.speculative, used["base"], used["aligned"], used.get("reference"))
 
 
@@ -219,6 +231,8 @@ def decode(
     raise as :func:`checked_inputs` says."""
     plan = _plan(engines, settings)
     prompts, budgets = checked_inputs(prompts, budgets, plan.target.vocab_size)
+    if streamer is not None and len(prompts) != 1:
+        raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
     budgets = fit_budgets(prompts, budgets, plan.engines)
     loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
     for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
@@ -327,12 +341,14 @@ class _Loop:
                     tokens, emitted, alpha = self._speculative_round(batch, self._round_gamma(lengths, left, active))
                 else:
                     tokens, emitted, alpha = self._step(batch)
-                keep = self._commit(active, tokens, emitted, alpha, outputs, left)
+                keep, new = self._commit(active, tokens, emitted, alpha, outputs, left)
                 self.stats.rounds += 1  # a round committed: one dropped for broken logits is not counted
                 now = time.perf_counter() - start
                 for row in active:
                     self.row_stats[row].wall_time_s = now
                     self.row_stats[row].rounds += 1
+                if self.streamer is not None and new[0]:  # last: Ctrl-C while it prints finds the round counted
+                    self.streamer.put(torch.tensor(new[0]))
                 if 0 < len(keep) < len(active):  # finished rows leave the batch (nothing to do once all have)
                     rows = torch.tensor(keep, dtype=torch.long, device=self.device)
                     batch.select(rows)
@@ -498,21 +514,22 @@ class _Loop:
         alpha: Tensor | None,
         outputs: list[list[int]],
         left: list[int],
-    ) -> list[int]:
+    ) -> tuple[list[int], list[list[int]]]:
         """Append each row's emitted tokens to its output, cut after a stop token or at
         its budget; update the statistics (a speculative round's drafts count whole,
-        before the cut).  Returns the batch rows still going."""
+        before the cut).  Returns the batch rows still going and each row's new tokens."""
         tokens_h, emitted_h = tokens.tolist(), emitted.tolist()
         self._raise_on_broken_logits(active, outputs)
         alpha_h = None if alpha is None else alpha.tolist()
         gamma = tokens.shape[1] - 1 if self.plan.speculative else 0
-        keep = []
+        keep, appended = [], []
         for i, row in enumerate(active):
             new = tokens_h[i][: min(emitted_h[i], left[row])]
             stop = next((j for j, t in enumerate(new) if t in self.stop_ids), None)
             if stop is not None:
                 new = new[: stop + 1]
             outputs[row].extend(new)
+            appended.append(new)
             left[row] -= len(new)
             kept = None if alpha_h is None else alpha_h[i][: len(new)]
             for stats in (self.stats, self.row_stats[row]):
@@ -525,8 +542,6 @@ class _Loop:
                     stats.alpha_sum += sum(kept)
                     stats.alpha_count += len(kept)
                     stats.deferring_steps += sum(a > 0 for a in kept)
-            if self.streamer is not None and new:
-                self.streamer.put(torch.tensor(new))
             if stop is None and left[row] > 0:
                 keep.append(i)
-        return keep
+        return keep, appended

@@ -708,6 +708,30 @@ def test_decode_refuses_bad_prompts_and_budgets(prompts, budgets, error, match):
 
 
 @pytest.mark.parametrize(
+    "roles, mode, prompts, match",
+    [
+        ({"base": V, "aligned": V - 1}, "kad", 1, r"the engines must share one vocabulary; logits per position: "
+                                                   rf"the base model \S+ {V}, the aligned model \S+ {V - 1}$"),
+        ({"base": V, "aligned": V - 1}, "kad-spec", 1, "the engines must share one vocabulary"),
+        ({"base": V}, "kad", 1, r"mode 'kad' needs the engines \['base', 'aligned'\]; engines has no 'aligned'$"),
+        ({"base": V}, "aligned", 1, r"mode 'aligned' needs the engines \['aligned'\]; engines has no 'aligned'$"),
+        ({"base": V, "aligned": V}, "kad", 2, "a streamer takes one prompt, got 2"),
+    ],
+    ids=["vocabularies", "vocabularies-spec", "no-aligned", "no-aligned-for-aligned-mode", "streamer"],
+)
+def test_decode_refuses_engines_it_cannot_run(roles, mode, prompts, match):
+    """An aligned engine of a larger vocabulary would give tokens the base model does not
+    have wherever α takes a row (drawn from q* alone): refused before any step."""
+    engines = {role: HFEngine(MODELS[role], size) for role, size in roles.items()}
+    settings = kad.settings.Settings(mode, kk.Dual(0.9) if mode.startswith("kad") else None, 2, 1.0, True)
+    streamer = _InterruptedStreamer(at=0) if prompts > 1 else None
+    with pytest.raises(ValueError, match=match):
+        kad.decode(engines, [[5, 6]] * prompts, [4] * prompts, settings, stop_ids=frozenset(),
+                   generator=torch.Generator(), streamer=streamer)  # fmt: skip
+    assert all(engine.cached == 0 for engine in engines.values())
+
+
+@pytest.mark.parametrize(
     "arguments, match",
     [
         (dict(base="Qwen/Qwen2.5-1.5B"), r"base must be a transformers PreTrainedModel or a kad.engines.Engine, "
@@ -794,6 +818,40 @@ def test_an_engine_error_keeps_what_was_generated(method, at, emitted, error):
     assert partial.texts == [TOKENIZER.decode(t, skip_special_tokens=True) for t in partial.token_ids]
 
 
+class _InterruptedStreamer:
+    """A streamer that raises KeyboardInterrupt at its put number ``at`` (the prompt is the first)."""
+
+    def __init__(self, at: int):
+        self.at, self.calls, self.shown = at, 0, []
+
+    def put(self, tokens):
+        self.calls += 1
+        if self.calls == self.at:
+            raise KeyboardInterrupt
+        self.shown.append(tokens.tolist())
+
+    def end(self):
+        pass
+
+
+@pytest.mark.parametrize("mode", ["kad", "kad-spec"])
+def test_ctrl_c_in_the_streamer_keeps_the_rounds_counted(mode):
+    """Ctrl-C while a streamer prints (TextStreamer's put) comes after the round it shows is
+    committed: the partial holds its tokens, and every count of that round with them."""
+    streamer = _InterruptedStreamer(at=4)  # the prompt, two rounds, then the third
+    with pytest.raises(KeyboardInterrupt) as failure:
+        DECODER.generate(PROMPTS[0], mode, kk.Dual(0.4), gamma=3, temperature=0.0, max_new_tokens=40,
+                         streamer=streamer)  # fmt: skip
+    partial = failure.value.partial
+    stats, row = partial.stats, partial.row_stats[0]
+    assert stats.rounds == row.rounds == 3
+    assert len(partial.token_ids[0]) == stats.new_tokens > sum(map(len, streamer.shown[1:]))
+    if mode == "kad":
+        assert stats.new_tokens == 3
+    else:
+        assert stats.verified_rows == 3 and stats.drafts_proposed == 9
+
+
 class _BreaksAt:
     """An HFEngine whose forward number ``at`` gives prompt ``row`` the logits ``value``
     (NaN or +inf at one token, as a float16 overflow does, or -inf at every token)."""
@@ -876,6 +934,13 @@ def test_one_engine_object_in_two_roles_is_refused():
 def test_a_dtype_that_is_not_one_is_refused_before_loading(dtype):
     with pytest.raises(ValueError, match="dtype must be 'auto', 'float32', 'bfloat16', 'float16' or that torch"):
         kad.Decoder.from_pretrained("/nonexistent/b", "/nonexistent/a", dtype=dtype, device="cpu")
+
+
+@pytest.mark.parametrize("served", [dict(base_model="m"), dict(api_key="sk-1"), dict(approximate=True)], ids=repr)
+def test_options_of_a_served_base_are_refused_without_one(served):
+    """They would be dropped without a word: the base model would not be the one named."""
+    with pytest.raises(ValueError, match=r"^base_model, api_key and approximate go with base_url"):
+        kad.Decoder.from_pretrained("/nonexistent/b", "/nonexistent/a", device="cpu", **served)
 
 
 @pytest.mark.parametrize("mode, rule", [("kad", kk.ImplicitReward()), ("implicit-reward-spec", None)])

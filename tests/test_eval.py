@@ -434,6 +434,24 @@ def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load
     assert f"cannot resume {output}: its configuration differs ({changed})" in capsys.readouterr().err
 
 
+def test_cli_eval_refuses_to_resume_with_other_models_without_suggesting_resume(monkeypatch, tmp_path, capsys):
+    """The models are known once loaded: another model is refused as a setting, and the
+    hint for a failed run ("continue with the same command and --resume") is not given."""
+    output = tmp_path / "run.json"
+    command = ["eval", "--task", "gsm8k", "--mode", "aligned", "--limit", "1", "--max-new-tokens", "2",
+               "--output", str(output)]  # fmt: skip
+    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    assert cli.main(command) == 0
+    other = kad.Decoder(MODELS["aligned"], MODELS["base"], TOKENIZER)  # the two models swapped
+    monkeypatch.setattr(cli, "_decoder", lambda args: other)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main([*command, "--limit", "2", "--resume"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"kad: error: cannot resume {output}: its configuration differs (base: " in error
+    assert "--resume" not in error and len(json.loads(output.read_text())["items"]) == 1
+
+
 def test_a_saved_configuration_with_a_field_this_version_lacks_is_not_resumed(tmp_path):
     config = _config()
     saved = {"config": {**dataclasses.asdict(config), "retired_option": 3}}

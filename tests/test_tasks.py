@@ -7,6 +7,7 @@ give; each states the strict (paper) reading and the better (``strict=False``) o
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from importlib import resources
 
@@ -122,6 +123,14 @@ def test_chat_messages():
         {"role": "user", "content": "What is 2 + 2?"},
     ]
     assert chat_messages("What is 2 + 2?", None) == [{"role": "user", "content": "What is 2 + 2?"}]
+    assert chat_messages("What is 2 + 2?", "") == [{"role": "user", "content": "What is 2 + 2?"}]
+
+
+@pytest.mark.parametrize("system_prompt", [5, 0, False, ["be brief"]], ids=repr)
+def test_a_system_prompt_that_is_not_text_is_refused(system_prompt):
+    """A template would print it (5 as "5") or, if falsy, drop the system turn without a word."""
+    with pytest.raises(TypeError, match=f"system_prompt must be a str or None, got {re.escape(repr(system_prompt))}"):
+        chat_messages("What is 2 + 2?", system_prompt)
 
 
 # ---------------------------------------------------------------- extraction

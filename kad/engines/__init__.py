@@ -11,10 +11,17 @@ engine                   runtime
 =======================  ==============================================
 """
 
-from .base import Engine, EngineError, ServedEngine, refuse_served_mixers, refuse_shared_engines
+from .base import (
+    Engine,
+    EngineError,
+    ServedEngine,
+    refuse_other_vocabularies,
+    refuse_served_mixers,
+    refuse_shared_engines,
+)
 from .huggingface import HFEngine
 from .llamacpp import LlamaCppEngine
 from .remote import RemoteEngine
 
-__all__ = ["Engine", "EngineError", "HFEngine", "LlamaCppEngine", "RemoteEngine", "ServedEngine", "refuse_served_mixers",
-           "refuse_shared_engines"]
+__all__ = ["Engine", "EngineError", "HFEngine", "LlamaCppEngine", "RemoteEngine", "ServedEngine",
+           "refuse_other_vocabularies", "refuse_served_mixers", "refuse_shared_engines"]

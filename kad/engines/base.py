@@ -47,6 +47,15 @@ def refuse_served_mixers(engines: Mapping[str, object]) -> None:
             )
 
 
+def refuse_other_vocabularies(engines: Mapping[str, Engine]) -> None:
+    """``ValueError`` unless the engines (``{role: engine}``) give logits over one
+    vocabulary: π mixes them token by token, and a token drawn from q* alone (where α
+    takes the row) could lie outside p's vocabulary."""
+    if len({engine.vocab_size for engine in engines.values()}) > 1:
+        sizes = ", ".join(f"the {role} model {engine.name} {engine.vocab_size}" for role, engine in engines.items())
+        raise ValueError(f"the engines must share one vocabulary; logits per position: {sizes}")
+
+
 def refuse_shared_engines(engines: Mapping[str, object]) -> None:
     """``ValueError`` if one engine object fills two roles (``{role: engine}``): its one
     cache would be advanced for both, so each role needs an engine of its own."""
