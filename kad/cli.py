@@ -242,7 +242,10 @@ def run_eval(args: argparse.Namespace) -> int:
             print(f"kad: error: {error}", file=sys.stderr)
             print(_what_was_saved(path), file=sys.stderr)
             return 1
-        except Exception:  # reported by main (a bad setting) or as a traceback (a bug): say what is kept first
+        except ValueError:  # a setting the run cannot get past (a prompt too long for --limit): main says it
+            progress.close()
+            raise
+        except Exception:  # a bug, shown as a traceback: say what is kept first
             progress.close()
             if path.exists():
                 print(_what_was_saved(path), file=sys.stderr)
@@ -344,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             code = args.run(args)
         sys.stdout.flush()  # a reader gone away shows here (BrokenPipeError below), not at exit
         return code
-    except default_pair.ModelPackagesMissing as error:
+    except default_pair.DefaultPairError as error:  # packages missing, damaged, or a cache that takes no files
         print(f"kad: {error}", file=sys.stderr)
         return 1
     except EngineError as error:  # a model runtime that stopped answering: one line, no traceback

@@ -23,6 +23,7 @@ run would take for a model.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import json
@@ -30,7 +31,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +75,11 @@ class PackagedGGUF:
         return paths
 
 
-class ModelPackagesMissing(RuntimeError):
+class DefaultPairError(RuntimeError):
+    """The default pair cannot be had on this machine (the CLI says so in its message alone)."""
+
+
+class ModelPackagesMissing(DefaultPairError):
     """Some PyPI packages holding a default model's parts are not installed."""
 
     def __init__(self, model: PackagedGGUF, missing: list[str]):
@@ -87,8 +92,24 @@ class ModelPackagesMissing(RuntimeError):
         )
 
 
-class ModelIntegrityError(RuntimeError):
+class ModelIntegrityError(DefaultPairError):
     """The assembled parts do not make the expected file."""
+
+
+class CacheUnwritable(DefaultPairError):
+    """The cache cannot take the assembled or converted model (not a directory, read-only, full)."""
+
+
+@contextlib.contextmanager
+def _writing_cache(directory: Path) -> Iterator[None]:
+    """An ``OSError`` inside (the gigabytes written to ``directory``) as a :class:`CacheUnwritable` naming it."""
+    try:
+        yield
+    except OSError as error:
+        raise CacheUnwritable(
+            f"cannot write the default pair's model cache {directory}: {error.strerror or error}; "
+            "set KAD_CACHE to a writable directory with a few GB free"
+        ) from None
 
 
 BASE = PackagedGGUF(
@@ -213,7 +234,8 @@ def gguf_path(model: PackagedGGUF, directory: Path | None = None) -> Path:
     if target.is_file():
         return target
     model.part_paths()  # fail with the install command before doing anything
-    assemble(model, directory).replace(target)  # one rename: a concurrent process wrote the same bytes
+    with _writing_cache(directory):
+        assemble(model, directory).replace(target)  # one rename: a concurrent process wrote the same bytes
     return target
 
 
@@ -227,13 +249,15 @@ def local_path(model: PackagedGGUF, directory: Path | None = None) -> Path:
         return target
     kept = directory / f"{model.name}.gguf"
     if kept.is_file():
-        return convert(kept, target)
+        with _writing_cache(directory):
+            return convert(kept, target)
     model.part_paths()  # fail with the install command before doing anything
-    gguf = assemble(model, directory)
-    try:
-        return convert(gguf, target)
-    finally:
-        gguf.unlink()
+    with _writing_cache(directory):
+        gguf = assemble(model, directory)
+        try:
+            return convert(gguf, target)
+        finally:
+            gguf.unlink()
 
 
 def tokenizer_path(model: PackagedGGUF, directory: Path | None = None) -> Path:

@@ -316,7 +316,11 @@ def with_models(config: RunConfig, decoder: Decoder) -> RunConfig:
 def _model_name(engine: Engine) -> str:
     # RemoteEngine.model is the name on the server (an engine without one is named in full).
     model = getattr(engine, "model", None)
-    return f"{model} (served)" if isinstance(engine, ServedEngine) and isinstance(model, str) else engine.name
+    if isinstance(engine, ServedEngine) and isinstance(model, str):
+        return f"{model} (served)"
+    # A local model by its absolute path: "m" run from another directory is another model,
+    # and "./m/" the same one.
+    return os.path.abspath(engine.name) if os.path.exists(engine.name) else engine.name
 
 
 def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[str, ...] = ()) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import default_pair
@@ -136,7 +137,9 @@ def load(
     tokenizer = model_tokenizer(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
-    except (OSError, ValueError, KeyError) as error:
+    # Damaged files: a Git LFS pointer or a cut-off safetensors file (SafetensorError),
+    # weights of other shapes than config.json says (RuntimeError).
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         raise ModelLoadError(f"cannot load the model {name_or_path!r}: {_first_line(error)}") from None
     return model.to(device).eval(), tokenizer
 

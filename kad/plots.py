@@ -99,7 +99,8 @@ def plot_results(results: Sequence[dict], out_dir: str | Path) -> list[Path]:
 def draw(
     results: Sequence[dict], supported: list[tuple[_Figure, dict[str, list[tuple[float, Summary]]]]], out_dir: str | Path
 ) -> list[Path]:
-    """Write ``supported`` (:func:`figures` of ``results``) to ``out_dir``; returns their paths."""
+    """Write ``supported`` (:func:`figures` of ``results``) to ``out_dir``; returns their paths.
+    ``ValueError`` naming a figure that cannot be written."""
     if not supported:  # no empty out_dir left behind
         return []
     import matplotlib
@@ -133,7 +134,11 @@ def draw(
         ax.legend(fontsize="x-small", loc="best")
         fig.tight_layout()
         path = out_dir / name
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
+        try:
+            fig.savefig(path, dpi=120)
+        except OSError as error:  # a directory of that name, a full disk, a read-only file
+            raise ValueError(f"cannot write the figure {path}: {error.strerror or error}") from None
+        finally:
+            plt.close(fig)
         written.append(path)
     return written

@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy as copy_module
 import functools
 import importlib.metadata
+import json
 import math
 import pickle
 import time
@@ -934,6 +935,33 @@ def test_one_engine_object_in_two_roles_is_refused():
 def test_a_dtype_that_is_not_one_is_refused_before_loading(dtype):
     with pytest.raises(ValueError, match="dtype must be 'auto', 'float32', 'bfloat16', 'float16' or that torch"):
         kad.Decoder.from_pretrained("/nonexistent/b", "/nonexistent/a", dtype=dtype, device="cpu")
+
+
+def test_a_tokenizer_without_a_chat_template_names_the_way_out():
+    tokenizer = make_tokenizer()
+    tokenizer.chat_template = None  # a GGUF converted without one, a base model's tokenizer
+    decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], tokenizer)
+    with pytest.raises(ValueError, match=r"tokenizer .* has no chat template: pass raw prompts \(chat=False, --no-chat\)"):
+        decoder.generate("hello", "base", chat=True, max_new_tokens=1)
+    assert len(decoder.generate("hello", "base", max_new_tokens=1).token_ids[0]) == 1
+
+
+@pytest.mark.parametrize("damage", ["lfs-pointer", "cut-off", "other-shapes"])
+def test_damaged_weights_are_named_in_one_line(tmp_path, damage):
+    """A clone without git-lfs, a cut-off download, a config.json edited apart from its weights."""
+    directory = tmp_path / "model"
+    MODELS["base"].save_pretrained(directory)
+    TOKENIZER.save_pretrained(directory)
+    weights = directory / "model.safetensors"
+    if damage == "lfs-pointer":
+        weights.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:0123\nsize 1234\n")
+    elif damage == "cut-off":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    else:
+        config = json.loads((directory / "config.json").read_text())
+        (directory / "config.json").write_text(json.dumps(config | {"intermediate_size": 2 * config["intermediate_size"]}))
+    with pytest.raises(kad.models.ModelLoadError, match=f"^cannot load the model '{directory}': "):
+        kad.models.load(str(directory), torch.device("cpu"))
 
 
 @pytest.mark.parametrize("served", [dict(base_model="m"), dict(api_key="sk-1"), dict(approximate=True)], ids=repr)

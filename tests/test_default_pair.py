@@ -414,6 +414,19 @@ def test_missing_part_package_raises_before_writing(make_gguf, install_parts, tm
     assert not cache.exists()  # nothing written, not even the directory
 
 
+@pytest.mark.parametrize("where", ["local_path", "gguf_path"])
+@pytest.mark.parametrize("cache", ["a-file", "under-a-file"])
+def test_a_cache_that_takes_no_files_is_named_with_kad_cache(make_gguf, install_parts, tmp_path, where, cache):
+    """Not a directory, read-only or full: one message naming the cache and KAD_CACHE
+    (an OSError traceback otherwise, from deep inside the assembly)."""
+    model = install_parts(make_gguf().data)
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    directory = blocker if cache == "a-file" else blocker / "cache"
+    with pytest.raises(dp.CacheUnwritable, match=f"^cannot write the default pair's model cache {directory}: .*KAD_CACHE"):
+        getattr(dp, where)(model, directory)
+
+
 def test_missing_packages_message_shortens_a_long_list():
     message = str(dp.ModelPackagesMissing(dp.BASE, dp.BASE.distributions))
     assert dp.INSTALL_COMMAND in message

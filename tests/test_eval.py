@@ -367,6 +367,18 @@ def test_cli_plot_names_an_out_it_cannot_write(tmp_path, capsys, out, directory)
     assert f"kad: error: --out: cannot write in {directory.format(file=file)} (" in error and "Traceback" not in error
 
 
+def test_cli_plot_names_a_figure_it_cannot_write(tmp_path, capsys):
+    """A directory where a figure goes (or a full disk): one line naming the file."""
+    paths = _write_results(tmp_path, [_fake_result(5, gamma=2), _fake_result(5, gamma=4)])
+    (tmp_path / "plots" / "acceptance_vs_gamma.png").mkdir(parents=True)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["plot", *paths, "--out", str(tmp_path / "plots")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith(f"kad: error: cannot write the figure {tmp_path / 'plots' / 'acceptance_vs_gamma.png'}: ")
+    assert error.count("\n") == 1
+
+
 # /proc: a directory where no file can be created, even by root.
 PROCFS = pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="no procfs")
 
@@ -502,6 +514,19 @@ def test_cli_eval_end_to_end(model_dir, tmp_path, capsys):
     assert evaluate.load_result(path) == result
     assert cli.main([*args, "--resume", "--limit", "4"]) == 0
     assert len(evaluate.load_result(path)["items"]) == 4
+
+
+def test_cli_eval_records_a_local_model_by_its_absolute_path(model_dir, tmp_path, monkeypatch, capsys):
+    """A relative path names another model from another directory; "./m/" and "m" are one."""
+    parent, name = os.path.split(model_dir)
+    monkeypatch.chdir(parent)
+    output = tmp_path / "run.json"
+    args = ["eval", "--task", "gsm8k", "--mode", "base", "--max-new-tokens", "2", "--device", "cpu",
+            "--output", str(output)]  # fmt: skip
+    assert cli.main([*args, "--base", name, "--aligned", name, "--limit", "1"]) == 0
+    assert json.loads(output.read_text())["config"]["base"] == model_dir
+    assert cli.main([*args, "--base", f"./{name}/", "--aligned", model_dir, "--limit", "2", "--resume"]) == 0
+    assert len(json.loads(output.read_text())["items"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -644,7 +669,7 @@ def test_a_result_file_gets_the_umask_or_keeps_its_mode(tmp_path):
         os.umask(old)
 
 
-def test_an_item_whose_prompt_fills_the_context_is_named_before_any_batch_runs(tmp_path):
+def test_an_item_whose_prompt_fills_the_context_is_named_before_any_batch_runs(tmp_path, capsys):
     """Met inside a batch, it would stop the run there for good (a resumed run meets it again)."""
     short = type(MODELS["base"])(type(MODELS["base"].config)(**{**MODELS["base"].config.to_dict(),
                                                                  "max_position_embeddings": 400}))  # fmt: skip
@@ -661,6 +686,18 @@ def test_an_item_whose_prompt_fills_the_context_is_named_before_any_batch_runs(t
         evaluate.evaluate(decoder, _config(batch_size=1, max_new_tokens=2), path, limit=6)
     assert not path.exists()
     evaluate.evaluate(decoder, _config(batch_size=1, max_new_tokens=2), path, limit=first)  # --limit stops before it
+
+    # kad eval --resume past it: the error alone, not the note of a run that could go on.
+    command = ["eval", "--task", "gsm8k", "--mode", "aligned", "--max-new-tokens", "2", "--batch-size", "1",
+               "--output", str(tmp_path / "cli.json"), "--resume"]  # fmt: skip
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(cli, "_decoder", lambda args: decoder)
+        assert cli.main([*command, "--limit", str(first)]) == 0
+        with pytest.raises(SystemExit) as exit_info:
+            cli.main([*command, "--limit", "6"])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert f"has a prompt of {lengths[first]} tokens" in error and "continue with the same command" not in error
 
 
 def test_cli_output_into_a_closed_pipe_stops_quietly(tmp_path):
