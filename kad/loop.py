@@ -53,15 +53,8 @@ import kad_kernels as kk
 
 from .batch import Batch
 from .draw import ONE_MODEL, draw_from_p, finish_with_q
-from .engines import (
-    Engine,
-    EngineError,
-    ServedEngine,
-    refuse_other_vocabularies,
-    refuse_served_mixers,
-    refuse_shared_engines,
-)
-from .engines.base import ContextLengthWarning
+from .engines import Engine, EngineError, ServedEngine
+from .engines.base import ContextLengthWarning, refuse_other_vocabularies, refuse_served_mixers, refuse_shared_engines
 from .engines.turns import engine_turns
 from .settings import Settings
 from .stats import GenerationStats
