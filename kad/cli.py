@@ -104,7 +104,7 @@ def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
 
 
 def _decoder(args: argparse.Namespace) -> Decoder:
-    if args.base_url is None and (args.base_model or args.api_key or args.approximate):
+    if args.base_url is None and (args.base_model is not None or args.api_key is not None or args.approximate):
         raise ValueError("--base-model, --api-key and --approximate go with --base-url")
     return Decoder.from_pretrained(
         args.base, args.aligned, args.reference, device=args.device, dtype=args.dtype, engine=args.engine,

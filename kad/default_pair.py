@@ -102,10 +102,17 @@ class CacheUnwritable(DefaultPairError):
 
 @contextlib.contextmanager
 def _writing_cache(directory: Path) -> Iterator[None]:
-    """An ``OSError`` inside (the gigabytes written to ``directory``) as a :class:`CacheUnwritable` naming it."""
+    """An ``OSError`` inside on a path in ``directory`` (the gigabytes written there), or on
+    none (a full disk), as a :class:`CacheUnwritable` naming it; other paths' errors (an
+    installed part that cannot be read) as they are."""
     try:
         yield
     except OSError as error:
+        where = error.filename
+        if isinstance(where, (str, os.PathLike)) and not Path(os.path.abspath(where)).is_relative_to(
+            os.path.abspath(directory)
+        ):
+            raise
         raise CacheUnwritable(
             f"cannot write the default pair's model cache {directory}: {error.strerror or error}; "
             "set KAD_CACHE to a writable directory with a few GB free"

@@ -330,10 +330,16 @@ def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[s
     theirs = dict(saved["config"])
     ours = asdict(config)
     # Files of earlier versions: a served base was named "NAME at URL" (now "NAME (served)",
-    # wherever it is served), and a reference the rule does not read was recorded.
+    # wherever it is served), a local model by the path as given (now absolute: a relative
+    # one is read from the directory the run resumes in), and a reference the rule does not
+    # read was recorded.
     if isinstance(theirs.get("base"), str) and ours["base"].endswith(" (served)"):
         if theirs["base"].startswith(ours["base"].removesuffix(" (served)") + " at "):
             theirs["base"] = ours["base"]
+    for role in ("base", "aligned", "reference"):
+        name = theirs.get(role)
+        if isinstance(name, str) and name and not os.path.isabs(name) and os.path.abspath(name) == ours.get(role):
+            theirs[role] = ours[role]
     if not _reads_reference(config):
         theirs["reference"] = ours["reference"] = None
     keys = [*ours, *(k for k in theirs if k not in ours)]  # a field this version lacks differs too

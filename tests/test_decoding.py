@@ -1054,9 +1054,10 @@ def test_a_missing_model_path_is_named_before_any_model_loads(monkeypatch, tmp_p
                                                   "--mode base: leave it out"),
         (["--rule", "primal", "--lam", "-1"], "--lam -1.0: budget must lie in [0.0, inf], got -1.0"),
         (["--rule", "token_v2", "--lam", "-1"], "--lam -1.0: mu must lie in [0.0, inf], got -1.0"),
+        (["--api-key", ""], "--base-model, --api-key and --approximate go with --base-url"),  # "$KEY" of no key
     ],
     ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url", "reference", "seed",
-         "unused-reference", "unused-reference-base", "primal-budget", "token-v2-mu"],
+         "unused-reference", "unused-reference-base", "primal-budget", "token-v2-mu", "empty-api-key"],
 )
 def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options, message):
     # The models do not exist: an option checked only after loading would fail on them first.

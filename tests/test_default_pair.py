@@ -427,6 +427,14 @@ def test_a_cache_that_takes_no_files_is_named_with_kad_cache(make_gguf, install_
         getattr(dp, where)(model, directory)
 
 
+def test_an_installed_part_that_cannot_be_read_is_not_blamed_on_the_cache(make_gguf, install_parts, tmp_path):
+    model = install_parts(make_gguf().data)
+    first = model.part_paths()[0]
+    first.unlink()  # a damaged install: the package is there, one of its files is not
+    with pytest.raises(FileNotFoundError, match=re.escape(str(first))):
+        dp.gguf_path(model, tmp_path / "cache")
+
+
 def test_missing_packages_message_shortens_a_long_list():
     message = str(dp.ModelPackagesMissing(dp.BASE, dp.BASE.distributions))
     assert dp.INSTALL_COMMAND in message

@@ -527,6 +527,15 @@ def test_cli_eval_records_a_local_model_by_its_absolute_path(model_dir, tmp_path
     assert json.loads(output.read_text())["config"]["base"] == model_dir
     assert cli.main([*args, "--base", f"./{name}/", "--aligned", model_dir, "--limit", "2", "--resume"]) == 0
     assert len(json.loads(output.read_text())["items"]) == 2
+    # A file of an earlier version, which recorded the path as given, resumes from where it was run.
+    result = json.loads(output.read_text())
+    result["config"]["base"] = result["config"]["aligned"] = name
+    output.write_text(json.dumps(result))
+    assert cli.main([*args, "--base", name, "--aligned", name, "--limit", "3", "--resume"]) == 0
+    monkeypatch.chdir(tmp_path)  # where "name" is another model (none here)
+    with pytest.raises(SystemExit):
+        cli.main([*args, "--base", model_dir, "--aligned", model_dir, "--limit", "4", "--resume"])
+    assert f"its configuration differs (base: {name!r} → {model_dir!r}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
