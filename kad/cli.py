@@ -113,6 +113,14 @@ def _decoder(args: argparse.Namespace) -> Decoder:
     )  # fmt: skip
 
 
+def _result_file(value: str) -> Path:
+    """``--output``: a file; ``newdir/`` would be written as a file named ``newdir``."""
+    if value.endswith(("/", os.sep)):
+        raise argparse.ArgumentTypeError(f"{value} names a directory: name the result file ({value.rstrip('/' + os.sep)}"
+                                         "/run.json), or use --out-dir")  # fmt: skip
+    return Path(value)
+
+
 def _output_dir(directory: Path, option: str) -> None:
     """``directory`` created and writable, checked before the work that would be written there."""
     try:
@@ -182,7 +190,8 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=8, help="items decoded together (default 8)")
     parser.add_argument("--lenient", dest="strict", action="store_false",
                         help="better answer extraction (numeric equivalence, LaTeX normalization); not the paper's")  # fmt: skip
-    parser.add_argument("--output", type=Path, help="result file (default: OUT_DIR/<task>-<mode>-...-s<seed>.json)")
+    parser.add_argument("--output", type=_result_file,
+                        help="result file (default: OUT_DIR/<task>-<mode>-...-s<seed>.json)")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=Path("kad-results"), help="default kad-results/")
     parser.add_argument("--resume", action="store_true", help="continue the result file from its last saved item")
     parser.set_defaults(run=run_eval)

@@ -425,6 +425,17 @@ def test_cli_eval_refuses_a_directory_as_output_before_the_models_load(monkeypat
                     "or use --out-dir\n"
 
 
+def test_cli_eval_refuses_an_output_ending_in_a_slash(monkeypatch, tmp_path, capsys):
+    """``--output newdir/`` means a directory; Path() would drop the slash and write a file ``newdir``."""
+    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--task", "gsm8k", "--output", f"{tmp_path}/new/"])
+    assert exit_info.value.code == 2
+    assert f"{tmp_path}/new/ names a directory: name the result file ({tmp_path}/new/run.json), or use --out-dir" \
+        in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
+
+
 @pytest.mark.parametrize("option, changed", [(["--gamma", "3"], "gamma: 4 → 3"), (["--lenient"], "strict: True → False"),
                                              (["--batch-size", "2"], "batch_size: 1 → 2")])  # fmt: skip
 def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load(
