@@ -33,6 +33,7 @@ from .models import (
     load,
     load_gguf,
     load_tokenizer,
+    load_weights,
     model_tokenizer,
     resolve_device,
     resolve_dtype,
@@ -252,9 +253,12 @@ class Decoder:
             if base_url is None:
                 base_lm, base_tokenizer = load(base or str(default_pair.local_path(default_pair.BASE)), device, dtype)
             aligned = aligned or str(default_pair.local_path(default_pair.ALIGNED))
-            if base_url is not None:  # reached before the aligned weights load: a failing server fails in seconds
-                base_lm, base_tokenizer = served(model_tokenizer(aligned)), None
-            aligned_lm, tokenizer = load(aligned, device, dtype)
+            if base_url is None:
+                aligned_lm, tokenizer = load(aligned, device, dtype)
+            else:  # reached before the aligned weights load: a failing server fails in seconds
+                tokenizer = model_tokenizer(aligned)
+                base_lm, base_tokenizer = served(tokenizer), None
+                aligned_lm = load_weights(aligned, device, dtype)
             ref_lm, ref_tokenizer = load(reference, device, dtype) if reference else (None, None)
         return cls(
             base_lm,

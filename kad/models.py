@@ -135,13 +135,19 @@ def load(
     Attention is SDPA: the decoding loop masks columns in the middle of a sequence
     (see :mod:`kad.batch`), which SDPA and eager attention honour exactly."""
     tokenizer = model_tokenizer(name_or_path)
+    return load_weights(name_or_path, device, dtype), tokenizer
+
+
+def load_weights(name_or_path: str, device: torch.device, dtype: str | torch.dtype = "auto") -> PreTrainedModel:
+    """The model of :func:`load` without its tokenizer (``name_or_path`` checked by
+    :func:`model_tokenizer` first); :class:`ModelLoadError` naming it when it cannot be loaded."""
     try:
         model = AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype, attn_implementation="sdpa")
     # Damaged files: a Git LFS pointer or a cut-off safetensors file (SafetensorError),
     # weights of other shapes than config.json says (RuntimeError).
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         raise ModelLoadError(f"cannot load the model {name_or_path!r}: {_first_line(error)}") from None
-    return model.to(device).eval(), tokenizer
+    return model.to(device).eval()
 
 
 def model_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:

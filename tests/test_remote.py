@@ -260,6 +260,7 @@ def test_a_failing_server_is_found_before_the_aligned_weights_load(tmp_path, mon
         raise AssertionError(f"{name_or_path} loaded before the server answered")
 
     monkeypatch.setattr(kad.decoding, "load", load)
+    monkeypatch.setattr(kad.decoding, "load_weights", load)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
