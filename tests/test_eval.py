@@ -425,6 +425,19 @@ def test_cli_eval_refuses_a_directory_as_output_before_the_models_load(monkeypat
                     "or use --out-dir\n"
 
 
+@pytest.mark.parametrize("rule, lam", [("primal", "inf"), ("budget_lr", "inf")])
+def test_cli_eval_refuses_an_infinite_lam_before_the_models_load(monkeypatch, tmp_path, capsys, rule, lam):
+    """The result file is JSON: an infinite parameter would be written as the non-JSON ``Infinity``."""
+    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["eval", "--task", "gsm8k", "--rule", rule, "--lam", lam, "--out-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("kad: error: --lam inf: lam must be finite: the result file is JSON")
+    assert not list(tmp_path.iterdir())
+    with pytest.raises(ValueError, match="lam must be finite"):
+        _config(rule=rule, lam=float(lam))
+
+
 def test_cli_eval_refuses_an_output_ending_in_a_slash(monkeypatch, tmp_path, capsys):
     """``--output newdir/`` means a directory; Path() would drop the slash and write a file ``newdir``."""
     monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
@@ -589,8 +602,7 @@ ITEMS = len(TASKS["gsm8k"].load())
     (["--item", "-1"], f"--item must be a GSM8K test item in [0, {ITEMS}), got -1"),
     (["--item", str(ITEMS)], f"--item must be a GSM8K test item in [0, {ITEMS}), got {ITEMS}"),
     (["--seed", str(2**64)], "seed must be an int of 64 bits"),
-    (["--reference", "m"], "--reference is not read by kad demo (it runs no implicit-reward rule): leave it out"),
-], ids=["negative-item", "item-past-the-end", "seed", "reference"])  # fmt: skip
+], ids=["negative-item", "item-past-the-end", "seed"])  # fmt: skip
 def test_cli_demo_refuses_a_bad_option_before_the_models_load(monkeypatch, capsys, options, message):
     def load(args):
         raise AssertionError("the models were loaded")
@@ -600,6 +612,18 @@ def test_cli_demo_refuses_a_bad_option_before_the_models_load(monkeypatch, capsy
         cli.main(["demo", *options])
     assert exit_info.value.code == 2
     assert f"kad: error: {message}" in capsys.readouterr().err
+
+
+def test_cli_demo_has_no_reference_option(monkeypatch, capsys):
+    """The demo runs no implicit-reward rule: --reference is neither listed nor taken."""
+    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    with pytest.raises(SystemExit):
+        cli.main(["demo", "--help"])
+    assert "--reference" not in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--reference", "m"])
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --reference m" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("engine", ["torch", "llama.cpp"])
