@@ -44,6 +44,7 @@ from .evaluate import (
     check_writable,
     evaluate,
     load_result,
+    model_name,
     saved_result,
     summary_table,
     with_models,
@@ -226,6 +227,7 @@ def run_eval(args: argparse.Namespace) -> int:
             strict=args.strict,
             system_prompt=args.system,
             base="", aligned="", reference=None, dtype="", device="",  # the models', once they are loaded
+            tokenizer=None if args.tokenizer is None else model_name(args.tokenizer),
         )
     except ValueError as error:  # the one field RunConfig checks: lam
         raise ValueError(f"--lam {args.lam}: {error}") from None

@@ -45,7 +45,9 @@ _Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 class RunConfig:
     """Everything that decides a run's generations (the item count aside: a run may
     be extended with a larger limit).  ``rule``/``lam`` are ``None`` for modes
-    without a rule parameter, ``gamma`` for modes that do not speculate."""
+    without a rule parameter, ``gamma`` for modes that do not speculate;
+    ``tokenizer`` names the aligned model's tokenizer when it was given apart from
+    the model (``kad eval --tokenizer`` with an aligned GGUF), as :func:`model_name`."""
 
     task: str
     mode: str
@@ -63,6 +65,7 @@ class RunConfig:
     reference: str | None
     dtype: str
     device: str
+    tokenizer: str | None = None  # last, with a default: files and callers from before it
 
     def __post_init__(self) -> None:
         if self.lam is not None and not math.isfinite(self.lam):  # JSON has no infinity
@@ -323,9 +326,13 @@ def _model_name(engine: Engine) -> str:
     model = getattr(engine, "model", None)
     if isinstance(engine, ServedEngine) and isinstance(model, str):
         return f"{model} (served)"
-    # A local model by its absolute path: "m" run from another directory is another model,
-    # and "./m/" the same one.
-    return os.path.abspath(engine.name) if os.path.exists(engine.name) else engine.name
+    return model_name(engine.name)
+
+
+def model_name(name: str) -> str:
+    """A model or tokenizer as a result file records it: a local one by its absolute path
+    ("m" run from another directory is another model, and "./m/" the same one), a hub id as it is."""
+    return os.path.abspath(name) if os.path.exists(name) else name
 
 
 def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[str, ...] = ()) -> None:

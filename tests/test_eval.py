@@ -337,6 +337,16 @@ def test_a_line_label_names_a_config_field_only_some_files_have():
     assert sorted(lines) == ["gsm8k: kad-spec dual γ=3, note=None", "gsm8k: kad-spec dual γ=3, note=rerun"]
 
 
+def test_a_file_from_before_the_tokenizer_field_joins_the_line_of_a_run_without_one():
+    """Files of earlier versions lack ``tokenizer``: the same run as ``tokenizer: None``."""
+    from kad.plots import _lines
+
+    earlier = _fake_result(5, lam=0.2)
+    del earlier["config"]["tokenizer"]
+    lines = _lines([earlier, _fake_result(6, lam=0.4)], "lam", lambda c: True)
+    assert {label: [x for x, _ in line] for label, line in lines.items()} == {"gsm8k: kad-spec dual γ=3": [0.2, 0.4]}
+
+
 def _write_results(tmp_path, results: list[dict]) -> list[str]:
     paths = [tmp_path / f"run{i}.json" for i in range(len(results))]
     for path, result in zip(paths, results):
@@ -450,7 +460,8 @@ def test_cli_eval_refuses_an_output_ending_in_a_slash(monkeypatch, tmp_path, cap
 
 
 @pytest.mark.parametrize("option, changed", [(["--gamma", "3"], "gamma: 4 → 3"), (["--lenient"], "strict: True → False"),
-                                             (["--batch-size", "2"], "batch_size: 1 → 2")])  # fmt: skip
+                                             (["--batch-size", "2"], "batch_size: 1 → 2"),
+                                             (["--tokenizer", "org/tok"], "tokenizer: None → 'org/tok'")])  # fmt: skip
 def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load(
     monkeypatch, tmp_path, capsys, option, changed
 ):
@@ -468,6 +479,23 @@ def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load
         cli.main([*command, *option, "--resume"])
     assert exit_info.value.code == 2
     assert f"cannot resume {output}: its configuration differs ({changed})" in capsys.readouterr().err
+
+
+def test_cli_eval_records_the_tokenizer_by_its_absolute_path(monkeypatch, tmp_path, capsys):
+    """--tokenizer decides the chat template: the same directory resumes from anywhere, none does not."""
+    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    (tmp_path / "tok").mkdir()
+    output = tmp_path / "run.json"
+    command = ["eval", "--task", "gsm8k", "--limit", "1", "--batch-size", "1", "--max-new-tokens", "2",
+               "--output", str(output)]  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([*command, "--tokenizer", "tok"]) == 0
+    assert evaluate.load_result(output)["config"]["tokenizer"] == str(tmp_path / "tok")
+    monkeypatch.chdir(tmp_path / "tok")
+    assert cli.main([*command, "--tokenizer", "../tok/", "--limit", "2", "--resume"]) == 0
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--limit", "3", "--resume"])
+    assert f"its configuration differs (tokenizer: '{tmp_path / 'tok'}' → None)" in capsys.readouterr().err
 
 
 def test_cli_eval_refuses_to_resume_with_other_models_without_suggesting_resume(monkeypatch, tmp_path, capsys):
