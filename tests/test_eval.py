@@ -498,6 +498,21 @@ def test_cli_eval_records_the_tokenizer_by_its_absolute_path(monkeypatch, tmp_pa
     assert f"its configuration differs (tokenizer: '{tmp_path / 'tok'}' → None)" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("limit", ["1", "2"])
+def test_cli_eval_resume_with_nothing_to_run_loads_no_model(monkeypatch, tmp_path, capsys, limit):
+    """A file already holding --limit items (or more) is summarized as saved, and says so."""
+    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    output = tmp_path / "run.json"
+    command = ["eval", "--task", "gsm8k", "--batch-size", "1", "--max-new-tokens", "2", "--output", str(output)]
+    assert cli.main([*command, "--limit", "2"]) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    assert cli.main([*command, "--limit", limit, "--resume"]) == 0
+    printed = capsys.readouterr()
+    assert printed.err == f"kad: nothing to run: {output} already holds 2 items; its summary as saved\n"
+    assert "| gsm8k | kad-spec dual 0.4 γ=4 | 2 |" in printed.out
+
+
 def test_cli_eval_refuses_to_resume_with_other_models_without_suggesting_resume(monkeypatch, tmp_path, capsys):
     """The models are known once loaded: another model is refused as a setting, and the
     hint for a failed run ("continue with the same command and --resume") is not given."""
