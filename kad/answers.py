@@ -124,6 +124,8 @@ _CLAUSE = re.compile(
     r"[ \t*_]*(?:\n\s*(?=[*_$\\(]*-?\.?\d))?\(?(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)", re.DOTALL
 )
 _TEXT_COMMAND = re.compile(r"\\(?:text|mbox)\{[^{}]*\}")
+# A minus opening a stated answer is its sign, spaced or not ("\boxed{- 5}", "x = - 5").
+_SPACED_SIGN = re.compile(r"^[\s*_]*-\s+(?=\d)")
 
 
 def last_number(text: str) -> str | None:
@@ -167,7 +169,7 @@ def _answer_number(stated: str) -> str | None:
     """The number a stated answer gives: the first after its last ``=`` when it works
     a sum out ("9 * $2 = $18"), else its first ("18 eggs, not 20")."""
     stated = DIGIT_GROUP_COMMA.sub("", plain_fractions(stated)).rsplit("=", 1)[-1]
-    numbers = _NUMBER_WITH_FORM.findall(stated)
+    numbers = _NUMBER_WITH_FORM.findall(_SPACED_SIGN.sub("-", stated, count=1))
     return numbers[0] if numbers else None
 
 
@@ -196,16 +198,20 @@ _LATEX_REWRITES = tuple(
         (_LATEX_GROUP_SEPARATOR, ","),  # 10{,}080
         # A unit after a value: 5.4 \text{ cents}, 864 \mbox{ inches}^2, 6\pi \text{ cm}^2 — not
         # words that change the value or join two ("2 \text{ and } 3", "10 \text{ million}", 2\text{i}).
-        (r"(?<=[\w}])\s*\\(?:text|mbox)\{\s*(?!(?:and|or|to|than|more|less|times|hundred|thousand|million|billion)\b)"
+        (r"(?<=[\w}])\s*\\(?:text|mbox|mathrm)\{\s*(?!(?:and|or|to|than|more|less|times|hundred|thousand|million|billion)\b)"
          r"[A-Za-z]{2,}(?:\s+[A-Za-z]+)*\s*\}(?:\^\{?\d\}?)?", ""),
         (r"\\(?:text|textbf|textrm|mathrm|mathbf|mbox)\{([^{}]*)\}", r"\1"),
         (r"\\displaystyle(?![A-Za-z])", ""),
+        (r"\\(begin|end)\{bmatrix\}", r"\\\1{pmatrix}"),  # brackets or parentheses: one matrix
         (r"\^\s*\{?\s*\\circ\s*\}?|°|\\degree", ""),
         (r"\\?[%$]|\s", ""),
         (r"\\frac(\d)(\d)", r"\\frac{\1}{\2}"),
         (r"\\frac(\w)\{", r"\\frac{\1}{"),
         (r"\\frac(\{[^{}]*\})(\w)", r"\\frac\1{\2}"),
         (r"\\sqrt(\w)", r"\\sqrt{\1}"),
+        # A fraction of integers standing as a whole term (a matrix entry: gold -1/3, a model's
+        # -\frac{1}{3}) as a/b; not after a digit, where it is a mixed number's.
+        (r"(?:^|(?<=[-+,(\[{&\\])|(?<=\{pmatrix\}))\\frac\{(\d+)\}\{(\d+)\}(?=$|[,)\]}&\\])", r"\1/\2"),
         (r"([_^])\{(\w)\}", r"\1\2"),
         (DIGIT_GROUP_COMMA.pattern, ""),
         (r"(\d)\.0+(?!\d)", r"\1"),
@@ -258,10 +264,21 @@ def last_capital(text: str, last: str) -> str | None:
 
 
 # A capital A or I before a lowercase word is the article ("A bank needs ...") or the
-# pronoun ("I think", "I'm"), unless the word goes on about the letter ("A is", "I because").
+# pronoun ("I think", "I'm"), unless the word goes on about the letter ("A is", "I because",
+# "I which says"; "A was" and "A then" too, where "I was" and "I then" are the pronoun's).
 # Put before the letter's group.
-_ABOUT_THE_LETTER = r"(?:is|was|seems|looks|fits|because|since|as|and|or|but|not|it|so|then|here|instead)\b"
-_NOT_A_WORD = rf"(?![AaIi](?:['’]|[ \t]+(?!{_ABOUT_THE_LETTER})[a-z]))"
+_ABOUT_THE_LETTER = r"(?:is|seems|looks|fits|because|since|as|and|or|but|not|it|so|here|instead|which|that|in|with)\b"
+_ABOUT_A = rf"(?:{_ABOUT_THE_LETTER}|(?:was|then)\b)"
+
+
+def _not_a_word(article: str) -> str:
+    """The letter is not the article (``article``: the spellings that are one) or the pronoun I."""
+    return rf"(?!{article}(?:['’]|[ \t]+(?!{_ABOUT_A})[a-z])|[Ii](?:['’]|[ \t]+(?!{_ABOUT_THE_LETTER})[a-z]))"
+
+
+_NOT_A_WORD = _not_a_word("[Aa]")
+# Mid-sentence ("the answer is A in this case") the article is lowercase: only "a" is one.
+_NOT_A_WORD_MID_SENTENCE = _not_a_word("a")
 _ANSWER_VERB = r"(?:is|would[ \t]+be|should[ \t]+be|must[ \t]+be|will[ \t]+be)"
 # Where "B is correct" ends as a statement (not "D is correct only for ..."): punctuation, the
 # line's end or the text's, after the closing ** or _ of bold or italics.
@@ -274,16 +291,20 @@ def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
     keyword = r"(?i:answer|(?:correct|right|best|final)[ \t]+(?:option|choice))"
     # Not one of a list of letters ("Answer: (A) and (C) are wrong; B", "(a) or (c)"); a lowercase
     # letter standing alone there is the article ("C, a chart").
-    alone = rf"(?!\)?[ \t]*(?:,|/|&|and\b|or\b)[ \t]*(?:\({any_case}\)|{letter}(?![A-Za-z])))"
+    # A second letter going on in the singular is a new sentence ("The answer is C, D is wrong").
+    alone = rf"(?!\)?[ \t]*(?:,|/|&|and\b|or\b)[ \t]*(?:\({any_case}\)|{letter}(?![A-Za-z]))(?![ \t]+is\b))"
     noun = r"(?:answer|option|choice|one)\b"
+
+    def then_letter(not_a_word: str) -> str:  # the letter after an answer phrase, in quotes, brackets or bold
+        return rf"(?i:(?:option|choice)[ \t*_]+)?[(\[*_'\"‘“]?(?:(?<=['\"‘“])|{not_a_word})({any_case})(?![A-Za-z]){alone}"
+
     return (
         # \boxed{B}, \boxed{(B)}, \boxed{\text{B}}
         re.compile(rf"\\boxed\{{\s*(?:\\text(?:bf)?\{{)?\s*\(?({any_case})\)?\s*\}}?\s*\}}"),
-        # "the answer is (B)", "Answer: b", "**Answer:** B", "the best option would be: option C"
-        re.compile(
-            rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB})(?:[ \t*_]*:)?|[ \t*_]*:)[\s*_]*"
-            rf"(?i:(?:option|choice)[ \t*_]+)?[(\[*_'\"‘“]?(?:(?<=['\"‘“])|{_NOT_A_WORD})({any_case})(?![A-Za-z]){alone}"
-        ),
+        # "the answer is (B)", "the best option would be option C", "the answer is A in this case"
+        re.compile(rf"{keyword}[ \t*_]+(?i:{_ANSWER_VERB})[\s*_]*" + then_letter(_NOT_A_WORD_MID_SENTENCE)),
+        # "Answer: b", "**Answer:** B", "the answer is: C" (after a colon "A bank ..." may open a sentence)
+        re.compile(rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:[\s*_]*" + then_letter(_NOT_A_WORD)),
         # "B is correct.", "(C) is the best answer", "Option I is the right one", "A is the answer"
         # (not "A is the best insulator", "D is correct only for mammals")
         re.compile(
@@ -303,8 +324,23 @@ def stated_letter(text: str, last: str) -> str | None:
     stated = [m for pattern in _stated_letter_patterns(letter) for m in pattern.finditer(text)]
     if stated:
         return max(stated, key=lambda m: m.start(1)).group(1).upper()
-    headers = list(re.finditer(rf"(?m)^[ \t>*#-]*\(?({letter})[).:]", text))
-    listed = {m.start(1) for m in headers} if len({m.group(1) for m in headers}) >= 2 else set()
-    standalone = re.finditer(rf"(?<![A-Za-z'’]){_NOT_A_WORD}({letter})(?![A-Za-z])", text)
+    listed = _listing(list(re.finditer(rf"(?m)^[ \t>*#-]*\(?({letter})[).:]", text)))
+    # Not glued to a digit or a letter: "group 1A", "B12", "C4" name no option.
+    standalone = re.finditer(rf"(?<![A-Za-z0-9'’]){_NOT_A_WORD}({letter})(?![A-Za-z0-9])", text)
     letters = [m for m in standalone if m.start(1) not in listed]
     return letters[-1].group(1) if letters else None
+
+
+def _listing(headers: list[re.Match]) -> set[int]:
+    """Where the options of a listing the model wrote out start, from the lines opening
+    with a letter (``headers``): none unless two letters open lines.  A last header that
+    repeats an earlier letter out of the listing's order restates one option as the
+    answer ("A. …\nB. …\nC. …\nD. …\nTherefore:\nC. …"); one that follows its
+    predecessor letter goes on a second listing."""
+    if len({m.group(1) for m in headers}) < 2:
+        return set()
+    *earlier, last = headers
+    repeated = last.group(1) in {m.group(1) for m in earlier}
+    if repeated and ord(last.group(1)) != ord(earlier[-1].group(1)) + 1:
+        return {m.start(1) for m in earlier}
+    return {m.start(1) for m in headers}

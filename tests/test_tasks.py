@@ -195,6 +195,9 @@ GSM_OUTPUT = (
         ("It takes him \\boxed{5\\frac{1}{2}} hours.", "2", "11/2"),
         ("The answer is 5 1/2 hours.", "2", "11/2"),
         ("The answer is -$5.", "5", "-5"),
+        # Better: a minus opening the stated answer is its sign, spaced or not; not one between numbers.
+        ("The answer is \\boxed{- 5}", "5", "-5"),
+        ("It fell 10 - 3 = 7 degrees", "7", "7"),
         ("The answer is $\\boxed{-\\$5}$.", "5", "-5"),
         ("So it costs $10 - $3 = $7 in all, 1/2 of it tax.", "2", "1/2"),  # no sign: "- $3" is a difference
         ("It takes 1 2/4 hours, about 5 3/2 pieces.", "2", "3/2"),  # 5 3/2 is no mixed number
@@ -235,6 +238,8 @@ def test_math_extraction(text, strict, better):
 
 
 REJECTED = "Option B says plants absorb light; wrong.\nOption C is wrong too.\n"
+LISTING = ("Let's analyze each option:\nA. density - incorrect.\nB. years - incorrect.\nC. days - correct.\n"
+           "D. gravity - incorrect.\n\n")
 OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB) bank - needs security.\nC) library\n\n"
 
 
@@ -290,6 +295,22 @@ OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB
         ("arc", "Thus the answer is 'E'.", "E", "E"),
         ("arc", "Thus the answer is 'A'. I checked.", "I", "A"),
         ("arc", "Answer: (a) or (c) are wrong; B", "B", "B"),
+        # Better: mid-sentence after "the answer is", a capital A is the letter (the article is "a")
+        # and so is an I going on about itself; "I was" is the pronoun.
+        ("tqa", "Options C and D are myths. So the answer is A in this case.", "A", "A"),
+        ("tqa", "Options C and D are myths. The correct answer is I which says nothing happens.", "I", "I"),
+        ("csqa", "So the answer is a bank.", None, None),
+        ("tqa", "So I'd pick D. I was careful to check.", "I", "D"),
+        # Better: a letter glued to a digit names no option ("group 18 (8A)", "B12").
+        ("arc", "Thus the best match is D, group 18 (8A)", "D", "D"),
+        ("tqa", "D. Vitamin B12 helps.", "D", "D"),
+        # Better: a listing's option restated out of order is the answer; a second listing is none.
+        ("arc", LISTING + "Therefore:\nC. Planetary days will become shorter.", "C", "C"),
+        ("arc", LISTING + "Final:\n\n(C)", "C", "C"),
+        ("arc", LISTING + "Again:\nA. x\nB. y\nC. z\nD. w\n", "D", None),
+        # Better: a second letter going on in the singular starts a new sentence, not a list.
+        ("arc", "The answer is C, D is wrong because gravity depends on mass.", "D", "C"),
+        ("arc", "The answer is (C), (D) is a distractor.", "D", "C"),
     ],
 )
 def test_choice_extraction(name, text, strict, better):
@@ -323,6 +344,12 @@ PMATRIX = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
         ("\\frac{14}{3}", "\\frac{14}{3}", True, True),
         ("\\frac{14}{3}.", "\\frac{14}{3}", True, True),
         ("\\frac{14}{5}", "\\frac{14}{3}", False, False),
+        # A matrix's entries as fractions of either form, in brackets or parentheses.
+        ("\\begin{pmatrix} -\\frac{1}{3} \\\\ \\frac{2}{3} \\end{pmatrix}", "\\begin{pmatrix} -1/3 \\\\ 2/3 \\end{pmatrix}",
+         False, True),
+        ("\\begin{bmatrix} -2 \\\\ 7 \\end{bmatrix}", "\\begin{pmatrix} -2 \\\\ 7 \\end{pmatrix}", False, True),
+        ("21/2", "2\\frac{1}{2}", False, False),  # a mixed number is not 21/2
+        ("5 \\mathrm{cm}", "5", False, True),
         (None, "\\frac{14}{3}", False, False),
         ("\\dfrac{14}{3}", "\\frac{14}{3}", False, True),
         ("\\tfrac{\\sqrt{3}}{2}", "\\frac{\\sqrt{3}}{2}", False, True),
