@@ -324,7 +324,8 @@ class Decoder:
         if streamer is not None and not (hasattr(streamer, "put") and hasattr(streamer, "end")):
             raise TypeError(f"streamer must be a transformers streamer (with put and end), got {streamer!r:.80}")
         settings = Settings(mode, rule, gamma, temperature, track_alpha)
-        settings.checked_rule()
+        if (checked := settings.checked_rule()).needs_ref and "reference" not in self.engines:
+            raise ValueError(f"{type(checked).__name__} needs a reference model (the small unaligned model): pass reference= to Decoder")
         seed = None if seed is None else checked_seed(seed)
         if isinstance(prompts, str):
             prompts = [prompts]

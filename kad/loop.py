@@ -101,7 +101,7 @@ def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
         return _Plan(rule, False, engines[family], None, None)
     if rule.needs_ref and engines.get("reference") is None:
         raise ValueError(
-            f"{type(rule).__name__} needs a reference model (the small unaligned model): pass reference= to Decoder"
+            f"{type(rule).__name__} needs a reference model (the small unaligned model); engines has no 'reference'"
         )
     used = {"base": engines["base"], "aligned": engines["aligned"]}
     if rule.needs_ref:

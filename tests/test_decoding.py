@@ -974,8 +974,10 @@ def test_options_of_a_served_base_are_refused_without_one(served):
 @pytest.mark.parametrize("mode, rule", [("kad", kk.ImplicitReward()), ("implicit-reward-spec", None)])
 def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
     decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
-    with pytest.raises(ValueError, match="needs a reference model"):
+    with pytest.raises(ValueError, match=r"ImplicitReward needs a reference model .*: pass reference= to Decoder"):
         decoder.generate(["hello"], mode, rule)
+    with pytest.raises(ValueError, match=r"ImplicitReward needs a reference model .*; engines has no 'reference'"):
+        kad.decode(decoder.engines, [[1, 2]], [2], kad.Settings(mode, rule), stop_ids=frozenset(), generator=None)
 
 
 # ----------------------------------------------------------------------------- models, devices and context that cannot be had

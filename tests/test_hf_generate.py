@@ -33,7 +33,7 @@ from hf_helpers import (
     new_tokens,
     prompt_ids,
 )
-from transformers import Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM, WatermarkingConfig
 from transformers.generation import (
     EosTokenCriteria,
     GenerateDecoderOnlyOutput,
@@ -332,6 +332,12 @@ REFUSED = [
     (dict(encoder_repetition_penalty=1.25), r"encoder_repetition_penalty=1.25:"),  # transformers holds 1/1.25
     (dict(exponential_decay_length_penalty=(2, 1.5)), r"support exponential_decay_length_penalty:"),
     (dict(no_repeat_ngram_size=2), "no_repeat_ngram_size=2"),
+    # Named as the user set them: the option transformers builds its processor from, a list as a list,
+    # a float32-held value with its own digits, a config object by name.
+    (dict(encoder_no_repeat_ngram_size=2), "support encoder_no_repeat_ngram_size=2:"),
+    (dict(suppress_tokens=[5]), r"support suppress_tokens=\[5\]:"),
+    (dict(do_sample=True, eta_cutoff=3e-4), "support eta_cutoff=0.0003:"),
+    (dict(watermarking_config=WatermarkingConfig()), "support watermarking_config:"),
     (dict(min_new_tokens=3), r"min_length=\d+ \(set by min_length or min_new_tokens\)"),
     (dict(num_beams=2), "num_beams=2"),
     # Other decoding methods, which transformers would run instead (KAD ran and dropped them).
@@ -353,7 +359,7 @@ REFUSED = [
     (dict(rule=None), "needs a rule"),
     (dict(gamma=-1), "gamma"),
     (dict(mode="speculative"), "unknown mode"),
-    (dict(rule=kk.ImplicitReward()), "needs a reference model"),
+    (dict(rule=kk.ImplicitReward()), "ImplicitReward needs a reference model .*: pass reference_model="),
     (dict(aligned_tokenizer=make_tokenizer(chars=CHARS[::-1])), "the base model.*the aligned model.*differ"),
     (dict(vocab_size=77, base_tokenizer=None, aligned_tokenizer=None),  # no tokenizer to check it against
      "the aligned model has 76 output logits, fewer than the vocabulary's 77"),

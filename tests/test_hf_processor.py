@@ -255,6 +255,15 @@ def test_inputs_embeds_are_refused():
         BASE.generate(inputs_embeds=embeds, logits_processor=[kad_processor(kk.Dual(0.4))], max_new_tokens=3)
 
 
+@pytest.mark.parametrize("token", [74, 78], ids=["past-the-vocabulary", "past-the-aligned-embedding"])
+def test_prompt_ids_outside_the_vocabulary_are_refused(token):
+    """72 tokens; the aligned model has 76 logits: 74 would be fed as it is, 78 fail in its embedding."""
+    processor = KADLogitsProcessor(ALIGNED, kk.Dual(0.4), tokenizer=TOKENIZER, pad_token_id=EOS)
+    with pytest.raises(ValueError, match=rf"prompt 0 has token ids outside \[0, 72\): {token} at position 2"):
+        BASE.generate(input_ids=torch.tensor([[10, 11, token, 12]]), logits_processor=[processor], do_sample=False,
+                      max_new_tokens=3)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "batch, pad_token_id, match",
     [

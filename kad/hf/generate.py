@@ -165,6 +165,8 @@ def generate(
             raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
         vocab_size = checked_vocab_size(vocab_size)
         settings = _settings(mode, rule, gamma, generation_config, track_alpha)
+        if (checked := settings.checked_rule()).needs_ref and reference_model is None:
+            raise ValueError(f"{type(checked).__name__} needs a reference model (the small unaligned model): pass reference_model=")
 
         models = {"base": model, "aligned": aligned_model, "reference": reference_model}
         models = {role: m for role, m in models.items() if m is not None}

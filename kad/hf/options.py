@@ -25,6 +25,7 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "RepetitionPenaltyLogitsProcessor": ("repetition_penalty", "penalty"),
     "EncoderRepetitionPenaltyLogitsProcessor": ("encoder_repetition_penalty", "penalty"),  # holds 1 / the option
     "NoRepeatNGramLogitsProcessor": ("no_repeat_ngram_size", "ngram_size"),
+    "EncoderNoRepeatNGramLogitsProcessor": ("encoder_no_repeat_ngram_size", "ngram_size"),
     "MinLengthLogitsProcessor": ("min_length", "min_length"),
     "MinNewTokensLengthLogitsProcessor": ("min_new_tokens", "min_new_tokens"),
     "NoBadWordsLogitsProcessor": ("bad_words_ids", "bad_words_ids"),
@@ -36,8 +37,8 @@ _OPTIONS: dict[str, tuple[str, str]] = {
     "InfNanRemoveLogitsProcessor": ("remove_invalid_values", "remove_invalid_values"),
     "ExponentialDecayLengthPenalty": ("exponential_decay_length_penalty", ""),  # a pair, held apart: name only
     "UnbatchedClassifierFreeGuidanceLogitsProcessor": ("guidance_scale", "guidance_scale"),
-    "WatermarkLogitsProcessor": ("watermarking_config", "bias"),
-    "SynthIDTextWatermarkLogitsProcessor": ("watermarking_config", "ngram_len"),
+    "WatermarkLogitsProcessor": ("watermarking_config", ""),  # a config object: named only
+    "SynthIDTextWatermarkLogitsProcessor": ("watermarking_config", ""),
     "PrefixConstrainedLogitsProcessor": ("prefix_allowed_tokens_fn", ""),  # a function: named only
 }
 # transformers turns min_new_tokens into min_length (prompt + min_new_tokens).
@@ -79,8 +80,18 @@ def setting(processor: LogitsProcessor) -> str:
         return f"logits_processor [{name}]"
     option, attribute = _OPTIONS[name]
     value = getattr(processor, attribute, None) if attribute else None
-    value = value.item() if isinstance(value, Tensor) and value.numel() == 1 else value
+    if isinstance(value, Tensor):  # as the user wrote it: [5] for suppress_tokens, 0.0003 for eta_cutoff
+        value = _as_written(value.tolist(), value.dtype.itemsize)
     if value is not None and name in _OPTION_VALUE:
         value = _OPTION_VALUE[name](value)
     text = f"{option}={value!r}" if value is not None else option
     return text + (f" (set by {_SET_BY[option]})" if option in _SET_BY else "")
+
+
+def _as_written(value: object, itemsize: int) -> object:
+    """A tensor's ``tolist()`` with the digits a float32 holds (7), not the double it reads as."""
+    if isinstance(value, list):
+        return [_as_written(v, itemsize) for v in value]
+    if isinstance(value, float) and itemsize < 8:
+        return float(f"{value:.{7 if itemsize == 4 else 4}g}")
+    return value

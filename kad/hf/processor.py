@@ -39,7 +39,7 @@ import kad_kernels as kk
 from ..batch import Batch
 from ..engines import Engine, HFEngine, refuse_served_mixers
 from ..engines.huggingface import checked_model, checked_tokenizer, checked_vocab_size
-from ..loop import ContextLengthWarning
+from ..loop import ContextLengthWarning, checked_inputs
 from .options import changes_nothing, option_of, setting
 
 # log_softmax changes neither the base scores' π (a per-row shift of p_logits) nor
@@ -225,7 +225,9 @@ class KADLogitsProcessor(LogitsProcessor):
         if call is not None:  # transformers passes no mask when every token is real
             mask = call.attention_mask if call.attention_mask is not None else torch.ones_like(real)
             self._check_padding(real, mask)
-        prompts = [row[mask].tolist() for row, mask in zip(input_ids, real)]
+        # Ids past the vocabulary would be fed to the aligned model (past its embedding: an IndexError there).
+        prompts, _ = checked_inputs([row[mask].tolist() for row, mask in zip(input_ids, real)], [0] * len(real),
+                                    self.vocab_size or self.engine.vocab_size)  # fmt: skip
         if call is not None and call.config is not None and call.config.max_length is not None:
             self._check_context(max(map(len, prompts)), call.config.max_length - input_ids.shape[1])
         self.engine.reset()
