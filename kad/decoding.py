@@ -22,7 +22,8 @@ import kad_kernels as kk
 
 from . import default_pair
 from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
-from .engines.huggingface import checked_model, checked_tokenizer, output_logits
+from .engines.arguments import checked_tokenizer
+from .engines.huggingface import checked_model, output_logits
 from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode, is_count
 from .settings import Mode, Settings
 from .models import (

@@ -242,6 +242,7 @@ def load_gguf(
         if tokenizer is None:
             tokenizer_dir = tokenizer_dir or default_pair.gguf_tokenizer_path(path)
             tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+            tokenizer.name_or_path = str(path)  # messages name the GGUF it came from, not the cache
     except Exception as error:
         raise ModelLoadError(f"cannot read the tokenizer of the GGUF model {str(path)!r}: {_first_line(error)}") from None
     return LlamaCppEngine(path, tokenizer), tokenizer

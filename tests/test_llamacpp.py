@@ -167,8 +167,9 @@ def test_a_row_kept_twice_gets_a_sequence_of_its_own():
 def test_a_gguf_of_another_vocabulary_is_refused_naming_both():
     require_llama_cpp()
     other = make_tokenizer(CHARS[::-1])
-    with pytest.raises(ValueError, match=r"base\.gguf.*different vocabularies"):
+    with pytest.raises(ValueError, match=r"base\.gguf.*different vocabularies") as refused:
         LlamaCppEngine(tiny_gguf("base"), other)
+    assert len(str(refused.value)) < 400  # a few ids from the first difference, not the probe's every id
 
 
 def test_a_sentencepiece_gguf_passes_the_check_against_its_own_tokenizer(tmp_path, monkeypatch):
@@ -185,10 +186,28 @@ def test_a_sentencepiece_gguf_passes_the_check_against_its_own_tokenizer(tmp_pat
         LlamaCppEngine(path, TOKENIZER)
 
 
+def test_a_gguf_tokenizer_larger_than_the_model_is_named_by_its_gguf(tmp_path, monkeypatch):
+    """The aligned GGUF's own tokenizer (1028 tokens) against a base GGUF of 80: the message names
+    the aligned GGUF, not the cache folder its tokenizer was saved in."""
+    require_llama_cpp()
+    monkeypatch.setenv("KAD_CACHE", str(tmp_path / "cache"))
+    path = write_sentencepiece_gguf(tmp_path / "spm.gguf")
+    _, tokenizer = load_gguf(str(path))
+    with pytest.raises(ValueError, match=rf"^the vocabularies differ: the tokenizer '{re.escape(str(path))}' has "
+                                         rf"{len(tokenizer)} tokens, the GGUF model '.*base\.gguf' 80$"):  # fmt: skip
+        LlamaCppEngine(tiny_gguf("base"), tokenizer)
+
+
 def test_bad_arguments_are_refused(tmp_path):
     require_llama_cpp()
     with pytest.raises(ValueError, match="no such file"):
         LlamaCppEngine(tmp_path / "absent.gguf", TOKENIZER)
+    with pytest.raises(ValueError, match="a directory, not a .gguf file"):
+        LlamaCppEngine(tmp_path, TOKENIZER)
+    with pytest.raises(TypeError, match="model_path must be the path of a GGUF file, got 123"):
+        LlamaCppEngine(123, TOKENIZER)
+    with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer .*got 'Qwen/Qwen2.5-0.5B'"):
+        LlamaCppEngine(tiny_gguf("base"), "Qwen/Qwen2.5-0.5B")  # its len() is the string's
     (tmp_path / "garbage.gguf").write_bytes(b"not a gguf file")
     with pytest.raises(ValueError, match="garbage.gguf.*cannot load"):
         LlamaCppEngine(tmp_path / "garbage.gguf", TOKENIZER)

@@ -7,7 +7,7 @@ import numbers
 
 import torch
 from torch import Tensor
-from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel
 from transformers.cache_utils import DynamicLayer
 from transformers.masking_utils import create_masks_for_generate
 
@@ -34,14 +34,6 @@ def checked_model(name: str, model: object) -> PreTrainedModel | Engine:
     if not isinstance(model, (PreTrainedModel, Engine)):
         raise TypeError(f"{name} must be a transformers PreTrainedModel or a kad.engines.Engine, got {model!r}")
     return model
-
-
-def checked_tokenizer(name: str, tokenizer: object) -> PreTrainedTokenizerBase:
-    """``tokenizer`` if it is a transformers tokenizer; ``TypeError`` naming the argument
-    ``name`` otherwise (a hub id given as a tokenizer has a ``len`` too: that of the id)."""
-    if not isinstance(tokenizer, PreTrainedTokenizerBase):
-        raise TypeError(f"{name} must be a transformers tokenizer (PreTrainedTokenizerBase), got {tokenizer!r:.80}")
-    return tokenizer
 
 
 def checked_vocab_size(vocab_size: object) -> int | None:

@@ -36,7 +36,7 @@ from torch import Tensor
 
 from ..batch import Batch
 from ..settings import Settings
-from .arguments import check_count
+from .arguments import check_count, checked_tokenizer
 from .base import ContextLengthWarning, EngineError
 from .vocabulary import vocabulary_mismatch
 
@@ -105,7 +105,13 @@ class LlamaCppEngine:
         self._model = self._ctx = self._llama_batch = None  # what close() frees, once made
         self._lib = llama_cpp
         logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+        if not isinstance(model_path, (str, os.PathLike)):
+            raise TypeError(f"model_path must be the path of a GGUF file, got {model_path!r:.80}")
+        if tokenizer is not None:  # a hub id or a path has a len() too: that of the string
+            checked_tokenizer("tokenizer", tokenizer)
         self.path = Path(model_path).expanduser()
+        if self.path.is_dir():
+            raise ValueError(f"GGUF model {str(model_path)!r}: a directory, not a .gguf file")
         if not self.path.is_file():
             raise ValueError(f"GGUF model {str(model_path)!r}: no such file")
         llama_cpp.llama_backend_init()
@@ -124,8 +130,12 @@ class LlamaCppEngine:
         self._vocab = llama_cpp.llama_model_get_vocab(self._model)
         self._n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
         self._vocab_size = self._n_vocab if tokenizer is None else len(tokenizer)
-        if not 0 < self._vocab_size <= self._n_vocab:
-            raise ValueError(f"the tokenizer has {self._vocab_size} tokens, the GGUF model {self.name!r} {self._n_vocab}")
+        if not 0 < self._vocab_size <= self._n_vocab:  # not this model's vocabulary (probed below when it fits)
+            source = getattr(tokenizer, "name_or_path", "") or type(tokenizer).__name__
+            raise ValueError(
+                f"the vocabularies differ: the tokenizer {source!r} has {self._vocab_size} tokens, "
+                f"the GGUF model {self.name!r} {self._n_vocab}"
+            )
         trained = llama_cpp.llama_model_n_ctx_train(self._model)
         self.n_ctx = int(n_ctx) if n_ctx is not None else min(trained, 4096)
         if 0 < trained < self.n_ctx:  # the loop stops rows at n_ctx, so this is where it says so

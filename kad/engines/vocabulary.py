@@ -10,6 +10,7 @@ plus a few ids read back catches a different model family or version.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 from transformers import PreTrainedTokenizerBase
@@ -36,14 +37,23 @@ def vocabulary_mismatch(
     text = probe_text(tokenizer)
     local = tokenizer(text, add_special_tokens=False).input_ids
     other = tokenize(text)
-    if other is None or list(other) != local:
-        return f"{text!r} is {other} there but {local} here"
+    if other is None:
+        return f"{text!r} has no ids there"
+    if list(other) != local:  # from the first difference on, a few ids: the probe text is long
+        first = next(i for i, (a, b) in enumerate(itertools.zip_longest(other, local)) if a != b)
+        return f"{text!r} is {_ids_from(other, first)} there but {_ids_from(local, first)} here"
     size = len(tokenizer)
     for i in sorted({0, 1, size // 3, size // 2, size - 1}):
         theirs, ours = token_text(i), tokenizer.decode([i])
         if not _same_piece(theirs, ours):
             return f"token {i} is {theirs!r} there but {ours!r} here"
     return None
+
+
+def _ids_from(ids: Sequence[int], first: int, shown: int = 4) -> str:
+    """``"[…, 5, 6, 7, 8, …]"``: the ids from position ``first`` on, a few of them."""
+    head = ", ".join(map(str, ids[first : first + shown]))
+    return f"[{'…, ' if first else ''}{head}{', …' if len(ids) > first + shown else ''}]"
 
 
 def _same_piece(theirs: str | None, ours: str) -> bool:

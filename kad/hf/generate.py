@@ -31,7 +31,8 @@ from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, L
 import kad_kernels as kk
 
 from ..engines import Engine, HFEngine
-from ..engines.huggingface import checked_model, checked_tokenizer, checked_vocab_size, output_logits, token_ids
+from ..engines.arguments import checked_tokenizer
+from ..engines.huggingface import checked_model, checked_vocab_size, output_logits, token_ids
 from ..loop import decode
 from ..settings import Settings
 from ..models import check_same_vocabulary

@@ -38,7 +38,8 @@ import kad_kernels as kk
 
 from ..batch import Batch
 from ..engines import Engine, HFEngine, refuse_served_mixers
-from ..engines.huggingface import checked_model, checked_tokenizer, checked_vocab_size
+from ..engines.arguments import checked_tokenizer
+from ..engines.huggingface import checked_model, checked_vocab_size
 from ..loop import ContextLengthWarning, checked_inputs
 from .options import changes_nothing, option_of, setting
 
