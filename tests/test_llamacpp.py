@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy as copy_module
 import pickle
 import re
+import threading
+import time
 import warnings
 
 import numpy as np
@@ -274,6 +276,49 @@ def test_a_closed_engine_refuses_to_run(rows_after):
         decoder.generate(PROMPTS[:rows_after], rule=kk.Dual(0.4), max_new_tokens=2, temperature=0)
     with pytest.raises(EngineError, match="the engine is closed"):
         engine.advance(Batch([[5]], engine.device))
+
+
+def test_close_waits_for_a_generation_another_thread_runs_and_is_refused_inside_one():
+    """Freeing llama.cpp's memory under a running generation would crash the process."""
+    require_llama_cpp()
+    engine = LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=64)
+    decoder = kad.Decoder(engine, LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=64), TOKENIZER)
+    started, events = threading.Event(), []
+
+    class SlowStreamer:
+        puts = 0
+
+        def put(self, value):  # the first put is the prompt's, before the generation holds the engines
+            self.puts += 1
+            if self.puts == 2:
+                started.set()
+            time.sleep(0.05)
+
+        def end(self):
+            events.append("generation ended")
+
+    def generate():
+        out = decoder.generate(PROMPTS[0], rule=kk.Dual(0.4), max_new_tokens=6, temperature=0, streamer=SlowStreamer())
+        events.append(len(out.token_ids[0]))
+
+    worker = threading.Thread(target=generate)
+    worker.start()
+    assert started.wait(60)
+    engine.close()
+    events.append("closed")
+    worker.join(60)
+    assert events.index("generation ended") < events.index("closed") and 6 in events  # all 6 tokens came back
+
+    class ClosingStreamer(SlowStreamer):
+        def put(self, value):
+            self.puts += 1
+            if self.puts == 2:  # inside the generation
+                own.close()
+
+    own = LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=64)
+    decoder = kad.Decoder(own, LlamaCppEngine(tiny_gguf("aligned"), TOKENIZER, n_ctx=64), TOKENIZER)
+    with pytest.raises(RuntimeError, match="an engine runs one generation at a time"):
+        decoder.generate(PROMPTS[0], rule=kk.Dual(0.4), max_new_tokens=2, streamer=ClosingStreamer())
 
 
 def test_an_engine_cannot_be_pickled_or_copied_and_says_so():

@@ -38,6 +38,7 @@ from ..batch import Batch
 from ..settings import Settings
 from .arguments import check_count, checked_tokenizer
 from .base import ContextLengthWarning, EngineError
+from .turns import engine_turns
 from .vocabulary import vocabulary_mismatch
 
 INSTALL_HINT = "pip install 'kad-kernels[llamacpp]' (compiles llama.cpp: cmake and a C++ compiler, a few minutes)"
@@ -162,7 +163,12 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         """Free llama.cpp's context and model (also done when the engine is collected);
-        a closed engine refuses to run."""
+        a closed engine refuses to run.  A generation another thread runs on it ends first
+        (its memory is in use); one in this thread (closing from its streamer) is a ``RuntimeError``."""
+        with engine_turns([self]):
+            self._free()
+
+    def _free(self) -> None:
         lib = self._lib
         self._rows_capacity = 0
         if self._llama_batch is not None:
@@ -175,9 +181,9 @@ class LlamaCppEngine:
             lib.llama_model_free(self._model)
             self._model = None
 
-    def __del__(self):
+    def __del__(self):  # no generation holds an engine being collected: no turn to wait for
         if hasattr(self, "_lib"):
-            self.close()
+            self._free()
 
     def __reduce__(self):
         raise TypeError(
