@@ -200,6 +200,16 @@ def test_a_gguf_tokenizer_larger_than_the_model_is_named_by_its_gguf(tmp_path, m
         LlamaCppEngine(tiny_gguf("base"), tokenizer)
 
 
+def test_llama_cpps_log_shows_only_when_verbose(capsys):
+    """Its load warnings ("missing newline token" here, "control-looking token" for the default pair)
+    showed on every run: llama-cpp-python reads ggml's log levels from an older enum."""
+    require_llama_cpp()
+    LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=16).advance(Batch([[5, 6]], "cpu"))
+    assert capsys.readouterr().err == ""
+    LlamaCppEngine(tiny_gguf("base"), TOKENIZER, n_ctx=16, verbose=True)
+    assert "llama_model_loader" in capsys.readouterr().err
+
+
 def test_bad_arguments_are_refused(tmp_path):
     require_llama_cpp()
     with pytest.raises(ValueError, match="no such file"):

@@ -25,8 +25,8 @@ from one-token-at-a-time decoding.  See ``docs/llamacpp.md``.
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -55,6 +55,29 @@ def _import_llama_cpp():
     except ImportError as error:
         raise ImportError(f"the llama.cpp engine needs llama-cpp-python: {INSTALL_HINT}") from error
     return llama_cpp
+
+
+class _Log:
+    """llama.cpp's log, on stderr only for ``verbose=True`` (the latest engine's choice: llama.cpp
+    has one log for the process).  llama-cpp-python 0.3.36 reads ggml's log levels from an older
+    enum (its WARN as an error, its ERROR as debug): a default GGUF's harmless load warnings
+    showed on every run, and the errors were hidden even so.  kad's own messages say what failed."""
+
+    verbose = False
+    callback = None  # the ctypes callback llama.cpp holds: kept alive here
+
+    @classmethod
+    def set(cls, llama_cpp, verbose: bool) -> None:
+        cls.verbose = verbose
+        if cls.callback is None:
+
+            def write(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+                if cls.verbose:
+                    sys.stderr.write(text.decode("utf-8", errors="replace"))
+                    sys.stderr.flush()
+
+            cls.callback = llama_cpp.llama_log_callback(write)
+            llama_cpp.llama_log_set(cls.callback, ctypes.c_void_p(0))
 
 
 def _amx_kernels(llama_cpp) -> bool:
@@ -105,7 +128,7 @@ class LlamaCppEngine:
         llama_cpp = _import_llama_cpp()
         self._model = self._ctx = self._llama_batch = None  # what close() frees, once made
         self._lib = llama_cpp
-        logging.getLogger("llama-cpp-python").setLevel(logging.DEBUG if verbose else logging.ERROR)
+        _Log.set(llama_cpp, verbose)
         if not isinstance(model_path, (str, os.PathLike)):
             raise TypeError(f"model_path must be the path of a GGUF file, got {model_path!r:.80}")
         if tokenizer is not None:  # a hub id or a path has a len() too: that of the string
