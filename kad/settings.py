@@ -35,6 +35,8 @@ def resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:
     if rule is None:
         example = "Nudging" if family == "nudging" else "Dual"
         raise ValueError(f"mode {mode!r} needs a rule, e.g. rule=kad_kernels.{example}(0.4)")
+    if not isinstance(rule, kk.Rule):  # a name ("dual") is the CLI's: the API takes the rule itself
+        raise TypeError(f"rule must be a kad_kernels rule, e.g. rule=kad_kernels.Dual(0.4), got {rule!r:.80}")
     if not isinstance(rule, required):
         raise TypeError(f"mode {mode!r} needs a {required.__name__} rule, got {rule!r}")
     return rule

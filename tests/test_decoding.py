@@ -653,6 +653,7 @@ def test_every_64_bit_seed_is_taken(seed):
         (dict(mode="kad-spec", gamma=-2), ValueError, "gamma"),
         (dict(mode="kad", rule=None), ValueError, "needs a rule"),
         (dict(mode="nudging", rule=kk.Dual(0.4)), TypeError, "needs a Nudging rule"),
+        (dict(rule="dual"), TypeError, r"rule must be a kad_kernels rule, e.g. rule=kad_kernels.Dual\(0.4\), got .dual."),
         (dict(mode="base", rule=kk.Dual(0.4)), ValueError, "takes no rule"),
         (dict(mode="speculative"), ValueError, "unknown mode"),
         (dict(max_new_tokens=[3, 4]), ValueError, "max_new_tokens"),
