@@ -311,6 +311,13 @@ def test_one_engine_in_two_roles_is_refused():
                       rule=kk.ImplicitReward(), max_new_tokens=NEW)  # fmt: skip
 
 
+def test_an_engine_of_other_width_is_refused_saying_how_to_make_it():
+    """HFEngine(model) alone returns all the aligned model's padded logits (76, the vocabulary 72)."""
+    with pytest.raises(ValueError, match=rf"base {V}, aligned 76.*HFEngine\(model, vocab_size={V}\)"):
+        BASE.generate(**inputs(1), **{**KAD, "aligned_model": kad.engines.HFEngine(ALIGNED)}, rule=kk.Dual(0.4),
+                      max_new_tokens=NEW)  # fmt: skip
+
+
 def test_a_budget_past_the_context_length_stops_there_with_a_warning():
     short = Qwen2ForCausalLM(BASE.config.__class__(**{**BASE.config.to_dict(), "max_position_embeddings": 20}))
     short.load_state_dict(BASE.state_dict())

@@ -167,7 +167,9 @@ def generate(
         vocab_size = checked_vocab_size(vocab_size)
         settings = _settings(mode, rule, gamma, generation_config, track_alpha)
         if (checked := settings.checked_rule()).needs_ref and reference_model is None:
-            raise ValueError(f"{type(checked).__name__} needs a reference model (the small unaligned model): pass reference_model=")
+            raise ValueError(
+                f"{type(checked).__name__} needs a reference model (the small unaligned model): pass reference_model="
+            )
 
         models = {"base": model, "aligned": aligned_model, "reference": reference_model}
         models = {role: m for role, m in models.items() if m is not None}
@@ -175,7 +177,10 @@ def generate(
         engines = {role: m if isinstance(m, Engine) else HFEngine(m, vocab_size) for role, m in models.items()}
         if any(e.vocab_size != vocab_size for e in engines.values()):
             sizes = ", ".join(f"{role} {e.vocab_size}" for role, e in engines.items())
-            raise ValueError(f"the engines return different numbers of logits ({sizes}): they must share one vocabulary")
+            raise ValueError(
+                f"the engines return different numbers of logits ({sizes}): they must share one vocabulary "
+                f"(give each engine those {vocab_size}: HFEngine(model, vocab_size={vocab_size}))"
+            )
 
         prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
         if streamer is not None and len(prompts) > 1:
