@@ -124,8 +124,9 @@ _CLAUSE = re.compile(
     r"[ \t*_]*(?:\n\s*(?=[*_$\\(]*-?\.?\d))?\(?(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)", re.DOTALL
 )
 _TEXT_COMMAND = re.compile(r"\\(?:text|mbox)\{[^{}]*\}")
-# A minus opening a stated answer is its sign, spaced or not ("\boxed{- 5}", "x = - 5").
-_SPACED_SIGN = re.compile(r"^[\s*_]*-\s+(?=\d)")
+# In a box, a minus opening the answer (or its right-hand side) is its sign, spaced or not:
+# "\boxed{- 5}", "\boxed{x = - 5}" (after "Answer:" a spaced dash is a list's bullet).
+_SPACED_SIGN = re.compile(r"(^|=)\s*-\s+(?=\d)")
 
 
 def last_number(text: str) -> str | None:
@@ -147,8 +148,9 @@ def stated_number(text: str) -> str | None:
     statements = [(m.start(), _CLAUSE.match(text, m.end()).group(1)) for m in _STATED_NUMBER.finditer(text)]
     box = _last_braced_span(text, ("\\boxed",), closed=True)
     if box is not None:
-        without_words = _TEXT_COMMAND.sub("", box[1])
-        statements.append((box[0], without_words if _NUMBER.search(without_words) else box[1]))
+        content = _SPACED_SIGN.sub(r"\1-", box[1])
+        without_words = _TEXT_COMMAND.sub("", content)
+        statements.append((box[0], without_words if _NUMBER.search(without_words) else content))
     # The last statement that gives a number ("the answer is reasonable" gives none).
     for _, stated in sorted(statements, reverse=True):
         if (answer := _answer_number(stated)) is not None:
@@ -169,7 +171,7 @@ def _answer_number(stated: str) -> str | None:
     """The number a stated answer gives: the first after its last ``=`` when it works
     a sum out ("9 * $2 = $18"), else its first ("18 eggs, not 20")."""
     stated = DIGIT_GROUP_COMMA.sub("", plain_fractions(stated)).rsplit("=", 1)[-1]
-    numbers = _NUMBER_WITH_FORM.findall(_SPACED_SIGN.sub("-", stated, count=1))
+    numbers = _NUMBER_WITH_FORM.findall(stated)
     return numbers[0] if numbers else None
 
 
@@ -209,13 +211,14 @@ _LATEX_REWRITES = tuple(
         (r"\\frac(\w)\{", r"\\frac{\1}{"),
         (r"\\frac(\{[^{}]*\})(\w)", r"\\frac\1{\2}"),
         (r"\\sqrt(\w)", r"\\sqrt{\1}"),
-        # A fraction of integers standing as a whole term (a matrix entry: gold -1/3, a model's
-        # -\frac{1}{3}) as a/b; not after a digit, where it is a mixed number's.
-        (r"(?:^|(?<=[-+,(\[{&\\])|(?<=\{pmatrix\}))\\frac\{(\d+)\}\{(\d+)\}(?=$|[,)\]}&\\])", r"\1/\2"),
         (r"([_^])\{(\w)\}", r"\1\2"),
         (DIGIT_GROUP_COMMA.pattern, ""),
         (r"(\d)\.0+(?!\d)", r"\1"),
         (r"\.$", ""),
+        # A fraction of integers standing as a whole term (a matrix entry: gold -1/3, a model's
+        # -\frac{1}{3}) as a/b; not after a digit, where it is a mixed number's.  After the digit
+        # groups' commas go, so that "\frac{1}{2}, 100" does not become 1/2100.
+        (r"(?:^|(?<=[-+,(\[{&\\])|(?<=\{pmatrix\}))\\frac\{(\d+)\}\{(\d+)\}(?=$|[,)\]}&\\])", r"\1/\2"),
         # A lettered choice: \text{(C)} is C.
         (r"^\(([A-Z])\)$", r"\1"),
     )
@@ -302,7 +305,9 @@ def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
         # \boxed{B}, \boxed{(B)}, \boxed{\text{B}}
         re.compile(rf"\\boxed\{{\s*(?:\\text(?:bf)?\{{)?\s*\(?({any_case})\)?\s*\}}?\s*\}}"),
         # "the answer is (B)", "the best option would be option C", "the answer is A in this case"
-        re.compile(rf"{keyword}[ \t*_]+(?i:{_ANSWER_VERB})[\s*_]*" + then_letter(_NOT_A_WORD_MID_SENTENCE)),
+        re.compile(rf"{keyword}[ \t*_]+(?i:{_ANSWER_VERB})[ \t*_]*" + then_letter(_NOT_A_WORD_MID_SENTENCE)),
+        # ... and on the next line, where "A bank ..." may open a sentence
+        re.compile(rf"{keyword}[ \t*_]+(?i:{_ANSWER_VERB})[ \t*_]*\n[\s*_]*" + then_letter(_NOT_A_WORD)),
         # "Answer: b", "**Answer:** B", "the answer is: C" (after a colon "A bank ..." may open a sentence)
         re.compile(rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:[\s*_]*" + then_letter(_NOT_A_WORD)),
         # "B is correct.", "(C) is the best answer", "Option I is the right one", "A is the answer"
@@ -324,23 +329,27 @@ def stated_letter(text: str, last: str) -> str | None:
     stated = [m for pattern in _stated_letter_patterns(letter) for m in pattern.finditer(text)]
     if stated:
         return max(stated, key=lambda m: m.start(1)).group(1).upper()
-    listed = _listing(list(re.finditer(rf"(?m)^[ \t>*#-]*\(?({letter})[).:]", text)))
+    listed = _listing(text, list(re.finditer(rf"(?m)^[ \t>*#-]*\(?({letter})[).:]", text)))
     # Not glued to a digit or a letter: "group 1A", "B12", "C4" name no option.
     standalone = re.finditer(rf"(?<![A-Za-z0-9'’]){_NOT_A_WORD}({letter})(?![A-Za-z0-9])", text)
     letters = [m for m in standalone if m.start(1) not in listed]
     return letters[-1].group(1) if letters else None
 
 
-def _listing(headers: list[re.Match]) -> set[int]:
+def _listing(text: str, headers: list[re.Match]) -> set[int]:
     """Where the options of a listing the model wrote out start, from the lines opening
     with a letter (``headers``): none unless two letters open lines.  A last header that
-    repeats an earlier letter out of the listing's order restates one option as the
-    answer ("A. …\nB. …\nC. …\nD. …\nTherefore:\nC. …"); one that follows its
-    predecessor letter goes on a second listing."""
+    repeats an earlier letter after a line of other text restates one option as the
+    answer ("A. …\nB. …\nC. …\nD. …\nTherefore:\nC. …"); the listing's first letter
+    again opens a second listing (one cut off by the token limit), and a header right
+    after another goes on a listing."""
     if len({m.group(1) for m in headers}) < 2:
         return set()
     *earlier, last = headers
-    repeated = last.group(1) in {m.group(1) for m in earlier}
-    if repeated and ord(last.group(1)) != ord(earlier[-1].group(1)) + 1:
+    letter = last.group(1)
+    after_previous_line = text.find("\n", earlier[-1].start())
+    apart = text[after_previous_line : text.rfind("\n", 0, last.start()) + 1].strip() != ""
+    repeated = letter in {m.group(1) for m in earlier}
+    if repeated and apart and letter != min(m.group(1) for m in earlier):
         return {m.start(1) for m in earlier}
     return {m.start(1) for m in headers}

@@ -239,15 +239,15 @@ def run_eval(args: argparse.Namespace) -> int:
         check_resumable(saved, config, path, skip=MODEL_FIELDS)
     done = 0 if saved is None else len(saved["items"])
     total = len(TASKS[args.task].load(args.limit))
-    if saved is not None and done >= total:  # nothing to run: no model to load for minutes
-        print(f"kad: nothing to run: {path} already holds {done} items; its summary as saved", file=sys.stderr)
-        print(f"\n{path}\n")
-        print(summary_table([saved]))
-        return 0
-    decoder = _decoder(args)
+    decoder = _decoder(args)  # also with nothing to run: the models are part of what must match
     config = with_models(config, decoder)
     if saved is not None:  # other models: refused as a setting, before the note on what was saved
         check_resumable(saved, config, path)
+        if done >= total:
+            print(f"kad: nothing to run: {path} already holds {done} items; its summary as saved", file=sys.stderr)
+            print(f"\n{path}\n")
+            print(summary_table([saved]))
+            return 0
     with tqdm(total=max(total, done), initial=done, desc=config.stem(), unit="item") as progress:
 
         def on_batch(s: Summary, new_items: int) -> None:

@@ -189,12 +189,16 @@ def load_result(path: str | os.PathLike) -> dict:
     problem = _structure_problem(result)
     if problem is not None:
         raise ValueError(f"{path} is not a kad eval result file: {problem}")
+    for name, default in _CONFIG_DEFAULTS.items():  # a file from before the field: what it meant then
+        result["config"].setdefault(name, default)
     return result
 
 
 # The fields the readers of a result file use, by the type they need.
 _TOP_FIELDS = {"config": dict, "batches": list, "items": list}
 _CONFIG_FIELDS = typing.get_type_hints(RunConfig)
+# Fields added since the format began, with the value files written before them mean.
+_CONFIG_DEFAULTS = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
 _BATCH_FIELDS = {"first": int, "size": int, "wall_time_s": float}
 _ITEM_FIELDS = {"correct": bool, "stats": dict}
 _STAT_FIELDS = typing.get_type_hints(GenerationStats)
@@ -228,7 +232,7 @@ def _structure_problem(result: dict) -> str | None:
         for name, kind in fields.items():
             at = f"{where}.{name}" if where else name
             if name not in record:
-                if optional:
+                if optional or (fields is _CONFIG_FIELDS and name in _CONFIG_DEFAULTS):
                     continue
                 return f"{at} is missing"
             kinds = typing.get_args(kind) or (kind,)

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from decoding_helpers import make_models, make_tokenizer
@@ -21,10 +22,11 @@ import kad
 from kad import cli, evaluate
 from kad.decoding import build_rule
 from kad.demo import RUNS, demo
-from kad.evaluate import RunConfig, summarize, wilson_interval
+from kad.evaluate import RunConfig, summarize, summary_table, wilson_interval
 from kad.plots import figures, plot_results
 from kad.tasks import TASKS
 
+REPO = Path(__file__).resolve().parent.parent
 MODELS = make_models()
 TOKENIZER = make_tokenizer()
 DECODER = kad.Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
@@ -337,14 +339,25 @@ def test_a_line_label_names_a_config_field_only_some_files_have():
     assert sorted(lines) == ["gsm8k: kad-spec dual γ=3, note=None", "gsm8k: kad-spec dual γ=3, note=rerun"]
 
 
-def test_a_file_from_before_the_tokenizer_field_joins_the_line_of_a_run_without_one():
-    """Files of earlier versions lack ``tokenizer``: the same run as ``tokenizer: None``."""
+def test_a_file_from_before_the_tokenizer_field_joins_the_line_of_a_run_without_one(tmp_path):
+    """Files of earlier versions lack ``tokenizer``: they load, as the same run as ``tokenizer: None``."""
     from kad.plots import _lines
 
     earlier = _fake_result(5, lam=0.2)
     del earlier["config"]["tokenizer"]
-    lines = _lines([earlier, _fake_result(6, lam=0.4)], "lam", lambda c: True)
+    (tmp_path / "earlier.json").write_text(json.dumps(earlier))
+    loaded = evaluate.load_result(tmp_path / "earlier.json")
+    assert loaded["config"]["tokenizer"] is None
+    lines = _lines([loaded, _fake_result(6, lam=0.4)], "lam", lambda c: True)
     assert {label: [x for x, _ in line] for label, line in lines.items()} == {"gsm8k: kad-spec dual γ=3": [0.2, 0.4]}
+
+
+@pytest.mark.parametrize("path", sorted(str(p.relative_to(REPO)) for p in (REPO / "benchmarks" / "results").rglob("*.json")
+                                  if '"format": "kad-eval/1"' in p.read_text(encoding="utf-8")))  # fmt: skip
+def test_the_result_files_in_the_repository_load(path):
+    """Written by earlier versions of kad: kad summary, plot and --resume read them."""
+    result = evaluate.load_result(REPO / path)
+    assert summary_table([result]).count("\n") == 2
 
 
 def _write_results(tmp_path, results: list[dict]) -> list[str]:
@@ -499,18 +512,23 @@ def test_cli_eval_records_the_tokenizer_by_its_absolute_path(monkeypatch, tmp_pa
 
 
 @pytest.mark.parametrize("limit", ["1", "2"])
-def test_cli_eval_resume_with_nothing_to_run_loads_no_model(monkeypatch, tmp_path, capsys, limit):
-    """A file already holding --limit items (or more) is summarized as saved, and says so."""
+def test_cli_eval_resume_with_nothing_to_run_says_so_after_checking_the_models(monkeypatch, tmp_path, capsys, limit):
+    """A file already holding --limit items (or more) is summarized as saved, and says so; with
+    other models it is refused (the file name does not tell them apart)."""
     monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
     output = tmp_path / "run.json"
     command = ["eval", "--task", "gsm8k", "--batch-size", "1", "--max-new-tokens", "2", "--output", str(output)]
     assert cli.main([*command, "--limit", "2"]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    monkeypatch.setattr(cli, "evaluate", lambda *args, **kwargs: pytest.fail("a batch was run"))
     assert cli.main([*command, "--limit", limit, "--resume"]) == 0
     printed = capsys.readouterr()
     assert printed.err == f"kad: nothing to run: {output} already holds 2 items; its summary as saved\n"
     assert "| gsm8k | kad-spec dual 0.4 γ=4 | 2 |" in printed.out
+    monkeypatch.setattr(evaluate, "_model_name", lambda engine: f"other-{engine.name}")
+    with pytest.raises(SystemExit):
+        cli.main([*command, "--limit", limit, "--resume"])
+    assert "its configuration differs (base:" in capsys.readouterr().err
 
 
 def test_cli_eval_refuses_to_resume_with_other_models_without_suggesting_resume(monkeypatch, tmp_path, capsys):

@@ -197,6 +197,8 @@ GSM_OUTPUT = (
         ("The answer is -$5.", "5", "-5"),
         # Better: a minus opening the stated answer is its sign, spaced or not; not one between numbers.
         ("The answer is \\boxed{- 5}", "5", "-5"),
+        ("The answer is \\boxed{x = - 5}", "5", "-5"),
+        ("**Answer:** - 12 dollars", "12", "12"),  # a bullet's dash
         ("It fell 10 - 3 = 7 degrees", "7", "7"),
         ("The answer is $\\boxed{-\\$5}$.", "5", "-5"),
         ("So it costs $10 - $3 = $7 in all, 1/2 of it tax.", "2", "1/2"),  # no sign: "- $3" is a difference
@@ -308,6 +310,10 @@ OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB
         ("arc", LISTING + "Therefore:\nC. Planetary days will become shorter.", "C", "C"),
         ("arc", LISTING + "Final:\n\n(C)", "C", "C"),
         ("arc", LISTING + "Again:\nA. x\nB. y\nC. z\nD. w\n", "D", None),
+        ("arc", LISTING + "Let's analyze each option again:\nA. density - it is", "A", None),  # cut off
+        ("arc", LISTING + "The most relevant:\nB. years is plausible\nD. gravity is", "D", None),
+        ("arc", "The answer is\nA bank is where money is.", "A", None),  # a new line may open with "A bank"
+        ("arc", "The answer is\nB", "B", "B"),
         # Better: a second letter going on in the singular starts a new sentence, not a list.
         ("arc", "The answer is C, D is wrong because gravity depends on mass.", "D", "C"),
         ("arc", "The answer is (C), (D) is a distractor.", "D", "C"),
@@ -349,6 +355,8 @@ PMATRIX = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
          False, True),
         ("\\begin{bmatrix} -2 \\\\ 7 \\end{bmatrix}", "\\begin{pmatrix} -2 \\\\ 7 \\end{pmatrix}", False, True),
         ("21/2", "2\\frac{1}{2}", False, False),  # a mixed number is not 21/2
+        ("3, \\frac{1}{2}.", "3, \\frac{1}{2}", True, True),
+        ("\\frac{1}{2}, 100", "\\frac{1}{2100}", False, False),  # the comma is no digit group's
         ("5 \\mathrm{cm}", "5", False, True),
         (None, "\\frac{14}{3}", False, False),
         ("\\dfrac{14}{3}", "\\frac{14}{3}", False, True),
