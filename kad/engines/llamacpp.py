@@ -25,8 +25,10 @@ from one-token-at-a-time decoding.  See ``docs/llamacpp.md``.
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -58,26 +60,29 @@ def _import_llama_cpp():
 
 
 class _Log:
-    """llama.cpp's log, on stderr only for ``verbose=True`` (the latest engine's choice: llama.cpp
-    has one log for the process).  llama-cpp-python 0.3.36 reads ggml's log levels from an older
-    enum (its WARN as an error, its ERROR as debug): a default GGUF's harmless load warnings
-    showed on every run, and the errors were hidden even so.  kad's own messages say what failed."""
+    """llama.cpp's log (one for the process) on stderr in full while llama-cpp-python's logger
+    is at DEBUG (``verbose=True``, here or in a ``llama_cpp.Llama``), else not at all.
+    llama-cpp-python 0.3.36 reads ggml's log levels from an older enum (its WARN as an error,
+    its ERROR as debug), so that a default GGUF's harmless load warnings showed on every run
+    while the errors were hidden; kad's own messages say what failed."""
 
-    verbose = False
-    callback = None  # the ctypes callback llama.cpp holds: kept alive here
+    logger = logging.getLogger("llama-cpp-python")
+    callback = None  # the ctypes callback llama.cpp holds: kept alive here, made once
+    _made = threading.Lock()
 
     @classmethod
     def set(cls, llama_cpp, verbose: bool) -> None:
-        cls.verbose = verbose
-        if cls.callback is None:
+        cls.logger.setLevel(logging.DEBUG if verbose else logging.ERROR)  # as llama_cpp.Llama sets it
+        with cls._made:
+            if cls.callback is None:
+                cls.callback = llama_cpp.llama_log_callback(cls._write)
+                llama_cpp.llama_log_set(cls.callback, ctypes.c_void_p(0))
 
-            def write(level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
-                if cls.verbose:
-                    sys.stderr.write(text.decode("utf-8", errors="replace"))
-                    sys.stderr.flush()
-
-            cls.callback = llama_cpp.llama_log_callback(write)
-            llama_cpp.llama_log_set(cls.callback, ctypes.c_void_p(0))
+    @classmethod
+    def _write(cls, level: int, text: bytes, user_data: ctypes.c_void_p) -> None:
+        if cls.logger.level <= logging.DEBUG:
+            sys.stderr.write(text.decode("utf-8", errors="replace"))
+            sys.stderr.flush()
 
 
 def _amx_kernels(llama_cpp) -> bool:
@@ -186,8 +191,11 @@ class LlamaCppEngine:
 
     def close(self) -> None:
         """Free llama.cpp's context and model (also done when the engine is collected);
-        a closed engine refuses to run.  A generation another thread runs on it ends first
-        (its memory is in use); one in this thread (closing from its streamer) is a ``RuntimeError``."""
+        a closed engine refuses to run.  A generation of kad's loop (``kad.Decoder``,
+        ``kad.decode``, ``kad.hf.generate``) that another thread runs on it ends first (its memory
+        is in use); one in this thread (closing from its streamer) is a ``RuntimeError``.  A
+        ``KADLogitsProcessor`` generation holds no turn between transformers' steps: close its
+        engine only once it has ended."""
         with engine_turns([self]):
             self._free()
 
