@@ -88,15 +88,21 @@ def completed_logits(top: TopK, vocab_size: int) -> Tensor:
     return logits.float()
 
 
+def decided_by_top_k(rule: kk.Rule, temperature: float) -> bool:
+    """Whether a large enough top-k (short of the whole row) can make π exact: only at T = 0
+    or 1 (π at another temperature needs every logit) and for rules of p alone."""
+    return temperature in (0.0, 1.0) and rule.kind in SUPPORTED
+
+
 def exact(rule: kk.Rule, temperature: float, top: TopK, vocab_size: int) -> Tensor:
     """bool ``[N]``: whether π from :func:`completed_logits` is π of the true rows."""
     rows = top.ids.shape[0]
-    if temperature not in (0.0, 1.0) or rule.kind not in SUPPORTED:
-        return torch.zeros(rows, dtype=torch.bool)
+    complete = ((top.ids >= 0) & (top.ids < vocab_size)).sum(1) >= vocab_size  # every token returned
+    if not decided_by_top_k(rule, temperature):
+        return complete
     _, param = rule.spec(rows, torch.device("cpu"))
     param = param.double() if isinstance(param, Tensor) else torch.full((rows,), float(param), dtype=torch.float64)
     probs, b, m = top.probs, top.bound(), top.missing_mass()
-    complete = ((top.ids >= 0) & (top.ids < vocab_size)).sum(1) >= vocab_size  # every token returned
     top1 = probs.max(1).values
     if rule.kind == Kind.LOGISTIC:
         # λ = 0 defers nothing (π = p: the base mode); a greedy row then needs only p's arg-max.

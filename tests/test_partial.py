@@ -85,12 +85,15 @@ def test_exact_rows_give_the_mixture_of_the_whole_row(rule, mixed):
     assert (differ & ~is_exact).any() == mixed
 
 
-def test_other_temperatures_and_q_dependent_rules_are_never_exact():
+def test_other_temperatures_and_q_dependent_rules_are_exact_only_for_whole_rows():
     top = _top_k(_rows(3), 4)
     assert not exact(kk.Dual(0.3), 0.7, top, V).any()
     assert not exact(kk.Threshold(0.1, "max_q_minus"), 1.0, top, V).any()
     assert not exact(kk.ImplicitReward(), 1.0, top, V).any()
     assert exact(kk.Dual(0.3), 0.0, top, V).any()  # greedy reads π at T = 1
+    logits = _rows(3)[:4]
+    whole = TopK(torch.arange(V).expand(4, V).clone(), torch.log_softmax(logits, dim=-1), V)
+    assert exact(kk.Dual(0.3), 0.7, whole, V).all() and exact(kk.ImplicitReward(), 1.0, whole, V).all()
 
 
 def test_greedy_rows_of_a_rule_deferring_nothing_need_only_the_arg_max():

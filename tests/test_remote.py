@@ -149,6 +149,7 @@ def test_other_temperatures_are_refused_unless_approximated(served):
         served.remote().generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.7, max_new_tokens=4)
     out = served.remote(approximate=True).generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.7, max_new_tokens=4)
     assert out.stats.inexact_positions == out.stats.partial_positions > 0
+    assert out.stats.requests == out.stats.rounds  # no larger k could settle π: none is asked for
 
 
 def test_vocabulary_and_model_name_are_checked_at_start(served):

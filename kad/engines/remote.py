@@ -260,7 +260,9 @@ class RemoteEngine:
         if settings is not None:
             rule = settings.checked_rule()
             todo = ~partial.exact(rule, settings.temperature, top, self._vocab_size)
-            while todo.any() and k < self._limit() and k < self._vocab_size:
+            # Where no k short of the whole row settles π (approximated), asking again costs for nothing.
+            sharpens = partial.decided_by_top_k(rule, settings.temperature)
+            while sharpens and todo.any() and k < self._limit() and k < self._vocab_size:
                 k = min(4 * k, self._limit(), self._vocab_size)
                 again = todo.nonzero()[:, 0].tolist()
                 sharper = self._top_k([prompts[i] for i in again], k)
