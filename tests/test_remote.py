@@ -237,21 +237,34 @@ def test_nothing_listening_is_one_line_naming_the_url():
         RemoteEngine(url, SERVED_NAME, make_tokenizer(), **FAST_FAILURE)
 
 
-def test_a_failing_server_is_found_before_the_aligned_weights_load(tmp_path, monkeypatch):
+class _Refuse(http.server.BaseHTTPRequestHandler):
+    """A server that answers every request 401, as vLLM --api-key does without the key (or a wrong one)."""
+
+    def do_GET(self):
+        body = b'{"error": {"message": "wrong key"}}'
+        self.send_response(401)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def refusing_url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refuse)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_failing_server_is_found_before_the_aligned_weights_load(tmp_path, monkeypatch, refusing_url):
     """``Decoder.from_pretrained`` asks the server with the aligned tokenizer alone: a large
     aligned model takes minutes to load, a refusal (or a dead server) should not wait for it."""
-
-    class Refuse(http.server.BaseHTTPRequestHandler):
-        def do_GET(self):
-            body = b'{"error": {"message": "wrong key"}}'
-            self.send_response(401)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args):
-            pass
-
     directory = tmp_path / "aligned"
     tokenizer = make_tokenizer()
     tokenizer.save_pretrained(directory)
@@ -262,15 +275,14 @@ def test_a_failing_server_is_found_before_the_aligned_weights_load(tmp_path, mon
 
     monkeypatch.setattr(kad.decoding, "load", load)
     monkeypatch.setattr(kad.decoding, "load_weights", load)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Refuse)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        url = f"http://127.0.0.1:{server.server_port}/v1"
-        with pytest.raises(EngineError, match=rf"^{url}/models: HTTP 401: wrong key"):
-            kad.Decoder.from_pretrained(aligned=str(directory), base_url=url, device="cpu")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with pytest.raises(EngineError, match=rf"^{refusing_url}/models: HTTP 401: wrong key"):
+        kad.Decoder.from_pretrained(aligned=str(directory), base_url=refusing_url, device="cpu")
+
+
+@pytest.mark.parametrize("key, hint", [(None, "the server wants an API key"), ("sk-wrong", "the server refuses this API key")])
+def test_a_401_hint_tells_a_missing_key_from_a_refused_one(refusing_url, key, hint):
+    with pytest.raises(EngineError, match=rf"^{refusing_url}/models: HTTP 401: wrong key \({hint}: --api-key, api_key=\)$"):
+        RemoteEngine(refusing_url, SERVED_NAME, make_tokenizer(), api_key=key)
 
 
 @pytest.mark.parametrize(
@@ -279,7 +291,8 @@ def test_a_failing_server_is_found_before_the_aligned_weights_load(tmp_path, mon
      ("ftp://127.0.0.1/v1", "must start with http:// or https:// and name a host"),
      ("http:///v1", "must start with http:// or https:// and name a host"),
      ("http://[::1/v1", "is not a URL"),
-     ("http://127.0.0.1:70000/v1", "has port 70000, outside 1..65535")],
+     ("http://127.0.0.1:70000/v1", "has port 70000, outside 1..65535"),
+     ("http://127.0.0.1:8000/v1?x=1", "has a query or fragment: give the API root alone")],
 )  # fmt: skip
 def test_a_malformed_url_is_refused_before_any_request(url, message):
     start = time.perf_counter()

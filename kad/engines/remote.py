@@ -154,6 +154,8 @@ class RemoteEngine:
             raise ValueError(f"base URL {base_url!r} must start with http:// or https:// and name a host; {example}")
         if url.port is not None and not 0 < url.port < 65536:
             raise ValueError(f"base URL {base_url!r} has port {url.port}, outside 1..65535")
+        if url.query or url.fragment:  # the API's paths are appended to it: …/v1?x=1/models
+            raise ValueError(f"base URL {base_url!r} has a query or fragment: give the API root alone; {example}")
         return base_url.rstrip("/")
 
     # ------------------------------------------------------------------ the Engine protocol
@@ -438,7 +440,10 @@ def _refuse(response: httpx.Response, url: str) -> None:
     limit = _MAX_LOGPROBS.search(str(message))
     if "logprobs" in str(message) and limit:
         raise _LogprobsTooMany(str(message), int(limit.group(1)))
-    raise EngineError(f"{url}: HTTP {response.status_code}: {message}{_HINTS.get(response.status_code, '')}")
+    hint = _HINTS.get(response.status_code, "")
+    if response.status_code == 401 and "authorization" in response.request.headers:
+        hint = _HINTS[403]  # a key (or user:password) was sent: it is the one refused
+    raise EngineError(f"{url}: HTTP {response.status_code}: {message}{hint}")
 
 
 def _error_message(answer: Any) -> str | None:
