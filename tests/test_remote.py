@@ -285,6 +285,15 @@ def test_a_401_hint_tells_a_missing_key_from_a_refused_one(refusing_url, key, hi
         RemoteEngine(refusing_url, SERVED_NAME, make_tokenizer(), api_key=key)
 
 
+def test_https_to_an_http_server_fails_at_once_naming_tls(refusing_url):
+    """A TLS handshake that fails will fail again: no retries (they took about 8 s)."""
+    url = refusing_url.replace("http://", "https://")
+    start = time.perf_counter()
+    with pytest.raises(EngineError, match=rf"^{url}/models: TLS failed \(.*\): is the server's scheme http://\?$"):
+        RemoteEngine(url, SERVED_NAME, make_tokenizer())
+    assert time.perf_counter() - start < 1.0
+
+
 @pytest.mark.parametrize(
     "url, message",
     [("127.0.0.1:8000/v1", "must start with http:// or https:// and name a host"),

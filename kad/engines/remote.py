@@ -28,6 +28,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import ssl
 import time
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
@@ -361,6 +362,10 @@ class RemoteEngine:
                 reason = "timed out"
             except httpx.LocalProtocolError as error:  # a request this client cannot send: no retry sends it
                 raise EngineError(f"{url}: cannot send the request: {error}") from None
+            except httpx.ConnectError as error:
+                if _tls_failure(error):  # https to an http server, a certificate not trusted: no retry helps
+                    raise EngineError(f"{url}: TLS failed ({error}): is the server's scheme http://?") from None
+                reason = f"ConnectError: {error}"
             except httpx.RequestError as error:  # transport faults, and bodies that do not decode
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
             except _Retryable as error:
@@ -421,6 +426,16 @@ class RemoteEngine:
                 f"{getattr(tokenizer, 'name_or_path', '')!r} have different vocabularies: {mismatch}; "
                 "KAD mixes the two distributions token by token"
             )
+
+
+def _tls_failure(error: BaseException) -> bool:
+    """Whether ``error`` comes from the TLS handshake (an ``ssl.SSLError`` in its chain)."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class _LogprobsTooMany(Exception):
