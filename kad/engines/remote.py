@@ -364,7 +364,7 @@ class RemoteEngine:
                 raise EngineError(f"{url}: cannot send the request: {error}") from None
             except httpx.ConnectError as error:
                 if _tls_failure(error):  # https to an http server, a certificate not trusted: no retry helps
-                    raise EngineError(f"{url}: TLS failed ({error}): is the server's scheme http://?") from None
+                    raise EngineError(f"{url}: TLS failed ({error}); a server without TLS is reached by http://") from None
                 reason = f"ConnectError: {error}"
             except httpx.RequestError as error:  # transport faults, and bodies that do not decode
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
