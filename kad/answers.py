@@ -215,10 +215,11 @@ _LATEX_REWRITES = tuple(
         (DIGIT_GROUP_COMMA.pattern, ""),
         (r"(\d)\.0+(?!\d)", r"\1"),
         (r"\.$", ""),
-        # A fraction of integers standing as a whole term (a matrix entry: gold -1/3, a model's
-        # -\frac{1}{3}) as a/b; not after a digit, where it is a mixed number's.  After the digit
-        # groups' commas go, so that "\frac{1}{2}, 100" does not become 1/2100.
-        (r"(?:^|(?<=[-+,(\[{&\\])|(?<=\{pmatrix\}))\\frac\{(\d+)\}\{(\d+)\}(?=$|[,)\]}&\\])", r"\1/\2"),
+        # A fraction of single terms standing as a whole term (a matrix entry: gold -1/3, a model's
+        # -\frac{1}{3}; (3, \pi/2) for (3, \frac{\pi}{2})) as a/b — not \frac{a+b}{2}, whose a/b
+        # would read otherwise, nor one after a digit, where it is a mixed number's.  After the
+        # digit groups' commas go, so that "\frac{1}{2}, 100" does not become 1/2100.
+        (r"(?:^|(?<=[-+,(\[{&\\])|(?<=\{pmatrix\}))\\frac\{(-?[\w\\.]+)\}\{([\w\\.]+)\}(?=$|[,)\]}&\\])", r"\1/\2"),
         # A lettered choice: \text{(C)} is C.
         (r"^\(([A-Z])\)$", r"\1"),
     )

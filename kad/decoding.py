@@ -351,7 +351,7 @@ class Decoder:
         if seed is None:
             generator.seed()
         else:
-            generator.manual_seed(seed)
+            generator.manual_seed(generator_seed(seed, generator.device))
         # kad.loop.decode holds the engines for the generation: threads take turns (design §6.1).
         return self._generation(self._decode(ids, budgets, settings, generator, streamer))
 
@@ -398,6 +398,24 @@ def checked_seed(seed: int) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not -(2**63) <= seed < 2**64:
         raise ValueError(f"seed must be an int of 64 bits, in [-2**63, 2**64), got {seed!r}")
     return int(seed)
+
+
+_MASK64 = 2**64 - 1
+
+
+def generator_seed(seed: int, device: torch.device) -> int:
+    """``seed`` (64 bits, :func:`checked_seed`) as a seed every bit of which counts on
+    ``device``: the CPU's generator (mt19937) keeps only the low 32 bits of its seed, so
+    that seeds 2**32 apart drew alike (``kad eval``'s batch seeds ``seed · 2**32 + first``
+    made every --seed one).  There a larger seed is folded into 32 bits by splitmix64; a
+    seed below 2**32 is kept, as is every seed on a GPU (Philox takes all 64 bits)."""
+    seed &= _MASK64
+    if device.type != "cpu" or seed < 2**32:
+        return seed
+    z = (seed + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 32
 
 
 def _name(model: PreTrainedModel | Engine | None) -> str:

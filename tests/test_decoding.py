@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 import kad
 import kad_kernels as kk
 from kad import cli
-from kad.decoding import build_rule
+from kad.decoding import build_rule, generator_seed
 from kad.engines import HFEngine
 from kad_kernels.rules import Kind
 
@@ -636,6 +636,17 @@ def test_every_64_bit_seed_is_taken(seed):
     tokens = DECODER.generate(["hello"], "kad", kk.Dual(0.4), max_new_tokens=4, seed=seed).token_ids
     twin = {2**64 - 1: -1, -(2**63): 2**63}.get(int(seed), int(seed))
     assert tokens == DECODER.generate(["hello"], "kad", kk.Dual(0.4), max_new_tokens=4, seed=twin).token_ids
+
+
+def test_seeds_2_to_the_32_apart_draw_differently_on_the_cpu():
+    """The CPU generator keeps only a seed's low 32 bits: kad eval's batch seeds (seed · 2**32 +
+    first) drew alike for every --seed.  Seeds below 2**32 draw as torch seeds them."""
+    prompts = ["hello"] * 16
+    draws = {seed: DECODER.generate(prompts, "kad", kk.Dual(0.4), max_new_tokens=6, seed=seed).token_ids
+             for seed in (0, 2**32, 2 * 2**32, 1)}  # fmt: skip
+    assert len({str(tokens) for tokens in draws.values()}) == 4
+    assert generator_seed(7, torch.device("cpu")) == 7 and generator_seed(2**40, torch.device("cuda")) == 2**40
+    assert generator_seed(2**32, torch.device("cpu")) < 2**32
 
 
 @pytest.mark.parametrize(

@@ -357,6 +357,9 @@ PMATRIX = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
         ("21/2", "2\\frac{1}{2}", False, False),  # a mixed number is not 21/2
         ("3, \\frac{1}{2}.", "3, \\frac{1}{2}", True, True),
         ("\\frac{1}{2}, 100", "\\frac{1}{2100}", False, False),  # the comma is no digit group's
+        ("(3, \\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)", False, True),  # a real model's answer
+        ("\\frac{-\\pi}{6}", "-\\frac{\\pi}{6}", False, True),
+        ("a+b/2", "\\frac{a+b}{2}", False, False),  # a/b only where a and b are single terms
         ("5 \\mathrm{cm}", "5", False, True),
         (None, "\\frac{14}{3}", False, False),
         ("\\dfrac{14}{3}", "\\frac{14}{3}", False, True),
