@@ -215,11 +215,13 @@ _LATEX_REWRITES = tuple(
         (DIGIT_GROUP_COMMA.pattern, ""),
         (r"(\d)\.0+(?!\d)", r"\1"),
         (r"\.$", ""),
-        # A fraction of single terms standing as a whole term (a matrix entry: gold -1/3, a model's
-        # -\frac{1}{3}; (3, \pi/2) for (3, \frac{\pi}{2})) as a/b — not \frac{a+b}{2}, whose a/b
-        # would read otherwise, nor one after a digit, where it is a mixed number's.  After the
-        # digit groups' commas go, so that "\frac{1}{2}, 100" does not become 1/2100.
-        (r"(?:^|(?<=[-+,(\[{&\\])|(?<=\{pmatrix\}))\\frac\{(-?[\w\\.]+)\}\{([\w\\.]+)\}(?=$|[,)\]}&\\])", r"\1/\2"),
+        # A fraction of single terms (a number, a letter run or one command) standing as a whole
+        # term (a matrix entry: gold -1/3, a model's -\frac{1}{3}; (3, \pi/2) for (3, \frac{\pi}{2}))
+        # as a/b — not \frac{a+b}{2} or \frac{1}{2\pi}, whose a/b would read otherwise (1/2\pi is
+        # \frac{1}{2}\pi too), nor one after a digit (a mixed number's) or before a command.  After
+        # the digit groups' commas go, so that "\frac{1}{2}, 100" does not become 1/2100.
+        (r"(?:^|(?<=[-+,(\[{&\\])|(?<=\{pmatrix\}))\\frac\{(-?(?:\\[A-Za-z]+|[\w.]+))\}\{(\\[A-Za-z]+|[\w.]+)\}"
+         r"(?=$|[,)\]}&]|\\\\|\\end\{)", r"\1/\2"),
         # A lettered choice: \text{(C)} is C.
         (r"^\(([A-Z])\)$", r"\1"),
     )

@@ -13,6 +13,7 @@ from __future__ import annotations
 import http.server
 import json
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -294,6 +295,27 @@ def test_https_to_an_http_server_fails_at_once_naming_tls(refusing_url):
     assert time.perf_counter() - start < 1.0
 
 
+def test_a_connection_closed_during_the_handshake_is_retried():
+    """A port forward or load balancer whose server is still starting accepts and closes: a
+    retry may pass, so it is a fault like any other (SSLEOFError), not a TLS refusal."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def close_each():
+        while True:
+            try:
+                listener.accept()[0].close()
+            except OSError:  # the listener closed: the test is over
+                return
+
+    threading.Thread(target=close_each, daemon=True).start()
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/v1"
+    try:
+        with pytest.raises(EngineError, match=rf"^{url}/models: ConnectError.* \(after 2 attempts\)$"):
+            RemoteEngine(url, SERVED_NAME, make_tokenizer(), **FAST_FAILURE)
+    finally:
+        listener.close()
+
+
 @pytest.mark.parametrize(
     "url, message",
     [("127.0.0.1:8000/v1", "must start with http:// or https:// and name a host"),
@@ -301,7 +323,8 @@ def test_https_to_an_http_server_fails_at_once_naming_tls(refusing_url):
      ("http:///v1", "must start with http:// or https:// and name a host"),
      ("http://[::1/v1", "is not a URL"),
      ("http://127.0.0.1:70000/v1", "has port 70000, outside 1..65535"),
-     ("http://127.0.0.1:8000/v1?x=1", "has a query or fragment: give the API root alone")],
+     ("http://127.0.0.1:8000/v1?x=1", "has a query or fragment: give the API root alone"),
+     ("http://127.0.0.1:8000/v1?", "has a query or fragment: give the API root alone")],
 )  # fmt: skip
 def test_a_malformed_url_is_refused_before_any_request(url, message):
     start = time.perf_counter()

@@ -360,6 +360,7 @@ PMATRIX = "\\begin{pmatrix} -2 \\\\ -14 \\\\ -7 \\end{pmatrix}"
         ("(3, \\pi/2)", "\\left( 3, \\frac{\\pi}{2} \\right)", False, True),  # a real model's answer
         ("\\frac{-\\pi}{6}", "-\\frac{\\pi}{6}", False, True),
         ("a+b/2", "\\frac{a+b}{2}", False, False),  # a/b only where a and b are single terms
+        ("\\frac{1}{2\\pi}", "\\frac{1}{2}\\pi", False, False),  # not both 1/2\\pi
         ("5 \\mathrm{cm}", "5", False, True),
         (None, "\\frac{14}{3}", False, False),
         ("\\dfrac{14}{3}", "\\frac{14}{3}", False, True),

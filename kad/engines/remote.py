@@ -155,7 +155,7 @@ class RemoteEngine:
             raise ValueError(f"base URL {base_url!r} must start with http:// or https:// and name a host; {example}")
         if url.port is not None and not 0 < url.port < 65536:
             raise ValueError(f"base URL {base_url!r} has port {url.port}, outside 1..65535")
-        if url.query or url.fragment:  # the API's paths are appended to it: …/v1?x=1/models
+        if "?" in str(url) or "#" in str(url):  # the API's paths are appended to it: …/v1?x=1/models
             raise ValueError(f"base URL {base_url!r} has a query or fragment: give the API root alone; {example}")
         return base_url.rstrip("/")
 
@@ -428,12 +428,18 @@ class RemoteEngine:
             )
 
 
+# A connection closed during the handshake (a port forward or load balancer whose server is
+# still starting) may succeed on a retry; other TLS errors (no TLS there, an untrusted
+# certificate) will not.
+_PASSING_TLS_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+
 def _tls_failure(error: BaseException) -> bool:
-    """Whether ``error`` comes from the TLS handshake (an ``ssl.SSLError`` in its chain)."""
+    """Whether ``error`` comes from a TLS handshake that no retry would pass."""
     seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, ssl.SSLError):
-            return True
+            return not isinstance(seen, _PASSING_TLS_ERRORS)
         seen = seen.__cause__ or seen.__context__
     return False
 
