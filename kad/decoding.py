@@ -24,7 +24,7 @@ from . import default_pair
 from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.arguments import checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
-from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode, is_count
+from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode, is_count, refuse_missing_reference
 from .settings import Mode, Settings
 from .models import (
     EngineKind,
@@ -325,8 +325,7 @@ class Decoder:
         if streamer is not None and not (hasattr(streamer, "put") and hasattr(streamer, "end")):
             raise TypeError(f"streamer must be a transformers streamer (with put and end), got {streamer!r:.80}")
         settings = Settings(mode, rule, gamma, temperature, track_alpha)
-        if (checked := settings.checked_rule()).needs_ref and "reference" not in self.engines:
-            raise ValueError(f"{type(checked).__name__} needs a reference model (the small unaligned model): pass reference= to Decoder")
+        refuse_missing_reference(settings.checked_rule(), "reference" in self.engines, ": pass reference= to Decoder")
         seed = None if seed is None else checked_seed(seed)
         if isinstance(prompts, str):
             prompts = [prompts]

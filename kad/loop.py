@@ -99,10 +99,7 @@ def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
         raise ValueError(f"mode {settings.mode!r} needs the engines {needed}; engines has no {missing[0]!r}")
     if family in ("base", "aligned"):
         return _Plan(rule, False, engines[family], None, None)
-    if rule.needs_ref and engines.get("reference") is None:
-        raise ValueError(
-            f"{type(rule).__name__} needs a reference model (the small unaligned model); engines has no 'reference'"
-        )
+    refuse_missing_reference(rule, engines.get("reference") is not None, "; engines has no 'reference'")
     used = {"base": engines["base"], "aligned": engines["aligned"]}
     if rule.needs_ref:
         used["reference"] = engines["reference"]
@@ -110,6 +107,13 @@ def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
     refuse_served_mixers(used)
     refuse_other_vocabularies(used)
     return _Plan(rule, settings.speculative, used["base"], used["aligned"], used.get("reference"))
+
+
+def refuse_missing_reference(rule: kk.Rule, has_reference: bool, how: str) -> None:
+    """``ValueError`` for a rule that reads a reference model's logits without one; ``how``
+    ends the message with the front end's way to give it (each names its own argument)."""
+    if rule.needs_ref and not has_reference:
+        raise ValueError(f"{type(rule).__name__} needs a reference model (the small unaligned model){how}")
 
 
 def context_length(engines: Sequence[Engine]) -> tuple[int, str] | None:

@@ -65,8 +65,7 @@ def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dic
         config = result["config"]
         if config[x] is None or not keep(config):
             continue
-        # A field set to None is one a file of an earlier version lacks (tokenizer): the same run.
-        points = groups[tuple(sorted((k, repr(v)) for k, v in config.items() if k != x and v is not None))]
+        points = groups[tuple(sorted((k, repr(v)) for k, v in config.items() if k != x))]
         kept = points.get(config[x])
         if kept is None or len(result["items"]) > len(kept["items"]):
             points[config[x]] = result

@@ -33,7 +33,7 @@ import kad_kernels as kk
 from ..engines import Engine, HFEngine
 from ..engines.arguments import checked_tokenizer
 from ..engines.huggingface import checked_model, checked_vocab_size, output_logits, token_ids
-from ..loop import decode
+from ..loop import decode, refuse_missing_reference
 from ..settings import Settings
 from ..models import check_same_vocabulary
 from ..stats import GenerationStats
@@ -166,10 +166,7 @@ def generate(
             raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
         vocab_size = checked_vocab_size(vocab_size)
         settings = _settings(mode, rule, gamma, generation_config, track_alpha)
-        if (checked := settings.checked_rule()).needs_ref and reference_model is None:
-            raise ValueError(
-                f"{type(checked).__name__} needs a reference model (the small unaligned model): pass reference_model="
-            )
+        refuse_missing_reference(settings.checked_rule(), reference_model is not None, ": pass reference_model=")
 
         models = {"base": model, "aligned": aligned_model, "reference": reference_model}
         models = {role: m for role, m in models.items() if m is not None}
