@@ -7,14 +7,32 @@ torch, installs the Python package alone, and the extension is compiled on
 first use instead (``kad_kernels/_native.py``).  The CUDA kernels are included
 when torch is a CUDA build and nvcc is found; sources and flags live in
 ``kad_kernels/_build.py``, shared with the on-first-use build.
+
+A wheel carries the sources as ``kad_kernels/csrc/`` (:class:`BuildPy`), so that an
+installed package can compile them on first use; an sdist carries ``csrc/`` by
+``MANIFEST.in``.
 """
 
 import importlib.util
+import shutil
 from pathlib import Path
 
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
+
+
+class BuildPy(build_py):
+    """The packages, and ``csrc/`` copied into ``kad_kernels/csrc/`` (where
+    ``kad_kernels/_build.py`` looks first).  Not in an editable install, whose
+    ``kad_kernels`` is the checkout's own, beside ``csrc/``."""
+
+    def run(self) -> None:
+        super().run()
+        if not self.editable_mode:
+            target = Path(self.build_lib) / "kad_kernels" / "csrc"
+            shutil.copytree(ROOT / "csrc", target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.o", "*.so"))
 
 
 def _extension() -> dict:
@@ -37,4 +55,5 @@ def _extension() -> dict:
     }
 
 
-setup(**_extension())
+arguments = _extension()
+setup(**{**arguments, "cmdclass": {"build_py": BuildPy, **arguments.get("cmdclass", {})}})

@@ -88,7 +88,12 @@ echo "== backends (the cuda backend needs the extension built with nvcc)"
 
 # Several workers when pytest-xdist is there: Triton compiles each kernel variant in
 # the process that first runs it, and compiling dominates the GPU suite.
-if "$PY" -c "import xdist" 2>/dev/null; then default_pytest="-q --maxfail=20 -n 14"; else default_pytest="-q --maxfail=20"; fi
+# Without it, pyproject's addopts go too: they name xdist's --dist, which pytest would refuse.
+if "$PY" -c "import xdist" 2>/dev/null; then
+    default_pytest="-q --maxfail=20 -n 14"
+else
+    default_pytest="-q --maxfail=20 -o addopts=--strict-markers"
+fi
 PYTEST_ARGS=${PYTEST_ARGS:-$default_pytest}
 # The GPU tests are the kernels' (tests/conftest.py's backend cases, test_cuda_backend.py,
 # ...), none of which imports kad or writes GGUF files.  The image's transformers may

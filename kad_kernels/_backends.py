@@ -14,6 +14,7 @@ callers never change.
 from __future__ import annotations
 
 import os
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -74,16 +75,34 @@ def _load_triton() -> Backend:
     return backend()
 
 
-def _load_cpu() -> Backend:
-    from ._native import cpu_backend
+# Why the C++ extension did not load: the cpu and cuda backends share one build, which
+# is not tried again (a failed import leaves no module behind to say so).
+_native_failure: ImportError | None = None
 
-    return cpu_backend()
+
+def _import_native() -> ModuleType:
+    from . import _native  # builds the extension on first use
+
+    return _native
+
+
+def _native_module() -> ModuleType:
+    global _native_failure
+    if _native_failure is not None:
+        raise _native_failure
+    try:
+        return _import_native()
+    except ImportError as error:
+        _native_failure = error
+        raise
+
+
+def _load_cpu() -> Backend:
+    return _native_module().cpu_backend()
 
 
 def _load_cuda() -> Backend:
-    from ._native import cuda_backend
-
-    return cuda_backend()
+    return _native_module().cuda_backend()
 
 
 # name -> (loader, device types it serves, how to get it)
@@ -94,7 +113,7 @@ _REGISTRY: dict[str, tuple[Callable[[], Backend], tuple[str, ...], str]] = {
         ("cuda", "cpu"),
         "install triton (pip install triton) and use CUDA tensors, or set TRITON_INTERPRET=1 for CPU tensors",
     ),
-    "cpu": (_load_cpu, ("cpu",), "the C++ extension of csrc/ is built on first use: it needs a C++ compiler (g++)"),
+    "cpu": (_load_cpu, ("cpu",), "the C++ extension of csrc/ is built on first use, with a C++ compiler (g++) and ninja"),
     "cuda": (
         _load_cuda,
         ("cuda",),
@@ -112,6 +131,7 @@ _AUTO_ORDER_PRIMAL = {**_AUTO_ORDER, "cuda": ("cuda", "triton", "torch")}
 
 
 _LOADED: dict[str, Backend | None] = {}
+_WHY_MISSING: dict[str, str] = {}  # name -> the loader's ImportError, for resolve's message
 
 
 def _load(name: str) -> Backend | None:
@@ -120,8 +140,8 @@ def _load(name: str) -> Backend | None:
     if name not in _LOADED:
         try:
             _LOADED[name] = _REGISTRY[name][0]()
-        except ImportError:
-            _LOADED[name] = None
+        except ImportError as error:
+            _LOADED[name], _WHY_MISSING[name] = None, str(error)
     return _LOADED[name]
 
 
@@ -153,7 +173,7 @@ def resolve(name: str, device: torch.device, kind: Kind | None = None) -> Backen
     backend = _load(name)
     how = _REGISTRY[name][2]
     if backend is None:
-        raise RuntimeError(f"backend {name!r} is not available here: {how}")
+        raise RuntimeError(f"backend {name!r} is not available here ({_WHY_MISSING[name]}): {how}")
     if not _serves(name, device):
         devices = _REGISTRY[name][1]
         if device.type in devices:  # triton on CPU tensors, without the interpreter

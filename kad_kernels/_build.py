@@ -13,7 +13,9 @@ import torch
 from torch.utils import cpp_extension
 
 NAME = "kad_kernels._C"
-CSRC = Path(__file__).resolve().parent.parent / "csrc"
+# The sources: a wheel's copy inside the package (setup.py's BuildPy), else the checkout's.
+_PACKAGE = Path(__file__).resolve().parent
+CSRC = _PACKAGE / "csrc" if (_PACKAGE / "csrc").is_dir() else _PACKAGE.parent / "csrc"
 
 # -march=native: the CPU kernels rely on the auto-vectorizer, and the extension is
 # built on the machine that runs it (from source, at install or on first use).

@@ -127,3 +127,26 @@ def test_an_unset_path_is_unset_again(monkeypatch):
     with _native._own_ninja_first():
         assert os.environ["PATH"] == ninja.BIN_DIR
     assert "PATH" not in os.environ
+
+
+def test_a_failed_build_is_tried_once_and_named_in_the_error(monkeypatch):
+    """The cpu and cuda backends share one build: a second try would cost another minute
+    and fail alike.  The error says what failed (a source missing), not only what it needs."""
+    import kad_kernels as kk
+    from kad_kernels import _backends
+
+    tries = []
+
+    def failing_build():
+        tries.append(1)
+        raise ImportError("building the kad_kernels C++ extension failed: [Errno 2] No such file: 'csrc/ops.cpp'")
+
+    monkeypatch.setattr(_backends, "_import_native", failing_build)
+    monkeypatch.setattr(_backends, "_native_failure", None)
+    monkeypatch.setattr(_backends, "_LOADED", {})
+    monkeypatch.setattr(_backends, "_WHY_MISSING", {})
+    assert "cpu" not in kk.available_backends() and "cuda" not in kk.available_backends()
+    assert len(tries) == 1
+    p = torch.zeros(1, 8)
+    with pytest.raises(RuntimeError, match=r"backend 'cpu' is not available here \(building .* No such file: 'csrc/ops.cpp'\)"):
+        kk.sample(p, p, kk.Dual(0.4), backend="cpu")
