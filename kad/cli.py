@@ -14,6 +14,7 @@ otherwise hub ids, local directories or GGUF files; ``--engine`` picks the runti
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
@@ -87,7 +88,8 @@ def _add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens: int) 
     group.add_argument("--gamma", type=int, default=4, help="drafts per speculative round (default 4)")
     group.add_argument("--temperature", type=float, default=TEMPERATURE, help="0 = greedy (default 1)")
     group.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"default {max_new_tokens}")
-    group.add_argument("--system", default=SYSTEM_PROMPT, help="system message of the chat template ('' for none)")
+    group.add_argument("--system", type=_text, default=SYSTEM_PROMPT,
+                       help="system message of the chat template ('' for none)")
 
 
 def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
@@ -126,12 +128,27 @@ def _result_file(value: str) -> Path:
     return Path(value)
 
 
-def _output_dir(directory: Path, option: str) -> None:
-    """``directory`` created and writable, checked before the work that would be written there."""
+def _output_dir(directory: Path, option: str) -> list[Path]:
+    """``directory`` created and writable, checked before the work that would be written
+    there; returns the directories it made, deepest first."""
+    made = [d for d in (directory, *directory.parents) if not d.exists()]
     try:
         check_writable(directory)
     except OSError as error:
         raise ValueError(f"{option}: cannot write in {directory} ({error.strerror or error})") from None
+    return made
+
+
+def _text(value: str) -> str:
+    """A prompt or system message: UTF-8 text.  A byte that is not reaches Python as a lone
+    surrogate (U+DC80 + the byte), which no tokenizer takes."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        byte = ord(value[error.start]) - 0xDC00
+        shown = f"byte {byte:#04x}" if 0x80 <= byte <= 0xFF else f"character {value[error.start]!r}"
+        raise argparse.ArgumentTypeError(f"not UTF-8 text: {shown} at character {error.start}") from None
+    return value
 
 
 def add_generate(subparsers: argparse._SubParsersAction) -> None:
@@ -144,7 +161,8 @@ def add_generate(subparsers: argparse._SubParsersAction) -> None:
     _add_decoding_options(parser, max_new_tokens=256)
     parser.add_argument("--seed", type=int, help="fixes every random draw")
     parser.add_argument("--no-chat", dest="chat", action="store_false", help="raw prompts, without the chat template")
-    parser.add_argument("--prompt", action="append", required=True, help="repeat for a batch (one prompt is streamed)")
+    parser.add_argument("--prompt", type=_text, action="append", required=True,
+                        help="repeat for a batch (one prompt is streamed)")
     parser.set_defaults(run=run_generate)
 
 
@@ -198,7 +216,8 @@ def add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output", type=_result_file,
                         help="result file (default: OUT_DIR/<task>-<mode>-...-s<seed>.json)")  # fmt: skip
     parser.add_argument("--out-dir", type=Path, default=Path("kad-results"), help="default kad-results/")
-    parser.add_argument("--resume", action="store_true", help="continue the result file from its last saved item")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the result file from its last saved item (one not there yet is started)")
     parser.set_defaults(run=run_eval)
 
 
@@ -233,8 +252,20 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--lam {args.lam}: {error}") from None
     # The output and a file to resume are checked first: loading the models takes minutes.
     path = args.output or args.out_dir / f"{config.stem()}.json"
-    _output_dir(path.parent, "--output" if args.output else "--out-dir")
+    made = _output_dir(path.parent, "--output" if args.output else "--out-dir")
+    try:
+        return _run_eval(args, config, path)
+    finally:
+        if not path.exists():  # nothing saved: no empty directory left behind either
+            for directory in made:
+                with contextlib.suppress(OSError):
+                    directory.rmdir()
+
+
+def _run_eval(args: argparse.Namespace, config: RunConfig, path: Path) -> int:
     saved = saved_result(path, args.resume)
+    if saved is None and args.resume:  # another setting names another file: said, as it is not continued
+        print(f"kad: nothing to resume at {path}: starting it", file=sys.stderr)
     if saved is not None:
         check_resumable(saved, config, path, skip=MODEL_FIELDS)
     done = 0 if saved is None else len(saved["items"])
@@ -244,7 +275,7 @@ def run_eval(args: argparse.Namespace) -> int:
     if saved is not None:  # other models: refused as a setting, before the note on what was saved
         check_resumable(saved, config, path)
         if done >= total:
-            print(f"kad: nothing to run: {path} already holds {done} items; its summary as saved", file=sys.stderr)
+            print(f"kad: nothing to run: {path} already holds {done} items", file=sys.stderr)
             print(f"\n{path}\n")
             print(summary_table([saved]))
             return 0
@@ -280,7 +311,7 @@ def run_eval(args: argparse.Namespace) -> int:
 
 def _what_was_saved(path: Path) -> str:
     if not path.exists():
-        return "no batch had finished, so nothing was saved"
+        return f"nothing was saved in {path}"
     return f"the finished batches are in {path}; continue with the same command and --resume"
 
 

@@ -26,6 +26,7 @@ import reprlib
 import stat
 import tempfile
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from .decoding import Decoder, build_rule
 from .engines import Engine, ServedEngine
-from .loop import context_length
+from .loop import ContextLengthWarning, context_length
 from .stats import GenerationStats
 from .tasks import TASKS, Item
 
@@ -238,6 +239,23 @@ def _structure_problem(result: dict) -> str | None:
             kinds = typing.get_args(kind) or (kind,)
             if not _fits(record[name], kinds):
                 return f"{at} is {_shown(record[name])}, not {' or '.join(_JSON_NAMES[k] for k in kinds)}"
+    return _coverage_problem(result)
+
+
+def _coverage_problem(result: dict) -> str | None:
+    """Batches that do not hold the items one after another, in order, all of them: a
+    resumed run starts after the last item with the seed of a batch starting there, and
+    tok/s divides the items' tokens by the batches' time."""
+    covered = 0
+    for i, batch in enumerate(result["batches"]):
+        if batch["first"] != covered or batch["size"] < 1:
+            return f"batches[{i}] holds {batch['size']} items from item {batch['first']}, not from item {covered} on"
+        covered += batch["size"]
+    if covered != len(result["items"]):
+        return f"its batches hold {covered} items, but it has {len(result['items'])}"
+    for i, item in enumerate(result["items"]):
+        if item.get("index", i) != i:
+            return f"items[{i}].index is {_shown(item['index'])}"
     return None
 
 
@@ -268,6 +286,7 @@ def _write_atomically(path: Path, result: dict) -> None:
     """Replace ``path`` in one step, so that an interruption or a failed write leaves the old
     file and no temporary one (:class:`ResultWriteError` naming ``path``).  The file keeps the
     mode of the one it replaces, else gets the umask's (a temporary file is made 0600)."""
+    path = Path(os.path.realpath(path))  # a link's target, not the link, gets the new file
     mode = _file_mode(path)
     descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -381,8 +400,9 @@ def _start(config: RunConfig, path: Path, resume: bool) -> dict:
 
 
 def _item_record(
-    index: int, item: Item, text: str, extracted: str | None, correct: bool, stats: GenerationStats
+    index: int, item: Item, text: str, extracted: str | None, correct: bool, stats: GenerationStats, context_cut: bool
 ) -> dict:
+    """``context_cut``: the models' context length left the answer fewer than ``max_new_tokens``."""
     return {
         "index": index,
         "id": item.id,
@@ -392,6 +412,7 @@ def _item_record(
         "generation": text,
         "extracted": extracted,
         "correct": correct,
+        "context_cut": context_cut,
         "stats": asdict(stats),
     }
 
@@ -405,14 +426,17 @@ def _drop_short_last_batch(result: dict, batch_size: int) -> None:
         batches.pop()
 
 
-def _check_prompts_fit(decoder: Decoder, config: RunConfig, items: Sequence[Item], first: int) -> None:
-    """``ValueError`` naming the first item from ``first`` on whose prompt fills the models'
-    context, before any of them runs: met inside a batch, it would stop the run there for good."""
+def _context_cuts(decoder: Decoder, config: RunConfig, items: Sequence[Item], first: int) -> set[int]:
+    """The items from ``first`` on whose answers the models' context length cuts short
+    of ``max_new_tokens``, said once in one warning naming them (the loop would say it per
+    batch, by row).  ``ValueError`` naming the first whose prompt fills the context, before
+    any of them runs: met inside a batch, it would stop the run there for good."""
     context = context_length(list(decoder.engines.values()))
     if context is None or config.max_new_tokens == 0:
-        return
+        return set()
     limit, name = context
     task = TASKS[config.task]
+    cut = []
     for index in range(first, len(items)):
         length = len(decoder.encode(task.user_message(items[index]), chat=True, system_prompt=config.system_prompt or None))
         if length >= limit:
@@ -421,6 +445,17 @@ def _check_prompts_fit(decoder: Decoder, config: RunConfig, items: Sequence[Item
                 f"context length {limit} of {name} and leave no room for an answer: use models with a longer "
                 f"context" + (f", or --limit {index} to stop before it" if index else "")
             )
+        if length + config.max_new_tokens > limit:
+            cut.append(index)
+    if cut:
+        shown = ", ".join(map(str, cut[:8])) + (f", ... ({len(cut)} items)" if len(cut) > 8 else "")
+        warnings.warn(
+            f"max_new_tokens {config.max_new_tokens} runs past the context length {limit} of {name} for "
+            f"{config.task} item(s) {shown}: their answers stop there (\"context_cut\" in the result file)",
+            ContextLengthWarning,
+            stacklevel=3,
+        )
+    return set(cut)
 
 
 def check_seed(seed: int) -> None:
@@ -459,25 +494,27 @@ def evaluate(
     if len(items) <= len(result["items"]):  # nothing more to run: the file as it is
         return result
     _drop_short_last_batch(result, config.batch_size)
-    _check_prompts_fit(decoder, config, items, first=len(result["items"]))
+    cut = _context_cuts(decoder, config, items, first=len(result["items"]))
     result["limit"] = limit
     for first in range(len(result["items"]), len(items), config.batch_size):
         batch = items[first : first + config.batch_size]
-        out = decoder.generate(
-            [task.user_message(item) for item in batch],
-            config.mode,
-            rule,
-            gamma=config.gamma or 1,
-            temperature=config.temperature,
-            max_new_tokens=config.max_new_tokens,
-            seed=batch_seed(config.seed, first),
-            chat=True,
-            system_prompt=config.system_prompt or None,
-        )
-        for offset, (item, text, stats) in enumerate(zip(batch, out.texts, out.row_stats)):
+        with warnings.catch_warnings():  # the cuts, said above by item
+            warnings.simplefilter("ignore", ContextLengthWarning)
+            out = decoder.generate(
+                [task.user_message(item) for item in batch],
+                config.mode,
+                rule,
+                gamma=config.gamma or 1,
+                temperature=config.temperature,
+                max_new_tokens=config.max_new_tokens,
+                seed=batch_seed(config.seed, first),
+                chat=True,
+                system_prompt=config.system_prompt or None,
+            )
+        for index, (item, text, stats) in enumerate(zip(batch, out.texts, out.row_stats), start=first):
             extracted = task.extract(text, strict=config.strict)
             correct = task.is_correct(extracted, item, strict=config.strict)
-            result["items"].append(_item_record(first + offset, item, text, extracted, correct, stats))
+            result["items"].append(_item_record(index, item, text, extracted, correct, stats, index in cut))
         # A served model's counters are the batch's (one request serves every row), not the items'.
         served = {name: getattr(out.stats, name) for name in _SERVED_COUNTERS}
         if isinstance(base := decoder.engines["base"], ServedEngine) and hasattr(base, "url"):

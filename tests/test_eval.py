@@ -250,9 +250,16 @@ NO_MODEL = ["--base", "/nonexistent/model", "--aligned", "/nonexistent/model"]  
      (lambda r: r["items"][3].update(correct="yes"), "items[3].correct is 'yes', not true or false"),
      (lambda r: r["items"][0].pop("stats"), "items[0].stats is missing"),
      (lambda r: r["items"][0]["stats"].update(new_tokens=True), "items[0].stats.new_tokens is True, not an integer"),
-     (lambda r: r["items"][0]["stats"].update(bogus=1), "items[0].stats.bogus is not a statistic of kad")],
+     (lambda r: r["items"][0]["stats"].update(bogus=1), "items[0].stats.bogus is not a statistic of kad"),
+     # hand-edited: a resumed run would start at the wrong item with the wrong seed, tok/s be wrong
+     (lambda r: r["items"].pop(), "its batches hold 10 items, but it has 9"),
+     (lambda r: r.update(batches=[dict(first=0, size=5, wall_time_s=2.0), dict(first=4, size=6, wall_time_s=2.0)]),
+      "batches[1] holds 6 items from item 4, not from item 5 on"),
+     (lambda r: r["batches"][0].update(size=0), "batches[0] holds 0 items from item 0, not from item 0 on"),
+     (lambda r: r["items"][2].update(index=7), "items[2].index is 7")],
     ids=["no-config", "null-config", "no-task", "text-lam", "no-items", "batches-object", "no-batch-time",
-         "text-correct", "no-stats", "bool-count", "unknown-stat"],
+         "text-correct", "no-stats", "bool-count", "unknown-stat", "item-dropped", "batches-overlap",
+         "empty-batch", "index-edited"],
 )  # fmt: skip
 def test_cli_names_a_result_file_it_cannot_use(tmp_path, capsys, command, spoil, problem):
     """The right format tag, the wrong contents: every reader gets one line naming the file and
@@ -523,7 +530,7 @@ def test_cli_eval_resume_with_nothing_to_run_says_so_after_checking_the_models(m
     monkeypatch.setattr(cli, "evaluate", lambda *args, **kwargs: pytest.fail("a batch was run"))
     assert cli.main([*command, "--limit", limit, "--resume"]) == 0
     printed = capsys.readouterr()
-    assert printed.err == f"kad: nothing to run: {output} already holds 2 items; its summary as saved\n"
+    assert printed.err == f"kad: nothing to run: {output} already holds 2 items\n"
     assert "| gsm8k | kad-spec dual 0.4 γ=4 | 2 |" in printed.out
     monkeypatch.setattr(evaluate, "_model_name", lambda engine: f"other-{engine.name}")
     with pytest.raises(SystemExit):
@@ -729,7 +736,7 @@ def test_cli_eval_stopped_in_its_first_batch_names_no_file(monkeypatch, tmp_path
     assert cli.main(command) == code
     assert not output.exists()
     error = capsys.readouterr().err
-    assert "no batch had finished, so nothing was saved" in error and "--resume" not in error
+    assert f"nothing was saved in {output}" in error and "--resume" not in error
     monkeypatch.setattr(DECODER, "generate", failing_from(2))
     assert cli.main(command) == code
     assert output.exists()
@@ -803,6 +810,73 @@ def test_an_item_whose_prompt_fills_the_context_is_named_before_any_batch_runs(t
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert f"has a prompt of {lengths[first]} tokens" in error and "continue with the same command" not in error
+
+
+def test_answers_cut_by_the_context_length_are_named_once_and_marked(tmp_path):
+    """The loop would warn per batch, by row within the batch, and Python's filter then drops
+    the repeats; the result file would not say which answers were cut short."""
+    short = type(MODELS["base"])(type(MODELS["base"].config)(**{**MODELS["base"].config.to_dict(),
+                                                                 "max_position_embeddings": 400}))  # fmt: skip
+    short.load_state_dict(MODELS["base"].state_dict())
+    decoder = kad.Decoder(short.eval(), MODELS["aligned"], TOKENIZER)
+    items = TASKS["gsm8k"].load(4)
+    lengths = [len(decoder.encode(TASKS["gsm8k"].user_message(i), chat=True, system_prompt=kad.SYSTEM_PROMPT))
+               for i in items]  # fmt: skip
+    budget = 400 - sorted(lengths)[1]  # the two shortest prompts fit it, the others are cut
+    cut = [i for i, n in enumerate(lengths) if n + budget > 400]
+    assert 0 < len(cut) < 4
+    config = _config(mode="aligned", rule=None, lam=None, gamma=None, batch_size=2, max_new_tokens=budget)
+    with pytest.warns(kad.ContextLengthWarning) as warned:
+        result = evaluate.evaluate(decoder, config, tmp_path / "run.json", limit=4)
+    assert len(warned) == 1
+    assert f"for gsm8k item(s) {', '.join(map(str, cut))}: their answers stop there" in str(warned[0].message)
+    assert [item["context_cut"] for item in result["items"]] == [i in cut for i in range(4)]
+
+
+def test_cli_eval_resume_of_a_file_not_there_says_it_starts_it(monkeypatch, tmp_path, capsys):
+    """Another --lam (or a typo) names another file: a fresh run, which the user is told of."""
+    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    output = tmp_path / "run.json"
+    command = ["eval", "--task", "gsm8k", "--limit", "1", "--max-new-tokens", "2", "--output", str(output), "--resume"]
+    assert cli.main(command) == 0
+    assert f"kad: nothing to resume at {output}: starting it" in capsys.readouterr().err
+    assert cli.main(command) == 0
+    assert "nothing to resume" not in capsys.readouterr().err
+
+
+def test_cli_eval_that_saves_nothing_leaves_no_directory_it_made(monkeypatch, tmp_path, capsys):
+    def no_models(args):
+        raise ValueError("the base model /nonexistent is not there")
+
+    monkeypatch.setattr(cli, "_decoder", no_models)
+    (tmp_path / "kept").mkdir()
+    for out_dir in (tmp_path / "made" / "deeper", tmp_path / "kept"):
+        with pytest.raises(SystemExit):
+            cli.main(["eval", "--task", "gsm8k", "--limit", "1", "--out-dir", str(out_dir)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
+    assert "the base model /nonexistent is not there" in capsys.readouterr().err
+
+
+def test_a_result_file_behind_a_link_is_updated_through_it(tmp_path):
+    """The link stays, pointing at the updated file (os.replace on the link would replace the link)."""
+    target, link = tmp_path / "target.json", tmp_path / "link.json"
+    evaluate.evaluate(DECODER, _config(max_new_tokens=2, batch_size=1), target, limit=1)
+    link.symlink_to(target.name)
+    evaluate.evaluate(DECODER, _config(max_new_tokens=2, batch_size=1), link, limit=2, resume=True)
+    assert link.is_symlink() and len(evaluate.load_result(target)["items"]) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "target.json"]
+
+
+@pytest.mark.parametrize("option", ["--prompt", "--system"])
+def test_cli_refuses_text_that_is_not_utf8(monkeypatch, capsys, option):
+    """A byte that is not UTF-8 reaches Python as a lone surrogate, which the tokenizer refused
+    with a TypeError traceback."""
+    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("a model was loaded"))
+    extra = ["--prompt", "hi"] if option == "--system" else []
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["generate", option, "\udcffhi", *extra])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: not UTF-8 text: byte 0xff at character 0" in capsys.readouterr().err
 
 
 def test_cli_output_into_a_closed_pipe_stops_quietly(tmp_path):
