@@ -14,7 +14,19 @@ with ``kad_kernels.sample`` or verifying drafts with ``kad_kernels.verify``::
 ``demo``, ``generate``, ``eval`` (:mod:`kad.evaluate`), ``summary``, ``plot``.
 """
 
+import importlib.util
+
 from kad_kernels import __version__  # one version for the distribution (pyproject.toml reads it there)
+
+# The decoding extra's packages kad imports on load (matplotlib only in `kad plot`): without
+# them `kad` would end in a bare ModuleNotFoundError from deep inside an import.
+_NEEDS = ("transformers", "safetensors", "tqdm", "httpx")
+_missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
+if _missing:
+    raise ModuleNotFoundError(
+        f"kad needs {', '.join(_missing)}, from the decoding extra: pip install 'kad-kernels[decoding]'",
+        name=_missing[0],
+    )
 
 from .decoding import SYSTEM_PROMPT, Decoder, Generation
 from .engines import Engine, HFEngine

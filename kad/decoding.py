@@ -279,7 +279,7 @@ class Decoder:
         if not getattr(self.tokenizer, "chat_template", None):  # transformers' own error names neither fix
             name = getattr(self.tokenizer, "name_or_path", "") or type(self.tokenizer).__name__
             raise ValueError(f"the aligned model's tokenizer {name!r} has no chat template: pass raw prompts "
-                             "(chat=False, --no-chat), or a tokenizer with one (--tokenizer with llama.cpp)")  # fmt: skip
+                             "(chat=False; kad generate --no-chat), or a tokenizer with one (--tokenizer with llama.cpp)")  # fmt: skip
         try:
             text = self.tokenizer.apply_chat_template(
                 chat_messages(prompt, system_prompt), add_generation_prompt=True, tokenize=False

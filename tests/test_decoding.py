@@ -953,7 +953,7 @@ def test_a_tokenizer_without_a_chat_template_names_the_way_out():
     tokenizer = make_tokenizer()
     tokenizer.chat_template = None  # a GGUF converted without one, a base model's tokenizer
     decoder = kad.Decoder(MODELS["base"], MODELS["aligned"], tokenizer)
-    with pytest.raises(ValueError, match=r"tokenizer .* has no chat template: pass raw prompts \(chat=False, --no-chat\)"):
+    with pytest.raises(ValueError, match=r"tokenizer .* has no chat template: pass raw prompts \(chat=False; kad generate --no-chat\)"):
         decoder.generate("hello", "base", chat=True, max_new_tokens=1)
     assert len(decoder.generate("hello", "base", max_new_tokens=1).token_ids[0]) == 1
 

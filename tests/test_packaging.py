@@ -88,3 +88,22 @@ def test_the_distribution_names_its_license_files():
     metadata = importlib.metadata.metadata("kad-kernels")
     assert metadata["License-Expression"] == "Apache-2.0"
     assert (ROOT / "LICENSE").read_text().lstrip().startswith("Apache License")
+
+
+def test_kad_names_the_extra_it_needs_when_a_package_of_it_is_missing():
+    """``kad`` is installed by a plain install too; without the decoding extra it said only
+    ``No module named 'httpx'`` from deep inside an import."""
+    hide = "import sys; sys.modules['httpx'] = None; sys.modules['tqdm'] = None; import kad"
+    done = subprocess.run([sys.executable, "-c", hide], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ModuleNotFoundError: kad needs tqdm, httpx, from the decoding extra: pip install 'kad-kernels[decoding]'"
+    )
+
+
+def test_kad_checks_the_packages_of_the_decoding_extra():
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["decoding"]
+    assert {Requirement(r).name for r in extra} == {*kad._NEEDS, "matplotlib"}  # matplotlib: kad plot, on use
