@@ -55,6 +55,29 @@ def _own_ninja_first() -> Iterator[None]:
             os.environ["PATH"] = path
 
 
+def _build_name(cuda: bool) -> str:
+    """The extension's name for ``cpp_extension.load``, which names its build directory: one
+    per checkout (two checkouts sharing one would rebuild over each other) and per variant
+    (the cpu-only fallback must not replace a full build)."""
+    from . import _build
+
+    checkout = hashlib.sha1(str(_build.CSRC).encode()).hexdigest()[:8]
+    return f"{_build.NAME.replace('.', '_')}_{checkout}{'' if cuda else '_cpu'}"
+
+
+def _built_before(cuda: bool) -> bool:
+    """A library of this variant is in torch's build directory: loading takes seconds (ninja
+    rebuilds only what changed), not the first build's minute."""
+    from torch.utils import cpp_extension
+
+    name = _build_name(cuda)
+    try:
+        directory = cpp_extension._get_build_directory(name, verbose=False)  # torch's place for it
+    except Exception:  # a private helper of torch's: should it change, the first-build note is shown
+        return False
+    return os.path.isfile(os.path.join(directory, f"{name}.so"))
+
+
 def _load(cuda: bool) -> types.ModuleType:
     """``cpp_extension.load`` of the sources, with (``cuda``) or without the CUDA kernels."""
     from torch.utils import cpp_extension
@@ -62,12 +85,12 @@ def _load(cuda: bool) -> types.ModuleType:
     from . import _build
 
     kwargs = _build.extension_kwargs(cuda)
-    # One build directory per checkout (two checkouts sharing one name would rebuild over each
-    # other) and per variant (the cpu-only fallback must not replace a full build).
-    checkout = hashlib.sha1(str(_build.CSRC).encode()).hexdigest()[:8]
+    if not _built_before(cuda):
+        print("kad_kernels: compiling the C++ extension with ninja (first use: about a minute) ...", file=sys.stderr,
+              flush=True)  # fmt: skip
     with _own_ninja_first():
         return cpp_extension.load(
-            name=f"{_build.NAME.replace('.', '_')}_{checkout}{'' if cuda else '_cpu'}",
+            name=_build_name(cuda),
             sources=kwargs["sources"],
             extra_include_paths=kwargs["include_dirs"],
             extra_cflags=kwargs["extra_compile_args"]["cxx"],
@@ -88,7 +111,6 @@ def _jit_build() -> types.ModuleType:
     global _cuda_left_out
     if not _build.has_compiler():
         raise ImportError("no C++ compiler found: install g++ (or clang) to build the cpu/cuda backends")
-    print("kad_kernels: loading the C++ extension (compiled with ninja on first use: about a minute) ...", file=sys.stderr, flush=True)
     cuda = _build.with_cuda()
     if cuda and not torch.cuda.is_available():
         # Kernels no GPU here can run: nvcc would take minutes for nothing.

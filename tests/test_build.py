@@ -150,3 +150,25 @@ def test_a_failed_build_is_tried_once_and_named_in_the_error(monkeypatch):
     p = torch.zeros(1, 8)
     with pytest.raises(RuntimeError, match=r"backend 'cpu' is not available here \(building .* No such file: 'csrc/ops.cpp'\)"):
         kk.sample(p, p, kk.Dual(0.4), backend="cpu")
+
+
+@pytest.mark.parametrize("built", [False, True])
+def test_the_first_build_note_shows_only_when_there_is_no_build_yet(monkeypatch, capsys, built):
+    """It was printed at every start, saying a minute where loading the cached build takes seconds."""
+    from torch.utils import cpp_extension
+
+    monkeypatch.setattr(cpp_extension, "load", lambda **kwargs: None)
+    monkeypatch.setattr(_native, "_built_before", lambda cuda: built)
+    _native._load(cuda=False)
+    assert ("compiling the C++ extension" in capsys.readouterr().err) is not built
+
+
+def test_a_build_of_this_checkout_is_found_in_torchs_directory():
+    """The cpu backend of this process was loaded (or built) under this name."""
+    import kad_kernels as kk
+
+    if "cpu" not in kk.available_backends():
+        pytest.skip("the C++ extension did not load here")
+    if _native._C.__name__ == _build.NAME:
+        pytest.skip("the extension was built at install time (setup.py), not on first use")
+    assert _native._built_before(cuda=_native._C.with_cuda)
