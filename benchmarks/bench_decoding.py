@@ -35,7 +35,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -57,6 +59,7 @@ QWEN25_0_5B = dict(
     hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
 )
 VOCAB = 151936
+REPO = Path(__file__).resolve().parent.parent
 
 
 def cpu_name() -> str:
@@ -65,6 +68,66 @@ def cpu_name() -> str:
     lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
     names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
     return names[0] if names else platform.machine()
+
+
+def git(*args: str) -> str:
+    """``git args`` in this checkout, whatever the working directory; "?" without git or a checkout."""
+    try:
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "?"
+
+
+def kad_commit() -> str:
+    """The short commit measured, and whether the code under it has uncommitted changes."""
+    commit = git("rev-parse", "--short", "HEAD")
+    if commit != "?" and git("status", "--porcelain", "--", "kad", "kad_kernels", "csrc") not in ("", "?"):
+        commit += " (+ uncommitted changes under kad/, kad_kernels/ or csrc/)"
+    return commit
+
+
+# argparse types of the benchmarks' options: a bad value ends in argparse's own one-line error.
+
+
+def count(text: str) -> int:
+    """An integer >= 1 (a batch size, a number of tokens, repeats, γ)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a whole number >= 1")
+    return value
+
+
+def counts(text: str) -> list[int]:
+    """Comma-separated integers >= 1."""
+    return [count(item) for item in text.split(",")]
+
+
+def subset(*choices: str):
+    """The type of a comma-separated subset of ``choices``, in the order given."""
+
+    def names(text: str) -> list[str]:
+        items = [item.strip() for item in text.split(",") if item.strip()]
+        unknown = [item for item in items if item not in choices]
+        if unknown or not items:
+            named = ", ".join(map(repr, unknown)) if unknown else "nothing"
+            raise argparse.ArgumentTypeError(f"unknown {named}; choose from {', '.join(choices)}")
+        return items
+
+    return names
+
+
+def writable_file(parser: argparse.ArgumentParser, flag: str, path: Path) -> None:
+    """``parser.error`` unless ``path`` can be written: checked before a run, not after it."""
+    folder = path.parent
+    if path.is_dir():
+        parser.error(f"{flag} {path}: is a folder")
+    if not folder.is_dir():
+        parser.error(f"{flag} {path}: no folder {folder}")
+    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        parser.error(f"{flag} {path}: not writable")
 
 
 def random_model(shape: dict, scale: float, sharpen: float, dtype: torch.dtype, device: torch.device, seed: int):
@@ -125,11 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=("bfloat16", "float16", "float32"), help="default: bf16 (CUDA), fp32 (CPU)")
-    parser.add_argument("--batch-sizes", default=None, help="comma-separated (default: 1,16 on CUDA, 1 on CPU)")
-    parser.add_argument("--gammas", default="2,4,6")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--prompt-len", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per configuration; the fastest counts")
+    parser.add_argument("--batch-sizes", type=counts, default=None,
+                        help="comma-separated (default: 1,16 on CUDA, 1 on CPU)")  # fmt: skip
+    parser.add_argument("--gammas", type=counts, default="2,4,6")
+    parser.add_argument("--new-tokens", type=count, default=128)
+    parser.add_argument("--prompt-len", type=count, default=32)
+    parser.add_argument("--repeats", type=count, default=2, help="timed runs per configuration; the fastest counts")
     parser.add_argument("--rule", default="dual", choices=("dual", "primal", "nudging"))
     parser.add_argument("--lam", type=float, default=0.4, help="λ (dual, nudging) or budget (primal)")
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -141,11 +205,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if bool(args.base) != bool(args.aligned):
         parser.error("--base and --aligned go together")
+    if args.csv:
+        writable_file(parser, "--csv", args.csv)
 
     device = checked_device(torch, args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
-    batch_sizes = [int(b) for b in (args.batch_sizes or ("1,16" if device.type == "cuda" else "1")).split(",")]
-    gammas = [int(g) for g in args.gammas.split(",")]
+    batch_sizes = args.batch_sizes or ([1, 16] if device.type == "cuda" else [1])
     rule = {"dual": kk.Dual, "primal": kk.Primal, "nudging": kk.Nudging}[args.rule](args.lam)
 
     threads = f"{torch.get_num_threads()} threads"
@@ -163,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'×kad':>5} {'×kad cpu':>8} {'×base':>5}")  # fmt: skip
     for batch in batch_sizes:
         prompts = torch.randint(decoder.vocab_size, (batch, args.prompt_len), generator=generator).tolist()
-        runs = [("base", None, 1), ("kad", rule, 1)] + [("kad-spec", rule, g) for g in gammas]
+        runs = [("base", None, 1), ("kad", rule, 1)] + [("kad-spec", rule, g) for g in args.gammas]
         speed, cpu_speed = {}, {}
         for mode, mode_rule, gamma in runs:
             start = time.perf_counter()

@@ -65,7 +65,6 @@ import datetime
 import hashlib
 import io
 import pstats
-import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -82,7 +81,7 @@ from kad import default_pair
 from kad.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decoding import cpu_name  # noqa: E402  (benchmarks/ is not a package)
+from bench_decoding import cpu_name, kad_commit  # noqa: E402  (benchmarks/ is not a package)
 
 ENGINES = ("assisted", "assisted-default", "kad-hf", "kad-decoder", "plain")
 LABELS = {
@@ -93,6 +92,7 @@ LABELS = {
     "plain": "transformers sampling, no speculation",
 }
 REPO = Path(__file__).resolve().parent.parent
+OUT = REPO / "benchmarks" / "out" / "hf-generate-cpu"  # git-ignored; RESULTS.md's runs name their folder
 
 
 @dataclass
@@ -349,13 +349,6 @@ def profile(bench: Bench, engines: list[str], new_tokens: int, out_dir: Path | N
             stats.dump_stats(str(out_dir / f"profile-{engine}.prof"))
 
 
-def git(*args: str) -> str:
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--prompts", type=int, default=4, help="GSM8K test questions (first n)")
@@ -368,8 +361,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="bf16 is faster on CPUs with AVX-512 BF16 / AMX (see RESULTS.md)")  # fmt: skip
     parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {', '.join(ENGINES)}")
     parser.add_argument("--seed", type=int, default=0, help="prompt i runs with seed + i")
-    parser.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "hf-generate-cpu"),
-                        help="folder for runs.csv, summary.csv, summary.md ('' : write nothing)")  # fmt: skip
+    parser.add_argument("--out", default=str(OUT),
+                        help="folder for runs.csv, summary.csv, summary.md ('' : write nothing; "
+                        f"default: {OUT.relative_to(REPO)})")  # fmt: skip
     parser.add_argument("--check-counting", action="store_true",
                         help="verify the assisted acceptance counting and the EOS handling, then exit")  # fmt: skip
     parser.add_argument("--profile", default="",
@@ -384,9 +378,7 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     bench = Bench(args)
-    commit = git("rev-parse", "--short", "HEAD")
-    if git("status", "--porcelain", "--", "kad", "kad_kernels", "csrc"):
-        commit += " (+ uncommitted changes under kad/, kad_kernels/ or csrc/)"
+    commit = kad_commit()
     header = [
         f"device: CPU {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
         f"transformers {transformers.__version__}; kernel backends: {', '.join(kk.available_backends())} (auto)",

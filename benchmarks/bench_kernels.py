@@ -310,9 +310,10 @@ def timer_us(torch, device, args):
 # --------------------------------------------------------------------------- run
 
 
-def run(args, partial_csv: Path | None = None) -> list[dict]:
+def run(args, partial_csv: Path | None = None) -> tuple[list[dict], str]:
     """Measure the grid; each row is also appended to ``partial_csv`` as soon as it is
-    measured (no speedups there), so a run killed by a time limit keeps its data."""
+    measured (no speedups there), so a run killed by a time limit keeps its data.
+    Returns the rows and the line naming the device and versions."""
     import torch
 
     import kad_kernels as kk
@@ -328,8 +329,9 @@ def run(args, partial_csv: Path | None = None) -> list[dict]:
     time_us = timer_us(torch, device, args)
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    triton_version = _version("triton")
-    print(f"device: {name} | torch {torch.__version__} | triton {triton_version} | kad_kernels {kk.__version__}")
+    environment = (f"device: {name} | torch {torch.__version__} | triton {_version('triton')} "
+                   f"| kad_kernels {kk.__version__}")  # fmt: skip
+    print(environment)
     print(f"backends: {', '.join(backends)} | peak: {f'{peak:g} GB/s' if peak else 'n/a'} | "
           f"timer: {'triton do_bench (L2 flushed)' + (' of CUDA-graph replays' if args.graphs else '') if device.type == 'cuda' else 'torch.utils.benchmark'}")
 
@@ -395,7 +397,7 @@ def run(args, partial_csv: Path | None = None) -> list[dict]:
         print(f"note: --max-seconds {args.max_seconds:g} reached: {skipped} of {total} measurements not run",
               file=sys.stderr)
     _speedups(rows)
-    return rows
+    return rows, environment
 
 
 def _sig(value: float, digits: int = 4) -> float:
@@ -561,13 +563,13 @@ def plot(rows: list[dict], path: Path) -> bool:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     out = Path(args.out_dir)
-    rows = run(args, partial_csv=out / "bench_kernels.partial.csv")
+    rows, environment = run(args, partial_csv=out / "bench_kernels.partial.csv")
     out.mkdir(parents=True, exist_ok=True)
     table = markdown(rows)
     print()
     print(table)
     write_csv(rows, out / "bench_kernels.csv")
-    (out / "bench_kernels.md").write_text(table + "\n")
+    (out / "bench_kernels.md").write_text(f"{environment}\n\n{table}\n")  # the table alone names no device
     written = [out / "bench_kernels.csv", out / "bench_kernels.md"]
     if plot(rows, out / "bench_kernels.png"):
         written.append(out / "bench_kernels.png")

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """The default pair on the llama.cpp engine (GGUF Q4_K_M) vs the torch engine (bf16), one run.
 
-    python benchmarks/bench_llamacpp.py
+    python benchmarks/bench_llamacpp.py        # RESULTS.md's run adds --out benchmarks/results/llamacpp-cpu
 
 Each engine runs in a process of its own, one after the other, with the OpenMP
 wait policy that suits it: torch with ``OMP_WAIT_POLICY=PASSIVE`` (as in the other
@@ -12,7 +12,10 @@ Both engines decode the same GSM8K prompts (the aligned model's chat template) w
 T = 1, at each batch size, after a warm-up of each engine; every run produces
 exactly ``--new-tokens`` tokens per row (no stop token).  Reported: tokens/s (all
 rows together), acceptance, wall time.  The torch engine runs the bf16 safetensors
-kad converts the GGUF files to; llama.cpp runs the GGUF files themselves.
+kad converts the GGUF files to; llama.cpp runs the GGUF files themselves.  The
+engines' rows gather in ``bench_llamacpp.partial.csv``, which becomes
+``bench_llamacpp.csv`` once every engine has run: a failed run leaves the last
+results in place.
 """
 
 from __future__ import annotations
@@ -33,33 +36,42 @@ from kad.tasks import TASKS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_decoding import cpu_name  # noqa: E402  (benchmarks/ is not a package)
+from bench_decoding import count, counts, cpu_name, kad_commit, subset  # noqa: E402  (not a package)
+
+OUT = HERE / "out" / "llamacpp-cpu"  # git-ignored: RESULTS.md's run names its folder
+# The OpenMP wait policy of each engine's process (None: libgomp's default).
+WAIT_POLICY = {"llama.cpp": None, "torch": "PASSIVE"}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", default="1,4")
-    parser.add_argument("--gammas", default="2,4,6")
-    parser.add_argument("--engines", default="llama.cpp,torch")
-    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--batch-sizes", type=counts, default="1,4")
+    parser.add_argument("--gammas", type=counts, default="2,4,6")
+    parser.add_argument("--engines", type=subset(*WAIT_POLICY), default="llama.cpp,torch",
+                        help=f"comma-separated subset of {', '.join(WAIT_POLICY)}")  # fmt: skip
+    parser.add_argument("--new-tokens", type=count, default=64)
     parser.add_argument("--lam", type=float, default=0.4)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "llamacpp-cpu")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help=f"folder of bench_llamacpp.csv (default: {OUT.relative_to(HERE.parent)})")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one engine, this process
     args = parser.parse_args(argv)
     if not args.child:
+        try:  # before the engines run, not after
+            args.out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            parser.error(f"--out {args.out}: {error.strerror or error}")
         return run_each_engine_apart(args, argv or sys.argv[1:])
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    print(f"# device: CPU {cpu_name()}, {torch.get_num_threads()} torch threads; torch {torch.__version__}; "
-          f"kad {commit}; {kk.Dual(args.lam)!r}, T = 1, {args.new_tokens} tokens per row")  # fmt: skip
+    device = f"CPU {cpu_name()}, {torch.get_num_threads()} torch threads"
+    print(f"# device: {device}; torch {torch.__version__}; "
+          f"kad {kad_commit()}; {kk.Dual(args.lam)!r}, T = 1, {args.new_tokens} tokens per row")  # fmt: skip
     task = TASKS["gsm8k"]
-    batches = [int(b) for b in args.batch_sizes.split(",")]
-    items = task.load(max(batches))
-    runs = [("base", None)] + [("kad", None)] + [("kad-spec", int(g)) for g in args.gammas.split(",")]
+    items = task.load(max(args.batch_sizes))
+    runs = [("base", None)] + [("kad", None)] + [("kad-spec", g) for g in args.gammas]
     rows = []
     print(f"{'engine':<10} {'B':>3} {'mode':<12} {'tok/s':>7} {'accept':>6} {'wall s':>7}", flush=True)
-    for name in args.engines.split(","):
+    for name in args.engines:
         started = time.perf_counter()
         # llama.cpp runs the GGUF files' own types (it refuses a dtype).
         dtype = torch.bfloat16 if name == "torch" else "auto"
@@ -69,22 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         prompts = [decoder.encode(task.user_message(item), chat=True) for item in items]
         decoder.generate(prompts[:1], "kad-spec", kk.Dual(args.lam), max_new_tokens=8, seed=0)  # warm-up
         print(f"# {name}: loaded in {loaded:.1f} s ({decoder.engines['base'].name})", flush=True)
-        for batch in batches:
+        for batch in args.batch_sizes:
             for mode, gamma in runs:
                 rule = None if mode == "base" else kk.Dual(args.lam)
                 out = decoder.generate(prompts[:batch], mode, rule, gamma=gamma or 4, temperature=1.0,
                                        max_new_tokens=args.new_tokens, seed=args.seed, track_alpha=False)  # fmt: skip
                 s = out.stats
                 label = f"{mode} γ={gamma}" if gamma else mode
-                rows.append(dict(engine=name, batch=batch, mode=mode, gamma=gamma or "", tokens_per_s=s.tokens_per_s,
-                                 acceptance=s.acceptance_rate if gamma else "", wall_s=s.wall_time_s,
-                                 new_tokens=s.new_tokens))  # fmt: skip
+                rows.append(dict(device=device, engine=name, batch=batch, mode=mode, gamma=gamma or "",
+                                 tokens_per_s=s.tokens_per_s, acceptance=s.acceptance_rate if gamma else "",
+                                 wall_s=s.wall_time_s, new_tokens=s.new_tokens))  # fmt: skip
                 accept = f"{s.acceptance_rate:.3f}" if gamma else "—"
                 print(f"{name:<10} {batch:>3} {label:<12} {s.tokens_per_s:>7.2f} {accept:>6} {s.wall_time_s:>7.2f}",
                       flush=True)  # fmt: skip
         del decoder
-    args.out.mkdir(parents=True, exist_ok=True)
-    with (args.out / "bench_llamacpp.csv").open("a", newline="") as f:
+    with (args.out / "bench_llamacpp.partial.csv").open("a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         if f.tell() == 0:
             writer.writeheader()
@@ -92,13 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-# The OpenMP wait policy of each engine's process (None: libgomp's default).
-WAIT_POLICY = {"torch": "PASSIVE", "llama.cpp": None}
-
-
 def run_each_engine_apart(args: argparse.Namespace, argv: list[str]) -> int:
-    (args.out / "bench_llamacpp.csv").unlink(missing_ok=True)
-    for name in args.engines.split(","):
+    partial = args.out / "bench_llamacpp.partial.csv"
+    partial.unlink(missing_ok=True)
+    for name in args.engines:
         env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
         if WAIT_POLICY[name]:
             env["OMP_WAIT_POLICY"] = WAIT_POLICY[name]
@@ -106,6 +114,7 @@ def run_each_engine_apart(args: argparse.Namespace, argv: list[str]) -> int:
         child = [sys.executable, __file__, *argv, "--engines", name, "--child"]
         if subprocess.run(child, env=env).returncode != 0:
             return 1
+    partial.replace(args.out / "bench_llamacpp.csv")
     print(f"wrote {args.out / 'bench_llamacpp.csv'}")
     return 0
 

