@@ -35,9 +35,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import os
-import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -50,6 +47,8 @@ import kad
 import kad_kernels as kk
 
 from bench_kernels import checked_device  # benchmarks/ is not a package: its scripts import each other
+from options import count, counts, writable_file
+from provenance import cpu_name, kad_commit
 
 # Public config.json values of Qwen2.5-1.5B and Qwen2.5-0.5B(-Instruct).
 QWEN25_1_5B = dict(
@@ -59,75 +58,6 @@ QWEN25_0_5B = dict(
     hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
 )
 VOCAB = 151936
-REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu_name() -> str:
-    """The CPU's model name (as lscpu reports it), else the architecture."""
-    cpuinfo = Path("/proc/cpuinfo")
-    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
-    names = [line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")]
-    return names[0] if names else platform.machine()
-
-
-def git(*args: str) -> str:
-    """``git args`` in this checkout, whatever the working directory; "?" without git or a checkout."""
-    try:
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "?"
-
-
-def kad_commit() -> str:
-    """The short commit measured, and whether the code under it has uncommitted changes."""
-    commit = git("rev-parse", "--short", "HEAD")
-    if commit != "?" and git("status", "--porcelain", "--", "kad", "kad_kernels", "csrc") not in ("", "?"):
-        commit += " (+ uncommitted changes under kad/, kad_kernels/ or csrc/)"
-    return commit
-
-
-# argparse types of the benchmarks' options: a bad value ends in argparse's own one-line error.
-
-
-def count(text: str) -> int:
-    """An integer >= 1 (a batch size, a number of tokens, repeats, γ)."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text.strip()!r} is not a whole number >= 1")
-    return value
-
-
-def counts(text: str) -> list[int]:
-    """Comma-separated integers >= 1."""
-    return [count(item) for item in text.split(",")]
-
-
-def subset(*choices: str):
-    """The type of a comma-separated subset of ``choices``, in the order given."""
-
-    def names(text: str) -> list[str]:
-        items = [item.strip() for item in text.split(",") if item.strip()]
-        unknown = [item for item in items if item not in choices]
-        if unknown or not items:
-            named = ", ".join(map(repr, unknown)) if unknown else "nothing"
-            raise argparse.ArgumentTypeError(f"unknown {named}; choose from {', '.join(choices)}")
-        return items
-
-    return names
-
-
-def writable_file(parser: argparse.ArgumentParser, flag: str, path: Path) -> None:
-    """``parser.error`` unless ``path`` can be written: checked before a run, not after it."""
-    folder = path.parent
-    if path.is_dir():
-        parser.error(f"{flag} {path}: is a folder")
-    if not folder.is_dir():
-        parser.error(f"{flag} {path}: no folder {folder}")
-    if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        parser.error(f"{flag} {path}: not writable")
 
 
 def random_model(shape: dict, scale: float, sharpen: float, dtype: torch.dtype, device: torch.device, seed: int):
@@ -216,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     threads = f"{torch.get_num_threads()} threads"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu_name()}, {threads}"
     models = f"{args.base} / {args.aligned}" if args.base else "random Qwen2.5-1.5B / 0.5B shapes"
-    print(f"# device: {name}; torch {torch.__version__}; kernel backends: {', '.join(kk.available_backends())} (auto)")
+    print(f"# device: {name}; torch {torch.__version__}; kad {kad_commit()}; "
+          f"kernel backends: {', '.join(kk.available_backends())} (auto)")
     print(f"# models: {models}, scale {args.scale}, sharpen {args.sharpen}; {dtype}")
     print(f"# rule {rule!r}; T = {args.temperature}")
     print(f"# prompts of {args.prompt_len} tokens, {args.new_tokens} new tokens per row")

@@ -81,7 +81,7 @@ from kad import default_pair
 from kad.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_decoding import cpu_name, kad_commit  # noqa: E402  (benchmarks/ is not a package)
+from provenance import cpu_name, kad_commit  # noqa: E402  (benchmarks/ is not a package)
 
 ENGINES = ("assisted", "assisted-default", "kad-hf", "kad-decoder", "plain")
 LABELS = {

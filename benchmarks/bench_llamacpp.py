@@ -36,7 +36,8 @@ from kad.tasks import TASKS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from bench_decoding import count, counts, cpu_name, kad_commit, subset  # noqa: E402  (not a package)
+from options import count, counts, subset  # noqa: E402  (benchmarks/ is not a package)
+from provenance import cpu_name, kad_commit  # noqa: E402
 
 OUT = HERE / "out" / "llamacpp-cpu"  # git-ignored: RESULTS.md's run names its folder
 # The OpenMP wait policy of each engine's process (None: libgomp's default).

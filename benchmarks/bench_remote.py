@@ -42,7 +42,8 @@ from kad.tasks import TASKS
 
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent / "tests")]
-from bench_decoding import count, counts, cpu_name, kad_commit  # noqa: E402  (benchmarks/ is not a package)
+from options import count, counts  # noqa: E402  (benchmarks/ is not a package)
+from provenance import cpu_name, kad_commit  # noqa: E402
 from vllm_server import VllmServer  # noqa: E402  (the tests' server launcher)
 
 OUT = HERE / "out" / "remote-cpu"  # git-ignored: RESULTS.md's run names its folder

@@ -22,27 +22,19 @@ import torch
 
 from kad_kernels.rules import Kind
 from kad_kernels.triton import offline
+from options import counts, subset  # benchmarks/ is not a package: its scripts import each other
 
-OPS = ("mixture", "sample", "verify")  # what offline.operation builds
 RULES = {"dual": Kind.LOGISTIC, "primal": Kind.PRIMAL, "nudging": Kind.NUDGING}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
-def listed(ap: argparse.ArgumentParser, flag: str, text: str, choices) -> list[str]:
-    """The comma-separated items of ``flag``; ``ap.error`` naming the ones not in ``choices``."""
-    items = [item.strip() for item in text.split(",") if item.strip()]
-    unknown = [item for item in items if item not in choices]
-    if unknown or not items:
-        named = ", ".join(map(repr, unknown)) if unknown else "nothing"
-        ap.error(f"{flag}: unknown {named}; choose from {', '.join(choices)}")
-    return items
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--ops", default="sample,verify", help=f"comma-separated subset of {', '.join(OPS)}")
-    ap.add_argument("--rules", default="dual,primal", help=f"comma-separated subset of {', '.join(RULES)}")
-    ap.add_argument("--batch", default="1,64,256", help="comma-separated batch sizes")
+    ap.add_argument("--ops", type=subset(*offline.OPERATIONS), default="sample,verify",
+                    help=f"comma-separated subset of {', '.join(offline.OPERATIONS)}")
+    ap.add_argument("--rules", type=subset(*RULES), default="dual,primal",
+                    help=f"comma-separated subset of {', '.join(RULES)}")
+    ap.add_argument("--batch", type=counts, default="1,64,256", help="comma-separated batch sizes")
     ap.add_argument("--vocab", type=int, default=151936)
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
     ap.add_argument("--gamma", type=int, default=4)
@@ -50,20 +42,12 @@ def main() -> None:
                     help="T and the rule parameter as tensors [B]: calls that may have greedy rows, with the "
                     "arg-max pass")
     args = ap.parse_args()
-    ops = listed(ap, "--ops", args.ops, OPS)
-    rules = listed(ap, "--rules", args.rules, RULES)
-    try:
-        batches = [int(b) for b in args.batch.split(",")]
-    except ValueError:
-        batches = []
-    if not batches or min(batches) < 1:
-        ap.error(f"--batch {args.batch}: not comma-separated whole numbers >= 1")
     print(f"sm_90, {offline.H100_SMS} SMs, V = {args.vocab}, {args.dtype}, γ = {args.gamma} (verify)\n")
     print("| op | rule | B | launch | grid | warps | regs | spill B | smem B | blocks/SM | waves | loads | SASS |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for op in ops:
-        for rule in rules:
-            for batch in batches:
+    for op in args.ops:
+        for rule in args.rules:
+            for batch in args.batch:
                 call = offline.operation(op, RULES[rule], batch, args.vocab, DTYPES[args.dtype], gamma=args.gamma,
                                          per_row=args.per_row)
                 for launch in offline.compile_launches(call):

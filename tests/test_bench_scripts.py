@@ -94,8 +94,9 @@ def test_bench_llamacpp_refuses_an_unknown_engine_before_touching_its_results(tm
     ("bench_decoding.py", ["--repeats", "0"], "argument --repeats: '0' is not a whole number >= 1"),
     ("bench_decoding.py", ["--csv", "/nonexistent_dir/x.csv"],
      "--csv /nonexistent_dir/x.csv: no folder /nonexistent_dir"),
-    ("kernel_resources.py", ["--ops", "sampel"], "--ops: unknown 'sampel'; choose from mixture, sample, verify"),
-    ("kernel_resources.py", ["--rules", "dual,foo"], "--rules: unknown 'foo'; choose from dual, primal, nudging"),
+    ("kernel_resources.py", ["--ops", "sampel"], "argument --ops: unknown 'sampel'; choose from mixture, sample, verify"),
+    ("kernel_resources.py", ["--rules", "dual,foo"],
+     "argument --rules: unknown 'foo'; choose from dual, primal, nudging"),
 ])  # fmt: skip
 def test_a_bad_option_is_refused_in_one_line_before_the_run(script, args, says):
     if script == "kernel_resources.py" and importlib.util.find_spec("triton") is None:
@@ -116,7 +117,7 @@ def test_the_model_benchmarks_write_under_the_ignored_out_folder_by_default(scri
 
 @pytest.mark.skipif(not (ROOT / ".git").exists() or shutil.which("git") is None, reason="not a git checkout")
 def test_the_commit_in_a_benchmark_header_is_the_checkouts_from_any_directory(tmp_path):
-    code = ("import sys; sys.path.insert(0, sys.argv[1]); from bench_decoding import git; "
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from provenance import git; "
             "print(git('rev-parse', '--show-toplevel'))")  # fmt: skip
     done = subprocess.run([sys.executable, "-c", code, str(ROOT / "benchmarks")], cwd=tmp_path, capture_output=True,
                           text=True, timeout=300)  # fmt: skip

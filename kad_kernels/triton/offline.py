@@ -96,12 +96,17 @@ def _pack_args(fn: JITFunction, backend, kwargs, bound, specialization, options)
     return options, signature, constexprs, attrs
 
 
+OPERATIONS = ("mixture", "sample", "verify")  # the backend's ops that operation() builds a call of
+
+
 def operation(op: str, kind: Kind, batch: int, vocab: int, dtype: torch.dtype, *, gamma: int = 4,
               philox: bool = False, temperature: float = 1.0, per_row: bool = False) -> Callable[[], object]:
     """A call of the backend's ``op`` ("mixture", "sample" or "verify") on zero CPU
     tensors of the given shape: what ``compile_launches`` takes.  ``per_row``: the
     rule parameter and T as f32 [B] tensors rather than floats; ``maybe_greedy`` as
     the API sets it (False for a float T > 0: no arg-max launch)."""
+    if op not in OPERATIONS:
+        raise ValueError(f"op must be one of {', '.join(OPERATIONS)}, got {op!r}")
     maybe_greedy = per_row or temperature == 0
     shape = (batch, vocab) if op != "verify" else (batch, gamma + 1, vocab)
     p, q = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
