@@ -32,6 +32,7 @@ class BuildPy(build_py):
         super().run()
         if not self.editable_mode:
             target = Path(self.build_lib) / "kad_kernels" / "csrc"
+            shutil.rmtree(target, ignore_errors=True)  # a file left by an earlier build would be compiled too
             shutil.copytree(ROOT / "csrc", target, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.o", "*.so"))
 
 

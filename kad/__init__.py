@@ -14,18 +14,27 @@ with ``kad_kernels.sample`` or verifying drafts with ``kad_kernels.verify``::
 ``demo``, ``generate``, ``eval`` (:mod:`kad.evaluate`), ``summary``, ``plot``.
 """
 
-import importlib.util
+import importlib.util as _importlib_util
+import sys as _sys
 
 from kad_kernels import __version__  # one version for the distribution (pyproject.toml reads it there)
 
 # The decoding extra's packages kad imports on load (matplotlib only in `kad plot`): without
 # them `kad` would end in a bare ModuleNotFoundError from deep inside an import.
 _NEEDS = ("transformers", "safetensors", "tqdm", "httpx")
-_missing = [name for name in _NEEDS if importlib.util.find_spec(name) is None]
-if _missing:
+
+
+def _is_missing(name: str) -> bool:
+    if name in _sys.modules:  # imported already (None: blocked), where find_spec may raise
+        return _sys.modules[name] is None
+    return _importlib_util.find_spec(name) is None
+
+
+_MISSING = [name for name in _NEEDS if _is_missing(name)]
+if _MISSING:
     raise ModuleNotFoundError(
-        f"kad needs {', '.join(_missing)}, from the decoding extra: pip install 'kad-kernels[decoding]'",
-        name=_missing[0],
+        f"kad needs {', '.join(_MISSING)}, from the decoding extra: pip install 'kad-kernels[decoding]'",
+        name=_MISSING[0],
     )
 
 from .decoding import SYSTEM_PROMPT, Decoder, Generation

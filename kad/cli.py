@@ -135,8 +135,16 @@ def _output_dir(directory: Path, option: str) -> list[Path]:
     try:
         check_writable(directory)
     except OSError as error:
+        _remove_empty(made)
         raise ValueError(f"{option}: cannot write in {directory} ({error.strerror or error})") from None
     return made
+
+
+def _remove_empty(directories: list[Path]) -> None:
+    """Remove ``directories`` (deepest first) where empty: folders a run made and saved nothing in."""
+    for directory in directories:
+        with contextlib.suppress(OSError):
+            directory.rmdir()
 
 
 def _text(value: str) -> str:
@@ -252,14 +260,13 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--lam {args.lam}: {error}") from None
     # The output and a file to resume are checked first: loading the models takes minutes.
     path = args.output or args.out_dir / f"{config.stem()}.json"
-    made = _output_dir(path.parent, "--output" if args.output else "--out-dir")
+    # The folder the file goes in: a link's target's (the file is written through it).
+    made = _output_dir(Path(os.path.realpath(path)).parent, "--output" if args.output else "--out-dir")
     try:
         return _run_eval(args, config, path)
     finally:
         if not path.exists():  # nothing saved: no empty directory left behind either
-            for directory in made:
-                with contextlib.suppress(OSError):
-                    directory.rmdir()
+            _remove_empty(made)
 
 
 def _run_eval(args: argparse.Namespace, config: RunConfig, path: Path) -> int:

@@ -32,9 +32,12 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import kad_kernels as kk
+
 from .decoding import Decoder, build_rule
 from .engines import Engine, ServedEngine
-from .loop import ContextLengthWarning, context_length
+from .loop import ContextLengthWarning, context_length, engines_used, fit_budgets
+from .settings import Settings
 from .stats import GenerationStats
 from .tasks import TASKS, Item
 
@@ -248,7 +251,9 @@ def _coverage_problem(result: dict) -> str | None:
     tok/s divides the items' tokens by the batches' time."""
     covered = 0
     for i, batch in enumerate(result["batches"]):
-        if batch["first"] != covered or batch["size"] < 1:
+        if batch["size"] < 1:
+            return f"batches[{i}].size is {batch['size']}: a batch holds at least one item"
+        if batch["first"] != covered:
             return f"batches[{i}] holds {batch['size']} items from item {batch['first']}, not from item {covered} on"
         covered += batch["size"]
     if covered != len(result["items"]):
@@ -286,19 +291,24 @@ def _write_atomically(path: Path, result: dict) -> None:
     """Replace ``path`` in one step, so that an interruption or a failed write leaves the old
     file and no temporary one (:class:`ResultWriteError` naming ``path``).  The file keeps the
     mode of the one it replaces, else gets the umask's (a temporary file is made 0600)."""
-    path = Path(os.path.realpath(path))  # a link's target, not the link, gets the new file
+    given, path = path, Path(os.path.realpath(path))  # a link's target, not the link, gets the new file
     mode = _file_mode(path)
-    descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    temporary = None
     try:
+        # The folder again: another run into a new folder that saved nothing removes it (kad eval).
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         with os.fdopen(descriptor, "w", encoding="utf-8") as f:
             json.dump(result, f, ensure_ascii=False, indent=1)
         os.chmod(temporary, mode)
         os.replace(temporary, path)
     except BaseException as error:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
+        if temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
         if isinstance(error, OSError):
-            raise ResultWriteError(f"cannot save the result to {path}: {error.strerror or error}") from error
+            target = f" (the link's target {path})" if path != Path(os.path.abspath(given)) else ""
+            raise ResultWriteError(f"cannot save the result to {given}{target}: {error.strerror or error}") from error
         raise
 
 
@@ -426,27 +436,36 @@ def _drop_short_last_batch(result: dict, batch_size: int) -> None:
         batches.pop()
 
 
-def _context_cuts(decoder: Decoder, config: RunConfig, items: Sequence[Item], first: int) -> set[int]:
-    """The items from ``first`` on whose answers the models' context length cuts short
-    of ``max_new_tokens``, said once in one warning naming them (the loop would say it per
-    batch, by row).  ``ValueError`` naming the first whose prompt fills the context, before
-    any of them runs: met inside a batch, it would stop the run there for good."""
-    context = context_length(list(decoder.engines.values()))
+def _context_cuts(
+    decoder: Decoder, config: RunConfig, rule: kk.Rule | None, items: Sequence[Item], first: int
+) -> set[int]:
+    """The items from ``first`` on whose answers the context length of the models the run
+    uses cuts short of ``max_new_tokens`` (:func:`kad.loop.fit_budgets`, the loop's own
+    cut), said once in one warning naming them (the loop would say it per batch, by row).
+    ``ValueError`` naming the first item whose prompt fills the context, before any of them
+    runs: met inside a batch, it would stop the run there for good."""
+    settings = Settings(config.mode, rule, config.gamma or 1, config.temperature)
+    engines = engines_used(decoder.engines, settings)
+    context = context_length(engines)
     if context is None or config.max_new_tokens == 0:
         return set()
     limit, name = context
     task = TASKS[config.task]
-    cut = []
-    for index in range(first, len(items)):
-        length = len(decoder.encode(task.user_message(items[index]), chat=True, system_prompt=config.system_prompt or None))
-        if length >= limit:
+    prompts = {
+        index: decoder.encode(task.user_message(items[index]), chat=True, system_prompt=config.system_prompt or None)
+        for index in range(first, len(items))
+    }
+    for index, prompt in prompts.items():
+        if len(prompt) >= limit:
             raise ValueError(
-                f"{config.task} item {index} (id {items[index].id!r}) has a prompt of {length} tokens, which fill the "
-                f"context length {limit} of {name} and leave no room for an answer: use models with a longer "
+                f"{config.task} item {index} (id {items[index].id!r}) has a prompt of {len(prompt)} tokens, which "
+                f"fill the context length {limit} of {name} and leave no room for an answer: use models with a longer "
                 f"context" + (f", or --limit {index} to stop before it" if index else "")
             )
-        if length + config.max_new_tokens > limit:
-            cut.append(index)
+    with warnings.catch_warnings():  # said below, by item
+        warnings.simplefilter("ignore", ContextLengthWarning)
+        budgets = fit_budgets(list(prompts.values()), [config.max_new_tokens] * len(prompts), engines)
+    cut = [index for index, budget in zip(prompts, budgets) if budget < config.max_new_tokens]
     if cut:
         shown = ", ".join(map(str, cut[:8])) + (f", ... ({len(cut)} items)" if len(cut) > 8 else "")
         warnings.warn(
@@ -488,13 +507,13 @@ def evaluate(
     task = TASKS[config.task]
     rule = build_rule(config.mode, config.rule, config.lam if config.lam is not None else 0.0)
     path = Path(path)
-    check_writable(path.parent)
+    check_writable(Path(os.path.realpath(path)).parent)  # a link's target's folder: written through the link
     result = _start(config, path, resume)
     items = task.load(limit, seed=config.seed)
     if len(items) <= len(result["items"]):  # nothing more to run: the file as it is
         return result
     _drop_short_last_batch(result, config.batch_size)
-    cut = _context_cuts(decoder, config, items, first=len(result["items"]))
+    cut = _context_cuts(decoder, config, rule, items, first=len(result["items"]))
     result["limit"] = limit
     for first in range(len(result["items"]), len(items), config.batch_size):
         batch = items[first : first + config.batch_size]

@@ -109,6 +109,13 @@ def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
     return _Plan(rule, settings.speculative, used["base"], used["aligned"], used.get("reference"))
 
 
+def engines_used(engines: Mapping[str, Engine], settings: Settings) -> list[Engine]:
+    """The engines a generation with ``settings`` runs (a one-model mode's model; else the
+    base and aligned models, and the reference model where the rule reads one): the ones
+    whose context lengths bound its rows."""
+    return _plan(engines, settings).engines
+
+
 def refuse_missing_reference(rule: kk.Rule, has_reference: bool, how: str) -> None:
     """``ValueError`` for a rule that reads a reference model's logits without one; ``how``
     ends the message with the front end's way to give it (each names its own argument)."""

@@ -89,7 +89,7 @@ def _import_native() -> ModuleType:
 def _native_module() -> ModuleType:
     global _native_failure
     if _native_failure is not None:
-        raise _native_failure
+        raise _native_failure.with_traceback(None)  # the first failure's, not grown by each raise
     try:
         return _import_native()
     except ImportError as error:
@@ -173,7 +173,7 @@ def resolve(name: str, device: torch.device, kind: Kind | None = None) -> Backen
     backend = _load(name)
     how = _REGISTRY[name][2]
     if backend is None:
-        raise RuntimeError(f"backend {name!r} is not available here ({_WHY_MISSING[name]}): {how}")
+        raise RuntimeError(f"backend {name!r} is not available here ({_WHY_MISSING.get(name, 'unknown why')}): {how}")
     if not _serves(name, device):
         devices = _REGISTRY[name][1]
         if device.type in devices:  # triton on CPU tensors, without the interpreter

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -255,7 +256,7 @@ NO_MODEL = ["--base", "/nonexistent/model", "--aligned", "/nonexistent/model"]  
      (lambda r: r["items"].pop(), "its batches hold 10 items, but it has 9"),
      (lambda r: r.update(batches=[dict(first=0, size=5, wall_time_s=2.0), dict(first=4, size=6, wall_time_s=2.0)]),
       "batches[1] holds 6 items from item 4, not from item 5 on"),
-     (lambda r: r["batches"][0].update(size=0), "batches[0] holds 0 items from item 0, not from item 0 on"),
+     (lambda r: r["batches"][0].update(size=0), "batches[0].size is 0: a batch holds at least one item"),
      (lambda r: r["items"][2].update(index=7), "items[2].index is 7")],
     ids=["no-config", "null-config", "no-task", "text-lam", "no-items", "batches-object", "no-batch-time",
          "text-correct", "no-stats", "bool-count", "unknown-stat", "item-dropped", "batches-overlap",
@@ -800,7 +801,7 @@ def test_an_item_whose_prompt_fills_the_context_is_named_before_any_batch_runs(t
     evaluate.evaluate(decoder, _config(batch_size=1, max_new_tokens=2), path, limit=first)  # --limit stops before it
 
     # kad eval --resume past it: the error alone, not the note of a run that could go on.
-    command = ["eval", "--task", "gsm8k", "--mode", "aligned", "--max-new-tokens", "2", "--batch-size", "1",
+    command = ["eval", "--task", "gsm8k", "--mode", "base", "--max-new-tokens", "2", "--batch-size", "1",
                "--output", str(tmp_path / "cli.json"), "--resume"]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(cli, "_decoder", lambda args: decoder)
@@ -825,12 +826,18 @@ def test_answers_cut_by_the_context_length_are_named_once_and_marked(tmp_path):
     budget = 400 - sorted(lengths)[1]  # the two shortest prompts fit it, the others are cut
     cut = [i for i, n in enumerate(lengths) if n + budget > 400]
     assert 0 < len(cut) < 4
-    config = _config(mode="aligned", rule=None, lam=None, gamma=None, batch_size=2, max_new_tokens=budget)
+    config = _config(mode="base", rule=None, lam=None, gamma=None, batch_size=2, max_new_tokens=budget)
     with pytest.warns(kad.ContextLengthWarning) as warned:
-        result = evaluate.evaluate(decoder, config, tmp_path / "run.json", limit=4)
+        result = evaluate.evaluate(decoder, config, tmp_path / "base.json", limit=4)
     assert len(warned) == 1
     assert f"for gsm8k item(s) {', '.join(map(str, cut))}: their answers stop there" in str(warned[0].message)
     assert [item["context_cut"] for item in result["items"]] == [i in cut for i in range(4)]
+    # The aligned model alone runs past the base model's context: nothing is cut there.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", kad.ContextLengthWarning)
+        result = evaluate.evaluate(decoder, dataclasses.replace(config, mode="aligned"), tmp_path / "aligned.json",
+                                   limit=4)  # fmt: skip
+    assert not any(item["context_cut"] for item in result["items"])
 
 
 def test_cli_eval_resume_of_a_file_not_there_says_it_starts_it(monkeypatch, tmp_path, capsys):
@@ -865,6 +872,26 @@ def test_a_result_file_behind_a_link_is_updated_through_it(tmp_path):
     evaluate.evaluate(DECODER, _config(max_new_tokens=2, batch_size=1), link, limit=2, resume=True)
     assert link.is_symlink() and len(evaluate.load_result(target)["items"]) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "target.json"]
+    # A link into a folder not there yet: the folder is made (it was a FileNotFoundError after the batch).
+    dangling = tmp_path / "dangling.json"
+    dangling.symlink_to(tmp_path / "new" / "run.json")
+    evaluate.evaluate(DECODER, _config(max_new_tokens=2, batch_size=1), dangling, limit=1)
+    assert dangling.is_symlink() and len(evaluate.load_result(tmp_path / "new" / "run.json")["items"]) == 1
+
+
+def test_a_result_folder_removed_during_a_run_is_made_again(tmp_path, monkeypatch):
+    """Two runs into one new folder: the other one, failing before it saved anything, removes
+    the folder it made while this one decodes its first batch."""
+    path = tmp_path / "new" / "run.json"
+    real_generate = DECODER.generate
+
+    def generate_while_the_folder_goes(*args, **kwargs):
+        (tmp_path / "new").rmdir()
+        return real_generate(*args, **kwargs)
+
+    monkeypatch.setattr(DECODER, "generate", generate_while_the_folder_goes)
+    evaluate.evaluate(DECODER, _config(max_new_tokens=2, batch_size=1), path, limit=1)
+    assert len(evaluate.load_result(path)["items"]) == 1
 
 
 @pytest.mark.parametrize("option", ["--prompt", "--system"])

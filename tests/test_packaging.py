@@ -50,7 +50,7 @@ def _tracked(*under: str) -> list[str]:
 
 
 def test_the_sdist_carries_the_sources_and_the_wheel_the_kernels_sources(tmp_path):
-    """An sdist holds every tracked file (but CI's and git's own), and a wheel built from it
+    """An sdist holds every tracked file (but .gitignore), and a wheel built from it
     puts ``csrc/`` in the package, where ``_build`` finds it: without it a non-editable
     install had no ``cpu`` or ``cuda`` backend (``ops.cpp`` missing at the first-use build)."""
     tracked = [f for f in _tracked() if f != ".gitignore"]
@@ -63,8 +63,11 @@ def test_the_sdist_carries_the_sources_and_the_wheel_the_kernels_sources(tmp_pat
     missing = [f for f in tracked if not (unpacked / f).is_file()]
     assert not missing, f"the sdist leaves out {missing[:10]} (MANIFEST.in)"
 
-    _setup(unpacked, "build_py", "--build-lib", str(tmp_path / "wheel"))
     package = tmp_path / "wheel" / "kad_kernels"
+    stale = package / "csrc" / "cpu" / "removed_since.cpp"  # an earlier build's, which the glob would compile
+    stale.parent.mkdir(parents=True)
+    stale.write_text("#error an old source\n")
+    _setup(unpacked, "build_py", "--build-lib", str(tmp_path / "wheel"))
     shipped = sorted(str(f.relative_to(package)) for f in (package / "csrc").rglob("*") if f.is_file())
     assert shipped == sorted(_tracked("csrc"))
     spec = importlib.util.spec_from_file_location("_installed_build", package / "_build.py")
