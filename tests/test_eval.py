@@ -782,12 +782,17 @@ def test_a_result_file_gets_the_umask_or_keeps_its_mode(tmp_path):
         os.umask(old)
 
 
+def _decoder_with_a_short_base(positions: int) -> kad.Decoder:
+    """The test models, the base one with a context of ``positions`` (its weights unchanged)."""
+    config = type(MODELS["base"].config)(**{**MODELS["base"].config.to_dict(), "max_position_embeddings": positions})
+    short = type(MODELS["base"])(config)
+    short.load_state_dict(MODELS["base"].state_dict())
+    return kad.Decoder(short.eval(), MODELS["aligned"], TOKENIZER)
+
+
 def test_an_item_whose_prompt_fills_the_context_is_named_before_any_batch_runs(tmp_path, capsys):
     """Met inside a batch, it would stop the run there for good (a resumed run meets it again)."""
-    short = type(MODELS["base"])(type(MODELS["base"].config)(**{**MODELS["base"].config.to_dict(),
-                                                                 "max_position_embeddings": 400}))  # fmt: skip
-    short.load_state_dict(MODELS["base"].state_dict())
-    decoder = kad.Decoder(short.eval(), MODELS["aligned"], TOKENIZER)
+    decoder = _decoder_with_a_short_base(400)
     items = TASKS["gsm8k"].load(6)
     lengths = [len(decoder.encode(TASKS["gsm8k"].user_message(i), chat=True, system_prompt=kad.SYSTEM_PROMPT))
                for i in items]  # fmt: skip
@@ -816,10 +821,7 @@ def test_an_item_whose_prompt_fills_the_context_is_named_before_any_batch_runs(t
 def test_answers_cut_by_the_context_length_are_named_once_and_marked(tmp_path):
     """The loop would warn per batch, by row within the batch, and Python's filter then drops
     the repeats; the result file would not say which answers were cut short."""
-    short = type(MODELS["base"])(type(MODELS["base"].config)(**{**MODELS["base"].config.to_dict(),
-                                                                 "max_position_embeddings": 400}))  # fmt: skip
-    short.load_state_dict(MODELS["base"].state_dict())
-    decoder = kad.Decoder(short.eval(), MODELS["aligned"], TOKENIZER)
+    decoder = _decoder_with_a_short_base(400)
     items = TASKS["gsm8k"].load(4)
     lengths = [len(decoder.encode(TASKS["gsm8k"].user_message(i), chat=True, system_prompt=kad.SYSTEM_PROMPT))
                for i in items]  # fmt: skip
