@@ -81,7 +81,8 @@ from kad import default_pair
 from kad.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provenance import cpu_name, kad_commit  # noqa: E402  (benchmarks/ is not a package)
+from options import subset  # noqa: E402  (benchmarks/ is not a package)
+from provenance import cpu_name, kad_commit  # noqa: E402
 
 ENGINES = ("assisted", "assisted-default", "kad-hf", "kad-decoder", "plain")
 LABELS = {
@@ -359,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temperature", type=float, default=1.0)
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                         help="bf16 is faster on CPUs with AVX-512 BF16 / AMX (see RESULTS.md)")  # fmt: skip
-    parser.add_argument("--engines", default=",".join(ENGINES), help=f"comma-separated subset of {', '.join(ENGINES)}")
+    parser.add_argument("--engines", type=subset(*ENGINES), default=",".join(ENGINES),
+                        help=f"comma-separated subset of {', '.join(ENGINES)}")
     parser.add_argument("--seed", type=int, default=0, help="prompt i runs with seed + i")
     parser.add_argument("--out", default=str(OUT),
                         help="folder for runs.csv, summary.csv, summary.md ('' : write nothing; "
@@ -370,10 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated engines to cProfile once (after a warm-up) after the timed runs; "
                         "--repeats 0: only that")
     args = parser.parse_args(argv)
-    engines = [e for e in args.engines.split(",") if e]
-    unknown = set(engines) - set(ENGINES)
-    if unknown:
-        parser.error(f"unknown engines {sorted(unknown)}; engines: {', '.join(ENGINES)}")
+    engines = args.engines
     out_dir = Path(args.out) if args.out else None
 
     start = time.perf_counter()
