@@ -34,7 +34,7 @@ from .decoding import PARAMETERLESS_RULES, RULES, SYSTEM_PROMPT, Decoder, build_
 from .engines import EngineError
 from .loop import KEEPS_PARTIAL, ContextLengthWarning
 from .models import DTYPES, ENGINES
-from .settings import MODES, Settings
+from .settings import GAMMA, MODES, Settings
 from .evaluate import (
     MODEL_FIELDS,
     ResultWriteError,
@@ -52,6 +52,8 @@ from .evaluate import (
 )
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
+# The rule parameter where --lam is left out: the paper's dual λ (kad demo's too).
+LAM = 0.4
 
 
 def _add_model_options(parser: argparse.ArgumentParser, *, reference: bool = True) -> None:
@@ -83,18 +85,33 @@ def _add_decoding_options(parser: argparse.ArgumentParser, max_new_tokens: int) 
     group = parser.add_argument_group("decoding")
     group.add_argument("--mode", choices=MODES, default="kad-spec", help="default kad-spec")
     group.add_argument("--rule", choices=RULES, help="the deferral rule of the kad modes (default: dual)")
-    group.add_argument("--lam", type=float, default=0.4,
-                       help="the rule's parameter: λ, μ or the primal budget (default 0.4)")
-    group.add_argument("--gamma", type=int, default=4, help="drafts per speculative round (default 4)")
+    group.add_argument("--lam", type=float, help=f"the rule's parameter: λ, μ or the primal budget (default {LAM})")
+    group.add_argument("--gamma", type=int, help=f"drafts per speculative round, -spec modes (default {GAMMA})")
     group.add_argument("--temperature", type=float, default=TEMPERATURE, help="0 = greedy (default 1)")
     group.add_argument("--max-new-tokens", type=int, default=max_new_tokens, help=f"default {max_new_tokens}")
     group.add_argument("--system", type=_text, default=SYSTEM_PROMPT,
                        help="system message of the chat template ('' for none)")
 
 
+def _mode_parameters(args: argparse.Namespace) -> None:
+    """Sets ``args.lam`` and ``args.gamma`` to what the mode reads: the value given, the
+    default if none was, ``None`` where the mode reads none.  One given to a mode that
+    does not read it is refused: the run would silently be another than the one asked for."""
+    name = rule_name(args.mode, args.rule)  # a rule the mode does not take names --rule
+    used = f"--mode {args.mode}" + (f" with --rule {name}" if name is not None else "")
+    takes_lam, speculative = name not in (None, *PARAMETERLESS_RULES), args.mode.endswith("-spec")
+    if args.lam is not None and not takes_lam:
+        raise ValueError(f"--lam is read only by a rule with a parameter, not by {used}: leave it out")
+    if args.gamma is not None and not speculative:
+        raise ValueError(f"--gamma is read only by the speculative (-spec) modes, not by {used}: leave it out")
+    args.lam = (LAM if args.lam is None else args.lam) if takes_lam else None
+    args.gamma = (GAMMA if args.gamma is None else args.gamma) if speculative else None
+
+
 def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
-    """The rule of the decoding options, every option checked before a model loads."""
-    rule_name(args.mode, args.rule)  # a rule the mode does not take names --rule
+    """The rule of the decoding options, every option checked before a model loads
+    (``args.lam`` and ``args.gamma`` set by :func:`_mode_parameters`)."""
+    _mode_parameters(args)
     try:
         rule = build_rule(args.mode, args.rule, args.lam)
     except ValueError as error:  # the rule's own name for its parameter (budget, mu) is set by --lam
@@ -236,17 +253,15 @@ def run_eval(args: argparse.Namespace) -> int:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
     check_seed(args.seed)
     _decoding_rule(args)
-    name = rule_name(args.mode, args.rule)
-    takes_lam = name not in (None, *PARAMETERLESS_RULES)
     # The implicit-reward modes fix their rule; a kad mode records the one it was given.
-    recorded = None if args.mode.startswith("implicit-reward") else name
+    recorded = None if args.mode.startswith("implicit-reward") else rule_name(args.mode, args.rule)
     try:
         config = RunConfig(
             task=args.task,
             mode=args.mode,
             rule=recorded,
-            lam=args.lam if takes_lam else None,
-            gamma=args.gamma if args.mode.endswith("-spec") else None,
+            lam=args.lam,
+            gamma=args.gamma,
             temperature=args.temperature,
             max_new_tokens=args.max_new_tokens,
             seed=args.seed,

@@ -25,7 +25,7 @@ from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.arguments import checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
 from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode, is_count, refuse_missing_reference
-from .settings import Mode, Settings
+from .settings import GAMMA, Mode, Settings
 from .models import (
     EngineKind,
     check_gguf_path,
@@ -94,14 +94,16 @@ def rule_name(mode: str, name: str | None) -> str | None:
     return family if family in ("nudging", "implicit-reward") else name or "dual"
 
 
-def build_rule(mode: str, name: str | None, lam: float) -> kk.Rule | None:
+def build_rule(mode: str, name: str | None, lam: float | None) -> kk.Rule | None:
     """The rule of ``mode`` (see :func:`rule_name`) with parameter ``lam`` (λ, μ or the
-    primal budget; ImplicitReward has none)."""
+    primal budget; ``None`` or ignored for the :data:`PARAMETERLESS_RULES`)."""
     name = rule_name(mode, name)
     if name is None:
         return None
     if name == "implicit-reward":
         return kk.ImplicitReward()
+    if lam is None and name not in PARAMETERLESS_RULES:
+        raise ValueError(f"rule {name!r} needs its parameter (lam)")
     constructors = {"dual": kk.Dual, "primal": kk.Primal, "nudging": kk.Nudging}
     return constructors[name](lam) if name in constructors else kk.rule_from_name(name, lam)
 
@@ -296,7 +298,7 @@ class Decoder:
         mode: Mode = "kad",
         rule: kk.Rule | None = None,
         *,
-        gamma: int = 4,
+        gamma: int = GAMMA,
         temperature: float = 1.0,
         max_new_tokens: int | Sequence[int] = 256,
         seed: int | None = None,

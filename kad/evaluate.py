@@ -395,7 +395,7 @@ def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[s
 
 
 def _reads_reference(config: RunConfig) -> bool:
-    rule = build_rule(config.mode, config.rule, config.lam if config.lam is not None else 0.0)
+    rule = build_rule(config.mode, config.rule, config.lam)
     return rule is not None and rule.needs_ref
 
 
@@ -505,7 +505,7 @@ def evaluate(
     :class:`Summary` of the items so far."""
     check_seed(config.seed)
     task = TASKS[config.task]
-    rule = build_rule(config.mode, config.rule, config.lam if config.lam is not None else 0.0)
+    rule = build_rule(config.mode, config.rule, config.lam)
     path = Path(path)
     check_writable(Path(os.path.realpath(path)).parent)  # a link's target's folder: written through the link
     result = _start(config, path, resume)

@@ -19,6 +19,9 @@ Mode = Literal[
 ]
 MODES: tuple[str, ...] = get_args(Mode)
 
+# Drafts per speculative round where none is asked for: the paper's γ.
+GAMMA = 4
+
 
 def resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:
     """The rule ``mode`` samples with; baseline modes fix the rule's class."""
@@ -51,7 +54,7 @@ class Settings:
 
     mode: Mode = "kad"
     rule: kk.Rule | None = None
-    gamma: int = 4
+    gamma: int = GAMMA
     temperature: float = 1.0
     track_alpha: bool = True
 

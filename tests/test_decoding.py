@@ -1069,9 +1069,16 @@ def test_a_missing_model_path_is_named_before_any_model_loads(monkeypatch, tmp_p
         (["--rule", "primal", "--lam", "-1"], "--lam -1.0: budget must lie in [0.0, inf], got -1.0"),
         (["--rule", "token_v2", "--lam", "-1"], "--lam -1.0: mu must lie in [0.0, inf], got -1.0"),
         (["--api-key", ""], "--base-model, --api-key and --approximate go with --base-url"),  # "$KEY" of no key
+        (["--rule", "token_max", "--lam", "0.9"], "--lam is read only by a rule with a parameter, not by "
+                                                  "--mode kad-spec with --rule token_max: leave it out"),
+        (["--mode", "aligned", "--lam", "0.4"], "--lam is read only by a rule with a parameter, not by "
+                                                "--mode aligned: leave it out"),
+        (["--mode", "kad", "--gamma", "8"], "--gamma is read only by the speculative (-spec) modes, not by "
+                                            "--mode kad with --rule dual: leave it out"),
     ],
     ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url", "reference", "seed",
-         "unused-reference", "unused-reference-base", "primal-budget", "token-v2-mu", "empty-api-key"],
+         "unused-reference", "unused-reference-base", "primal-budget", "token-v2-mu", "empty-api-key",
+         "unused-lam", "unused-lam-one-model", "unused-gamma"],
 )
 def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options, message):
     # The models do not exist: an option checked only after loading would fail on them first.

@@ -640,15 +640,17 @@ def test_cli_eval_records_a_local_model_by_its_absolute_path(model_dir, tmp_path
 def test_cli_eval_records_only_the_parameters_a_mode_uses(model_dir, tmp_path, mode, rule, expected):
     rule_args = [] if rule is None else ["--rule", rule]
     reference = ["--reference", model_dir] if "implicit-reward" in (mode.removesuffix("-spec"), rule) else []
+    lam = ["--lam", "0.3"] if expected[1] is not None else []  # the other runs refuse it (next test)
+    gamma = ["--gamma", "3"] if mode.endswith("-spec") else []
     args = ["eval", "--task", "svamp", "--limit", "1", "--base", model_dir, "--aligned", model_dir, "--mode", mode,
-            *rule_args, *reference, "--lam", "0.3", "--gamma", "3", "--max-new-tokens", "2",
+            *rule_args, *reference, *lam, *gamma, "--max-new-tokens", "2",
             "--output", str(tmp_path / "r.json")]  # fmt: skip
     assert cli.main(args) == 0
     config = evaluate.load_result(tmp_path / "r.json")["config"]
     assert (config["rule"], config["lam"], config["gamma"]) == expected
     # What evaluate() ran: the rule the options named (ImplicitReward, not a Dual of λ = 0).
     expected_rule = build_rule(mode, rule, 0.3)
-    assert repr(build_rule(config["mode"], config["rule"], config["lam"] or 0.0)) == repr(expected_rule)
+    assert repr(build_rule(config["mode"], config["rule"], config["lam"])) == repr(expected_rule)
     if rule == "implicit-reward":
         assert evaluate.run_label(config) == "kad-spec implicit-reward γ=3"
 
@@ -927,6 +929,6 @@ def test_cli_output_into_a_closed_pipe_stops_quietly(tmp_path):
 def test_cli_eval_records_no_lam_for_a_rule_without_a_parameter(monkeypatch, tmp_path):
     monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
     output = tmp_path / "run.json"
-    cli.main(["eval", "--task", "gsm8k", "--limit", "1", "--max-new-tokens", "2", "--rule", "token_max", "--lam", "0.9",
+    cli.main(["eval", "--task", "gsm8k", "--limit", "1", "--max-new-tokens", "2", "--rule", "token_max",
               "--output", str(output)])  # fmt: skip
     assert json.loads(output.read_text())["config"]["lam"] is None

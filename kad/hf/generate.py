@@ -34,7 +34,7 @@ from ..engines import Engine, HFEngine
 from ..engines.arguments import checked_tokenizer
 from ..engines.huggingface import checked_model, checked_vocab_size, output_logits, token_ids
 from ..loop import decode, refuse_missing_reference
-from ..settings import Settings
+from ..settings import GAMMA, Settings
 from ..models import check_same_vocabulary
 from ..stats import GenerationStats
 from .options import changes_nothing, setting
@@ -86,7 +86,7 @@ def generate(
     *,
     aligned_model: PreTrainedModel | Engine | None = None,
     rule: kk.Rule | None = None,
-    gamma: int = 4,
+    gamma: int = GAMMA,
     mode: str | None = None,
     reference_model: PreTrainedModel | Engine | None = None,
     generator: torch.Generator | None = None,
