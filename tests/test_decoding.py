@@ -598,8 +598,11 @@ def test_cli_rule_names():
     assert build_rule("nudging-spec", None, 0.4) == kk.Nudging(0.4)
     assert build_rule("implicit-reward", None, 0.4) == kk.ImplicitReward()
     assert build_rule("base", None, 0.4) is None
+    assert build_rule("kad", "token_max", None) == kk.rule_from_name("token_max", 0.0)  # no parameter to give
     with pytest.raises(ValueError, match="fixes its rule"):
         build_rule("nudging", "dual", 0.4)
+    with pytest.raises(ValueError, match="rule 'primal' needs its parameter"):
+        build_rule("kad", "primal", None)
 
 
 # ----------------------------------------------------------------------------- errors
