@@ -349,9 +349,19 @@ def with_models(config: RunConfig, decoder: Decoder) -> RunConfig:
         base=_model_name(engines["base"]),
         aligned=_model_name(engines["aligned"]),
         reference=_model_name(engines["reference"]) if "reference" in engines else None,
-        dtype=str(getattr(engines["base"], "dtype", "")).removeprefix("torch."),
+        dtype=_dtypes(engines),
         device=str(decoder.device),
     )
+
+
+def _dtypes(engines: dict[str, Engine]) -> str:
+    """The engines' dtype, ``"bfloat16"``; where they differ (``--dtype auto`` keeps each
+    checkpoint's), each model's: ``"base bfloat16, aligned float32"``; ``""`` for engines
+    without one (llama.cpp, served)."""
+    dtypes = {role: str(getattr(engine, "dtype", "")).removeprefix("torch.") for role, engine in engines.items()}
+    if len(set(dtypes.values())) == 1:
+        return dtypes["base"]
+    return ", ".join(f"{role} {dtype or 'unknown'}" for role, dtype in dtypes.items())
 
 
 def _model_name(engine: Engine) -> str:

@@ -16,6 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import torch
 from decoding_helpers import make_models, make_tokenizer
 from gguf_models import require_llama_cpp
 
@@ -50,6 +51,14 @@ def model_dir(tmp_path_factory):
     MODELS["base"].save_pretrained(path)
     TOKENIZER.save_pretrained(path)
     return str(path)
+
+
+def test_the_recorded_dtype_is_each_models_where_they_differ():
+    """--dtype auto keeps each checkpoint's dtype: a run of a bfloat16 aligned model is not recorded as float32."""
+    assert evaluate.with_models(_config(dtype=""), DECODER).dtype == "float32"
+    models = make_models()
+    mixed = kad.Decoder(models["base"], models["aligned"].to(torch.bfloat16), TOKENIZER)
+    assert evaluate.with_models(_config(dtype=""), mixed).dtype == "base float32, aligned bfloat16"
 
 
 def test_result_file_schema(tmp_path):
