@@ -73,6 +73,8 @@ def _add_model_options(parser: argparse.ArgumentParser, *, reference: bool = Tru
                             "installed and the device is the CPU")  # fmt: skip
     group.add_argument("--tokenizer", help="with llama.cpp: the aligned model's tokenizer (hub id or directory) "
                                            "instead of the aligned GGUF's own")  # fmt: skip
+    group.add_argument("--n-ctx", type=int, help="with llama.cpp: positions per prompt and its answer "
+                                                 "(default: the model's training context, at most 4096)")  # fmt: skip
     if reference:
         group.add_argument("--reference", help="the small unaligned model (implicit-reward modes)")
     else:
@@ -132,7 +134,7 @@ def _decoder(args: argparse.Namespace) -> Decoder:
         raise ValueError("--base-model, --api-key and --approximate go with --base-url")
     return Decoder.from_pretrained(
         args.base, args.aligned, args.reference, device=args.device, dtype=args.dtype, engine=args.engine,
-        tokenizer=args.tokenizer,
+        tokenizer=args.tokenizer, n_ctx=args.n_ctx,
         base_url=args.base_url, base_model=args.base_model, api_key=args.api_key, approximate=args.approximate,
     )  # fmt: skip
 

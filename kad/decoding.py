@@ -24,6 +24,7 @@ from . import default_pair
 from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.arguments import checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
+from .engines.llamacpp import check_n_ctx
 from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode, is_count, refuse_missing_reference
 from .settings import GAMMA, Mode, Settings
 from .models import (
@@ -196,6 +197,7 @@ class Decoder:
         dtype: str | torch.dtype = "auto",
         engine: EngineKind = "auto",
         tokenizer: str | None = None,
+        n_ctx: int | None = None,
         base_url: str | None = None,
         base_model: str | None = None,
         api_key: str | None = None,
@@ -213,6 +215,7 @@ class Decoder:
         the default pair in ``llama.cpp`` when llama-cpp-python is installed and the
         device is the CPU, else in ``torch``.  ``tokenizer`` (llama.cpp
         only): the aligned model's tokenizer by hub id or directory instead of the GGUF's own;
+        ``n_ctx`` (llama.cpp only): positions per row (see :class:`~kad.engines.LlamaCppEngine`);
         ``dtype`` (torch only; llama.cpp runs each GGUF file's own types).
 
         ``base_url`` (instead of ``base``): the base model is ``base_model`` (default:
@@ -231,6 +234,9 @@ class Decoder:
         device = requested or (torch.device("cpu") if engine == "llama.cpp" else resolve_device(None))
         if tokenizer is not None and engine != "llama.cpp":
             raise ValueError("tokenizer goes with the llama.cpp engine (transformers models bring their own)")
+        if n_ctx is not None and engine != "llama.cpp":
+            raise ValueError("n_ctx goes with the llama.cpp engine (a transformers model's context is its config's)")
+        check_n_ctx(n_ctx)
         if dtype != "auto" and engine == "llama.cpp":
             name = str(dtype).removeprefix("torch.")
             raise ValueError(f"dtype {name} goes with the torch engine (llama.cpp runs the GGUF files' own types)")
@@ -248,9 +254,9 @@ class Decoder:
             if base is None and base_url is None:  # the base first: a missing pair names its packages first
                 default_pair.gguf_path(default_pair.BASE)
             given = load_tokenizer(tokenizer) if tokenizer is not None else None
-            aligned_lm, tokenizer = load_gguf(aligned or default_pair.ALIGNED, given)
-            base_lm = served(tokenizer) if base_url is not None else load_gguf(base or default_pair.BASE, tokenizer)[0]
-            ref_lm = load_gguf(reference, tokenizer)[0] if reference else None
+            aligned_lm, tokenizer = load_gguf(aligned or default_pair.ALIGNED, given, n_ctx)
+            base_lm = served(tokenizer) if base_url is not None else load_gguf(base or default_pair.BASE, tokenizer, n_ctx)[0]
+            ref_lm = load_gguf(reference, tokenizer, n_ctx)[0] if reference else None
             base_tokenizer = ref_tokenizer = None  # each GGUF's tokenizer was checked against the aligned one
         else:
             if base_url is None:

@@ -225,11 +225,14 @@ def resolve_engine(
 
 
 def load_gguf(
-    model: str | default_pair.PackagedGGUF, tokenizer: PreTrainedTokenizerBase | None = None
+    model: str | default_pair.PackagedGGUF,
+    tokenizer: PreTrainedTokenizerBase | None = None,
+    n_ctx: int | None = None,
 ) -> tuple[LlamaCppEngine, PreTrainedTokenizerBase]:
     """A GGUF model in llama.cpp and the tokenizer it is checked against: ``tokenizer``
     if given, else its own (read from the GGUF once, :func:`kad.default_pair.gguf_tokenizer_path`).
-    ``model``: a ``.gguf`` path or a default-pair model (its GGUF, assembled once)."""
+    ``model``: a ``.gguf`` path or a default-pair model (its GGUF, assembled once);
+    ``n_ctx``: the engine's positions per row (``None``: its default)."""
     if isinstance(model, default_pair.PackagedGGUF):
         path = default_pair.gguf_path(model)
         tokenizer_dir = None if tokenizer is not None else default_pair.tokenizer_path(model)
@@ -245,7 +248,7 @@ def load_gguf(
             tokenizer.name_or_path = str(path)  # messages name the GGUF it came from, not the cache
     except Exception as error:
         raise ModelLoadError(f"cannot read the tokenizer of the GGUF model {str(path)!r}: {_first_line(error)}") from None
-    return LlamaCppEngine(path, tokenizer), tokenizer
+    return LlamaCppEngine(path, tokenizer, n_ctx=n_ctx), tokenizer
 
 
 def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:

@@ -458,13 +458,32 @@ def test_a_dtype_is_refused_with_gguf_files(dtype):
         kad.Decoder.from_pretrained("/nonexistent/b.gguf", "/nonexistent/a.gguf", engine="llama.cpp", dtype=dtype)
 
 
+def test_n_ctx_reaches_every_gguf_engine(tmp_path):
+    require_llama_cpp()
+    TOKENIZER.save_pretrained(tmp_path / "tokenizer")
+    models = dict(base=str(tiny_gguf("base")), aligned=str(tiny_gguf("aligned")), reference=str(tiny_gguf("base")))
+    decoder = kad.Decoder.from_pretrained(**models, tokenizer=str(tmp_path / "tokenizer"), n_ctx=48)
+    assert {role: engine.n_ctx for role, engine in decoder.engines.items()} == dict.fromkeys(models, 48)
+
+
+@pytest.mark.parametrize(
+    "models, n_ctx, message",
+    [(("/nonexistent/b.gguf", "/nonexistent/a.gguf"), 0, "n_ctx must be in [1, 16777215], got 0"),
+     (("/nonexistent/b", "/nonexistent/a"), 64, "n_ctx goes with the llama.cpp engine")],
+)  # fmt: skip
+def test_a_bad_or_unused_n_ctx_is_refused_before_loading(models, n_ctx, message):
+    require_llama_cpp()
+    with pytest.raises(ValueError, match=re.escape(message)):
+        kad.Decoder.from_pretrained(*models, n_ctx=n_ctx)
+
+
 def test_cli_generate_on_gguf_files(capsys, tmp_path):
     require_llama_cpp()
     TOKENIZER.save_pretrained(tmp_path / "tokenizer")
     code = cli.main([
         "generate", "--engine", "llama.cpp", "--base", str(tiny_gguf("base")), "--aligned", str(tiny_gguf("aligned")),
         "--tokenizer", str(tmp_path / "tokenizer"), "--prompt", "hello there", "--no-chat", "--temperature", "0",
-        "--max-new-tokens", "6", "--mode", "kad-spec",
+        "--max-new-tokens", "6", "--mode", "kad-spec", "--n-ctx", "32",
     ])  # fmt: skip
     out = capsys.readouterr().out
     assert code == 0

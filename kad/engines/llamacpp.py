@@ -51,6 +51,12 @@ _NO_KV_SLOT, _ABORTED = 1, 2
 MAX_ROWS = 256
 
 
+def check_n_ctx(n_ctx: int | None) -> None:
+    """``ValueError`` naming ``n_ctx`` unless it is ``None`` or positions one context can
+    hold: llama.cpp counts them (``n_ctx`` per row, :data:`MAX_ROWS` rows) in a uint32."""
+    check_count("n_ctx", n_ctx, maximum=(2**32 - 1) // MAX_ROWS, optional=True)
+
+
 def _import_llama_cpp():
     try:
         import llama_cpp
@@ -125,8 +131,7 @@ class LlamaCppEngine:
         extra_buffers: bool | None = None,
         verbose: bool = False,
     ):
-        # llama.cpp holds a context's positions (n_ctx per row, MAX_ROWS rows) in a uint32.
-        check_count("n_ctx", n_ctx, maximum=(2**32 - 1) // MAX_ROWS, optional=True)
+        check_n_ctx(n_ctx)
         check_count("n_batch", n_batch)
         check_count("n_threads", n_threads, optional=True)
         check_count("n_gpu_layers", n_gpu_layers, minimum=0)
