@@ -323,15 +323,32 @@ def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
     )
 
 
+def _hedge_pattern(letter: str) -> re.Pattern:
+    """An answer phrase that states two letters and ends there: "the answer is C or D.",
+    "Answer: (A)/(B)" — no one answer (the second letter is group 2)."""
+    any_case = f"(?i:{letter})"
+    keyword = r"(?i:answer|(?:correct|right|best|final)[ \t]+(?:option|choice))"
+    one = rf"[(\[*_'\"‘“]*({any_case})(?![A-Za-z])[)\]*_'\"’”]*"
+    # Ending there: not "Answer: (a) or (c) are wrong".
+    end = r"[ \t]*(?:[.!?,;:\n]|$)"
+    return re.compile(
+        rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:?[ \t*_]*{one}"
+        rf"[ \t]*(?:,|/|&|(?i:or|and)\b)[ \t]*(?:(?i:maybe|possibly|perhaps)[ \t]+)?{one}{end}"
+    )
+
+
 def stated_letter(text: str, last: str) -> str | None:
     """The better reading: the letter (A to ``last``) of the last stated answer
-    (:func:`_stated_letter_patterns`), else the last standalone capital letter that
+    (:func:`_stated_letter_patterns`), none if that statement names two letters
+    (:func:`_hedge_pattern`), else the last standalone capital letter that
     is not the pronoun I, the article A, or an option of a listing the model wrote
     out (``"A) mall\\nB) bank"``: two or more lines opening with a letter)."""
     letter = f"[A-{last}]"
-    stated = [m for pattern in _stated_letter_patterns(letter) for m in pattern.finditer(text)]
-    if stated:
-        return max(stated, key=lambda m: m.start(1)).group(1).upper()
+    stated = [(m.start(1), False, m) for pattern in _stated_letter_patterns(letter) for m in pattern.finditer(text)]
+    hedged = [(m.start(1), True, m) for m in _hedge_pattern(letter).finditer(text)]
+    if stated or hedged:
+        _, hedge, match = max(stated + hedged, key=lambda found: found[:2])  # a hedge over a statement at one letter
+        return None if hedge else match.group(1).upper()
     listed = _listing(text, list(re.finditer(rf"(?m)^[ \t>*#-]*\(?({letter})[).:]", text)))
     # Not glued to a digit or a letter: "group 1A", "B12", "C4" name no option.
     standalone = re.finditer(rf"(?<![A-Za-z0-9'’]){_NOT_A_WORD}({letter})(?![A-Za-z0-9])", text)

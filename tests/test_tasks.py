@@ -317,6 +317,14 @@ OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB
         # Better: a second letter going on in the singular starts a new sentence, not a list.
         ("arc", "The answer is C, D is wrong because gravity depends on mass.", "D", "C"),
         ("arc", "The answer is (C), (D) is a distractor.", "D", "C"),
+        # Better: an answer phrase naming two letters is no answer (a hedge), not its last letter ...
+        ("arc", "The answer is C or D.", "D", None),
+        ("arc", "The answer is **C** or **D**.", "D", None),
+        ("arc", "Answer: (A)/(B)", "B", None),
+        ("csqa", "The correct answer is A and C.", "C", None),
+        ("arc", "Answer: C or maybe D.", "D", None),
+        # ... unless a later statement names one.
+        ("arc", "The answer is C or D. Final answer: D", "D", "D"),
     ],
 )
 def test_choice_extraction(name, text, strict, better):
