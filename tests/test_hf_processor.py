@@ -320,3 +320,32 @@ def test_base_scores_narrower_than_the_vocabulary_are_refused():
     ids = torch.tensor([TOKENIZER("hello").input_ids])
     with pytest.raises(ValueError, match="the base model's scores have 72 columns, fewer than the vocabulary's 76"):
         processor(ids, torch.zeros(1, 72))
+
+
+# ----------------------------------------------------------------------------- vocabularies
+
+
+def _saved(model: torch.nn.Module, tokenizer, directory) -> torch.nn.Module:
+    """``model`` loaded again from ``directory``, with ``tokenizer`` saved beside it."""
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return type(model).from_pretrained(directory).eval()
+
+
+def test_an_aligned_model_of_another_vocabulary_is_refused(tmp_path):
+    """The tokenizer saved with the aligned model numbers the tokens otherwise (same size): mixing
+    id by id would be a wrong answer, so the given tokenizer, or else the base model's, is compared.
+    (Every model here is BASE's architecture: AutoTokenizer reads a saved tokenizer by it.)"""
+    other = _saved(BASE, make_tokenizer(chars=CHARS[::-1]), tmp_path / "aligned")
+    with pytest.raises(ValueError, match=r"the tokenizer \(tokenizer=\) and the aligned model .* differ"):
+        KADLogitsProcessor(other, kk.Dual(0.4), tokenizer=TOKENIZER)
+    base = _saved(BASE, TOKENIZER, tmp_path / "base")
+    processor = KADLogitsProcessor(other, kk.Dual(0.4), pad_token_id=TOKENIZER.pad_token_id)
+    with pytest.raises(ValueError, match=r"the base model '.*/base' and the aligned model '.*/aligned' differ"):
+        base.generate(**inputs(1), logits_processor=[processor], do_sample=False, max_new_tokens=NEW)
+    same = _saved(BASE, TOKENIZER, tmp_path / "same")  # the same vocabulary saved: no refusal
+    processor = KADLogitsProcessor(same, kk.Dual(0.4), pad_token_id=TOKENIZER.pad_token_id)
+    expected = generate(inputs(1), KADLogitsProcessor(BASE, kk.Dual(0.4), tokenizer=TOKENIZER,
+                                                      pad_token_id=TOKENIZER.pad_token_id))  # fmt: skip
+    assert torch.equal(base.generate(**inputs(1), logits_processor=[processor], do_sample=False, max_new_tokens=NEW),
+                       expected)

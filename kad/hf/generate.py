@@ -13,11 +13,8 @@ top-p, penalties, other logits processors) can silently apply or be dropped.
 
 from __future__ import annotations
 
-import functools
 import numbers
-import os
 import sys
-import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +22,7 @@ from typing import Any
 
 import torch
 from torch import Tensor
-from transformers import AutoTokenizer, GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, LogitsProcessorList, StoppingCriteriaList
 
 import kad_kernels as kk
@@ -35,9 +32,9 @@ from ..engines.arguments import checked_tokenizer
 from ..engines.huggingface import checked_model, checked_vocab_size, output_logits, token_ids
 from ..loop import decode, refuse_missing_reference
 from ..settings import GAMMA, Settings
-from ..models import check_same_vocabulary
 from ..stats import GenerationStats
 from .options import changes_nothing, setting
+from .tokenizers import check_once, local_tokenizer
 
 # The Hub-layout folder (README.md, custom_generate/generate.py, requirements.txt) that calls this module.
 RECIPE_DIR = Path(__file__).resolve().parent / "recipe"
@@ -304,11 +301,11 @@ def _shared_vocab_size(
     tokenizers = {"base": base_tokenizer, "aligned": aligned_tokenizer}
     for role in tokenizers:
         if tokenizers[role] is None and isinstance(models[role], PreTrainedModel):
-            tokenizers[role] = _local_tokenizer(models[role].name_or_path)
+            tokenizers[role] = local_tokenizer(models[role].name_or_path)
     names = {role: f"the {role} model {_name(models[role])!r}" for role in tokenizers}
     known = {names[role]: t for role, t in tokenizers.items() if t is not None}
     if len(known) == 2:
-        _check_once(known)
+        check_once(known)
     widths = {role: _logits(m) for role, m in models.items()}
     for name, tokenizer in known.items():  # the logits must be the tokenizer's tokens, no more, no fewer
         if vocab_size is not None and vocab_size != len(tokenizer):
@@ -319,35 +316,6 @@ def _shared_vocab_size(
         if width < vocab_size:
             raise ValueError(f"the {role} model has {width} output logits, fewer than the vocabulary's {vocab_size}")
     return vocab_size
-
-
-# Tokenizer pairs already found to share a vocabulary, with their sizes then (comparing
-# 150k-token vocabularies takes ~0.2 s: once per pair, not once per generate call).
-_SAME_VOCABULARY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def _check_once(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> None:
-    """:func:`~kad.models.check_same_vocabulary` of two tokenizers, remembered while they
-    live and keep their sizes (a token added to one is checked again)."""
-    first, second = tokenizers.values()
-    sizes = (len(first), len(second))
-    if first is second or _SAME_VOCABULARY.get(first, {}).get(second) == sizes:
-        return
-    check_same_vocabulary(tokenizers)
-    _SAME_VOCABULARY.setdefault(first, weakref.WeakKeyDictionary())[second] = sizes
-
-
-@functools.lru_cache(maxsize=8)
-def _local_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase | None:
-    """The tokenizer saved with a model, if it is on this machine (never downloads)."""
-    if not name_or_path:
-        return None
-    try:
-        if os.path.isdir(name_or_path):
-            return AutoTokenizer.from_pretrained(name_or_path)
-        return AutoTokenizer.from_pretrained(name_or_path, local_files_only=True)
-    except (OSError, ValueError):
-        return None
 
 
 def _name(model: PreTrainedModel | Engine) -> str:

@@ -42,6 +42,7 @@ from ..engines.arguments import checked_tokenizer
 from ..engines.huggingface import checked_model, checked_vocab_size
 from ..loop import ContextLengthWarning, checked_inputs
 from .options import changes_nothing, option_of, setting
+from .tokenizers import check_once, local_tokenizer
 
 # log_softmax changes neither the base scores' π (a per-row shift of p_logits) nor
 # log π (already normalized): renormalize_logits=True is harmless before or after.
@@ -113,7 +114,10 @@ class KADLogitsProcessor(LogitsProcessor):
     :class:`~kad.engines.Engine`, sharing the base model's vocabulary; ``rule``, a
     ``kad_kernels`` deferral rule (``ImplicitReward`` needs a reference model and is
     refused); ``temperature`` > 0; ``vocab_size`` ``V``, else ``len(tokenizer)``, else
-    the fewer of the base scores' and the aligned model's logits.
+    the fewer of the base scores' and the aligned model's logits.  ``tokenizer`` (else
+    the base model's, inside ``generate``) and the tokenizer saved with a transformers
+    aligned model, where both are on this machine, must have the same vocabulary
+    (``ValueError`` naming both).
     """
 
     def __init__(
@@ -152,6 +156,12 @@ class KADLogitsProcessor(LogitsProcessor):
                 raise ValueError(f"vocab_size={vocab_size} but the tokenizer has {len(tokenizer)} tokens")
             vocab_size = len(tokenizer)
         self.engine = _engine(aligned_model)
+        # The tokenizers whose vocabularies must agree: the aligned model's own, and the shared one (given, or
+        # the base model's, found in generate's frame).
+        own = local_tokenizer(aligned_model.name_or_path) if isinstance(aligned_model, PreTrainedModel) else None
+        self._aligned_tokenizer = (f"the aligned model {aligned_model.name_or_path!r}", own) if own else None
+        self._tokenizer = ("the tokenizer (tokenizer=)", tokenizer) if tokenizer is not None else None
+        self._check_vocabularies(self._tokenizer)
         if vocab_size is not None and vocab_size > self.engine.vocab_size:
             raise ValueError(
                 f"the aligned model has {self.engine.vocab_size} output logits, "
@@ -222,6 +232,9 @@ class KADLogitsProcessor(LogitsProcessor):
                 "input_ids has no tokens (generate given inputs_embeds?): KADLogitsProcessor feeds the aligned "
                 "model token ids, so pass input_ids"
             )
+        if self._tokenizer is None and call is not None and isinstance(call.model, PreTrainedModel):
+            base = local_tokenizer(call.model.name_or_path)
+            self._check_vocabularies((f"the base model {call.model.name_or_path!r}", base) if base else None)
         real = self._real_tokens(input_ids)
         if call is not None:  # transformers passes no mask when every token is real
             mask = call.attention_mask if call.attention_mask is not None else torch.ones_like(real)
@@ -234,6 +247,12 @@ class KADLogitsProcessor(LogitsProcessor):
         self.engine.reset()
         self._batch = Batch(prompts, self.engine.device)
         self._longest, self._warned = max(len(p) for p in prompts), False  # positions of the longest row
+
+    def _check_vocabularies(self, shared: tuple[str, PreTrainedTokenizerBase] | None) -> None:
+        """``ValueError`` naming both if the ``(name, tokenizer)`` pair ``shared`` and the aligned
+        model's own tokenizer (where each is known) map a token to different ids."""
+        if shared is not None and self._aligned_tokenizer is not None:
+            check_once(dict([shared, self._aligned_tokenizer]))
 
     def _check_context(self, longest: int, new_tokens: int) -> None:
         """``ValueError`` before a generation whose rows would run past the context of an aligned
@@ -319,6 +338,7 @@ class _GenerateCall(NamedTuple):
     method: str  # the decoding method: "_sample" (sampling and greedy), "_beam_search", "_assisted_decoding", ...
     config: GenerationConfig | None  # the decoding method's generation config
     attention_mask: Tensor | None  # the base model's mask [B, ≥ L] (transformers 5 has appended the next column)
+    model: Any  # the decoding method's self: the base model
 
 
 def _generate_call(frame: FrameType | None, processor: KADLogitsProcessor) -> _GenerateCall | None:
@@ -341,6 +361,7 @@ def _generate_call(frame: FrameType | None, processor: KADLogitsProcessor) -> _G
         method.f_code.co_name if method is not None else "",
         config if isinstance(config, GenerationConfig) else None,
         mask if isinstance(mask, Tensor) else None,
+        local.get("self"),
     )
 
 
