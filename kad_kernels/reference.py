@@ -28,19 +28,28 @@ def bad_logits_flag(logits: Tensor) -> Tensor:
     return nonfinite.int() * BAD_NONFINITE + all_neg_inf.int() * BAD_ALL_NEG_INF
 
 
+def shifted_logits(logits: Tensor) -> Tensor:
+    """``logits − max`` in fp32, ``[N, V]``; a row without a finite max (all −inf, or a
+    NaN or +inf entry) is left unshifted."""
+    x = logits.float()
+    shift = x.amax(-1, keepdim=True)  # [N, 1]
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    return x - shift
+
+
+def row_temperature(temperature: Tensor) -> Tensor:
+    """``[N, 1]``: each row's T, greedy rows (T = 0) at T = 1."""
+    return torch.where(temperature > 0, temperature, torch.ones_like(temperature))[:, None]
+
+
 def tempered_logits(logits: Tensor, temperature: Tensor) -> Tensor:
     """``(logits − max) / T`` in fp32, ``[N, V]``; greedy rows (T = 0) use T = 1.
 
     The row max is subtracted before the division (docs/design.md §1.1): the
     differences near the max, which carry the mass, are then exact, and the
     division rounds each at its own size.  ``logits / T`` alone rounds at |x|/T,
-    a relative error of ~1e-5 in p for |x| = 2.5e4 and T = 2.85.  A row without a
-    finite max (all −inf, or a NaN or +inf entry) is left unshifted."""
-    x = logits.float()
-    shift = x.amax(-1, keepdim=True)  # [N, 1]
-    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
-    t = torch.where(temperature > 0, temperature, torch.ones_like(temperature))
-    return (x - shift) / t[:, None]
+    a relative error of ~1e-5 in p for |x| = 2.5e4 and T = 2.85."""
+    return shifted_logits(logits) / row_temperature(temperature)
 
 
 def probs(logits: Tensor, temperature: Tensor) -> Tensor:
@@ -100,14 +109,26 @@ def deferred_mass(p: Tensor, d: Tensor) -> Tensor:
 
 def implicit_reward(p_logits: Tensor, q_logits: Tensor, ref_logits: Tensor, temperature: Tensor) -> Tensor:
     """``π ∝ p · q / q_ref`` ``[N, V]`` in log space; tokens with ``q_ref = 0`` get
-    ``π = 0``, and a row where no token has ``p q > 0`` is uniform."""
-    log_p = torch.log_softmax(tempered_logits(p_logits, temperature), -1)
-    log_q = torch.log_softmax(tempered_logits(q_logits, temperature), -1)
-    log_ref = torch.log_softmax(tempered_logits(ref_logits, temperature), -1)
+    ``π = 0``, and a row where no token has ``p q > 0`` is uniform.
+
+    Below T = 1 the score is formed as ``T·(log p + log q − log q_ref)``, each term
+    ``(x − max) − T·log Σ exp((x − max)/T)`` finite wherever its logit is, and divided
+    by T only in the final softmax: ``log p`` itself overflows to −inf away from p's
+    arg-max once ``|x − max|/T`` passes fp32's range (T ≈ 1e-38), which would leave
+    no token with ``p q > 0`` instead of the arg-max of ``x_p + x_q − x_ref``."""
+    t = row_temperature(temperature)  # [N, 1]
+    scale = t.clamp(max=1.0)  # the score is scale · log π + a row constant
+
+    def scaled_log_probs(logits: Tensor) -> Tensor:  # scale · log softmax(logits / T)
+        shifted = shifted_logits(logits)
+        tempered = shifted / t
+        return torch.where(t < 1, shifted, tempered) - scale * torch.logsumexp(tempered, -1, keepdim=True)
+
+    log_p, log_q, log_ref = (scaled_log_probs(x) for x in (p_logits, q_logits, ref_logits))
     score = torch.where(log_ref > NEG_INF, log_p + log_q - log_ref, NEG_INF)
     uniform = torch.full_like(score, 1.0 / score.shape[-1])
     defined = (score > NEG_INF).any(-1, keepdim=True)
-    return torch.where(defined, torch.softmax(score, -1), uniform)
+    return torch.where(defined, torch.softmax(tempered_logits(score, scale[:, 0]), -1), uniform)
 
 
 def mixture(

@@ -394,6 +394,23 @@ def test_implicit_reward_formula(backend, device, vocab, temperature):
     assert torch.equal(alpha, torch.zeros(5))
 
 
+@pytest.mark.parametrize("temperature", [1e-30, 1e-37, 2.0**-126])  # 2⁻¹²⁶: the smallest T taken
+def test_implicit_reward_at_a_tiny_temperature_is_the_arg_max_of_its_score(backend, device, temperature):
+    """The limit T → 0 of π ∝ p q / q_ref is the arg-max of x_p + x_q − x_ref, though p, q and
+    q_ref then each round to one-hot on their own arg-max (so p q = 0 everywhere when those differ)."""
+    p, q, ref = _inputs(6, 40, device=device, seed=105, with_ref=True)
+    best = (p + q - ref).argmax(-1).cpu()
+    assert (best != p.argmax(-1).cpu()).any()  # a row a one-hot p would leave without common support
+    probs, _ = _mixture(p, q, ImplicitReward(), temperature, ref=ref, backend=backend)
+    torch.testing.assert_close(probs, torch.nn.functional.one_hot(best, 40).float(), rtol=0, atol=1e-6)
+
+
+def test_implicit_reward_at_the_largest_temperature_is_uniform(backend, device):
+    p, q, ref = _inputs(3, 40, device=device, seed=106, with_ref=True)
+    probs, _ = _mixture(p, q, ImplicitReward(), 3.0e38, ref=ref, backend=backend)
+    torch.testing.assert_close(probs, torch.full((3, 40), 1 / 40), rtol=1e-5, atol=0)
+
+
 def test_implicit_reward_is_uniform_without_common_support(backend, device):
     # p and q are -inf on complementary halves: p q = 0 everywhere.
     vocab = 10

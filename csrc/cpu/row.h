@@ -330,20 +330,26 @@ float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_sca
 
 // π ∝ p · q / q_ref (ImplicitReward) into pi [V], in log space as reference.implicit_reward:
 // score = log p + log q − log q_ref where q_ref > 0, softmax of the score, uniform if
-// no score is finite.
+// no score is finite.  Below T = 1 the score is T times that, each term (x − max) − T·log Σ,
+// divided by T only in the softmax: (x − max)/T overflows to −inf at T ≈ 1e-38, which
+// would leave no common support instead of the arg-max of x_p + x_q − x_ref.
 template <typename T>
-void implicit_reward_row(const T* p, const T* q, const T* ref, int64_t vocab, float inv_t,
+void implicit_reward_row(const T* p, const T* q, const T* ref, int64_t vocab, float temperature,
                          const RowSoftmax& sp, const RowSoftmax& sq, const RowSoftmax& sr, float* pi) {
-  const float log_sp = std::log(sp.sum), log_sq = std::log(sq.sum), log_sr = std::log(sr.sum);
+  const bool below_one = temperature < 1.0f;
+  const float inv_t = 1.0f / temperature, log_scale = below_one ? temperature : 1.0f;  // score: log_scale · log π
+  const float x_scale = below_one ? 1.0f : inv_t;  // of x − max in log_scale · log p
+  const float log_sp = log_scale * std::log(sp.sum), log_sq = log_scale * std::log(sq.sum),
+              log_sr = log_scale * std::log(sr.sum);
   for_chunks(vocab, [=](int64_t begin, int64_t end, int64_t) {
     for (int64_t v = begin; v < end; ++v) {
-      const float log_ref = (load(ref, v) - sr.max) * inv_t - log_sr;
-      const float log_p = (load(p, v) - sp.max) * inv_t - log_sp;
-      const float log_q = (load(q, v) - sq.max) * inv_t - log_sq;
+      const float log_ref = (load(ref, v) - sr.max) * x_scale - log_sr;
+      const float log_p = (load(p, v) - sp.max) * x_scale - log_sp;
+      const float log_q = (load(q, v) - sq.max) * x_scale - log_sq;
       pi[v] = log_ref > -kInf ? log_p + log_q - log_ref : -kInf;
     }
   });
-  const RowSoftmax score = exp_row(pi, vocab, 1.0f, pi);
+  const RowSoftmax score = exp_row(pi, vocab, below_one ? inv_t : 1.0f, pi);
   if (score.flag & kBadAllNegInf) {
     std::fill_n(pi, vocab, 1.0f / static_cast<float>(vocab));
     return;
@@ -404,7 +410,7 @@ Mixed mixture_row(int64_t kind, float param, float temperature, const RowLogits<
   const RowSoftmax sq = exp_row(row.q, vocab, inv_t, ws.q.data());
   if (kind == kImplicitReward) {
     const RowSoftmax sr = exp_row(row.ref, vocab, inv_t, ws.aux.data());
-    implicit_reward_row(row.p, row.q, row.ref, vocab, inv_t, sp, sq, sr, pi);
+    implicit_reward_row(row.p, row.q, row.ref, vocab, temperature > 0.0f ? temperature : 1.0f, sp, sq, sr, pi);
     return {0.0f, sp.flag | (sq.flag << 2) | (sr.flag << 4), sq.scale()};
   }
   const float* ep = ws.p.data();
