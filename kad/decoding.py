@@ -25,7 +25,7 @@ from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.arguments import checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
 from .engines.llamacpp import check_n_ctx
-from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, decode, is_count, refuse_missing_reference
+from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, checked_stop_ids, decode, is_count, refuse_missing_reference
 from .settings import GAMMA, Mode, Settings
 from .models import (
     EngineKind,
@@ -162,14 +162,7 @@ class Decoder:
 
     @stop_ids.setter
     def stop_ids(self, ids: Iterable[int]) -> None:
-        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-            raise TypeError(f"stop_ids must be a set of token ids, got {ids!r:.80}")
-        ids = frozenset(ids)
-        if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids):
-            raise TypeError(f"stop_ids must be token ids (ints), got {sorted(ids, key=repr)!r:.80}")
-        if not all(0 <= i < self.vocab_size for i in ids):
-            raise ValueError(f"stop_ids must be in [0, {self.vocab_size}), got {sorted(ids)!r:.80}")
-        self._stop_ids = frozenset(int(i) for i in ids)
+        self._stop_ids = checked_stop_ids(ids, self.vocab_size)
 
     def _engine(self, name: str, model: PreTrainedModel | Engine) -> Engine:
         """``model`` as an engine with the tokenizer's vocabulary."""

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numbers
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -58,6 +58,7 @@ from .engines.base import ContextLengthWarning, refuse_other_vocabularies, refus
 from .engines.turns import engine_turns
 from .settings import Settings
 from .stats import GenerationStats
+
 
 class Streamer(Protocol):
     """What the loop needs of a transformers streamer: ``put`` the new tokens (i64 ``[n]``)."""
@@ -127,6 +128,36 @@ def context_length(engines: Sequence[Engine]) -> tuple[int, str] | None:
     """The smallest context length of ``engines`` and the engine's name; ``None`` if none is bounded."""
     limits = [(e.max_length, e.name) for e in engines if e.max_length is not None]
     return min(limits) if limits else None
+
+
+def checked_stop_ids(ids: object, vocab_size: int | None = None) -> frozenset[int]:
+    """``ids`` (an iterable of token ids) as a frozenset of Python ints; ``TypeError`` naming
+    ``stop_ids`` otherwise, and ``ValueError`` for an id outside ``[0, vocab_size)`` where given."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise TypeError(f"stop_ids must be a set of token ids, got {ids!r:.80}")
+    ids = frozenset(ids)
+    if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids):
+        raise TypeError(f"stop_ids must be token ids (ints), got {sorted(ids, key=repr)!r:.80}")
+    if vocab_size is not None and not all(0 <= i < vocab_size for i in ids):
+        raise ValueError(f"stop_ids must be in [0, {vocab_size}), got {sorted(ids)!r:.80}")
+    return frozenset(int(i) for i in ids)
+
+
+def _check_arguments(engines: object, settings: object, generator: object, streamer: object) -> None:
+    """``TypeError`` naming the argument of :func:`decode` that is not of its type: found
+    before any engine runs, not as an AttributeError after a round of forwards."""
+    if not isinstance(settings, Settings):
+        raise TypeError(f"settings must be a kad.Settings, got {settings!r:.80}")
+    if not isinstance(engines, Mapping):
+        raise TypeError(f"engines must map the roles 'base', 'aligned' (and 'reference') to engines, got {engines!r:.80}")
+    for role, engine in engines.items():
+        if engine is not None and not isinstance(engine, Engine):
+            hint = ": wrap a transformers model in kad.engines.HFEngine" if isinstance(engine, torch.nn.Module) else ""
+            raise TypeError(f"engines[{role!r}] must be a kad.engines.Engine, got {type(engine).__name__}{hint}")
+    if not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (on the base engine's device), got {generator!r:.80}")
+    if streamer is not None and not callable(getattr(streamer, "put", None)):
+        raise TypeError(f"streamer must have a put(token_ids) method (a transformers streamer), got {streamer!r:.80}")
 
 
 def checked_inputs(
@@ -232,7 +263,10 @@ def decode(
     calls ``end``).  An :class:`~kad.engines.EngineError`, ``KeyboardInterrupt`` or
     ``torch.OutOfMemoryError`` during the generation (:data:`KEEPS_PARTIAL`) leaves
     with what was emitted before it as its ``partial``.  Bad prompts or budgets
-    raise as :func:`checked_inputs` says."""
+    raise as :func:`checked_inputs` says, an argument of another type a ``TypeError``
+    naming it."""
+    _check_arguments(engines, settings, generator, streamer)
+    stop_ids = checked_stop_ids(stop_ids)  # ids past the vocabulary are allowed: never drawn, they stop nothing
     plan = _plan(engines, settings)
     prompts, budgets = checked_inputs(prompts, budgets, plan.target.vocab_size)
     if streamer is not None and len(prompts) != 1:

@@ -724,6 +724,29 @@ def test_decode_refuses_bad_prompts_and_budgets(prompts, budgets, error, match):
 
 
 @pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(settings={"mode": "kad"}), r"settings must be a kad.Settings, got \{'mode': 'kad'\}"),
+        (dict(engines=[("base", None)]), "engines must map the roles 'base', 'aligned'"),
+        (dict(engines=MODELS), "engines\\['base'\\] must be a kad.engines.Engine, got .*ForCausalLM: wrap a "
+                               "transformers model in kad.engines.HFEngine"),
+        (dict(stop_ids=None), "stop_ids must be a set of token ids, got None"),
+        (dict(stop_ids=[0, 1.5]), r"stop_ids must be token ids \(ints\)"),
+        (dict(generator=3), "generator must be a torch.Generator"),
+        (dict(streamer=object()), r"streamer must have a put\(token_ids\) method"),
+    ],
+    ids=["settings", "engines", "models", "stop-ids", "stop-id", "generator", "streamer"],
+)
+def test_decode_names_an_argument_of_another_type_before_any_engine_runs(change, match):
+    engines = {"base": HFEngine(MODELS["base"], V), "aligned": HFEngine(MODELS["aligned"], V)}
+    arguments = dict(engines=engines, prompts=[[5, 6]], budgets=[4], settings=kad.Settings("kad", kk.Dual(0.4)),
+                     stop_ids=frozenset([0]), generator=torch.Generator(), streamer=None)  # fmt: skip
+    with pytest.raises(TypeError, match=match):
+        kad.decode(**{**arguments, **change})
+    assert all(engine.cached == 0 for engine in engines.values())
+
+
+@pytest.mark.parametrize(
     "roles, mode, prompts, match",
     [
         ({"base": V, "aligned": V - 1}, "kad", 1, r"the engines must share one vocabulary; logits per position: "
