@@ -25,7 +25,16 @@ from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.arguments import checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
 from .engines.llamacpp import check_n_ctx
-from .loop import KEEPS_PARTIAL, Decoded, checked_inputs, checked_stop_ids, decode, is_count, refuse_missing_reference
+from .loop import (
+    KEEPS_PARTIAL,
+    Decoded,
+    checked_inputs,
+    checked_stop_ids,
+    decode,
+    draw_device,
+    is_count,
+    refuse_missing_reference,
+)
 from .settings import GAMMA, Mode, Settings
 from .models import (
     EngineKind,
@@ -347,7 +356,7 @@ class Decoder:
         ids = [self.encode(p, chat=chat, system_prompt=system_prompt) if isinstance(p, str) else p for p in prompts]
         ids, budgets = checked_inputs(ids, budgets, self.vocab_size)
 
-        generator = torch.Generator(self.device)
+        generator = torch.Generator(draw_device(self.engines, settings))  # "aligned": the aligned model's
         if seed is None:
             generator.seed()
         else:

@@ -117,6 +117,16 @@ def engines_used(engines: Mapping[str, Engine], settings: Settings) -> list[Engi
     return _plan(engines, settings).engines
 
 
+def draw_device(engines: Mapping[str, Engine], settings: Settings) -> torch.device:
+    """The device a generation with ``settings`` draws on, where its ``generator`` must be:
+    the base engine's, or in a one-model mode that model's."""
+    return _plan(engines, settings).target.device
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
 def refuse_missing_reference(rule: kk.Rule, has_reference: bool, how: str) -> None:
     """``ValueError`` for a rule that reads a reference model's logits without one; ``how``
     ends the message with the front end's way to give it (each names its own argument)."""
@@ -155,7 +165,7 @@ def _check_arguments(engines: object, settings: object, generator: object, strea
             hint = ": wrap a transformers model in kad.engines.HFEngine" if isinstance(engine, torch.nn.Module) else ""
             raise TypeError(f"engines[{role!r}] must be a kad.engines.Engine, got {type(engine).__name__}{hint}")
     if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator (on the base engine's device), got {generator!r:.80}")
+        raise TypeError(f"generator must be a torch.Generator (on draw_device), got {generator!r:.80}")
     if streamer is not None and not callable(getattr(streamer, "put", None)):
         raise TypeError(f"streamer must have a put(token_ids) method (a transformers streamer), got {streamer!r:.80}")
 
@@ -258,7 +268,7 @@ def decode(
     ``engines``: ``"base"`` and ``"aligned"`` (and ``"reference"`` for
     ImplicitReward), sharing one vocabulary; each is reset first, and again at the end
     (its cache emptied: nothing is kept between generations).  ``generator``:
-    every random draw, on the base engine's device.  ``streamer``: receives each
+    every random draw, on :func:`draw_device` (the base engine's, or a one-model mode's model's).  ``streamer``: receives each
     round's new tokens of a single prompt (``put``; the caller puts the prompt and
     calls ``end``).  An :class:`~kad.engines.EngineError`, ``KeyboardInterrupt`` or
     ``torch.OutOfMemoryError`` during the generation (:data:`KEEPS_PARTIAL`) leaves
@@ -268,6 +278,9 @@ def decode(
     _check_arguments(engines, settings, generator, streamer)
     stop_ids = checked_stop_ids(stop_ids)  # ids past the vocabulary are allowed: never drawn, they stop nothing
     plan = _plan(engines, settings)
+    if not _same_device(generator.device, plan.target.device):
+        raise ValueError(f"generator is on {generator.device}, but this generation draws on {plan.target.device}, "
+                         f"the device of {plan.target.name} (kad.loop.draw_device)")  # fmt: skip
     prompts, budgets = checked_inputs(prompts, budgets, plan.target.vocab_size)
     if streamer is not None and len(prompts) != 1:
         raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")

@@ -746,6 +746,27 @@ def test_decode_names_an_argument_of_another_type_before_any_engine_runs(change,
     assert all(engine.cached == 0 for engine in engines.values())
 
 
+class _Elsewhere(HFEngine):
+    """An engine that says it is on another device (where no generator can be made on a CPU machine)."""
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("meta")
+
+
+def test_a_one_model_mode_draws_on_that_models_device():
+    """mode 'aligned' runs the aligned model alone: its draws (and generator) are on its device,
+    not the base model's (a GPU base beside a CPU aligned engine, here a device no generator is made on)."""
+    elsewhere = kad.Decoder(_Elsewhere(MODELS["base"], V), MODELS["aligned"], TOKENIZER)
+    settings = kad.Settings("aligned", None)
+    assert kad.loop.draw_device(elsewhere.engines, settings) == torch.device("cpu")
+    expected = DECODER.generate(["hello"], "aligned", max_new_tokens=6, seed=3)
+    assert elsewhere.generate(["hello"], "aligned", max_new_tokens=6, seed=3).token_ids == expected.token_ids
+    with pytest.raises(ValueError, match="generator is on cpu, but this generation draws on meta, the device of"):
+        kad.decode(elsewhere.engines, [[5, 6]], [4], kad.Settings("base", None), stop_ids=frozenset(),
+                   generator=torch.Generator())  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "roles, mode, prompts, match",
     [
@@ -1015,7 +1036,7 @@ def test_a_rule_needing_ref_logits_needs_a_reference_model(mode, rule):
     with pytest.raises(ValueError, match=r"ImplicitReward needs a reference model .*: pass reference= to Decoder"):
         decoder.generate(["hello"], mode, rule)
     with pytest.raises(ValueError, match=r"ImplicitReward needs a reference model .*; engines has no 'reference'"):
-        kad.decode(decoder.engines, [[1, 2]], [2], kad.Settings(mode, rule), stop_ids=frozenset(), generator=None)
+        kad.decode(decoder.engines, [[1, 2]], [2], kad.Settings(mode, rule), stop_ids=frozenset(), generator=torch.Generator())
 
 
 # ----------------------------------------------------------------------------- models, devices and context that cannot be had

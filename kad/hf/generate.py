@@ -30,7 +30,7 @@ import kad_kernels as kk
 from ..engines import Engine, HFEngine
 from ..engines.arguments import checked_tokenizer
 from ..engines.huggingface import checked_model, checked_vocab_size, output_logits, token_ids
-from ..loop import decode, refuse_missing_reference
+from ..loop import decode, draw_device, refuse_missing_reference
 from ..settings import GAMMA, Settings
 from ..stats import GenerationStats
 from .options import changes_nothing, setting
@@ -124,7 +124,8 @@ def generate(
     must not be set: transformers then runs continuous batching without calling
     this function or any logits processor).
 
-    Randomness: ``generator`` (a ``torch.Generator`` on the model's device) or,
+    Randomness: ``generator`` (a ``torch.Generator`` on the model's device; with
+    ``mode="aligned"``, the aligned model's: :func:`kad.loop.draw_device`) or,
     without it, one seeded from torch's global generator, so ``torch.manual_seed``
     fixes the output.
 
@@ -187,7 +188,7 @@ def generate(
             [budget] * len(prompts),
             settings,
             stop_ids=stop_ids,
-            generator=generator if generator is not None else _seeded_generator(engines["base"].device, settings),
+            generator=generator if generator is not None else _seeded_generator(draw_device(engines, settings), settings),
             streamer=streamer,
         )
     finally:  # transformers has put the prompt to the streamer: a consumer waits for end(), also after a refusal
