@@ -89,7 +89,7 @@ _AUTHOR_RULES = (
 RULES = ("dual", "primal", "nudging", "implicit-reward", *_AUTHOR_RULES)
 
 
-# Rules with no parameter: --lam changes nothing (and is not recorded).
+# Rules with no parameter: kad generate|eval refuses --lam for them (and records none).
 PARAMETERLESS_RULES = ("implicit-reward", "token_max")
 
 
