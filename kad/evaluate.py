@@ -355,13 +355,13 @@ def with_models(config: RunConfig, decoder: Decoder) -> RunConfig:
 
 
 def _dtypes(engines: dict[str, Engine]) -> str:
-    """The engines' dtype, ``"bfloat16"``; where they differ (``--dtype auto`` keeps each
-    checkpoint's), each model's: ``"base bfloat16, aligned float32"``; ``""`` for engines
-    without one (llama.cpp, served)."""
-    dtypes = {role: str(getattr(engine, "dtype", "")).removeprefix("torch.") for role, engine in engines.items()}
-    if len(set(dtypes.values())) == 1:
-        return dtypes["base"]
-    return ", ".join(f"{role} {dtype or 'unknown'}" for role, dtype in dtypes.items())
+    """The dtype of the engines that have one (not llama.cpp's or a server's; ``""`` if
+    none has), ``"bfloat16"``; where they differ (``--dtype auto`` keeps each checkpoint's),
+    each model's: ``"base bfloat16, aligned float32"``."""
+    dtypes = {role: str(engine.dtype).removeprefix("torch.") for role, engine in engines.items() if hasattr(engine, "dtype")}
+    if len(set(dtypes.values())) <= 1:
+        return next(iter(dtypes.values()), "")
+    return ", ".join(f"{role} {dtype}" for role, dtype in dtypes.items())
 
 
 def _model_name(engine: Engine) -> str:

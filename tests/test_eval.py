@@ -59,6 +59,9 @@ def test_the_recorded_dtype_is_each_models_where_they_differ():
     models = make_models()
     mixed = kad.Decoder(models["base"], models["aligned"].to(torch.bfloat16), TOKENIZER)
     assert evaluate.with_models(_config(dtype=""), mixed).dtype == "base float32, aligned bfloat16"
+    # A served base model (or llama.cpp) has no dtype: the ones known are recorded.
+    served = dict(mixed.engines, base=object())
+    assert evaluate._dtypes(served) == "bfloat16" and evaluate._dtypes({"base": object()}) == ""
 
 
 def test_result_file_schema(tmp_path):
