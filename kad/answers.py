@@ -332,7 +332,7 @@ def _hedge_pattern(letter: str) -> re.Pattern:
     # Ending there: not "Answer: (a) or (c) are wrong".
     end = r"[ \t]*(?:[.!?,;:\n]|$)"
     return re.compile(
-        rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:?[ \t*_]*{one}"
+        rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:?[ \t*_]*(?:(?i:either)[ \t]+)?{one}"
         rf"[ \t]*(?:,|/|&|(?i:or|and)\b)[ \t]*(?:(?i:maybe|possibly|perhaps)[ \t]+)?{one}{end}"
     )
 

@@ -323,6 +323,7 @@ OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB
         ("arc", "Answer: (A)/(B)", "B", None),
         ("csqa", "The correct answer is A and C.", "C", None),
         ("arc", "Answer: C or maybe D.", "D", None),
+        ("arc", "The correct answer is either B or D.", "D", None),
         # ... unless a later statement names one.
         ("arc", "The answer is C or D. Final answer: D", "D", "D"),
     ],
