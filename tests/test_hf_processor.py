@@ -326,9 +326,10 @@ def test_base_scores_narrower_than_the_vocabulary_are_refused():
 
 
 def _saved(model: torch.nn.Module, tokenizer, directory) -> torch.nn.Module:
-    """``model`` loaded again from ``directory``, with ``tokenizer`` saved beside it."""
+    """``model`` loaded again from ``directory``, with ``tokenizer`` saved beside it (if any)."""
     model.save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
     return type(model).from_pretrained(directory).eval()
 
 
@@ -349,3 +350,14 @@ def test_an_aligned_model_of_another_vocabulary_is_refused(tmp_path):
                                                       pad_token_id=TOKENIZER.pad_token_id))  # fmt: skip
     assert torch.equal(base.generate(**inputs(1), logits_processor=[processor], do_sample=False, max_new_tokens=NEW),
                        expected)
+
+
+def test_a_model_saved_without_a_tokenizer_is_not_checked_against_one(tmp_path):
+    """transformers reads an empty tokenizer from such a folder (a Qwen2 config alone): no vocabulary to compare."""
+    bare = _saved(BASE, None, tmp_path / "bare")
+    processor = KADLogitsProcessor(bare, kk.Dual(0.4), tokenizer=TOKENIZER, pad_token_id=TOKENIZER.pad_token_id)
+    expected = generate(inputs(1), KADLogitsProcessor(BASE, kk.Dual(0.4), tokenizer=TOKENIZER,
+                                                      pad_token_id=TOKENIZER.pad_token_id))  # fmt: skip
+    assert torch.equal(generate(inputs(1), processor), expected)
+    assert torch.equal(bare.generate(**inputs(1), logits_processor=[KADLogitsProcessor(
+        BASE, kk.Dual(0.4), pad_token_id=TOKENIZER.pad_token_id)], do_sample=False, max_new_tokens=NEW), expected)

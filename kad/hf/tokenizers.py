@@ -9,6 +9,7 @@ import os
 import weakref
 from collections.abc import Mapping
 
+from huggingface_hub import try_to_load_from_cache
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..models import check_same_vocabulary
@@ -29,10 +30,25 @@ def check_once(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> None:
     _SAME_VOCABULARY.setdefault(first, weakref.WeakKeyDictionary())[second] = sizes
 
 
+# A tokenizer's own files, one of which a saved tokenizer has: without them transformers
+# builds an empty tokenizer from the model's config alone, which no vocabulary check may read.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "tokenizer.model")
+
+
+def _has_tokenizer_files(name_or_path: str) -> bool:
+    if os.path.isdir(name_or_path):
+        return any(os.path.isfile(os.path.join(name_or_path, f)) for f in _TOKENIZER_FILES)
+    try:
+        return any(isinstance(try_to_load_from_cache(name_or_path, f), str) for f in _TOKENIZER_FILES)
+    except ValueError:  # not a hub id either (HFValidationError)
+        return False
+
+
 @functools.lru_cache(maxsize=8)
 def local_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase | None:
-    """The tokenizer saved with a model, if it is on this machine (never downloads)."""
-    if not name_or_path:
+    """The tokenizer saved with a model, if it is on this machine (never downloads); ``None``
+    for a model saved without one."""
+    if not name_or_path or not _has_tokenizer_files(name_or_path):
         return None
     try:
         if os.path.isdir(name_or_path):
