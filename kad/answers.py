@@ -329,8 +329,10 @@ def _hedge_pattern(letter: str) -> re.Pattern:
     any_case = f"(?i:{letter})"
     keyword = r"(?i:answer|(?:correct|right|best|final)[ \t]+(?:option|choice))"
     one = rf"[(\[*_'\"‘“]*({any_case})(?![A-Za-z])[)\]*_'\"’”]*"
-    # Ending there: not "Answer: (a) or (c) are wrong".
-    end = r"[ \t]*(?:[.!?,;:\n]|$)"
+    # Ending there as a statement: not "Answer: (a) or (c) are wrong", not a question ("Is the
+    # answer A or B?"), not the start of a longer list ("the answer is A, B, C, or D").
+    more = rf"[ \t]*(?:(?i:and|or)[ \t]+)?[(\[*_'\"‘“]*{any_case}(?![A-Za-z])"
+    end = rf"[ \t]*(?:[.!;:\n]|,(?!{more})|$)"
     return re.compile(
         rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:?[ \t*_]*(?:(?i:either)[ \t]+)?{one}"
         rf"[ \t]*(?:,|/|&|(?i:or|and)\b)[ \t]*(?:(?i:maybe|possibly|perhaps)[ \t]+)?{one}{end}"

@@ -324,6 +324,10 @@ OPTIONS = "Let's analyze each option:\n\nA) mall - busy, but no special need.\nB
         ("csqa", "The correct answer is A and C.", "C", None),
         ("arc", "Answer: C or maybe D.", "D", None),
         ("arc", "The correct answer is either B or D.", "D", None),
+        # ... not a question, a longer list, or letters going on ("A, B, and C are incorrect").
+        ("arc", "Is the answer A or B? Friction acts on the block, so B.", "B", "B"),
+        ("arc", "We must decide whether the answer is A, B, C, or D. So B.", "B", "B"),
+        ("arc", "Answer: A, B, and C are incorrect because they ignore friction. D remains.", "D", "D"),
         # ... unless a later statement names one.
         ("arc", "The answer is C or D. Final answer: D", "D", "D"),
     ],
