@@ -272,6 +272,7 @@ def run_eval(args: argparse.Namespace) -> int:
             system_prompt=args.system,
             base="", aligned="", reference=None, dtype="", device="",  # the models', once they are loaded
             tokenizer=None if args.tokenizer is None else model_name(args.tokenizer),
+            n_ctx=args.n_ctx,
         )
     except ValueError as error:  # the one field RunConfig checks: lam
         raise ValueError(f"--lam {args.lam}: {error}") from None

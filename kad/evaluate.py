@@ -51,7 +51,9 @@ class RunConfig:
     be extended with a larger limit).  ``rule``/``lam`` are ``None`` for modes
     without a rule parameter, ``gamma`` for modes that do not speculate;
     ``tokenizer`` names the aligned model's tokenizer when it was given apart from
-    the model (``kad eval --tokenizer`` with an aligned GGUF), as :func:`model_name`."""
+    the model (``kad eval --tokenizer`` with an aligned GGUF), as :func:`model_name`;
+    ``n_ctx`` the llama.cpp engines' positions per row when given (``--n-ctx``: a row
+    stops there)."""
 
     task: str
     mode: str
@@ -70,6 +72,7 @@ class RunConfig:
     dtype: str
     device: str
     tokenizer: str | None = None  # last, with a default: files and callers from before it
+    n_ctx: int | None = None
 
     def __post_init__(self) -> None:
         if self.lam is not None and not math.isfinite(self.lam):  # JSON has no infinity
@@ -386,8 +389,8 @@ def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[s
     ours = asdict(config)
     # Files of earlier versions: a served base was named "NAME at URL" (now "NAME (served)",
     # wherever it is served), a local model by the path as given (now absolute: a relative
-    # one is read from the directory the run resumes in), and a reference the rule does not
-    # read was recorded.
+    # one is read from the directory the run resumes in), a reference the rule does not
+    # read was recorded, and the dtype was the base model's alone ("" for a served one).
     if isinstance(theirs.get("base"), str) and ours["base"].endswith(" (served)"):
         if theirs["base"].startswith(ours["base"].removesuffix(" (served)") + " at "):
             theirs["base"] = ours["base"]
@@ -397,11 +400,20 @@ def check_resumable(saved: dict, config: RunConfig, path: Path, *, skip: tuple[s
             theirs[role] = ours[role]
     if not _reads_reference(config):
         theirs["reference"] = ours["reference"] = None
+    if "dtype" not in skip and theirs.get("dtype") == _base_dtype(ours) != ours["dtype"]:
+        theirs["dtype"] = ours["dtype"]
     keys = [*ours, *(k for k in theirs if k not in ours)]  # a field this version lacks differs too
     changed = ", ".join(f"{k}: {theirs.get(k)!r} → {ours.get(k)!r}" for k in keys
                         if k not in skip and theirs.get(k) != ours.get(k))  # fmt: skip
     if changed:
         raise ValueError(f"cannot resume {path}: its configuration differs ({changed})")
+
+
+def _base_dtype(config: dict) -> str:
+    """What a file of an earlier version recorded as ``config``'s dtype: the base model's."""
+    if config["base"].endswith(" (served)"):
+        return ""
+    return config["dtype"].split(", ")[0].removeprefix("base ")
 
 
 def _reads_reference(config: RunConfig) -> bool:

@@ -494,7 +494,8 @@ def test_cli_eval_refuses_an_output_ending_in_a_slash(monkeypatch, tmp_path, cap
 
 @pytest.mark.parametrize("option, changed", [(["--gamma", "3"], "gamma: 4 → 3"), (["--lenient"], "strict: True → False"),
                                              (["--batch-size", "2"], "batch_size: 1 → 2"),
-                                             (["--tokenizer", "org/tok"], "tokenizer: None → 'org/tok'")])  # fmt: skip
+                                             (["--tokenizer", "org/tok"], "tokenizer: None → 'org/tok'"),
+                                             (["--n-ctx", "64"], "n_ctx: None → 64")])  # fmt: skip
 def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load(
     monkeypatch, tmp_path, capsys, option, changed
 ):
@@ -591,6 +592,13 @@ def test_files_of_earlier_versions_resume_where_only_the_naming_changed(tmp_path
     with pytest.raises(ValueError, match=r"reference: 'ref' → None"):
         evaluate.check_resumable({"config": dataclasses.asdict(_config(**reads, reference="ref"))},
                                  _config(**reads, reference=None), path)  # fmt: skip
+    # The dtype was the base model's alone ("" for a served one); another base dtype still differs.
+    mixed = _config(dtype="base float32, aligned bfloat16")
+    evaluate.check_resumable({"config": dataclasses.asdict(_config(dtype="float32"))}, mixed, path)
+    evaluate.check_resumable({"config": dataclasses.asdict(_config(dtype="", base="base (served)"))},
+                             _config(dtype="bfloat16", base="base (served)"), path)  # fmt: skip
+    with pytest.raises(ValueError, match=r"dtype: 'bfloat16' → 'base float32, aligned bfloat16'"):
+        evaluate.check_resumable({"config": dataclasses.asdict(_config(dtype="bfloat16"))}, mixed, path)
 
 
 @PROCFS
@@ -652,7 +660,7 @@ def test_cli_eval_records_a_local_model_by_its_absolute_path(model_dir, tmp_path
 def test_cli_eval_records_only_the_parameters_a_mode_uses(model_dir, tmp_path, mode, rule, expected):
     rule_args = [] if rule is None else ["--rule", rule]
     reference = ["--reference", model_dir] if "implicit-reward" in (mode.removesuffix("-spec"), rule) else []
-    lam = ["--lam", "0.3"] if expected[1] is not None else []  # the other runs refuse it (next test)
+    lam = ["--lam", "0.3"] if expected[1] is not None else []  # the other runs refuse it (test_decoding.py)
     gamma = ["--gamma", "3"] if mode.endswith("-spec") else []
     args = ["eval", "--task", "svamp", "--limit", "1", "--base", model_dir, "--aligned", model_dir, "--mode", mode,
             *rule_args, *reference, *lam, *gamma, "--max-new-tokens", "2",
