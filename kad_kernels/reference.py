@@ -112,7 +112,7 @@ def implicit_reward(p_logits: Tensor, q_logits: Tensor, ref_logits: Tensor, temp
     ``π = 0``, and a row where no token has ``p q > 0`` is uniform.
 
     Below T = 1 the score is formed as ``T·(log p + log q − log q_ref)``, each term
-    ``(x − max) − T·log Σ exp((x − max)/T)`` finite wherever its logit is, and divided
+    ``(x − max) − T·log Σ exp((x − max)/T)`` finite wherever ``x − max`` is, and divided
     by T only in the final softmax: ``log p`` itself overflows to −inf away from p's
     arg-max once ``|x − max|/T`` passes fp32's range (T ≈ 1e-38), which would leave
     no token with ``p q > 0`` instead of the arg-max of ``x_p + x_q − x_ref``."""

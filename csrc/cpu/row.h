@@ -330,9 +330,10 @@ float defer_and_mix(const float* ep, float p_scale, const float* eq, float q_sca
 
 // π ∝ p · q / q_ref (ImplicitReward) into pi [V], in log space as reference.implicit_reward:
 // score = log p + log q − log q_ref where q_ref > 0, softmax of the score, uniform if
-// no score is finite.  Below T = 1 the score is T times that, each term (x − max) − T·log Σ,
-// divided by T only in the softmax: (x − max)/T overflows to −inf at T ≈ 1e-38, which
-// would leave no common support instead of the arg-max of x_p + x_q − x_ref.
+// no score is finite.  Below T = 1 the score is T times that, each term (x − max) − T·log Σ
+// (finite wherever x − max is), divided by T only in the softmax: (x − max)/T overflows to
+// −inf at T ≈ 1e-38, which would leave no common support instead of the arg-max of
+// x_p + x_q − x_ref.
 template <typename T>
 void implicit_reward_row(const T* p, const T* q, const T* ref, int64_t vocab, float temperature,
                          const RowSoftmax& sp, const RowSoftmax& sq, const RowSoftmax& sr, float* pi) {
