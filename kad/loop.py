@@ -164,8 +164,8 @@ def _check_arguments(engines: object, settings: object, generator: object, strea
         if engine is not None and not isinstance(engine, Engine):
             hint = ": wrap a transformers model in kad.engines.HFEngine" if isinstance(engine, torch.nn.Module) else ""
             raise TypeError(f"engines[{role!r}] must be a kad.engines.Engine, got {type(engine).__name__}{hint}")
-    if not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator (on draw_device), got {generator!r:.80}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (on draw_device) or None, got {generator!r:.80}")
     if streamer is not None and not callable(getattr(streamer, "put", None)):
         raise TypeError(f"streamer must have a put(token_ids) method (a transformers streamer), got {streamer!r:.80}")
 
@@ -259,7 +259,7 @@ def decode(
     settings: Settings,
     *,
     stop_ids: frozenset[int],
-    generator: torch.Generator,
+    generator: torch.Generator | None,
     streamer: Streamer | None = None,
 ) -> Decoded:
     """Continue each prompt (token ids, at least one each) with at most its budget of
@@ -269,7 +269,7 @@ def decode(
     ImplicitReward), sharing one vocabulary; each is reset first, and again at the end
     (its cache emptied: nothing is kept between generations).  ``generator``:
     every random draw, on :func:`draw_device` (the base engine's, or a one-model
-    mode's model's).  ``streamer``: receives each round's new tokens of a single
+    mode's model's); ``None``: torch's default generator of that device.  ``streamer``: receives each round's new tokens of a single
     prompt (``put``; the caller puts the prompt and calls ``end``).  An :class:`~kad.engines.EngineError`, ``KeyboardInterrupt`` or
     ``torch.OutOfMemoryError`` during the generation (:data:`KEEPS_PARTIAL`) leaves
     with what was emitted before it as its ``partial``.  Bad prompts or budgets
@@ -278,7 +278,7 @@ def decode(
     _check_arguments(engines, settings, generator, streamer)
     stop_ids = checked_stop_ids(stop_ids)  # ids past the vocabulary are allowed: never drawn, they stop nothing
     plan = _plan(engines, settings)
-    if not _same_device(generator.device, plan.target.device):
+    if generator is not None and not _same_device(generator.device, plan.target.device):
         raise ValueError(f"generator is on {generator.device}, but this generation draws on {plan.target.device}, "
                          f"the device of {plan.target.name} (kad.loop.draw_device)")  # fmt: skip
     prompts, budgets = checked_inputs(prompts, budgets, plan.target.vocab_size)
@@ -327,7 +327,7 @@ class _Loop:
         plan: _Plan,
         stop_ids: frozenset[int],
         settings: Settings,
-        generator: torch.Generator,
+        generator: torch.Generator | None,
         streamer: Streamer | None,
         rows: int,
     ):

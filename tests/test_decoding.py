@@ -744,6 +744,9 @@ def test_decode_names_an_argument_of_another_type_before_any_engine_runs(change,
     with pytest.raises(TypeError, match=match):
         kad.decode(**{**arguments, **change})
     assert all(engine.cached == 0 for engine in engines.values())
+    torch.manual_seed(5)  # generator=None: torch's default generator
+    default = kad.decode(**{**arguments, "generator": None}).token_ids
+    assert default == kad.decode(**{**arguments, "generator": torch.Generator().manual_seed(5)}).token_ids
 
 
 class _Elsewhere(HFEngine):
