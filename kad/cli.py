@@ -32,9 +32,10 @@ import kad_kernels as kk
 from . import default_pair
 from .decoding import PARAMETERLESS_RULES, RULES, SYSTEM_PROMPT, Decoder, build_rule, checked_seed, rule_name
 from .engines import EngineError
+from .engines.llamacpp import check_n_ctx
 from .loop import KEEPS_PARTIAL, ContextLengthWarning
 from .models import DTYPES, ENGINES
-from .settings import GAMMA, MODES, Settings
+from .settings import GAMMA, LAM, MODES, Settings
 from .evaluate import (
     MODEL_FIELDS,
     ResultWriteError,
@@ -51,9 +52,6 @@ from .evaluate import (
     with_models,
 )
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
-
-# The rule parameter where --lam is left out: the paper's dual λ (kad demo's too).
-LAM = 0.4
 
 
 def _add_model_options(parser: argparse.ArgumentParser, *, reference: bool = True) -> None:
@@ -132,6 +130,10 @@ def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
 def _decoder(args: argparse.Namespace) -> Decoder:
     if args.base_url is None and (args.base_model is not None or args.api_key is not None or args.approximate):
         raise ValueError("--base-model, --api-key and --approximate go with --base-url")
+    try:
+        check_n_ctx(args.n_ctx)
+    except ValueError as error:
+        raise ValueError(f"--n-ctx {args.n_ctx}: {error}") from None
     return Decoder.from_pretrained(
         args.base, args.aligned, args.reference, device=args.device, dtype=args.dtype, engine=args.engine,
         tokenizer=args.tokenizer, n_ctx=args.n_ctx,

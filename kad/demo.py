@@ -9,18 +9,18 @@ import kad_kernels as kk
 
 from .decoding import Decoder
 from .evaluate import number
+from .settings import GAMMA, LAM
 from .stats import GenerationStats
 from .tasks import TASKS, TEMPERATURE
 
 # (title, mode, rule) in the order they run: the two models alone, then KAD with
-# the paper's dual rule (λ = 0.4), one token at a time and speculatively (γ = 4).
+# the paper's dual rule (λ = LAM), one token at a time and speculatively (γ = GAMMA).
 RUNS: tuple[tuple[str, str, kk.Rule | None], ...] = (
     ("base", "base", None),
     ("aligned", "aligned", None),
-    ("kad (dual λ=0.4)", "kad", kk.Dual(0.4)),
-    ("kad-spec (dual λ=0.4, γ=4)", "kad-spec", kk.Dual(0.4)),
+    (f"kad (dual λ={LAM:g})", "kad", kk.Dual(LAM)),
+    (f"kad-spec (dual λ={LAM:g}, γ={GAMMA})", "kad-spec", kk.Dual(LAM)),
 )
-GAMMA = 4
 
 
 def table(rows: list[tuple[str, bool, GenerationStats]]) -> str:

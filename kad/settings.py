@@ -21,6 +21,8 @@ MODES: tuple[str, ...] = get_args(Mode)
 
 # Drafts per speculative round where none is asked for: the paper's γ.
 GAMMA = 4
+# The rule parameter where none is asked for (kad --lam, kad demo): the paper's dual λ.
+LAM = 0.4
 
 
 def resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:

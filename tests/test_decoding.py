@@ -1126,10 +1126,11 @@ def test_a_missing_model_path_is_named_before_any_model_loads(monkeypatch, tmp_p
         (["--mode", "kad", "--gamma", "8"], "--gamma is read only by the speculative (-spec) modes, not by "
                                             "--mode kad with --rule dual: leave it out"),
         (["--n-ctx", "64"], "n_ctx goes with the llama.cpp engine"),
+        (["--n-ctx", "0"], "--n-ctx 0: n_ctx must be in [1, 16777215], got 0"),
     ],
     ids=["gamma", "negative-temperature", "nan-temperature", "max-new-tokens", "lam", "base-url", "reference", "seed",
          "unused-reference", "unused-reference-base", "primal-budget", "token-v2-mu", "empty-api-key",
-         "unused-lam", "unused-lam-one-model", "unused-gamma", "n-ctx-torch"],
+         "unused-lam", "unused-lam-one-model", "unused-gamma", "n-ctx-torch", "n-ctx-zero"],
 )
 def test_cli_refuses_bad_options_before_loading_a_model(capsys, command, options, message):
     # The models do not exist: an option checked only after loading would fail on them first.
