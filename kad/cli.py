@@ -98,7 +98,7 @@ def _mode_parameters(args: argparse.Namespace) -> None:
     default if none was, ``None`` where the mode reads none.  One given to a mode that
     does not read it is refused: the run would silently be another than the one asked for."""
     name = rule_name(args.mode, args.rule)  # a rule the mode does not take names --rule
-    used = f"--mode {args.mode}" + (f" with --rule {name}" if name is not None else "")
+    used = f"--mode {args.mode}" + (f" with --rule {name}" if args.rule is not None else "")  # as the user put it
     takes_lam, speculative = name not in (None, *PARAMETERLESS_RULES), args.mode.endswith("-spec")
     if args.lam is not None and not takes_lam:
         raise ValueError(f"--lam is read only by a rule with a parameter, not by {used}: leave it out")

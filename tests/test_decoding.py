@@ -1124,7 +1124,7 @@ def test_a_missing_model_path_is_named_before_any_model_loads(monkeypatch, tmp_p
         (["--mode", "aligned", "--lam", "0.4"], "--lam is read only by a rule with a parameter, not by "
                                                 "--mode aligned: leave it out"),
         (["--mode", "kad", "--gamma", "8"], "--gamma is read only by the speculative (-spec) modes, not by "
-                                            "--mode kad with --rule dual: leave it out"),
+                                            "--mode kad: leave it out"),
         (["--n-ctx", "64"], "n_ctx goes with the llama.cpp engine"),
         (["--n-ctx", "0"], "--n-ctx 0: n_ctx must be in [1, 16777215], got 0"),
     ],
