@@ -78,6 +78,32 @@ def _built_before(cuda: bool) -> bool:
     return os.path.isfile(os.path.join(directory, f"{name}.so"))
 
 
+@contextlib.contextmanager
+def _exclusive_build(name: str) -> Iterator[None]:
+    """Holds an ``flock`` of the build directory of ``name`` while torch builds there, and
+    removes torch's own lock file if one is left: torch waits for that file to go, forever,
+    and a build that was killed (Ctrl-C, a CI timeout, OOM) leaves it, so every later
+    import hung without a word.  The flock dies with its process; while this process holds
+    it no other kad build runs there, so a lock file found then is stale."""
+    from torch.utils import cpp_extension
+
+    try:
+        import fcntl
+
+        directory = cpp_extension._get_build_directory(name, verbose=False)  # torch's place; it makes it
+    except Exception:  # no flock (Windows), or torch's private helper changed: torch's own locking alone
+        yield
+        return
+    with open(os.path.join(directory, "kad-build.flock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # another process's build: wait for it (it ends or dies)
+        stale = os.path.join(directory, "lock")  # torch's FileBaton
+        if os.path.exists(stale):
+            print(f"kad_kernels: removing {stale}, left by a build that was interrupted", file=sys.stderr, flush=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(stale)
+        yield
+
+
 def _load(cuda: bool) -> types.ModuleType:
     """``cpp_extension.load`` of the sources, with (``cuda``) or without the CUDA kernels."""
     from torch.utils import cpp_extension
@@ -88,7 +114,7 @@ def _load(cuda: bool) -> types.ModuleType:
     if not _built_before(cuda):
         print("kad_kernels: compiling the C++ extension with ninja (first use: about a minute) ...", file=sys.stderr,
               flush=True)  # fmt: skip
-    with _own_ninja_first():
+    with _own_ninja_first(), _exclusive_build(_build_name(cuda)):
         return cpp_extension.load(
             name=_build_name(cuda),
             sources=kwargs["sources"],

@@ -172,3 +172,31 @@ def test_a_build_of_this_checkout_is_found_in_torchs_directory():
     if _native._C.__name__ == _build.NAME:
         pytest.skip("the extension was built at install time (setup.py), not on first use")
     assert _native._built_before(cuda=_native._C.with_cuda)
+
+
+def test_a_lock_left_by_a_killed_build_is_removed_under_kads_own_lock(monkeypatch, tmp_path, capsys):
+    """torch's lock file in the build directory, left by a build that was killed (Ctrl-C, a CI
+    timeout), made every later first use wait for it forever; kad's flock, which dies with its
+    process, tells such a file from a build in progress."""
+    fcntl = pytest.importorskip("fcntl")
+    from torch.utils import cpp_extension
+
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    name = _native._build_name(cuda=False)
+    directory = cpp_extension._get_build_directory(name, verbose=False)
+    open(os.path.join(directory, "lock"), "w").close()  # what the killed build left
+    seen = []
+
+    def load(**kwargs):
+        seen.append(os.path.exists(os.path.join(directory, "lock")))
+        with open(os.path.join(directory, "kad-build.flock")) as other:  # another process's attempt
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return "module"
+
+    monkeypatch.setattr(cpp_extension, "load", load)
+    assert _native._load(cuda=False) == "module"
+    assert seen == [False]
+    assert "left by a build that was interrupted" in capsys.readouterr().err
+    with open(os.path.join(directory, "kad-build.flock")) as other:  # released after the build
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
