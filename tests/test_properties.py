@@ -175,7 +175,9 @@ def test_primal_alpha_is_the_greedy_knapsack(backend, device, slow, batch, vocab
     expected, ambiguous = _primal_expected_alpha(softmax(p), p, budget)
     rows = ~ambiguous
     assert rows.sum() >= batch // 2
-    torch.testing.assert_close(alpha[rows].double(), expected[rows], rtol=0, atol=1e-5)
+    # α is a ratio of fp32 sums over V terms: their rounding depends on the order of the sums,
+    # so on the CPU's vector width and thread count (1.3e-5 at V = 152k on one machine, < 1e-5 on another).
+    torch.testing.assert_close(alpha[rows].double(), expected[rows], rtol=0, atol=max(1e-5, sum_tol(vocab)))
 
 
 def _tie_logits() -> torch.Tensor:
