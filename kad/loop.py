@@ -269,8 +269,9 @@ def decode(
     ImplicitReward), sharing one vocabulary; each is reset first, and again at the end
     (its cache emptied: nothing is kept between generations).  ``generator``:
     every random draw, on :func:`draw_device` (the base engine's, or a one-model
-    mode's model's); ``None``: torch's default generator of that device.  ``streamer``: receives each round's new tokens of a single
-    prompt (``put``; the caller puts the prompt and calls ``end``).  An :class:`~kad.engines.EngineError`, ``KeyboardInterrupt`` or
+    mode's model's); ``None``: torch's default generator of that device.
+    ``streamer``: receives each round's new tokens of a single prompt (``put``; the
+    caller puts the prompt and calls ``end``).  An :class:`~kad.engines.EngineError`, ``KeyboardInterrupt`` or
     ``torch.OutOfMemoryError`` during the generation (:data:`KEEPS_PARTIAL`) leaves
     with what was emitted before it as its ``partial``.  Bad prompts or budgets
     raise as :func:`checked_inputs` says, an argument of another type a ``TypeError``

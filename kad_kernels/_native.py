@@ -65,17 +65,23 @@ def _build_name(cuda: bool) -> str:
     return f"{_build.NAME.replace('.', '_')}_{checkout}{'' if cuda else '_cpu'}"
 
 
-def _built_before(cuda: bool) -> bool:
-    """A library of this variant is in torch's build directory: loading takes seconds (ninja
-    rebuilds only what changed), not the first build's minute."""
+def _build_directory(name: str) -> str | None:
+    """torch's build directory of the extension ``name`` (made if missing); ``None`` should
+    torch's private helper for it change or fail."""
     from torch.utils import cpp_extension
 
-    name = _build_name(cuda)
     try:
-        directory = cpp_extension._get_build_directory(name, verbose=False)  # torch's place for it
-    except Exception:  # a private helper of torch's: should it change, the first-build note is shown
-        return False
-    return os.path.isfile(os.path.join(directory, f"{name}.so"))
+        return cpp_extension._get_build_directory(name, verbose=False)
+    except Exception:
+        return None
+
+
+def _built_before(cuda: bool) -> bool:
+    """A library of this variant is in torch's build directory: loading takes seconds (ninja
+    rebuilds only what changed), not the first build's minute (unknown: the first-build note is shown)."""
+    name = _build_name(cuda)
+    directory = _build_directory(name)
+    return directory is not None and os.path.isfile(os.path.join(directory, f"{name}.so"))
 
 
 @contextlib.contextmanager
@@ -85,13 +91,12 @@ def _exclusive_build(name: str) -> Iterator[None]:
     and a build that was killed (Ctrl-C, a CI timeout, OOM) leaves it, so every later
     import hung without a word.  The flock dies with its process; while this process holds
     it no other kad build runs there, so a lock file found then is stale."""
-    from torch.utils import cpp_extension
-
     try:
         import fcntl
-
-        directory = cpp_extension._get_build_directory(name, verbose=False)  # torch's place; it makes it
-    except Exception:  # no flock (Windows), or torch's private helper changed: torch's own locking alone
+    except ImportError:  # no flock (Windows): torch's own locking alone
+        fcntl = None
+    directory = _build_directory(name)
+    if fcntl is None or directory is None:
         yield
         return
     with open(os.path.join(directory, "kad-build.flock"), "w") as handle:
