@@ -23,9 +23,17 @@ primal (C_v > budget)           m + Σ_{returned p_v ≤ b} p_v ≤ budget: ever
 nudging (all kept iff P ≥ λ)    P < λ (π = q); otherwise π = p needs m = 0
 ==============================  =================================================
 
-Greedy rows (T = 0) take the arg-max of these π.  One more case is exact for them:
-λ = 0 defers nothing (π = p, the ``base`` mode), and ``b < P`` puts p's arg-max among
-the returned tokens, above every token left out.
+Greedy rows (T = 0) take the arg-max of these π.  One more case is exact for them: a
+rule that keeps every token (π = p: dual logistic λ = 0, the ``base`` mode; perceptron
+μ ≥ P; zero-one μ ≥ 1; squared μ ≥ 1 + S₋ + b·m, so t ≤ 0; primal budget 0; nudging
+P ≥ λ) needs only p's arg-max, which ``b < P`` puts among the returned tokens, above
+every token left out.
+
+Tokens of the served model beyond the shared vocabulary (padded lm_head rows) are
+dropped, as the local engine drops them before its softmax: p is renormalised over the
+shared vocabulary (divided by ``1 − o``, ``o`` the returned mass beyond it), and the
+conditions above are judged on that p, with ``b`` and ``m`` divided likewise (only
+where ``o ≤ 1/2``: the division magnifies the server's rounding of p as well).
 
 The row handed to the kernels (:func:`completed_logits`) has the returned
 log-probabilities and spreads ``m`` evenly over the other tokens; each of those gets
@@ -97,27 +105,35 @@ def decided_by_top_k(rule: kk.Rule, temperature: float) -> bool:
 def exact(rule: kk.Rule, temperature: float, top: TopK, vocab_size: int) -> Tensor:
     """bool ``[N]``: whether π from :func:`completed_logits` is π of the true rows."""
     rows = top.ids.shape[0]
-    complete = ((top.ids >= 0) & (top.ids < vocab_size)).sum(1) >= vocab_size  # every token returned
+    inside = (top.ids >= 0) & (top.ids < vocab_size)
+    complete = inside.sum(1) >= vocab_size  # every token returned
     if not decided_by_top_k(rule, temperature):
         return complete
     _, param = rule.spec(rows, torch.device("cpu"))
     param = param.double() if isinstance(param, Tensor) else torch.full((rows,), float(param), dtype=torch.float64)
-    probs, b, m = top.probs, top.bound(), top.missing_mass()
+    # p over the shared vocabulary: the returned mass beyond it (o) is dropped, the rest scaled by 1 / (1 − o).
+    # That scale magnifies the server's rounding too: rows with o > 1/2 are not judged.
+    probs = top.probs
+    shared = 1.0 - (probs * ~inside).sum(1)
+    scale = 1.0 / shared.clamp_min(0.5)
+    probs, b, m = probs * inside * scale[:, None], top.bound() * scale, top.missing_mass() * scale
     top1 = probs.max(1).values
     if rule.kind == Kind.LOGISTIC:
-        # λ = 0 defers nothing (π = p: the base mode); a greedy row then needs only p's arg-max.
-        greedy_of_p = (temperature == 0.0) & (param == 0) & (b < top1)
-        return complete | (b < param) | greedy_of_p
-    if rule.kind == Kind.PERCEPTRON:
-        return complete | (b < top1 - param)
-    if rule.kind == Kind.ZERO_ONE:
-        return complete | ((param < 1) & (b < top1))
-    if rule.kind == Kind.SQUARED:
+        decided, keeps_all = b < param, param == 0
+    elif rule.kind == Kind.PERCEPTRON:
+        decided, keeps_all = b < top1 - param, top1 <= param  # P − p_v ≤ P ≤ μ
+    elif rule.kind == Kind.ZERO_ONE:
+        decided, keeps_all = (param < 1) & (b < top1), param >= 1
+    elif rule.kind == Kind.SQUARED:
         known = (probs * probs).sum(1)
         low, high = (1 + known - param) / 2, (1 + known + b * m - param) / 2
         ambiguous = ((probs >= low[:, None]) & (probs < high[:, None])).any(1)
-        return complete | ((b < low) & ~ambiguous)
-    if rule.kind == Kind.PRIMAL:
+        decided, keeps_all = (b < low) & ~ambiguous, high <= 0  # t ≤ t₊ ≤ 0 ≤ p_v
+    elif rule.kind == Kind.PRIMAL:
         at_or_below = (probs * (probs <= b[:, None])).sum(1)
-        return complete | (m + at_or_below <= param)
-    return complete | (top1 < param)  # NUDGING
+        decided, keeps_all = m + at_or_below <= param, param == 0  # C_v ≤ 0: only tokens of p_v = 0
+    else:  # NUDGING: π = q when P < λ, else π = p (a token beyond the vocabulary may have crowded P out: P ≤ b)
+        decided, keeps_all = torch.maximum(top1, b) < param, top1 >= param
+    # A rule that keeps every token (π = p): a greedy row needs only p's arg-max, above every token left out.
+    greedy_of_p = (temperature == 0.0) & keeps_all & (b < top1)
+    return complete | ((decided | greedy_of_p) & (shared >= 0.5))

@@ -96,19 +96,48 @@ def test_other_temperatures_and_q_dependent_rules_are_exact_only_for_whole_rows(
     assert exact(kk.Dual(0.3), 0.7, whole, V).all() and exact(kk.ImplicitReward(), 1.0, whole, V).all()
 
 
-def test_greedy_rows_of_a_rule_deferring_nothing_need_only_the_arg_max():
-    """Dual(0) keeps every token (π = p, the base mode): sampled, π needs the whole row; greedy,
-    only p's arg-max, which is among the returned tokens above every other once b < P."""
+# Rules that keep every token of every row (π = p), one per kind.
+KEEP_ALL = [
+    kk.Dual(0.0),
+    kk.Dual(mu=1.0, loss="perceptron"),  # P − p_v ≤ P ≤ μ
+    kk.Dual(mu=1.0, loss="zero_one"),
+    kk.Dual(mu=2.5, loss="squared"),  # t = (1 + S − μ)/2 < 0
+    kk.Primal(0.0),
+    kk.Nudging(0.0),
+]
+
+
+@pytest.mark.parametrize("rule", KEEP_ALL, ids=repr)
+def test_greedy_rows_of_a_rule_deferring_nothing_need_only_the_arg_max(rule):
+    """A rule that keeps every token (π = p; Dual(0) is the base mode): sampled, π needs the
+    whole row; greedy, only p's arg-max, which is among the returned tokens above every
+    other once b < P."""
     logits = _rows(6)
     logits[::10, :K] = 100.0  # the top k tied: the k-th is the arg-max, so a token left out may tie it
     top = _top_k(logits, 7)
-    assert not exact(kk.Dual(0.0), 1.0, top, V).any()
-    is_exact = exact(kk.Dual(0.0), 0.0, top, V)
+    assert not exact(rule, 1.0, top, V).any()
+    is_exact = exact(rule, 0.0, top, V)
     assert not is_exact[::10].any() and is_exact.sum() > ROWS // 2
     completed = completed_logits(top, V)
-    greedy_true, greedy_approx = (kk.sample(x, x, kk.Dual(0.0), 0.0) for x in (logits, completed))
+    q = torch.randn(ROWS, V, generator=torch.Generator().manual_seed(8)) * 3
+    greedy_true, greedy_approx = (kk.sample(x, q, rule, 0.0) for x in (logits, completed))
     assert torch.equal(greedy_approx[is_exact], greedy_true[is_exact])
     assert torch.equal(greedy_true, logits.argmax(1))
+
+
+def test_greedy_nudging_is_exact_on_steps_that_keep_everything_too():
+    """Nudging(λ) keeps every token where P ≥ λ: greedy, those steps need only b < P;
+    sampled, only the steps that defer (P < λ) are exact."""
+    logits = _rows(9)
+    top = _top_k(logits, 10)
+    rule = kk.Nudging(0.3)
+    peak = logits.softmax(-1).amax(1)
+    sampled, greedy = exact(rule, 1.0, top, V), exact(rule, 0.0, top, V)
+    assert torch.equal(sampled, peak < 0.3)
+    assert (greedy & (peak >= 0.3)).sum() > ROWS // 4 and (greedy | ~sampled).all()
+    q = torch.randn(ROWS, V, generator=torch.Generator().manual_seed(11)) * 3
+    completed = completed_logits(top, V)
+    assert torch.equal(kk.sample(completed, q, rule, 0.0)[greedy], kk.sample(logits, q, rule, 0.0)[greedy])
 
 
 def test_a_row_returned_whole_is_exact_for_every_rule():
@@ -125,6 +154,18 @@ def test_ids_beyond_the_vocabulary_are_dropped():
     row = completed_logits(top, 10)
     assert row.shape == (1, 10) and row[0, 0] == -0.5 and row[0, 1] == -1.5
     assert torch.isfinite(row).all()
+
+
+def test_exactness_is_judged_on_p_over_the_shared_vocabulary():
+    """Mass the server returns beyond the shared vocabulary is dropped, as the local engine
+    drops it: a token left out with p ≤ b < λ may reach λ once p is renormalised, so the
+    conditions are judged on the renormalised p."""
+    probs = torch.tensor([[0.3, 0.175, 0.175]], dtype=torch.float64)  # token 20 lies beyond V = 5
+    top = TopK(torch.tensor([[20, 1, 3]]), probs.log().float(), 3)
+    assert not exact(kk.Dual(0.2), 1.0, top, 5).any()  # 0.175 / 0.7 = 0.25 ≥ 0.2: tokens 0, 2, 4 may be kept
+    assert exact(kk.Dual(0.26), 1.0, top, 5).all()
+    everything_beyond = TopK(torch.tensor([[20, 21]]), torch.tensor([[0.5, 0.5]]).log(), 2)
+    assert not exact(kk.Dual(0.5), 1.0, everything_beyond, 5).any()
 
 
 # ----------------------------------------------------------------------------- property, adversarial parameters
@@ -145,17 +186,21 @@ def _parameter(draw, low: float, high: float, critical: float, values: torch.Ten
 def served_rows(draw):
     """``(logits [1, V], what a server returns, rule)``: one row of any peakedness, with
     ties and −inf entries; k from 1 to V, vLLM's sampled token added or not; a rule
-    whose parameter is random or close to where a decision or the exactness changes."""
+    whose parameter is random or close to where a decision or the exactness changes.
+    Some servers have padded tokens beyond the shared vocabulary: their entries are
+    returned too, and the local row (``logits``) leaves them out, as the local engine does."""
     vocab = draw(st.integers(2, 300))
-    k = draw(st.integers(1, vocab))
+    padded = draw(st.sampled_from([0, 0, 1, 3]))
+    k = draw(st.integers(1, vocab + padded))
     generator = torch.Generator().manual_seed(draw(st.integers(0, 2**31 - 1)))
-    x = torch.randn(vocab, generator=generator, dtype=torch.float64) * draw(st.sampled_from([0.0, 0.1, 1.0, 3.0, 10.0, 30.0]))
+    x = torch.randn(vocab + padded, generator=generator, dtype=torch.float64)
+    x *= draw(st.sampled_from([0.0, 0.1, 1.0, 3.0, 10.0, 30.0]))
     if draw(st.booleans()):
         x = (x * 2).round() / 2  # ties
     if draw(st.booleans()):
         x[torch.randperm(vocab, generator=generator)[: draw(st.integers(1, vocab - 1))]] = float("-inf")
-    logits = x.float()[None]
-    logprobs = torch.log_softmax(logits.double(), dim=-1).float()
+    served = x.float()[None]
+    logprobs = torch.log_softmax(served.double(), dim=-1).float()
     top = logprobs.topk(k, dim=1)
     ids, values = top.indices, top.values
     if draw(st.booleans()):  # vLLM adds the token it sampled when it is not among the top k
@@ -163,19 +208,25 @@ def served_rows(draw):
         outside = ~(ids == sampled).any(1, keepdim=True)
         ids = torch.cat([ids, torch.where(outside, sampled, -1)], dim=1)
         values = torch.cat([values, torch.where(outside, logprobs.gather(1, sampled), float("-inf"))], dim=1)
+    beyond = [v for v in range(vocab, vocab + padded) if v not in ids[0].tolist()]  # the padded tokens' entries
+    ids, values = torch.cat([ids, torch.tensor([beyond], dtype=torch.long)], dim=1), torch.cat([values, logprobs[:, beyond]], dim=1)
 
-    p = logprobs.double().exp()[0]
-    b, top1, squares = float(p.topk(k).values[-1]), float(p.max()), float(p.square().sum())
+    logits = served[:, :vocab]
+    # p as the server's (fp32) log-probabilities give it, over the shared vocabulary, like b
+    shared = max(1.0 - float(logprobs[0, vocab:].double().exp().sum()), 1e-300)
+    p = logprobs[0, :vocab].double().exp() / shared
+    b, top1, squares = float(top.values[0, -1].double().exp()) / shared, float(p.max()), float(p.square().sum())
     cumulative = p.sort().values.cumsum(0)  # C at each token, least likely first
     kind = draw(st.sampled_from(sorted(SUPPORTED, key=lambda kind: kind.value)))
     if kind == Kind.LOGISTIC:  # kept iff p_v >= λ; exact iff b < λ
         rule = kk.Dual(_parameter(draw, 0.0, 1.0, b, p))
-    elif kind == Kind.PERCEPTRON:  # kept iff p_v >= P − μ; exact iff b < P − μ
-        rule = kk.Dual(mu=_parameter(draw, 0.0, 1.0, top1 - b, top1 - p), loss="perceptron")
+    elif kind == Kind.PERCEPTRON:  # kept iff p_v >= P − μ; exact iff b < P − μ; all kept iff P <= μ
+        rule = kk.Dual(mu=_parameter(draw, 0.0, 1.0, draw(st.sampled_from([top1 - b, top1])), top1 - p), loss="perceptron")
     elif kind == Kind.ZERO_ONE:  # μ < 1 keeps the arg-max, μ >= 1 everything
         rule = kk.Dual(mu=draw(st.one_of(st.just(1.0), st.floats(0.0, 2.0))), loss="zero_one")
-    elif kind == Kind.SQUARED:  # kept iff p_v >= t = (1 + S − μ)/2: μ that puts t on b or on a p_v
-        rule = kk.Dual(mu=_parameter(draw, 0.0, 2.0, 1 + squares - 2 * b, 1 + squares - 2 * p), loss="squared")
+    elif kind == Kind.SQUARED:  # kept iff p_v >= t = (1 + S − μ)/2: μ that puts t on b, on a p_v or on 0
+        critical = draw(st.sampled_from([1 + squares - 2 * b, 1 + squares]))
+        rule = kk.Dual(mu=_parameter(draw, 0.0, 2.0, critical, 1 + squares - 2 * p), loss="squared")
     elif kind == Kind.PRIMAL:  # exact iff the mass at or below b fits the budget
         rule = kk.Primal(_parameter(draw, 0.0, 1.2, float(p[p <= b].sum()), cumulative))
     else:  # NUDGING: everything kept iff P >= λ
@@ -188,10 +239,11 @@ def served_rows(draw):
 def test_exact_says_exact_only_where_the_top_k_gives_the_mixture(case):
     logits, top, rule = case
     vocab = logits.shape[1]
-    note(f"{rule!r}, V = {vocab}, k = {top.k}")
-    if not exact(rule, 1.0, top, vocab)[0]:
+    note(f"{rule!r}, V = {vocab}, k = {top.k}, ids {top.ids.tolist()}")
+    sampled, greedy = bool(exact(rule, 1.0, top, vocab)[0]), bool(exact(rule, 0.0, top, vocab)[0])
+    if not greedy:
+        assert not sampled  # greedy reads π at T = 1
         return
-    assert exact(rule, 0.0, top, vocab)[0]  # greedy reads π at T = 1
     completed = completed_logits(top, vocab)
     q = torch.randn(1, vocab, generator=torch.Generator().manual_seed(vocab)) * 3
     _, param = rule.spec(1, torch.device("cpu"))
@@ -200,8 +252,9 @@ def test_exact_says_exact_only_where_the_top_k_gives_the_mixture(case):
         if ambiguous_rows(FORMULA[rule.kind], float(param), p64, q64, p_logits=row)[0]:
             return
     true, approx = kk.mixture(logits, q, rule), kk.mixture(completed, q, rule)
-    torch.testing.assert_close(approx.probs, true.probs, atol=2e-6, rtol=1e-4)
-    torch.testing.assert_close(approx.alpha, true.alpha, atol=2e-6, rtol=1e-4)
+    if sampled:
+        torch.testing.assert_close(approx.probs, true.probs, atol=2e-6, rtol=1e-4)
+        torch.testing.assert_close(approx.alpha, true.alpha, atol=2e-6, rtol=1e-4)
     first, second = true.probs[0].double().topk(2).values.tolist()
     if first - second > 1e-5:
         assert torch.equal(kk.sample(completed, q, rule, 0.0), kk.sample(logits, q, rule, 0.0))
