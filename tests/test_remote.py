@@ -34,6 +34,7 @@ import kad_kernels as kk
 from kad import cli
 from kad.batch import Batch
 from kad.engines import EngineError, RemoteEngine
+from kad.engines.remote import _local_stop_ids
 
 pytestmark = pytest.mark.xdist_group("vllm")
 
@@ -166,6 +167,19 @@ def test_the_served_models_own_eos_stops_rows_as_the_local_models_does(served, t
     local = kad.engines.HFEngine(served.base)
     assert local.stop_ids and served.engine().stop_ids == local.stop_ids
     assert served.engine(stop_ids=[5, 7]).stop_ids == {5, 7}
+
+
+def test_a_served_model_saved_without_a_generation_config_stops_at_its_configs_eos(tmp_path):
+    """transformers gives a model saved without generation_config.json the generation config of
+    its config.json, and so does the served model's stop-id lookup."""
+    config = LlamaConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, intermediate_size=32,
+                         num_attention_heads=2, eos_token_id=5, bos_token_id=None, pad_token_id=None)  # fmt: skip
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path)
+    (tmp_path / "generation_config.json").unlink(missing_ok=True)
+    local = kad.engines.HFEngine(AutoModelForCausalLM.from_pretrained(tmp_path))
+    assert local.stop_ids == {5}
+    assert _local_stop_ids({"root": str(tmp_path), "id": SERVED_NAME}) == {5}
+    assert _local_stop_ids({"root": str(tmp_path / "elsewhere"), "id": SERVED_NAME}) == frozenset()
 
 
 def test_a_served_model_is_refused_in_any_role_but_the_base_models(served):

@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import torch
 from torch import Tensor
-from transformers import GenerationConfig, PreTrainedTokenizerBase
+from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from .. import partial
 from ..batch import Batch
@@ -556,11 +556,16 @@ def _pad(top: partial.TopK, width: int) -> tuple[Tensor, Tensor]:
 def _local_stop_ids(served: dict[str, Any]) -> frozenset[int]:
     """The EOS ids of the generation config of the model a server entry names (vLLM's ``root``:
     the path or hub id it serves, then its ``id``), read from this machine's files only; none
-    when they are not here (another machine's path, a hub id not in the local cache)."""
+    when they are not here (another machine's path, a hub id not in the local cache).  A model
+    saved without ``generation_config.json`` has the one transformers derives from its
+    ``config.json``, as the local engine's model does."""
     for name in dict.fromkeys(n for n in (served.get("root"), served.get("id")) if isinstance(n, str) and n):
         try:
             config = GenerationConfig.from_pretrained(name, local_files_only=True)
-        except (OSError, ValueError):  # no such local files: no config to read
-            continue
+        except (OSError, ValueError):  # no generation config here: the model config's, if that is here
+            try:
+                config = GenerationConfig.from_model_config(AutoConfig.from_pretrained(name, local_files_only=True))
+            except (OSError, ValueError, KeyError):  # no such local files (or a model type unknown here)
+                continue
         return frozenset(token_ids(config.eos_token_id))
     return frozenset()
