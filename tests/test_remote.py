@@ -90,6 +90,17 @@ def test_greedy_remote_emits_the_local_tokens(served, rule, mode, gamma):
     assert 0 < stats.requests <= stats.rounds * 2  # one request per round, a second where k had to grow
 
 
+@pytest.mark.parametrize("mode, gamma", [("nudging", 1), ("nudging-spec", 3)])
+def test_greedy_nudging_is_served_on_steps_that_keep_everything_too(served, mode, gamma):
+    """Nudging(λ) keeps every token where P ≥ λ (π = p): greedy, the top-k settles those
+    steps too (the vocabulary is larger than the server's --max-logprobs)."""
+    rule = kk.Nudging(0.5)
+    local = served.local().generate(PROMPTS, mode, rule, gamma=gamma, temperature=0.0, max_new_tokens=BUDGETS)
+    remote = served.remote().generate(PROMPTS, mode, rule, gamma=gamma, temperature=0.0, max_new_tokens=BUDGETS)
+    assert remote.token_ids == local.token_ids and remote.stats.inexact_positions == 0
+    assert len(served.tokenizer) > MAX_LOGPROBS
+
+
 def test_the_logprobs_match_the_local_model(served):
     """fp32 served log-probabilities equal transformers' log-softmax of the same weights."""
     engine = served.engine()
