@@ -22,14 +22,13 @@ import kad_kernels as kk
 
 from . import default_pair
 from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
-from .engines.arguments import checked_tokenizer
+from .engines.arguments import checked_stop_ids, checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
 from .engines.llamacpp import check_n_ctx
 from .loop import (
     KEEPS_PARTIAL,
     Decoded,
     checked_inputs,
-    checked_stop_ids,
     decode,
     draw_device,
     is_count,

@@ -41,7 +41,7 @@ from __future__ import annotations
 import numbers
 import time
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -54,6 +54,7 @@ import kad_kernels as kk
 from .batch import Batch
 from .draw import ONE_MODEL, draw_from_p, finish_with_q
 from .engines import Engine, EngineError, ServedEngine
+from .engines.arguments import checked_stop_ids
 from .engines.base import ContextLengthWarning, refuse_other_vocabularies, refuse_served_mixers, refuse_shared_engines
 from .engines.turns import engine_turns
 from .settings import Settings
@@ -138,19 +139,6 @@ def context_length(engines: Sequence[Engine]) -> tuple[int, str] | None:
     """The smallest context length of ``engines`` and the engine's name; ``None`` if none is bounded."""
     limits = [(e.max_length, e.name) for e in engines if e.max_length is not None]
     return min(limits) if limits else None
-
-
-def checked_stop_ids(ids: object, vocab_size: int | None = None) -> frozenset[int]:
-    """``ids`` (an iterable of token ids) as a frozenset of Python ints; ``TypeError`` naming
-    ``stop_ids`` otherwise, and ``ValueError`` for an id outside ``[0, vocab_size)`` where given."""
-    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-        raise TypeError(f"stop_ids must be a set of token ids, got {ids!r:.80}")
-    ids = frozenset(ids)
-    if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids):
-        raise TypeError(f"stop_ids must be token ids (ints), got {sorted(ids, key=repr)!r:.80}")
-    if vocab_size is not None and not all(0 <= i < vocab_size for i in ids):
-        raise ValueError(f"stop_ids must be in [0, {vocab_size}), got {sorted(ids)!r:.80}")
-    return frozenset(int(i) for i in ids)
 
 
 def _check_arguments(engines: object, settings: object, generator: object, streamer: object) -> None:

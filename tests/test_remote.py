@@ -147,10 +147,11 @@ def test_positions_the_first_k_does_not_settle_are_asked_again_with_a_larger_k(s
 
 
 def test_the_limit_of_the_server_ends_the_generation_cleanly_or_is_counted(served):
-    """Perceptron μ = 0.2 keeps every token where max p < 0.2: more than --max-logprobs."""
+    """Perceptron μ = 0.2 keeps every token where max p < 0.2: more than --max-logprobs. Sampled
+    (greedy rows of such steps need only p's arg-max)."""
     rule = kk.Dual(mu=0.2, loss="perceptron")
     args = (PROMPTS, "kad-spec", rule)
-    kwargs = dict(gamma=3, temperature=0.0, max_new_tokens=BUDGETS)
+    kwargs = dict(gamma=3, temperature=1.0, max_new_tokens=BUDGETS, seed=0)
     with pytest.raises(EngineError, match=rf"{served.server.url}: the top-{MAX_LOGPROBS} log-probabilities do not"):
         served.remote().generate(*args, **kwargs)
     out = served.remote(approximate=True).generate(*args, **kwargs)
@@ -244,8 +245,13 @@ def test_the_server_limit_is_learnt_once(served):
         again = decoder.generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=BUDGETS)
         assert proxy.completions == again.stats.requests  # none refused
         with pytest.raises(EngineError, match=rf"the top-{MAX_LOGPROBS} log-probabilities do not determine"):
-            decoder.generate(PROMPTS, "kad-spec", kk.Dual(mu=0.2, loss="perceptron"), gamma=3, temperature=0.0,
+            decoder.generate(PROMPTS, "kad-spec", kk.Dual(mu=0.2, loss="perceptron"), gamma=3, temperature=1.0,
                              max_new_tokens=BUDGETS)  # fmt: skip
+    with FaultProxy(served.server.url) as proxy:  # one prompt a request: the first refusal teaches the others
+        engine = served.engine(proxy.url, logprobs=MAX_LOGPROBS + 10, max_prompts=1)
+        out = kad.Decoder(engine, served.aligned, served.tokenizer).generate(
+            PROMPTS, "kad", kk.Dual(0.4), temperature=0.0, max_new_tokens=BUDGETS)  # fmt: skip
+        assert out.stats.requests > out.stats.rounds and proxy.completions == out.stats.requests + 1
 
 
 # ----------------------------------------------------------------------------- faults
@@ -381,6 +387,46 @@ def test_bad_engine_arguments_are_named_before_any_request(argument, message):
         RemoteEngine("http://127.0.0.1:9/v1", SERVED_NAME, make_tokenizer(), **argument)
     assert "SECRET" not in str(refusal.value)
     assert time.perf_counter() - start < 1.0  # no request, no retries
+
+
+@pytest.mark.parametrize(
+    "argument, error, message",
+    [(dict(stop_ids="57"), TypeError, "stop_ids must be a set of token ids, got '57'"),
+     (dict(stop_ids=[1.9]), TypeError, "stop_ids must be token ids (ints), got [1.9]"),
+     (dict(stop_ids=[-3]), ValueError, f"stop_ids must be in [0, {len(make_tokenizer())}), got [-3]"),
+     (dict(approximate="no"), TypeError, "approximate must be True or False, got 'no'"),
+     (dict(tokenizer=None), TypeError, "tokenizer must be a transformers tokenizer (PreTrainedTokenizerBase), got None")],
+)  # fmt: skip
+def test_arguments_of_the_wrong_kind_are_named_before_any_request(argument, error, message):
+    """A string of stop ids would be split into characters, and "no" would switch approximation on."""
+    arguments = dict(tokenizer=make_tokenizer()) | argument
+    tokenizer = arguments.pop("tokenizer")
+    with pytest.raises(error, match=f"^{re.escape(message)}"):
+        RemoteEngine("http://127.0.0.1:9/v1", SERVED_NAME, tokenizer, **arguments)
+
+
+def test_a_server_without_tokenize_at_its_root_is_told_apart_from_a_wrong_base_url():
+    """A gateway that forwards only /v1/*: the base URL is right (its model list answers), the
+    vocabulary check's /tokenize is what is missing."""
+    tokenizer = make_tokenizer()
+
+    def gateway(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/models":
+            body = {"data": [{"id": SERVED_NAME, "max_model_len": 512}]}
+            return httpx.Response(200, stream=httpx.ByteStream(json.dumps(body).encode()))
+        return httpx.Response(404, stream=httpx.ByteStream(b'{"detail": "Not Found"}'))
+
+    with pytest.raises(EngineError, match=r"^http://127.0.0.1:9/tokenize: HTTP 404: .* no /tokenize and /detokenize") as refusal:
+        RemoteEngine("http://127.0.0.1:9/v1", SERVED_NAME, tokenizer, transport=httpx.MockTransport(gateway))
+    assert "names the API root" not in str(refusal.value)
+
+
+def test_a_closed_engine_refuses_to_run(served):
+    engine = served.engine()
+    engine.close()
+    with pytest.raises(EngineError, match=rf"^{re.escape(served.server.url)}/completions: the engine is closed"):
+        kad.Decoder(engine, served.aligned, served.tokenizer).generate(PROMPTS, "kad", kk.Dual(0.4), temperature=0.0,
+                                                                       max_new_tokens=2)  # fmt: skip
 
 
 def test_a_request_the_client_cannot_send_fails_at_once():

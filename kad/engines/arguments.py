@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Iterable
 
 from transformers import PreTrainedTokenizerBase
 
@@ -37,3 +38,23 @@ def checked_tokenizer(name: str, tokenizer: object) -> PreTrainedTokenizerBase:
     if not isinstance(tokenizer, PreTrainedTokenizerBase):
         raise TypeError(f"{name} must be a transformers tokenizer (PreTrainedTokenizerBase), got {tokenizer!r:.80}")
     return tokenizer
+
+
+def check_flag(name: str, value: object) -> None:
+    """``TypeError`` naming the argument unless ``value`` is a bool (a string such as
+    ``"no"`` would count as true)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r:.80}")
+
+
+def checked_stop_ids(ids: object, vocab_size: int | None = None) -> frozenset[int]:
+    """``ids`` (an iterable of token ids) as a frozenset of Python ints; ``TypeError`` naming
+    ``stop_ids`` otherwise, and ``ValueError`` for an id outside ``[0, vocab_size)`` where given."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+        raise TypeError(f"stop_ids must be a set of token ids, got {ids!r:.80}")
+    ids = frozenset(ids)
+    if not all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids):
+        raise TypeError(f"stop_ids must be token ids (ints), got {sorted(ids, key=repr)!r:.80}")
+    if vocab_size is not None and not all(0 <= i < vocab_size for i in ids):
+        raise ValueError(f"stop_ids must be in [0, {vocab_size}), got {sorted(ids)!r:.80}")
+    return frozenset(int(i) for i in ids)

@@ -41,7 +41,7 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 from .. import partial
 from ..batch import Batch
 from ..settings import Settings
-from .arguments import check_count, check_seconds
+from .arguments import check_count, check_flag, check_seconds, checked_stop_ids, checked_tokenizer
 from .base import EngineError
 from .huggingface import token_ids
 from .vocabulary import vocabulary_mismatch
@@ -111,7 +111,9 @@ class RemoteEngine:
         check_count("attempts", attempts)
         check_seconds("timeout", timeout)
         check_seconds("backoff", backoff, zero=True)
+        check_flag("approximate", approximate)
         _check_api_key(api_key)
+        tokenizer = checked_tokenizer("tokenizer", tokenizer)
         self.url = self.checked_url(base_url)  # without credentials: it is shown and recorded
         credentials = httpx.URL(base_url)
         if credentials.userinfo and api_key:
@@ -125,16 +127,27 @@ class RemoteEngine:
         self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._device = torch.device(device)
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self._stop_ids = None if stop_ids is None else checked_stop_ids(stop_ids, self._vocab_size)
         self._client = httpx.Client(timeout=timeout, headers=headers, auth=auth, transport=transport)
         self._requests, self._waited = 0, 0.0
-        served = self._served_model()
-        self._stop_ids = frozenset(map(int, stop_ids)) if stop_ids is not None else _local_stop_ids(served)
-        model_len = served["max_model_len"]
-        # A prompt of n tokens asks for one more (max_tokens=1), which the server counts: n + 1 <= max_model_len.
-        self._max_length = None if model_len is None else model_len - 1
-        self._check_vocabulary(tokenizer)
+        try:
+            served = self._served_model()
+            if self._stop_ids is None:
+                self._stop_ids = _local_stop_ids(served)
+            model_len = served["max_model_len"]
+            # A prompt of n tokens asks for one more (max_tokens=1), which the server counts: n + 1 <= max_model_len.
+            self._max_length = None if model_len is None else model_len - 1
+            self._check_vocabulary(tokenizer)
+        except BaseException:  # no engine to close it later: its connections go now
+            self._client.close()
+            raise
         self._settings: Settings | None = None
         self.reset()
+
+    def close(self) -> None:
+        """Close the connections to the server (also done when the engine is garbage collected);
+        a closed engine refuses to run."""
+        self._client.close()
 
     @staticmethod
     def checked_url(base_url: str) -> str:
@@ -291,7 +304,10 @@ class RemoteEngine:
     def _top_k(self, prompts: list[list[int]], k: int) -> partial.TopK:
         """The top-k of ``prompts``, in requests of at most :attr:`max_prompts` prompts."""
         size = self.max_prompts
-        parts = [self._top_k_request(prompts[i : i + size], k) for i in range(0, len(prompts), size)]
+        # Each part within the server's limit as learnt so far: a refusal of the first teaches the rest.
+        parts = [
+            self._top_k_request(prompts[i : i + size], min(k, self._limit())) for i in range(0, len(prompts), size)
+        ]
         return parts[0] if len(parts) == 1 else _concatenate(parts)
 
     def _top_k_request(self, prompts: list[list[int]], k: int) -> partial.TopK:
@@ -334,6 +350,8 @@ class RemoteEngine:
         :class:`_Retryable` for an answer that does not fit), retried on faults;
         :class:`EngineError` at last."""
         url = (_root(self.url) if root else self.url) + path
+        if self._client.is_closed:
+            raise EngineError(f"{url}: the engine is closed (close() closed its connections)")
         reason = ""
         start = time.perf_counter()
         for attempt in range(self.attempts):
@@ -344,7 +362,7 @@ class RemoteEngine:
                 if response.status_code >= 500 or response.status_code == 429:
                     raise _Retryable(f"HTTP {response.status_code}")
                 if response.status_code >= 400:
-                    _refuse(response, url)
+                    _refuse(response, url, root)
                 if response.is_redirect:  # http -> https, a moved API: no retry gets another answer
                     where = response.headers.get("Location", "elsewhere")
                     raise EngineError(f"{url}: HTTP {response.status_code}, a redirect to {where}: give the base URL "
@@ -359,7 +377,7 @@ class RemoteEngine:
                     self._waited += time.perf_counter() - start
                 return parsed
             except httpx.TimeoutException:
-                reason = "timed out"
+                reason = f"no whole answer within timeout={self.timeout} s"
             except httpx.LocalProtocolError as error:  # a request this client cannot send: no retry sends it
                 raise EngineError(f"{url}: cannot send the request: {error}") from None
             except httpx.ConnectError as error:
@@ -455,13 +473,16 @@ def _root(url: str) -> str:
     return url[: -len("/v1")] if url.endswith("/v1") else url
 
 
-def _refuse(response: httpx.Response, url: str) -> None:
-    """A 4xx answer: a k above the server's limit (learnt), else a one-line error."""
+def _refuse(response: httpx.Response, url: str, root: bool = False) -> None:
+    """A 4xx answer: a k above the server's limit (learnt), else a one-line error.  ``root``:
+    the path lives at the server's root, beside the API root (which has answered by then)."""
     message = _error_message(response) or " ".join(response.text.split())[:200]  # an HTML page: one line
     limit = _MAX_LOGPROBS.search(str(message))
     if "logprobs" in str(message) and limit:
         raise _LogprobsTooMany(str(message), int(limit.group(1)))
     hint = _HINTS.get(response.status_code, "")
+    if response.status_code == 404 and root:
+        hint = _ROOT_404
     if response.status_code == 401 and "authorization" in response.request.headers:
         hint = _HINTS[403]  # a key (or user:password) was sent: it is the one refused
     raise EngineError(f"{url}: HTTP {response.status_code}: {message}{hint}")
@@ -486,6 +507,8 @@ _HINTS = {
     403: " (the server refuses this API key: --api-key, api_key=)",
     404: " (the base URL names the API root, e.g. http://HOST:8000/v1)",
 }
+_ROOT_404 = (" (the server has no /tokenize and /detokenize at its root, which kad's vocabulary check needs as "
+             "vLLM serves them: docs/remote.md)")  # fmt: skip
 
 
 def _parse_top_k(answer: Any, count: int, k: int, vocab_size: int) -> partial.TopK:
