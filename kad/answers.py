@@ -111,17 +111,20 @@ _NUMBER_SPELLINGS = tuple(
         (r"(?<=\d)\\[,!](?=\d{3}(?!\d))", ""),
         ("\u2212", "-"),
         (r"(?<![\w)])-\\?\$(?=\d)", "-"),  # -$5 and -\$5 are -5 ("$10 - $3" keeps its space)
+        (r"(?<!\\)\\[()\[\]]", " "),  # LaTeX's math delimiters \( \) \[ \]: "is \(18\)." reads 18
     )
 )
 # Where a stated answer begins: "the answer is", "Answer:", GSM8K's "####" before a
 # number (not a markdown heading: "#### Step 3", "#### 1. Eggs laid").
-_STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b|:)|####(?=[ \t]*[-$\d])(?![ \t]*\d+[.)][ \t]+[A-Za-z])")
+_STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b:?|:)|####(?=[ \t]*[-$\d])(?![ \t]*\d+[.)][ \t]+[A-Za-z])")
 # A stated answer runs to the end of its clause: a sentence's period ("18." ends it, "18.5"
 # does not), the line, ";", an aside in parentheses, or a reason ("because", "since").  It
 # goes on to the next line only when that line opens with the number ("Answer:\n**18**"),
-# not a heading's ("Answer:\nStep 1: ..."); a parenthesis opening it is no aside ("is (18).").
+# not a heading's ("Answer:\nStep 1: ...") or a numbered list's ("Answer:\n1. Eggs: 16");
+# a parenthesis opening it is no aside ("is (18).").
 _CLAUSE = re.compile(
-    r"[ \t*_]*(?:\n\s*(?=[*_$\\(]*-?\.?\d))?\(?(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)", re.DOTALL
+    r"[ \t*_]*(?:\n\s*(?=[*_$\\(]*-?\.?\d)(?![*_]*\d+[.)][ \t]+[A-Za-z]))?\(?(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)",
+    re.DOTALL,
 )
 _TEXT_COMMAND = re.compile(r"\\(?:text|mbox)\{[^{}]*\}")
 # In a box, a minus opening the answer (or its right-hand side) is its sign, spaced or not:

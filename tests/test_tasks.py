@@ -206,6 +206,12 @@ GSM_OUTPUT = (
         ("The answer is 1,234 1/2 dollars.", "2", "2469/2"),
         ("The answer is 6 1/4-pound bags.", "4", "6"),  # a unit, not a mixed number
         ("Version 2.5 came out.", "2.5", "2.5"),
+        # Better: LaTeX's math delimiters are no aside; a numbered list after "Answer:" is no answer.
+        ("So the answer is \\(18\\). She keeps 3 eggs.", "3", "18"),
+        ("**Answer:** \\(18\\) dollars. She keeps 3.", "3", "18"),
+        ("The answer is:\n\\[\n18\n\\]\nShe keeps 3 eggs.", "3", "18"),
+        ("### Final Answer:\n1. Eggs per day: 16\n2. Sold: 9 * $2 = $18", "18", "18"),
+        ("**Answer:**\n1. Janet's ducks lay 16 eggs.\n2. She makes $18.", "18", "18"),
     ],
 )
 def test_number_extraction(text, strict, better):
