@@ -27,7 +27,7 @@ import stat
 import tempfile
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -160,22 +160,40 @@ def run_label(config: dict, without: str | None = None) -> str:
     return label
 
 
+def distinguishing_fields(configs: Sequence[Mapping[str, object]], labels: Sequence[str]) -> list[str]:
+    """For each config, ``", field=value"`` for each field in which the configs of the same
+    label differ (seed, grading, models, batch size, ...: what the label alone would hide);
+    ``""`` for a label no other config has.  Files of other versions may lack a field: it
+    reads as None there."""
+    suffixes = []
+    for config, label in zip(configs, labels):
+        twins = [c for c, other in zip(configs, labels) if other == label]
+        fields = dict.fromkeys(f for c in twins for f in c)
+        differ = [f for f in fields if len({repr(c.get(f)) for c in twins}) > 1]
+        suffixes.append("".join(f", {f}={config.get(f)}" for f in differ))
+    return suffixes
+
+
 def number(x: float, spec: str) -> str:
     """``x`` formatted with ``spec``, or "–" for a rate with nothing to count (NaN)."""
     return "–" if math.isnan(x) else format(x, spec)
 
 
 def summary_table(results: Sequence[dict]) -> str:
-    """A Markdown table with one line per result."""
+    """A Markdown table with one line per result; runs whose label is the same are told
+    apart by the fields in which they differ (:func:`distinguishing_fields`)."""
     lines = [
         "| task | run | n | accuracy (95 % CI) | tok/s | acceptance | accepted length | mean α |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for result in results:
+    configs = [result["config"] for result in results]
+    runs = [run_label(config) for config in configs]
+    suffixes = distinguishing_fields(configs, [f"{c['task']}: {run}" for c, run in zip(configs, runs)])
+    for result, run, suffix in zip(results, runs, suffixes):
         s = summarize(result)
         accuracy = f"{number(s.accuracy, '.1%')} ({number(s.ci_low, '.0%')}–{number(s.ci_high, '.0%')})" if s.items else "–"
         lines.append(
-            f"| {result['config']['task']} | {run_label(result['config'])} | {s.items} | {accuracy} "
+            f"| {result['config']['task']} | {run}{suffix} | {s.items} | {accuracy} "
             f"| {number(s.tokens_per_s, '.2f')} | {number(s.acceptance_rate, '.3f')} "
             f"| {number(s.mean_accepted_length, '.2f')} | {number(s.mean_alpha, '.3f')} |"
         )

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import kad_kernels as kk
 
 from .decoding import build_rule
-from .evaluate import Summary, run_label, summarize
+from .evaluate import Summary, distinguishing_fields, run_label, summarize
 
 
 def _is_primal(config: dict) -> bool:
@@ -69,16 +69,41 @@ def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dic
         kept = points.get(config[x])
         if kept is None or len(result["items"]) > len(kept["items"]):
             points[config[x]] = result
-    configs = {key: next(iter(points.values()))["config"] for key, points in groups.items()}
-    labels = {key: f"{c['task']}: {run_label(c, without=x)}" for key, c in configs.items()}
-    lines = {}
-    for key, points in groups.items():
-        twins = [configs[k] for k in groups if labels[k] == labels[key]]
-        fields = dict.fromkeys(f for c in twins for f in c if f != x)  # files of other versions differ in fields
-        differ = [f for f in fields if len({repr(c.get(f)) for c in twins}) > 1]
-        label = labels[key] + "".join(f", {f}={configs[key].get(f)}" for f in differ)
-        lines[label] = [(value, summarize(points[value])) for value in sorted(points)]
-    return lines
+    configs = [next(iter(points.values()))["config"] for points in groups.values()]
+    labels = [f"{c['task']}: {run_label(c, without=x)}" for c in configs]
+    suffixes = distinguishing_fields([{k: v for k, v in c.items() if k != x} for c in configs], labels)
+    return {
+        label + suffix: [(value, summarize(points[value])) for value in sorted(points)]
+        for label, suffix, points in zip(labels, suffixes, groups.values())
+    }
+
+
+def _baselines(results: Sequence[dict], is_baseline: Callable[[dict], bool]) -> dict[str, Summary]:
+    """``{label: summary}`` of the runs drawn as horizontal lines: one per configuration (the
+    run with the most items), labelled as :func:`_lines` labels its lines."""
+    runs: dict[tuple, dict] = {}
+    for result in results:
+        if not is_baseline(result["config"]):
+            continue
+        key = tuple(sorted((k, repr(v)) for k, v in result["config"].items()))
+        if key not in runs or len(result["items"]) > len(runs[key]["items"]):
+            runs[key] = result
+    configs = [result["config"] for result in runs.values()]
+    labels = [f"{c['task']}: {run_label(c)}" for c in configs]
+    suffixes = distinguishing_fields(configs, labels)
+    return {label + suffix: summarize(result) for label, suffix, result in zip(labels, suffixes, runs.values())}
+
+
+def _colors(count: int) -> list:
+    """``count`` distinct colours: matplotlib's default cycle, which repeats after 10, then tab20,
+    then samples of turbo."""
+    import matplotlib
+
+    if count <= 10:
+        return [f"C{i}" for i in range(count)]
+    if count <= 20:
+        return [matplotlib.colormaps["tab20"](i) for i in range(count)]
+    return [matplotlib.colormaps["turbo"](i / (count - 1)) for i in range(count)]
 
 
 def figures(results: Sequence[dict]) -> list[tuple[_Figure, dict[str, list[tuple[float, Summary]]]]]:
@@ -113,21 +138,21 @@ def draw(
     written = []
     for (name, x, x_label, y, y_label, keep, is_baseline), lines in supported:
         fig, ax = plt.subplots(figsize=(6.4, 4.2))
+        baselines = _baselines(results, is_baseline)
+        colors = iter(_colors(len(lines) + len(baselines)))
         for label, points in lines.items():
             xs, ys = [p[0] for p in points], [getattr(s, y) for _, s in points]
             if y == "accuracy":
                 errors = [[max(0.0, v - s.ci_low) for v, (_, s) in zip(ys, points)],
                           [max(0.0, s.ci_high - v) for v, (_, s) in zip(ys, points)]]  # fmt: skip
-                ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=3, label=label)
+                ax.errorbar(xs, ys, yerr=errors, fmt="o-", capsize=3, label=label, color=next(colors))
             else:
-                ax.plot(xs, ys, "o-", label=label)
-        baselines = [r for r in results if is_baseline(r["config"])]
-        for color, result in enumerate(baselines, start=len(lines)):
-            s = summarize(result)
-            label = f"{result['config']['task']}: {run_label(result['config'])}"
-            ax.axhline(getattr(s, y), ls="--", lw=1, color=f"C{color}", label=label)
+                ax.plot(xs, ys, "o-", label=label, color=next(colors))
+        for label, s in baselines.items():
+            color = next(colors)
+            ax.axhline(getattr(s, y), ls="--", lw=1, color=color, label=label)
             if y == "accuracy":
-                ax.axhspan(s.ci_low, s.ci_high, alpha=0.08, color=f"C{color}")
+                ax.axhspan(s.ci_low, s.ci_high, alpha=0.08, color=color)
         ax.set(xlabel=x_label, ylabel=y_label, title=f"{y_label} vs {x_label}")
         if y != "tokens_per_s":
             ax.set_ylim(0, 1.02)

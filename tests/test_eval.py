@@ -349,6 +349,34 @@ def test_a_line_joins_only_runs_that_differ_in_the_plotted_parameter(tmp_path):
     assert plot_results([_fake_result(5, lam=0.4), _fake_result(6, lam=0.4, seed=1)], tmp_path) == []
 
 
+def test_runs_the_summary_would_label_alike_are_told_apart():
+    """A run graded leniently, or run one row a batch, is another run than the paper's."""
+    results = [_fake_result(7), _fake_result(8, strict=False), _fake_result(7, batch_size=1),
+               _fake_result(3, mode="base", rule=None, lam=None, gamma=None)]  # fmt: skip
+    runs = [line.split(" | ")[1] for line in summary_table(results).splitlines()[2:]]
+    assert runs == ["kad-spec dual 0.4 γ=3, batch_size=2, strict=True", "kad-spec dual 0.4 γ=3, batch_size=2, strict=False",
+                    "kad-spec dual 0.4 γ=3, batch_size=1, strict=True", "base"]  # fmt: skip
+
+
+def test_a_baseline_is_drawn_once_per_configuration_and_labelled_apart():
+    """Two files of one baseline run (a partial copy and the whole) are one dashed line, the
+    longer; baselines that differ (a seed) are labelled with it."""
+    from kad.plots import _baselines
+
+    base = dict(mode="base", rule=None, lam=None, gamma=None)
+    partial, whole, other_seed = _fake_result(3, **base), _fake_result(6, **base), _fake_result(5, seed=1, **base)
+    partial["items"] = partial["items"][:4]
+    drawn = _baselines([partial, whole, other_seed, _fake_result(7)], lambda c: c["rule"] is None)
+    assert {label: s.correct for label, s in drawn.items()} == {"gsm8k: base, seed=0": 6, "gsm8k: base, seed=1": 5}
+
+
+def test_the_lines_and_baselines_of_a_figure_have_colours_of_their_own():
+    from kad.plots import _colors
+
+    for count in (1, 10, 11, 20, 21, 40):
+        assert len(set(map(str, _colors(count)))) == count
+
+
 def test_a_line_label_names_a_config_field_only_some_files_have():
     """A file of another kad version may have a field the others lack (check_resumable counts them too)."""
     from kad.plots import _lines
