@@ -31,7 +31,8 @@ import kad_kernels as kk
 
 from . import default_pair
 from .decoding import PARAMETERLESS_RULES, RULES, SYSTEM_PROMPT, Decoder, build_rule, checked_seed, rule_name
-from .engines import EngineError
+from .engines import EngineError, RemoteEngine
+from .engines.remote import check_servable
 from .engines.llamacpp import check_n_ctx
 from .loop import KEEPS_PARTIAL, ContextLengthWarning
 from .models import DTYPES, ENGINES
@@ -116,7 +117,10 @@ def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
         rule = build_rule(args.mode, args.rule, args.lam)
     except ValueError as error:  # the rule's own name for its parameter (budget, mu) is set by --lam
         raise ValueError(f"--lam {args.lam}: {error}") from None
-    Settings(args.mode, rule, args.gamma, args.temperature).checked_rule()
+    settings = Settings(args.mode, rule, args.gamma, args.temperature)
+    settings.checked_rule()
+    if args.base_url is not None and not args.approximate and args.mode.removesuffix("-spec") != "aligned":
+        check_servable(settings, RemoteEngine.checked_url(args.base_url))  # else found after the aligned model loads
     if rule is not None and rule.needs_ref and args.reference is None:
         raise ValueError(f"--mode {args.mode} needs --reference: the small unaligned model")
     if args.reference is not None and (rule is None or not rule.needs_ref):  # a third model loaded for nothing

@@ -551,6 +551,21 @@ def test_eval_stopped_by_a_dead_server_resumes_where_it_stopped(served, tmp_path
     assert all(item["stats"]["requests"] == 0 for item in resumed["items"])
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [(["--mode", "kad", "--temperature", "0.7"], "temperature 0.7: the top-k log-probabilities of http://127.0.0.1:9/v1"),
+     (["--mode", "base", "--temperature", "1"], "mode 'base' samples the base model's whole distribution"),
+     (["--mode", "kad", "--rule", "max_q_minus"], "Threshold needs the base model's whole distribution")],
+)  # fmt: skip
+def test_cli_refuses_what_a_served_base_cannot_score_before_any_model_loads(tmp_path, capsys, options, message):
+    """Found when the generation starts, it came after the aligned weights had loaded."""
+    args = ["generate", "--base-url", "http://127.0.0.1:9/v1", "--aligned", str(tmp_path / "absent"), "--prompt", "hi"]
+    for more, expected in ((options, message), (["--mode", "aligned", "--temperature", "0.7"], "absent': no such")):
+        with pytest.raises(SystemExit) as exit_info:  # mode aligned runs no served model: its own error
+            cli.main([*args, *more])
+        assert exit_info.value.code == 2 and expected in capsys.readouterr().err
+
+
 def test_cli_generate_with_a_served_base(served, tmp_path, capsys):
     served.aligned.save_pretrained(tmp_path / "aligned")
     served.tokenizer.save_pretrained(tmp_path / "aligned")

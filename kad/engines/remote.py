@@ -63,6 +63,29 @@ def _check_api_key(api_key: object) -> None:
                          "or line breaks: a key read from a file keeps its newline unless stripped")  # fmt: skip
 
 
+def check_servable(settings: Settings, url: str) -> None:
+    """``ValueError`` unless the top-k log-probabilities of the server at ``url`` can
+    determine π for ``settings`` (:mod:`kad.partial`): the base mode only greedily, the kad
+    modes at temperature 0 or 1, with rules of p alone.  A served base model checks this
+    when a generation starts; the CLI checks it before any model loads."""
+    rule = settings.checked_rule()
+    if rule.kind not in partial.SUPPORTED:
+        raise ValueError(
+            f"{type(rule).__name__} needs the base model's whole distribution, which {url} returns "
+            "only as top-k log-probabilities: use a dual, primal or nudging rule, or approximate=True (--approximate)"
+        )
+    if settings.mode == "base" and settings.temperature != 0:
+        raise ValueError(
+            f"mode 'base' samples the base model's whole distribution, which {url} returns only as "
+            "top-k log-probabilities: use temperature 0 (greedy), or approximate=True (--approximate)"
+        )
+    if settings.temperature not in (0.0, 1.0):
+        raise ValueError(
+            f"temperature {settings.temperature}: the top-k log-probabilities of {url} determine π "
+            "only at temperature 1 (and 0, greedy); use one of those, or approximate=True (--approximate)"
+        )
+
+
 class _Retryable(Exception):
     """A fault worth another attempt (transport error, 5xx, garbled answer)."""
 
@@ -219,22 +242,7 @@ class RemoteEngine:
         exactly from top-k log-probabilities (and ``approximate`` is off): the base mode
         only greedily, the kad modes at temperature 0 or 1."""
         if settings is not None and not self.approximate:
-            rule = settings.checked_rule()
-            if rule.kind not in partial.SUPPORTED:
-                raise ValueError(
-                    f"{type(rule).__name__} needs the base model's whole distribution, which {self.url} returns "
-                    "only as top-k log-probabilities: use a dual, primal or nudging rule, or approximate=True"
-                )
-            if settings.mode == "base" and settings.temperature != 0:
-                raise ValueError(
-                    f"mode 'base' samples the base model's whole distribution, which {self.url} returns only as "
-                    "top-k log-probabilities: use temperature 0 (greedy), or approximate=True (--approximate)"
-                )
-            if settings.temperature not in (0.0, 1.0):
-                raise ValueError(
-                    f"temperature {settings.temperature}: the top-k log-probabilities of {self.url} determine π "
-                    "only at temperature 1 (and 0, greedy); use one of those, or approximate=True (--approximate)"
-                )
+            check_servable(settings, self.url)
         self._settings = settings
         self._cached = 0
         self._requests = self._partial = self._inexact = 0
