@@ -32,8 +32,8 @@ import kad_kernels as kk
 from . import default_pair
 from .decoding import PARAMETERLESS_RULES, RULES, SYSTEM_PROMPT, Decoder, build_rule, checked_seed, rule_name
 from .engines import EngineError, RemoteEngine
-from .engines.remote import check_servable
 from .engines.llamacpp import check_n_ctx
+from .engines.remote import check_servable
 from .loop import KEEPS_PARTIAL, ContextLengthWarning
 from .models import DTYPES, ENGINES
 from .settings import GAMMA, LAM, MODES, Settings

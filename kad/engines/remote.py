@@ -168,8 +168,7 @@ class RemoteEngine:
         self.reset()
 
     def close(self) -> None:
-        """Close the connections to the server (also done when the engine is garbage collected);
-        a closed engine refuses to run."""
+        """Close the connections to the server; a closed engine refuses to run."""
         self._client.close()
 
     @staticmethod
