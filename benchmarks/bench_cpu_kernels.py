@@ -42,6 +42,7 @@ pytest-benchmark times host wall clock only.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import platform
 import sys
 from pathlib import Path
@@ -148,4 +149,6 @@ def test_kernel(benchmark, case: Case):
 
 
 if __name__ == "__main__":  # python benchmarks/bench_cpu_kernels.py [pytest options]: the commands above
+    if importlib.util.find_spec("pytest_benchmark") is None:  # pytest would only say "unrecognized arguments"
+        raise SystemExit("bench_cpu_kernels.py: error: needs pytest-benchmark: pip install -e '.[bench]'")
     raise SystemExit(pytest.main([__file__, "--benchmark-only", *sys.argv[1:]]))

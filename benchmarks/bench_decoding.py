@@ -47,7 +47,7 @@ import kad
 import kad_kernels as kk
 
 from bench_kernels import checked_device  # benchmarks/ is not a package: its scripts import each other
-from options import count, counts, writable_file
+from options import checked_rule, count, counts, temperature, writable_file
 from provenance import cpu_name, kad_commit
 
 # Public config.json values of Qwen2.5-1.5B and Qwen2.5-0.5B(-Instruct).
@@ -58,13 +58,28 @@ QWEN25_0_5B = dict(
     hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2
 )
 VOCAB = 151936
+RULES = {"dual": kk.Dual, "primal": kk.Primal, "nudging": kk.Nudging}
+RANDOM_ONLY = {"scale": 1.0, "sharpen": 1.0}  # the options of the random models, and their defaults
+
+
+def layers(shape: dict, scale: float) -> int:
+    """The layers a random model keeps at ``--scale``: at least one."""
+    return max(1, round(shape["num_hidden_layers"] * scale))
+
+
+def models_line(args: argparse.Namespace) -> str:
+    """What the header says of the models: the layers the random ones actually have."""
+    if args.base:
+        return f"{args.base} / {args.aligned}"
+    base, aligned = layers(QWEN25_1_5B, args.scale), layers(QWEN25_0_5B, args.scale)
+    return (f"random Qwen2.5-1.5B / 0.5B shapes, {base} / {aligned} layers (--scale {args.scale:g}), "
+            f"sharpen {args.sharpen:g}")  # fmt: skip
 
 
 def random_model(shape: dict, scale: float, sharpen: float, dtype: torch.dtype, device: torch.device, seed: int):
     torch.manual_seed(seed)
-    layers = max(1, round(shape["num_hidden_layers"] * scale))
     config = Qwen2Config(
-        **{**shape, "num_hidden_layers": layers},
+        **{**shape, "num_hidden_layers": layers(shape, scale)},
         vocab_size=VOCAB,
         tie_word_embeddings=True,
         rope_theta=1_000_000.0,
@@ -126,32 +141,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=count, default=2, help="timed runs per configuration; the fastest counts")
     parser.add_argument("--rule", default="dual", choices=("dual", "primal", "nudging"))
     parser.add_argument("--lam", type=float, default=0.4, help="λ (dual, nudging) or budget (primal)")
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--scale", type=float, default=1.0, help="fraction of the layers kept (random models)")
-    parser.add_argument("--sharpen", type=float, default=1.0, help="logit multiplier of the random models")
+    parser.add_argument("--temperature", type=temperature, default=1.0, help="0 = greedy")
+    # default None: given or not is told apart, as real models take neither
+    parser.add_argument("--scale", type=float, help="fraction of the layers kept (random models; default 1)")
+    parser.add_argument("--sharpen", type=float, help="logit multiplier of the random models (default 1)")
     parser.add_argument("--base", help="a real base model instead of the random one (needs --aligned)")
     parser.add_argument("--aligned", help="a real aligned model")
     parser.add_argument("--csv", type=Path, help="also write the rows to this CSV file")
     args = parser.parse_args(argv)
     if bool(args.base) != bool(args.aligned):
         parser.error("--base and --aligned go together")
+    given = [f"--{name}" for name in RANDOM_ONLY if getattr(args, name) is not None]
+    if args.base and given:
+        parser.error(f"{' and '.join(given)}: only for the random models, not with --base/--aligned")
+    for name, default in RANDOM_ONLY.items():
+        setattr(args, name, default if getattr(args, name) is None else getattr(args, name))
+    if not args.scale > 0:
+        parser.error(f"--scale {args.scale:g}: must be > 0 (a fraction of the layers)")
+    rule = checked_rule(parser, RULES[args.rule], args.lam)  # λ, or primal's budget: before the models
     if args.csv:
         writable_file(parser, "--csv", args.csv)
 
     device = checked_device(torch, args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     batch_sizes = args.batch_sizes or ([1, 16] if device.type == "cuda" else [1])
-    rule = {"dual": kk.Dual, "primal": kk.Primal, "nudging": kk.Nudging}[args.rule](args.lam)
 
     threads = f"{torch.get_num_threads()} threads"
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU {cpu_name()}, {threads}"
-    models = f"{args.base} / {args.aligned}" if args.base else "random Qwen2.5-1.5B / 0.5B shapes"
     print(f"# device: {name}; torch {torch.__version__}; kad {kad_commit()}; "
           f"kernel backends: {', '.join(kk.available_backends())} (auto)")
-    print(f"# models: {models}, scale {args.scale}, sharpen {args.sharpen}; {dtype}")
+    print(f"# models: {models_line(args)}; {dtype}")
     print(f"# rule {rule!r}; T = {args.temperature}")
     print(f"# prompts of {args.prompt_len} tokens, {args.new_tokens} new tokens per row")
-    decoder = build_decoder(args, device, dtype)
+    try:
+        decoder = build_decoder(args, device, dtype)
+    except ValueError as error:  # ModelLoadError (no such model), tokenizers that differ: the options' fault
+        if not args.base:
+            raise
+        parser.error(f"--base/--aligned: {error}")
 
     generator = torch.Generator().manual_seed(0)
     rows = []

@@ -81,7 +81,9 @@ from kad import default_pair
 from kad.tasks import TASKS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from options import subset  # noqa: E402  (benchmarks/ is not a package)
+from options import (  # noqa: E402  (benchmarks/ is not a package)
+    checked_rule, count, default_pair_missing, subset, temperature, writable_folder,
+)
 from provenance import cpu_name, kad_commit  # noqa: E402
 
 ENGINES = ("assisted", "assisted-default", "kad-hf", "kad-decoder", "plain")
@@ -352,12 +354,12 @@ def profile(bench: Bench, engines: list[str], new_tokens: int, out_dir: Path | N
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=4, help="GSM8K test questions (first n)")
-    parser.add_argument("--new-tokens", type=int, default=128)
-    parser.add_argument("--repeats", type=int, default=2, help="timed runs per prompt and engine")
-    parser.add_argument("--gamma", type=int, default=4)
+    parser.add_argument("--prompts", type=count, default=4, help="GSM8K test questions (first n)")
+    parser.add_argument("--new-tokens", type=count, default=128)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs per prompt and engine (0: --profile only)")
+    parser.add_argument("--gamma", type=count, default=4)
     parser.add_argument("--lam", type=float, default=0.4, help="λ of the Dual rule")
-    parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--temperature", type=temperature, default=1.0)
     parser.add_argument("--dtype", choices=("bfloat16", "float32"), default="bfloat16",
                         help="bf16 is faster on CPUs with AVX-512 BF16 / AMX (see RESULTS.md)")  # fmt: skip
     parser.add_argument("--engines", type=subset(*ENGINES), default=",".join(ENGINES),
@@ -368,15 +370,24 @@ def main(argv: list[str] | None = None) -> int:
                         f"default: {OUT.relative_to(REPO)})")  # fmt: skip
     parser.add_argument("--check-counting", action="store_true",
                         help="verify the assisted acceptance counting and the EOS handling, then exit")  # fmt: skip
-    parser.add_argument("--profile", default="",
+    parser.add_argument("--profile", type=subset(*ENGINES), default=[],
                         help="comma-separated engines to cProfile once (after a warm-up) after the timed runs; "
                         "--repeats 0: only that")
     args = parser.parse_args(argv)
     engines = args.engines
     out_dir = Path(args.out) if args.out else None
+    # Every option checked here, before the models load and the runs start (they take minutes).
+    if args.repeats < 0 or (args.repeats == 0 and not (args.profile or args.check_counting)):
+        parser.error(f"--repeats {args.repeats}: timed runs per prompt must be >= 1 (0 only with --profile)")
+    checked_rule(parser, kk.Dual, args.lam)
+    if out_dir:  # the results are written after the runs: a folder that cannot take them would lose them
+        writable_folder(parser, "--out", out_dir)
 
     start = time.perf_counter()
-    bench = Bench(args)
+    try:
+        bench = Bench(args)
+    except default_pair.DefaultPairError as error:  # packages missing, damaged, or a cache that takes no files
+        return default_pair_missing(parser.prog, error)  # one line, no traceback
     commit = kad_commit()
     header = [
         f"device: CPU {cpu_name()}, {torch.get_num_threads()} threads; torch {torch.__version__}, "
@@ -414,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not runs:  # --repeats 0: e.g. only --profile
         if args.profile:
-            profile(bench, [e for e in args.profile.split(",") if e], args.new_tokens, out_dir)
+            profile(bench, args.profile, args.new_tokens, out_dir)
         return 0
     rows = summarize(runs, engines)
     table = markdown_table(rows, args.gamma)
@@ -438,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
         (out_dir / "summary.md").write_text(text)
         print(f"wrote {out_dir}/runs.csv, summary.csv, summary.md")
     if args.profile:
-        profile(bench, [e for e in args.profile.split(",") if e], args.new_tokens, out_dir)
+        profile(bench, args.profile, args.new_tokens, out_dir)
     return 0
 
 

@@ -48,6 +48,9 @@ import time
 import traceback
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is not a package: wherever it is imported from
+from options import counts, subset, writable_folder  # noqa: E402
+
 GAMMA = 4
 OPS = ("sample", "verify")
 RULES = ("dual", "primal", "nudging")  # kk.Dual(0.4), kk.Primal(0.9), kk.Nudging(0.4)
@@ -58,7 +61,10 @@ QUICK_BATCHES = (1, 8)
 QUICK_VOCABS = (32000,)
 COMPILE = "torch-compile"  # pseudo-backend: torch.compile of the reference path
 
-# HBM peak in GB/s by GPU name (the first matching entry wins).
+# HBM peak in GB/s by GPU name: an entry matches a name that has a word starting with
+# each of its keys (the first matching entry wins).  Words, not substrings: a GH200
+# ("NVIDIA GH200 480GB": 96 GB HBM3 at 4000 GB/s, or HBM3e at 4900) is no H200, and
+# is left unmatched (no %-of-peak column) rather than given a peak that may be wrong.
 PEAK_GBS = (
     (("H200",), 4800.0),
     (("H100", "HBM3"), 3350.0),  # H100 SXM reports "NVIDIA H100 80GB HBM3"
@@ -77,11 +83,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--backends", default=None,
                     help=f"comma list, e.g. torch,triton,{COMPILE} (default: every available backend that "
                     f"serves the device, plus {COMPILE})")
-    ap.add_argument("--ops", default=",".join(OPS), help="comma list of: sample, verify")
-    ap.add_argument("--rules", default=",".join(RULES), help="comma list of: dual, primal, nudging")
-    ap.add_argument("--batch", default=None, help=f"comma list of B (default {BATCHES}, --quick {QUICK_BATCHES})")
-    ap.add_argument("--vocab", default=None, help=f"comma list of V (default {VOCABS}, --quick {QUICK_VOCABS})")
-    ap.add_argument("--dtypes", default=",".join(DTYPES), help="comma list of: bf16, fp16, fp32")
+    ap.add_argument("--ops", type=subset(*OPS), default=",".join(OPS), help="comma list of: sample, verify")
+    ap.add_argument("--rules", type=subset(*RULES), default=",".join(RULES),
+                    help="comma list of: dual, primal, nudging")
+    ap.add_argument("--batch", type=counts, default=None,
+                    help=f"comma list of B (default {BATCHES}, --quick {QUICK_BATCHES})")
+    ap.add_argument("--vocab", type=counts, default=None,
+                    help=f"comma list of V (default {VOCABS}, --quick {QUICK_VOCABS})")
+    ap.add_argument("--dtypes", type=subset("bf16", "fp16", "fp32"), default=",".join(DTYPES),
+                    help="comma list of: bf16, fp16, fp32")
     ap.add_argument("--quick", action="store_true", help=f"small grid for CPU: B in {QUICK_BATCHES}, V in {QUICK_VOCABS}")
     ap.add_argument("--peak-gbs", type=float, default=None,
                     help="HBM peak in GB/s for the %%-of-peak column (default by GPU name: H100 SXM 3350, H200 4800)")
@@ -96,24 +106,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="stop starting new measurements after this many seconds (0 = no limit); what ran is written")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-
-    def ints(text, default):
-        return tuple(int(x) for x in text.split(",")) if text else default
-
-    args.ops = _choices("--ops", args.ops, OPS)
-    args.rules = _choices("--rules", args.rules, RULES)
-    args.dtypes = _choices("--dtypes", args.dtypes, ("bf16", "fp16", "fp32"))
-    args.batch = ints(args.batch, QUICK_BATCHES if args.quick else BATCHES)
-    args.vocab = ints(args.vocab, QUICK_VOCABS if args.quick else VOCABS)
+    args.batch = tuple(args.batch or (QUICK_BATCHES if args.quick else BATCHES))
+    args.vocab = tuple(args.vocab or (QUICK_VOCABS if args.quick else VOCABS))
+    if not args.max_seconds >= 0:  # a negative limit would stop before the first measurement (NaN: never)
+        ap.error(f"--max-seconds {args.max_seconds:g}: must be >= 0 (0 = no limit)")
+    writable_folder(ap, "--out-dir", Path(args.out_dir))  # the partial CSV streams there from the first row
     return args
-
-
-def _choices(flag: str, text: str, allowed: tuple[str, ...]) -> list[str]:
-    items = [x.strip() for x in text.split(",") if x.strip()]
-    bad = [x for x in items if x not in allowed]
-    if bad or not items:
-        raise SystemExit(f"{flag}: unknown {bad or 'empty list'}; choose from {', '.join(allowed)}")
-    return items
 
 
 # --------------------------------------------------------------------------- setup
@@ -164,8 +162,9 @@ def default_peak_gbs(torch, device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
+    words = name.split()
     for keys, peak in PEAK_GBS:
-        if all(k in name for k in keys):
+        if all(any(word.startswith(key) for word in words) for key in keys):
             return peak
     print(f"note: no HBM peak known for {name!r}; pass --peak-gbs to fill the %-of-peak column", file=sys.stderr)
     return None
@@ -330,7 +329,7 @@ def run(args, partial_csv: Path | None = None) -> tuple[list[dict], str]:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     environment = (f"device: {name} | torch {torch.__version__} | triton {_version('triton')} "
-                   f"| kad_kernels {kk.__version__}")  # fmt: skip
+                   f"| kad_kernels {kk.__version__}{_interpreted(backends)}")  # fmt: skip
     print(environment)
     print(f"backends: {', '.join(backends)} | peak: {f'{peak:g} GB/s' if peak else 'n/a'} | "
           f"timer: {'triton do_bench (L2 flushed)' + (' of CUDA-graph replays' if args.graphs else '') if device.type == 'cuda' else 'torch.utils.benchmark'}")
@@ -433,6 +432,16 @@ def _config(r: dict) -> tuple:
 def _free(torch, device) -> None:
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def _interpreted(backends: list[str]) -> str:
+    """A note for the header when the triton rows time Triton's interpreter (TRITON_INTERPRET,
+    how the CPU runs them), not compiled kernels: nothing in the rows says so."""
+    if "triton" not in backends:
+        return ""
+    from triton import knobs
+
+    return " | TRITON_INTERPRET: triton rows are interpreter times" if knobs.runtime.interpret else ""
 
 
 def _version(module: str) -> str:

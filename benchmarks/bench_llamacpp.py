@@ -32,11 +32,14 @@ import torch
 
 import kad
 import kad_kernels as kk
+from kad import default_pair
 from kad.tasks import TASKS
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from options import count, counts, subset  # noqa: E402  (benchmarks/ is not a package)
+from options import (  # noqa: E402  (benchmarks/ is not a package)
+    checked_rule, count, counts, default_pair_missing, subset, writable_folder,
+)
 from provenance import cpu_name, kad_commit  # noqa: E402
 
 OUT = HERE / "out" / "llamacpp-cpu"  # git-ignored: RESULTS.md's run names its folder
@@ -57,15 +60,28 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"folder of bench_llamacpp.csv (default: {OUT.relative_to(HERE.parent)})")  # fmt: skip
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)  # one engine, this process
     args = parser.parse_args(argv)
+    checked_rule(parser, kk.Dual, args.lam)  # before the engines run, not in each child's traceback
     if not args.child:
-        try:  # before the engines run, not after
-            args.out.mkdir(parents=True, exist_ok=True)
-        except OSError as error:
-            parser.error(f"--out {args.out}: {error.strerror or error}")
+        writable_folder(parser, "--out", args.out)  # before the engines run, not after
         return run_each_engine_apart(args, argv or sys.argv[1:])
+    try:
+        return run_engines(args)
+    except default_pair.DefaultPairError as error:  # packages missing, damaged, or a cache that takes no files
+        return default_pair_missing(parser.prog, error)  # one line, no traceback
 
-    device = f"CPU {cpu_name()}, {torch.get_num_threads()} torch threads"
-    print(f"# device: {device}; torch {torch.__version__}; "
+
+def threads(decoder: kad.Decoder) -> str:
+    """The threads a run used: llama.cpp's own (its engine's ``n_threads``, not torch's
+    setting), and torch's (the torch engine's models, both engines' KAD kernels)."""
+    llama = getattr(decoder.engines["base"], "n_threads", None)
+    torch_threads = f"{torch.get_num_threads()} torch threads"
+    return f"{llama} llama.cpp threads, {torch_threads}" if llama else torch_threads
+
+
+def run_engines(args: argparse.Namespace) -> int:
+    """The runs of ``--engines`` in this process (a child: one engine); rows appended to
+    ``bench_llamacpp.partial.csv``."""
+    print(f"# device: CPU {cpu_name()}; torch {torch.__version__}; "
           f"kad {kad_commit()}; {kk.Dual(args.lam)!r}, T = 1, {args.new_tokens} tokens per row")  # fmt: skip
     task = TASKS["gsm8k"]
     items = task.load(max(args.batch_sizes))
@@ -79,13 +95,14 @@ def main(argv: list[str] | None = None) -> int:
         decoder = kad.Decoder.from_pretrained(device="cpu", dtype=dtype, engine=name)
         decoder.stop_ids = frozenset()
         loaded = time.perf_counter() - started
+        device = f"CPU {cpu_name()}, {threads(decoder)}"
         prompts = [decoder.encode(task.user_message(item), chat=True) for item in items]
         decoder.generate(prompts[:1], "kad-spec", kk.Dual(args.lam), max_new_tokens=8, seed=0)  # warm-up
-        print(f"# {name}: loaded in {loaded:.1f} s ({decoder.engines['base'].name})", flush=True)
+        print(f"# {name}: loaded in {loaded:.1f} s ({decoder.engines['base'].name}); {threads(decoder)}", flush=True)
         for batch in args.batch_sizes:
             for mode, gamma in runs:
-                rule = None if mode == "base" else kk.Dual(args.lam)
-                out = decoder.generate(prompts[:batch], mode, rule, gamma=gamma or 4, temperature=1.0,
+                mode_rule = None if mode == "base" else kk.Dual(args.lam)
+                out = decoder.generate(prompts[:batch], mode, mode_rule, gamma=gamma or 4, temperature=1.0,
                                        max_new_tokens=args.new_tokens, seed=args.seed, track_alpha=False)  # fmt: skip
                 s = out.stats
                 label = f"{mode} γ={gamma}" if gamma else mode

@@ -19,10 +19,11 @@ from __future__ import annotations
 import argparse
 
 import torch
+from triton import knobs
 
 from kad_kernels.rules import Kind
 from kad_kernels.triton import offline
-from options import counts, subset  # benchmarks/ is not a package: its scripts import each other
+from options import count, counts, subset  # benchmarks/ is not a package: its scripts import each other
 
 RULES = {"dual": Kind.LOGISTIC, "primal": Kind.PRIMAL, "nudging": Kind.NUDGING}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -35,13 +36,16 @@ def main() -> None:
     ap.add_argument("--rules", type=subset(*RULES), default="dual,primal",
                     help=f"comma-separated subset of {', '.join(RULES)}")
     ap.add_argument("--batch", type=counts, default="1,64,256", help="comma-separated batch sizes")
-    ap.add_argument("--vocab", type=int, default=151936)
+    ap.add_argument("--vocab", type=count, default=151936)
     ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
-    ap.add_argument("--gamma", type=int, default=4)
+    ap.add_argument("--gamma", type=count, default=4)
     ap.add_argument("--per-row", action="store_true",
                     help="T and the rule parameter as tensors [B]: calls that may have greedy rows, with the "
                     "arg-max pass")
     args = ap.parse_args()
+    if knobs.runtime.interpret:  # the kernels are then Python functions: no launch compiles, the table stays empty
+        ap.error("TRITON_INTERPRET is set: the kernels are interpreted, nothing compiles for sm_90; "
+                 "run without it (env -u TRITON_INTERPRET python benchmarks/kernel_resources.py ...)")
     print(f"sm_90, {offline.H100_SMS} SMs, V = {args.vocab}, {args.dtype}, γ = {args.gamma} (verify)\n")
     print("| op | rule | B | launch | grid | warps | regs | spill B | smem B | blocks/SM | waves | loads | SASS |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -48,3 +49,47 @@ def writable_file(parser: argparse.ArgumentParser, flag: str, path: Path) -> Non
         parser.error(f"{flag} {path}: no folder {folder}")
     if not os.access(folder, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
         parser.error(f"{flag} {path}: not writable")
+
+
+def writable_folder(parser: argparse.ArgumentParser, flag: str, path: Path) -> None:
+    """Make the output folder ``path`` now, or ``parser.error``: a run's results are
+    written after the run, and a folder that cannot take them would lose them."""
+    if path.exists() and not path.is_dir():
+        parser.error(f"{flag} {path}: not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        parser.error(f"{flag} {path}: {error.strerror or error}")
+    if not os.access(path, os.W_OK | os.X_OK):
+        parser.error(f"{flag} {path}: not writable")
+
+
+def temperature(text: str) -> float:
+    """A sampling temperature the kernels take (0: greedy)."""
+    import kad_kernels as kk  # torch: only when the option is parsed
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not kk.temperature_in_range(value):
+        raise argparse.ArgumentTypeError(f"{text.strip()!r}: a temperature must be {kk.TEMPERATURE_RANGE}")
+    return value
+
+
+def checked_rule(parser: argparse.ArgumentParser, make: Callable, lam: float, flag: str = "--lam"):
+    """The rule ``make(lam)`` (``kk.Dual``, ``kk.Primal``, ...), or ``parser.error`` naming
+    ``flag`` with the rule's own words (λ in [0, 1], a budget >= 0): before the models load."""
+    try:
+        return make(lam)
+    except ValueError as error:
+        parser.error(f"{flag} {lam:g}: {error}")
+
+
+def default_pair_missing(prog: str, error: Exception) -> int:
+    """Say ``error`` (a ``kad.default_pair.DefaultPairError``: packages missing, damaged, a
+    cache that takes no files) in one line, as ``kad`` says it but without its hint of
+    ``--base``/``--aligned``, which the default-pair benchmarks do not have; exit status 1."""
+    lines = [line.strip() for line in str(error).splitlines() if "--base/--aligned" not in line]
+    print(f"{prog}: {' '.join(lines)}", file=sys.stderr)
+    return 1
