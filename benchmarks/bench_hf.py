@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
                         f"default: {OUT.relative_to(REPO)})")  # fmt: skip
     parser.add_argument("--check-counting", action="store_true",
                         help="verify the assisted acceptance counting and the EOS handling, then exit")  # fmt: skip
-    parser.add_argument("--profile", type=subset(*ENGINES), default=[],
+    parser.add_argument("--profile", type=lambda text: subset(*ENGINES)(text) if text.strip() else [], default=[],
                         help="comma-separated engines to cProfile once (after a warm-up) after the timed runs; "
                         "--repeats 0: only that")
     args = parser.parse_args(argv)
@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else None
     # Every option checked here, before the models load and the runs start (they take minutes).
     if args.repeats < 0 or (args.repeats == 0 and not (args.profile or args.check_counting)):
-        parser.error(f"--repeats {args.repeats}: timed runs per prompt must be >= 1 (0 only with --profile)")
+        parser.error(f"--repeats {args.repeats}: timed runs per prompt must be >= 1 (0 only with --profile or "
+                     "--check-counting)")
     checked_rule(parser, kk.Dual, args.lam)
     if out_dir:  # the results are written after the runs: a folder that cannot take them would lose them
         writable_folder(parser, "--out", out_dir)

@@ -111,19 +111,25 @@ _NUMBER_SPELLINGS = tuple(
         (r"(?<=\d)\\[,!](?=\d{3}(?!\d))", ""),
         ("\u2212", "-"),
         (r"(?<![\w)])-\\?\$(?=\d)", "-"),  # -$5 and -\$5 are -5 ("$10 - $3" keeps its space)
-        (r"(?<!\\)\\[()\[\]]", " "),  # LaTeX's math delimiters \( \) \[ \]: "is \(18\)." reads 18
+        # LaTeX's inline math \( \) as plain parentheses: "is \(18\)." reads 18 (a parenthesis opening a
+        # stated answer is no aside), "is 18 \(= 9 \times 2\)" stays 18 (one after its number is).
+        (r"(?<!\\)\\([()])", r"\1"),
+        (r"(?<!\\)\\[\[\]]", " "),  # display math \[ \], on lines of its own: "is:\n\[\n18\n\]" reads 18
     )
 )
 # Where a stated answer begins: "the answer is", "Answer:", GSM8K's "####" before a
 # number (not a markdown heading: "#### Step 3", "#### 1. Eggs laid").
 _STATED_NUMBER = re.compile(r"(?i:answer)[ \t*_]*(?:is\b:?|:)|####(?=[ \t]*[-$\d])(?![ \t]*\d+[.)][ \t]+[A-Za-z])")
+# A numbered list: an item of words, then the next item ("1. Eggs: 16\n2. Sold: ..."); "18. She
+# has 3 more" alone is an answer and a sentence.
+_NUMBERED_LIST = r"[*_]*\d+[.)][ \t]+[A-Za-z][^\n]*\n\s*[*_]*\d+[.)][ \t]"
 # A stated answer runs to the end of its clause: a sentence's period ("18." ends it, "18.5"
 # does not), the line, ";", an aside in parentheses, or a reason ("because", "since").  It
 # goes on to the next line only when that line opens with the number ("Answer:\n**18**"),
 # not a heading's ("Answer:\nStep 1: ...") or a numbered list's ("Answer:\n1. Eggs: 16");
 # a parenthesis opening it is no aside ("is (18).").
 _CLAUSE = re.compile(
-    r"[ \t*_]*(?:\n\s*(?=[*_$\\(]*-?\.?\d)(?![*_]*\d+[.)][ \t]+[A-Za-z]))?\(?(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)",
+    r"[ \t*_]*(?:\n\s*(?=[*_$\\(]*-?\.?\d)(?!" + _NUMBERED_LIST + r"))?\(?(.*?)(?:\.(?!\d)|[\n;(]|\s(?:because|since)\b|$)",
     re.DOTALL,
 )
 _TEXT_COMMAND = re.compile(r"\\(?:text|mbox)\{[^{}]*\}")

@@ -119,8 +119,7 @@ def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
         raise ValueError(f"--lam {args.lam}: {error}") from None
     settings = Settings(args.mode, rule, args.gamma, args.temperature)
     settings.checked_rule()
-    if args.base_url is not None and not args.approximate and args.mode.removesuffix("-spec") != "aligned":
-        check_servable(settings, RemoteEngine.checked_url(args.base_url))  # else found after the aligned model loads
+    _check_served(args, settings)
     if rule is not None and rule.needs_ref and args.reference is None:
         raise ValueError(f"--mode {args.mode} needs --reference: the small unaligned model")
     if args.reference is not None and (rule is None or not rule.needs_ref):  # a third model loaded for nothing
@@ -129,6 +128,14 @@ def _decoding_rule(args: argparse.Namespace) -> kk.Rule | None:
     if args.max_new_tokens < 0:
         raise ValueError(f"--max-new-tokens must be >= 0, got {args.max_new_tokens}")
     return rule
+
+
+def _check_served(args: argparse.Namespace, settings: Settings) -> None:
+    """With ``--base-url``, ``ValueError`` unless the server's top-k log-probabilities can score
+    ``settings`` (or ``--approximate`` allows it): found here, before the aligned model loads,
+    not when the generation starts.  Mode aligned runs no served model."""
+    if args.base_url is not None and not args.approximate and settings.mode.removesuffix("-spec") != "aligned":
+        check_servable(settings, RemoteEngine.checked_url(args.base_url))
 
 
 def _decoder(args: argparse.Namespace) -> Decoder:
@@ -396,7 +403,7 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import demo
+    from .demo import RUNS, demo
 
     if args.max_new_tokens < 1:
         raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
@@ -404,6 +411,8 @@ def run_demo(args: argparse.Namespace) -> int:
     if not 0 <= args.item < items:
         raise ValueError(f"--item must be a GSM8K test item in [0, {items}), got {args.item}")
     checked_seed(args.seed)
+    for _, mode, rule in RUNS:
+        _check_served(args, Settings(mode, rule, GAMMA if mode.endswith("-spec") else None, TEMPERATURE))
     demo(_decoder(args), item_index=args.item, seed=args.seed, max_new_tokens=args.max_new_tokens)
     return 0
 

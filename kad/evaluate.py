@@ -170,8 +170,15 @@ def distinguishing_fields(configs: Sequence[Mapping[str, object]], labels: Seque
         twins = [c for c, other in zip(configs, labels) if other == label]
         fields = dict.fromkeys(f for c in twins for f in c)
         differ = [f for f in fields if len({repr(c.get(f)) for c in twins}) > 1]
-        suffixes.append("".join(f", {f}={config.get(f)}" for f in differ))
+        suffixes.append("".join(f", {f}={_one_line(config.get(f))}" for f in differ))
     return suffixes
+
+
+def _one_line(value: object, width: int = 40) -> str:
+    """A config value on one short line: text with line breaks (a system prompt) or none
+    as its repr, anything longer than ``width`` cut with "…"."""
+    text = repr(value) if isinstance(value, str) and (not value or "\n" in value) else str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def number(x: float, spec: str) -> str:
@@ -193,7 +200,7 @@ def summary_table(results: Sequence[dict]) -> str:
         s = summarize(result)
         accuracy = f"{number(s.accuracy, '.1%')} ({number(s.ci_low, '.0%')}–{number(s.ci_high, '.0%')})" if s.items else "–"
         lines.append(
-            f"| {result['config']['task']} | {run}{suffix} | {s.items} | {accuracy} "
+            f"| {result['config']['task']} | {run}{suffix.replace('|', '/')} | {s.items} | {accuracy} "
             f"| {number(s.tokens_per_s, '.2f')} | {number(s.acceptance_rate, '.3f')} "
             f"| {number(s.mean_accepted_length, '.2f')} | {number(s.mean_alpha, '.3f')} |"
         )

@@ -15,12 +15,12 @@ rule (kept iff)                 exact iff
 ==============================  =================================================
 dual logistic (p_v ≥ λ)         b < λ
 dual perceptron (P − p_v ≤ μ)   b < P − μ
-dual zero-one (p_v = P, μ < 1)  b < P;  μ ≥ 1 keeps everything: m = 0
+dual zero-one (p_v = P, μ < 1)  b < P;  μ ≥ 1 keeps everything: the whole row
 dual squared (p_v ≥ t,          b < t₋ and no returned p_v in [t₋, t₊), where
 t = (1 + S − μ)/2)              t± bound t: S₋ = Σ_returned p² ≤ S ≤ S₋ + b·m
 primal (C_v > budget)           m + Σ_{returned p_v ≤ b} p_v ≤ budget: every token at
                                 or below b is deferred, the rest's C_v are known
-nudging (all kept iff P ≥ λ)    P < λ (π = q); otherwise π = p needs m = 0
+nudging (all kept iff P ≥ λ)    P < λ (π = q); otherwise π = p needs the whole row
 ==============================  =================================================
 
 Greedy rows (T = 0) take the arg-max of these π.  One more case is exact for them: a
@@ -103,7 +103,8 @@ def decided_by_top_k(rule: kk.Rule, temperature: float) -> bool:
 
 
 def exact(rule: kk.Rule, temperature: float, top: TopK, vocab_size: int) -> Tensor:
-    """bool ``[N]``: whether π from :func:`completed_logits` is π of the true rows."""
+    """bool ``[N]``: whether π from :func:`completed_logits` is π of the true rows (at
+    ``temperature`` 0, whether its arg-max is theirs)."""
     rows = top.ids.shape[0]
     inside = (top.ids >= 0) & (top.ids < vocab_size)
     complete = inside.sum(1) >= vocab_size  # every token returned

@@ -55,6 +55,13 @@ _FIGURES = (
 )  # fmt: skip
 
 
+def _configuration(config: dict, results: Sequence[dict], without: str | None = None) -> tuple:
+    """``config`` as a key over the fields of all ``results`` but ``without``: a field a file
+    lacks reads as None, as in the labels (:func:`~kad.evaluate.distinguishing_fields`)."""
+    fields = sorted({f for result in results for f in result["config"]} - {without})
+    return tuple((f, repr(config.get(f))) for f in fields)
+
+
 def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dict[str, list[tuple[float, Summary]]]:
     """``{label: [(x, summary), ...]}`` sorted by x, over the runs that have ``x`` and pass
     ``keep``: one line per configuration but ``x`` (seed, models and grading included), one
@@ -65,7 +72,7 @@ def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dic
         config = result["config"]
         if config[x] is None or not keep(config):
             continue
-        points = groups[tuple(sorted((k, repr(v)) for k, v in config.items() if k != x))]
+        points = groups[_configuration(config, results, without=x)]
         kept = points.get(config[x])
         if kept is None or len(result["items"]) > len(kept["items"]):
             points[config[x]] = result
@@ -85,7 +92,7 @@ def _baselines(results: Sequence[dict], is_baseline: Callable[[dict], bool]) -> 
     for result in results:
         if not is_baseline(result["config"]):
             continue
-        key = tuple(sorted((k, repr(v)) for k, v in result["config"].items()))
+        key = _configuration(result["config"], results)
         if key not in runs or len(result["items"]) > len(runs[key]["items"]):
             runs[key] = result
     configs = [result["config"] for result in runs.values()]

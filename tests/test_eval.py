@@ -358,6 +358,29 @@ def test_runs_the_summary_would_label_alike_are_told_apart():
                     "kad-spec dual 0.4 γ=3, batch_size=1, strict=True", "base"]  # fmt: skip
 
 
+def test_a_summary_row_told_apart_by_a_system_prompt_stays_one_table_row():
+    """A prompt with a line break or a "|" would split the Markdown row; a long value is cut."""
+    prompt = "Think step by step.\nAnswer | briefly, and show every step of the working out."
+    table = summary_table([_fake_result(7), _fake_result(7, system_prompt=prompt)])
+    rows = table.splitlines()[2:]
+    assert len(rows) == 2 and all(row.count("|") == 9 for row in rows)
+    assert "system_prompt='Think step by step.\\nAnswer / briefly,… " in rows[1]
+
+
+def test_a_file_lacking_a_field_is_grouped_as_it_is_labelled():
+    """A field a file of another version lacks reads as None in the grouping as in the label:
+    the two runs of one label are one baseline (the longer one), whatever their order."""
+    from kad.plots import _baselines
+
+    base = dict(mode="base", rule=None, lam=None, gamma=None, tokenizer=None)
+    older, newer = _fake_result(6, **base), _fake_result(2, **base)
+    del older["config"]["tokenizer"]
+    newer["items"] = newer["items"][:5]
+    for results in ([older, newer], [newer, older]):
+        drawn = _baselines(results, lambda c: c["rule"] is None)
+        assert {label: s.items for label, s in drawn.items()} == {"gsm8k: base": 10}
+
+
 def test_a_baseline_is_drawn_once_per_configuration_and_labelled_apart():
     """Two files of one baseline run (a partial copy and the whole) are one dashed line, the
     longer; baselines that differ (a seed) are labelled with it."""

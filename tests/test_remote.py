@@ -566,6 +566,13 @@ def test_cli_refuses_what_a_served_base_cannot_score_before_any_model_loads(tmp_
         assert exit_info.value.code == 2 and expected in capsys.readouterr().err
 
 
+def test_cli_demo_with_a_served_base_is_refused_before_any_model_loads(capsys):
+    """The demo's first run samples the base model at T = 1, which top-k log-probabilities cannot."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo", "--base-url", "http://127.0.0.1:9/v1"])
+    assert exit_info.value.code == 2 and "mode 'base' samples the base model's whole distribution" in capsys.readouterr().err
+
+
 def test_cli_generate_with_a_served_base(served, tmp_path, capsys):
     served.aligned.save_pretrained(tmp_path / "aligned")
     served.tokenizer.save_pretrained(tmp_path / "aligned")

@@ -211,6 +211,9 @@ GSM_OUTPUT = (
         ("**Answer:** \\(18\\) dollars. She keeps 3.", "3", "18"),
         ("The answer is:\n\\[\n18\n\\]\nShe keeps 3 eggs.", "3", "18"),
         ("### Final Answer:\n1. Eggs per day: 16\n2. Sold: 9 * $2 = $18", "18", "18"),
+        ("Answer:\n18. She has 3 more than 15 apples", "15", "18"),  # one item is no list: a sentence
+        ("The answer is 18 \\(= 9 \\times 2\\) dollars.", "2", "18"),  # math after the number is an aside
+        ("So the answer is 9 \\(= 16 - 3 - 4\\) eggs.", "4", "9"),
         ("**Answer:**\n1. Janet's ducks lay 16 eggs.\n2. She makes $18.", "18", "18"),
     ],
 )
