@@ -13,7 +13,6 @@ callers never change.
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Callable
 
@@ -149,7 +148,9 @@ def _serves(name: str, device: torch.device) -> bool:
     if device.type not in _REGISTRY[name][1]:
         return False
     if name == "triton" and device.type == "cpu":
-        return os.environ.get("TRITON_INTERPRET") == "1"
+        from triton import knobs  # loaded: the triton backend is
+
+        return bool(knobs.runtime.interpret)  # Triton's own reading of TRITON_INTERPRET (1, true, on, ...)
     return True
 
 
