@@ -381,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--repeats {args.repeats}: timed runs per prompt must be >= 1 (0 only with --profile or "
                      "--check-counting)")
     checked_rule(parser, kk.Dual, args.lam)
-    if out_dir:  # the results are written after the runs: a folder that cannot take them would lose them
+    if out_dir and not args.check_counting:  # written after the runs: a folder that cannot take them would lose them
         writable_folder(parser, "--out", out_dir)
 
     start = time.perf_counter()
