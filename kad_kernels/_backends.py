@@ -13,6 +13,7 @@ callers never change.
 
 from __future__ import annotations
 
+import os
 from types import ModuleType
 from typing import Callable
 
@@ -148,9 +149,7 @@ def _serves(name: str, device: torch.device) -> bool:
     if device.type not in _REGISTRY[name][1]:
         return False
     if name == "triton" and device.type == "cpu":
-        from triton import knobs  # loaded: the triton backend is
-
-        return bool(knobs.runtime.interpret)  # Triton's own reading of TRITON_INTERPRET (1, true, on, ...)
+        return os.environ.get("TRITON_INTERPRET") == "1"
     return True
 
 

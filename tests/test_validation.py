@@ -188,18 +188,6 @@ def test_rule_not_a_rule():
         kk.resolve_backend("Dual", "cpu")
 
 
-@pytest.mark.parametrize("interpret, serves", [("1", True), ("true", True), ("on", True), ("0", False), ("", False)])
-def test_triton_serves_cpu_tensors_where_triton_interprets(monkeypatch, interpret, serves):
-    """CPU tensors need Triton's interpreter, which Triton switches on for "true" and "on" as for "1"."""
-    pytest.importorskip("triton")
-    monkeypatch.setenv("TRITON_INTERPRET", interpret)
-    if serves:
-        assert kk.resolve_backend(RULE, "cpu", "triton") == "triton"
-    else:
-        with pytest.raises(RuntimeError, match=r"backend 'triton' does not run on cpu tensors here: .*TRITON_INTERPRET=1"):
-            kk.resolve_backend(RULE, "cpu", "triton")
-
-
 @pytest.mark.parametrize("backend", [["cpu"], None, 0], ids=repr)
 @pytest.mark.parametrize("entry", ENTRY)
 def test_backend_not_a_name(entry, backend):
