@@ -55,10 +55,14 @@ _FIGURES = (
 )  # fmt: skip
 
 
-def _configuration(config: dict, results: Sequence[dict], without: str | None = None) -> tuple:
-    """``config`` as a key over the fields of all ``results`` but ``without``: a field a file
-    lacks reads as None, as in the labels (:func:`~kad.evaluate.distinguishing_fields`)."""
-    fields = sorted({f for result in results for f in result["config"]} - {without})
+def _fields(results: Sequence[dict], without: str | None = None) -> list[str]:
+    """The config fields of all ``results`` but ``without``, over which runs are grouped."""
+    return sorted({f for result in results for f in result["config"]} - {without})
+
+
+def _configuration(config: dict, fields: Sequence[str]) -> tuple:
+    """``config`` as a key over ``fields`` (:func:`_fields`): a field a file lacks reads as
+    None, as in the labels (:func:`~kad.evaluate.distinguishing_fields`)."""
     return tuple((f, repr(config.get(f))) for f in fields)
 
 
@@ -68,11 +72,12 @@ def _lines(results: Sequence[dict], x: str, keep: Callable[[dict], bool]) -> dic
     point per x (the run with the most items).  Lines that the run label does not tell
     apart are labelled with the fields in which they differ."""
     groups: dict[tuple, dict[float, dict]] = defaultdict(dict)
+    fields = _fields(results, without=x)
     for result in results:
         config = result["config"]
         if config[x] is None or not keep(config):
             continue
-        points = groups[_configuration(config, results, without=x)]
+        points = groups[_configuration(config, fields)]
         kept = points.get(config[x])
         if kept is None or len(result["items"]) > len(kept["items"]):
             points[config[x]] = result
@@ -89,10 +94,11 @@ def _baselines(results: Sequence[dict], is_baseline: Callable[[dict], bool]) -> 
     """``{label: summary}`` of the runs drawn as horizontal lines: one per configuration (the
     run with the most items), labelled as :func:`_lines` labels its lines."""
     runs: dict[tuple, dict] = {}
+    fields = _fields(results)
     for result in results:
         if not is_baseline(result["config"]):
             continue
-        key = _configuration(result["config"], results)
+        key = _configuration(result["config"], fields)
         if key not in runs or len(result["items"]) > len(runs[key]["items"]):
             runs[key] = result
     configs = [result["config"] for result in runs.values()]
