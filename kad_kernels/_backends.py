@@ -145,11 +145,23 @@ def _load(name: str) -> Backend | None:
     return _LOADED[name]
 
 
+# The values for which Triton (3.4 to 3.9: its knobs.runtime.interpret) runs kernels in its
+# interpreter, which serves CPU tensors.  Spelled out here rather than read from triton.knobs,
+# because that read inside a torch.compile trace breaks the graph; tests/test_triton_interpret.py
+# checks that the two readings agree on the installed Triton.
+TRITON_INTERPRET_ON = ("1", "true", "on", "yes", "y")
+
+
+def triton_interprets() -> bool:
+    """Whether TRITON_INTERPRET switches Triton's interpreter on (case-insensitive, as Triton reads it)."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in TRITON_INTERPRET_ON
+
+
 def _serves(name: str, device: torch.device) -> bool:
     if device.type not in _REGISTRY[name][1]:
         return False
     if name == "triton" and device.type == "cpu":
-        return os.environ.get("TRITON_INTERPRET") == "1"
+        return triton_interprets()
     return True
 
 

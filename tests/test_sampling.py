@@ -34,6 +34,7 @@ from helpers import (
     softmax,
 )
 from kad_kernels import Dual, ImplicitReward, Nudging, Primal, Threshold
+from kad_kernels._backends import triton_interprets
 from kad_kernels._random import philox_uniform
 
 ROWS = 20000  # draws per χ² test
@@ -584,9 +585,7 @@ if triton is not None:
 @pytest.mark.skipif(triton is None, reason="triton is not installed")
 @pytest.mark.parametrize("seed", [0, 1, 42, 2**31 - 1, 2**31 + 5, 2**32 + 1, 2**62 + 12345, -1, -5, -(2**40), 2**63 - 1])
 def test_philox_uniform_matches_tl_rand(seed):
-    import os
-
-    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    if not torch.cuda.is_available() and not triton_interprets():
         pytest.skip("triton needs CUDA or TRITON_INTERPRET=1")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     offsets = torch.cat(
