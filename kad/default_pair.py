@@ -97,14 +97,17 @@ class ModelIntegrityError(DefaultPairError):
 
 
 class CacheUnwritable(DefaultPairError):
-    """The cache cannot take the assembled or converted model (not a directory, read-only, full)."""
+    """The cache cannot take the assembled or converted model, or a GGUF's tokenizer (not a
+    directory, read-only, full)."""
 
 
 @contextlib.contextmanager
-def _writing_cache(directory: Path) -> Iterator[None]:
-    """An ``OSError`` inside on a path in ``directory`` (the gigabytes written there), or on
-    none (a full disk), as a :class:`CacheUnwritable` naming it; other paths' errors (an
-    installed part that cannot be read) as they are."""
+def _writing_cache(
+    directory: Path, what: str = "the default pair's model cache", room: str = " with a few GB free"
+) -> Iterator[None]:
+    """An ``OSError`` inside on a path in ``directory`` (what is written there), or on none
+    (a full disk), as a :class:`CacheUnwritable` naming ``what`` and the directory; other
+    paths' errors (an installed part that cannot be read) as they are."""
     try:
         yield
     except OSError as error:
@@ -114,8 +117,7 @@ def _writing_cache(directory: Path) -> Iterator[None]:
         ):
             raise
         raise CacheUnwritable(
-            f"cannot write the default pair's model cache {directory}: {error.strerror or error}; "
-            "set KAD_CACHE to a writable directory with a few GB free"
+            f"cannot write {what} {directory}: {error.strerror or error}; set KAD_CACHE to a writable directory{room}"
         ) from None
 
 
@@ -290,14 +292,13 @@ def gguf_tokenizer_path(gguf: Path, directory: Path | None = None) -> Path:
     target = (directory or cache_dir()) / "tokenizers" / f"{gguf.stem}-{key}"
     if (target / "tokenizer.json").is_file():
         return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise OSError(f"cannot create the tokenizer cache {target.parent} (KAD_CACHE): {error.strerror}") from None
+    with _writing_cache(target.parent, "the tokenizer cache", room=""):
+        target.parent.mkdir(parents=True, exist_ok=True)  # before the read of the GGUF, which takes seconds
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
 
     def write(staging: Path) -> None:
         tokenizer.save_pretrained(staging)
         drop_padding_tokens(staging / "tokenizer.json")
 
-    return _save_atomically(target, "tokenizer.json", write)
+    with _writing_cache(target.parent, "the tokenizer cache", room=""):
+        return _save_atomically(target, "tokenizer.json", write)

@@ -427,6 +427,18 @@ def test_a_cache_that_takes_no_files_is_named_with_kad_cache(make_gguf, install_
         getattr(dp, where)(model, directory)
 
 
+def test_a_tokenizer_cache_that_takes_no_files_is_named_with_kad_cache(make_gguf, install_parts, tmp_path):
+    """llama.cpp's path writes only the tokenizer: a cache whose tokenizers/ cannot be made
+    is one :class:`CacheUnwritable` too, which ``kad`` prints as one line (not a traceback)."""
+    model = install_parts(make_gguf().data)
+    cache = tmp_path / "cache"
+    dp.gguf_path(model, cache)
+    (cache / "tokenizers").write_text("")  # where the directory should be
+    with pytest.raises(dp.CacheUnwritable, match=f"^cannot write the tokenizer cache {cache / 'tokenizers'}: "
+                       ".*; set KAD_CACHE to a writable directory$"):  # fmt: skip
+        dp.tokenizer_path(model, cache)
+
+
 def test_an_installed_part_that_cannot_be_read_is_not_blamed_on_the_cache(make_gguf, install_parts, tmp_path):
     model = install_parts(make_gguf().data)
     first = model.part_paths()[0]
