@@ -45,6 +45,8 @@ exact; the q-dependent threshold rules and ImplicitReward are not handled here.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -81,6 +83,31 @@ class TopK:
     def missing_mass(self) -> Tensor:
         """f64 ``[N]``: the probability of the tokens not returned (≥ 0)."""
         return (1.0 - self.probs.sum(1)).clamp_min(0.0)
+
+    def padded(self, width: int) -> tuple[Tensor, Tensor]:
+        """``ids`` and ``logprobs`` padded to ``[N, width]`` (−1 and −inf: no entry)."""
+        extra = width - self.ids.shape[1]
+        ids = torch.nn.functional.pad(self.ids, (0, extra), value=-1)
+        logprobs = torch.nn.functional.pad(self.logprobs, (0, extra), value=-math.inf)
+        return ids, logprobs
+
+
+def concatenate(parts: Sequence[TopK]) -> TopK:
+    """The rows of ``parts`` in order (widths padded to match); the smallest k of them is
+    every row's valid bound."""
+    width = max(part.ids.shape[1] for part in parts)
+    padded = [part.padded(width) for part in parts]
+    ids, logprobs = (torch.cat(tensors) for tensors in zip(*padded))
+    return TopK(ids, logprobs, min(part.k for part in parts))
+
+
+def replace_rows(top: TopK, rows: Sequence[int], new: TopK) -> TopK:
+    """``top`` with ``rows`` replaced by ``new``'s (widths padded to match)."""
+    width = max(top.ids.shape[1], new.ids.shape[1])
+    ids, logprobs = top.padded(width)
+    new_ids, new_logprobs = new.padded(width)
+    ids[list(rows)], logprobs[list(rows)] = new_ids, new_logprobs
+    return TopK(ids, logprobs, top.k)  # rows keep their own k: the smaller is a valid bound
 
 
 def completed_logits(top: TopK, vocab_size: int) -> Tensor:

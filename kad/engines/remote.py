@@ -20,17 +20,15 @@ requests serves the next one as well as the first.
 Faults (connection refused or reset, timeouts, 5xx and 429 answers, malformed or
 truncated JSON, answers that do not fit the request) are retried with exponential
 backoff, then end in an :class:`~kad.engines.EngineError` of one line naming the
-URL; the loop keeps what was generated before it.
+URL (:mod:`kad.engines.http`, the part any served engine shares); the loop keeps
+what was generated before it.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import re
-import ssl
-import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Collection
 from typing import Any
 
 import httpx
@@ -43,6 +41,7 @@ from ..batch import Batch
 from ..settings import Settings
 from .arguments import check_count, check_flag, check_seconds, checked_stop_ids, checked_tokenizer
 from .base import EngineError
+from .http import JsonClient, Retryable, checked_url, error_message
 from .huggingface import token_ids
 from .vocabulary import vocabulary_mismatch
 
@@ -50,17 +49,6 @@ from .vocabulary import vocabulary_mismatch
 _MAX_TOKEN_ID = 2**31
 # vLLM's answer to a logprobs request above its --max-logprobs.
 _MAX_LOGPROBS = re.compile(r"max(?:imum)? allowed:?\s*(\d+)")
-
-
-def _check_api_key(api_key: object) -> None:
-    """``ValueError`` naming ``api_key`` (never showing it) unless a header can carry it."""
-    if api_key is None:
-        return
-    if not isinstance(api_key, str):
-        raise ValueError(f"api_key must be a str, got {type(api_key).__name__}")
-    if not (api_key.isascii() and api_key.isprintable()) or any(c.isspace() for c in api_key):
-        raise ValueError(f"api_key (its {len(api_key)} characters not shown) must be printable ASCII without spaces "
-                         "or line breaks: a key read from a file keeps its newline unless stripped")  # fmt: skip
 
 
 def check_servable(settings: Settings, url: str) -> None:
@@ -84,10 +72,6 @@ def check_servable(settings: Settings, url: str) -> None:
             f"temperature {settings.temperature}: the top-k log-probabilities of {url} determine π "
             "only at temperature 1 (and 0, greedy); use one of those, or approximate=True (--approximate)"
         )
-
-
-class _Retryable(Exception):
-    """A fault worth another attempt (transport error, 5xx, garbled answer)."""
 
 
 class RemoteEngine:
@@ -135,25 +119,19 @@ class RemoteEngine:
         check_seconds("timeout", timeout)
         check_seconds("backoff", backoff, zero=True)
         check_flag("approximate", approximate)
-        _check_api_key(api_key)
         tokenizer = checked_tokenizer("tokenizer", tokenizer)
-        self.url = self.checked_url(base_url)  # without credentials: it is shown and recorded
-        credentials = httpx.URL(base_url)
-        if credentials.userinfo and api_key:
-            raise ValueError(f"base URL {self.url!r} has credentials and api_key is given too: give one of them")
-        auth = httpx.BasicAuth(credentials.username, credentials.password) if credentials.userinfo else None
+        self._http = JsonClient(base_url, api_key=api_key, timeout=timeout, attempts=attempts, backoff=backoff,
+                                root_404=_ROOT_404, transport=transport)  # fmt: skip
+        self.url = self._http.url  # without credentials: it is shown and recorded
         self.model = model
         self._vocab_size = len(tokenizer)
         self._first_k, self._max_k = int(logprobs), None if max_logprobs is None else int(max_logprobs)
         self.approximate = approximate
         self.max_prompts = int(max_prompts)
-        self.attempts, self.backoff, self.timeout = attempts, backoff, timeout
         self._device = torch.device(device)
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._stop_ids = None if stop_ids is None else checked_stop_ids(stop_ids, self._vocab_size)
-        self._client = httpx.Client(timeout=timeout, headers=headers, auth=auth, transport=transport)
         self._requests, self._waited = 0, 0.0
         try:
+            self._stop_ids = None if stop_ids is None else checked_stop_ids(stop_ids, self._vocab_size)
             served = self._served_model()
             if self._stop_ids is None:
                 self._stop_ids = _local_stop_ids(served)
@@ -162,37 +140,17 @@ class RemoteEngine:
             self._max_length = None if model_len is None else model_len - 1
             self._check_vocabulary(tokenizer)
         except BaseException:  # no engine to close it later: its connections go now
-            self._client.close()
+            self._http.close()
             raise
         self._settings: Settings | None = None
         self.reset()
 
     def close(self) -> None:
         """Close the connections to the server; a closed engine refuses to run."""
-        self._client.close()
+        self._http.close()
 
-    @staticmethod
-    def checked_url(base_url: str) -> str:
-        """``base_url`` without its trailing ``/`` and any ``user:password@`` (which would be
-        shown in messages and recorded in results; the engine sends them as HTTP basic
-        auth); ``ValueError`` naming it unless it is an http(s) URL with a host (a typo
-        fails at once, not after every retry)."""
-        example = "e.g. http://127.0.0.1:8000/v1"
-        try:
-            url = httpx.URL(base_url)
-        except (httpx.InvalidURL, TypeError) as error:  # named without a password it may hold
-            shown = re.sub(r"//[^/@]*@", "//…@", base_url) if isinstance(base_url, str) else base_url
-            raise ValueError(f"base URL {shown!r} is not a URL ({error}); {example}") from None
-        if url.userinfo:
-            url = url.copy_with(username=None, password=None)
-            base_url = str(url)
-        if url.scheme not in ("http", "https") or not url.host:
-            raise ValueError(f"base URL {base_url!r} must start with http:// or https:// and name a host; {example}")
-        if url.port is not None and not 0 < url.port < 65536:
-            raise ValueError(f"base URL {base_url!r} has port {url.port}, outside 1..65535")
-        if "?" in str(url) or "#" in str(url):  # the API's paths are appended to it: …/v1?x=1/models
-            raise ValueError(f"base URL {base_url!r} has a query or fragment: give the API root alone; {example}")
-        return base_url.rstrip("/")
+    # ``base_url`` checked and without credentials, as the engine names it (before a model loads).
+    checked_url = staticmethod(checked_url)
 
     # ------------------------------------------------------------------ the Engine protocol
 
@@ -290,7 +248,7 @@ class RemoteEngine:
                 again = todo.nonzero()[:, 0].tolist()
                 sharper = self._top_k([prompts[i] for i in again], k)
                 k = sharper.k  # lower if the server refused k and told its limit
-                top = _replace_rows(top, again, sharper)
+                top = partial.replace_rows(top, again, sharper)
                 todo[again] = ~partial.exact(rule, settings.temperature, sharper, self._vocab_size)
                 self._k = k  # the next positions are likely alike: start there
         self._partial += len(prompts)
@@ -315,7 +273,7 @@ class RemoteEngine:
         parts = [
             self._top_k_request(prompts[i : i + size], min(k, self._limit())) for i in range(0, len(prompts), size)
         ]
-        return parts[0] if len(parts) == 1 else _concatenate(parts)
+        return parts[0] if len(parts) == 1 else partial.concatenate(parts)
 
     def _top_k_request(self, prompts: list[list[int]], k: int) -> partial.TopK:
         body = {
@@ -332,8 +290,8 @@ class RemoteEngine:
         }
         while True:
             try:
-                return self._request(
-                    "POST", "/completions", body,
+                top, waited = self._http.request(
+                    "POST", "/completions", body, refused=_logprobs_refused,
                     parse=lambda answer: _parse_top_k(answer, len(prompts), k, self._vocab_size),
                 )  # fmt: skip
             except _LogprobsTooMany as refusal:  # learn the server's limit, ask again within it
@@ -341,83 +299,20 @@ class RemoteEngine:
                     raise EngineError(f"{self.url}: refused logprobs={k}: {refusal}") from None
                 self._max_k = k = body["logprobs"] = refusal.limit
                 self._k = min(self._k, k)  # and start the next positions within it
+            else:
+                self._requests += 1
+                self._waited += waited
+                return top
 
-    # ------------------------------------------------------------------ HTTP
-
-    def _request(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        *,
-        root: bool = False,
-        parse: Callable[[Any], Any] | None = None,
-    ) -> Any:
-        """The JSON answer of one request, through ``parse`` if given (which raises
-        :class:`_Retryable` for an answer that does not fit), retried on faults;
-        :class:`EngineError` at last."""
-        url = (_root(self.url) if root else self.url) + path
-        if self._client.is_closed:
-            raise EngineError(f"{url}: the engine is closed (close() closed its connections)")
-        reason = ""
-        start = time.perf_counter()
-        for attempt in range(self.attempts):
-            if attempt:
-                time.sleep(self.backoff * 2 ** (attempt - 1))
-            try:
-                response = self._answer(method, url, body)
-                if response.status_code >= 500 or response.status_code == 429:
-                    raise _Retryable(f"HTTP {response.status_code}")
-                if response.status_code >= 400:
-                    _refuse(response, url, root)
-                if response.is_redirect:  # http -> https, a moved API: no retry gets another answer
-                    where = response.headers.get("Location", "elsewhere")
-                    raise EngineError(f"{url}: HTTP {response.status_code}, a redirect to {where}: give the base URL "
-                                      "it names")  # fmt: skip
-                try:
-                    answer = response.json()
-                except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                    raise _Retryable(f"an answer that is not JSON ({error.msg if hasattr(error, 'msg') else error})")
-                parsed = answer if parse is None else parse(answer)
-                if path == "/completions":
-                    self._requests += 1
-                    self._waited += time.perf_counter() - start
-                return parsed
-            except httpx.TimeoutException:
-                reason = f"no whole answer within timeout={self.timeout} s"
-            except httpx.LocalProtocolError as error:  # a request this client cannot send: no retry sends it
-                raise EngineError(f"{url}: cannot send the request: {error}") from None
-            except httpx.ConnectError as error:
-                if _tls_failure(error):  # https to an http server, a certificate not trusted: no retry helps
-                    raise EngineError(f"{url}: TLS failed ({error}); a server without TLS is reached by http://") from None
-                reason = f"ConnectError: {error}"
-            except httpx.RequestError as error:  # transport faults, and bodies that do not decode
-                reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-            except _Retryable as error:
-                reason = str(error)
-        raise EngineError(f"{url}: {reason} (after {self.attempts} attempts)")
-
-    def _answer(self, method: str, url: str, body: dict[str, Any] | None) -> httpx.Response:
-        """The response with its whole body read within :attr:`timeout` of sending: httpx's
-        own timeouts bound each read, not their sum."""
-        deadline = time.perf_counter() + self.timeout
-        with self._client.stream(method, url, json=body) as response:
-            content = bytearray()
-            for chunk in response.iter_raw():
-                content += chunk
-                if time.perf_counter() > deadline:
-                    raise httpx.ReadTimeout(f"no whole answer within {self.timeout} s")
-        # A response of the bytes read, decoded (Content-Encoding) as httpx would.
-        return httpx.Response(response.status_code, headers=response.headers, content=bytes(content),
-                              request=response.request)  # fmt: skip
+    # ------------------------------------------------------------------ the server
 
     def _served_model(self) -> dict[str, Any]:
         """The server's entry for :attr:`model` (``/v1/models``; :attr:`model` set to the only
         one if it was None); ``ValueError`` if absent."""
-        answer = self._request("GET", "/models")
+        answer, _ = self._http.request("GET", "/models")
         entries = answer.get("data") if isinstance(answer, dict) else None
         if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-            error = _error_message(answer)
+            error = error_message(answer)
             what = f"an error answer: {error}" if error else "not an OpenAI-compatible model list"
             raise EngineError(f"{self.url}/models: {what}")
         names = [e.get("id") for e in entries]
@@ -436,12 +331,12 @@ class RemoteEngine:
         """The served model's tokenizer must be ``tokenizer``'s vocabulary (:mod:`.vocabulary`)."""
 
         def tokenize(text: str) -> list[int] | None:
-            answer = self._request("POST", "/tokenize", {"model": self.model, "prompt": text,
-                                                         "add_special_tokens": False}, root=True)  # fmt: skip
+            answer, _ = self._http.request("POST", "/tokenize", {"model": self.model, "prompt": text,
+                                                                 "add_special_tokens": False}, root=True)  # fmt: skip
             return answer.get("tokens") if isinstance(answer, dict) else None
 
         def token_text(token: int) -> str | None:
-            answer = self._request("POST", "/detokenize", {"model": self.model, "tokens": [token]}, root=True)
+            answer, _ = self._http.request("POST", "/detokenize", {"model": self.model, "tokens": [token]}, root=True)
             return answer.get("prompt") if isinstance(answer, dict) else None
 
         mismatch = vocabulary_mismatch(tokenizer, tokenize, token_text)
@@ -453,103 +348,56 @@ class RemoteEngine:
             )
 
 
-# A connection closed during the handshake (a port forward or load balancer whose server is
-# still starting) may succeed on a retry; other TLS errors (no TLS there, an untrusted
-# certificate) will not.
-_PASSING_TLS_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
-
-
-def _tls_failure(error: BaseException) -> bool:
-    """Whether ``error`` comes from a TLS handshake that no retry would pass."""
-    seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return not isinstance(seen, _PASSING_TLS_ERRORS)
-        seen = seen.__cause__ or seen.__context__
-    return False
-
-
 class _LogprobsTooMany(Exception):
     def __init__(self, message: str, limit: int):
         super().__init__(message)
         self.limit = limit
 
 
-def _root(url: str) -> str:
-    """The server's root (vLLM's /tokenize lives there, beside /v1)."""
-    return url[: -len("/v1")] if url.endswith("/v1") else url
+def _logprobs_refused(message: str) -> None:
+    """A refusal of a k above the server's limit: :class:`_LogprobsTooMany` with the limit it names."""
+    limit = _MAX_LOGPROBS.search(message)
+    if "logprobs" in message and limit:
+        raise _LogprobsTooMany(message, int(limit.group(1)))
 
 
-def _refuse(response: httpx.Response, url: str, root: bool = False) -> None:
-    """A 4xx answer: a k above the server's limit (learnt), else a one-line error.  ``root``:
-    the path lives at the server's root, beside the API root (which has answered by then)."""
-    message = _error_message(response) or " ".join(response.text.split())[:200]  # an HTML page: one line
-    limit = _MAX_LOGPROBS.search(str(message))
-    if "logprobs" in str(message) and limit:
-        raise _LogprobsTooMany(str(message), int(limit.group(1)))
-    hint = _HINTS.get(response.status_code, "")
-    if response.status_code == 404 and root:
-        hint = _ROOT_404
-    if response.status_code == 401 and "authorization" in response.request.headers:
-        hint = _HINTS[403]  # a key (or user:password) was sent: it is the one refused
-    raise EngineError(f"{url}: HTTP {response.status_code}: {message}{hint}")
-
-
-def _error_message(answer: Any) -> str | None:
-    """The message of an OpenAI-style error answer ``{"error": {"message": ...}}`` (a
-    response or its JSON), on one line; None for any other answer."""
-    try:
-        if isinstance(answer, httpx.Response):
-            answer = answer.json()
-        error = answer["error"]
-        message = error["message"] if isinstance(error, dict) else error
-    except (ValueError, KeyError, TypeError, IndexError):
-        return None
-    return " ".join(str(message).split())[:200] or None
-
-
-# What a 4xx answer to kad's requests most likely means.
-_HINTS = {
-    401: " (the server wants an API key: --api-key, api_key=)",
-    403: " (the server refuses this API key: --api-key, api_key=)",
-    404: " (the base URL names the API root, e.g. http://HOST:8000/v1)",
-}
+# What a 404 of /tokenize or /detokenize means: the API root has answered by then.
 _ROOT_404 = (" (the server has no /tokenize and /detokenize at its root, which kad's vocabulary check needs as "
              "vLLM serves them: docs/remote.md)")  # fmt: skip
 
 
 def _parse_top_k(answer: Any, count: int, k: int, vocab_size: int) -> partial.TopK:
     """``answer``'s top log-probabilities as a :class:`~kad.partial.TopK` of ``count`` rows;
-    :class:`_Retryable` for anything that does not fit the request: among it fewer than
+    :class:`Retryable` for anything that does not fit the request: among it fewer than
     ``min(k, vocab_size)`` entries in a row (its k-th largest would not bound the tokens left
     out), or more mass left out than the tokens left out can hold below that bound."""
     choices = answer.get("choices") if isinstance(answer, dict) else None
-    if choices is None and (message := _error_message(answer)):  # an error sent as a success
-        raise _Retryable(f"an error answer: {message}")
+    if choices is None and (message := error_message(answer)):  # an error sent as a success
+        raise Retryable(f"an error answer: {message}")
     if not isinstance(choices, list) or len(choices) != count:
         got = len(choices) if isinstance(choices, list) else "no"
-        raise _Retryable(f"an answer with {got} choices for {count} prompts")
+        raise Retryable(f"an answer with {got} choices for {count} prompts")
     rows: list[dict[int, float] | None] = [None] * count
     for choice in choices:
         try:
             index, table = choice["index"], choice["logprobs"]["top_logprobs"][0]
             row = {int(str(key).removeprefix("token_id:")): float(value) for key, value in table.items()}
         except (KeyError, IndexError, TypeError, ValueError, AttributeError):
-            raise _Retryable("an answer without token-id top_logprobs") from None
+            raise Retryable("an answer without token-id top_logprobs") from None
         if not isinstance(index, int) or not 0 <= index < count or rows[index] is not None:
-            raise _Retryable(f"an answer with choice index {index!r}")
+            raise Retryable(f"an answer with choice index {index!r}")
         total = sum(math.exp(v) for v in row.values() if v <= 0)
         garbled = any(not 0 <= i < _MAX_TOKEN_ID or math.isnan(v) or v > 1e-4 for i, v in row.items())
         if not row or garbled or total > 1 + 1e-3:
-            raise _Retryable("an answer whose log-probabilities are not a distribution")
+            raise Retryable("an answer whose log-probabilities are not a distribution")
         if len(row) < min(k, vocab_size):
-            raise _Retryable(f"an answer with {len(row)} log-probabilities where logprobs={k} were asked")
+            raise Retryable(f"an answer with {len(row)} log-probabilities where logprobs={k} were asked")
         probs = sorted((math.exp(min(v, 0.0)) for v in row.values()), reverse=True)
         bound, left_out_mass = probs[min(k, len(row)) - 1], 1 - sum(probs)
         left_out = vocab_size - sum(1 for i in row if i < vocab_size)
         if left_out_mass > bound * left_out + 1e-3:
-            raise _Retryable(f"an answer that leaves out {left_out_mass:.3g} of the mass, more than its "
-                             f"{left_out} other tokens can hold at most {bound:.3g} each")  # fmt: skip
+            raise Retryable(f"an answer that leaves out {left_out_mass:.3g} of the mass, more than its "
+                            f"{left_out} other tokens can hold at most {bound:.3g} each")  # fmt: skip
         rows[index] = row
     width = max(len(r) for r in rows)  # type: ignore[arg-type]
     ids = torch.full((count, width), -1, dtype=torch.long)
@@ -558,29 +406,6 @@ def _parse_top_k(answer: Any, count: int, k: int, vocab_size: int) -> partial.To
         ids[i, : len(row)] = torch.tensor(list(row.keys()))  # type: ignore[union-attr]
         logprobs[i, : len(row)] = torch.tensor(list(row.values())).clamp_max(0.0)  # type: ignore[union-attr]
     return partial.TopK(ids, logprobs, k)
-
-
-def _concatenate(parts: Sequence[partial.TopK]) -> partial.TopK:
-    width = max(part.ids.shape[1] for part in parts)
-    padded = [_pad(part, width) for part in parts]
-    ids, logprobs = (torch.cat(tensors) for tensors in zip(*padded))
-    return partial.TopK(ids, logprobs, min(part.k for part in parts))
-
-
-def _replace_rows(top: partial.TopK, rows: Sequence[int], new: partial.TopK) -> partial.TopK:
-    """``top`` with ``rows`` replaced by ``new``'s (widths padded to match)."""
-    width = max(top.ids.shape[1], new.ids.shape[1])
-    ids, logprobs = _pad(top, width)
-    new_ids, new_logprobs = _pad(new, width)
-    ids[list(rows)], logprobs[list(rows)] = new_ids, new_logprobs
-    return partial.TopK(ids, logprobs, top.k)  # rows keep their own k: the smaller is a valid bound
-
-
-def _pad(top: partial.TopK, width: int) -> tuple[Tensor, Tensor]:
-    extra = width - top.ids.shape[1]
-    ids = torch.nn.functional.pad(top.ids, (0, extra), value=-1)
-    logprobs = torch.nn.functional.pad(top.logprobs, (0, extra), value=-math.inf)
-    return ids, logprobs
 
 
 def _local_stop_ids(served: dict[str, Any]) -> frozenset[int]:
