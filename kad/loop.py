@@ -42,7 +42,7 @@ import numbers
 import time
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -58,7 +58,7 @@ from .engines.arguments import checked_stop_ids
 from .engines.base import ContextLengthWarning, refuse_other_vocabularies, refuse_served_mixers, refuse_shared_engines
 from .engines.turns import engine_turns
 from .settings import Settings
-from .stats import GenerationStats
+from .stats import SERVED_COUNTERS, GenerationStats
 
 
 class Streamer(Protocol):
@@ -354,14 +354,14 @@ class _Loop:
         self._broken.append((engine, code.reshape(code.shape[0], -1).amax(1)))
 
     def decoded(self) -> Decoded:
-        """What was emitted so far, and the statistics (served engines' counters included)."""
+        """What was emitted so far, and the statistics (served engines' counters included).
+        Reads, never adds to, :attr:`stats`: a second call (a Ctrl-C inside the first) counts once."""
+        stats = replace(self.stats)
         for engine in self.plan.engines:
             if isinstance(engine, ServedEngine):
-                self.stats.requests += engine.requests
-                self.stats.server_wait_s += engine.wait_s
-                self.stats.partial_positions += engine.partial_positions
-                self.stats.inexact_positions += engine.inexact_positions
-        return Decoded(self.outputs, self.stats, self.row_stats)
+                for name, counter in SERVED_COUNTERS.items():
+                    setattr(stats, name, getattr(stats, name) + getattr(engine, counter))
+        return Decoded(self.outputs, stats, self.row_stats)
 
     def run(self, prompts: list[list[int]], budgets: list[int]) -> None:
         """New tokens per prompt into :attr:`outputs`; fills :attr:`stats` and :attr:`row_stats`."""

@@ -6,6 +6,15 @@ import math
 from dataclasses import dataclass
 
 
+# GenerationStats field <- the ServedEngine property that counts it (kad.engines.base).
+SERVED_COUNTERS = {
+    "requests": "requests",
+    "server_wait_s": "wait_s",
+    "partial_positions": "partial_positions",
+    "inexact_positions": "inexact_positions",
+}
+
+
 def _ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else math.nan
 

@@ -770,6 +770,21 @@ def test_a_one_model_mode_draws_on_that_models_device():
                    generator=torch.Generator())  # fmt: skip
 
 
+class _CountingLikeAServer(HFEngine):
+    """An engine with a served model's counters (kad.engines.ServedEngine), fixed values."""
+
+    requests, wait_s, partial_positions, inexact_positions = 3, 0.25, 7, 2
+
+
+def test_a_served_base_models_counters_are_reported_once():
+    served = kad.Decoder(_CountingLikeAServer(MODELS["base"], V), MODELS["aligned"], TOKENIZER)
+    assert isinstance(served.engines["base"], kad.engines.ServedEngine)
+    stats = served.generate(["hello"], "kad", kk.Dual(0.5), max_new_tokens=4, seed=3).stats
+    assert (stats.requests, stats.server_wait_s, stats.partial_positions, stats.inexact_positions) == (3, 0.25, 7, 2)
+    stats = served.generate(["hello"], "aligned", max_new_tokens=4, seed=3).stats  # the base model does not run
+    assert (stats.requests, stats.server_wait_s, stats.partial_positions, stats.inexact_positions) == (0, 0.0, 0, 0)
+
+
 @pytest.mark.parametrize(
     "roles, mode, prompts, match",
     [
