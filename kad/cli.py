@@ -37,21 +37,9 @@ from .engines.remote import check_servable
 from .loop import KEEPS_PARTIAL, ContextLengthWarning
 from .models import DTYPES, ENGINES
 from .settings import GAMMA, LAM, MODES, Settings
-from .evaluate import (
-    MODEL_FIELDS,
-    ResultWriteError,
-    RunConfig,
-    Summary,
-    check_resumable,
-    check_seed,
-    check_writable,
-    evaluate,
-    load_result,
-    model_name,
-    saved_result,
-    summary_table,
-    with_models,
-)
+from .evaluate import MODEL_FIELDS, check_resumable, check_seed, evaluate, model_name, with_models
+from .report import Summary, summary_table
+from .results import ResultWriteError, RunConfig, check_writable, load_result, saved_result
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
 
 

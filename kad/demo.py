@@ -8,7 +8,7 @@ from transformers import TextStreamer
 import kad_kernels as kk
 
 from .decoding import Decoder
-from .evaluate import number
+from .report import number
 from .settings import GAMMA, LAM
 from .stats import GenerationStats
 from .tasks import TASKS, TEMPERATURE

@@ -21,7 +21,7 @@ from typing import NamedTuple
 import kad_kernels as kk
 
 from .decoding import build_rule
-from .evaluate import Summary, distinguishing_fields, run_label, summarize
+from .report import Summary, distinguishing_fields, run_label, summarize
 
 
 def _is_primal(config: dict) -> bool:
@@ -62,7 +62,7 @@ def _fields(results: Sequence[dict], without: str | None = None) -> list[str]:
 
 def _configuration(config: dict, fields: Sequence[str]) -> tuple:
     """``config`` as a key over ``fields`` (:func:`_fields`): a field a file lacks reads as
-    None, as in the labels (:func:`~kad.evaluate.distinguishing_fields`)."""
+    None, as in the labels (:func:`~kad.report.distinguishing_fields`)."""
     return tuple((f, repr(config.get(f))) for f in fields)
 
 

@@ -24,8 +24,9 @@ import kad
 from kad import cli, evaluate
 from kad.decoding import build_rule
 from kad.demo import RUNS, demo
-from kad.evaluate import RunConfig, summarize, summary_table, wilson_interval
 from kad.plots import figures, plot_results
+from kad.report import summarize, summary_table, wilson_interval
+from kad.results import RunConfig
 from kad.tasks import TASKS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -829,7 +830,7 @@ def test_cli_eval_a_batch_that_cannot_be_saved_keeps_the_ones_before(monkeypatch
         return real_dump(obj, f, **kwargs)
 
     monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
-    monkeypatch.setattr(evaluate.json, "dump", dump_then_fill_the_disk)
+    monkeypatch.setattr(json, "dump", dump_then_fill_the_disk)
     output = tmp_path / "run.json"
     command = ["eval", "--task", "gsm8k", "--limit", "3", "--batch-size", "1", "--max-new-tokens", "2",
                "--output", str(output)]  # fmt: skip

@@ -3,12 +3,15 @@
 Every ``import``/``from … import`` of a package module counts, at module level or inside a
 function (a lazy import is still a dependency).  For ``kad_kernels`` the intended order is
 API → dispatch (``_backends``) → backends (``_native``, ``triton/``) → shared leaves
-(``_backend``, ``rules``, ``_random``, ``reference``).
+(``_backend``, ``rules``, ``_random``, ``reference``).  In ``kad``, ``kad eval``'s run
+(``evaluate``) → the result file (``results``) and the scores (``report``) → ``stats``:
+``kad summary`` and ``kad plot`` read files without the run's modules.
 """
 
 from __future__ import annotations
 
 import ast
+import sys
 from pathlib import Path
 
 import pytest
@@ -83,3 +86,15 @@ def test_the_backends_share_a_leaf():
     assert graph["kad_kernels._backend"] <= {"kad_kernels.rules"}
     for backend in ("kad_kernels._native", "kad_kernels.triton", "kad_kernels.triton.ops"):
         assert "kad_kernels._backends" not in graph[backend], f"{backend} imports the dispatch module"
+
+
+def test_the_result_file_and_the_report_import_no_decoding():
+    graph = _graph("kad")
+    for module in ("kad.results", "kad.report"):
+        assert graph[module] <= {"kad.stats"}, f"{module} imports {sorted(graph[module] - {'kad.stats'})}"
+        tree = ast.parse((ROOT / module.replace(".", "/")).with_suffix(".py").read_text())
+        outside = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+        outside |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and not node.level}
+        assert outside <= sys.stdlib_module_names, f"{module} imports {sorted(outside - sys.stdlib_module_names)}"
+    for reader in ("kad.plots", "kad.results", "kad.report"):
+        assert "kad.evaluate" not in graph[reader], f"{reader} imports kad.evaluate"
