@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import ssl
 import time
 from collections.abc import Callable
@@ -147,6 +148,9 @@ class JsonClient:
             except httpx.ConnectError as error:
                 if _tls_failure(error):  # https to an http server, a certificate not trusted: no retry helps
                     raise EngineError(f"{url}: TLS failed ({error}); a server without TLS is reached by http://") from None
+                if _unknown_host(error):  # a typo in the host: DNS gives the same answer to every retry
+                    raise EngineError(f"{url}: no such host {httpx.URL(url).host!r} ({error}); check the base URL's "
+                                      "host name") from None  # fmt: skip
                 reason = f"ConnectError: {error}"
             except httpx.RequestError as error:  # transport faults, and bodies that do not decode
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
@@ -212,12 +216,27 @@ _PASSING_TLS_ERRORS = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallEr
 
 def _tls_failure(error: BaseException) -> bool:
     """Whether ``error`` comes from a TLS handshake that no retry would pass."""
+    handshake = _first_cause(error, ssl.SSLError)
+    return handshake is not None and not isinstance(handshake, _PASSING_TLS_ERRORS)
+
+
+# getaddrinfo's answers that a retry will not change (EAI_AGAIN, a resolver that did not
+# answer, is retried).  EAI_NODATA is glibc's only.
+_UNKNOWN_HOST = {socket.EAI_NONAME, getattr(socket, "EAI_NODATA", socket.EAI_NONAME)}
+
+
+def _unknown_host(error: BaseException) -> bool:
+    """Whether ``error`` comes from a name lookup that found no such host."""
+    lookup = _first_cause(error, socket.gaierror)
+    return lookup is not None and lookup.errno in _UNKNOWN_HOST
+
+
+def _first_cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of ``kind`` in ``error``'s chain (httpx wraps httpcore's, which wraps the socket's)."""
     seen: BaseException | None = error
-    while seen is not None:
-        if isinstance(seen, ssl.SSLError):
-            return not isinstance(seen, _PASSING_TLS_ERRORS)
+    while seen is not None and not isinstance(seen, kind):
         seen = seen.__cause__ or seen.__context__
-    return False
+    return seen
 
 
 def _root(url: str) -> str:
