@@ -294,6 +294,9 @@ def _not_a_word(article: str) -> str:
 _NOT_A_WORD = _not_a_word("[Aa]")
 # Mid-sentence ("the answer is A in this case") the article is lowercase: only "a" is one.
 _NOT_A_WORD_MID_SENTENCE = _not_a_word("a")
+# What opens a statement of the answer (shared by statements and hedges, so a hedge is read
+# wherever a statement would be).
+_ANSWER_KEYWORD = r"(?i:answer|(?:correct|right|best|final)[ \t]+(?:option|choice))"
 _ANSWER_VERB = r"(?:is|would[ \t]+be|should[ \t]+be|must[ \t]+be|will[ \t]+be)"
 # Where "B is correct" ends as a statement (not "D is correct only for ..."): punctuation, the
 # line's end or the text's, after the closing ** or _ of bold or italics.
@@ -303,7 +306,6 @@ _STATEMENT_END = r"[ \t*_]*(?:[.!,;:)\n]|$)"
 def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
     """Phrases stating an answer; each pattern's one group is the letter (either case)."""
     any_case = f"(?i:{letter})"
-    keyword = r"(?i:answer|(?:correct|right|best|final)[ \t]+(?:option|choice))"
     # Not one of a list of letters ("Answer: (A) and (C) are wrong; B", "(a) or (c)"); a lowercase
     # letter standing alone there is the article ("C, a chart").
     # A second letter going on in the singular is a new sentence ("The answer is C, D is wrong").
@@ -317,11 +319,11 @@ def _stated_letter_patterns(letter: str) -> tuple[re.Pattern, ...]:
         # \boxed{B}, \boxed{(B)}, \boxed{\text{B}}
         re.compile(rf"\\boxed\{{\s*(?:\\text(?:bf)?\{{)?\s*\(?({any_case})\)?\s*\}}?\s*\}}"),
         # "the answer is (B)", "the best option would be option C", "the answer is A in this case"
-        re.compile(rf"{keyword}[ \t*_]+(?i:{_ANSWER_VERB})[ \t*_]*" + then_letter(_NOT_A_WORD_MID_SENTENCE)),
+        re.compile(rf"{_ANSWER_KEYWORD}[ \t*_]+(?i:{_ANSWER_VERB})[ \t*_]*" + then_letter(_NOT_A_WORD_MID_SENTENCE)),
         # ... and on the next line, where "A bank ..." may open a sentence
-        re.compile(rf"{keyword}[ \t*_]+(?i:{_ANSWER_VERB})[ \t*_]*\n[\s*_]*" + then_letter(_NOT_A_WORD)),
+        re.compile(rf"{_ANSWER_KEYWORD}[ \t*_]+(?i:{_ANSWER_VERB})[ \t*_]*\n[\s*_]*" + then_letter(_NOT_A_WORD)),
         # "Answer: b", "**Answer:** B", "the answer is: C" (after a colon "A bank ..." may open a sentence)
-        re.compile(rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:[\s*_]*" + then_letter(_NOT_A_WORD)),
+        re.compile(rf"{_ANSWER_KEYWORD}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:[\s*_]*" + then_letter(_NOT_A_WORD)),
         # "B is correct.", "(C) is the best answer", "Option I is the right one", "A is the answer"
         # (not "A is the best insulator", "D is correct only for mammals")
         re.compile(
@@ -336,14 +338,13 @@ def _hedge_pattern(letter: str) -> re.Pattern:
     """An answer phrase that states two letters and ends there: "the answer is C or D.",
     "Answer: (A)/(B)" — no one answer (the second letter is group 2)."""
     any_case = f"(?i:{letter})"
-    keyword = r"(?i:answer|(?:correct|right|best|final)[ \t]+(?:option|choice))"
     one = rf"[(\[*_'\"‘“]*({any_case})(?![A-Za-z])[)\]*_'\"’”]*"
     # Ending there as a statement: not "Answer: (a) or (c) are wrong", not a question ("Is the
     # answer A or B?"), not the start of a longer list ("the answer is A, B, C, or D").
     more = rf"[ \t]*(?:(?i:and|or)[ \t]+)?[(\[*_'\"‘“]*{any_case}(?![A-Za-z])"
     end = rf"[ \t]*(?:[.!;:\n]|,(?!{more})|$)"
     return re.compile(
-        rf"{keyword}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:?[ \t*_]*(?:(?i:either)[ \t]+)?{one}"
+        rf"{_ANSWER_KEYWORD}(?:[ \t*_]+(?i:{_ANSWER_VERB}))?[ \t*_]*:?[ \t*_]*(?:(?i:either)[ \t]+)?{one}"
         rf"[ \t]*(?:,|/|&|(?i:or|and)\b)[ \t]*(?:(?i:maybe|possibly|perhaps)[ \t]+)?{one}{end}"
     )
 

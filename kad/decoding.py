@@ -19,6 +19,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 import kad_kernels as kk
+from kad_kernels.rules import AUTHOR_RULES
 
 from . import default_pair
 from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
@@ -80,12 +81,8 @@ class Generation:
     row_stats: list[GenerationStats]
 
 
-# Rule names of `build_rule` (and `kad --rule`): the paper's rules, then the rule names of the authors' code (kad_kernels.rule_from_name).
-_AUTHOR_RULES = (
-    "token_wise", "max", "max_q_minus", "max_q_plus", "max_p_plus", "minus_max_p_plus",
-    "token_v2", "token_max", "budget_lr",
-)  # fmt: skip
-RULES = ("dual", "primal", "nudging", "implicit-reward", *_AUTHOR_RULES)
+# Rule names of `build_rule` (and `kad --rule`): the paper's rules, then the rule names of the authors' code.
+RULES = ("dual", "primal", "nudging", "implicit-reward", *AUTHOR_RULES)
 
 
 # Rules with no parameter: kad generate|eval refuses --lam for them (and records none).

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Literal, Union
 
@@ -238,22 +239,23 @@ class ImplicitReward(Rule):
     needs_ref = True
 
 
+# The rule names of the authors' code, each with the rule it names for its hyper-parameter alpha.
+AUTHOR_RULES: dict[str, Callable[[Param], Rule]] = {
+    "token_wise": lambda alpha: Dual(alpha),
+    "max": lambda alpha: Nudging(alpha),
+    **{form: (lambda alpha, form=form: Threshold(alpha, form)) for form in _FORM_KIND},
+    "token_v2": lambda alpha: Dual(mu=alpha, loss="perceptron"),
+    "token_max": lambda alpha: Dual(mu=0.0, loss="zero_one"),
+    "budget_lr": lambda alpha: Primal(alpha),
+}
+
+
 def rule_from_name(name: str, alpha: Param) -> Rule:
-    """The rule a configuration of the authors' code names, ``alpha`` being its hyper-parameter.
+    """The rule a configuration of the authors' code names (:data:`AUTHOR_RULES`), ``alpha``
+    being its hyper-parameter.
 
     ``token_max`` (defer every non-arg-max token) has no parameter and ignores ``alpha``.
     """
-    if name == "token_wise":
-        return Dual(alpha)
-    if name == "max":
-        return Nudging(alpha)
-    if name in _FORM_KIND:
-        return Threshold(alpha, name)  # type: ignore[arg-type]
-    if name == "token_v2":
-        return Dual(mu=alpha, loss="perceptron")
-    if name == "token_max":
-        return Dual(mu=0.0, loss="zero_one")
-    if name == "budget_lr":
-        return Primal(alpha)
-    known = ["token_wise", "max", *_FORM_KIND, "token_v2", "token_max", "budget_lr"]
-    raise ValueError(f"unknown rule name {name!r}; known: {', '.join(known)}")
+    if name not in AUTHOR_RULES:
+        raise ValueError(f"unknown rule name {name!r}; known: {', '.join(AUTHOR_RULES)}")
+    return AUTHOR_RULES[name](alpha)

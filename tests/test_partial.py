@@ -261,3 +261,14 @@ def test_exact_says_exact_only_where_the_top_k_gives_the_mixture(case):
     first, second = true.probs[0].double().topk(2).values.tolist()
     if first - second > 1e-5:
         assert torch.equal(kk.sample(completed, q, rule, 0.0), kk.sample(logits, q, rule, 0.0))
+
+
+def test_the_kinds_served_exactly_are_those_whose_mask_reads_p_alone():
+    """``SUPPORTED`` (what a server's top-k can score) and ``Rule.mask_from_p`` (what the loop's
+    speculative shortcuts rely on) state one fact twice: a rule of every kind holds them together."""
+    from kad_kernels.rules import _FORM_KIND, _LOSS_KIND
+
+    rules = [kk.Dual(mu=0.5, loss=loss) for loss in _LOSS_KIND] + [kk.Threshold(0.3, form) for form in _FORM_KIND]
+    rules += [kk.Primal(0.3), kk.Nudging(0.3), kk.ImplicitReward()]
+    assert {rule.kind for rule in rules} == set(Kind)  # one of every kind
+    assert {rule.kind for rule in rules if rule.mask_from_p} == SUPPORTED
