@@ -39,9 +39,10 @@ if _MISSING:
 
 from .decoding import SYSTEM_PROMPT, Decoder, Generation
 from .engines import Engine, HFEngine
-from .loop import ContextLengthWarning, decode
+from .engines.base import ContextLengthWarning
+from .engines.vocabulary import check_same_vocabulary
+from .loop import decode
 from .settings import MODES, Mode, Settings
-from .models import check_same_vocabulary
 from .stats import GenerationStats
 
 __all__ = [

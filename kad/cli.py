@@ -32,11 +32,12 @@ import kad_kernels as kk
 from . import default_pair
 from .decoding import PARAMETERLESS_RULES, RULES, SYSTEM_PROMPT, Decoder, build_rule, checked_seed, rule_name
 from .engines import EngineError, RemoteEngine
+from .engines.base import ContextLengthWarning
 from .engines.llamacpp import check_n_ctx
 from .engines.remote import check_servable
-from .loop import KEEPS_PARTIAL, ContextLengthWarning
+from .loop import KEEPS_PARTIAL
 from .models import DTYPES, ENGINES
-from .settings import GAMMA, LAM, MODES, Settings
+from .settings import GAMMA, LAM, MODES, Settings, is_speculative, mode_family
 from .evaluate import MODEL_FIELDS, check_resumable, check_seed, evaluate, model_name, with_models
 from .report import Summary, summary_table
 from .results import ResultWriteError, RunConfig, check_writable, load_result, saved_result
@@ -88,7 +89,7 @@ def _mode_parameters(args: argparse.Namespace) -> None:
     does not read it is refused: the run would silently be another than the one asked for."""
     name = rule_name(args.mode, args.rule)  # a rule the mode does not take names --rule
     used = f"--mode {args.mode}" + (f" with --rule {name}" if args.rule is not None else "")  # as the user put it
-    takes_lam, speculative = name not in (None, *PARAMETERLESS_RULES), args.mode.endswith("-spec")
+    takes_lam, speculative = name not in (None, *PARAMETERLESS_RULES), is_speculative(args.mode)
     if args.lam is not None and not takes_lam:
         raise ValueError(f"--lam is read only by a rule with a parameter, not by {used}: leave it out")
     if args.gamma is not None and not speculative:
@@ -122,7 +123,7 @@ def _check_served(args: argparse.Namespace, settings: Settings) -> None:
     """With ``--base-url``, ``ValueError`` unless the server's top-k log-probabilities can score
     ``settings`` (or ``--approximate`` allows it): found here, before the aligned model loads,
     not when the generation starts.  Mode aligned runs no served model."""
-    if args.base_url is not None and not args.approximate and settings.mode.removesuffix("-spec") != "aligned":
+    if args.base_url is not None and not args.approximate and settings.family != "aligned":
         check_servable(settings, RemoteEngine.checked_url(args.base_url))
 
 
@@ -257,7 +258,7 @@ def run_eval(args: argparse.Namespace) -> int:
     check_seed(args.seed)
     _decoding_rule(args)
     # The implicit-reward modes fix their rule; a kad mode records the one it was given.
-    recorded = None if args.mode.startswith("implicit-reward") else rule_name(args.mode, args.rule)
+    recorded = None if mode_family(args.mode) == "implicit-reward" else rule_name(args.mode, args.rule)
     try:
         config = RunConfig(
             task=args.task,
@@ -400,7 +401,7 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--item must be a GSM8K test item in [0, {items}), got {args.item}")
     checked_seed(args.seed)
     for _, mode, rule in RUNS:
-        _check_served(args, Settings(mode, rule, GAMMA if mode.endswith("-spec") else None, TEMPERATURE))
+        _check_served(args, Settings(mode, rule, GAMMA if is_speculative(mode) else None, TEMPERATURE))
     demo(_decoder(args), item_index=args.item, seed=args.seed, max_new_tokens=args.max_new_tokens)
     return 0
 

@@ -26,6 +26,7 @@ from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.arguments import checked_stop_ids, checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
 from .engines.llamacpp import check_n_ctx
+from .engines.vocabulary import check_same_vocabulary
 from .loop import (
     KEEPS_PARTIAL,
     Decoded,
@@ -35,12 +36,11 @@ from .loop import (
     is_count,
     refuse_missing_reference,
 )
-from .settings import GAMMA, Mode, Settings
+from .settings import GAMMA, ONE_MODEL_FAMILIES, Mode, Settings, mode_family
 from .models import (
     EngineKind,
     check_gguf_path,
     check_model_path,
-    check_same_vocabulary,
     load,
     load_gguf,
     load_tokenizer,
@@ -92,10 +92,10 @@ PARAMETERLESS_RULES = ("implicit-reward", "token_max")
 def rule_name(mode: str, name: str | None) -> str | None:
     """The name of the rule ``mode`` runs: none for one model, fixed by the baseline
     modes (``name`` must be absent or that one), else ``name`` (default ``dual``)."""
-    family = mode.removesuffix("-spec")
+    family = mode_family(mode)
     if family in ("base", "aligned", "nudging", "implicit-reward") and name not in (None, family):
         raise ValueError(f"mode {mode!r} fixes its rule: drop --rule {name}")
-    if family in ("base", "aligned"):
+    if family in ONE_MODEL_FAMILIES:
         return None
     return family if family in ("nudging", "implicit-reward") else name or "dual"
 

@@ -29,7 +29,8 @@ import kad_kernels as kk
 
 from .decoding import Decoder, build_rule
 from .engines import Engine, ServedEngine
-from .loop import ContextLengthWarning, context_length, engines_used, fit_budgets
+from .engines.base import ContextLengthWarning
+from .loop import context_length, engines_used, fit_budgets
 from .report import Summary, summarize
 from .results import FORMAT, RunConfig, check_writable, saved_result, write_atomically
 from .settings import Settings

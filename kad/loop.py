@@ -57,7 +57,7 @@ from .engines import Engine, EngineError, ServedEngine
 from .engines.arguments import checked_stop_ids
 from .engines.base import ContextLengthWarning, refuse_other_vocabularies, refuse_served_mixers, refuse_shared_engines
 from .engines.turns import engine_turns
-from .settings import Settings
+from .settings import ONE_MODEL_FAMILIES, Settings
 from .stats import SERVED_COUNTERS, GenerationStats
 
 
@@ -94,12 +94,12 @@ class _Plan:
 
 def _plan(engines: Mapping[str, Engine], settings: Settings) -> _Plan:
     rule = settings.checked_rule()
-    family = settings.mode.removesuffix("-spec")
-    needed = [family] if family in ("base", "aligned") else ["base", "aligned"]
+    family = settings.family
+    needed = [family] if family in ONE_MODEL_FAMILIES else ["base", "aligned"]
     missing = [role for role in needed if engines.get(role) is None]
     if missing:
         raise ValueError(f"mode {settings.mode!r} needs the engines {needed}; engines has no {missing[0]!r}")
-    if family in ("base", "aligned"):
+    if family in ONE_MODEL_FAMILIES:
         return _Plan(rule, False, engines[family], None, None)
     refuse_missing_reference(rule, engines.get("reference") is not None, "; engines has no 'reference'")
     used = {"base": engines["base"], "aligned": engines["aligned"]}

@@ -1,4 +1,4 @@
-"""Loading models by hub id or local path, the device check, and the shared-vocabulary check.
+"""Loading models by hub id or local path, and the device check.
 
 Loading fails with one line naming what was asked for (:class:`ModelLoadError`,
 a ``ValueError``), not transformers' chain of tracebacks: a path that does not
@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -27,24 +27,6 @@ EngineKind = Literal["auto", "torch", "llama.cpp"]
 ENGINES: tuple[EngineKind, ...] = ("auto", "torch", "llama.cpp")
 # The dtypes a transformers model may be loaded in, by name ("auto": the checkpoint's own).
 DTYPES = ("float32", "bfloat16", "float16")
-
-
-def check_same_vocabulary(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> None:
-    """Raise ``ValueError`` unless every tokenizer maps the same tokens to the same ids.
-
-    The keys name the tokenizers in the error.  KAD mixes the models' next-token
-    distributions id by id, so one token must have one id in every model."""
-    (first_name, first), *others = tokenizers.items()
-    expected = first.get_vocab()
-    for name, tokenizer in others:
-        vocab = tokenizer.get_vocab()
-        if vocab != expected:
-            token = min(t for t in expected.keys() | vocab.keys() if expected.get(t) != vocab.get(t))
-            raise ValueError(
-                f"the tokenizers of {first_name} and {name} differ: {len(expected)} vs {len(vocab)} tokens, "
-                f"and {token!r} has id {expected.get(token)} in {first_name} but {vocab.get(token)} in {name}; "
-                "KAD mixes the models' distributions token by token, so they must share one vocabulary"
-            )
 
 
 class ModelLoadError(ValueError):

@@ -25,12 +25,26 @@ GAMMA = 4
 LAM = 0.4
 
 
+# The families (a mode less its "-spec") that run one model: no rule, no mixture.
+ONE_MODEL_FAMILIES = ("base", "aligned")
+
+
+def mode_family(mode: str) -> str:
+    """What ``mode`` samples from, drafting or not: the mode less its ``-spec``."""
+    return mode.removesuffix("-spec")
+
+
+def is_speculative(mode: str) -> bool:
+    """Whether ``mode`` drafts with the aligned model and verifies (the ``-spec`` modes)."""
+    return mode.endswith("-spec")
+
+
 def resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:
     """The rule ``mode`` samples with; baseline modes fix the rule's class."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
-    family = mode.removesuffix("-spec")
-    if family in ("base", "aligned"):
+    family = mode_family(mode)
+    if family in ONE_MODEL_FAMILIES:
         if rule is not None:
             raise ValueError(f"mode {mode!r} runs one model and takes no rule, got {rule!r}")
         return ONE_MODEL
@@ -69,7 +83,11 @@ class Settings:
 
     @property
     def speculative(self) -> bool:
-        return self.mode.endswith("-spec")
+        return is_speculative(self.mode)
+
+    @property
+    def family(self) -> str:
+        return mode_family(self.mode)
 
     def checked_rule(self) -> kk.Rule:
         """The rule, checked against the mode; ``gamma`` (where it is used),

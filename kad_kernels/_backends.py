@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from types import ModuleType
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -105,16 +105,25 @@ def _load_cuda() -> Backend:
     return _native_module().cuda_backend()
 
 
-# name -> (loader, device types it serves, how to get it)
-_REGISTRY: dict[str, tuple[Callable[[], Backend], tuple[str, ...], str]] = {
-    "torch": (_load_torch, ("cpu", "cuda"), "always available"),
-    "triton": (
+class _Entry(NamedTuple):
+    """A backend as the registry knows it before loading it."""
+
+    load: Callable[[], Backend]
+    devices: tuple[str, ...]  # the device types whose tensors it serves
+    how: str  # how to get it, for the error where it is missing
+
+
+_REGISTRY: dict[str, _Entry] = {
+    "torch": _Entry(_load_torch, ("cpu", "cuda"), "always available"),
+    "triton": _Entry(
         _load_triton,
         ("cuda", "cpu"),
         "install triton (pip install triton) and use CUDA tensors, or set TRITON_INTERPRET=1 for CPU tensors",
     ),
-    "cpu": (_load_cpu, ("cpu",), "the C++ extension of csrc/ is built on first use, with a C++ compiler (g++) and ninja"),
-    "cuda": (
+    "cpu": _Entry(
+        _load_cpu, ("cpu",), "the C++ extension of csrc/ is built on first use, with a C++ compiler (g++) and ninja"
+    ),
+    "cuda": _Entry(
         _load_cuda,
         ("cuda",),
         "the C++ extension of csrc/ builds its CUDA kernels only with a CUDA build of torch and nvcc (CUDA_HOME)",
@@ -139,7 +148,7 @@ def _load(name: str) -> Backend | None:
     rather than functools.cache, which torch.compile warns about.)"""
     if name not in _LOADED:
         try:
-            _LOADED[name] = _REGISTRY[name][0]()
+            _LOADED[name] = _REGISTRY[name].load()
         except ImportError as error:
             _LOADED[name], _WHY_MISSING[name] = None, str(error)
     return _LOADED[name]
@@ -158,7 +167,7 @@ def triton_interprets() -> bool:
 
 
 def _serves(name: str, device: torch.device) -> bool:
-    if device.type not in _REGISTRY[name][1]:
+    if device.type not in _REGISTRY[name].devices:
         return False
     if name == "triton" and device.type == "cpu":
         return triton_interprets()
@@ -183,11 +192,11 @@ def resolve(name: str, device: torch.device, kind: Kind | None = None) -> Backen
     if name not in _REGISTRY:
         raise RuntimeError(f"unknown backend {name!r}; known: {', '.join(_REGISTRY)} or 'auto'")
     backend = _load(name)
-    how = _REGISTRY[name][2]
+    how = _REGISTRY[name].how
     if backend is None:
         raise RuntimeError(f"backend {name!r} is not available here ({_WHY_MISSING.get(name, 'unknown why')}): {how}")
     if not _serves(name, device):
-        devices = _REGISTRY[name][1]
+        devices = _REGISTRY[name].devices
         if device.type in devices:  # triton on CPU tensors, without the interpreter
             raise RuntimeError(f"backend {name!r} does not run on {device.type} tensors here: {how}")
         raise RuntimeError(

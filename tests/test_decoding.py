@@ -1221,17 +1221,17 @@ def test_loading_the_kernels_is_not_timed(monkeypatch):
     outside the generation's clock, which the first eval batch and demo row reported."""
     from kad_kernels import _backends
 
-    loader, devices, how = _backends._REGISTRY["cpu"]
+    cpu = _backends._REGISTRY["cpu"]
 
     def slow_loader():
         time.sleep(2.0)
-        return loader()
+        return cpu.load()
 
     def unused_loader():
         raise AssertionError("a backend auto does not pick here was loaded (on a GPU: minutes of nvcc)")
 
-    monkeypatch.setitem(_backends._REGISTRY, "cpu", (slow_loader, devices, how))
-    monkeypatch.setitem(_backends._REGISTRY, "cuda", (unused_loader, *_backends._REGISTRY["cuda"][1:]))
+    monkeypatch.setitem(_backends._REGISTRY, "cpu", cpu._replace(load=slow_loader))
+    monkeypatch.setitem(_backends._REGISTRY, "cuda", _backends._REGISTRY["cuda"]._replace(load=unused_loader))
     monkeypatch.setattr(_backends, "_LOADED", {})
     out = DECODER.generate(["hello"], "kad", kk.Dual(0.4), temperature=0, max_new_tokens=4)
     assert 0 < out.stats.wall_time_s < 2.0

@@ -1,19 +1,38 @@
-"""The vocabulary check of engines that tokenize on their own (a server, a GGUF file).
+"""The vocabulary checks: KAD mixes distributions id by id, so one id must mean one token
+in every model.
 
-KAD mixes two distributions token by token, so an engine whose runtime has a
-tokenizer of its own (vLLM's, the GGUF's) must mean by every id what the aligned
-model's tokenizer means.  Comparing whole vocabularies is slow over HTTP and
-brittle across tokenizer libraries; a probe text with the cases that tell
-tokenizers apart (digits, whitespace runs, accents, CJK, emoji, a special token)
-plus a few ids read back catches a different model family or version.
+Tokenizers at hand are compared whole (:func:`check_same_vocabulary`).  An engine whose
+runtime has a tokenizer of its own (vLLM's, the GGUF's) is probed instead: comparing
+whole vocabularies is slow over HTTP and brittle across tokenizer libraries; a probe
+text with the cases that tell tokenizers apart (digits, whitespace runs, accents, CJK,
+emoji, a special token) plus a few ids read back catches a different model family or
+version.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from transformers import PreTrainedTokenizerBase
+
+def check_same_vocabulary(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> None:
+    """Raise ``ValueError`` unless every tokenizer maps the same tokens to the same ids.
+
+    The keys name the tokenizers in the error.  KAD mixes the models' next-token
+    distributions id by id, so one token must have one id in every model."""
+    (first_name, first), *others = tokenizers.items()
+    expected = first.get_vocab()
+    for name, tokenizer in others:
+        vocab = tokenizer.get_vocab()
+        if vocab != expected:
+            token = min(t for t in expected.keys() | vocab.keys() if expected.get(t) != vocab.get(t))
+            raise ValueError(
+                f"the tokenizers of {first_name} and {name} differ: {len(expected)} vs {len(vocab)} tokens, "
+                f"and {token!r} has id {expected.get(token)} in {first_name} but {vocab.get(token)} in {name}; "
+                "KAD mixes the models' distributions token by token, so they must share one vocabulary"
+            )
+
 
 PROBE = "KAD check: 17 * 3 = 51;\n\tnaïve café, 東京 🚀 <|endoftext|> def f(x):  return x**2"
 

@@ -1,5 +1,5 @@
 """The tokenizers of the models handed to :mod:`kad.hf`: read from the files saved with a
-model (never downloaded), and compared (:func:`~kad.models.check_same_vocabulary`) once
+model (never downloaded), and compared (:func:`~kad.engines.vocabulary.check_same_vocabulary`) once
 per pair: KAD mixes two distributions id by id."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from huggingface_hub import try_to_load_from_cache
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
-from ..models import check_same_vocabulary
+from ..engines.vocabulary import check_same_vocabulary
 
 # Tokenizer pairs already found to share a vocabulary, with their sizes then (comparing
 # 150k-token vocabularies takes ~0.2 s: once per pair, not once per generate call).
@@ -20,7 +20,7 @@ _SAME_VOCABULARY: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 def check_once(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> None:
-    """:func:`~kad.models.check_same_vocabulary` of two tokenizers, remembered while they
+    """:func:`~kad.engines.vocabulary.check_same_vocabulary` of two tokenizers, remembered while they
     live and keep their sizes (a token added to one is checked again)."""
     first, second = tokenizers.values()
     sizes = (len(first), len(second))
