@@ -34,7 +34,7 @@ from .loop import context_length, engines_used, fit_budgets
 from .report import Summary, summarize
 from .results import FORMAT, RunConfig, check_writable, saved_result, write_atomically
 from .settings import Settings
-from .stats import GenerationStats
+from .stats import SERVED_COUNTERS, GenerationStats
 from .tasks import TASKS, Item
 
 # Re-exported: the tests reach these as ``evaluate.NAME``; kad's own modules import them from
@@ -42,7 +42,6 @@ from .tasks import TASKS, Item
 from .report import run_label, summary_table  # noqa: F401
 from .results import load_result  # noqa: F401
 
-_SERVED_COUNTERS = ("requests", "server_wait_s", "partial_positions", "inexact_positions")
 
 
 # The fields of a RunConfig known only once the models are loaded.
@@ -173,11 +172,12 @@ def _drop_short_last_batch(result: dict, batch_size: int) -> None:
 
 
 def _context_cuts(
-    decoder: Decoder, config: RunConfig, rule: kk.Rule | None, items: Sequence[Item], first: int
+    decoder: Decoder, config: RunConfig, rule: kk.Rule | None, items: Sequence[Item], prompts: dict[int, list[int]]
 ) -> set[int]:
-    """The items from ``first`` on whose answers the context length of the models the run
-    uses cuts short of ``max_new_tokens`` (:func:`kad.loop.fit_budgets`, the loop's own
-    cut), said once in one warning naming them (the loop would say it per batch, by row).
+    """The items of ``prompts`` (item index -> its tokens) whose answers the context length of
+    the models the run uses cuts short of ``max_new_tokens`` (:func:`kad.loop.fit_budgets`,
+    the loop's own cut), said once in one warning naming them (the loop would say it per
+    batch, by row).
     ``ValueError`` naming the first item whose prompt fills the context, before any of them
     runs: met inside a batch, it would stop the run there for good."""
     settings = Settings(config.mode, rule, config.gamma or 1, config.temperature)
@@ -186,11 +186,6 @@ def _context_cuts(
     if context is None or config.max_new_tokens == 0:
         return set()
     limit, name = context
-    task = TASKS[config.task]
-    prompts = {
-        index: decoder.encode(task.user_message(items[index]), chat=True, system_prompt=config.system_prompt or None)
-        for index in range(first, len(items))
-    }
     for index, prompt in prompts.items():
         if len(prompt) >= limit:
             raise ValueError(
@@ -249,14 +244,18 @@ def evaluate(
     if len(items) <= len(result["items"]):  # nothing more to run: the file as it is
         return result
     _drop_short_last_batch(result, config.batch_size)
-    cut = _context_cuts(decoder, config, rule, items, first=len(result["items"]))
+    prompts = {  # tokenized once, for the context check and the generation
+        index: decoder.encode(task.user_message(items[index]), chat=True, system_prompt=config.system_prompt or None)
+        for index in range(len(result["items"]), len(items))
+    }
+    cut = _context_cuts(decoder, config, rule, items, prompts)
     result["limit"] = limit
     for first in range(len(result["items"]), len(items), config.batch_size):
         batch = items[first : first + config.batch_size]
         with warnings.catch_warnings():  # the cuts, said above by item
             warnings.simplefilter("ignore", ContextLengthWarning)
             out = decoder.generate(
-                [task.user_message(item) for item in batch],
+                [prompts[index] for index in range(first, first + len(batch))],
                 config.mode,
                 rule,
                 gamma=config.gamma or 1,
@@ -271,7 +270,7 @@ def evaluate(
             correct = task.is_correct(extracted, item, strict=config.strict)
             result["items"].append(_item_record(index, item, text, extracted, correct, stats, index in cut))
         # A served model's counters are the batch's (one request serves every row), not the items'.
-        served = {name: getattr(out.stats, name) for name in _SERVED_COUNTERS}
+        served = {name: getattr(out.stats, name) for name in SERVED_COUNTERS}
         if isinstance(base := decoder.engines["base"], ServedEngine) and hasattr(base, "url"):
             served["served_at"] = base.url
         result["batches"].append({"first": first, "size": len(batch), "wall_time_s": out.stats.wall_time_s, **served})

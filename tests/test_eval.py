@@ -65,6 +65,25 @@ def test_the_recorded_dtype_is_each_models_where_they_differ():
     assert evaluate._dtypes(served) == "bfloat16" and evaluate._dtypes({"base": object()}) == ""
 
 
+def test_each_prompt_is_tokenized_once_and_generated_from_those_tokens(tmp_path, monkeypatch):
+    """The context check and the generation read the same tokens, made once per item."""
+    encoded, generated = [], []
+    real_encode, real_generate = DECODER.encode, DECODER.generate
+
+    def encode(prompt, **kwargs):
+        encoded.append(real_encode(prompt, **kwargs))
+        return encoded[-1]
+
+    def generate(prompts, *args, **kwargs):
+        generated.extend(prompts)
+        return real_generate(prompts, *args, **kwargs)
+
+    monkeypatch.setattr(DECODER, "encode", encode)
+    monkeypatch.setattr(DECODER, "generate", generate)
+    evaluate.evaluate(DECODER, _config(), tmp_path / "run.json", limit=3)
+    assert len(encoded) == 3 and generated == encoded
+
+
 def test_result_file_schema(tmp_path):
     path = tmp_path / "run.json"
     result = evaluate.evaluate(DECODER, _config(), path, limit=3)
