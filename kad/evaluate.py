@@ -37,10 +37,10 @@ from .settings import Settings
 from .stats import SERVED_COUNTERS, GenerationStats
 from .tasks import TASKS, Item
 
-# Re-exported: the tests reach these as ``evaluate.NAME``; kad's own modules import them from
-# their homes (kad.results, kad.report).
-from .report import run_label, summary_table  # noqa: F401
-from .results import load_result  # noqa: F401
+# Re-exported, as kad.evaluate held them before kad.results and kad.report did (callers of
+# evaluate() catch ResultWriteError here); kad's own modules import them from those homes.
+from .report import distinguishing_fields, number, run_label, summary_table, wilson_interval  # noqa: F401
+from .results import ResultWriteError, load_result  # noqa: F401
 
 
 

@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from . import default_pair
 from .engines.llamacpp import INSTALL_HINT, LlamaCppEngine
+from .engines.vocabulary import check_same_vocabulary  # noqa: F401  (its home before engines.vocabulary)
 
 # The runtimes that load models by name (kad --engine); "auto" picks one (resolve_engine).
 EngineKind = Literal["auto", "torch", "llama.cpp"]

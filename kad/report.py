@@ -51,7 +51,7 @@ def wilson_interval(successes: int, trials: int, z: float = _Z95) -> tuple[float
 
 
 def summarize(result: dict) -> Summary:
-    """The :class:`Summary` of a result (as :func:`evaluate` returns or writes it)."""
+    """The :class:`Summary` of a result (as :func:`kad.evaluate.evaluate` returns or writes it)."""
     items = result["items"]
     total = GenerationStats()
     for item in items:

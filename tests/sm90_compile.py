@@ -24,10 +24,11 @@ each launch whose last program per row reads the others' partials (a ticket,
 
 from __future__ import annotations
 
-import os
 import sys
 
-assert os.environ.get("TRITON_INTERPRET") != "1", "the GPU compiler does not run under TRITON_INTERPRET=1"
+from kad_kernels._backends import triton_interprets
+
+assert not triton_interprets(), "the GPU compiler does not run under TRITON_INTERPRET"
 
 import torch  # noqa: E402
 

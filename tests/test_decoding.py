@@ -15,6 +15,7 @@ import importlib.metadata
 import json
 import math
 import pickle
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -771,15 +772,30 @@ def test_a_one_model_mode_draws_on_that_models_device():
 
 
 class _CountingLikeAServer(HFEngine):
-    """An engine with a served model's counters (kad.engines.ServedEngine), fixed values."""
+    """An engine with a served model's counters (kad.engines.ServedEngine), fixed values; the
+    first time the loop's statistics read them, a Ctrl-C lands in the middle of the reading."""
 
-    requests, wait_s, partial_positions, inexact_positions = 3, 0.25, 7, 2
+    requests, wait_s, partial_positions = 3, 0.25, 7
+    interrupt = False
+
+    @property
+    def inexact_positions(self) -> int:
+        if self.interrupt and sys._getframe(1).f_code.co_name == "decoded":  # not isinstance's look
+            self.interrupt = False
+            raise KeyboardInterrupt
+        return 2
 
 
 def test_a_served_base_models_counters_are_reported_once():
-    served = kad.Decoder(_CountingLikeAServer(MODELS["base"], V), MODELS["aligned"], TOKENIZER)
+    engine = _CountingLikeAServer(MODELS["base"], V)
+    served = kad.Decoder(engine, MODELS["aligned"], TOKENIZER)
     assert isinstance(served.engines["base"], kad.engines.ServedEngine)
     stats = served.generate(["hello"], "kad", kk.Dual(0.5), max_new_tokens=4, seed=3).stats
+    assert (stats.requests, stats.server_wait_s, stats.partial_positions, stats.inexact_positions) == (3, 0.25, 7, 2)
+    engine.interrupt = True  # the partial result reads them again: counted once still
+    with pytest.raises(KeyboardInterrupt) as interrupted:
+        served.generate(["hello"], "kad", kk.Dual(0.5), max_new_tokens=4, seed=3)
+    stats = interrupted.value.partial.stats
     assert (stats.requests, stats.server_wait_s, stats.partial_positions, stats.inexact_positions) == (3, 0.25, 7, 2)
     stats = served.generate(["hello"], "aligned", max_new_tokens=4, seed=3).stats  # the base model does not run
     assert (stats.requests, stats.server_wait_s, stats.partial_positions, stats.inexact_positions) == (0, 0.0, 0, 0)

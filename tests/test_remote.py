@@ -269,27 +269,37 @@ def test_nothing_listening_is_one_line_naming_the_url():
         RemoteEngine(url, SERVED_NAME, make_tokenizer(), **FAST_FAILURE)
 
 
-@pytest.mark.parametrize("errno, retried", [(socket.EAI_NONAME, False), (socket.EAI_AGAIN, True)])
-def test_an_unknown_host_fails_at_once_and_a_resolver_that_did_not_answer_is_retried(monkeypatch, errno, retried):
+PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")
+
+
+@pytest.mark.parametrize("errno, retried, proxy", [(socket.EAI_NONAME, False, False), (socket.EAI_AGAIN, True, False),
+                                                   (socket.EAI_NONAME, False, True)])  # fmt: skip
+def test_an_unknown_host_fails_at_once_and_a_resolver_that_did_not_answer_is_retried(monkeypatch, errno, retried, proxy):
     """No such host (a typo) gets the same answer from DNS on every retry (they took about 8 s);
-    a resolver that did not answer may answer the next time.  The lookup is made to fail here,
-    as CI resolves no name beyond localhost."""
+    a resolver that did not answer may answer the next time.  Through a proxy of the environment,
+    the name that failed may be the proxy's, and the message names it too.  The lookup is made to
+    fail here, as CI resolves no name beyond localhost."""
     real_lookup, lookups = socket.getaddrinfo, []
 
     def lookup(host, *args, **kwargs):
-        if host != "kad-no-such-host.invalid":
+        if not host.endswith(".invalid"):
             return real_lookup(host, *args, **kwargs)
         lookups.append(host)
         raise socket.gaierror(errno, "Name or service not known" if errno == socket.EAI_NONAME else "try again")
 
     monkeypatch.setattr(socket, "getaddrinfo", lookup)
+    for variable in PROXY_VARIABLES:
+        monkeypatch.delenv(variable, raising=False)
+    if proxy:
+        monkeypatch.setenv("HTTP_PROXY", "http://kad-no-such-proxy.invalid:3128")
     url = "http://kad-no-such-host.invalid:8000/v1"
+    host = "'kad-no-such-host.invalid'" + (" or the proxy 'http://kad-no-such-proxy.invalid:3128' from the "
+                                           "environment" if proxy else "")  # fmt: skip
     message = (rf"^{url}/models: ConnectError: .*try again \(after 2 attempts\)$" if retried else
-               rf"^{url}/models: no such host 'kad-no-such-host.invalid' \(.*Name or service not known\); "
-               "check the base URL's host name$")  # fmt: skip
+               rf"^{url}/models: no such host {re.escape(host)} \(.*Name or service not known\); check the host name$")
     with pytest.raises(EngineError, match=message):
         RemoteEngine(url, SERVED_NAME, make_tokenizer(), **FAST_FAILURE)
-    assert len(lookups) == (2 if retried else 1)
+    assert lookups == ["kad-no-such-proxy.invalid" if proxy else "kad-no-such-host.invalid"] * (2 if retried else 1)
 
 
 class _Refuse(http.server.BaseHTTPRequestHandler):

@@ -19,6 +19,15 @@ from kad_kernels import _backends
 triton = pytest.importorskip("triton")
 from triton import knobs  # noqa: E402  (after the skip: Triton may be absent)
 
+@pytest.fixture(autouse=True)
+def _kernels_made_for_the_interpreter():
+    """Triton decides at ``@triton.jit`` time whether a kernel is interpreted: the backend is
+    loaded under this process's TRITON_INTERPRET=1 before a test changes it, or a later CPU
+    test of this process would get kernels built for a GPU."""
+    if _backends.triton_interprets():
+        _backends._load("triton")
+
+
 # Not " 1": Triton 3.4 strips spaces around the value and 3.7 does not (kad does not).
 SPELLINGS = ["1", "true", "TRUE", "On", "yes", "y", "0", "false", "off", "no", "", "2", "t", "interpret"]
 

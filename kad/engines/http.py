@@ -18,6 +18,7 @@ import re
 import socket
 import ssl
 import time
+import urllib.request
 from collections.abc import Callable
 from typing import Any
 
@@ -149,8 +150,7 @@ class JsonClient:
                 if _tls_failure(error):  # https to an http server, a certificate not trusted: no retry helps
                     raise EngineError(f"{url}: TLS failed ({error}); a server without TLS is reached by http://") from None
                 if _unknown_host(error):  # a typo in the host: DNS gives the same answer to every retry
-                    raise EngineError(f"{url}: no such host {httpx.URL(url).host!r} ({error}); check the base URL's "
-                                      "host name") from None  # fmt: skip
+                    raise EngineError(f"{url}: no such host {_looked_up(url)} ({error}); check the host name") from None
                 reason = f"ConnectError: {error}"
             except httpx.RequestError as error:  # transport faults, and bodies that do not decode
                 reason = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
@@ -229,6 +229,14 @@ def _unknown_host(error: BaseException) -> bool:
     """Whether ``error`` comes from a name lookup that found no such host."""
     lookup = _first_cause(error, socket.gaierror)
     return lookup is not None and lookup.errno in _UNKNOWN_HOST
+
+
+def _looked_up(url: str) -> str:
+    """The host whose lookup failed: the URL's, or the proxy's where the environment names
+    one for its scheme (httpx reads HTTP_PROXY, HTTPS_PROXY, ALL_PROXY)."""
+    host = httpx.URL(url).host
+    proxy = urllib.request.getproxies().get(httpx.URL(url).scheme) or urllib.request.getproxies().get("all")
+    return f"{host!r} or the proxy {proxy!r} from the environment" if proxy else repr(host)
 
 
 def _first_cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:

@@ -41,7 +41,7 @@ from ..batch import Batch
 from ..settings import Settings
 from .arguments import check_count, check_flag, check_seconds, checked_stop_ids, checked_tokenizer
 from .base import EngineError
-from .http import JsonClient, Retryable, checked_url, error_message
+from .http import JsonClient, Retryable, check_api_key, checked_url, error_message
 from .huggingface import token_ids
 from .vocabulary import vocabulary_mismatch
 
@@ -119,17 +119,20 @@ class RemoteEngine:
         check_seconds("timeout", timeout)
         check_seconds("backoff", backoff, zero=True)
         check_flag("approximate", approximate)
+        check_api_key(api_key)
         tokenizer = checked_tokenizer("tokenizer", tokenizer)
-        self._http = JsonClient(base_url, api_key=api_key, timeout=timeout, attempts=attempts, backoff=backoff,
-                                root_404=_ROOT_404, transport=transport)  # fmt: skip
-        self.url = self._http.url  # without credentials: it is shown and recorded
+        checked_url(base_url)  # named before the device is (JsonClient checks it again below)
         self.model = model
         self._vocab_size = len(tokenizer)
         self._first_k, self._max_k = int(logprobs), None if max_logprobs is None else int(max_logprobs)
         self.approximate = approximate
         self.max_prompts = int(max_prompts)
+        self.timeout, self.attempts, self.backoff = timeout, attempts, backoff
         self._device = torch.device(device)
         self._requests, self._waited = 0, 0.0
+        self._http = JsonClient(base_url, api_key=api_key, timeout=timeout, attempts=attempts, backoff=backoff,
+                                root_404=_ROOT_404, transport=transport)  # fmt: skip
+        self.url = self._http.url  # without credentials: it is shown and recorded
         try:
             self._stop_ids = None if stop_ids is None else checked_stop_ids(stop_ids, self._vocab_size)
             served = self._served_model()

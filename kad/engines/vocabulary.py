@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from transformers import PreTrainedTokenizerBase
 
+
 def check_same_vocabulary(tokenizers: Mapping[str, PreTrainedTokenizerBase]) -> None:
     """Raise ``ValueError`` unless every tokenizer maps the same tokens to the same ids.
 
