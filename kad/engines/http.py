@@ -234,9 +234,9 @@ def _unknown_host(error: BaseException) -> bool:
 def _looked_up(url: str) -> str:
     """The host whose lookup failed: the URL's, or the proxy's where the environment names
     one for its scheme (httpx reads HTTP_PROXY, HTTPS_PROXY, ALL_PROXY)."""
-    host = httpx.URL(url).host
-    proxy = urllib.request.getproxies().get(httpx.URL(url).scheme) or urllib.request.getproxies().get("all")
-    return f"{host!r} or the proxy {proxy!r} from the environment" if proxy else repr(host)
+    parsed, proxies = httpx.URL(url), urllib.request.getproxies()
+    proxy = proxies.get(parsed.scheme) or proxies.get("all")
+    return f"{parsed.host!r} or the proxy {proxy!r} from the environment" if proxy else repr(parsed.host)
 
 
 def _first_cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:

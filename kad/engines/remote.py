@@ -119,21 +119,20 @@ class RemoteEngine:
         check_seconds("timeout", timeout)
         check_seconds("backoff", backoff, zero=True)
         check_flag("approximate", approximate)
-        check_api_key(api_key)
+        check_api_key(api_key)  # before the tokenizer, as JsonClient would check it after
         tokenizer = checked_tokenizer("tokenizer", tokenizer)
-        checked_url(base_url)  # named before the device is (JsonClient checks it again below)
+        self._http = JsonClient(base_url, api_key=api_key, timeout=timeout, attempts=attempts, backoff=backoff,
+                                root_404=_ROOT_404, transport=transport)  # fmt: skip
+        self.url = self._http.url  # without credentials: it is shown and recorded
         self.model = model
         self._vocab_size = len(tokenizer)
         self._first_k, self._max_k = int(logprobs), None if max_logprobs is None else int(max_logprobs)
         self.approximate = approximate
         self.max_prompts = int(max_prompts)
         self.timeout, self.attempts, self.backoff = timeout, attempts, backoff
-        self._device = torch.device(device)
         self._requests, self._waited = 0, 0.0
-        self._http = JsonClient(base_url, api_key=api_key, timeout=timeout, attempts=attempts, backoff=backoff,
-                                root_404=_ROOT_404, transport=transport)  # fmt: skip
-        self.url = self._http.url  # without credentials: it is shown and recorded
         try:
+            self._device = torch.device(device)
             self._stop_ids = None if stop_ids is None else checked_stop_ids(stop_ids, self._vocab_size)
             served = self._served_model()
             if self._stop_ids is None:
