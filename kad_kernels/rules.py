@@ -241,12 +241,12 @@ class ImplicitReward(Rule):
 
 # The rule names of the authors' code, each with the rule it names for its hyper-parameter alpha.
 AUTHOR_RULES: dict[str, Callable[[Param], Rule]] = {
-    "token_wise": lambda alpha: Dual(alpha),
-    "max": lambda alpha: Nudging(alpha),
+    "token_wise": Dual,
+    "max": Nudging,
     **{form: (lambda alpha, form=form: Threshold(alpha, form)) for form in _FORM_KIND},
     "token_v2": lambda alpha: Dual(mu=alpha, loss="perceptron"),
     "token_max": lambda alpha: Dual(mu=0.0, loss="zero_one"),
-    "budget_lr": lambda alpha: Primal(alpha),
+    "budget_lr": Primal,
 }
 
 
