@@ -14,13 +14,13 @@ with ``kad_kernels.sample`` or verifying drafts with ``kad_kernels.verify``::
 ``demo``, ``generate``, ``eval`` (:mod:`kad.evaluate`), ``summary``, ``plot``.
 """
 
+import importlib as _importlib
 import importlib.util as _importlib_util
 import sys as _sys
+from typing import TYPE_CHECKING as _TYPE_CHECKING
 
-from kad_kernels import __version__  # one version for the distribution (pyproject.toml reads it there)
-
-# The decoding extra's packages kad imports on load (matplotlib only in `kad plot`): without
-# them `kad` would end in a bare ModuleNotFoundError from deep inside an import.
+# The decoding extra's packages kad's modules import (matplotlib only in `kad plot`), checked
+# on load: without one, `kad` would end in a bare ModuleNotFoundError from deep inside an import.
 _NEEDS = ("transformers", "safetensors", "tqdm", "httpx")
 
 
@@ -37,15 +37,25 @@ if _MISSING:
         name=_MISSING[0],
     )
 
-from .decoding import SYSTEM_PROMPT, Decoder, Generation
-from .engines import Engine, HFEngine
-from .engines.base import ContextLengthWarning
-from .engines.vocabulary import check_same_vocabulary
-from .loop import decode
-from .settings import MODES, Mode, Settings
-from .stats import GenerationStats
-
-__all__ = [
+# The public names, each imported from its module when first read: the modules that run
+# models load torch and transformers (seconds), which `kad --help` and `kad summary` never
+# need, nor a program importing kad.choices or kad.report.
+_HOMES = {
+    "ContextLengthWarning": "kad.errors",
+    "Decoder": "kad.decoding",
+    "Engine": "kad.engines",
+    "Generation": "kad.decoding",
+    "GenerationStats": "kad.stats",
+    "HFEngine": "kad.engines",
+    "MODES": "kad.choices",
+    "Mode": "kad.choices",
+    "SYSTEM_PROMPT": "kad.choices",
+    "Settings": "kad.settings",
+    "check_same_vocabulary": "kad.engines.vocabulary",
+    "decode": "kad.loop",
+    "__version__": "kad_kernels",  # one version for the distribution (pyproject.toml reads it there)
+}
+__all__ = [  # the keys of _HOMES (tests/test_cli_start.py)
     "ContextLengthWarning",
     "Decoder",
     "Engine",
@@ -60,3 +70,28 @@ __all__ = [
     "decode",
     "__version__",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _HOMES:
+        raise AttributeError(f"module 'kad' has no attribute {name!r}")
+    value = getattr(_importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # read once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_HOMES})
+
+
+if _TYPE_CHECKING:  # the names as type checkers and editors see them
+    from kad_kernels import __version__
+
+    from .choices import MODES, SYSTEM_PROMPT, Mode
+    from .decoding import Decoder, Generation
+    from .engines import Engine, HFEngine
+    from .engines.vocabulary import check_same_vocabulary
+    from .errors import ContextLengthWarning
+    from .loop import decode
+    from .settings import Settings
+    from .stats import GenerationStats

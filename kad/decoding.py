@@ -19,9 +19,10 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.generation.streamers import BaseStreamer
 
 import kad_kernels as kk
-from kad_kernels.rules import AUTHOR_RULES
 
 from . import default_pair
+from .choices import GAMMA, PARAMETERLESS_RULES, SYSTEM_PROMPT, EngineKind, Mode, rule_name
+from .choices import RULES  # noqa: F401  (build_rule's names, importable from here too)
 from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
 from .engines.arguments import checked_stop_ids, checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
@@ -36,9 +37,8 @@ from .loop import (
     is_count,
     refuse_missing_reference,
 )
-from .settings import GAMMA, ONE_MODEL_FAMILIES, Mode, Settings, mode_family
+from .settings import Settings
 from .models import (
-    EngineKind,
     check_gguf_path,
     check_model_path,
     load,
@@ -51,10 +51,6 @@ from .models import (
     resolve_engine,
 )
 from .stats import GenerationStats
-
-# The system message the paper prompts every model with (in the aligned model's chat template).
-SYSTEM_PROMPT = "Answer the question by walking through the reasoning step by step."
-
 
 def chat_messages(user_message: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
     """The conversation to pass to ``tokenizer.apply_chat_template``: a system
@@ -79,25 +75,6 @@ class Generation:
     token_ids: list[list[int]]
     stats: GenerationStats
     row_stats: list[GenerationStats]
-
-
-# Rule names of `build_rule` (and `kad --rule`): the paper's rules, then the rule names of the authors' code.
-RULES = ("dual", "primal", "nudging", "implicit-reward", *AUTHOR_RULES)
-
-
-# Rules with no parameter: kad generate|eval refuses --lam for them (and records none).
-PARAMETERLESS_RULES = ("implicit-reward", "token_max")
-
-
-def rule_name(mode: str, name: str | None) -> str | None:
-    """The name of the rule ``mode`` runs: none for one model, fixed by the baseline
-    modes (``name`` must be absent or that one), else ``name`` (default ``dual``)."""
-    family = mode_family(mode)
-    if family in ("base", "aligned", "nudging", "implicit-reward") and name not in (None, family):
-        raise ValueError(f"mode {mode!r} fixes its rule: drop --rule {name}")
-    if family in ONE_MODEL_FAMILIES:
-        return None
-    return family if family in ("nudging", "implicit-reward") else name or "dual"
 
 
 def build_rule(mode: str, name: str | None, lam: float | None) -> kk.Rule | None:

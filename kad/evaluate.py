@@ -29,7 +29,7 @@ import kad_kernels as kk
 
 from .decoding import Decoder, build_rule
 from .engines import Engine, ServedEngine
-from .engines.base import ContextLengthWarning
+from .errors import ContextLengthWarning
 from .loop import context_length, engines_used, fit_budgets
 from .report import Summary, summarize
 from .results import FORMAT, RunConfig, check_writable, saved_result, write_atomically

@@ -52,12 +52,14 @@ from torch import Tensor
 import kad_kernels as kk
 
 from .batch import Batch
+from .choices import ONE_MODEL_FAMILIES
 from .draw import ONE_MODEL, draw_from_p, finish_with_q
-from .engines import Engine, EngineError, ServedEngine
+from .engines import Engine, ServedEngine
 from .engines.arguments import checked_stop_ids
-from .engines.base import ContextLengthWarning, refuse_other_vocabularies, refuse_served_mixers, refuse_shared_engines
+from .engines.base import refuse_other_vocabularies, refuse_served_mixers, refuse_shared_engines
 from .engines.turns import engine_turns
-from .settings import ONE_MODEL_FAMILIES, Settings
+from .errors import ContextLengthWarning, EngineError
+from .settings import Settings
 from .stats import SERVED_COUNTERS, GenerationStats
 
 

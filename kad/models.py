@@ -20,14 +20,9 @@ from safetensors import SafetensorError
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from . import default_pair
+from .choices import DTYPES, ENGINES, EngineKind
 from .engines.llamacpp import INSTALL_HINT, LlamaCppEngine
 from .engines.vocabulary import check_same_vocabulary  # noqa: F401  (its home before engines.vocabulary)
-
-# The runtimes that load models by name (kad --engine); "auto" picks one (resolve_engine).
-EngineKind = Literal["auto", "torch", "llama.cpp"]
-ENGINES: tuple[EngineKind, ...] = ("auto", "torch", "llama.cpp")
-# The dtypes a transformers model may be loaded in, by name ("auto": the checkpoint's own).
-DTYPES = ("float32", "bfloat16", "float16")
 
 
 class ModelLoadError(ValueError):

@@ -1,4 +1,4 @@
-"""How to decode: the modes (:data:`MODES`, described in :mod:`kad.loop`), the rule each
+"""How to decode: the modes (:data:`~kad.choices.MODES`, described in :mod:`kad.loop`), the rule each
 mode samples with, and :class:`Settings`, the bundle of one generation's choices
 that the loop and the engines read."""
 
@@ -6,37 +6,13 @@ from __future__ import annotations
 
 import numbers
 from dataclasses import dataclass
-from typing import Literal, get_args
 
 import torch
 
 import kad_kernels as kk
 
+from .choices import GAMMA, MODES, ONE_MODEL_FAMILIES, Mode, is_speculative, mode_family
 from .draw import ONE_MODEL
-
-Mode = Literal[
-    "base", "aligned", "kad", "kad-spec", "nudging", "nudging-spec", "implicit-reward", "implicit-reward-spec"
-]
-MODES: tuple[str, ...] = get_args(Mode)
-
-# Drafts per speculative round where none is asked for: the paper's γ.
-GAMMA = 4
-# The rule parameter where none is asked for (kad --lam, kad demo): the paper's dual λ.
-LAM = 0.4
-
-
-# The families (a mode less its "-spec") that run one model: no rule, no mixture.
-ONE_MODEL_FAMILIES = ("base", "aligned")
-
-
-def mode_family(mode: str) -> str:
-    """What ``mode`` samples from, drafting or not: the mode less its ``-spec``."""
-    return mode.removesuffix("-spec")
-
-
-def is_speculative(mode: str) -> bool:
-    """Whether ``mode`` drafts with the aligned model and verifies (the ``-spec`` modes)."""
-    return mode.endswith("-spec")
 
 
 def resolve_rule(mode: str, rule: kk.Rule | None) -> kk.Rule:

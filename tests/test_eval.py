@@ -21,7 +21,7 @@ from decoding_helpers import make_models, make_tokenizer
 from gguf_models import require_llama_cpp
 
 import kad
-from kad import cli, evaluate
+from kad import cli, commands, evaluate
 from kad.decoding import build_rule
 from kad.demo import RUNS, demo
 from kad.plots import figures, plot_results
@@ -518,7 +518,7 @@ def test_cli_eval_refuses_an_existing_output_without_resume_before_the_models_lo
     def load(args):
         raise AssertionError("the models were loaded")
 
-    monkeypatch.setattr(cli, "_decoder", load)
+    monkeypatch.setattr(commands, "_decoder", load)
     existing = tmp_path / "run.json"
     existing.write_text("{}")
     with pytest.raises(SystemExit) as exit_info:
@@ -530,7 +530,7 @@ def test_cli_eval_refuses_an_existing_output_without_resume_before_the_models_lo
 @pytest.mark.parametrize("resume", [[], ["--resume"]], ids=["new", "resume"])
 def test_cli_eval_refuses_a_directory_as_output_before_the_models_load(monkeypatch, tmp_path, capsys, resume):
     """The hint must not be --resume, which cannot continue a directory either."""
-    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    monkeypatch.setattr(commands, "_decoder", lambda args: pytest.fail("the models were loaded"))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["eval", "--task", "gsm8k", "--output", str(tmp_path), *resume])
     assert exit_info.value.code == 2
@@ -542,7 +542,7 @@ def test_cli_eval_refuses_a_directory_as_output_before_the_models_load(monkeypat
 @pytest.mark.parametrize("rule, lam", [("primal", "inf"), ("budget_lr", "inf")])
 def test_cli_eval_refuses_an_infinite_lam_before_the_models_load(monkeypatch, tmp_path, capsys, rule, lam):
     """The result file is JSON: an infinite parameter would be written as the non-JSON ``Infinity``."""
-    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    monkeypatch.setattr(commands, "_decoder", lambda args: pytest.fail("the models were loaded"))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["eval", "--task", "gsm8k", "--rule", rule, "--lam", lam, "--out-dir", str(tmp_path)])
     assert exit_info.value.code == 2
@@ -554,7 +554,7 @@ def test_cli_eval_refuses_an_infinite_lam_before_the_models_load(monkeypatch, tm
 
 def test_cli_eval_refuses_an_output_ending_in_a_slash(monkeypatch, tmp_path, capsys):
     """``--output newdir/`` means a directory; Path() would drop the slash and write a file ``newdir``."""
-    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    monkeypatch.setattr(commands, "_decoder", lambda args: pytest.fail("the models were loaded"))
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["eval", "--task", "gsm8k", "--output", f"{tmp_path}/new/"])
     assert exit_info.value.code == 2
@@ -570,7 +570,7 @@ def test_cli_eval_refuses_an_output_ending_in_a_slash(monkeypatch, tmp_path, cap
 def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load(
     monkeypatch, tmp_path, capsys, option, changed
 ):
-    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    monkeypatch.setattr(commands, "_decoder", lambda args: DECODER)
     output = tmp_path / "run.json"
     command = ["eval", "--task", "gsm8k", "--mode", "kad-spec", "--gamma", "4", "--limit", "1", "--batch-size", "1",
                "--max-new-tokens", "2", "--output", str(output)]  # fmt: skip
@@ -579,7 +579,7 @@ def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load
     def load(args):
         raise AssertionError("the models were loaded")
 
-    monkeypatch.setattr(cli, "_decoder", load)
+    monkeypatch.setattr(commands, "_decoder", load)
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*command, *option, "--resume"])
     assert exit_info.value.code == 2
@@ -588,7 +588,7 @@ def test_cli_eval_refuses_to_resume_another_configuration_before_the_models_load
 
 def test_cli_eval_records_the_tokenizer_by_its_absolute_path(monkeypatch, tmp_path, capsys):
     """--tokenizer decides the chat template: the same directory resumes from anywhere, none does not."""
-    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    monkeypatch.setattr(commands, "_decoder", lambda args: DECODER)
     (tmp_path / "tok").mkdir()
     output = tmp_path / "run.json"
     command = ["eval", "--task", "gsm8k", "--limit", "1", "--batch-size", "1", "--max-new-tokens", "2",
@@ -607,12 +607,12 @@ def test_cli_eval_records_the_tokenizer_by_its_absolute_path(monkeypatch, tmp_pa
 def test_cli_eval_resume_with_nothing_to_run_says_so_after_checking_the_models(monkeypatch, tmp_path, capsys, limit):
     """A file already holding --limit items (or more) is summarized as saved, and says so; with
     other models it is refused (the file name does not tell them apart)."""
-    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    monkeypatch.setattr(commands, "_decoder", lambda args: DECODER)
     output = tmp_path / "run.json"
     command = ["eval", "--task", "gsm8k", "--batch-size", "1", "--max-new-tokens", "2", "--output", str(output)]
     assert cli.main([*command, "--limit", "2"]) == 0
     capsys.readouterr()
-    monkeypatch.setattr(cli, "evaluate", lambda *args, **kwargs: pytest.fail("a batch was run"))
+    monkeypatch.setattr(commands, "evaluate", lambda *args, **kwargs: pytest.fail("a batch was run"))
     assert cli.main([*command, "--limit", limit, "--resume"]) == 0
     printed = capsys.readouterr()
     assert printed.err == f"kad: nothing to run: {output} already holds 2 items\n"
@@ -629,10 +629,10 @@ def test_cli_eval_refuses_to_resume_with_other_models_without_suggesting_resume(
     output = tmp_path / "run.json"
     command = ["eval", "--task", "gsm8k", "--mode", "aligned", "--limit", "1", "--max-new-tokens", "2",
                "--output", str(output)]  # fmt: skip
-    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    monkeypatch.setattr(commands, "_decoder", lambda args: DECODER)
     assert cli.main(command) == 0
     other = kad.Decoder(MODELS["aligned"], MODELS["base"], TOKENIZER)  # the two models swapped
-    monkeypatch.setattr(cli, "_decoder", lambda args: other)
+    monkeypatch.setattr(commands, "_decoder", lambda args: other)
     with pytest.raises(SystemExit) as exit_info:
         cli.main([*command, "--limit", "2", "--resume"])
     assert exit_info.value.code == 2
@@ -769,7 +769,7 @@ def test_cli_demo_refuses_a_bad_option_before_the_models_load(monkeypatch, capsy
     def load(args):
         raise AssertionError("the models were loaded")
 
-    monkeypatch.setattr(cli, "_decoder", load)
+    monkeypatch.setattr(commands, "_decoder", load)
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["demo", *options])
     assert exit_info.value.code == 2
@@ -778,7 +778,7 @@ def test_cli_demo_refuses_a_bad_option_before_the_models_load(monkeypatch, capsy
 
 def test_cli_demo_has_no_reference_option(monkeypatch, capsys):
     """The demo runs no implicit-reward rule: --reference is neither listed nor taken."""
-    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("the models were loaded"))
+    monkeypatch.setattr(commands, "_decoder", lambda args: pytest.fail("the models were loaded"))
     with pytest.raises(SystemExit):
         cli.main(["demo", "--help"])
     assert "--reference" not in capsys.readouterr().out
@@ -822,7 +822,7 @@ def test_cli_eval_stopped_in_its_first_batch_names_no_file(monkeypatch, tmp_path
 
         return generate
 
-    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    monkeypatch.setattr(commands, "_decoder", lambda args: DECODER)
     output = tmp_path / "run.json"
     command = ["eval", "--task", "gsm8k", "--limit", "2", "--batch-size", "1", "--max-new-tokens", "2",
                "--output", str(output)]  # fmt: skip
@@ -848,7 +848,7 @@ def test_cli_eval_a_batch_that_cannot_be_saved_keeps_the_ones_before(monkeypatch
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real_dump(obj, f, **kwargs)
 
-    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    monkeypatch.setattr(commands, "_decoder", lambda args: DECODER)
     monkeypatch.setattr(json, "dump", dump_then_fill_the_disk)
     output = tmp_path / "run.json"
     command = ["eval", "--task", "gsm8k", "--limit", "3", "--batch-size", "1", "--max-new-tokens", "2",
@@ -902,7 +902,7 @@ def test_an_item_whose_prompt_fills_the_context_is_named_before_any_batch_runs(t
     command = ["eval", "--task", "gsm8k", "--mode", "base", "--max-new-tokens", "2", "--batch-size", "1",
                "--output", str(tmp_path / "cli.json"), "--resume"]  # fmt: skip
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(cli, "_decoder", lambda args: decoder)
+        patch.setattr(commands, "_decoder", lambda args: decoder)
         assert cli.main([*command, "--limit", str(first)]) == 0
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*command, "--limit", "6"])
@@ -937,7 +937,7 @@ def test_answers_cut_by_the_context_length_are_named_once_and_marked(tmp_path):
 
 def test_cli_eval_resume_of_a_file_not_there_says_it_starts_it(monkeypatch, tmp_path, capsys):
     """Another --lam (or a typo) names another file: a fresh run, which the user is told of."""
-    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    monkeypatch.setattr(commands, "_decoder", lambda args: DECODER)
     output = tmp_path / "run.json"
     command = ["eval", "--task", "gsm8k", "--limit", "1", "--max-new-tokens", "2", "--output", str(output), "--resume"]
     assert cli.main(command) == 0
@@ -950,7 +950,7 @@ def test_cli_eval_that_saves_nothing_leaves_no_directory_it_made(monkeypatch, tm
     def no_models(args):
         raise ValueError("the base model /nonexistent is not there")
 
-    monkeypatch.setattr(cli, "_decoder", no_models)
+    monkeypatch.setattr(commands, "_decoder", no_models)
     (tmp_path / "kept").mkdir()
     for out_dir in (tmp_path / "made" / "deeper", tmp_path / "kept"):
         with pytest.raises(SystemExit):
@@ -993,7 +993,7 @@ def test_a_result_folder_removed_during_a_run_is_made_again(tmp_path, monkeypatc
 def test_cli_refuses_text_that_is_not_utf8(monkeypatch, capsys, option):
     """A byte that is not UTF-8 reaches Python as a lone surrogate, which the tokenizer refused
     with a TypeError traceback."""
-    monkeypatch.setattr(cli, "_decoder", lambda args: pytest.fail("a model was loaded"))
+    monkeypatch.setattr(commands, "_decoder", lambda args: pytest.fail("a model was loaded"))
     extra = ["--prompt", "hi"] if option == "--system" else []
     with pytest.raises(SystemExit) as exit_info:
         cli.main(["generate", option, "\udcffhi", *extra])
@@ -1018,7 +1018,7 @@ def test_cli_output_into_a_closed_pipe_stops_quietly(tmp_path):
 
 
 def test_cli_eval_records_no_lam_for_a_rule_without_a_parameter(monkeypatch, tmp_path):
-    monkeypatch.setattr(cli, "_decoder", lambda args: DECODER)
+    monkeypatch.setattr(commands, "_decoder", lambda args: DECODER)
     output = tmp_path / "run.json"
     cli.main(["eval", "--task", "gsm8k", "--limit", "1", "--max-new-tokens", "2", "--rule", "token_max",
               "--output", str(output)])  # fmt: skip

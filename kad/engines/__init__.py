@@ -11,9 +11,9 @@ engine                   runtime
 =======================  ==============================================
 """
 
+from ..errors import EngineError
 from .base import (
     Engine,
-    EngineError,
     ServedEngine,
     refuse_other_vocabularies,
     refuse_served_mixers,

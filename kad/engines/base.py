@@ -19,21 +19,6 @@ from ..batch import Batch
 from ..settings import Settings
 
 
-class ContextLengthWarning(UserWarning):
-    """A row's budget ran past a model's context length (the row stops there), or an engine's
-    context was set past the one its model was trained on."""
-
-
-class EngineError(RuntimeError):
-    """An engine could not answer (a server down, refusing or garbling, a distribution it
-    cannot give exactly): one line naming where.  The loop keeps what was generated
-    before it (:attr:`partial`, set by :func:`kad.loop.decode`)."""
-
-    # What was emitted before the failure: a kad.loop.Decoded (token ids, statistics), from
-    # kad.Decoder.generate a kad.Generation (texts too).
-    partial = None
-
-
 def refuse_served_mixers(engines: Mapping[str, object]) -> None:
     """``ValueError`` if a :class:`ServedEngine` fills a role other than the base model's
     (``{role: engine}``): a served model scores its top-k tokens only, which settles π only

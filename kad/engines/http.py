@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from .base import EngineError
+from ..errors import EngineError
 
 
 class Retryable(Exception):

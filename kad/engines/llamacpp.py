@@ -37,9 +37,9 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
+from ..errors import ContextLengthWarning, EngineError
 from ..settings import Settings
 from .arguments import check_count, checked_tokenizer
-from .base import ContextLengthWarning, EngineError
 from .turns import engine_turns
 from .vocabulary import vocabulary_mismatch
 

@@ -38,9 +38,9 @@ from transformers import AutoConfig, GenerationConfig, PreTrainedTokenizerBase
 
 from .. import partial
 from ..batch import Batch
+from ..errors import EngineError
 from ..settings import Settings
 from .arguments import check_count, check_flag, check_seconds, checked_stop_ids, checked_tokenizer
-from .base import EngineError
 from .http import JsonClient, Retryable, check_api_key, checked_url, error_message
 from .huggingface import token_ids
 from .vocabulary import vocabulary_mismatch

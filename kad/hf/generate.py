@@ -27,11 +27,12 @@ from transformers.generation import GenerateDecoderOnlyOutput, GenerationMode, L
 
 import kad_kernels as kk
 
+from ..choices import GAMMA
 from ..engines import Engine, HFEngine
 from ..engines.arguments import checked_tokenizer
 from ..engines.huggingface import checked_model, checked_vocab_size, output_logits, token_ids
 from ..loop import decode, draw_device, refuse_missing_reference
-from ..settings import GAMMA, Settings
+from ..settings import Settings
 from ..stats import GenerationStats
 from .options import changes_nothing, setting
 from .tokenizers import check_once, local_tokenizer

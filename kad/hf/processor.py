@@ -39,8 +39,8 @@ import kad_kernels as kk
 from ..batch import Batch
 from ..engines import Engine, HFEngine, refuse_served_mixers
 from ..engines.arguments import checked_tokenizer
-from ..engines.base import ContextLengthWarning
 from ..engines.huggingface import checked_model, checked_vocab_size
+from ..errors import ContextLengthWarning
 from ..loop import checked_inputs
 from .options import changes_nothing, option_of, setting
 from .tokenizers import check_once, local_tokenizer

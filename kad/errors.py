@@ -1,0 +1,24 @@
+"""The failures kad expects and says in one line, with the warning it gives: a leaf, like
+:mod:`kad.choices`, so that the command line catches them without importing the modules
+that raise them (those load torch).  Each is importable from where it is raised too."""
+
+from __future__ import annotations
+
+
+class EngineError(RuntimeError):
+    """An engine could not answer (a server down, refusing or garbling, a distribution it
+    cannot give exactly): one line naming where.  The loop keeps what was generated
+    before it (:attr:`partial`, set by :func:`kad.loop.decode`)."""
+
+    # What was emitted before the failure: a kad.loop.Decoded (token ids, statistics), from
+    # kad.Decoder.generate a kad.Generation (texts too).
+    partial = None
+
+
+class DefaultPairError(RuntimeError):
+    """The default pair cannot be had on this machine (the CLI says so in its message alone)."""
+
+
+class ContextLengthWarning(UserWarning):
+    """A row's budget ran past a model's context length (the row stops there), or an engine's
+    context was set past the one its model was trained on."""
