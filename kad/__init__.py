@@ -16,6 +16,7 @@ with ``kad_kernels.sample`` or verifying drafts with ``kad_kernels.verify``::
 
 import importlib as _importlib
 import importlib.util as _importlib_util
+import pkgutil as _pkgutil
 import sys as _sys
 from typing import TYPE_CHECKING as _TYPE_CHECKING
 
@@ -72,7 +73,13 @@ __all__ = [  # the keys of _HOMES (tests/test_cli_start.py)
 ]
 
 
+# The submodules, imported when first read as attributes too (``import kad; kad.engines.RemoteEngine``).
+_SUBMODULES = frozenset(module.name for module in _pkgutil.iter_modules(__path__))
+
+
 def __getattr__(name: str):
+    if name in _SUBMODULES:
+        return _importlib.import_module(f"{__name__}.{name}")  # sets the attribute
     if name not in _HOMES:
         raise AttributeError(f"module 'kad' has no attribute {name!r}")
     value = getattr(_importlib.import_module(_HOMES[name]), name)
@@ -81,7 +88,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *_HOMES})
+    return sorted({*globals(), *_HOMES, *_SUBMODULES})
 
 
 if _TYPE_CHECKING:  # the names as type checkers and editors see them

@@ -20,13 +20,11 @@ from transformers.generation.streamers import BaseStreamer
 
 import kad_kernels as kk
 
-from . import default_pair
 from .choices import GAMMA, PARAMETERLESS_RULES, SYSTEM_PROMPT, EngineKind, Mode, rule_name
 from .choices import RULES  # noqa: F401  (build_rule's names, importable from here too)
-from .engines import Engine, HFEngine, RemoteEngine, refuse_shared_engines
+from .engines import Engine, HFEngine, refuse_shared_engines
 from .engines.arguments import checked_stop_ids, checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
-from .engines.llamacpp import check_n_ctx
 from .engines.vocabulary import check_same_vocabulary
 from .loop import (
     KEEPS_PARTIAL,
@@ -37,20 +35,10 @@ from .loop import (
     is_count,
     refuse_missing_reference,
 )
+from .models import ModelChoice, load_models
 from .settings import Settings
-from .models import (
-    check_gguf_path,
-    check_model_path,
-    load,
-    load_gguf,
-    load_tokenizer,
-    load_weights,
-    model_tokenizer,
-    resolve_device,
-    resolve_dtype,
-    resolve_engine,
-)
 from .stats import GenerationStats
+
 
 def chat_messages(user_message: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
     """The conversation to pass to ``tokenizer.apply_chat_template``: a system
@@ -197,60 +185,17 @@ class Decoder:
         the only one) of that OpenAI-compatible server, a :class:`~kad.engines.RemoteEngine`
         with ``api_key`` and ``approximate``; only the aligned model is loaded here, with
         ``torch`` after the server has answered (a failing server fails in seconds)."""
-        if base is not None and base_url is not None:
-            raise ValueError("give the base model either by name (base) or by server (base_url), not both")
-        if base_url is None and (base_model is not None or api_key is not None or approximate):
-            raise ValueError("base_model, api_key and approximate go with base_url (a served base model)")
-        dtype = resolve_dtype(dtype)
-        if base_url is not None:
-            RemoteEngine.checked_url(base_url)  # before the aligned model loads
-        requested = None if device is None else resolve_device(device)
-        engine = resolve_engine(engine, requested, [m for m in (base, aligned, reference) if m is not None])
-        device = requested or (torch.device("cpu") if engine == "llama.cpp" else resolve_device(None))
-        if tokenizer is not None and engine != "llama.cpp":
-            raise ValueError("tokenizer goes with the llama.cpp engine (transformers models bring their own)")
-        if n_ctx is not None and engine != "llama.cpp":
-            raise ValueError("n_ctx goes with the llama.cpp engine (a transformers model's context is its config's)")
-        check_n_ctx(n_ctx)
-        if dtype != "auto" and engine == "llama.cpp":
-            name = str(dtype).removeprefix("torch.")
-            raise ValueError(f"dtype {name} goes with the torch engine (llama.cpp runs the GGUF files' own types)")
-        check_path = check_gguf_path if engine == "llama.cpp" else check_model_path
-        for name in (base, aligned, reference):  # every path before any model loads: loading one takes minutes
-            if name is not None:
-                check_path(name)
-
-        def served(tokenizer: PreTrainedTokenizerBase) -> RemoteEngine:
-            """The served base model, its vocabulary checked against the aligned ``tokenizer``."""
-            return RemoteEngine(base_url, base_model, tokenizer, api_key=api_key, approximate=approximate,
-                                device=device)  # fmt: skip
-
-        if engine == "llama.cpp":
-            if base is None and base_url is None:  # the base first: a missing pair names its packages first
-                default_pair.gguf_path(default_pair.BASE)
-            given = load_tokenizer(tokenizer) if tokenizer is not None else None
-            aligned_lm, tokenizer = load_gguf(aligned or default_pair.ALIGNED, given, n_ctx)
-            base_lm = served(tokenizer) if base_url is not None else load_gguf(base or default_pair.BASE, tokenizer, n_ctx)[0]
-            ref_lm = load_gguf(reference, tokenizer, n_ctx)[0] if reference else None
-            base_tokenizer = ref_tokenizer = None  # each GGUF's tokenizer was checked against the aligned one
-        else:
-            if base_url is None:
-                base_lm, base_tokenizer = load(base or str(default_pair.local_path(default_pair.BASE)), device, dtype)
-            aligned = aligned or str(default_pair.local_path(default_pair.ALIGNED))
-            if base_url is None:
-                aligned_lm, tokenizer = load(aligned, device, dtype)
-            else:  # reached before the aligned weights load: a failing server fails in seconds
-                tokenizer = model_tokenizer(aligned)
-                base_lm, base_tokenizer = served(tokenizer), None
-                aligned_lm = load_weights(aligned, device, dtype)
-            ref_lm, ref_tokenizer = load(reference, device, dtype) if reference else (None, None)
+        models = load_models(ModelChoice(
+            base, aligned, reference, device=device, dtype=dtype, engine=engine, tokenizer=tokenizer, n_ctx=n_ctx,
+            base_url=base_url, base_model=base_model, api_key=api_key, approximate=approximate,
+        ))  # fmt: skip
         return cls(
-            base_lm,
-            aligned_lm,
-            tokenizer,
-            reference=ref_lm,
-            base_tokenizer=base_tokenizer,
-            reference_tokenizer=ref_tokenizer,
+            models.base,
+            models.aligned,
+            models.tokenizer,
+            reference=models.reference,
+            base_tokenizer=models.base_tokenizer,
+            reference_tokenizer=models.reference_tokenizer,
         )
 
     def encode(self, prompt: str, *, chat: bool = False, system_prompt: str | None = SYSTEM_PROMPT) -> list[int]:

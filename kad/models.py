@@ -1,9 +1,11 @@
-"""Loading models by hub id or local path, and the device check.
+"""Loading models by hub id, local path or GGUF file, and the device check.
 
-Loading fails with one line naming what was asked for (:class:`ModelLoadError`,
-a ``ValueError``), not transformers' chain of tracebacks: a path that does not
-exist, a hub id that is neither cached nor reachable, a device this machine
-does not have.
+:func:`load_models` loads what :meth:`kad.Decoder.from_pretrained` is asked for
+(:class:`ModelChoice`): every argument and path checked first, then the models in
+llama.cpp or in torch (the base model possibly on a server).  Loading fails with
+one line naming what was asked for (:class:`ModelLoadError`, a ``ValueError``),
+not transformers' chain of tracebacks: a path that does not exist, a hub id that
+is neither cached nor reachable, a device this machine does not have.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import importlib.util
 import json
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from safetensors import SafetensorError
@@ -21,7 +24,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from . import default_pair
 from .choices import DTYPES, ENGINES, EngineKind
-from .engines.llamacpp import INSTALL_HINT, LlamaCppEngine
+from .engines import Engine, RemoteEngine
+from .engines.llamacpp import INSTALL_HINT, LlamaCppEngine, check_n_ctx
 from .engines.vocabulary import check_same_vocabulary  # noqa: F401  (its home before engines.vocabulary)
 
 
@@ -237,3 +241,111 @@ def load_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
         return AutoTokenizer.from_pretrained(os.path.expanduser(name_or_path))
     except (OSError, ValueError, KeyError) as error:
         raise ModelLoadError(f"cannot load the tokenizer {name_or_path!r}: {_first_line(error)}") from None
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """The models :meth:`kad.Decoder.from_pretrained` is asked for: its arguments, described there."""
+
+    base: str | None = None
+    aligned: str | None = None
+    reference: str | None = None
+    device: str | torch.device | None = None
+    dtype: str | torch.dtype = "auto"
+    engine: EngineKind = "auto"
+    tokenizer: str | None = None
+    n_ctx: int | None = None
+    base_url: str | None = None
+    base_model: str | None = None
+    api_key: str | None = None
+    approximate: bool = False
+
+
+class LoadedModels(NamedTuple):
+    """:class:`kad.Decoder`'s arguments: the models and the aligned ``tokenizer``, with the
+    base and reference models' own tokenizers where they have one to check against it."""
+
+    base: PreTrainedModel | Engine
+    aligned: PreTrainedModel | Engine
+    tokenizer: PreTrainedTokenizerBase
+    reference: PreTrainedModel | Engine | None
+    base_tokenizer: PreTrainedTokenizerBase | None
+    reference_tokenizer: PreTrainedTokenizerBase | None
+
+
+class _Plan(NamedTuple):
+    """How a checked :class:`ModelChoice` loads."""
+
+    engine: Literal["torch", "llama.cpp"]
+    device: torch.device
+    dtype: str | torch.dtype
+
+
+def load_models(choice: ModelChoice) -> LoadedModels:
+    """The models of ``choice``, each argument and path checked before any model loads
+    (loading one takes minutes); a missing base or aligned model is the default pair's."""
+    plan = _checked(choice)
+    return _in_llama_cpp(choice, plan) if plan.engine == "llama.cpp" else _in_torch(choice, plan)
+
+
+def _checked(choice: ModelChoice) -> _Plan:
+    """``ValueError`` naming the argument for one that does not go with the others, or a
+    path that is not there; else the engine, device and dtype they resolve to."""
+    if choice.base is not None and choice.base_url is not None:
+        raise ValueError("give the base model either by name (base) or by server (base_url), not both")
+    if choice.base_url is None and (choice.base_model is not None or choice.api_key is not None or choice.approximate):
+        raise ValueError("base_model, api_key and approximate go with base_url (a served base model)")
+    dtype = resolve_dtype(choice.dtype)
+    if choice.base_url is not None:
+        RemoteEngine.checked_url(choice.base_url)  # before the aligned model loads
+    requested = None if choice.device is None else resolve_device(choice.device)
+    names = [m for m in (choice.base, choice.aligned, choice.reference) if m is not None]
+    engine = resolve_engine(choice.engine, requested, names)
+    device = requested or (torch.device("cpu") if engine == "llama.cpp" else resolve_device(None))
+    if choice.tokenizer is not None and engine != "llama.cpp":
+        raise ValueError("tokenizer goes with the llama.cpp engine (transformers models bring their own)")
+    if choice.n_ctx is not None and engine != "llama.cpp":
+        raise ValueError("n_ctx goes with the llama.cpp engine (a transformers model's context is its config's)")
+    check_n_ctx(choice.n_ctx)
+    if dtype != "auto" and engine == "llama.cpp":
+        name = str(dtype).removeprefix("torch.")
+        raise ValueError(f"dtype {name} goes with the torch engine (llama.cpp runs the GGUF files' own types)")
+    check_path = check_gguf_path if engine == "llama.cpp" else check_model_path
+    for name in names:
+        check_path(name)
+    return _Plan(engine, device, dtype)
+
+
+def _served(choice: ModelChoice, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> RemoteEngine:
+    """The served base model, its vocabulary checked against the aligned ``tokenizer``."""
+    return RemoteEngine(choice.base_url, choice.base_model, tokenizer, api_key=choice.api_key,
+                        approximate=choice.approximate, device=device)  # fmt: skip
+
+
+def _in_llama_cpp(choice: ModelChoice, plan: _Plan) -> LoadedModels:
+    """GGUF files (or the default pair's) in llama.cpp, each tokenizer checked against the aligned one."""
+    if choice.base is None and choice.base_url is None:  # the base first: a missing pair names its packages first
+        default_pair.gguf_path(default_pair.BASE)
+    given = load_tokenizer(choice.tokenizer) if choice.tokenizer is not None else None
+    aligned, tokenizer = load_gguf(choice.aligned or default_pair.ALIGNED, given, choice.n_ctx)
+    if choice.base_url is not None:
+        base = _served(choice, tokenizer, plan.device)
+    else:
+        base = load_gguf(choice.base or default_pair.BASE, tokenizer, choice.n_ctx)[0]
+    reference = load_gguf(choice.reference, tokenizer, choice.n_ctx)[0] if choice.reference else None
+    return LoadedModels(base, aligned, tokenizer, reference, None, None)
+
+
+def _in_torch(choice: ModelChoice, plan: _Plan) -> LoadedModels:
+    """transformers models (or the default pair's), the base model possibly served."""
+    if choice.base_url is None:  # the base first, as in llama.cpp
+        base, base_tokenizer = load(choice.base or str(default_pair.local_path(default_pair.BASE)), plan.device, plan.dtype)
+    aligned_name = choice.aligned or str(default_pair.local_path(default_pair.ALIGNED))
+    if choice.base_url is None:
+        aligned, tokenizer = load(aligned_name, plan.device, plan.dtype)
+    else:  # the server asked before the aligned weights load: a failing server fails in seconds
+        tokenizer = model_tokenizer(aligned_name)
+        base, base_tokenizer = _served(choice, tokenizer, plan.device), None
+        aligned = load_weights(aligned_name, plan.device, plan.dtype)
+    reference, reference_tokenizer = load(choice.reference, plan.device, plan.dtype) if choice.reference else (None, None)
+    return LoadedModels(base, aligned, tokenizer, reference, base_tokenizer, reference_tokenizer)

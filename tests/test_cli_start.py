@@ -78,8 +78,8 @@ def test_ctrl_c_while_the_commands_import_is_an_interruption(monkeypatch, capsys
                 raise KeyboardInterrupt
             return None
 
+    monkeypatch.delattr(kad, "commands", raising=False)  # (reading it imports it: then removed from both)
     monkeypatch.delitem(sys.modules, "kad.commands", raising=False)
-    monkeypatch.delattr(kad, "commands", raising=False)
     monkeypatch.setattr(sys, "meta_path", [Interrupted, *sys.meta_path])
     assert cli.main(["generate", "--prompt", "x"]) == 130
     assert capsys.readouterr().err.strip() == "kad: interrupted"
@@ -94,6 +94,15 @@ def test_each_public_name_is_read_from_its_home():
     for name, home in kad._HOMES.items():
         assert getattr(kad, name) is getattr(importlib.import_module(home), name), name
     assert set(kad.__all__) <= set(dir(kad))
+
+
+def test_a_submodule_is_an_attribute_of_kad_before_it_is_imported():
+    program = "import kad, sys\nassert 'kad.engines' not in sys.modules\nprint(kad.engines.RemoteEngine.__name__)"
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == "RemoteEngine", done.stderr
+    assert {"cli", "decoding", "engines", "hf", "models", "report"} <= kad._SUBMODULES
+    for name in kad._SUBMODULES:
+        assert getattr(kad, name) is importlib.import_module(f"kad.{name}"), name
     with pytest.raises(AttributeError, match="no attribute 'Decodr'"):
         kad.Decodr  # noqa: B018
 

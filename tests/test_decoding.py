@@ -1117,8 +1117,8 @@ def test_a_missing_model_path_is_named_before_any_model_loads(monkeypatch, tmp_p
     def no_loading(*args, **kwargs):
         raise AssertionError("a model was loaded before every path was checked")
 
-    monkeypatch.setattr(kad.decoding, "load", no_loading)
-    monkeypatch.setattr(kad.decoding, "load_gguf", no_loading)
+    monkeypatch.setattr(kad.models, "load", no_loading)
+    monkeypatch.setattr(kad.models, "load_gguf", no_loading)
     suffix = ".gguf" if engine == "llama.cpp" else ""
     if suffix:
         (tmp_path / "model.gguf").write_bytes(b"")

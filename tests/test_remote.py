@@ -338,8 +338,8 @@ def test_a_failing_server_is_found_before_the_aligned_weights_load(tmp_path, mon
     def load(name_or_path, *args):
         raise AssertionError(f"{name_or_path} loaded before the server answered")
 
-    monkeypatch.setattr(kad.decoding, "load", load)
-    monkeypatch.setattr(kad.decoding, "load_weights", load)
+    monkeypatch.setattr(kad.models, "load", load)
+    monkeypatch.setattr(kad.models, "load_weights", load)
     with pytest.raises(EngineError, match=rf"^{refusing_url}/models: HTTP 401: wrong key"):
         kad.Decoder.from_pretrained(aligned=str(directory), base_url=refusing_url, device="cpu")
 
