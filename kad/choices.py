@@ -51,6 +51,9 @@ RULES = ("dual", "primal", "nudging", "implicit-reward", *AUTHOR_RULE_NAMES)
 
 # Rules with no parameter: kad generate|eval refuses --lam for them (and records none).
 PARAMETERLESS_RULES = ("implicit-reward", "token_max")
+# Rules whose parameter is a primal budget, not a λ (kad plot draws them on their own axis);
+# tests/test_cli_start.py holds them to the rules build_rule makes.
+PRIMAL_RULES = ("primal", "budget_lr")
 
 
 def rule_name(mode: str, name: str | None) -> str | None:

@@ -8,9 +8,10 @@
 
 Without ``--base``/``--aligned`` the models are the default pair (:mod:`kad.default_pair`);
 otherwise hub ids, local directories or GGUF files; ``--engine`` picks the runtime.  Each subcommand is a function
-``add_<name>(subparsers)`` that registers its parser and sets ``run``: ``kad summary``'s here,
-the others' in :mod:`kad.commands`, imported only when one runs (it loads torch and
-transformers, seconds that ``kad --help``, a misspelt option and ``kad summary`` do without).
+``add_<name>(subparsers)`` that registers its parser and sets ``run``: ``kad summary``'s and
+``kad plot``'s here, those that run models in :mod:`kad.commands`, imported only when one
+runs (it loads torch and transformers: seconds that ``kad --help``, a misspelt option,
+``kad summary`` and ``kad plot`` do without).
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ from pathlib import Path
 
 from .choices import DTYPES, ENGINES, GAMMA, LAM, MODES, RULES, SYSTEM_PROMPT
 from .errors import ContextLengthWarning, DefaultPairError, EngineError
+from .outputs import output_dir
+from .plots import draw, figures
 from .report import summary_table
 from .results import load_result
 from .tasks import MAX_NEW_TOKENS, TASKS, TEMPERATURE
@@ -155,7 +158,21 @@ def add_plot(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("results", nargs="+", type=Path, help="result files of kad eval")
     parser.add_argument("--out", type=Path, default=Path("kad-plots"), help="directory for the PNGs (default kad-plots/)")
-    parser.set_defaults(run=_in_commands("plot"))
+    parser.set_defaults(run=run_plot)
+
+
+def run_plot(args: argparse.Namespace) -> int:
+    results = [load_result(p) for p in args.results]
+    supported = figures(results)
+    if not supported:
+        raise ValueError(
+            f"no figure from {', '.join(map(str, args.results))}: a figure needs two runs of one configuration "
+            "that differ only in γ or in the rule parameter"
+        )
+    output_dir(args.out, "--out")
+    for path in draw(results, supported, args.out):
+        print(path)
+    return 0
 
 
 def add_demo(subparsers: argparse._SubParsersAction) -> None:

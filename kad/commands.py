@@ -1,5 +1,5 @@
-"""The commands of ``kad`` that run models or draw figures: ``generate``, ``eval``, ``demo``
-and ``plot``, each ``run_<name>(args)`` on the arguments :mod:`kad.cli` parsed.
+"""The commands of ``kad`` that run models: ``generate``, ``eval`` and ``demo``, each
+``run_<name>(args)`` on the arguments :mod:`kad.cli` parsed.
 
 :mod:`kad.cli` imports this module when one of them runs, as it loads torch and
 transformers (seconds); every option is checked before a model loads (minutes).
@@ -8,7 +8,6 @@ transformers (seconds); every option is checked before a model loads (minutes).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 from pathlib import Path
@@ -26,9 +25,9 @@ from .engines.llamacpp import check_n_ctx
 from .engines.remote import check_servable
 from .evaluate import MODEL_FIELDS, check_resumable, check_seed, evaluate, model_name, with_models
 from .loop import KEEPS_PARTIAL
-from .plots import draw, figures
+from .outputs import output_dir, remove_empty
 from .report import Summary, summary_table
-from .results import ResultWriteError, RunConfig, check_writable, load_result, saved_result
+from .results import ResultWriteError, RunConfig, saved_result
 from .settings import Settings
 from .tasks import TASKS, TEMPERATURE
 
@@ -89,25 +88,6 @@ def _decoder(args: argparse.Namespace) -> Decoder:
         tokenizer=args.tokenizer, n_ctx=args.n_ctx,
         base_url=args.base_url, base_model=args.base_model, api_key=args.api_key, approximate=args.approximate,
     )  # fmt: skip
-
-
-def _output_dir(directory: Path, option: str) -> list[Path]:
-    """``directory`` created and writable, checked before the work that would be written
-    there; returns the directories it made, deepest first."""
-    made = [d for d in (directory, *directory.parents) if not d.exists()]
-    try:
-        check_writable(directory)
-    except OSError as error:
-        _remove_empty(made)
-        raise ValueError(f"{option}: cannot write in {directory} ({error.strerror or error})") from None
-    return made
-
-
-def _remove_empty(directories: list[Path]) -> None:
-    """Remove ``directories`` (deepest first) where empty: folders a run made and saved nothing in."""
-    for directory in directories:
-        with contextlib.suppress(OSError):
-            directory.rmdir()
 
 
 def run_generate(args: argparse.Namespace) -> int:
@@ -174,12 +154,12 @@ def run_eval(args: argparse.Namespace) -> int:
     # The output and a file to resume are checked first: loading the models takes minutes.
     path = args.output or args.out_dir / f"{config.stem()}.json"
     # The folder the file goes in: a link's target's (the file is written through it).
-    made = _output_dir(Path(os.path.realpath(path)).parent, "--output" if args.output else "--out-dir")
+    made = output_dir(Path(os.path.realpath(path)).parent, "--output" if args.output else "--out-dir")
     try:
         return _run_eval(args, config, path)
     finally:
         if not path.exists():  # nothing saved: no empty directory left behind either
-            _remove_empty(made)
+            remove_empty(made)
 
 
 def _run_eval(args: argparse.Namespace, config: RunConfig, path: Path) -> int:
@@ -233,20 +213,6 @@ def _what_was_saved(path: Path) -> str:
     if not path.exists():
         return f"nothing was saved in {path}"
     return f"the finished batches are in {path}; continue with the same command and --resume"
-
-
-def run_plot(args: argparse.Namespace) -> int:
-    results = [load_result(p) for p in args.results]
-    supported = figures(results)
-    if not supported:
-        raise ValueError(
-            f"no figure from {', '.join(map(str, args.results))}: a figure needs two runs of one configuration "
-            "that differ only in γ or in the rule parameter"
-        )
-    _output_dir(args.out, "--out")
-    for path in draw(results, supported, args.out):
-        print(path)
-    return 0
 
 
 def run_demo(args: argparse.Namespace) -> int:

@@ -1,6 +1,6 @@
 """``kad`` starts without torch and transformers where a command needs neither.
 
-``kad --help``, a misspelt option and ``kad summary`` take a fraction of a second; the
+``kad --help``, a misspelt option, ``kad summary`` and ``kad plot`` start in a fraction of a second; the
 commands that run models import :mod:`kad.commands` (torch, transformers: seconds) when
 they run.  The names written out for that (:mod:`kad.choices`, ``kad.__all__``) are held
 to their sources here.
@@ -21,7 +21,8 @@ import kad_kernels as kk
 from kad import choices, cli
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULT = ROOT / "benchmarks" / "results" / "eval-default-pair" / "gsm8k-base-s0.json"
+RESULTS = ROOT / "benchmarks" / "results" / "eval-default-pair"
+RESULT = RESULTS / "gsm8k-base-s0.json"
 HEAVY = ("torch", "transformers", "numpy", "kad_kernels")
 
 
@@ -59,6 +60,13 @@ def test_commands_that_run_no_model_import_no_torch(argv, code):
     assert run["loaded"] == [], f"kad {' '.join(argv)} imported {run['loaded']}"
 
 
+def test_plot_imports_no_torch(tmp_path):
+    run = _run_kad("plot", *map(str, sorted(RESULTS.glob("*.json"))), "--out", str(tmp_path))
+    assert run["code"] == 0, run["err"]
+    assert run["loaded"] == ["numpy"]  # matplotlib's
+    assert {p.name for p in tmp_path.iterdir()} >= {"acceptance_vs_gamma.png", "accuracy_vs_lambda.png"}
+
+
 def test_summary_without_torch_is_the_summary_with_it(capsys):
     assert cli.main(["summary", str(RESULT)]) == 0
     assert _run_kad("summary", str(RESULT))["out"] == capsys.readouterr().out
@@ -89,6 +97,12 @@ def test_the_author_rule_names_are_the_kernels():
     assert choices.AUTHOR_RULE_NAMES == tuple(kk.rules.AUTHOR_RULES)
 
 
+def test_the_primal_rules_are_those_that_build_a_primal_rule():
+    from kad.decoding import build_rule
+
+    assert {name for name in choices.RULES if isinstance(build_rule("kad", name, 0.5), kk.Primal)} == set(choices.PRIMAL_RULES)
+
+
 def test_each_public_name_is_read_from_its_home():
     assert sorted(kad.__all__) == sorted(kad._HOMES)
     for name, home in kad._HOMES.items():
@@ -108,7 +122,8 @@ def test_a_submodule_is_an_attribute_of_kad_before_it_is_imported():
 
 
 def test_the_light_modules_import_no_torch():
-    modules = ["kad.choices", "kad.errors", "kad.report", "kad.results", "kad.stats", "kad.tasks", "kad.cli"]
+    modules = ["kad.choices", "kad.errors", "kad.report", "kad.results", "kad.stats", "kad.tasks", "kad.outputs",
+               "kad.plots", "kad.cli"]  # fmt: skip
     program = f"import sys\nfor m in {modules!r}: __import__(m)\nprint([n for n in {HEAVY!r} if n in sys.modules])"
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
