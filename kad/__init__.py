@@ -79,12 +79,21 @@ _SUBMODULES = frozenset(module.name for module in _pkgutil.iter_modules(__path__
 
 def __getattr__(name: str):
     if name in _SUBMODULES:
-        return _importlib.import_module(f"{__name__}.{name}")  # sets the attribute
+        return _imported(f"{__name__}.{name}")  # sets the attribute
     if name not in _HOMES:
         raise AttributeError(f"module 'kad' has no attribute {name!r}")
-    value = getattr(_importlib.import_module(_HOMES[name]), name)
+    value = getattr(_imported(_HOMES[name]), name)
     globals()[name] = value  # read once
     return value
+
+
+def _imported(module: str):
+    """``module``, imported; an AttributeError raised inside its import (a package of another
+    version) as an ImportError: from ``__getattr__`` it would read as a name kad lacks."""
+    try:
+        return _importlib.import_module(module)
+    except AttributeError as error:
+        raise ImportError(f"importing {module} failed: {error}", name=module) from error
 
 
 def __dir__() -> list[str]:

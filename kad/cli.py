@@ -17,6 +17,7 @@ runs (it loads torch and transformers: seconds that ``kad --help``, a misspelt o
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import signal
 import sys
@@ -38,8 +39,7 @@ def _in_commands(name: str) -> Callable[[argparse.Namespace], int]:
     handling, so that a Ctrl-C while torch loads is an interruption like any other)."""
 
     def run(args: argparse.Namespace) -> int:
-        from . import commands
-
+        commands = importlib.import_module("kad.commands")
         return getattr(commands, f"run_{name}")(args)
 
     return run
@@ -220,9 +220,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         add(subparsers)
     try:
         args = parser.parse_args(argv)  # --version imports torch: a Ctrl-C there is handled below too
-        with warnings.catch_warnings():
-            warnings.showwarning = _show_warning
+        # Only the way warnings are shown is set and put back: warning filters that packages
+        # add as the command imports them (torch, transformers) stay, as after any import.
+        shown, warnings.showwarning = warnings.showwarning, _show_warning
+        try:
             code = args.run(args)
+        finally:
+            warnings.showwarning = shown
         sys.stdout.flush()  # a reader gone away shows here (BrokenPipeError below), not at exit
         return code
     except DefaultPairError as error:  # packages missing, damaged, or a cache that takes no files

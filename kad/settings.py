@@ -12,6 +12,7 @@ import torch
 import kad_kernels as kk
 
 from .choices import GAMMA, MODES, ONE_MODEL_FAMILIES, Mode, is_speculative, mode_family
+from .choices import LAM  # noqa: F401  (importable from here too, beside GAMMA)
 from .draw import ONE_MODEL
 
 

@@ -127,3 +127,88 @@ def test_the_light_modules_import_no_torch():
     program = f"import sys\nfor m in {modules!r}: __import__(m)\nprint([n for n in {HEAVY!r} if n in sys.modules])"
     done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=ROOT, check=True)
     assert done.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize(
+    "module, names",
+    [
+        ("kad.settings", ["GAMMA", "LAM", "MODES", "Mode", "ONE_MODEL_FAMILIES", "mode_family", "is_speculative"]),
+        ("kad.decoding", ["RULES", "PARAMETERLESS_RULES", "SYSTEM_PROMPT", "rule_name", "GAMMA"]),
+        ("kad.models", ["DTYPES", "ENGINES", "EngineKind"]),
+        ("kad.engines.base", ["EngineError", "ContextLengthWarning"]),
+        ("kad.engines", ["EngineError"]),
+        ("kad.default_pair", ["DefaultPairError"]),
+    ],
+)
+def test_names_that_moved_stay_importable_where_they_were(module, names):
+    """Each is the very object of its new home (an EngineError pickled before it moved loads)."""
+    homes = (choices, importlib.import_module("kad.errors"))
+    for name in names:
+        value = getattr(importlib.import_module(module), name)
+        assert any(getattr(home, name, None) is value for home in homes), f"{module}.{name}"
+
+
+def test_a_failure_inside_a_lazy_import_is_not_a_missing_name():
+    """An AttributeError raised while a home module imports (a package of another version)
+    must not read as "kad has no attribute Decoder", which hides its traceback."""
+    program = (
+        "import sys\n"
+        "class Broken:\n"
+        "    @staticmethod\n"
+        "    def find_spec(name, path=None, target=None):\n"
+        "        if name == 'kad.decoding':\n"
+        "            raise AttributeError(\"module 'torch' has no attribute 'float8'\")\n"
+        "sys.meta_path.insert(0, Broken)\n"
+        "import kad\n"
+        "try:\n"
+        "    kad.Decoder\n"
+        "except ImportError as error:\n"
+        "    print(type(error).__name__, error, '|', type(error.__cause__).__name__)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert done.stdout.strip() == (
+        "ImportError importing kad.decoding failed: module 'torch' has no attribute 'float8' | AttributeError"
+    ), done.stderr
+
+
+def test_main_keeps_the_warning_filters_that_its_imports_add():
+    """Calling main from Python (a notebook, a test) leaves warnings as importing the commands would."""
+    imported = "import warnings, kad.commands\nprint(len(warnings.filters))"
+    ran = (
+        "import warnings\nfrom kad import cli\n"
+        "try:\n    cli.main(['generate', '--mode', 'base', '--lam', '0.4', '--prompt', 'x'])\n"
+        "except SystemExit:\n    pass\n"
+        "import kad.commands\nprint(len(warnings.filters))"
+    )
+    counts = [
+        subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=120, cwd=ROOT).stdout
+        for program in (imported, ran)
+    ]
+    assert counts[0].strip() and counts[0] == counts[1]
+
+
+def test_the_type_checkers_names_are_the_lazy_ones():
+    import ast
+
+    tree = ast.parse((ROOT / "kad" / "__init__.py").read_text())
+    block = next(node for node in tree.body if isinstance(node, ast.If) and ast.unparse(node.test) == "_TYPE_CHECKING")
+    named = {alias.name for node in block.body if isinstance(node, ast.ImportFrom) for alias in node.names}
+    assert named == set(kad._HOMES)
+
+
+def test_model_choice_has_the_arguments_of_from_pretrained():
+    import dataclasses
+    import inspect
+
+    from kad.models import ModelChoice
+
+    parameters = list(inspect.signature(kad.Decoder.from_pretrained).parameters.values())
+    fields = dataclasses.fields(ModelChoice)
+    assert [(p.name, p.default) for p in parameters] == [(f.name, f.default) for f in fields]
+
+
+def test_the_parameterless_rules_are_those_their_parameter_does_not_change():
+    from kad.decoding import build_rule
+
+    same = {name for name in choices.RULES if repr(build_rule("kad", name, 0.1)) == repr(build_rule("kad", name, 0.9))}
+    assert same == set(choices.PARAMETERLESS_RULES)

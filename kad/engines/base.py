@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from ..batch import Batch
+from ..errors import ContextLengthWarning, EngineError  # noqa: F401  (the seam's failures, importable from here too)
 from ..settings import Settings
 
 
