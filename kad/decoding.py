@@ -291,7 +291,8 @@ class Decoder:
             return decode(self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator,
                           streamer=streamer)  # fmt: skip
         except KEEPS_PARTIAL as error:  # keep what was generated, with its text
-            error.partial = self._generation(error.partial)
+            partial = getattr(error, "partial", None)  # none where a Ctrl-C landed before decode's own handling
+            error.partial = None if partial is None else self._generation(partial)
             raise
         finally:
             if streamer is not None:

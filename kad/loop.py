@@ -38,6 +38,7 @@ random number, so its seed fixes the whole generation.
 
 from __future__ import annotations
 
+import contextlib
 import numbers
 import time
 import warnings
@@ -277,21 +278,23 @@ def decode(
         raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
     budgets = fit_budgets(prompts, budgets, plan.engines)
     loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
-    for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
-        kk.resolve_backend(rule, loop.device)
-    with engine_turns(plan.engines):  # an engine shared by front ends runs one generation at a time
-        started = []
+    with contextlib.ExitStack() as turns:  # left after the engines' reset below
         try:
+            for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
+                kk.resolve_backend(rule, loop.device)
+            turns.enter_context(engine_turns(plan.engines))  # an engine shared by front ends runs one generation at a time
             for engine in plan.engines:
                 engine.reset(settings)
-                started.append(engine)
+                loop.started.append(engine)
             loop.run(prompts, budgets)  # checked_inputs' own lists
             return loop.decoded()
+        # Also before any engine ran (a Ctrl-C while the extension builds or while another
+        # generation holds the engines): no rows yet.  Read before the reset empties the counters.
         except KEEPS_PARTIAL as error:
             error.partial = loop.decoded()
             raise
         finally:  # the caches go with the generation (a large model's KV cache would stay until the next)
-            for engine in started:
+            for engine in loop.started:
                 engine.reset()
 
 
@@ -335,6 +338,7 @@ class _Loop:
         self.stats = GenerationStats()
         self.row_stats = [GenerationStats() for _ in range(rows)]
         self.outputs: list[list[int]] = [[] for _ in range(rows)]  # what decoded() reports before run()
+        self.started: list[Engine] = []  # the engines reset for this generation (decode), whose counters count
         self._broken: list[tuple[Engine, Tensor]] = []  # this round's (engine, code [B] of _BROKEN or 0) per read
 
     def _logits(self, engine: Engine, batch: Batch, keep: int = 1) -> Tensor:
@@ -359,7 +363,7 @@ class _Loop:
         """What was emitted so far, and the statistics (served engines' counters included).
         Reads, never adds to, :attr:`stats`: a second call (a Ctrl-C inside the first) counts once."""
         stats = replace(self.stats)
-        for engine in self.plan.engines:
+        for engine in self.started:  # one not started yet holds the last generation's counters
             if isinstance(engine, ServedEngine):
                 for name, counter in SERVED_COUNTERS.items():
                     setattr(stats, name, getattr(stats, name) + getattr(engine, counter))

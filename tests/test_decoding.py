@@ -801,6 +801,30 @@ def test_a_served_base_models_counters_are_reported_once():
     assert (stats.requests, stats.server_wait_s, stats.partial_positions, stats.inexact_positions) == (0, 0.0, 0, 0)
 
 
+@pytest.mark.parametrize("where", ["kernels", "turn"])
+def test_a_ctrl_c_before_the_engines_run_leaves_an_empty_partial(monkeypatch, where):
+    """A Ctrl-C while the kernels load (the C++ extension builds on first use) or while another
+    generation holds the engines: nothing generated yet, said as such (not an AttributeError
+    for the partial result), without the served engine's counters of its last generation."""
+    engine = _CountingLikeAServer(MODELS["base"], V)  # its counters read 3 requests, ... at any time
+    served = kad.Decoder(engine, MODELS["aligned"], TOKENIZER)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "kernels":
+        monkeypatch.setattr(kad.loop.kk, "resolve_backend", interrupted)
+    else:
+        monkeypatch.setattr(kad.loop, "engine_turns", interrupted)
+    with pytest.raises(KeyboardInterrupt) as info:
+        served.generate(["hello", "hi"], "kad", kk.Dual(0.5), max_new_tokens=4, seed=3)
+    partial = info.value.partial
+    assert partial.token_ids == [[], []] and partial.texts == ["", ""]
+    stats = partial.stats
+    assert (stats.requests, stats.server_wait_s, stats.partial_positions, stats.inexact_positions) == (0, 0.0, 0, 0)
+    assert stats.new_tokens == 0 and engine.cached == 0
+
+
 @pytest.mark.parametrize(
     "roles, mode, prompts, match",
     [
