@@ -280,18 +280,23 @@ class Decoder:
         else:
             generator.manual_seed(generator_seed(seed, generator.device))
         # kad.loop.decode holds the engines for the generation: threads take turns (design §6.1).
-        return self._generation(self._decode(ids, budgets, settings, generator, streamer))
+        return self._generate(ids, budgets, settings, generator, streamer)
 
-    def _decode(self, ids: list[list[int]], budgets: list[int], settings: Settings, generator: torch.Generator,
-                streamer: BaseStreamer | None) -> Decoded:
-        """:func:`~kad.loop.decode` on the engines, the streamer ended also on an error."""
-        if streamer is not None:
-            streamer.put(torch.tensor(ids[0]))
+    def _generate(self, ids: list[list[int]], budgets: list[int], settings: Settings, generator: torch.Generator,
+                  streamer: BaseStreamer | None) -> Generation:
+        """:func:`~kad.loop.decode` on the engines, with its text; the streamer ended also on an
+        error, which leaves with what was generated (:data:`KEEPS_PARTIAL`)."""
+        decoded = None
         try:
-            return decode(self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator,
-                          streamer=streamer)  # fmt: skip
+            if streamer is not None:
+                streamer.put(torch.tensor(ids[0]))
+            decoded = decode(self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator,
+                             streamer=streamer)  # fmt: skip
+            return self._generation(decoded)
         except KEEPS_PARTIAL as error:  # keep what was generated, with its text
-            partial = getattr(error, "partial", None)  # none where a Ctrl-C landed before decode's own handling
+            # decode's own partial; the whole result where decode had returned; none where a Ctrl-C
+            # landed before decode's handling
+            partial = getattr(error, "partial", None) or decoded
             error.partial = None if partial is None else self._generation(partial)
             raise
         finally:

@@ -278,6 +278,7 @@ def decode(
         raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
     budgets = fit_budgets(prompts, budgets, plan.engines)
     loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
+    result: Decoded | None = None  # read before the engines' reset empties a served engine's counters
     with contextlib.ExitStack() as turns:  # left after the engines' reset below
         try:
             for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
@@ -287,15 +288,31 @@ def decode(
                 engine.reset(settings)
                 loop.started.append(engine)
             loop.run(prompts, budgets)  # checked_inputs' own lists
-            return loop.decoded()
+            result = loop.decoded()
         # Also before any engine ran (a Ctrl-C while the extension builds or while another
-        # generation holds the engines): no rows yet.  Read before the reset empties the counters.
+        # generation holds the engines): no rows yet.
         except KEEPS_PARTIAL as error:
-            error.partial = loop.decoded()
+            error.partial = result = loop.decoded()
             raise
-        finally:  # the caches go with the generation (a large model's KV cache would stay until the next)
-            for engine in loop.started:
-                engine.reset()
+        finally:
+            _reset_each(loop.started, result)
+    return result
+
+
+def _reset_each(engines: Sequence[Engine], result: Decoded | None) -> None:
+    """Empty the caches of ``engines``, which go with the generation (a large model's KV cache
+    would stay until the next): all of them, also when one reset is interrupted (a Ctrl-C
+    landing there), which then leaves with ``result``, the generation's, as its partial."""
+    interrupted = None
+    for engine in engines:
+        try:
+            engine.reset()
+        except KEEPS_PARTIAL as error:
+            interrupted = interrupted or error
+    if interrupted is not None:
+        if getattr(interrupted, "partial", None) is None:
+            interrupted.partial = result
+        raise interrupted
 
 
 def _common_dtype(*logits: Tensor | None) -> list[Tensor | None]:

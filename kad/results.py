@@ -212,9 +212,20 @@ def _file_mode(path: Path) -> int:
     try:
         return stat.S_IMODE(path.stat().st_mode)
     except FileNotFoundError:
-        umask = os.umask(0)  # reading the umask sets it: put it back at once
-        os.umask(umask)
-        return 0o666 & ~umask
+        return 0o666 & ~_umask()
+
+
+def _umask() -> int:
+    """The process's umask, read where the system tells it (Linux): reading it with
+    ``os.umask`` sets it, and a Ctrl-C landing before it is put back would leave it set."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    umask = os.umask(0o077)  # elsewhere: set and put back, restrictive in between
+    os.umask(umask)
+    return umask
 
 
 def saved_result(path: Path, resume: bool) -> dict | None:

@@ -825,6 +825,67 @@ def test_a_ctrl_c_before_the_engines_run_leaves_an_empty_partial(monkeypatch, wh
     assert stats.new_tokens == 0 and engine.cached == 0
 
 
+class _ResetInterrupted(HFEngine):
+    """An engine whose reset at the end of its next generation is interrupted (a Ctrl-C landing there)."""
+
+    interrupt = False
+
+    def reset(self, settings=None):
+        if settings is None and self.interrupt:
+            self.interrupt = False
+            raise KeyboardInterrupt
+        super().reset(settings)
+
+
+@pytest.mark.parametrize("mode", ["kad", "kad-spec"])
+def test_a_ctrl_c_while_the_engines_reset_keeps_the_result_and_resets_the_others(mode):
+    """The generation had finished: its result is the partial, and every other engine still
+    empties its cache (a large model's KV cache would stay until the next generation)."""
+    base = _ResetInterrupted(MODELS["base"], V)
+    aligned = HFEngine(MODELS["aligned"], V)
+    decoder = kad.Decoder(base, aligned, TOKENIZER)
+    expected = decoder.generate(PROMPTS, mode, kk.Dual(0.5), gamma=2, max_new_tokens=6, seed=3)
+    base.interrupt = True
+    with pytest.raises(KeyboardInterrupt) as info:
+        decoder.generate(PROMPTS, mode, kk.Dual(0.5), gamma=2, max_new_tokens=6, seed=3)
+    assert info.value.partial.token_ids == expected.token_ids and info.value.partial.texts == expected.texts
+    assert aligned.cached == 0
+    assert decoder.generate(PROMPTS, mode, kk.Dual(0.5), gamma=2, max_new_tokens=6, seed=3).token_ids == expected.token_ids
+
+
+def test_a_ctrl_c_after_the_generation_keeps_it_whole(monkeypatch):
+    """Interrupted while the tokens are detokenized: the partial is the whole generation."""
+    expected = DECODER.generate(PROMPTS, "kad", kk.Dual(0.5), max_new_tokens=6, seed=3)
+    generation = kad.Decoder._generation
+    calls = []
+
+    def interrupted_once(self, out):
+        calls.append(out)
+        if len(calls) == 1:
+            raise KeyboardInterrupt
+        return generation(self, out)
+
+    monkeypatch.setattr(kad.Decoder, "_generation", interrupted_once)
+    with pytest.raises(KeyboardInterrupt) as info:
+        DECODER.generate(PROMPTS, "kad", kk.Dual(0.5), max_new_tokens=6, seed=3)
+    assert info.value.partial.token_ids == expected.token_ids and info.value.partial.texts == expected.texts
+
+
+def test_a_ctrl_c_while_the_prompt_is_streamed_ends_the_streamer():
+    """A consumer of the streamer (TextIteratorStreamer) waits for end(): it comes also here."""
+
+    class Ended(_InterruptedStreamer):
+        ended = False
+
+        def end(self):
+            self.ended = True
+
+    streamer = Ended(at=1)  # the prompt's put
+    with pytest.raises(KeyboardInterrupt):
+        DECODER.generate(PROMPTS[0], "kad", kk.Dual(0.5), max_new_tokens=6, seed=3, streamer=streamer)
+    assert streamer.ended
+
+
 @pytest.mark.parametrize(
     "roles, mode, prompts, match",
     [

@@ -875,6 +875,22 @@ def test_a_result_file_gets_the_umask_or_keeps_its_mode(tmp_path):
         os.umask(old)
 
 
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="the umask is read from /proc/self/status")
+def test_the_umask_is_read_without_setting_it(tmp_path, monkeypatch):
+    """Setting it to read it would leave it at 0 if a Ctrl-C landed before it was put back:
+    every file the process made afterwards would be writable by all."""
+    from kad import results
+
+    old = os.umask(0o027)
+    try:
+        monkeypatch.setattr(results.os, "umask", lambda mask: pytest.fail("the umask was set"))
+        evaluate.evaluate(DECODER, _config(max_new_tokens=2), tmp_path / "run.json", limit=1)
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o640
+
+
 def _decoder_with_a_short_base(positions: int) -> kad.Decoder:
     """The test models, the base one with a context of ``positions`` (its weights unchanged)."""
     config = type(MODELS["base"].config)(**{**MODELS["base"].config.to_dict(), "max_position_embeddings": positions})

@@ -104,11 +104,11 @@ class HFEngine:
                 f"{settings.mode} needs a model whose cache can drop rejected drafts; {self.name!r} has "
                 f"{self._layers.no_drafts}: use a mode without drafts"
             )
-        self.cache = DynamicCache(config=self.model.config)
+        cache = DynamicCache(config=self.model.config)
         for i, layer_type in enumerate(self._layers.types):
             if layer_type == "sliding_attention":
-                self.cache.layers[i] = DynamicLayer()  # every column kept: croppable, windowed by the mask
-        self._cached = 0
+                cache.layers[i] = DynamicLayer()  # every column kept: croppable, windowed by the mask
+        self.cache, self._cached = cache, 0  # together: a reset interrupted half-way leaves the old pair
 
     def advance(self, batch: Batch, keep: int = 1) -> Tensor:
         if self._layers.recurrent and self._cached > 0 and batch.width - self._cached > 1:
