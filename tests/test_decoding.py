@@ -517,19 +517,6 @@ def test_front_ends_sharing_an_engine_take_turns():
     assert together == alone * 2
 
 
-def test_engine_turns_take_an_engine_given_twice_once():
-    """Engines of any class (not orderable, maybe unhashable) are taken once each, and given back."""
-    from kad.engines.turns import engine_turns
-
-    class Unhashable:
-        __hash__ = None
-
-    engine, other = object(), Unhashable()
-    for _ in range(2):  # given back after the first
-        with engine_turns([engine, engine, other]):
-            pass
-
-
 def test_a_generation_on_an_engine_started_from_the_streamer_of_another_is_refused():
     """Waiting for the engine would never end: the thread asking for it holds it."""
     aligned = HFEngine(MODELS["aligned"], len(TOKENIZER))

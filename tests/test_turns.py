@@ -1,0 +1,174 @@
+"""kad.engines.turns: engines held for one generation, given back whatever interrupts it."""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import sys
+import threading
+from collections import Counter
+
+import pytest
+
+from kad.engines.turns import engine_turns
+
+_CODE = engine_turns.__wrapped__.__code__  # the generator behind the context manager
+_SOURCE, _FIRST = inspect.getsourcelines(engine_turns.__wrapped__)
+# Python fires a with statement's line event again as its block ends, where an exception skips
+# its __exit__; no Ctrl-C lands there (the interpreter looks for one as calls return, as a loop
+# turns and as a function starts or resumes), so the interrupts here skip those lines.
+_WITH_LINES = {_FIRST + i for i, line in enumerate(_SOURCE) if line.lstrip().startswith("with ")}
+
+
+class _Engine:
+    """Any object that weak references can key, as engines are (a bare ``object()`` is not guarded)."""
+
+
+def _interrupted_at(line_event: int, engines: list[object]) -> bool:
+    """Enter ``engine_turns(engines)`` with a KeyboardInterrupt raised at its ``line_event``-th
+    line event before the body (where a Ctrl-C may land: an acquire returning, between two
+    engines); returns whether it was raised there, False once the body is reached first."""
+    seen = 0
+    in_body = False
+
+    def local(frame, event, arg):
+        nonlocal seen
+        if event == "line" and not in_body and frame.f_lineno not in _WITH_LINES:
+            seen += 1
+            if seen == line_event:
+                raise KeyboardInterrupt
+        return local
+
+    def calls(frame, event, arg):
+        return local if frame.f_code is _CODE else None
+
+    sys.settrace(calls)
+    try:
+        with engine_turns(engines):
+            in_body = True
+    except KeyboardInterrupt:
+        return True
+    finally:
+        sys.settrace(None)
+    return False
+
+
+def test_a_ctrl_c_anywhere_in_taking_the_engines_gives_them_back():
+    """Before, one landing just after a lock was acquired kept that engine for good: the next
+    generation on it in this thread hung (or was refused as started inside another)."""
+    engines = [_Engine(), _Engine()]
+    errors: list[BaseException] = []
+    interruptions = 0
+
+    def scenario():
+        nonlocal interruptions
+        try:
+            for line_event in itertools.count(1):
+                if not _interrupted_at(line_event, engines):
+                    break
+                interruptions += 1
+                with engine_turns(engines):  # given back: neither refused nor waiting
+                    pass
+        except BaseException as error:  # noqa: BLE001 - reported to the test's thread
+            errors.append(error)
+
+    worker = threading.Thread(target=scenario, daemon=True)
+    worker.start()
+    worker.join(timeout=15)
+    assert not worker.is_alive(), "an interrupted engine_turns kept an engine: the next one waits for ever"
+    assert not errors, errors
+    assert interruptions >= 4  # not vacuous: the interrupt landed at each step of the taking
+
+
+def test_generations_sharing_some_engines_hold_them_alone_and_all_end():
+    """Three threads over engine sets that overlap in a cycle (a deadlock for two locks taken
+    in different orders): each engine is held by one generation at a time, and all end."""
+    a, b, c = _Engine(), _Engine(), _Engine()
+    holders: Counter[int] = Counter()
+    guard = threading.Lock()
+    overlaps: list[str] = []
+
+    def run(engines: list[object]) -> None:
+        for _ in range(300):
+            with engine_turns(engines):
+                with guard:
+                    holders.update(id(e) for e in engines)
+                    if any(holders[id(e)] > 1 for e in engines):
+                        overlaps.append("two generations held one engine")
+                with guard:
+                    holders.subtract(id(e) for e in engines)
+
+    threads = [threading.Thread(target=run, args=(s,), daemon=True) for s in ([a, b], [b, c], [c, a])]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert not any(thread.is_alive() for thread in threads)
+    assert not overlaps
+
+
+def test_an_engine_given_twice_is_taken_once_and_given_back():
+    """Engines of any class (not orderable, maybe unhashable: not guarded then) are taken once each."""
+
+    class Unhashable:
+        __hash__ = None  # type: ignore[assignment]
+
+    engine, other = _Engine(), Unhashable()
+    for _ in range(2):  # given back after the first
+        with engine_turns([engine, engine, other]):
+            with pytest.raises(RuntimeError):  # held
+                with engine_turns([engine]):
+                    pass
+
+
+def test_a_generation_started_inside_another_on_one_of_its_engines_is_refused():
+    engine, other = _Engine(), _Engine()
+    with engine_turns([engine]):
+        with pytest.raises(RuntimeError, match="one generation at a time"):
+            with engine_turns([other, engine]):
+                pass
+        with engine_turns([other]):  # an engine the outer generation does not hold
+            pass
+    with engine_turns([other, engine]):  # the refused one took nothing
+        pass
+
+
+def test_a_generation_waiting_for_an_engine_can_be_interrupted():
+    """A Ctrl-C while another thread's generation holds the engine ends the wait (a signal
+    raising in the main thread, as SIGINT's handler does); the engine stays the other's, and
+    is free for this thread once the other ends."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        pytest.skip("signals reach the main thread only")
+
+    class Interrupt(Exception):
+        pass
+
+    def raise_interrupt(signum, frame):
+        raise Interrupt
+
+    engine = _Engine()
+    taken, release = threading.Event(), threading.Event()
+
+    def other():
+        with engine_turns([engine]):
+            taken.set()
+            release.wait(timeout=30)
+
+    holder = threading.Thread(target=other, daemon=True)
+    holder.start()
+    assert taken.wait(timeout=10)
+    previous = signal.signal(signal.SIGALRM, raise_interrupt)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.2)
+        with pytest.raises(Interrupt):
+            with engine_turns([engine]):
+                pytest.fail("took an engine another generation holds")
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+    release.set()
+    holder.join(timeout=10)
+    with engine_turns([engine]):
+        pass
