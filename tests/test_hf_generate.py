@@ -10,6 +10,7 @@ refuses.  The Hub-layout recipe folder is loaded from disk.
 from __future__ import annotations
 
 import copy
+import sys
 
 import numpy as np
 import pytest
@@ -229,6 +230,26 @@ def test_streamer_ends_when_the_generation_raises():
     with pytest.raises(RuntimeError, match="the consumer went away"):
         BASE.generate(**inputs(1), **KAD, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW, streamer=failing)
     assert failing.ended
+
+
+def test_streamer_ends_when_a_ctrl_c_lands_before_it_is_read_from_the_call(monkeypatch):
+    """transformers passes a custom_generate callable no streamer: it is read from the caller's
+    frame, and ended also when a Ctrl-C lands before that read (the consumer waited for ever)."""
+    module = sys.modules["kad.hf.generate"]
+    read = module._generate_call
+    reads = []
+
+    def interrupted_first(model):
+        reads.append(model)
+        if len(reads) == 1:
+            raise KeyboardInterrupt
+        return read(model)
+
+    monkeypatch.setattr(module, "_generate_call", interrupted_first)
+    recorder = _Recorder()
+    with pytest.raises(KeyboardInterrupt):
+        BASE.generate(**inputs(1), **KAD, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW, streamer=recorder)
+    assert recorder.puts and recorder.ended
 
 
 @pytest.mark.parametrize(

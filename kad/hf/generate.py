@@ -146,9 +146,9 @@ def generate(
     ``custom_generate`` function transformers loses it, so ``stop_strings`` and
     ``token_healing`` end in transformers' own error asking for a tokenizer.)
     """
-    call = _generate_call(model)
-    streamer = streamer if streamer is not None else call.get("streamer")
     try:
+        call = _generate_call(model)
+        streamer = streamer if streamer is not None else call.get("streamer")
         _refuse_unsupported(
             model, generation_config, logits_processor, stopping_criteria, call, model_kwargs,
             prompt_width=input_ids.shape[1],
@@ -193,6 +193,8 @@ def generate(
             streamer=streamer,
         )
     finally:  # transformers has put the prompt to the streamer: a consumer waits for end(), also after a refusal
+        if streamer is None:  # or not read yet from the caller, a Ctrl-C landing first
+            streamer = _generate_call(model).get("streamer")
         if streamer is not None:
             streamer.end()
     sequences = _sequences(input_ids, out.token_ids, _pad_id(generation_config))
