@@ -246,22 +246,53 @@ class Decoder:
         transformers streamer (e.g. ``TextStreamer``), for a single prompt; it
         receives the prompt ids, then the new tokens as they are accepted.
         ``track_alpha``: compute α for the statistics (one more mixture per step
-        where the rule needs it).
+        where the rule needs it).  A Ctrl-C (``KeyboardInterrupt``), an
+        :class:`~kad.engines.EngineError` or a device out of memory leaves with
+        the :class:`Generation` so far as its ``partial`` (None if it came before
+        the generation began, while the arguments were checked).
         """
-        if not isinstance(chat, bool):
-            raise TypeError(f"chat must be True or False, got {chat!r}")
-        if streamer is not None and not (hasattr(streamer, "put") and hasattr(streamer, "end")):
-            raise TypeError(f"streamer must be a transformers streamer (with put and end), got {streamer!r:.80}")
-        settings = Settings(mode, rule, gamma, temperature, track_alpha)
-        refuse_missing_reference(settings.checked_rule(), "reference" in self.engines, ": pass reference= to Decoder")
-        seed = None if seed is None else checked_seed(seed)
+        decoded = None
+        try:
+            try:
+                if streamer is not None and not _is_streamer(streamer):
+                    raise TypeError(f"streamer must be a transformers streamer (with put and end), got {streamer!r:.80}")
+                if not isinstance(chat, bool):
+                    raise TypeError(f"chat must be True or False, got {chat!r}")
+                settings = Settings(mode, rule, gamma, temperature, track_alpha)
+                refuse_missing_reference(settings.checked_rule(), "reference" in self.engines, ": pass reference= to Decoder")
+                seed = None if seed is None else checked_seed(seed)
+                ids, budgets = self._inputs(prompts, max_new_tokens, chat, system_prompt, streamed=streamer is not None)
+                generator = torch.Generator(draw_device(self.engines, settings))  # "aligned": the aligned model's
+                if seed is None:
+                    generator.seed()
+                else:
+                    generator.manual_seed(generator_seed(seed, generator.device))
+                if streamer is not None:
+                    streamer.put(torch.tensor(ids[0]))
+                # kad.loop.decode holds the engines for the generation: threads take turns (design §6.1).
+                decoded = decode(self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator,
+                                 streamer=streamer)  # fmt: skip
+                return self._generation(decoded)
+            finally:  # a consumer iterating the streamer waits for end(): it comes also after a refusal
+                if streamer is not None and _is_streamer(streamer):
+                    streamer.end()
+        except KEEPS_PARTIAL as error:  # keep what was generated, with its text (also one in end())
+            # decode's own partial; the whole result where decode had returned; None before the
+            # generation began (the arguments being checked)
+            partial = getattr(error, "partial", None) or decoded
+            error.partial = None if partial is None else self._generation(partial)
+            raise
+
+    def _inputs(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int | Sequence[int],
+                chat: bool, system_prompt: str | None, *, streamed: bool) -> tuple[list[list[int]], list[int]]:
+        """:meth:`generate`'s prompts as token ids, and a budget for each, checked."""
         if isinstance(prompts, str):
             prompts = [prompts]
         if not isinstance(prompts, Sequence) or not all(isinstance(p, (str, Sequence)) for p in prompts):
             raise TypeError("prompts must be a string, a list of strings or a list of token-id lists")
         if len(prompts) == 0:
             raise ValueError("prompts is empty: pass at least one prompt")
-        if streamer is not None and len(prompts) != 1:
+        if streamed and len(prompts) != 1:
             raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
         if isinstance(max_new_tokens, (np.ndarray, torch.Tensor)):  # one per prompt, or a 0-d one for all
             max_new_tokens = max_new_tokens.tolist()
@@ -272,40 +303,16 @@ class Decoder:
         if len(budgets) != len(prompts) or not all(is_count(b) for b in budgets):
             raise ValueError(f"max_new_tokens must be an int >= 0 or one per prompt, got {max_new_tokens!r}")
         ids = [self.encode(p, chat=chat, system_prompt=system_prompt) if isinstance(p, str) else p for p in prompts]
-        ids, budgets = checked_inputs(ids, budgets, self.vocab_size)
-
-        generator = torch.Generator(draw_device(self.engines, settings))  # "aligned": the aligned model's
-        if seed is None:
-            generator.seed()
-        else:
-            generator.manual_seed(generator_seed(seed, generator.device))
-        # kad.loop.decode holds the engines for the generation: threads take turns (design §6.1).
-        return self._generate(ids, budgets, settings, generator, streamer)
-
-    def _generate(self, ids: list[list[int]], budgets: list[int], settings: Settings, generator: torch.Generator,
-                  streamer: BaseStreamer | None) -> Generation:
-        """:func:`~kad.loop.decode` on the engines, with its text; the streamer ended also on an
-        error, which leaves with what was generated (:data:`KEEPS_PARTIAL`)."""
-        decoded = None
-        try:
-            if streamer is not None:
-                streamer.put(torch.tensor(ids[0]))
-            decoded = decode(self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator,
-                             streamer=streamer)  # fmt: skip
-            return self._generation(decoded)
-        except KEEPS_PARTIAL as error:  # keep what was generated, with its text
-            # decode's own partial; the whole result where decode had returned; none where a Ctrl-C
-            # landed before decode's handling
-            partial = getattr(error, "partial", None) or decoded
-            error.partial = None if partial is None else self._generation(partial)
-            raise
-        finally:
-            if streamer is not None:
-                streamer.end()
+        return checked_inputs(ids, budgets, self.vocab_size)
 
     def _generation(self, out: Decoded) -> Generation:
         texts = self.tokenizer.batch_decode(out.token_ids, skip_special_tokens=True)
         return Generation(texts, out.token_ids, out.stats, out.row_stats)
+
+
+def _is_streamer(streamer: object) -> bool:
+    """Whether ``streamer`` has what a transformers streamer has: ``put`` and ``end``."""
+    return hasattr(streamer, "put") and hasattr(streamer, "end")
 
 
 def _check_arguments(models: dict[str, object], tokenizers: dict[str, object]) -> None:

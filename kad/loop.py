@@ -264,39 +264,45 @@ def decode(
     ``streamer``: receives each round's new tokens of a single prompt (``put``; the
     caller puts the prompt and calls ``end``).  An :class:`~kad.engines.EngineError`, ``KeyboardInterrupt`` or
     ``torch.OutOfMemoryError`` during the generation (:data:`KEEPS_PARTIAL`) leaves
-    with what was emitted before it as its ``partial``.  Bad prompts or budgets
+    with what was emitted before it as its ``partial`` (None if it came before the
+    generation began, while the arguments were checked).  Bad prompts or budgets
     raise as :func:`checked_inputs` says, an argument of another type a ``TypeError``
     naming it."""
-    _check_arguments(engines, settings, generator, streamer)
-    stop_ids = checked_stop_ids(stop_ids)  # ids past the vocabulary are allowed: never drawn, they stop nothing
-    plan = _plan(engines, settings)
-    if generator is not None and not _same_device(generator.device, plan.target.device):
-        raise ValueError(f"generator is on {generator.device}, but this generation draws on {plan.target.device}, "
-                         f"the device of {plan.target.name} (kad.loop.draw_device)")  # fmt: skip
-    prompts, budgets = checked_inputs(prompts, budgets, plan.target.vocab_size)
-    if streamer is not None and len(prompts) != 1:
-        raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
-    budgets = fit_budgets(prompts, budgets, plan.engines)
-    loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
-    result: Decoded | None = None  # read before the engines' reset empties a served engine's counters
-    with contextlib.ExitStack() as turns:  # left after the engines' reset below
-        try:
-            for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
-                kk.resolve_backend(rule, loop.device)
-            turns.enter_context(engine_turns(plan.engines))  # an engine shared by front ends runs one generation at a time
-            for engine in plan.engines:
-                engine.reset(settings)
-                loop.started.append(engine)
-            loop.run(prompts, budgets)  # checked_inputs' own lists
-            result = loop.decoded()
-        # Also before any engine ran (a Ctrl-C while the extension builds or while another
-        # generation holds the engines): no rows yet.
-        except KEEPS_PARTIAL as error:
-            error.partial = result = loop.decoded()
-            raise
-        finally:
-            _reset_each(loop.started, result)
-    return result
+    try:
+        _check_arguments(engines, settings, generator, streamer)
+        stop_ids = checked_stop_ids(stop_ids)  # ids past the vocabulary are allowed: never drawn, they stop nothing
+        plan = _plan(engines, settings)
+        if generator is not None and not _same_device(generator.device, plan.target.device):
+            raise ValueError(f"generator is on {generator.device}, but this generation draws on {plan.target.device}, "
+                             f"the device of {plan.target.name} (kad.loop.draw_device)")  # fmt: skip
+        prompts, budgets = checked_inputs(prompts, budgets, plan.target.vocab_size)
+        if streamer is not None and len(prompts) != 1:
+            raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
+        budgets = fit_budgets(prompts, budgets, plan.engines)
+        loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
+        result: Decoded | None = None  # read before the engines' reset empties a served engine's counters
+        with contextlib.ExitStack() as turns:  # left after the engines' reset below
+            try:
+                for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
+                    kk.resolve_backend(rule, loop.device)
+                turns.enter_context(engine_turns(plan.engines))  # an engine shared by front ends runs one generation at a time
+                for engine in plan.engines:
+                    engine.reset(settings)
+                    loop.started.append(engine)
+                loop.run(prompts, budgets)  # checked_inputs' own lists
+                result = loop.decoded()
+            # Also before any engine ran (a Ctrl-C while the extension builds or while another
+            # generation holds the engines): no rows yet.
+            except KEEPS_PARTIAL as error:
+                error.partial = result = loop.decoded()
+                raise
+            finally:
+                _reset_each(loop.started, result)
+        return result
+    except KEEPS_PARTIAL as error:  # left before the generation began: its arguments were being checked
+        if not hasattr(error, "partial"):
+            error.partial = None
+        raise
 
 
 def _reset_each(engines: Sequence[Engine], result: Decoded | None) -> None:

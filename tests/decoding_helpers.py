@@ -135,3 +135,17 @@ def two_sample(a: np.ndarray, b: np.ndarray) -> float:
     big = total >= 10
     table = np.stack([np.append(x.ravel()[big], x.ravel()[~big].sum()) for x in (a, b)])
     return scipy.stats.chi2_contingency(table[:, table.sum(0) > 0]).pvalue
+
+
+class Recorder:
+    """A transformers-style streamer that records what it receives."""
+
+    def __init__(self) -> None:
+        self.puts: list[list[int]] = []
+        self.ended = False
+
+    def put(self, value: torch.Tensor) -> None:
+        self.puts.append(value.flatten().tolist())
+
+    def end(self) -> None:
+        self.ended = True

@@ -25,6 +25,7 @@ import torch
 from decoding_helpers import (
     CHARS,
     PROMPTS,
+    Recorder,
     exact_pairs,
     goodness_of_fit,
     make_models,
@@ -461,22 +462,8 @@ def test_numpy_numbers_are_taken_as_python_ones():
                                                  seed=3, max_new_tokens=6).token_ids
 
 
-class _Recorder:
-    """A transformers-style streamer that records what it receives."""
-
-    def __init__(self):
-        self.puts: list[list[int]] = []
-        self.ended = False
-
-    def put(self, value: torch.Tensor) -> None:
-        self.puts.append(value.tolist())
-
-    def end(self) -> None:
-        self.ended = True
-
-
 def test_streamer_receives_the_prompt_then_each_round():
-    recorder = _Recorder()
+    recorder = Recorder()
     prompt = DECODER.encode(PROMPTS[0])
     out = DECODER.generate([prompt], "kad-spec", kk.Dual(0.4), gamma=3, max_new_tokens=20, seed=0, streamer=recorder)
     assert recorder.puts[0] == prompt and recorder.ended
@@ -517,12 +504,27 @@ def test_front_ends_sharing_an_engine_take_turns():
     assert together == alone * 2
 
 
+@pytest.mark.parametrize(
+    "call",
+    [dict(prompts=PROMPTS[:2]), dict(max_new_tokens=-1), dict(mode="nope"), dict(chat="yes"), dict(seed="x")],
+    ids=["two-prompts", "budget", "mode", "chat", "seed"],
+)
+def test_the_streamer_ends_when_the_call_is_refused(call):
+    """A consumer iterating a TextIteratorStreamer in another thread waits for end(): before, a
+    refused argument left it waiting for ever."""
+    recorder = Recorder()
+    arguments = dict(prompts=PROMPTS[:1], mode="kad", rule=kk.Dual(0.4), max_new_tokens=4) | call
+    with pytest.raises((TypeError, ValueError)):
+        DECODER.generate(arguments.pop("prompts"), streamer=recorder, **arguments)
+    assert recorder.ended and not recorder.puts
+
+
 def test_a_generation_on_an_engine_started_from_the_streamer_of_another_is_refused():
     """Waiting for the engine would never end: the thread asking for it holds it."""
     aligned = HFEngine(MODELS["aligned"], len(TOKENIZER))
     first, second = (kad.Decoder(HFEngine(MODELS["base"], len(TOKENIZER)), aligned, TOKENIZER) for _ in range(2))
 
-    class Reentrant(_Recorder):
+    class Reentrant(Recorder):
         def put(self, value: torch.Tensor) -> None:
             super().put(value)
             if len(self.puts) == 2:
@@ -534,7 +536,7 @@ def test_a_generation_on_an_engine_started_from_the_streamer_of_another_is_refus
 
 
 def test_a_generation_started_from_its_own_streamer_is_refused():
-    class Reentrant(_Recorder):
+    class Reentrant(Recorder):
         def put(self, value: torch.Tensor) -> None:
             super().put(value)
             if len(self.puts) == 2:
@@ -669,7 +671,7 @@ def test_seeds_2_to_the_32_apart_draw_differently_on_the_cpu():
         (dict(temperature=1e-45), ValueError, r"a float32 normal number when > 0 .*got 1e-45"),
         (dict(temperature=1e300), ValueError, r"a float32 normal number when > 0 .*got 1e\+300"),
         (dict(rule=kk.Dual(torch.tensor([0.1]))), ValueError, "has a tensor parameter"),
-        (dict(prompts=["a", "b"], streamer=_Recorder()), ValueError, "streamer takes one prompt"),
+        (dict(prompts=["a", "b"], streamer=Recorder()), ValueError, "streamer takes one prompt"),
         (dict(streamer=5), TypeError, r"streamer must be a transformers streamer \(with put and end\), got 5"),
         (dict(chat="no"), TypeError, "chat must be True or False, got 'no'"),
         (dict(track_alpha=1), TypeError, "track_alpha must be True or False, got 1"),

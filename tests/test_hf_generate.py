@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 import torch
-from decoding_helpers import CHARS, exact_pairs, goodness_of_fit, make_tokenizer, pair_counts
+from decoding_helpers import CHARS, Recorder, exact_pairs, goodness_of_fit, make_tokenizer, pair_counts
 from hf_helpers import (
     ALIGNED,
     BASE,
@@ -192,24 +192,10 @@ def test_rows_stop_at_any_of_several_eos_ids_and_are_padded():
     assert_padded_after_stop(out, width, pad, stops)
 
 
-class _Recorder:
-    """A transformers-style streamer that records what it receives."""
-
-    def __init__(self):
-        self.puts: list[list[int]] = []
-        self.ended = False
-
-    def put(self, value: torch.Tensor) -> None:
-        self.puts.append(value.flatten().tolist())
-
-    def end(self) -> None:
-        self.ended = True
-
-
 @pytest.mark.parametrize("custom_generate", ["callable", "recipe"])
 def test_streamer_receives_the_prompt_then_the_new_tokens(custom_generate):
     batch = inputs(1)
-    recorder = _Recorder()
+    recorder = Recorder()
     kwargs = dict(KAD, custom_generate=str(kad.hf.RECIPE_DIR), trust_remote_code=True) if custom_generate == "recipe" else KAD
     out = BASE.generate(**batch, **kwargs, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW, streamer=recorder)
     width = batch["input_ids"].shape[1]
@@ -220,7 +206,7 @@ def test_streamer_receives_the_prompt_then_the_new_tokens(custom_generate):
 def test_streamer_ends_when_the_generation_raises():
     """A consumer iterating a TextIteratorStreamer blocks until end(): it comes also after an error."""
 
-    class Failing(_Recorder):
+    class Failing(Recorder):
         def put(self, value: torch.Tensor) -> None:
             super().put(value)
             if len(self.puts) == 3:
@@ -246,7 +232,7 @@ def test_streamer_ends_when_a_ctrl_c_lands_before_it_is_read_from_the_call(monke
         return read(model)
 
     monkeypatch.setattr(module, "_generate_call", interrupted_first)
-    recorder = _Recorder()
+    recorder = Recorder()
     with pytest.raises(KeyboardInterrupt):
         BASE.generate(**inputs(1), **KAD, rule=kk.Dual(0.4), do_sample=False, max_new_tokens=NEW, streamer=recorder)
     assert recorder.puts and recorder.ended
@@ -259,7 +245,7 @@ def test_streamer_ends_when_a_ctrl_c_lands_before_it_is_read_from_the_call(monke
 )
 def test_streamer_ends_when_the_call_is_refused(kwargs):
     """transformers has put the prompt to the streamer before it calls kad.hf.generate."""
-    recorder = _Recorder()
+    recorder = Recorder()
     call = dict(KAD, rule=kk.Dual(0.4), max_new_tokens=NEW, streamer=recorder, **inputs(1))
     call.update(kwargs)
     with pytest.raises(ValueError):
@@ -382,7 +368,7 @@ REFUSED = [
     (dict(stopping_criteria=[MaxLengthCriteria(10)]), r"stopping_criteria \[MaxLengthCriteria\]"),
     (dict(stopping_criteria=[EosTokenCriteria(10)]), r"stopping_criteria \[EosTokenCriteria\]"),
     (dict(do_sample=True, top_k=50), "top_k=50"),  # transformers' default value, asked for
-    (dict(streamer=_Recorder()), "a streamer takes one row, got 3"),
+    (dict(streamer=Recorder()), "a streamer takes one row, got 3"),
     (dict(aligned_model=None), "needs aligned_model"),
     (dict(rule=None), "needs a rule"),
     (dict(gamma=-1), "gamma"),

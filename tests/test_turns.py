@@ -2,55 +2,25 @@
 
 from __future__ import annotations
 
-import inspect
 import itertools
-import sys
 import threading
 from collections import Counter
 
 import pytest
+from ctrl_c import interrupted_at, interruptible_lines
 
 from kad.engines.turns import engine_turns
 
-_CODE = engine_turns.__wrapped__.__code__  # the generator behind the context manager
-_SOURCE, _FIRST = inspect.getsourcelines(engine_turns.__wrapped__)
-# Python fires a with statement's line event again as its block ends, where an exception skips
-# its __exit__; no Ctrl-C lands there (the interpreter looks for one as calls return, as a loop
-# turns and as a function starts or resumes), so the interrupts here skip those lines.
-_WITH_LINES = {_FIRST + i for i, line in enumerate(_SOURCE) if line.lstrip().startswith("with ")}
+_LINES = interruptible_lines([engine_turns])
 
 
 class _Engine:
     """Any object that weak references can key, as engines are (a bare ``object()`` is not guarded)."""
 
 
-def _interrupted_at(line_event: int, engines: list[object]) -> bool:
-    """Enter ``engine_turns(engines)`` with a KeyboardInterrupt raised at its ``line_event``-th
-    line event before the body (where a Ctrl-C may land: an acquire returning, between two
-    engines); returns whether it was raised there, False once the body is reached first."""
-    seen = 0
-    in_body = False
-
-    def local(frame, event, arg):
-        nonlocal seen
-        if event == "line" and not in_body and frame.f_lineno not in _WITH_LINES:
-            seen += 1
-            if seen == line_event:
-                raise KeyboardInterrupt
-        return local
-
-    def calls(frame, event, arg):
-        return local if frame.f_code is _CODE else None
-
-    sys.settrace(calls)
-    try:
-        with engine_turns(engines):
-            in_body = True
-    except KeyboardInterrupt:
-        return True
-    finally:
-        sys.settrace(None)
-    return False
+def _take(engines: list[object]) -> None:
+    with engine_turns(engines):
+        pass
 
 
 def test_a_ctrl_c_anywhere_in_taking_the_engines_gives_them_back():
@@ -64,7 +34,7 @@ def test_a_ctrl_c_anywhere_in_taking_the_engines_gives_them_back():
         nonlocal interruptions
         try:
             for line_event in itertools.count(1):
-                if not _interrupted_at(line_event, engines):
+                if interrupted_at(line_event, lambda: _take(engines), _LINES) is None:
                     break
                 interruptions += 1
                 with engine_turns(engines):  # given back: neither refused nor waiting
@@ -74,7 +44,7 @@ def test_a_ctrl_c_anywhere_in_taking_the_engines_gives_them_back():
 
     worker = threading.Thread(target=scenario, daemon=True)
     worker.start()
-    worker.join(timeout=15)
+    worker.join(timeout=10)
     assert not worker.is_alive(), "an interrupted engine_turns kept an engine: the next one waits for ever"
     assert not errors, errors
     assert interruptions >= 4  # not vacuous: the interrupt landed at each step of the taking

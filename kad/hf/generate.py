@@ -31,7 +31,7 @@ from ..choices import GAMMA
 from ..engines import Engine, HFEngine
 from ..engines.arguments import checked_tokenizer
 from ..engines.huggingface import checked_model, checked_vocab_size, output_logits, token_ids
-from ..loop import decode, draw_device, refuse_missing_reference
+from ..loop import KEEPS_PARTIAL, decode, draw_device, refuse_missing_reference
 from ..settings import Settings
 from ..stats import GenerationStats
 from .options import changes_nothing, setting
@@ -116,7 +116,10 @@ def generate(
     ``attention_mask`` (the caller's ``position_ids`` too: KAD positions both models'
     tokens itself).  An option at
     its neutral value (``min_p=0.0``, ``suppress_tokens=[]``, ``min_new_tokens=0``)
-    changes nothing and is not refused.
+    changes nothing and is not refused.  A Ctrl-C (``KeyboardInterrupt``), an
+    ``EngineError`` or a device out of memory leaves with each row's new tokens so
+    far (a :class:`kad.loop.Decoded`) as its ``partial`` (None if it came before the
+    generation began, while the call was checked).
     transformers' global default ``top_k=50`` is not a request and is
     not applied; a ``top_k`` argument of the call or of the model's generation
     config is refused (a ``generation_config=`` object's ``top_k=50`` cannot be
@@ -146,61 +149,69 @@ def generate(
     ``custom_generate`` function transformers loses it, so ``stop_strings`` and
     ``token_healing`` end in transformers' own error asking for a tokenizer.)
     """
+    out = None
     try:
-        call = _generate_call(model)
-        streamer = streamer if streamer is not None else call.get("streamer")
-        _refuse_unsupported(
-            model, generation_config, logits_processor, stopping_criteria, call, model_kwargs,
-            prompt_width=input_ids.shape[1],
-        )  # fmt: skip
-        if aligned_model is None:
-            raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
-        for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
-            if value is not None:
-                checked_model(name, value)
-        for name, value in (("base_tokenizer", base_tokenizer), ("aligned_tokenizer", aligned_tokenizer)):
-            if value is not None:
-                checked_tokenizer(name, value)
-        if generator is not None and not isinstance(generator, torch.Generator):
-            raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
-        vocab_size = checked_vocab_size(vocab_size)
-        settings = _settings(mode, rule, gamma, generation_config, track_alpha)
-        refuse_missing_reference(settings.checked_rule(), reference_model is not None, ": pass reference_model=")
+        try:
+            call = _generate_call(model)
+            streamer = streamer if streamer is not None else call.get("streamer")
+            _refuse_unsupported(
+                model, generation_config, logits_processor, stopping_criteria, call, model_kwargs,
+                prompt_width=input_ids.shape[1],
+            )  # fmt: skip
+            if aligned_model is None:
+                raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
+            for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
+                if value is not None:
+                    checked_model(name, value)
+            for name, value in (("base_tokenizer", base_tokenizer), ("aligned_tokenizer", aligned_tokenizer)):
+                if value is not None:
+                    checked_tokenizer(name, value)
+            if generator is not None and not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
+            vocab_size = checked_vocab_size(vocab_size)
+            settings = _settings(mode, rule, gamma, generation_config, track_alpha)
+            refuse_missing_reference(settings.checked_rule(), reference_model is not None, ": pass reference_model=")
 
-        models = {"base": model, "aligned": aligned_model, "reference": reference_model}
-        models = {role: m for role, m in models.items() if m is not None}
-        vocab_size = _shared_vocab_size(models, base_tokenizer, aligned_tokenizer, vocab_size)
-        engines = {role: m if isinstance(m, Engine) else HFEngine(m, vocab_size) for role, m in models.items()}
-        if any(e.vocab_size != vocab_size for e in engines.values()):
-            sizes = ", ".join(f"{role} {e.vocab_size}" for role, e in engines.items())
-            raise ValueError(
-                f"the engines return different numbers of logits ({sizes}): they must share one vocabulary "
-                f"(give each engine those {vocab_size}: HFEngine(model, vocab_size={vocab_size}))"
+            models = {"base": model, "aligned": aligned_model, "reference": reference_model}
+            models = {role: m for role, m in models.items() if m is not None}
+            vocab_size = _shared_vocab_size(models, base_tokenizer, aligned_tokenizer, vocab_size)
+            engines = {role: m if isinstance(m, Engine) else HFEngine(m, vocab_size) for role, m in models.items()}
+            if any(e.vocab_size != vocab_size for e in engines.values()):
+                sizes = ", ".join(f"{role} {e.vocab_size}" for role, e in engines.items())
+                raise ValueError(
+                    f"the engines return different numbers of logits ({sizes}): they must share one vocabulary "
+                    f"(give each engine those {vocab_size}: HFEngine(model, vocab_size={vocab_size}))"
+                )
+
+            prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
+            if streamer is not None and len(prompts) > 1:
+                raise ValueError(f"a streamer takes one row, got {len(prompts)}: KAD's rows advance by different counts")
+            budget = generation_config.max_length - input_ids.shape[1]
+            stop_ids = frozenset(token_ids(generation_config.eos_token_id))
+            out = decode(
+                engines,
+                prompts,
+                [budget] * len(prompts),
+                settings,
+                stop_ids=stop_ids,
+                generator=generator if generator is not None else _seeded_generator(draw_device(engines, settings), settings),
+                streamer=streamer,
             )
-
-        prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
-        if streamer is not None and len(prompts) > 1:
-            raise ValueError(f"a streamer takes one row, got {len(prompts)}: KAD's rows advance by different counts")
-        budget = generation_config.max_length - input_ids.shape[1]
-        stop_ids = frozenset(token_ids(generation_config.eos_token_id))
-        out = decode(
-            engines,
-            prompts,
-            [budget] * len(prompts),
-            settings,
-            stop_ids=stop_ids,
-            generator=generator if generator is not None else _seeded_generator(draw_device(engines, settings), settings),
-            streamer=streamer,
-        )
-    finally:  # transformers has put the prompt to the streamer: a consumer waits for end(), also after a refusal
-        if streamer is None:  # or not read yet from the caller, a Ctrl-C landing first
-            streamer = _generate_call(model).get("streamer")
-        if streamer is not None:
-            streamer.end()
-    sequences = _sequences(input_ids, out.token_ids, _pad_id(generation_config))
-    if generation_config.return_dict_in_generate:
-        return KADGenerateOutput(sequences=sequences, kad_stats=out.stats, kad_row_stats=out.row_stats)
-    return sequences
+            sequences = _sequences(input_ids, out.token_ids, _pad_id(generation_config))
+            if generation_config.return_dict_in_generate:
+                return KADGenerateOutput(sequences=sequences, kad_stats=out.stats, kad_row_stats=out.row_stats)
+            return sequences
+        finally:  # transformers has put the prompt to the streamer: a consumer waits for end(), also after a refusal
+            if streamer is None:  # or not read yet from the caller, a Ctrl-C landing first
+                streamer = _generate_call(model).get("streamer")
+            if streamer is not None:
+                streamer.end()
+    except KEEPS_PARTIAL as error:  # also one in the streamer's end()
+        # decode's own partial; the whole result where decode had returned; None before the
+        # generation began (the call being checked)
+        if getattr(error, "partial", None) is None:
+            error.partial = out
+        raise
 
 
 def _generate_call(model: PreTrainedModel) -> Mapping[str, Any]:
