@@ -3,7 +3,10 @@ the streamer ended, and the next generation on the same engines is an uninterrup
 
 from __future__ import annotations
 
+import inspect
 import itertools
+import sys
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,9 +15,12 @@ from decoding_helpers import PROMPTS, Recorder, make_models, make_tokenizer
 
 import kad
 import kad.hf
+import kad.batch
+import kad.draw
 import kad.loop
 import kad_kernels as kk
 from kad.decoding import Decoder
+from kad.engines import HFEngine
 from kad.settings import Settings
 
 MODELS = make_models()
@@ -67,26 +73,62 @@ def test_a_ctrl_c_anywhere_leaves_with_a_prefix_and_the_next_generation_is_whole
         return decoder.generate(prompts, mode, kk.Dual(0.4), gamma=2, temperature=0, max_new_tokens=budgets,
                                 streamer=streamer)  # fmt: skip
 
+    kinds = _interrupt_each_line(generate, _INTERRUPTIBLE, streamers, texts=front_end == "Decoder.generate")
+    assert all(kinds.values()), kinds  # not vacuous: interrupted before, at the start of and during the generation
+
+
+def _functions_of(*owners: object) -> list[Callable]:
+    """The functions written in each module or class of ``owners`` (not those dataclasses make)."""
+    functions = []
+    for owner in owners:
+        for value in vars(owner).values():
+            if inspect.isclass(value) and value.__module__ == owner.__name__:
+                functions += _functions_of(value)
+            elif inspect.isfunction(value) and value.__module__ == getattr(owner, "__module__", owner.__name__):
+                if value.__code__.co_filename == sys.modules[value.__module__].__file__:  # not dataclass's
+                    functions.append(value)
+    return functions
+
+
+@pytest.mark.parametrize("mode", ["kad", "kad-spec"])
+def test_a_ctrl_c_anywhere_in_the_steps_and_the_engine_leaves_with_a_prefix(mode):
+    """Every line of the loop's steps, the batch, the draws and HFEngine, in turn."""
+    lines = interruptible_lines(
+        [Decoder.generate, Decoder._inputs, Decoder._generation, *_functions_of(kad.loop, kad.batch, kad.draw, HFEngine)]
+    )
+    decoder = Decoder(MODELS["base"], MODELS["aligned"], TOKENIZER)
+    prompts = [decoder.encode(p) for p in PROMPTS[:2]]
+
+    def generate() -> kad.Generation:
+        return decoder.generate(prompts, mode, kk.Dual(0.4), gamma=2, temperature=0, max_new_tokens=[2, 3])
+
+    kinds = _interrupt_each_line(generate, lines, [None], texts=True)
+    assert sum(kinds.values()) > 300 and all(kinds.values()), kinds
+
+
+def _interrupt_each_line(generate: Callable, lines: dict, streamers: list[Recorder | None], texts: bool) -> dict[str, int]:
+    """Interrupt ``generate()`` at each of ``lines`` in turn (the last of ``streamers`` is the
+    run's); how many interrupts left with no partial, an empty one and some tokens."""
     whole = generate()
-    if streamed:
+    if streamers[-1] is not None:
         assert streamers[-1].ended and sum(streamers[-1].puts[1:], []) == whole.token_ids[0]
     kinds = {"none": 0, "empty": 0, "some": 0}
     for line_event in itertools.count(1):
-        interrupt = interrupted_at(line_event, generate, _INTERRUPTIBLE)
+        interrupt = interrupted_at(line_event, generate, lines)
         if interrupt is None:
-            break
+            return kinds
         assert streamers[-1] is None or streamers[-1].ended, f"the streamer not ended at line event {line_event}"
         assert hasattr(interrupt, "partial"), f"no partial at line event {line_event}"
         partial = interrupt.partial
         if partial is None:  # before the generation began
             kinds["none"] += 1
         else:
-            assert len(partial.token_ids) == len(prompts)
+            assert len(partial.token_ids) == len(whole.token_ids)
             for got, full in zip(partial.token_ids, whole.token_ids):
                 assert got == full[: len(got)], line_event
-            if front_end == "Decoder.generate":
+            if texts:
                 assert partial.texts == TOKENIZER.batch_decode(partial.token_ids, skip_special_tokens=True)
             kinds["some" if any(partial.token_ids) else "empty"] += 1
         again = generate()  # the engines were given back and emptied
         assert again.token_ids == whole.token_ids, line_event
-    assert all(kinds.values()), kinds  # not vacuous: interrupted before, at the start of and during the generation
+    raise AssertionError("unreachable")
