@@ -244,7 +244,8 @@ class Decoder:
         prompts or one per prompt; a row stops at its budget or after a stop
         token (:attr:`stop_ids`), without stopping the others.  ``streamer``: a
         transformers streamer (e.g. ``TextStreamer``), for a single prompt; it
-        receives the prompt ids, then the new tokens as they are accepted.
+        receives the prompt ids, then the new tokens as they are accepted, and
+        ``end()`` on every exit (a refused call's too: a consumer waits for it).
         ``track_alpha``: compute α for the statistics (one more mixture per step
         where the rule needs it).  A Ctrl-C (``KeyboardInterrupt``), an
         :class:`~kad.engines.EngineError` or a device out of memory leaves with
@@ -252,9 +253,11 @@ class Decoder:
         the generation began, while the arguments were checked).
         """
         decoded = None
+        ends = streamer is not None  # ended on every exit, a refused call's too: a consumer waits for end()
         try:
             try:
-                if streamer is not None and not _is_streamer(streamer):
+                if ends and not _is_streamer(streamer):
+                    ends = False
                     raise TypeError(f"streamer must be a transformers streamer (with put and end), got {streamer!r:.80}")
                 if not isinstance(chat, bool):
                     raise TypeError(f"chat must be True or False, got {chat!r}")
@@ -273,8 +276,8 @@ class Decoder:
                 decoded = decode(self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator,
                                  streamer=streamer)  # fmt: skip
                 return self._generation(decoded)
-            finally:  # a consumer iterating the streamer waits for end(): it comes also after a refusal
-                if streamer is not None and _is_streamer(streamer):
+            finally:  # no call before end(), where a Ctrl-C could land
+                if ends:
                     streamer.end()
         except KEEPS_PARTIAL as error:  # keep what was generated, with its text (also one in end())
             # decode's own partial; the whole result where decode had returned; None before the

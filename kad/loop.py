@@ -38,7 +38,6 @@ random number, so its seed fixes the whole generation.
 
 from __future__ import annotations
 
-import contextlib
 import numbers
 import time
 import warnings
@@ -58,7 +57,7 @@ from .draw import ONE_MODEL, draw_from_p, finish_with_q
 from .engines import Engine, ServedEngine
 from .engines.arguments import checked_stop_ids
 from .engines.base import refuse_other_vocabularies, refuse_served_mixers, refuse_shared_engines
-from .engines.turns import engine_turns
+from .engines.turns import Hold
 from .errors import ContextLengthWarning, EngineError
 from .settings import Settings
 from .stats import SERVED_COUNTERS, GenerationStats
@@ -268,6 +267,7 @@ def decode(
     generation began, while the arguments were checked).  Bad prompts or budgets
     raise as :func:`checked_inputs` says, an argument of another type a ``TypeError``
     naming it."""
+    result: Decoded | None = None  # read before the engines' reset empties a served engine's counters
     try:
         _check_arguments(engines, settings, generator, streamer)
         stop_ids = checked_stop_ids(stop_ids)  # ids past the vocabulary are allowed: never drawn, they stop nothing
@@ -280,28 +280,31 @@ def decode(
             raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
         budgets = fit_budgets(prompts, budgets, plan.engines)
         loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
-        result: Decoded | None = None  # read before the engines' reset empties a served engine's counters
-        with contextlib.ExitStack() as turns:  # left after the engines' reset below
+        hold = Hold(plan.engines)  # an engine shared by front ends runs one generation at a time
+        try:
+            for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
+                kk.resolve_backend(rule, loop.device)
+            hold.take()
+            for engine in plan.engines:
+                engine.reset(settings)
+                loop.started.append(engine)
+            loop.run(prompts, budgets)  # checked_inputs' own lists
+            result = loop.decoded()
+        # Also before any engine ran (a Ctrl-C while the extension builds or while another
+        # generation holds the engines): no rows yet.
+        except KEEPS_PARTIAL as error:
+            error.partial = result = loop.decoded()
+            raise
+        finally:
             try:
-                for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
-                    kk.resolve_backend(rule, loop.device)
-                turns.enter_context(engine_turns(plan.engines))  # an engine shared by front ends runs one generation at a time
-                for engine in plan.engines:
-                    engine.reset(settings)
-                    loop.started.append(engine)
-                loop.run(prompts, budgets)  # checked_inputs' own lists
-                result = loop.decoded()
-            # Also before any engine ran (a Ctrl-C while the extension builds or while another
-            # generation holds the engines): no rows yet.
-            except KEEPS_PARTIAL as error:
-                error.partial = result = loop.decoded()
-                raise
-            finally:
                 _reset_each(loop.started, result)
+            finally:
+                hold.ended = True  # gives the engines back: first, where no Ctrl-C lands (kad.engines.turns)
+                hold.wake()
         return result
-    except KEEPS_PARTIAL as error:  # left before the generation began: its arguments were being checked
-        if not hasattr(error, "partial"):
-            error.partial = None
+    except KEEPS_PARTIAL as error:  # before the generation began (its arguments were being checked) or after
+        if getattr(error, "partial", None) is None:
+            error.partial = result
         raise
 
 

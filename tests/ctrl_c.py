@@ -1,15 +1,18 @@
-"""A Ctrl-C landing at each line of some functions, in turn: a trace function raises
-``KeyboardInterrupt`` at the N-th line event of their frames.
+"""A Ctrl-C landing at each point of some functions, in turn: a trace function raises
+``KeyboardInterrupt`` at the N-th such point of a run.
 
-Only lines where a real Ctrl-C can land are used.  CPython raises one where it looks for
-pending signals: as a call returns, as a loop turns, and as a frame starts or resumes.  So
-these are left out:
-- a with statement's line: Python fires its event again as the block ends, at a point where an
-  exception would skip ``__exit__`` and where no Ctrl-C lands;
-- a ``try:`` line: a no-op, where the interpreter does not look;
-- a function's first statement: one reaches it only as the function starts, before anything of
-  the function can catch it, as if it had landed in the caller before the call;
-- a ``finally`` block: the first call of each of ours runs before the interpreter looks.
+CPython raises a pending Ctrl-C only where it looks for signals: as a Python function starts,
+just after a call returns, and as a loop turns back.  The points used here are those:
+- each function called from the traced ones (any: ``threading``'s, ``contextlib``'s, a
+  streamer's), as it starts (its ``call`` event) and as it returns (its ``return`` event, which
+  raises in the caller just after the call);
+- in the traced functions, the line after a line that calls (a with statement's line counts:
+  its ``__exit__`` is a call), which also stands for calls of C functions (``lock.acquire``)
+  that a trace does not see, and each loop head.  Not the event Python fires again at a with
+  statement's line as the block ends (an exception there would skip ``__exit__``), nor a
+  ``try:`` line (a no-op that no handler covers), nor the first line of a ``finally`` block:
+  the check after a call on the line before each of those lands inside the ``try`` (or the
+  with block), as the ``return`` events test for Python callees.
 """
 
 from __future__ import annotations
@@ -19,41 +22,72 @@ import inspect
 import sys
 import textwrap
 from collections.abc import Callable
-from types import CodeType
+from dataclasses import dataclass, field
+from types import CodeType, FrameType
 from typing import Any
 
 
-def interruptible_lines(functions: list[Callable]) -> dict[CodeType, set[int]]:
-    """Per code object of ``functions`` (decorators' wrappers unwrapped), its lines where a
-    Ctrl-C may land."""
-    lines = {}
+@dataclass
+class _Lines:
+    """A traced function's lines, by what a Ctrl-C does there."""
+
+    calling: set[int] = field(default_factory=set)  # a line event after one of these is a point
+    loop_heads: set[int] = field(default_factory=set)  # each event here is a point
+    skipped: set[int] = field(default_factory=set)  # never a point
+
+
+def interruptible(functions: list[Callable]) -> dict[CodeType, _Lines]:
+    """The points of ``functions`` (decorators' wrappers unwrapped), per code object."""
+    points = {}
     for function in map(inspect.unwrap, functions):
         source, first = inspect.getsourcelines(function)
         (node,) = ast.parse(textwrap.dedent("".join(source))).body
-        body = node.body[1:] if ast.get_docstring(node) is not None else node.body
-        skipped = {first + i for i, line in enumerate(source) if line.lstrip().startswith(("with ", "try:"))}
-        skipped.add(first - 1 + body[0].lineno)
-        for block in (n.finalbody for n in ast.walk(node) if isinstance(n, ast.Try) and n.finalbody):
-            skipped.update(range(first - 1 + block[0].lineno, first + block[-1].end_lineno))
-        lines[function.__code__] = {first + i for i in range(len(source))} - skipped
-    return lines
+        lines = _Lines()
+        for child in ast.walk(node):
+            if isinstance(child, ast.Call) or isinstance(child, (ast.With, ast.AsyncWith)):
+                lines.calling.add(first - 1 + child.lineno)
+            if isinstance(child, (ast.For, ast.While)):
+                lines.loop_heads.add(first - 1 + child.lineno)
+            if isinstance(child, (ast.With, ast.AsyncWith)):
+                lines.skipped.add(first - 1 + child.lineno)  # the re-fired event; see above
+            if isinstance(child, ast.Try):  # a no-op that no handler covers, where no check is made
+                lines.skipped.add(first - 1 + child.lineno)
+            if isinstance(child, ast.Try) and child.finalbody:
+                lines.skipped.add(first - 1 + child.finalbody[0].lineno)
+        points[function.__code__] = lines
+    return points
 
 
-def interrupted_at(line_event: int, run: Callable[[], Any], lines: dict[CodeType, set[int]]) -> KeyboardInterrupt | None:
-    """``run()`` with a KeyboardInterrupt raised at its ``line_event``-th line event among
-    ``lines`` (of :func:`interruptible_lines`); the interrupt, or None if ``run`` ended first."""
+def interrupted_at(point: int, run: Callable[[], Any], traced: dict[CodeType, _Lines]) -> KeyboardInterrupt | None:
+    """``run()`` with a KeyboardInterrupt raised at its ``point``-th point in ``traced`` (of
+    :func:`interruptible`); the interrupt, None if ``run`` ended first."""
     seen = 0
+    previous: dict[FrameType, int] = {}  # each traced frame's last line
+
+    def here() -> None:
+        nonlocal seen
+        seen += 1
+        if seen == point:
+            raise KeyboardInterrupt
 
     def local(frame, event, arg):
-        nonlocal seen
-        if event == "line" and frame.f_lineno in lines[frame.f_code]:
-            seen += 1
-            if seen == line_event:
-                raise KeyboardInterrupt
+        lines = traced.get(frame.f_code)
+        if event == "line" and lines is not None:
+            line, before = frame.f_lineno, previous.get(frame)
+            previous[frame] = line
+            if line not in lines.skipped and (before in lines.calling or line in lines.loop_heads):
+                here()
+        elif event == "return":
+            previous.pop(frame, None)
+            if frame.f_back is not None and frame.f_back.f_code in traced:
+                here()  # raised in the caller, just after the call
         return local
 
     def calls(frame, event, arg):
-        return local if frame.f_code in lines else None
+        direct = frame.f_back is not None and frame.f_back.f_code in traced
+        if direct:
+            here()
+        return local if direct or frame.f_code in traced else None
 
     sys.settrace(calls)
     try:

@@ -804,7 +804,7 @@ def test_a_ctrl_c_before_the_engines_run_leaves_an_empty_partial(monkeypatch, wh
     if where == "kernels":
         monkeypatch.setattr(kad.loop.kk, "resolve_backend", interrupted)
     else:
-        monkeypatch.setattr(kad.loop, "engine_turns", interrupted)
+        monkeypatch.setattr(kad.loop.Hold, "take", interrupted)
     with pytest.raises(KeyboardInterrupt) as info:
         served.generate(["hello", "hi"], "kad", kk.Dual(0.5), max_new_tokens=4, seed=3)
     partial = info.value.partial

@@ -2,25 +2,48 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 
 import pytest
-from ctrl_c import interrupted_at, interruptible_lines
+from ctrl_c import interrupted_at, interruptible
 
-from kad.engines.turns import engine_turns
+from kad.engines.turns import Hold
 
-_LINES = interruptible_lines([engine_turns])
 
 
 class _Engine:
     """Any object that weak references can key, as engines are (a bare ``object()`` is not guarded)."""
 
 
+@contextlib.contextmanager
+def engine_turns(engines: list[object]) -> Iterator[None]:
+    """``engines`` held as kad.loop.decode holds them."""
+    hold = Hold(engines)
+    try:
+        hold.take()
+        yield
+    finally:
+        hold.ended = True
+        hold.wake()
+
+
 def _take(engines: list[object]) -> None:
-    with engine_turns(engines):
-        pass
+    """Take ``engines`` and give them back, as kad.loop.decode does (no context manager, whose
+    Python ``__enter__`` could be interrupted after the taking, outside the ``finally``)."""
+    hold = Hold(engines)
+    try:
+        hold.take()
+    finally:
+        hold.ended = True
+        hold.wake()
+
+
+_LINES = interruptible([_take, Hold.__init__, Hold.take, Hold.wait, Hold.wake])
 
 
 def test_a_ctrl_c_anywhere_in_taking_the_engines_gives_them_back():
@@ -91,6 +114,32 @@ def test_an_engine_given_twice_is_taken_once_and_given_back():
                     pass
 
 
+def test_a_generation_on_two_engines_is_not_starved_by_generations_on_each():
+    """Generations on ``[a]`` and on ``[b]`` that keep one of the two busy at any time: a
+    generation on ``[a, b]`` holds ``a`` while it waits for ``b`` (taking both at once only when
+    both were free, it waited seconds, without bound)."""
+    a, b = _Engine(), _Engine()
+    stop = threading.Event()
+
+    def busy(engines: list[object], offset: float) -> None:
+        time.sleep(offset)
+        while not stop.is_set():
+            with engine_turns(engines):
+                time.sleep(0.02)  # a generation
+
+    threads = [threading.Thread(target=busy, args=args, daemon=True) for args in (([a], 0.0), ([b], 0.01))]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.1)
+        start = time.perf_counter()
+        with engine_turns([a, b]):
+            waited = time.perf_counter() - start
+    finally:
+        stop.set()
+    assert waited < 2.0
+
+
 def test_a_generation_started_inside_another_on_one_of_its_engines_is_refused():
     engine, other = _Engine(), _Engine()
     with engine_turns([engine]):
@@ -131,8 +180,8 @@ def test_a_generation_waiting_for_an_engine_can_be_interrupted():
     assert taken.wait(timeout=10)
     previous = signal.signal(signal.SIGALRM, raise_interrupt)
     try:
-        signal.setitimer(signal.ITIMER_REAL, 0.2)
         with pytest.raises(Interrupt):
+            signal.setitimer(signal.ITIMER_REAL, 0.2)
             with engine_turns([engine]):
                 pytest.fail("took an engine another generation holds")
     finally:

@@ -40,7 +40,7 @@ from ..batch import Batch
 from ..errors import ContextLengthWarning, EngineError
 from ..settings import Settings
 from .arguments import check_count, checked_tokenizer
-from .turns import engine_turns
+from .turns import Hold
 from .vocabulary import vocabulary_mismatch
 
 INSTALL_HINT = "pip install 'kad-kernels[llamacpp]' (compiles llama.cpp: cmake and a C++ compiler, a few minutes)"
@@ -201,8 +201,13 @@ class LlamaCppEngine:
         is in use); one in this thread (closing from its streamer) is a ``RuntimeError``.  A
         ``KADLogitsProcessor`` generation holds no turn between transformers' steps: close its
         engine only once it has ended."""
-        with engine_turns([self]):
+        hold = Hold([self])
+        try:
+            hold.take()
             self._free()
+        finally:
+            hold.ended = True  # first: no Ctrl-C lands before it (kad.engines.turns)
+            hold.wake()
 
     def _free(self) -> None:
         lib = self._lib

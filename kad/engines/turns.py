@@ -3,81 +3,106 @@
 An engine's cache serves one generation (:class:`~kad.engines.Engine`), but one
 engine object may be handed to several front ends at once: a ``LlamaCppEngine``
 passed to ``kad.hf.generate`` from several threads, or to two ``kad.Decoder`` s.
-:func:`engine_turns`, held by :func:`kad.loop.decode` for a whole generation,
-makes such generations take turns instead of advancing one cache for both
+A :class:`Hold`, taken by :func:`kad.loop.decode` for a whole generation, makes
+such generations take turns instead of advancing one cache for both
 (``IndexError`` s, a llama.cpp context fed from two threads).
 
-A Ctrl-C may land anywhere in taking the engines (it is raised where a call
-returns), so nothing is taken with per-engine locks, which one landing just
-after an ``acquire`` would keep for good.  A generation's engines all point to
-its :class:`_Generation`; the one statement that ends it gives them all back.
+A Ctrl-C is raised where CPython looks for a pending signal: as a Python function
+starts and as a call returns (and as a loop turns).  So a hold is not a lock taken
+by a call (one landing as ``acquire`` returns, or in a context manager's Python
+``__enter__``, would keep it for good): each engine taken points to the hold,
+and the one store ``hold.ended = True``, which a caller's ``finally`` starts with
+(entering a ``finally`` runs no such check), gives them all back at once.
 """
 
 from __future__ import annotations
 
-import contextlib
+import collections
 import threading
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
-_WAKE_S = 1.0  # a waiter looks again at least this often, should a Ctrl-C cut off a notify
+_WAKE_S = 1.0  # a waiter looks again at least this often, should a Ctrl-C cut off a wake-up
+_guard = threading.Lock()  # guards _turns and each turn's holder; only ever entered by `with`
 
 
-class _Generation:
-    """The generation holding some engines, until it has ended."""
+class Hold:
+    """A generation's hold on ``engines``: :meth:`take` waits for them and takes them; setting
+    :attr:`ended` gives them back::
 
-    def __init__(self) -> None:
+        hold = Hold(engines)
+        try:
+            hold.take()
+            ...  # the generation
+        finally:
+            hold.ended = True  # first: nothing before it where a Ctrl-C lands
+            hold.wake()
+    """
+
+    def __init__(self, engines: Iterable[object]) -> None:
+        distinct = {id(e): e for e in engines}  # by id: engines need not be hashable
+        # In one global order: two generations sharing some engines cannot each hold one the
+        # other waits for.
+        self._turns = [t for t in (_turn(distinct[key]) for key in sorted(distinct)) if t is not None]
         self.thread = threading.get_ident()
         self.ended = False
+        self._running = threading.Lock()  # held until the generation ends: its waiters wait on it
+        self._running.acquire()
+
+    def take(self) -> None:
+        """Take the engines, waiting for a generation that another thread runs on them; one
+        from this thread's own running generation (a streamer starting a generation) is
+        refused with ``RuntimeError``, as waiting would never end."""
+        with _guard:
+            if any(t.holder is not None and t.holder.running_in(self.thread) for t in self._turns):
+                raise RuntimeError(
+                    "a generation was started inside another on the same engine (from its streamer?): "
+                    "an engine runs one generation at a time"
+                )
+        for turn in self._turns:
+            with _guard:
+                turn.queue.append(self)  # first come, first served: a busy engine's next is not a race
+            while True:
+                with _guard:
+                    while turn.queue[0].ended:  # one left by a Ctrl-C while waiting
+                        turn.queue.popleft()
+                    ahead = turn.holder if turn.holder is not None and not turn.holder.ended else turn.queue[0]
+                    if ahead is self:
+                        turn.queue.popleft()
+                        turn.holder = self
+                        break
+                ahead.wait(_WAKE_S)
+
+    def running_in(self, thread: int) -> bool:
+        return not self.ended and self.thread == thread
+
+    def wait(self, timeout: float) -> None:
+        """Until this generation ends, or ``timeout`` seconds."""
+        if self._running.acquire(timeout=timeout):
+            self._running.release()  # for the other waiters
+
+    def wake(self) -> None:
+        """Wake the generations waiting for this one, once it has ended."""
+        if self._running.locked():
+            self._running.release()
 
 
 class _Turn:
-    """Whose turn it is on one engine."""
+    """Which generation holds one engine (none, or one that has ended: free)."""
 
     def __init__(self) -> None:
-        self.holder: _Generation | None = None
-
-    def held(self) -> bool:
-        return self.holder is not None and not self.holder.ended
+        self.holder: Hold | None = None
+        self.queue: collections.deque[Hold] = collections.deque()  # the generations waiting for it
 
 
 _turns: weakref.WeakKeyDictionary[object, _Turn] = weakref.WeakKeyDictionary()
-_changed = threading.Condition()  # guards _turns and every turn's holder; notified as generations end
 
 
 def _turn(engine: object) -> _Turn | None:
     """``engine``'s turn, made on first use; None for an engine that cannot key a weak
     mapping (unhashable or without weak references: a user's class), which is not guarded."""
-    with _changed:
+    with _guard:
         try:
             return _turns.setdefault(engine, _Turn())
         except TypeError:
             return None
-
-
-@contextlib.contextmanager
-def engine_turns(engines: Iterable[object]) -> Iterator[None]:
-    """Hold ``engines`` for one generation: a generation on an engine that another thread
-    is running waits for it to end; one from the thread already running it (a streamer
-    starting a generation) is refused with ``RuntimeError``, as waiting would never end.
-    All engines are taken at once when all are free, so two generations sharing some
-    engines cannot each hold one the other waits for."""
-    distinct = {id(e): e for e in engines}  # by id: engines need not be hashable
-    turns = [t for t in map(_turn, distinct.values()) if t is not None]
-    generation = _Generation()
-    try:
-        with _changed:
-            if any(t.held() and t.holder.thread == generation.thread for t in turns):  # type: ignore[union-attr]
-                raise RuntimeError(
-                    "a generation was started inside another on the same engine (from its streamer?): "
-                    "an engine runs one generation at a time"
-                )
-            while any(t.held() for t in turns):
-                _changed.wait(_WAKE_S)
-            for turn in turns:
-                turn.holder = generation
-        yield
-    finally:
-        generation.ended = True  # first: no call before it, where a Ctrl-C could land
-        with _changed:
-            _changed.notify_all()
