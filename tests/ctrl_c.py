@@ -21,6 +21,7 @@ import ast
 import inspect
 import sys
 import textwrap
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import CodeType, FrameType
@@ -97,3 +98,8 @@ def interrupted_at(point: int, run: Callable[[], Any], traced: dict[CodeType, _L
     finally:
         sys.settrace(None)
     return None
+
+
+def frames(interrupt: KeyboardInterrupt) -> list[traceback.FrameSummary]:
+    """Where ``interrupt`` was raised, innermost first (not the trace function raising it)."""
+    return [f for f in traceback.extract_tb(interrupt.__traceback__)[::-1] if f.filename != __file__]

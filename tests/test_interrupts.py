@@ -6,13 +6,12 @@ from __future__ import annotations
 import inspect
 import itertools
 import sys
-import traceback
 from pathlib import Path
 from collections.abc import Callable
 
 import pytest
 import torch
-from ctrl_c import interrupted_at, interruptible
+from ctrl_c import frames, interrupted_at, interruptible
 from decoding_helpers import PROMPTS, Recorder, make_models, make_tokenizer
 
 import kad
@@ -109,18 +108,13 @@ def test_a_ctrl_c_anywhere_in_the_steps_and_the_engine_leaves_with_a_prefix(mode
     assert sum(kinds.values()) > 300 and all(kinds.values()), kinds
 
 
-def _frames(interrupt: KeyboardInterrupt) -> list[traceback.FrameSummary]:
-    """Where ``interrupt`` was raised, innermost first (not the trace function raising it)."""
-    return [f for f in traceback.extract_tb(interrupt.__traceback__)[::-1] if Path(f.filename).name != "ctrl_c.py"]
-
-
 def _where(interrupt: KeyboardInterrupt) -> str:
-    return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in _frames(interrupt)[:3])
+    return " < ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in frames(interrupt)[:3])
 
 
 def _in_end(interrupt: KeyboardInterrupt) -> bool:
     """Whether ``interrupt`` landed as the streamer's ``end`` started: nothing can end it then."""
-    return _frames(interrupt)[0].name == "end"
+    return frames(interrupt)[0].name == "end"
 
 
 def _interrupt_each_line(generate: Callable, lines: dict, streamers: list[Recorder | None], texts: bool) -> dict[str, int]:

@@ -10,7 +10,7 @@ from collections import Counter
 from collections.abc import Iterator
 
 import pytest
-from ctrl_c import interrupted_at, interruptible
+from ctrl_c import frames, interrupted_at, interruptible
 
 from kad.engines.turns import Hold
 
@@ -46,31 +46,84 @@ def _take(engines: list[object]) -> None:
 _LINES = interruptible([_take, Hold.__init__, Hold.take, Hold.wait, Hold.wake])
 
 
-def test_a_ctrl_c_anywhere_in_taking_the_engines_gives_them_back():
+@pytest.mark.parametrize("busy", [False, True], ids=["free", "held-by-another-thread"])
+def test_a_ctrl_c_anywhere_in_taking_the_engines_gives_them_back(busy):
     """Before, one landing just after a lock was acquired kept that engine for good: the next
-    generation on it in this thread hung (or was refused as started inside another)."""
+    generation on it in this thread hung (or was refused as started inside another).  With
+    the engines held by another thread for a while, the interrupts land in the wait too."""
     engines = [_Engine(), _Engine()]
     errors: list[BaseException] = []
-    interruptions = 0
+    landed: set[str] = set()  # the functions the interrupts landed in
+
+    def held_for_a_while() -> threading.Thread:
+        taken = threading.Event()
+
+        def generation() -> None:
+            with engine_turns(engines):
+                taken.set()
+                time.sleep(0.3)  # the other reaches its wait before, even traced on a busy machine
+
+        holder = threading.Thread(target=generation, daemon=True)
+        holder.start()
+        assert taken.wait(timeout=10)
+        return holder
 
     def scenario():
-        nonlocal interruptions
         try:
-            for line_event in itertools.count(1):
-                if interrupted_at(line_event, lambda: _take(engines), _LINES) is None:
+            for point in itertools.count(1):
+                holder = held_for_a_while() if busy else None
+                interrupt = interrupted_at(point, lambda: _take(engines), _LINES)
+                if holder is not None:
+                    holder.join(timeout=10)
+                if interrupt is None:
                     break
-                interruptions += 1
-                with engine_turns(engines):  # given back: neither refused nor waiting
+                landed.add(frames(interrupt)[0].name)
+                with engine_turns(engines):  # given back: neither refused nor waiting for ever
                     pass
         except BaseException as error:  # noqa: BLE001 - reported to the test's thread
             errors.append(error)
 
     worker = threading.Thread(target=scenario, daemon=True)
     worker.start()
-    worker.join(timeout=10)
-    assert not worker.is_alive(), "an interrupted engine_turns kept an engine: the next one waits for ever"
+    worker.join(timeout=120)
+    assert not worker.is_alive(), "an interrupted take kept an engine: the next one waits for ever"
     assert not errors, errors
-    assert interruptions >= 4  # not vacuous: the interrupt landed at each step of the taking
+    assert {"take", "__init__"} <= landed and (not busy or "wait" in landed), " ".join(sorted(landed))  # not vacuous
+
+
+def test_a_generation_started_from_a_streamer_does_not_wait_on_another_thread():
+    """Thread T runs a generation on ``[a]``; thread U one on ``[a, b]``, which takes ``b`` and
+    waits for ``a``; T's streamer starts a generation on ``[b]``.  Waiting, each thread would
+    wait for the other for ever: the inner one is refused instead, and both others end."""
+    a, b = _Engine(), _Engine()
+    if id(b) > id(a):
+        a, b = b, a  # U takes b first
+    u_waiting, outcome = threading.Event(), []
+
+    def t_generation() -> None:
+        with engine_turns([a]):
+            assert u_waiting.wait(timeout=10)
+            time.sleep(0.1)  # U has taken b and waits for a
+            try:
+                with engine_turns([b]):
+                    outcome.append("took b")
+            except RuntimeError as error:
+                outcome.append(str(error))
+
+    def u_generation() -> None:
+        u_waiting.set()
+        with engine_turns([a, b]):
+            outcome.append("u ran")
+
+    t = threading.Thread(target=t_generation, daemon=True)
+    t.start()
+    time.sleep(0.05)
+    u = threading.Thread(target=u_generation, daemon=True)
+    u.start()
+    t.join(timeout=10)
+    u.join(timeout=10)
+    assert not t.is_alive() and not u.is_alive(), "deadlock"
+    assert "cannot wait" in outcome[0] and outcome[1] == "u ran", outcome
 
 
 def test_generations_sharing_some_engines_hold_them_alone_and_all_end():

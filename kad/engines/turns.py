@@ -50,15 +50,21 @@ class Hold:
         self._running.acquire()
 
     def take(self) -> None:
-        """Take the engines, waiting for a generation that another thread runs on them; one
-        from this thread's own running generation (a streamer starting a generation) is
-        refused with ``RuntimeError``, as waiting would never end."""
+        """Take the engines, waiting for a generation that another thread runs on them.  One
+        started inside a generation of this thread (from its streamer) is refused with
+        ``RuntimeError`` where it would wait: on the outer one's engines it would wait for ever,
+        and on one another thread holds or waits for, that one may be waiting for the outer's."""
         with _guard:
             if any(t.holder is not None and t.holder.running_in(self.thread) for t in self._turns):
                 raise RuntimeError(
                     "a generation was started inside another on the same engine (from its streamer?): "
                     "an engine runs one generation at a time"
                 )
+            # One started inside another of this thread must not wait: the generation it would
+            # wait for may be waiting for an engine the outer one holds.
+            running_here = [h for h in getattr(_here, "holds", ()) if not h.ended]
+            nested = bool(running_here)
+            _here.holds = [*running_here, self]
         for turn in self._turns:
             with _guard:
                 turn.queue.append(self)  # first come, first served: a busy engine's next is not a race
@@ -71,6 +77,12 @@ class Hold:
                         turn.queue.popleft()
                         turn.holder = self
                         break
+                    if nested:
+                        raise RuntimeError(
+                            "a generation was started inside another (from its streamer?) on an engine that "
+                            "another thread's generation holds or waits for: it cannot wait, as that one may "
+                            "wait for this thread's"
+                        )
                 ahead.wait(_WAKE_S)
 
     def running_in(self, thread: int) -> bool:
@@ -96,6 +108,7 @@ class _Turn:
 
 
 _turns: weakref.WeakKeyDictionary[object, _Turn] = weakref.WeakKeyDictionary()
+_here = threading.local()  # .holds: this thread's holds (those not ended are running)
 
 
 def _turn(engine: object) -> _Turn | None:
