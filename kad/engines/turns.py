@@ -44,7 +44,6 @@ class Hold:
         # In one global order: two generations sharing some engines cannot each hold one the
         # other waits for.
         self._turns = [t for t in (_turn(distinct[key]) for key in sorted(distinct)) if t is not None]
-        self.thread = threading.get_ident()
         self.ended = False
         self._running = threading.Lock()  # held until the generation ends: its waiters wait on it
         self._running.acquire()
@@ -55,14 +54,14 @@ class Hold:
         ``RuntimeError`` where it would wait: on the outer one's engines it would wait for ever,
         and on one another thread holds or waits for, that one may be waiting for the outer's."""
         with _guard:
-            if any(t.holder is not None and t.holder.running_in(self.thread) for t in self._turns):
+            running_here = [h for h in getattr(_here, "holds", ()) if not h.ended]
+            if any(t.holder in running_here for t in self._turns):
                 raise RuntimeError(
                     "a generation was started inside another on the same engine (from its streamer?): "
                     "an engine runs one generation at a time"
                 )
             # One started inside another of this thread must not wait: the generation it would
             # wait for may be waiting for an engine the outer one holds.
-            running_here = [h for h in getattr(_here, "holds", ()) if not h.ended]
             nested = bool(running_here)
             _here.holds = [*running_here, self]
         for turn in self._turns:
@@ -84,9 +83,6 @@ class Hold:
                             "wait for this thread's"
                         )
                 ahead.wait(_WAKE_S)
-
-    def running_in(self, thread: int) -> bool:
-        return not self.ended and self.thread == thread
 
     def wait(self, timeout: float) -> None:
         """Until this generation ends, or ``timeout`` seconds."""
