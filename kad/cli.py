@@ -104,6 +104,13 @@ def _text(value: str) -> str:
     return value
 
 
+def _stop_text(value: str) -> str:
+    """``--stop``: UTF-8 text, not empty (every row would end at its first token)."""
+    if not value:
+        raise argparse.ArgumentTypeError("empty: every row would end at once")
+    return _text(value)
+
+
 def add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "generate",
@@ -116,6 +123,8 @@ def add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-chat", dest="chat", action="store_false", help="raw prompts, without the chat template")
     parser.add_argument("--prompt", type=_text, action="append", required=True,
                         help="repeat for a batch (one prompt is streamed)")
+    parser.add_argument("--stop", type=_stop_text, action="append",
+                        help="a row ends with the token that completes this text (repeat for several)")
     parser.set_defaults(run=_in_commands("generate"))
 
 

@@ -109,6 +109,7 @@ def run_generate(args: argparse.Namespace) -> int:
             chat=args.chat,
             system_prompt=args.system or None,
             streamer=streamer,
+            stop_strings=args.stop,
         )
     except KEEPS_PARTIAL as error:  # show what was generated before it (one prompt: already streamed)
         if not single and getattr(error, "partial", None) is not None:

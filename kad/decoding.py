@@ -38,6 +38,7 @@ from .loop import (
 from .models import ModelChoice, load_models
 from .settings import Settings
 from .stats import GenerationStats
+from .stops import StopStrings
 
 
 def chat_messages(user_message: str, system_prompt: str | None = SYSTEM_PROMPT) -> list[dict[str, str]]:
@@ -232,6 +233,7 @@ class Decoder:
         system_prompt: str | None = SYSTEM_PROMPT,
         streamer: BaseStreamer | None = None,
         track_alpha: bool = True,
+        stop_strings: str | Sequence[str] | None = None,
     ) -> Generation:
         """Generate a continuation of each prompt.
 
@@ -241,8 +243,10 @@ class Decoder:
         modes; ``ImplicitReward()`` (the default) for the implicit-reward modes;
         none for ``base``/``aligned``.  ``gamma``: drafts per speculative round.
         ``temperature``: 0 is greedy.  ``max_new_tokens``: one budget for all
-        prompts or one per prompt; a row stops at its budget or after a stop
-        token (:attr:`stop_ids`), without stopping the others.  ``streamer``: a
+        prompts or one per prompt; a row stops at its budget, after a stop token
+        (:attr:`stop_ids`) or after the token that completes one of
+        ``stop_strings`` (a string or a list, :mod:`kad.stops`; that token is
+        kept, as in transformers), without stopping the others.  ``streamer``: a
         transformers streamer (e.g. ``TextStreamer``), for a single prompt; it
         receives the prompt ids, then the new tokens as they are accepted, and
         ``end()`` on every exit (a refused call's too: a consumer waits for it).
@@ -264,6 +268,7 @@ class Decoder:
                 settings = Settings(mode, rule, gamma, temperature, track_alpha)
                 refuse_missing_reference(settings.checked_rule(), "reference" in self.engines, ": pass reference= to Decoder")
                 seed = None if seed is None else checked_seed(seed)
+                stops = None if stop_strings is None else StopStrings(stop_strings, self.tokenizer)
                 ids, budgets = self._inputs(prompts, max_new_tokens, chat, system_prompt, streamed=streamer is not None)
                 generator = torch.Generator(draw_device(self.engines, settings))  # "aligned": the aligned model's
                 if seed is None:
@@ -274,7 +279,7 @@ class Decoder:
                     streamer.put(torch.tensor(ids[0]))
                 # kad.loop.decode holds the engines for the generation: threads take turns (design §6.1).
                 decoded = decode(self.engines, ids, budgets, settings, stop_ids=self.stop_ids, generator=generator,
-                                 streamer=streamer)  # fmt: skip
+                                 streamer=streamer, stop_strings=stops)  # fmt: skip
                 return self._generation(decoded)
             finally:  # no call before end(), where a Ctrl-C could land
                 if ends:

@@ -61,6 +61,7 @@ from .engines.turns import Hold
 from .errors import ContextLengthWarning, EngineError
 from .settings import Settings
 from .stats import SERVED_COUNTERS, GenerationStats
+from .stops import StopStrings
 
 
 class Streamer(Protocol):
@@ -71,8 +72,8 @@ class Streamer(Protocol):
 
 @dataclass
 class Decoded:
-    """What :func:`decode` returns: the new tokens of each prompt (a final stop token
-    included), the statistics of all rows together and of each row alone."""
+    """What :func:`decode` returns: the new tokens of each prompt (a final stop token,
+    or the token completing a stop string, included), the statistics of all rows together and of each row alone."""
 
     token_ids: list[list[int]]
     stats: GenerationStats
@@ -143,7 +144,7 @@ def context_length(engines: Sequence[Engine]) -> tuple[int, str] | None:
     return min(limits) if limits else None
 
 
-def _check_arguments(engines: object, settings: object, generator: object, streamer: object) -> None:
+def _check_arguments(engines: object, settings: object, generator: object, streamer: object, stop_strings: object) -> None:
     """``TypeError`` naming the argument of :func:`decode` that is not of its type: found
     before any engine runs, not as an AttributeError after a round of forwards."""
     if not isinstance(settings, Settings):
@@ -158,6 +159,9 @@ def _check_arguments(engines: object, settings: object, generator: object, strea
         raise TypeError(f"generator must be a torch.Generator (on draw_device) or None, got {generator!r:.80}")
     if streamer is not None and not callable(getattr(streamer, "put", None)):
         raise TypeError(f"streamer must have a put(token_ids) method (a transformers streamer), got {streamer!r:.80}")
+    if stop_strings is not None and not isinstance(stop_strings, StopStrings):
+        raise TypeError(f"stop_strings must be a kad.stops.StopStrings (the strings and their tokenizer) or None, "
+                        f"got {stop_strings!r:.80}")  # fmt: skip
 
 
 def checked_inputs(
@@ -251,9 +255,11 @@ def decode(
     stop_ids: frozenset[int],
     generator: torch.Generator | None,
     streamer: Streamer | None = None,
+    stop_strings: StopStrings | None = None,
 ) -> Decoded:
     """Continue each prompt (token ids, at least one each) with at most its budget of
-    new tokens, a row stopping after any token of ``stop_ids``.
+    new tokens, a row stopping after any token of ``stop_ids`` or after the token that
+    completes one of ``stop_strings`` (:mod:`kad.stops`).
 
     ``engines``: ``"base"`` and ``"aligned"`` (and ``"reference"`` for
     ImplicitReward), sharing one vocabulary; each is reset first, and again at the end
@@ -269,7 +275,7 @@ def decode(
     naming it."""
     result: Decoded | None = None  # read before the engines' reset empties a served engine's counters
     try:
-        _check_arguments(engines, settings, generator, streamer)
+        _check_arguments(engines, settings, generator, streamer, stop_strings)
         stop_ids = checked_stop_ids(stop_ids)  # ids past the vocabulary are allowed: never drawn, they stop nothing
         plan = _plan(engines, settings)
         if generator is not None and not _same_device(generator.device, plan.target.device):
@@ -279,7 +285,7 @@ def decode(
         if streamer is not None and len(prompts) != 1:
             raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
         budgets = fit_budgets(prompts, budgets, plan.engines)
-        loop = _Loop(plan, stop_ids, settings, generator, streamer, rows=len(prompts))
+        loop = _Loop(plan, stop_ids, stop_strings, settings, generator, streamer, rows=len(prompts))
         hold = Hold(plan.engines)  # an engine shared by front ends runs one generation at a time
         try:
             for rule in (plan.rule, ONE_MODEL):  # loaded on first use (the C++ extension may build): not in the timings
@@ -346,6 +352,7 @@ class _Loop:
         self,
         plan: _Plan,
         stop_ids: frozenset[int],
+        stop_strings: StopStrings | None,
         settings: Settings,
         generator: torch.Generator | None,
         streamer: Streamer | None,
@@ -353,6 +360,7 @@ class _Loop:
     ):
         self.plan = plan
         self.stop_ids = stop_ids
+        self.stop_strings = stop_strings
         self.temperature = settings.temperature
         self.gamma = settings.gamma
         self.track_alpha = settings.track_alpha
@@ -364,6 +372,7 @@ class _Loop:
         self.stats = GenerationStats()
         self.row_stats = [GenerationStats() for _ in range(rows)]
         self.outputs: list[list[int]] = [[] for _ in range(rows)]  # what decoded() reports before run()
+        self.prompts: list[list[int]] = []
         self.started: list[Engine] = []  # the engines reset for this generation (decode), whose counters count
         self._broken: list[tuple[Engine, Tensor]] = []  # this round's (engine, code [B] of _BROKEN or 0) per read
 
@@ -400,6 +409,7 @@ class _Loop:
         start = time.perf_counter()
         self.row_stats = [GenerationStats() for _ in prompts]
         self.outputs = outputs = [[] for _ in prompts]
+        self.prompts = prompts
         try:
             active = [row for row, budget in enumerate(budgets) if budget > 0]  # original indices of the batch rows
             left = list(budgets)
@@ -587,17 +597,26 @@ class _Loop:
         outputs: list[list[int]],
         left: list[int],
     ) -> tuple[list[int], list[list[int]]]:
-        """Append each row's emitted tokens to its output, cut after a stop token or at
-        its budget; update the statistics (a speculative round's drafts count whole,
-        before the cut).  Returns the batch rows still going and each row's new tokens."""
+        """Append each row's emitted tokens to its output, cut after a stop token, after the
+        token completing a stop string, or at its budget; update the statistics (a
+        speculative round's drafts count whole, before the cut).  Returns the batch rows
+        still going and each row's new tokens."""
         tokens_h, emitted_h = tokens.tolist(), emitted.tolist()
         self._raise_on_broken_logits(active, outputs)
         alpha_h = None if alpha is None else alpha.tolist()
         gamma = tokens.shape[1] - 1 if self.plan.speculative else 0
         keep, appended = [], []
+        news = [tokens_h[i][: min(emitted_h[i], left[row])] for i, row in enumerate(active)]
+        string_ends: list[int | None] = [None] * len(active)
+        if self.stop_strings is not None:
+            string_ends = self.stop_strings.first_ends(
+                [self.prompts[row] for row in active], [outputs[row] for row in active], news
+            )
         for i, row in enumerate(active):
-            new = tokens_h[i][: min(emitted_h[i], left[row])]
+            new = news[i]
             stop = next((j for j, t in enumerate(new) if t in self.stop_ids), None)
+            if string_ends[i] is not None and (stop is None or string_ends[i] < stop):
+                stop = string_ends[i]
             if stop is not None:
                 new = new[: stop + 1]
             outputs[row].extend(new)

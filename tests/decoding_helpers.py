@@ -11,7 +11,7 @@ tokenizer has tokens, to exercise the vocabulary cut.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 import scipy.stats
@@ -29,9 +29,11 @@ CHAT_TEMPLATE = (
 PROMPTS = ["hello there", "what is 2 + 2?", "a", "the quick brown fox jumps over"]
 
 
-def make_tokenizer(chars: str = CHARS, eos: str = "<eos>") -> PreTrainedTokenizerFast:
-    """One token per character of ``chars``, after the special tokens; ``eos`` is the EOS token."""
-    vocab = {token: i for i, token in enumerate(SPECIALS + list(chars))}
+def make_tokenizer(chars: str = CHARS, eos: str = "<eos>", pieces: Sequence[str] = ()) -> PreTrainedTokenizerFast:
+    """One token per character of ``chars``, after the special tokens; ``eos`` is the EOS token.
+    ``pieces``: tokens of several characters after those, which decode as their text (text is
+    encoded one character a token, never into a piece)."""
+    vocab = {token: i for i, token in enumerate(SPECIALS + list(chars) + list(pieces))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
     backend.pre_tokenizer = pre_tokenizers.Split("", "isolated")
     backend.decoder = decoders.Fuse()

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numbers
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +34,7 @@ from ..engines.huggingface import checked_model, checked_vocab_size, output_logi
 from ..loop import KEEPS_PARTIAL, decode, draw_device, refuse_missing_reference
 from ..settings import Settings
 from ..stats import GenerationStats
+from ..stops import StopStrings
 from .options import changes_nothing, setting
 from .tokenizers import check_once, local_tokenizer
 
@@ -92,6 +93,7 @@ def generate(
     aligned_tokenizer: PreTrainedTokenizerBase | None = None,
     vocab_size: int | None = None,
     track_alpha: bool = True,
+    stop_strings: str | Sequence[str] | None = None,
     **model_kwargs: Any,
 ) -> Tensor | KADGenerateOutput:
     """KAD decoding inside ``model.generate(..., custom_generate=kad.hf.generate)``.
@@ -102,7 +104,10 @@ def generate(
     passed to ``generate`` by the user.
 
     Honoured: ``max_new_tokens``/``max_length``; ``eos_token_id`` (one id or
-    several, as ints or an array: a row stops after any); ``pad_token_id`` (fills
+    several, as ints or an array: a row stops after any); ``stop_strings`` (a
+    string or a list: a row stops after the token that completes one, as in
+    transformers, :mod:`kad.stops`; read with ``base_tokenizer``, else
+    ``aligned_tokenizer``, else the tokenizer saved with the model); ``pad_token_id`` (fills
     finished rows); ``do_sample=False`` (greedy: arg-max of π) or ``do_sample=True`` with
     ``temperature`` (p and q* are both tempered before mixing); a ``streamer``;
     ``num_return_sequences``; ``return_dict_in_generate`` (a
@@ -145,9 +150,10 @@ def generate(
     downloaded).  ``vocab_size``: the logits are cut to this many tokens
     (models may pad their lm_head); default ``len`` of a tokenizer, else the
     fewest logits of the models.  (``generate`` keeps its own ``tokenizer=``
-    argument to itself, so the base tokenizer goes by ``base_tokenizer=``; with a
-    ``custom_generate`` function transformers loses it, so ``stop_strings`` and
-    ``token_healing`` end in transformers' own error asking for a tokenizer.)
+    argument to itself, so the base tokenizer goes by ``base_tokenizer=``: with a
+    ``custom_generate`` function transformers loses it.  ``stop_strings`` reaches
+    kad as an argument of the call; from a ``generation_config`` it ends, as
+    ``token_healing`` does, in transformers' own error asking for a tokenizer.)
     """
     out = None
     try:
@@ -158,44 +164,29 @@ def generate(
                 model, generation_config, logits_processor, stopping_criteria, call, model_kwargs,
                 prompt_width=input_ids.shape[1],
             )  # fmt: skip
-            if aligned_model is None:
-                raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
-            for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
-                if value is not None:
-                    checked_model(name, value)
-            for name, value in (("base_tokenizer", base_tokenizer), ("aligned_tokenizer", aligned_tokenizer)):
-                if value is not None:
-                    checked_tokenizer(name, value)
             if generator is not None and not isinstance(generator, torch.Generator):
                 raise TypeError(f"generator must be a torch.Generator (on the model's device), got {generator!r}")
-            vocab_size = checked_vocab_size(vocab_size)
-            settings = _settings(mode, rule, gamma, generation_config, track_alpha)
-            refuse_missing_reference(settings.checked_rule(), reference_model is not None, ": pass reference_model=")
-
-            models = {"base": model, "aligned": aligned_model, "reference": reference_model}
-            models = {role: m for role, m in models.items() if m is not None}
-            vocab_size = _shared_vocab_size(models, base_tokenizer, aligned_tokenizer, vocab_size)
-            engines = {role: m if isinstance(m, Engine) else HFEngine(m, vocab_size) for role, m in models.items()}
-            if any(e.vocab_size != vocab_size for e in engines.values()):
-                sizes = ", ".join(f"{role} {e.vocab_size}" for role, e in engines.items())
-                raise ValueError(
-                    f"the engines return different numbers of logits ({sizes}): they must share one vocabulary "
-                    f"(give each engine those {vocab_size}: HFEngine(model, vocab_size={vocab_size}))"
-                )
-
+            run = _prepared(
+                model, generation_config, aligned_model=aligned_model, reference_model=reference_model, rule=rule,
+                gamma=gamma, mode=mode, track_alpha=track_alpha, base_tokenizer=base_tokenizer,
+                aligned_tokenizer=aligned_tokenizer, vocab_size=vocab_size, stop_strings=stop_strings,
+            )  # fmt: skip
             prompts = _prompts(input_ids, model_kwargs.get("attention_mask"))
             if streamer is not None and len(prompts) > 1:
                 raise ValueError(f"a streamer takes one row, got {len(prompts)}: KAD's rows advance by different counts")
             budget = generation_config.max_length - input_ids.shape[1]
             stop_ids = frozenset(token_ids(generation_config.eos_token_id))
+            if generator is None:
+                generator = _seeded_generator(draw_device(run.engines, run.settings), run.settings)
             out = decode(
-                engines,
+                run.engines,
                 prompts,
                 [budget] * len(prompts),
-                settings,
+                run.settings,
                 stop_ids=stop_ids,
-                generator=generator if generator is not None else _seeded_generator(draw_device(engines, settings), settings),
+                generator=generator,
                 streamer=streamer,
+                stop_strings=run.stop_strings,
             )
             sequences = _sequences(input_ids, out.token_ids, _pad_id(generation_config))
             if generation_config.return_dict_in_generate:
@@ -212,6 +203,64 @@ def generate(
         if getattr(error, "partial", None) is None:
             error.partial = out
         raise
+
+
+@dataclass
+class _Run:
+    """What :func:`generate` decodes with, its arguments checked."""
+
+    engines: dict[str, Engine]  # "base" (the calling model), "aligned", and "reference" where given
+    settings: Settings
+    stop_strings: StopStrings | None
+
+
+def _prepared(
+    model: PreTrainedModel,
+    config: GenerationConfig,
+    *,
+    aligned_model: PreTrainedModel | Engine | None,
+    reference_model: PreTrainedModel | Engine | None,
+    rule: kk.Rule | None,
+    gamma: int,
+    mode: str | None,
+    track_alpha: bool,
+    base_tokenizer: PreTrainedTokenizerBase | None,
+    aligned_tokenizer: PreTrainedTokenizerBase | None,
+    vocab_size: int | None,
+    stop_strings: str | Sequence[str] | None,
+) -> _Run:
+    """:func:`generate`'s KAD arguments checked (``TypeError``/``ValueError`` naming the
+    first that is wrong), and the engines they make, of one vocabulary."""
+    if aligned_model is None:
+        raise ValueError("kad.hf.generate needs aligned_model= (the small aligned model, same vocabulary)")
+    for name, value in (("aligned_model", aligned_model), ("reference_model", reference_model)):
+        if value is not None:
+            checked_model(name, value)
+    for name, value in (("base_tokenizer", base_tokenizer), ("aligned_tokenizer", aligned_tokenizer)):
+        if value is not None:
+            checked_tokenizer(name, value)
+    vocab_size = checked_vocab_size(vocab_size)
+    settings = _settings(mode, rule, gamma, config, track_alpha)
+    refuse_missing_reference(settings.checked_rule(), reference_model is not None, ": pass reference_model=")
+
+    models = {"base": model, "aligned": aligned_model, "reference": reference_model}
+    models = {role: m for role, m in models.items() if m is not None}
+    tokenizers = _tokenizers(models, base_tokenizer, aligned_tokenizer)
+    vocab_size = _shared_vocab_size(models, tokenizers, vocab_size)
+    engines = {role: m if isinstance(m, Engine) else HFEngine(m, vocab_size) for role, m in models.items()}
+    if any(e.vocab_size != vocab_size for e in engines.values()):
+        sizes = ", ".join(f"{role} {e.vocab_size}" for role, e in engines.items())
+        raise ValueError(
+            f"the engines return different numbers of logits ({sizes}): they must share one vocabulary "
+            f"(give each engine those {vocab_size}: HFEngine(model, vocab_size={vocab_size}))"
+        )
+    stops = None
+    if stop_strings is not None:
+        tokenizer = next((t for t in tokenizers.values() if t is not None), None)
+        if tokenizer is None:
+            raise ValueError("stop_strings needs the models' tokenizer, and none is saved with them: pass base_tokenizer=")
+        stops = StopStrings(stop_strings, tokenizer)
+    return _Run(engines, settings, stops)
 
 
 def _generate_call(model: PreTrainedModel) -> Mapping[str, Any]:
@@ -303,20 +352,27 @@ def _settings(
     return settings
 
 
-def _shared_vocab_size(
+def _tokenizers(
     models: Mapping[str, PreTrainedModel | Engine],
     base_tokenizer: PreTrainedTokenizerBase | None,
     aligned_tokenizer: PreTrainedTokenizerBase | None,
-    vocab_size: int | None,
-) -> int:
-    """The vocabulary the logits are cut to, after checking the tokenizers agree.
-
-    Tokenizers come from the arguments, else from the models' local files
-    (no download); with fewer than two, only the logit counts can be checked."""
+) -> dict[str, PreTrainedTokenizerBase | None]:
+    """The base and aligned models' tokenizers: the arguments, else those saved with the
+    models on this machine (no download), else None."""
     tokenizers = {"base": base_tokenizer, "aligned": aligned_tokenizer}
     for role in tokenizers:
         if tokenizers[role] is None and isinstance(models[role], PreTrainedModel):
             tokenizers[role] = local_tokenizer(models[role].name_or_path)
+    return tokenizers
+
+
+def _shared_vocab_size(
+    models: Mapping[str, PreTrainedModel | Engine],
+    tokenizers: Mapping[str, PreTrainedTokenizerBase | None],
+    vocab_size: int | None,
+) -> int:
+    """The vocabulary the logits are cut to, after checking the tokenizers (:func:`_tokenizers`)
+    agree; with fewer than two, only the logit counts can be checked."""
     names = {role: f"the {role} model {_name(models[role])!r}" for role in tokenizers}
     known = {names[role]: t for role, t in tokenizers.items() if t is not None}
     if len(known) == 2:
