@@ -90,6 +90,16 @@ def test_greedy_remote_emits_the_local_tokens(served, rule, mode, gamma):
     assert 0 < stats.requests <= stats.rounds * 2  # one request per round, a second where k had to grow
 
 
+def test_stop_strings_end_the_remote_rows_where_they_end_the_local_rows(served):
+    common = dict(gamma=3, temperature=0.0, max_new_tokens=BUDGETS)
+    whole = served.local().generate(PROMPTS, "kad-spec", kk.Dual(0.4), **common)
+    strings = [whole.texts[0][3:5] or "a", "e"]
+    local = served.local().generate(PROMPTS, "kad-spec", kk.Dual(0.4), stop_strings=strings, **common)
+    remote = served.remote().generate(PROMPTS, "kad-spec", kk.Dual(0.4), stop_strings=strings, **common)
+    assert remote.token_ids == local.token_ids
+    assert sum(map(len, local.token_ids)) < sum(map(len, whole.token_ids))
+
+
 @pytest.mark.parametrize("mode, gamma", [("nudging", 1), ("nudging-spec", 3)])
 def test_greedy_nudging_is_served_on_steps_that_keep_everything_too(served, mode, gamma):
     """Nudging(λ) keeps every token where P ≥ λ (π = p): greedy, the top-k settles those

@@ -208,3 +208,11 @@ def test_hf_generate_reads_the_tokenizer_saved_with_the_model(tmp_path):
                                      rule=kk.Dual(0.0), **common), own)  # fmt: skip
     assert not torch.equal(own, base.generate(**inputs(3), logits_processor=[BeyondVocabulary()],
                                               do_sample=False, max_new_tokens=NEW))  # fmt: skip
+
+
+def test_the_recipe_folder_passes_stop_strings_on():
+    batch, common = inputs(3), dict(do_sample=False, max_new_tokens=NEW, stop_strings=["S", "2J"])
+    own = BASE.generate(**batch, logits_processor=[BeyondVocabulary()], tokenizer=TOKENIZER, **common)
+    recipe = BASE.generate(**batch, custom_generate=str(kad.hf.RECIPE_DIR), trust_remote_code=True, aligned_model=ALIGNED,
+                           rule=kk.Dual(0.0), base_tokenizer=TOKENIZER, **common)  # fmt: skip
+    assert torch.equal(recipe, own)
