@@ -13,6 +13,8 @@ the criterion reads.  Design: docs/design.md §5.5.
 
 from __future__ import annotations
 
+import weakref
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
@@ -40,12 +42,12 @@ class StopStrings:
     """The strings that end a row, matched on the token ids of ``tokenizer``'s vocabulary.
 
     ``strings``: one string or a list (``TypeError``/``ValueError`` naming
-    ``stop_strings`` otherwise); ``tokenizer``: the models' shared one.  Building
-    one reads the whole vocabulary (transformers caches the last few)."""
+    ``stop_strings`` otherwise, and for a string that no token of the vocabulary
+    writes); ``tokenizer``: the models' shared one."""
 
     def __init__(self, strings: str | Sequence[str], tokenizer: PreTrainedTokenizerBase):
         self.strings = checked_stop_strings(strings)
-        self._criterion = StopStringCriteria(checked_tokenizer("tokenizer", tokenizer), list(self.strings))
+        self._criterion = _criterion(checked_tokenizer("tokenizer", tokenizer), self.strings)
         # A string of n characters (bytes, for byte-level vocabularies) spans at most n tokens:
         # the criterion reads no further back.
         self._reach = self._criterion.maximum_token_len
@@ -73,9 +75,51 @@ class StopStrings:
         for width, group in windows.items():
             hits = self._criterion(torch.tensor(group, dtype=torch.long), None).tolist()
             for (row, j), hit in zip(places[width], hits):
-                if hit and (ends[row] is None or j < ends[row]):
+                end = ends[row]
+                if hit and (end is None or j < end):
                     ends[row] = j
         return ends
+
+
+# Building a criterion reads the whole vocabulary (about a second for 150k tokens, and
+# transformers' own cache still sorts and hashes it): kept per tokenizer while it lives,
+# for its last few sets of strings and its size (tokens may be added to it).
+_BUILT: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, OrderedDict[tuple[int, tuple[str, ...]], StopStringCriteria]]
+_BUILT = weakref.WeakKeyDictionary()
+_KEPT_PER_TOKENIZER = 8
+
+
+def _criterion(tokenizer: PreTrainedTokenizerBase, strings: tuple[str, ...]) -> StopStringCriteria:
+    """transformers' criterion for ``strings`` over ``tokenizer``'s vocabulary; ``ValueError``
+    naming ``stop_strings`` where no token can end any of them (transformers refuses only
+    that: a string that no token can end among others that one can is never found)."""
+    built = _BUILT.setdefault(tokenizer, OrderedDict())
+    key = (len(tokenizer), strings)
+    if key in built:
+        built.move_to_end(key)
+        return built[key]
+    try:
+        criterion = StopStringCriteria(tokenizer, list(strings))
+    except ValueError:
+        unwritten = [s for s in strings if not _written(tokenizer, s)]
+        if not unwritten:
+            raise
+        raise ValueError(f"stop_strings {unwritten!r}: no token of the tokenizer's vocabulary can end "
+                         f"{'it' if len(unwritten) == 1 else 'them'} (a character that none of its tokens holds)"
+                         ) from None  # fmt: skip
+    built[key] = criterion
+    if len(built) > _KEPT_PER_TOKENIZER:
+        built.popitem(last=False)
+    return criterion
+
+
+def _written(tokenizer: PreTrainedTokenizerBase, string: str) -> bool:
+    """Whether some token of ``tokenizer`` can end ``string``."""
+    try:
+        StopStringCriteria(tokenizer, [string])
+    except ValueError:
+        return False
+    return True
 
 
 def _last(n: int, first: Sequence[int], second: Sequence[int]) -> list[int]:

@@ -101,6 +101,23 @@ def test_bad_stop_strings_are_named(strings, error, message):
                       base_tokenizer=TOKENIZER, max_new_tokens=3, stop_strings=strings)  # fmt: skip
 
 
+def test_strings_that_no_token_can_end_are_named():
+    with pytest.raises(ValueError, match=r"stop_strings \['\\n\\n', ':'\]: no token of the tokenizer's vocabulary can end"):
+        DECODER.generate(PROMPTS[:1], "kad", kk.Dual(0.4), max_new_tokens=3, stop_strings=["\n\n", ":"])
+    assert StopStrings(["\n\n", "a"], TOKENIZER).strings == ("\n\n", "a")  # as transformers: one that can end is enough
+
+
+def test_a_tokenizers_tables_are_built_once_per_strings_and_size():
+    tokenizer = make_tokenizer()
+    first = StopStrings(["ab", "c"], tokenizer)
+    assert StopStrings(("ab", "c"), tokenizer)._criterion is first._criterion
+    assert StopStrings(["c", "ab"], tokenizer)._criterion is not first._criterion
+    tokenizer.add_tokens(["abc"])
+    grown = StopStrings(["ab", "c"], tokenizer)
+    assert grown._criterion is not first._criterion
+    assert grown.first_ends([[4]], [[]], [[tokenizer.convert_tokens_to_ids("abc")]]) == [0]
+
+
 def test_stop_strings_need_a_tokenizer_and_decode_needs_them_with_it():
     with pytest.raises(TypeError, match="tokenizer must be a transformers tokenizer"):
         StopStrings("a", "Qwen/Qwen2.5-0.5B")
