@@ -13,6 +13,7 @@ the criterion reads.  Design: docs/design.md §5.5.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -87,17 +88,19 @@ class StopStrings:
 _BUILT: weakref.WeakKeyDictionary[PreTrainedTokenizerBase, OrderedDict[tuple[int, tuple[str, ...]], StopStringCriteria]]
 _BUILT = weakref.WeakKeyDictionary()
 _KEPT_PER_TOKENIZER = 8
+_BUILT_GUARD = threading.Lock()  # generations of several threads read and trim it
 
 
 def _criterion(tokenizer: PreTrainedTokenizerBase, strings: tuple[str, ...]) -> StopStringCriteria:
     """transformers' criterion for ``strings`` over ``tokenizer``'s vocabulary; ``ValueError``
     naming ``stop_strings`` where no token can end any of them (transformers refuses only
     that: a string that no token can end among others that one can is never found)."""
-    built = _BUILT.setdefault(tokenizer, OrderedDict())
     key = (len(tokenizer), strings)
-    if key in built:
-        built.move_to_end(key)
-        return built[key]
+    with _BUILT_GUARD:
+        built = _BUILT.setdefault(tokenizer, OrderedDict())
+        if key in built:
+            built.move_to_end(key)
+            return built[key]
     try:
         criterion = StopStringCriteria(tokenizer, list(strings))
     except ValueError:
@@ -107,9 +110,10 @@ def _criterion(tokenizer: PreTrainedTokenizerBase, strings: tuple[str, ...]) -> 
         raise ValueError(f"stop_strings {unwritten!r}: no token of the tokenizer's vocabulary can end "
                          f"{'it' if len(unwritten) == 1 else 'them'} (a character that none of its tokens holds)"
                          ) from None  # fmt: skip
-    built[key] = criterion
-    if len(built) > _KEPT_PER_TOKENIZER:
-        built.popitem(last=False)
+    with _BUILT_GUARD:
+        built[key] = criterion
+        if len(built) > _KEPT_PER_TOKENIZER:
+            built.popitem(last=False)
     return criterion
 
 

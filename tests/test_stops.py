@@ -10,7 +10,9 @@ string ending past the text before it.  transformers' own ``generate`` with
 
 from __future__ import annotations
 
+import gc
 import random
+import weakref
 
 import pytest
 import torch
@@ -116,6 +118,10 @@ def test_a_tokenizers_tables_are_built_once_per_strings_and_size():
     grown = StopStrings(["ab", "c"], tokenizer)
     assert grown._criterion is not first._criterion
     assert grown.first_ends([[4]], [[]], [[tokenizer.convert_tokens_to_ids("abc")]]) == [0]
+    gone = weakref.ref(tokenizer)
+    del tokenizer
+    gc.collect()
+    assert gone() is None  # the tables do not keep their tokenizer
 
 
 def test_stop_strings_need_a_tokenizer_and_decode_needs_them_with_it():
