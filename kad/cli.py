@@ -124,7 +124,8 @@ def add_generate(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--prompt", type=_text, action="append", required=True,
                         help="repeat for a batch (one prompt is streamed)")
     parser.add_argument("--stop", type=_stop_text, action="append",
-                        help="a row ends with the token that completes this text (repeat for several)")
+                        help="a row ends with the token that completes this text (repeat for several; "
+                             "a newline in bash: $'\\n')")
     parser.set_defaults(run=_in_commands("generate"))
 
 

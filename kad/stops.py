@@ -8,7 +8,9 @@ its text.  A string is found on token ids, not on decoded text, by transformers'
 and byte-fallback pieces too) and matches a string spread over several tokens,
 overhanging either end.  A string completed by a row's first new tokens may
 begin in the prompt, as in transformers, where the prompt is part of the ids
-the criterion reads.  Design: docs/design.md §5.5.
+the criterion reads; a row's left padding is not (transformers' batched
+``generate`` reads pad tokens as text there, so a string longer than a short
+prompt can reach into them).  Design: docs/design.md §5.5.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ class StopStrings:
     """The strings that end a row, matched on the token ids of ``tokenizer``'s vocabulary.
 
     ``strings``: one string or a list (``TypeError``/``ValueError`` naming
-    ``stop_strings`` otherwise, and for a string that no token of the vocabulary
-    writes); ``tokenizer``: the models' shared one."""
+    ``stop_strings`` otherwise, and where no token of the vocabulary can end any
+    of them); ``tokenizer``: the models' shared one."""
 
     def __init__(self, strings: str | Sequence[str], tokenizer: PreTrainedTokenizerBase):
         self.strings = checked_stop_strings(strings)

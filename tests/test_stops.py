@@ -17,7 +17,7 @@ import weakref
 import pytest
 import torch
 from decoding_helpers import PROMPTS, Recorder, make_tokenizer
-from hf_helpers import ALIGNED, BASE, DECODER, NEW, TOKENIZER, BeyondVocabulary, inputs
+from hf_helpers import ALIGNED, BASE, DECODER, NEW, TEXTS, TOKENIZER, BeyondVocabulary, inputs
 
 import kad
 import kad.hf
@@ -239,3 +239,17 @@ def test_the_recipe_folder_passes_stop_strings_on():
     recipe = BASE.generate(**batch, custom_generate=str(kad.hf.RECIPE_DIR), trust_remote_code=True, aligned_model=ALIGNED,
                            rule=kk.Dual(0.0), base_tokenizer=TOKENIZER, **common)  # fmt: skip
     assert torch.equal(recipe, own)
+
+
+def test_a_rows_left_padding_is_not_read_as_text():
+    """transformers' batched generate reads a short row's pad tokens as text ("<eos>"), so a
+    string longer than the prompt can begin in them; kad reads the row's own tokens: the row
+    stops as it does alone."""
+    batch, width = inputs(3), inputs(3)["input_ids"].shape[1]
+    common = dict(do_sample=False, max_new_tokens=NEW, stop_strings=[">ah", "zz"])
+    kad_call = dict(custom_generate=kad.hf.generate, aligned_model=ALIGNED, rule=kk.Dual(0.0), base_tokenizer=TOKENIZER)
+    together = BASE.generate(**batch, **kad_call, **common)
+    alone = BASE.generate(**inputs(1, ["a"]), **kad_call, **common)[0, 1:].tolist()
+    assert TEXTS[3][1] == "a" and together[1, width:].tolist()[: len(alone)] == alone and len(alone) > 1
+    own = BASE.generate(**batch, logits_processor=[BeyondVocabulary()], tokenizer=TOKENIZER, **common)
+    assert own[1, width:].tolist()[:2] == [alone[0], TOKENIZER.pad_token_id]  # transformers stopped in the pads

@@ -106,8 +106,9 @@ def generate(
     Honoured: ``max_new_tokens``/``max_length``; ``eos_token_id`` (one id or
     several, as ints or an array: a row stops after any); ``stop_strings`` (a
     string or a list: a row stops after the token that completes one, as in
-    transformers, :mod:`kad.stops`; read with ``base_tokenizer``, else
-    ``aligned_tokenizer``, else the tokenizer saved with the model); ``pad_token_id`` (fills
+    transformers, :mod:`kad.stops`, its left padding not read as text; read
+    with the first of ``base_tokenizer``, the base model's saved tokenizer,
+    ``aligned_tokenizer``, the aligned model's); ``pad_token_id`` (fills
     finished rows); ``do_sample=False`` (greedy: arg-max of π) or ``do_sample=True`` with
     ``temperature`` (p and q* are both tempered before mixing); a ``streamer``;
     ``num_return_sequences``; ``return_dict_in_generate`` (a
@@ -153,7 +154,8 @@ def generate(
     argument to itself, so the base tokenizer goes by ``base_tokenizer=``: with a
     ``custom_generate`` function transformers loses it.  ``stop_strings`` reaches
     kad as an argument of the call; from a ``generation_config`` it ends, as
-    ``token_healing`` does, in transformers' own error asking for a tokenizer.)
+    ``token_healing`` does, in transformers' own error asking for a tokenizer:
+    pass ``stop_strings=`` to the call instead.)
     """
     out = None
     try:
@@ -258,7 +260,8 @@ def _prepared(
     if stop_strings is not None:
         tokenizer = next((t for t in tokenizers.values() if t is not None), None)
         if tokenizer is None:
-            raise ValueError("stop_strings needs the models' tokenizer, and none is saved with them: pass base_tokenizer=")
+            raise ValueError("stop_strings needs the models' tokenizer, and none is saved with them: pass "
+                             "base_tokenizer= (generate's own tokenizer= does not reach a custom_generate method)")
         stops = StopStrings(stop_strings, tokenizer)
     return _Run(engines, settings, stops)
 
