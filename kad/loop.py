@@ -73,7 +73,8 @@ class Streamer(Protocol):
 @dataclass
 class Decoded:
     """What :func:`decode` returns: the new tokens of each prompt (a final stop token,
-    or the token completing a stop string, included), the statistics of all rows together and of each row alone."""
+    or the token completing a stop string, included), the statistics of all rows
+    together and of each row alone."""
 
     token_ids: list[list[int]]
     stats: GenerationStats
