@@ -144,6 +144,13 @@ def last_number(text: str) -> str | None:
     return numbers[-1] if numbers else None
 
 
+def _clause_after(text: str, start: int) -> str:
+    """The clause of ``text`` from ``start`` (:data:`_CLAUSE` matches everywhere, if only ``""``)."""
+    match = _CLAUSE.match(text, start)
+    assert match is not None  # each of its parts may be empty
+    return match.group(1)
+
+
 def stated_number(text: str) -> str | None:
     """The better reading: the number of the stated answer — the last closed
     ``\\boxed{}`` or the clause after the last "answer is"/"Answer:"/"####",
@@ -154,7 +161,7 @@ def stated_number(text: str) -> str | None:
         text = pattern.sub(replacement, text)
     for pattern in _MIXED_NUMBERS:
         text = pattern.sub(_improper_fraction, text)
-    statements = [(m.start(), _CLAUSE.match(text, m.end()).group(1)) for m in _STATED_NUMBER.finditer(text)]
+    statements = [(m.start(), _clause_after(text, m.end())) for m in _STATED_NUMBER.finditer(text)]
     box = _last_braced_span(text, ("\\boxed",), closed=True)
     if box is not None:
         content = _SPACED_SIGN.sub(r"\1-", box[1])

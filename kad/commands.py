@@ -23,6 +23,7 @@ from .demo import RUNS, demo
 from .engines import EngineError, RemoteEngine
 from .engines.llamacpp import check_n_ctx
 from .engines.remote import check_servable
+from .errors import partial_of
 from .evaluate import MODEL_FIELDS, check_resumable, check_seed, evaluate, model_name, with_models
 from .loop import KEEPS_PARTIAL
 from .outputs import output_dir, remove_empty
@@ -112,8 +113,9 @@ def run_generate(args: argparse.Namespace) -> int:
             stop_strings=args.stop,
         )
     except KEEPS_PARTIAL as error:  # show what was generated before it (one prompt: already streamed)
-        if not single and getattr(error, "partial", None) is not None:
-            for i, text in enumerate(error.partial.texts):
+        partial = partial_of(error)
+        if not single and partial is not None:
+            for i, text in enumerate(partial.texts):
                 print(f"[{i}] {text}")
         raise
     if not single:
@@ -224,6 +226,6 @@ def run_demo(args: argparse.Namespace) -> int:
         raise ValueError(f"--item must be a GSM8K test item in [0, {items}), got {args.item}")
     checked_seed(args.seed)
     for _, mode, rule in RUNS:
-        _check_served(args, Settings(mode, rule, GAMMA if is_speculative(mode) else None, TEMPERATURE))
+        _check_served(args, Settings(mode, rule, GAMMA, TEMPERATURE))  # gamma unused where mode does not speculate
     demo(_decoder(args), item_index=args.item, seed=args.seed, max_new_tokens=args.max_new_tokens)
     return 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numbers
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +27,7 @@ from .engines import Engine, HFEngine, refuse_shared_engines
 from .engines.arguments import checked_stop_ids, checked_tokenizer
 from .engines.huggingface import checked_model, output_logits
 from .engines.vocabulary import check_same_vocabulary
+from .errors import keep_partial, partial_of
 from .loop import (
     KEEPS_PARTIAL,
     Decoded,
@@ -77,7 +79,9 @@ def build_rule(mode: str, name: str | None, lam: float | None) -> kk.Rule | None
     if lam is None and name not in PARAMETERLESS_RULES:
         raise ValueError(f"rule {name!r} needs its parameter (lam)")
     constructors = {"dual": kk.Dual, "primal": kk.Primal, "nudging": kk.Nudging}
-    return constructors[name](lam) if name in constructors else kk.rule_from_name(name, lam)
+    if name in constructors:
+        return constructors[name](lam)
+    return kk.rule_from_name(name, 0.0 if lam is None else lam)  # None: token_max, which ignores it
 
 
 class Decoder:
@@ -106,15 +110,15 @@ class Decoder:
         base_tokenizer: PreTrainedTokenizerBase | None = None,
         reference_tokenizer: PreTrainedTokenizerBase | None = None,
     ):
-        models = {"base": base, "aligned": aligned, "reference": reference}
-        _check_arguments(models, {"tokenizer": tokenizer, "base_tokenizer": base_tokenizer,
-                                  "reference_tokenizer": reference_tokenizer})  # fmt: skip
-        names = {role: f"the {role} model" + (f" {_name(m)!r}" if _name(m) else "") for role, m in models.items()}
-        models = {role: m for role, m in models.items() if m is not None}
+        given = {"base": base, "aligned": aligned, "reference": reference}
+        _check_arguments(given, {"tokenizer": tokenizer, "base_tokenizer": base_tokenizer,
+                                 "reference_tokenizer": reference_tokenizer})  # fmt: skip
+        names = {role: f"the {role} model" + (f" {_name(m)!r}" if _name(m) else "") for role, m in given.items()}
+        models = {role: m for role, m in given.items() if m is not None}
         # A model given twice gets an HFEngine per role; an engine object cannot serve two.
         refuse_shared_engines({role: m for role, m in models.items() if not isinstance(m, PreTrainedModel)})
-        tokenizers = {"aligned": tokenizer, "base": base_tokenizer, "reference": reference_tokenizer}
-        tokenizers = {role: t for role, t in tokenizers.items() if t is not None}
+        given_tokenizers = {"aligned": tokenizer, "base": base_tokenizer, "reference": reference_tokenizer}
+        tokenizers = {role: t for role, t in given_tokenizers.items() if t is not None}
         check_same_vocabulary({names[role]: t for role, t in tokenizers.items()})
 
         self.tokenizer = tokenizer
@@ -137,7 +141,8 @@ class Decoder:
 
     def _engine(self, name: str, model: PreTrainedModel | Engine) -> Engine:
         """``model`` as an engine with the tokenizer's vocabulary."""
-        if isinstance(checked_model(name, model), PreTrainedModel):
+        model = checked_model(name, model)
+        if isinstance(model, PreTrainedModel):
             logits = output_logits(model)
             if logits < self.vocab_size:
                 raise ValueError(
@@ -282,13 +287,13 @@ class Decoder:
                                  streamer=streamer, stop_strings=stops)  # fmt: skip
                 return self._generation(decoded)
             finally:  # no call before end(), where a Ctrl-C could land
-                if ends:
+                if ends and streamer is not None:
                     streamer.end()
         except KEEPS_PARTIAL as error:  # keep what was generated, with its text (also one in end())
             # decode's own partial; the whole result where decode had returned; None before the
             # generation began (the arguments being checked)
-            partial = getattr(error, "partial", None) or decoded
-            error.partial = None if partial is None else self._generation(partial)
+            partial = partial_of(error) or decoded
+            keep_partial(error, None if partial is None else self._generation(partial))
             raise
 
     def _inputs(self, prompts: str | Sequence[str] | Sequence[Sequence[int]], max_new_tokens: int | Sequence[int],
@@ -304,6 +309,7 @@ class Decoder:
             raise ValueError(f"a streamer takes one prompt, got {len(prompts)}")
         if isinstance(max_new_tokens, (np.ndarray, torch.Tensor)):  # one per prompt, or a 0-d one for all
             max_new_tokens = max_new_tokens.tolist()
+        budgets: list[Any]  # checked below, then by checked_inputs
         if isinstance(max_new_tokens, numbers.Integral):
             budgets = [max_new_tokens] * len(prompts)
         else:
@@ -323,7 +329,7 @@ def _is_streamer(streamer: object) -> bool:
     return hasattr(streamer, "put") and hasattr(streamer, "end")
 
 
-def _check_arguments(models: dict[str, object], tokenizers: dict[str, object]) -> None:
+def _check_arguments(models: Mapping[str, object], tokenizers: Mapping[str, object]) -> None:
     """``TypeError`` naming the first argument of :class:`Decoder` that is not a model (an
     engine) or a tokenizer; a name or path is what :meth:`Decoder.from_pretrained` takes."""
     hint = ": Decoder.from_pretrained loads models by name or path"
@@ -369,4 +375,4 @@ def generator_seed(seed: int, device: torch.device) -> int:
 def _name(model: PreTrainedModel | Engine | None) -> str:
     if model is None:
         return ""
-    return model.name_or_path if isinstance(model, PreTrainedModel) else model.name
+    return (model.name_or_path or "") if isinstance(model, PreTrainedModel) else model.name

@@ -7,7 +7,7 @@ from transformers import TextStreamer
 
 import kad_kernels as kk
 
-from .choices import GAMMA, LAM
+from .choices import GAMMA, LAM, Mode
 from .decoding import Decoder
 from .report import number
 from .stats import GenerationStats
@@ -15,7 +15,7 @@ from .tasks import TASKS, TEMPERATURE
 
 # (title, mode, rule) in the order they run: the two models alone, then KAD with
 # the paper's dual rule (λ = LAM), one token at a time and speculatively (γ = GAMMA).
-RUNS: tuple[tuple[str, str, kk.Rule | None], ...] = (
+RUNS: tuple[tuple[str, Mode, kk.Rule | None], ...] = (
     ("base", "base", None),
     ("aligned", "aligned", None),
     (f"kad (dual λ={LAM:g})", "kad", kk.Dual(LAM)),

@@ -60,6 +60,7 @@ def draw_from_p(p_logits: Tensor, rule: kk.Rule, temperature: float, uniforms: T
     kept = p.masked_fill(mixed.probs < p * (alpha[:, None] + 0.5), 0.0)  # p⊙(1−d)
     if temperature == 0:
         return _greedy(kept, alpha)
+    assert uniforms is not None, "a sampled draw takes its uniforms"
     needs_q = uniforms < alpha
     tokens = torch.full_like(alpha, -1, dtype=torch.long)
     rows = (~needs_q).nonzero()[:, 0]
@@ -88,4 +89,5 @@ def finish_with_q(
     if temperature == 0:  # uniforms the greedy rows ignore, rather than a draw from torch's default generator
         ignored = torch.zeros(p_logits.shape[0], device=p_logits.device, dtype=torch.float32)
         return kk.sample(p_logits, q_logits, rule, 0.0, uniforms=ignored, check=False)
+    assert draw.q_uniforms is not None  # a sampled draw has them (partial_draw)
     return kk.sample(q_logits, q_logits, ONE_MODEL, temperature, uniforms=draw.q_uniforms[rows], check=False)

@@ -4,6 +4,8 @@ that raise them (those load torch).  Each is importable from where it is raised 
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class EngineError(RuntimeError):
     """An engine could not answer (a server down, refusing or garbling, a distribution it
@@ -13,6 +15,19 @@ class EngineError(RuntimeError):
     # What was emitted before the failure: a kad.loop.Decoded (token ids, statistics), from
     # kad.Decoder.generate a kad.Generation (texts too).
     partial = None
+
+
+def partial_of(error: BaseException) -> Any:
+    """What a generation had emitted when ``error`` left it (None where nothing yet).  An
+    ``EngineError`` declares :attr:`EngineError.partial`; the ``KeyboardInterrupt`` or
+    ``torch.OutOfMemoryError`` raised out of a generation carries one the same way."""
+    return getattr(error, "partial", None)
+
+
+def keep_partial(error: BaseException, partial: object) -> None:
+    """Attach ``partial`` (read by :func:`partial_of`) to ``error``, also to an exception
+    type that declares no such attribute."""
+    setattr(error, "partial", partial)  # not `error.partial =`: KeyboardInterrupt declares none
 
 
 class DefaultPairError(RuntimeError):

@@ -110,8 +110,9 @@ def _as_current(theirs: Mapping[str, object], ours: dict, skip: tuple[str, ...])
     one is read from the directory the run resumes in), and the dtype was the base model's
     alone ("" for a served one); ``skip`` as :func:`check_resumable`'s."""
     theirs = dict(theirs)
-    if isinstance(theirs.get("base"), str) and ours["base"].endswith(" (served)"):
-        if theirs["base"].startswith(ours["base"].removesuffix(" (served)") + " at "):
+    base = theirs.get("base")
+    if isinstance(base, str) and ours["base"].endswith(" (served)"):
+        if base.startswith(ours["base"].removesuffix(" (served)") + " at "):
             theirs["base"] = ours["base"]
     for role in ("base", "aligned", "reference"):
         name = theirs.get(role)

@@ -58,7 +58,7 @@ from .engines import Engine, ServedEngine
 from .engines.arguments import checked_stop_ids
 from .engines.base import refuse_other_vocabularies, refuse_served_mixers, refuse_shared_engines
 from .engines.turns import Hold
-from .errors import ContextLengthWarning, EngineError
+from .errors import ContextLengthWarning, EngineError, keep_partial, partial_of
 from .settings import Settings
 from .stats import SERVED_COUNTERS, GenerationStats
 from .stops import StopStrings
@@ -171,12 +171,12 @@ def checked_inputs(
     """The prompts and budgets as lists of Python ints (numpy arrays and tensors too);
     ``TypeError``/``ValueError`` naming the first prompt that is not a non-empty list of
     token ids in ``[0, vocab_size)``, or budgets that are not one int ``>= 0`` per prompt."""
-    prompts, budgets = _as_list(prompts), _as_list(budgets)
-    if not isinstance(prompts, list) or not prompts:
-        raise TypeError(f"prompts must be a non-empty list of token-id lists, got {prompts!r:.80}")
-    checked = []
-    for row, prompt in enumerate(prompts):
-        prompt = _as_list(prompt)
+    rows, counts = _as_list(prompts), _as_list(budgets)
+    if not isinstance(rows, list) or not rows:
+        raise TypeError(f"prompts must be a non-empty list of token-id lists, got {rows!r:.80}")
+    checked: list[list[int]] = []
+    for row, given in enumerate(rows):
+        prompt = _as_list(given)
         if not isinstance(prompt, list):
             raise TypeError(f"prompt {row} must be a list of token ids, got {type(prompt).__name__}")
         if not prompt:
@@ -190,17 +190,17 @@ def checked_inputs(
             i, token = next((i, t) for i, t in enumerate(prompt) if not 0 <= t < vocab_size)
             raise ValueError(f"prompt {row} has token ids outside [0, {vocab_size}): {token} at position {i}")
         checked.append(prompt)
-    if not isinstance(budgets, list) or len(budgets) != len(prompts):
-        raise ValueError(f"budgets must be one per prompt ({len(prompts)}), got {budgets!r:.80}")
-    for row, budget in enumerate(budgets):
+    if not isinstance(counts, list) or len(counts) != len(rows):
+        raise ValueError(f"budgets must be one per prompt ({len(rows)}), got {counts!r:.80}")
+    for row, budget in enumerate(counts):
         if not is_count(budget):
             raise ValueError(f"the budget of prompt {row} must be an int >= 0, got {budget!r}")
-    return checked, [int(b) for b in budgets]
+    return checked, [int(b) for b in counts]
 
 
 def is_count(value: object) -> bool:
     """An int ``>= 0`` (numpy's too), not a bool."""
-    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 0
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= 0
 
 
 def _as_list(value: object) -> object:
@@ -218,7 +218,7 @@ def fit_budgets(prompts: Sequence[Sequence[int]], budgets: Sequence[int], engine
     for a prompt that leaves no room at all.  ``budgets``: Python ints (:func:`checked_inputs`)."""
     context = context_length(engines)
     if context is None:
-        return budgets
+        return list(budgets)
     limit, name = context
     fitted, cut = [], []
     for row, (prompt, budget) in enumerate(zip(prompts, budgets)):
@@ -300,7 +300,8 @@ def decode(
         # Also before any engine ran (a Ctrl-C while the extension builds or while another
         # generation holds the engines): no rows yet.
         except KEEPS_PARTIAL as error:
-            error.partial = result = loop.decoded()
+            result = loop.decoded()
+            keep_partial(error, result)
             raise
         finally:
             try:
@@ -310,8 +311,8 @@ def decode(
                 hold.wake()
         return result
     except KEEPS_PARTIAL as error:  # before the generation began (its arguments were being checked) or after
-        if getattr(error, "partial", None) is None:
-            error.partial = result
+        if partial_of(error) is None:
+            keep_partial(error, result)
         raise
 
 
@@ -326,17 +327,16 @@ def _reset_each(engines: Sequence[Engine], result: Decoded | None) -> None:
         except KEEPS_PARTIAL as error:
             interrupted = interrupted or error
     if interrupted is not None:
-        if getattr(interrupted, "partial", None) is None:
-            interrupted.partial = result
+        if partial_of(interrupted) is None:
+            keep_partial(interrupted, result)
         raise interrupted
 
 
-def _common_dtype(*logits: Tensor | None) -> list[Tensor | None]:
+def _common_dtype(p: Tensor, q: Tensor, ref: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor | None]:
     """The kernels take p, q (and ref) of one dtype: fp32 if the models' dtypes differ."""
-    dtypes = {x.dtype for x in logits if x is not None}
-    if len(dtypes) == 1:
-        return list(logits)
-    return [None if x is None else x.float() for x in logits]
+    if q.dtype == p.dtype and (ref is None or ref.dtype == p.dtype):
+        return p, q, ref
+    return p.float(), q.float(), None if ref is None else ref.float()
 
 
 # How a row of logits is broken, by the code _Loop._watch gives it (0: not broken).
@@ -409,7 +409,8 @@ class _Loop:
         """New tokens per prompt into :attr:`outputs`; fills :attr:`stats` and :attr:`row_stats`."""
         start = time.perf_counter()
         self.row_stats = [GenerationStats() for _ in prompts]
-        self.outputs = outputs = [[] for _ in prompts]
+        outputs: list[list[int]] = [[] for _ in prompts]
+        self.outputs = outputs
         self.prompts = prompts
         try:
             active = [row for row, budget in enumerate(budgets) if budget > 0]  # original indices of the batch rows
@@ -466,6 +467,7 @@ class _Loop:
         plan = self.plan
         p = self._logits(plan.target, batch)[:, -1]
         self._watch(plan.target, p)
+        alpha: Tensor | None
         if plan.draft is not None and plan.rule.mask_from_p:
             greedy = self.temperature == 0
             uniforms = None if greedy else torch.rand(p.shape[0], generator=self.generator, device=self.device,
@@ -474,10 +476,11 @@ class _Loop:
             alpha = alpha if self.track_alpha else None
         else:
             q = self._logits(plan.draft, batch)[:, -1] if plan.draft is not None else p
-            ref = self._logits(plan.reference, batch)[:, -1] if plan.reference else None
-            for engine, logits in ((plan.draft, q), (plan.reference, ref)):
-                if engine is not None:
-                    self._watch(engine, logits)
+            ref = self._logits(plan.reference, batch)[:, -1] if plan.reference is not None else None
+            if plan.draft is not None:
+                self._watch(plan.draft, q)
+            if plan.reference is not None and ref is not None:
+                self._watch(plan.reference, ref)
             p, q, ref = _common_dtype(p, q, ref)
             tokens = kk.sample(p, q, plan.rule, self.temperature, ref_logits=ref, generator=self.generator, check=False)
             alpha = self._alpha(p, q)
@@ -491,16 +494,17 @@ class _Loop:
         ``rows`` (all if None), whose p logits are ``p`` ``[N, V]``, with ``uniforms``
         ``[N]`` (None: greedy); the aligned model runs (over the whole batch) only if
         some row needs q (:mod:`kad.draw`)."""
-        plan = self.plan
+        plan, draft = self.plan, self.plan.draft
+        assert draft is not None  # q = p would need no draw of its own
         draw = draw_from_p(p, plan.rule, self.temperature, uniforms)
         undecided = draw.needs_q.nonzero()[:, 0]
         tokens = draw.tokens
         if undecided.numel():
-            q = self._logits(plan.draft, batch)[:, -1]
+            q = self._logits(draft, batch)[:, -1]
             read = torch.zeros(q.shape[0], dtype=torch.bool, device=q.device)
-            self._watch(plan.draft, q, read.index_fill(0, undecided if rows is None else rows[undecided], True))
+            self._watch(draft, q, read.index_fill(0, undecided if rows is None else rows[undecided], True))
             q = q if rows is None else q[rows]
-            p_u, q_u = _common_dtype(p[undecided], q[undecided])
+            p_u, q_u, _ = _common_dtype(p[undecided], q[undecided])
             tokens = tokens.index_put((undecided,), finish_with_q(draw, undecided, p_u, q_u, plan.rule, self.temperature))
         return tokens, draw.alpha
 
@@ -515,11 +519,12 @@ class _Loop:
         a row that accepted every draft used none of its draw uniform, which then
         draws its bonus: by :mod:`kad.draw` where the mask depends on p alone (q
         only for rows in q's branch), otherwise from π with the real q."""
-        plan = self.plan
+        plan, draft = self.plan, self.plan.draft
+        assert draft is not None  # a speculative mode drafts with its q model (_plan)
         first = batch.width  # the first draft's column; the pending token is at first - 1
         q_logits = []
         for _ in range(gamma):
-            q_i = self._logits(plan.draft, batch)[:, -1]
+            q_i = self._logits(draft, batch)[:, -1]
             q_logits.append(q_i)
             batch.append(kk.sample(q_i, q_i, ONE_MODEL, self.temperature, generator=self.generator, check=False))
         q = torch.stack(q_logits + [q_logits[-1]], dim=1)  # [B, γ+1, V]; the last position is a stand-in
@@ -537,8 +542,8 @@ class _Loop:
         # Verify reads p (and ref) and q up to each row's first rejected draft (or the bonus).
         read = torch.arange(gamma + 1, device=self.device) <= accepted[:, None]  # [B, γ+1]
         self._watch(plan.target, p, read)
-        self._watch(plan.draft, q[:, :gamma], read[:, :gamma])
-        if ref is not None:
+        self._watch(draft, q[:, :gamma], read[:, :gamma])
+        if ref is not None and plan.reference is not None:
             self._watch(plan.reference, ref, read)
         all_accepted = (accepted == gamma).nonzero()[:, 0]
         if all_accepted.numel() and plan.rule.mask_from_p:
@@ -546,8 +551,8 @@ class _Loop:
             bonus, _ = self._draw_needing_q_rarely(batch, p[all_accepted, -1], uniforms, all_accepted)
             tokens = tokens.index_put((all_accepted, torch.full_like(all_accepted, gamma)), bonus)
         elif all_accepted.numel():
-            q[:, -1] = self._logits(plan.draft, batch)[:, -1].to(q.dtype)
-            self._watch(plan.draft, q[:, -1], torch.zeros_like(accepted, dtype=torch.bool).index_fill(0, all_accepted, True))
+            q[:, -1] = self._logits(draft, batch)[:, -1].to(q.dtype)
+            self._watch(draft, q[:, -1], torch.zeros_like(accepted, dtype=torch.bool).index_fill(0, all_accepted, True))
             bonus = kk.sample(
                 p[all_accepted, -1], q[all_accepted, -1], plan.rule, self.temperature,
                 ref_logits=None if ref is None else ref[all_accepted, -1], uniforms=coins[all_accepted, gamma],
@@ -616,8 +621,9 @@ class _Loop:
         for i, row in enumerate(active):
             new = news[i]
             stop = next((j for j, t in enumerate(new) if t in self.stop_ids), None)
-            if string_ends[i] is not None and (stop is None or string_ends[i] < stop):
-                stop = string_ends[i]
+            string_end = string_ends[i]
+            if string_end is not None and (stop is None or string_end < stop):
+                stop = string_end
             if stop is not None:
                 new = new[: stop + 1]
             outputs[row].extend(new)

@@ -129,7 +129,7 @@ def load_weights(name_or_path: str, device: torch.device, dtype: str | torch.dty
     # weights of other shapes than config.json says (RuntimeError).
     except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:
         raise ModelLoadError(f"cannot load the model {name_or_path!r}: {_first_line(error)}") from None
-    return model.to(device).eval()
+    return model.to(device).eval()  # type: ignore[arg-type]  # transformers' wrapper hides Module.to's signature
 
 
 def model_tokenizer(name_or_path: str) -> PreTrainedTokenizerBase:
@@ -198,9 +198,9 @@ def resolve_engine(
             raise ModelLoadError(f"the llama.cpp engine runs on the CPU, not {str(device)!r}: drop --device")
         if not llama_cpp_installed():
             raise ModelLoadError(f"the llama.cpp engine needs llama-cpp-python: {INSTALL_HINT}")
-        other = [m for m in models if m not in gguf]
-        if other:
-            raise ModelLoadError(f"the llama.cpp engine runs GGUF files; {other[0]!r} is not one (a .gguf file)")
+        not_gguf = [m for m in models if m not in gguf]
+        if not_gguf:
+            raise ModelLoadError(f"the llama.cpp engine runs GGUF files; {not_gguf[0]!r} is not one (a .gguf file)")
     elif gguf:
         raise ModelLoadError(f"{gguf[0]!r} is a GGUF file: run it with --engine llama.cpp")
     return engine
@@ -316,9 +316,9 @@ def _checked(choice: ModelChoice) -> _Plan:
     return _Plan(engine, device, dtype)
 
 
-def _served(choice: ModelChoice, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> RemoteEngine:
-    """The served base model, its vocabulary checked against the aligned ``tokenizer``."""
-    return RemoteEngine(choice.base_url, choice.base_model, tokenizer, api_key=choice.api_key,
+def _served(choice: ModelChoice, base_url: str, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> RemoteEngine:
+    """The served base model (``choice.base_url``), its vocabulary checked against the aligned ``tokenizer``."""
+    return RemoteEngine(base_url, choice.base_model, tokenizer, api_key=choice.api_key,
                         approximate=choice.approximate, device=device)  # fmt: skip
 
 
@@ -328,8 +328,9 @@ def _in_llama_cpp(choice: ModelChoice, plan: _Plan) -> LoadedModels:
         default_pair.gguf_path(default_pair.BASE)
     given = load_tokenizer(choice.tokenizer) if choice.tokenizer is not None else None
     aligned, tokenizer = load_gguf(choice.aligned or default_pair.ALIGNED, given, choice.n_ctx)
+    base: Engine
     if choice.base_url is not None:
-        base = _served(choice, tokenizer, plan.device)
+        base = _served(choice, choice.base_url, tokenizer, plan.device)
     else:
         base = load_gguf(choice.base or default_pair.BASE, tokenizer, choice.n_ctx)[0]
     reference = load_gguf(choice.reference, tokenizer, choice.n_ctx)[0] if choice.reference else None
@@ -338,6 +339,8 @@ def _in_llama_cpp(choice: ModelChoice, plan: _Plan) -> LoadedModels:
 
 def _in_torch(choice: ModelChoice, plan: _Plan) -> LoadedModels:
     """transformers models (or the default pair's), the base model possibly served."""
+    base: PreTrainedModel | Engine
+    base_tokenizer: PreTrainedTokenizerBase | None
     if choice.base_url is None:  # the base first, as in llama.cpp
         base, base_tokenizer = load(choice.base or str(default_pair.local_path(default_pair.BASE)), plan.device, plan.dtype)
     aligned_name = choice.aligned or str(default_pair.local_path(default_pair.ALIGNED))
@@ -345,7 +348,7 @@ def _in_torch(choice: ModelChoice, plan: _Plan) -> LoadedModels:
         aligned, tokenizer = load(aligned_name, plan.device, plan.dtype)
     else:  # the server asked before the aligned weights load: a failing server fails in seconds
         tokenizer = model_tokenizer(aligned_name)
-        base, base_tokenizer = _served(choice, tokenizer, plan.device), None
+        base, base_tokenizer = _served(choice, choice.base_url, tokenizer, plan.device), None
         aligned = load_weights(aligned_name, plan.device, plan.dtype)
     reference, reference_tokenizer = load(choice.reference, plan.device, plan.dtype) if choice.reference else (None, None)
     return LoadedModels(base, aligned, tokenizer, reference, base_tokenizer, reference_tokenizer)

@@ -25,6 +25,7 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
+from .choices import Mode
 from .stats import GenerationStats
 
 FORMAT = "kad-eval/1"
@@ -41,7 +42,7 @@ class RunConfig:
     stops there)."""
 
     task: str
-    mode: str
+    mode: Mode  # --mode's choices
     rule: str | None
     lam: float | None
     gamma: int | None

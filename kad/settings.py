@@ -53,10 +53,10 @@ class Settings:
 
     def __post_init__(self) -> None:
         # numpy's numbers as Python's, so that they pass the checks and reach the kernels as ints and floats
-        for name, kind, python in (("gamma", numbers.Integral, int), ("temperature", numbers.Real, float)):
-            value = getattr(self, name)
-            if isinstance(value, kind) and not isinstance(value, (bool, python)):
-                object.__setattr__(self, name, python(value))
+        if isinstance(self.gamma, numbers.Integral) and not isinstance(self.gamma, (bool, int)):
+            object.__setattr__(self, "gamma", int(self.gamma))
+        if isinstance(self.temperature, numbers.Real) and not isinstance(self.temperature, (bool, float)):
+            object.__setattr__(self, "temperature", float(self.temperature))
 
     @property
     def speculative(self) -> bool:

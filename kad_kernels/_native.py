@@ -24,6 +24,7 @@ from torch import Tensor
 
 from . import _fake
 from ._backend import Backend, FunctionBackend, value_args
+from .rules import Kind, Param
 
 
 # Why the extension has no CUDA kernels, when it could have had them (cuda_backend's error).
@@ -91,6 +92,7 @@ def _exclusive_build(name: str) -> Iterator[None]:
     and a build that was killed (Ctrl-C, a CI timeout, OOM) leaves it, so every later
     import hung without a word.  The flock dies with its process; while this process holds
     it no other kad build runs there, so a lock file found then is stale."""
+    fcntl: types.ModuleType | None
     try:
         import fcntl
     except ImportError:  # no flock (Windows): torch's own locking alone
@@ -173,21 +175,31 @@ torch.library.register_fake("kad::native_sample")(_fake.sample)
 torch.library.register_fake("kad::native_verify")(_fake.verify)
 
 
-def _mixture(kind, param, p, q, ref, temperature) -> tuple[Tensor, Tensor, Tensor]:
+# Signatures as _backend's MixtureFn, SampleFn and VerifyFn, parameter names and defaults included (the protocols
+# FunctionBackend's fields are typed with).
+def _mixture(
+    kind: Kind, param: Param, p: Tensor, q: Tensor, ref: Tensor | None, temperature: Param
+) -> tuple[Tensor, Tensor, Tensor]:
     return torch.ops.kad.native_mixture(int(kind), *value_args(param), p, q, ref, *value_args(temperature))
 
 
-def _sample(kind, param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True) -> tuple[Tensor, Tensor]:
+def _sample(
+    kind: Kind, param: Param, p: Tensor, q: Tensor, ref: Tensor | None, temperature: Param, uniforms: Tensor | None,
+    seed: Tensor | None = None, offset: Tensor | None = None, maybe_greedy: bool = True,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     return torch.ops.kad.native_sample(
         int(kind), *value_args(param), p, q, ref, *value_args(temperature), uniforms, seed, offset
     )
 
 
 def _verify(
-    kind, param, p, q, ref, draft, temperature, accept_u, draw_u, seed, offset, maybe_greedy=True
-) -> tuple[Tensor, Tensor, Tensor]:
+    kind: Kind, param: Param, p: Tensor, q: Tensor, ref: Tensor | None, draft: Tensor, temperature: Param,
+    accept_uniforms: Tensor | None, draw_uniforms: Tensor | None, seed: Tensor | None = None,
+    offset: Tensor | None = None, maybe_greedy: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     return torch.ops.kad.native_verify(
-        int(kind), *value_args(param), p, q, ref, draft, *value_args(temperature), accept_u, draw_u, seed, offset
+        int(kind), *value_args(param), p, q, ref, draft, *value_args(temperature), accept_uniforms, draw_uniforms,
+        seed, offset,
     )
 
 

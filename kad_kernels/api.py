@@ -134,6 +134,7 @@ def sample(
     _refuse_mixed_randomness(uniforms, generator, seed, offset)
     impl, kind, param, t = _prepare(p_logits, q_logits, ref_logits, rule, temperature, 2, backend, check)
     batch, device = p_logits.shape[0], p_logits.device
+    u: Tensor | None
     if uniforms is not None:
         u = _validate.uniforms("uniforms", uniforms, (batch,), device, check)
         seed_t = offset_t = None
@@ -179,6 +180,8 @@ def verify(
     gamma = positions - 1
     _validate.draft_tokens(draft_tokens, batch, gamma, vocab, device, check)
     seed_t = offset_t = None
+    accept: Tensor | None
+    draw: Tensor | None
     if uniforms is not None:
         if not isinstance(uniforms, (tuple, list)) or len(uniforms) != 2:
             raise TypeError("uniforms must be a pair (accept [B, γ], draw [B])")

@@ -141,6 +141,7 @@ def mixture(
 ) -> tuple[Tensor, Tensor]:
     """``π_v = p_v (1 − d_v) + α q_v`` and ``α``: ``([N, V], [N])`` in fp32."""
     if kind == Kind.IMPLICIT_REWARD:
+        assert ref_logits is not None  # the rule needs_ref: _validate.logits refuses a call without them
         pi = implicit_reward(p_logits, q_logits, ref_logits, temperature)
         return pi, torch.zeros(pi.shape[0], device=pi.device, dtype=torch.float32)
     p = probs(p_logits, temperature)
@@ -198,10 +199,11 @@ def verify(
     gamma = positions - 1
     flat_t = temperature.repeat_interleave(positions)
 
-    def flat(x: Tensor | None) -> Tensor | None:
-        return None if x is None else x.reshape(batch * positions, vocab)
+    def flat(x: Tensor) -> Tensor:
+        return x.reshape(batch * positions, vocab)
 
-    pi, _ = mixture(kind, param.repeat_interleave(positions), flat(p_logits), flat(q_logits), flat(ref_logits), flat_t)
+    flat_ref = None if ref_logits is None else flat(ref_logits)
+    pi, _ = mixture(kind, param.repeat_interleave(positions), flat(p_logits), flat(q_logits), flat_ref, flat_t)
     pi = pi.view(batch, positions, vocab)
     q = probs(flat(q_logits), flat_t).view(batch, positions, vocab)
     greedy = temperature == 0

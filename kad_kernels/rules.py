@@ -174,11 +174,13 @@ class Dual(Rule):
             if mu is not None:
                 mu = _check_param("mu", mu, 0.0, math.inf)
                 lam = torch.exp(-mu) if isinstance(mu, torch.Tensor) else math.exp(-mu)
+            assert lam is not None  # given, or made from mu: exactly one of them was given
             self.param = _check_param("lam", lam, 0.0, 1.0)
             self.param_name = "lam"
         else:
             if lam is not None:
                 raise ValueError(f"the {loss} loss takes mu=, not lam")
+            assert mu is not None  # lam is None here, and exactly one of them was given
             self.param = _check_param("mu", mu, 0.0, math.inf)
             self.param_name = "mu"
 
@@ -208,7 +210,7 @@ class Nudging(Rule):
         self.param = _check_param("lam", lam, 0.0, 1.0)
 
 
-_FORM_KIND = {
+_FORM_KIND: dict[ThresholdForm, Kind] = {
     "max_q_minus": Kind.MAX_Q_MINUS,
     "max_q_plus": Kind.MAX_Q_PLUS,
     "max_p_plus": Kind.MAX_P_PLUS,
@@ -239,11 +241,16 @@ class ImplicitReward(Rule):
     needs_ref = True
 
 
+def _threshold(form: ThresholdForm) -> Callable[[Param], Rule]:
+    """The Threshold rule of ``form`` as a function of its lam (a closure per form, bound now)."""
+    return lambda alpha: Threshold(alpha, form)
+
+
 # The rule names of the authors' code, each with the rule it names for its hyper-parameter alpha.
 AUTHOR_RULES: dict[str, Callable[[Param], Rule]] = {
     "token_wise": Dual,
     "max": Nudging,
-    **{form: (lambda alpha, form=form: Threshold(alpha, form)) for form in _FORM_KIND},
+    **{form: _threshold(form) for form in _FORM_KIND},
     "token_v2": lambda alpha: Dual(mu=alpha, loss="perceptron"),
     "token_max": lambda alpha: Dual(mu=0.0, loss="zero_one"),
     "budget_lr": Primal,

@@ -20,11 +20,13 @@ import ssl
 import time
 import urllib.request
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
 from ..errors import EngineError
+
+_Error = TypeVar("_Error", bound=BaseException)
 
 
 class Retryable(Exception):
@@ -239,12 +241,14 @@ def _looked_up(url: str) -> str:
     return f"{parsed.host!r} or the proxy {proxy!r} from the environment" if proxy else repr(parsed.host)
 
 
-def _first_cause(error: BaseException, kind: type[BaseException]) -> BaseException | None:
+def _first_cause(error: BaseException, kind: type[_Error]) -> _Error | None:
     """The first exception of ``kind`` in ``error``'s chain (httpx wraps httpcore's, which wraps the socket's)."""
     seen: BaseException | None = error
-    while seen is not None and not isinstance(seen, kind):
+    while seen is not None:
+        if isinstance(seen, kind):
+            return seen
         seen = seen.__cause__ or seen.__context__
-    return seen
+    return None
 
 
 def _root(url: str) -> str:

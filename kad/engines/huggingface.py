@@ -4,6 +4,7 @@ what it does with sliding windows and recurrent layers is :mod:`.hf_layers`."""
 from __future__ import annotations
 
 import numbers
+from typing import cast
 
 import torch
 from torch import Tensor
@@ -151,4 +152,4 @@ class HFEngine:
     def select(self, rows: Tensor) -> None:
         # reorder_cache index-selects every layer's tensors, recurrent states included
         # (batch_select_indices is missing on some recurrent layers, partial on others).
-        self.cache.reorder_cache(rows.to(self.model.device))
+        self.cache.reorder_cache(cast(torch.LongTensor, rows.to(self.model.device)))  # rows: i64 [B']

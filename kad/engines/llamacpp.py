@@ -31,6 +31,7 @@ import sys
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -136,7 +137,10 @@ class LlamaCppEngine:
         check_count("n_threads", n_threads, optional=True)
         check_count("n_gpu_layers", n_gpu_layers, minimum=0)
         llama_cpp = _import_llama_cpp()
-        self._model = self._ctx = self._llama_batch = None  # what close() frees, once made
+        # llama.cpp's handles (ctypes objects): what close() frees, once made
+        self._model: Any = None
+        self._ctx: Any = None
+        self._llama_batch: Any = None
         self._lib = llama_cpp
         _Log.set(llama_cpp, verbose)
         if not isinstance(model_path, (str, os.PathLike)):
@@ -313,17 +317,17 @@ class LlamaCppEngine:
         if not self._sequences:  # nothing fed yet (an aligned model the rule has not needed): nothing to keep
             return
         self._check_open()
-        rows = rows.tolist()
-        kept = {self._sequences[r] for r in rows}
+        kept_rows: list[int] = rows.tolist()
+        kept = {self._sequences[r] for r in kept_rows}
         free = [s for s in range(self._rows_capacity) if s not in kept]
-        if len(rows) - len(kept) > len(free):  # refused before the cache is touched
-            raise ValueError(f"select keeps {len(rows)} rows, more than the {self._rows_capacity} "
+        if len(kept_rows) - len(kept) > len(free):  # refused before the cache is touched
+            raise ValueError(f"select keeps {len(kept_rows)} rows, more than the {self._rows_capacity} "
                              "sequences of this generation's llama context")  # fmt: skip
         memory = self._lib.llama_get_memory(self._ctx)
         for s in free:
             self._lib.llama_memory_seq_rm(memory, s, -1, -1)
         sequences, used = [], set()
-        for r in rows:
+        for r in kept_rows:
             sequence = self._sequences[r]
             if sequence in used:  # a row kept twice: its copy needs a sequence of its own
                 copy = free.pop()
@@ -332,7 +336,7 @@ class LlamaCppEngine:
             used.add(sequence)
             sequences.append(sequence)
         self._sequences = sequences
-        self._fed = self._fed[torch.tensor(rows, dtype=torch.long)]
+        self._fed = self._fed[torch.tensor(kept_rows, dtype=torch.long)]
 
     # ------------------------------------------------------------------ llama.cpp
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Collection
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import torch
@@ -133,10 +133,9 @@ class RemoteEngine:
         self._requests, self._waited = 0, 0.0
         try:
             self._device = torch.device(device)
-            self._stop_ids = None if stop_ids is None else checked_stop_ids(stop_ids, self._vocab_size)
+            given = None if stop_ids is None else checked_stop_ids(stop_ids, self._vocab_size)
             served = self._served_model()
-            if self._stop_ids is None:
-                self._stop_ids = _local_stop_ids(served)
+            self._stop_ids = _local_stop_ids(served) if given is None else given
             model_len = served["max_model_len"]
             # A prompt of n tokens asks for one more (max_tokens=1), which the server counts: n + 1 <= max_model_len.
             self._max_length = None if model_len is None else model_len - 1
@@ -401,12 +400,13 @@ def _parse_top_k(answer: Any, count: int, k: int, vocab_size: int) -> partial.To
             raise Retryable(f"an answer that leaves out {left_out_mass:.3g} of the mass, more than its "
                             f"{left_out} other tokens can hold at most {bound:.3g} each")  # fmt: skip
         rows[index] = row
-    width = max(len(r) for r in rows)  # type: ignore[arg-type]
+    answered = cast("list[dict[int, float]]", rows)  # count choices, each index once: every row set
+    width = max(len(r) for r in answered)
     ids = torch.full((count, width), -1, dtype=torch.long)
     logprobs = torch.full((count, width), -math.inf, dtype=torch.float32)
-    for i, row in enumerate(rows):
-        ids[i, : len(row)] = torch.tensor(list(row.keys()))  # type: ignore[union-attr]
-        logprobs[i, : len(row)] = torch.tensor(list(row.values())).clamp_max(0.0)  # type: ignore[union-attr]
+    for i, row in enumerate(answered):
+        ids[i, : len(row)] = torch.tensor(list(row.keys()))
+        logprobs[i, : len(row)] = torch.tensor(list(row.values())).clamp_max(0.0)
     return partial.TopK(ids, logprobs, k)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping, Sequence
+from typing import cast
 
 from transformers import PreTrainedTokenizerBase
 
@@ -42,7 +43,12 @@ def probe_text(tokenizer: PreTrainedTokenizerBase) -> str:
     """:data:`PROBE` as ``tokenizer`` reads it back: itself for a byte-level tokenizer;
     for a tokenizer without some of its characters, the text with its unknown token
     in their place, which the other side must then read the same way."""
-    return tokenizer.decode(tokenizer(PROBE, add_special_tokens=False).input_ids)
+    return _text(tokenizer, tokenizer(PROBE, add_special_tokens=False).input_ids)
+
+
+def _text(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
+    """``tokenizer``'s text of one sequence (``decode`` is typed for a batch too)."""
+    return cast(str, tokenizer.decode(ids))
 
 
 def vocabulary_mismatch(
@@ -64,7 +70,7 @@ def vocabulary_mismatch(
         return f"{text!r} is {_ids_from(other, first)} there but {_ids_from(local, first)} here"
     size = len(tokenizer)
     for i in sorted({0, 1, size // 3, size // 2, size - 1}):
-        theirs, ours = token_text(i), tokenizer.decode([i])
+        theirs, ours = token_text(i), _text(tokenizer, [i])
         if not _same_piece(theirs, ours):
             return f"token {i} is {theirs!r} there but {ours!r} here"
     return None

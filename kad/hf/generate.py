@@ -18,7 +18,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import Any, cast
 
 import torch
 from torch import Tensor
@@ -31,6 +32,7 @@ from ..choices import GAMMA
 from ..engines import Engine, HFEngine
 from ..engines.arguments import checked_tokenizer
 from ..engines.huggingface import checked_model, checked_vocab_size, output_logits, token_ids
+from ..errors import keep_partial, partial_of
 from ..loop import KEEPS_PARTIAL, decode, draw_device, refuse_missing_reference
 from ..settings import Settings
 from ..stats import GenerationStats
@@ -202,8 +204,8 @@ def generate(
     except KEEPS_PARTIAL as error:  # also one in the streamer's end()
         # decode's own partial; the whole result where decode had returned; None before the
         # generation began (the call being checked)
-        if getattr(error, "partial", None) is None:
-            error.partial = out
+        if partial_of(error) is None:
+            keep_partial(error, out)
         raise
 
 
@@ -245,8 +247,8 @@ def _prepared(
     settings = _settings(mode, rule, gamma, config, track_alpha)
     refuse_missing_reference(settings.checked_rule(), reference_model is not None, ": pass reference_model=")
 
-    models = {"base": model, "aligned": aligned_model, "reference": reference_model}
-    models = {role: m for role, m in models.items() if m is not None}
+    given = {"base": model, "aligned": aligned_model, "reference": reference_model}
+    models = {role: m for role, m in given.items() if m is not None}
     tokenizers = _tokenizers(models, base_tokenizer, aligned_tokenizer)
     vocab_size = _shared_vocab_size(models, tokenizers, vocab_size)
     engines = {role: m if isinstance(m, Engine) else HFEngine(m, vocab_size) for role, m in models.items()}
@@ -275,7 +277,7 @@ def _generate_call(model: PreTrainedModel) -> Mapping[str, Any]:
     after it has already put the prompt to the streamer.  Reading them from the
     caller keeps the streamer fed and lets an ``assistant_model`` be refused
     rather than ignored.  Empty if no such frame is found."""
-    frame = sys._getframe(2)
+    frame: FrameType | None = sys._getframe(2)
     for _ in range(8):
         if frame is None:
             break
@@ -364,8 +366,9 @@ def _tokenizers(
     models on this machine (no download), else None."""
     tokenizers = {"base": base_tokenizer, "aligned": aligned_tokenizer}
     for role in tokenizers:
-        if tokenizers[role] is None and isinstance(models[role], PreTrainedModel):
-            tokenizers[role] = local_tokenizer(models[role].name_or_path)
+        model = models[role]
+        if tokenizers[role] is None and isinstance(model, PreTrainedModel):
+            tokenizers[role] = local_tokenizer(model.name_or_path)
     return tokenizers
 
 
@@ -430,11 +433,11 @@ def _pad_id(config: GenerationConfig) -> int:
     return pad[0] if pad else eos[0] if eos else 0
 
 
-def _sequences(input_ids: Tensor, new_tokens: list[list[int]], pad_id: int) -> Tensor:
+def _sequences(input_ids: Tensor, new_tokens: list[list[int]], pad_id: int) -> torch.LongTensor:
     """i64 ``[B, L + n]`` (as transformers' own decoding returns, whatever the prompt's
     integer dtype): the prompts as given, then each row's new tokens, padded on the right."""
     width = max(len(t) for t in new_tokens)
     new = torch.full((len(new_tokens), width), pad_id, dtype=torch.long)
     for row, tokens in enumerate(new_tokens):
         new[row, : len(tokens)] = torch.tensor(tokens, dtype=torch.long)
-    return torch.cat([input_ids.long(), new.to(input_ids.device)], dim=1)
+    return cast(torch.LongTensor, torch.cat([input_ids.long(), new.to(input_ids.device)], dim=1))

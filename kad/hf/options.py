@@ -8,6 +8,7 @@ rather than the class transformers built from it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 from transformers import LogitsProcessor
@@ -48,8 +49,8 @@ _OPTION_VALUE = {"EncoderRepetitionPenaltyLogitsProcessor": lambda penalty: 1 / 
 # Processors transformers builds even from an option's neutral value, and when they leave every
 # score as it is: (processor, the prompt's width L) -> bool.  A min_length counts the prompt, and
 # the processor masks EOS only while the row is shorter, so one ≤ L never acts (min_new_tokens=0
-# arrives as min_length = L).
-_NEUTRAL: dict[str, Callable[[LogitsProcessor, int], bool]] = {
+# arrives as min_length = L).  Keyed by class name, so each reads its own class's attributes (Any).
+_NEUTRAL: dict[str, Callable[[Any, int], bool]] = {
     "MinLengthLogitsProcessor": lambda processor, width: processor.min_length <= width,
     "MinNewTokensLengthLogitsProcessor": lambda processor, width: processor.min_new_tokens <= 0,
     "MinPLogitsWarper": lambda processor, width: processor.min_p <= 0,

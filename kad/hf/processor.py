@@ -22,7 +22,7 @@ import numbers
 import sys
 import warnings
 from types import FrameType
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import Tensor
@@ -32,6 +32,7 @@ from transformers import (
     LogitsProcessorList,
     PreTrainedModel,
     PreTrainedTokenizerBase,
+    TemperatureLogitsWarper,
 )
 
 import kad_kernels as kk
@@ -48,6 +49,8 @@ from .tokenizers import check_once, local_tokenizer
 # log_softmax changes neither the base scores' π (a per-row shift of p_logits) nor
 # log π (already normalized): renormalize_logits=True is harmless before or after.
 _HARMLESS = {"LogitNormalization"}
+# A tokenizer and how an error names it ("the tokenizer (tokenizer=)").
+_Named = tuple[str, PreTrainedTokenizerBase]
 
 
 class KADLogitsProcessor(LogitsProcessor):
@@ -156,26 +159,27 @@ class KADLogitsProcessor(LogitsProcessor):
             if vocab_size is not None and vocab_size != len(tokenizer):
                 raise ValueError(f"vocab_size={vocab_size} but the tokenizer has {len(tokenizer)} tokens")
             vocab_size = len(tokenizer)
-        self.engine = _engine(aligned_model)
+        self.engine: Engine = _engine(aligned_model)
         # The tokenizers whose vocabularies must agree: the aligned model's own, and the shared one (given, or
         # the base model's, found in generate's frame).
         own = local_tokenizer(aligned_model.name_or_path) if isinstance(aligned_model, PreTrainedModel) else None
-        self._aligned_tokenizer = (f"the aligned model {aligned_model.name_or_path!r}", own) if own else None
-        self._tokenizer = ("the tokenizer (tokenizer=)", tokenizer) if tokenizer is not None else None
+        self._aligned_tokenizer: _Named | None = (f"the aligned model {aligned_model.name_or_path!r}", own) if own else None
+        self._tokenizer: _Named | None = ("the tokenizer (tokenizer=)", tokenizer) if tokenizer is not None else None
         self._check_vocabularies(self._tokenizer)
         if vocab_size is not None and vocab_size > self.engine.vocab_size:
             raise ValueError(
                 f"the aligned model has {self.engine.vocab_size} output logits, "
                 f"fewer than the vocabulary's {vocab_size} tokens (vocab_size)"
             )
-        self.rule = rule
-        self.temperature = temperature
-        self.vocab_size = vocab_size
-        self.pad_token_id = pad_token_id
+        self.rule: kk.Rule = rule
+        self.temperature: float = temperature
+        self.vocab_size: int | None = vocab_size
+        self.pad_token_id: int | None = pad_token_id
         self._batch: Batch | None = None
         self._previous: Tensor | None = None  # the last call's input_ids [B, L]
         self._processors: LogitsProcessorList | None = None  # the list of the last call's generate
-        self._longest, self._warned = 0, False  # the longest row's positions; ContextLengthWarning given
+        self._longest: int = 0  # the longest row's positions
+        self._warned: bool = False  # ContextLengthWarning given
 
     def reset(self) -> None:
         """Drop the aligned model's cache (the next call starts a new generation)."""
@@ -187,20 +191,20 @@ class KADLogitsProcessor(LogitsProcessor):
         call = _generate_call(sys._getframe(1), self)
         with torch.no_grad():
             q_logits = self._aligned_logits(input_ids, call)
-            return self._log_mixture(scores, q_logits)
+            return cast(torch.FloatTensor, self._log_mixture(scores, q_logits))
 
     # ------------------------------------------------------------------ the aligned model
 
     def _aligned_logits(self, input_ids: Tensor, call: _GenerateCall | None) -> Tensor:
         """The aligned model's logits after each row's tokens, ``[B, V_aligned]``."""
         processors = call.processors if call is not None else None
-        if self._continues(input_ids, processors):
+        if self._continues(input_ids, processors) and self._batch is not None:  # (set with _previous)
             self._batch.append(input_ids[:, -1].to(self._batch.tokens.device))
             self._longest += 1
         else:
             if call is not None:
                 _refuse_unsupported(call, self, prompt_width=input_ids.shape[1])
-            self._start(input_ids, call)
+            self._batch = self._start(input_ids, call)
         self._previous, self._processors = input_ids.clone(), processors
         limit = self.engine.max_length
         if limit is not None and self._longest > limit and not self._warned:
@@ -225,7 +229,7 @@ class KADLogitsProcessor(LogitsProcessor):
             and torch.equal(input_ids[:, :-1], previous)
         )
 
-    def _start(self, input_ids: Tensor, call: _GenerateCall | None) -> None:
+    def _start(self, input_ids: Tensor, call: _GenerateCall | None) -> Batch:
         """A new generation: reset the cache, lay out each row's real tokens (the batch
         left-pads them itself), and check the padding against generate's mask."""
         if input_ids.shape[1] == 0:
@@ -246,10 +250,10 @@ class KADLogitsProcessor(LogitsProcessor):
         if call is not None and call.config is not None and call.config.max_length is not None:
             self._check_context(max(map(len, prompts)), call.config.max_length - input_ids.shape[1])
         self.engine.reset()
-        self._batch = Batch(prompts, self.engine.device)
         self._longest, self._warned = max(len(p) for p in prompts), False  # positions of the longest row
+        return Batch(prompts, self.engine.device)
 
-    def _check_vocabularies(self, shared: tuple[str, PreTrainedTokenizerBase] | None) -> None:
+    def _check_vocabularies(self, shared: _Named | None) -> None:
         """``ValueError`` naming both if the ``(name, tokenizer)`` pair ``shared`` and the aligned
         model's own tokenizer (where each is known) map a token to different ids."""
         if shared is not None and self._aligned_tokenizer is not None:
@@ -323,7 +327,8 @@ class KADLogitsProcessor(LogitsProcessor):
 
 def _engine(model: PreTrainedModel | Engine) -> Engine:
     """The aligned model behind the engine protocol: its cache over a :class:`~kad.batch.Batch`."""
-    if isinstance(checked_model("aligned_model", model), PreTrainedModel):
+    model = checked_model("aligned_model", model)
+    if isinstance(model, PreTrainedModel):
         return HFEngine(model)  # every logit: V is cut per call
     refuse_served_mixers({"aligned": model})
     return model
@@ -350,7 +355,9 @@ def _generate_call(frame: FrameType | None, processor: KADLogitsProcessor) -> _G
     holding every processor of the call), which the decoding method (``_sample``,
     ``_beam_search``, ...) calls with ``generation_config`` and ``model_kwargs`` as
     locals.  Anything else calling (the user, another framework) gives None."""
-    processors = frame.f_locals.get("self") if frame is not None else None
+    if frame is None:
+        return None
+    processors = frame.f_locals.get("self")
     if not isinstance(processors, LogitsProcessorList) or not any(p is processor for p in processors):
         return None
     method = frame.f_back
@@ -410,7 +417,7 @@ def _refusal(processor: LogitsProcessor, where: str) -> str:
     if option == "temperature":
         return (
             f"{setting(processor)} in generate {where} KADLogitsProcessor tempers log π into π^(1/T), not KAD at T: "
-            f"pass temperature={processor.temperature!r} to KADLogitsProcessor instead and leave generate's at 1"
+            f"pass temperature={cast(TemperatureLogitsWarper, processor).temperature!r} to KADLogitsProcessor instead and leave generate's at 1"
         )
     if option == "top_k":
         return (

@@ -50,7 +50,7 @@ class Launch:
     name: str
     grid: tuple[int, ...]
     num_warps: int
-    kernel: object  # triton.compiler.CompiledKernel
+    kernel: triton.compiler.CompiledKernel
 
     @property
     def programs(self) -> int:
@@ -111,9 +111,9 @@ def operation(op: str, kind: Kind, batch: int, vocab: int, dtype: torch.dtype, *
     shape = (batch, vocab) if op != "verify" else (batch, gamma + 1, vocab)
     p, q = torch.zeros(shape, dtype=dtype), torch.zeros(shape, dtype=dtype)
     ref = torch.zeros(shape, dtype=dtype) if kind == Kind.IMPLICIT_REWARD else None
-    param, temp = 0.5, temperature
-    if per_row:
-        param, temp = torch.full((batch,), param), torch.full((batch,), temp)
+    value = 0.5
+    param: float | torch.Tensor = torch.full((batch,), value) if per_row else value
+    temp: float | torch.Tensor = torch.full((batch,), temperature) if per_row else temperature
     seed = offset = torch.zeros(1, dtype=torch.int64)
     if op == "mixture":
         return lambda: mixture.mixture(kind, param, p, q, ref, temp)

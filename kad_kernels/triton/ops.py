@@ -13,7 +13,7 @@ from torch import Tensor
 
 from .. import _fake
 from .._backend import value_args
-from ..rules import Kind
+from ..rules import Kind, Param
 from . import mixture as _mixture
 from . import sample as _sample
 from . import verify as _verify
@@ -23,12 +23,11 @@ def _given(values: Optional[Tensor], value: float) -> Tensor | float:
     return values if values is not None else value
 
 
-def _same_strides(p: Tensor, *others: Optional[Tensor]) -> tuple[Tensor, ...]:
+def _same_strides(p: Tensor, q: Tensor, ref: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:
     """The kernels address p, q and ref with p's strides: copy in the rare case they differ."""
-    tensors = (p, *others)
-    if all(t is None or t.stride() == p.stride() for t in others):
-        return tensors
-    return tuple(None if t is None else t.contiguous() for t in tensors)
+    if q.stride() == p.stride() and (ref is None or ref.stride() == p.stride()):
+        return p, q, ref
+    return p.contiguous(), q.contiguous(), None if ref is None else ref.contiguous()
 
 
 @torch.library.custom_op("kad::triton_mixture", mutates_args=())
@@ -108,19 +107,28 @@ def _verify_op(
 _verify_op.register_fake(_fake.verify)
 
 
-def mixture_op(kind, param, p, q, ref, temperature):
+# Signatures as _backend's MixtureFn, SampleFn and VerifyFn, parameter names and defaults included (the protocols
+# FunctionBackend's fields are typed with).
+def mixture_op(
+    kind: Kind, param: Param, p: Tensor, q: Tensor, ref: Tensor | None, temperature: Param
+) -> tuple[Tensor, Tensor, Tensor]:
     return _mixture_op(int(kind), *value_args(param), p, q, ref, *value_args(temperature))
 
 
-def sample_op(kind, param, p, q, ref, temperature, uniforms, seed, offset, maybe_greedy=True):
+def sample_op(
+    kind: Kind, param: Param, p: Tensor, q: Tensor, ref: Tensor | None, temperature: Param, uniforms: Tensor | None,
+    seed: Tensor | None = None, offset: Tensor | None = None, maybe_greedy: bool = True,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
     return _sample_op(
         int(kind), *value_args(param), p, q, ref, *value_args(temperature), uniforms, seed, offset, maybe_greedy
     )
 
 
 def verify_op(
-    kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms, seed, offset, maybe_greedy=True
-):
+    kind: Kind, param: Param, p: Tensor, q: Tensor, ref: Tensor | None, draft: Tensor, temperature: Param,
+    accept_uniforms: Tensor | None, draw_uniforms: Tensor | None, seed: Tensor | None = None,
+    offset: Tensor | None = None, maybe_greedy: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     return _verify_op(
         int(kind), *value_args(param), p, q, ref, draft, *value_args(temperature), accept_uniforms, draw_uniforms, seed,
         offset, maybe_greedy,
