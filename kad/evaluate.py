@@ -24,9 +24,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import cast
 
 import kad_kernels as kk
 
+from .choices import Mode
 from .decoding import Decoder, build_rule
 from .engines import Engine, ServedEngine
 from .errors import ContextLengthWarning
@@ -80,6 +82,11 @@ def _model_name(engine: Engine) -> str:
     if isinstance(engine, ServedEngine) and isinstance(model, str):
         return f"{model} (served)"
     return model_name(engine.name)
+
+
+def _mode(config: RunConfig) -> Mode:
+    # A str in RunConfig (kad.results reads its fields' types at run time), one of --mode's choices.
+    return cast("Mode", config.mode)
 
 
 def model_name(name: str) -> str:
@@ -181,7 +188,7 @@ def _context_cuts(
     batch, by row).
     ``ValueError`` naming the first item whose prompt fills the context, before any of them
     runs: met inside a batch, it would stop the run there for good."""
-    settings = Settings(config.mode, rule, config.gamma or 1, config.temperature)
+    settings = Settings(_mode(config), rule, config.gamma or 1, config.temperature)
     engines = engines_used(decoder.engines, settings)
     context = context_length(engines)
     if context is None or config.max_new_tokens == 0:
@@ -257,7 +264,7 @@ def evaluate(
             warnings.simplefilter("ignore", ContextLengthWarning)
             out = decoder.generate(
                 [prompts[index] for index in range(first, first + len(batch))],
-                config.mode,
+                _mode(config),
                 rule,
                 gamma=config.gamma or 1,
                 temperature=config.temperature,

@@ -25,7 +25,6 @@ import typing
 from dataclasses import dataclass
 from pathlib import Path
 
-from .choices import Mode
 from .stats import GenerationStats
 
 FORMAT = "kad-eval/1"
@@ -42,7 +41,7 @@ class RunConfig:
     stops there)."""
 
     task: str
-    mode: Mode  # --mode's choices
+    mode: str
     rule: str | None
     lam: float | None
     gamma: int | None
