@@ -18,7 +18,9 @@ import importlib as _importlib
 import importlib.util as _importlib_util
 import pkgutil as _pkgutil
 import sys as _sys
+from types import ModuleType as _ModuleType
 from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 # The decoding extra's packages kad's modules import (matplotlib only in `kad plot`), checked
 # on load: without one, `kad` would end in a bare ModuleNotFoundError from deep inside an import.
@@ -77,7 +79,7 @@ __all__ = [  # the keys of _HOMES (tests/test_cli_start.py)
 _SUBMODULES = frozenset(module.name for module in _pkgutil.iter_modules(__path__))
 
 
-def __getattr__(name: str):
+def __getattr__(name: str) -> _Any:
     if name in _SUBMODULES:
         return _imported(f"{__name__}.{name}")  # sets the attribute
     if name not in _HOMES:
@@ -87,7 +89,7 @@ def __getattr__(name: str):
     return value
 
 
-def _imported(module: str):
+def _imported(module: str) -> _ModuleType:
     """``module``, imported; an AttributeError raised inside its import (a package of another
     version) as an ImportError: from ``__getattr__`` it would read as a name kad lacks."""
     try:

@@ -24,6 +24,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from .choices import DTYPES, ENGINES, GAMMA, LAM, MODES, RULES, SYSTEM_PROMPT
 from .errors import ContextLengthWarning, DefaultPairError, EngineError
@@ -198,7 +199,10 @@ def add_demo(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=_in_commands("demo"))
 
 
-def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+def _show_warning(
+    message: Warning | str, category: type[Warning], filename: str, lineno: int, file: TextIO | None = None,
+    line: str | None = None,
+) -> None:  # fmt: skip
     """kad's own warnings (a row cut at the context length) as one line; others as usual."""
     if issubclass(category, ContextLengthWarning):
         print(f"kad: warning: {message}", file=sys.stderr)
@@ -212,7 +216,10 @@ class _Versions(argparse.Action):
     def __init__(self, option_strings: Sequence[str], dest: str, help: str | None = None) -> None:
         super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
 
-    def __call__(self, parser, namespace, values, option_string=None) -> None:
+    def __call__(
+        self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+        option_string: str | None = None,
+    ) -> None:  # fmt: skip
         import torch
         import transformers
 

@@ -529,7 +529,7 @@ class _Loop:
             batch.append(kk.sample(q_i, q_i, ONE_MODEL, self.temperature, generator=self.generator, check=False))
         q = torch.stack(q_logits + [q_logits[-1]], dim=1)  # [B, γ+1, V]; the last position is a stand-in
         p = self._logits(plan.target, batch, keep=gamma + 1)
-        ref = self._logits(plan.reference, batch, keep=gamma + 1) if plan.reference else None
+        ref = self._logits(plan.reference, batch, keep=gamma + 1) if plan.reference is not None else None
         p, q, ref = _common_dtype(p, q, ref)
         rows = p.shape[0]
         coins = torch.rand(rows, gamma + 1, generator=self.generator, device=self.device, dtype=torch.float32)

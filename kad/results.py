@@ -22,6 +22,7 @@ import reprlib
 import stat
 import tempfile
 import typing
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -106,7 +107,7 @@ _JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "an inte
                bool: "true or false", type(None): "null"}  # fmt: skip
 
 
-def _records(result: dict):
+def _records(result: dict) -> Iterator[tuple[str, typing.Any, dict[str, typing.Any]]]:
     """``(where, record, fields)`` of a result, outside in: consumed lazily, a record is
     reached only once the one holding it has been found to be an object."""
     yield "", result, _TOP_FIELDS

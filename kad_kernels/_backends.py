@@ -43,25 +43,38 @@ def _as_tensors(param: Param, temperature: Param, p: Tensor) -> tuple[Tensor, Te
     return as_rows(param, p.shape[0], p.device), as_rows(temperature, p.shape[0], p.device)
 
 
-def _torch_mixture(kind, param, p, q, ref, temperature):
-    param, temperature = _as_tensors(param, temperature, p)
-    probs, alpha = reference.mixture(kind, param, p, q, ref, temperature)
+# Signatures as _backend's MixtureFn, SampleFn and VerifyFn; the reference draws from the uniforms it is given
+# (never philox_in_kernel: seed and offset stay None).
+def _torch_mixture(
+    kind: Kind, param: Param, p: Tensor, q: Tensor, ref: Tensor | None, temperature: Param
+) -> tuple[Tensor, Tensor, Tensor]:
+    param_rows, temperature_rows = _as_tensors(param, temperature, p)
+    probs, alpha = reference.mixture(kind, param_rows, p, q, ref, temperature_rows)
     return probs, alpha, _flags(p, q, ref)
 
 
-def _torch_sample(kind, param, p, q, ref, temperature, uniforms, seed=None, offset=None, maybe_greedy=True):
-    param, temperature = _as_tensors(param, temperature, p)
-    tokens = reference.sample(kind, param, p, q, ref, temperature, uniforms)
+def _torch_sample(
+    kind: Kind, param: Param, p: Tensor, q: Tensor, ref: Tensor | None, temperature: Param, uniforms: Tensor | None,
+    seed: Tensor | None = None, offset: Tensor | None = None, maybe_greedy: bool = True,
+) -> tuple[Tensor, Tensor]:  # fmt: skip
+    assert uniforms is not None  # not philox_in_kernel: the API draws them
+    param_rows, temperature_rows = _as_tensors(param, temperature, p)
+    tokens = reference.sample(kind, param_rows, p, q, ref, temperature_rows, uniforms)
     return tokens, _flags(p, q, ref)
 
 
 def _torch_verify(
-    kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms,
-    seed=None, offset=None, maybe_greedy=True,
-):
-    param, temperature = _as_tensors(param, temperature, p)
-    tokens, accepted = reference.verify(kind, param, p, q, ref, draft, temperature, accept_uniforms, draw_uniforms)
-    flags = _flags(*(None if x is None else x.flatten(0, 1) for x in (p, q, ref))).view(p.shape[:2])
+    kind: Kind, param: Param, p: Tensor, q: Tensor, ref: Tensor | None, draft: Tensor, temperature: Param,
+    accept_uniforms: Tensor | None, draw_uniforms: Tensor | None, seed: Tensor | None = None,
+    offset: Tensor | None = None, maybe_greedy: bool = True,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
+    assert accept_uniforms is not None and draw_uniforms is not None  # not philox_in_kernel: the API draws them
+    param_rows, temperature_rows = _as_tensors(param, temperature, p)
+    tokens, accepted = reference.verify(
+        kind, param_rows, p, q, ref, draft, temperature_rows, accept_uniforms, draw_uniforms
+    )
+    flat_ref = None if ref is None else ref.flatten(0, 1)
+    flags = _flags(p.flatten(0, 1), q.flatten(0, 1), flat_ref).view(p.shape[:2])
     return tokens, accepted, flags
 
 

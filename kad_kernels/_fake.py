@@ -9,9 +9,12 @@ import torch
 from torch import Tensor
 
 
+# The custom ops' arguments: the rule kind as an int, param and temperature each as
+# (f32 [B] tensor or None, the one float otherwise) (_backend.value_args).
 def mixture(
-    kind, param, param_value, p: Tensor, q, ref, temperature, temperature_value
-) -> tuple[Tensor, Tensor, Tensor]:
+    kind: int, param: Tensor | None, param_value: float, p: Tensor, q: Tensor, ref: Tensor | None,
+    temperature: Tensor | None, temperature_value: float,
+) -> tuple[Tensor, Tensor, Tensor]:  # fmt: skip
     """probs f32 [N, V], alpha f32 [N], flags i32 [N]."""
     batch, vocab = p.shape
     return (
@@ -22,8 +25,9 @@ def mixture(
 
 
 def sample(
-    kind, param, param_value, p: Tensor, q, ref, temperature, temperature_value, uniforms, seed, offset,
-    maybe_greedy=True,
+    kind: int, param: Tensor | None, param_value: float, p: Tensor, q: Tensor, ref: Tensor | None,
+    temperature: Tensor | None, temperature_value: float, uniforms: Tensor | None, seed: Tensor | None,
+    offset: Tensor | None, maybe_greedy: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """tokens i64 [N], flags i32 [N]."""
     batch = p.shape[0]
@@ -31,8 +35,9 @@ def sample(
 
 
 def verify(
-    kind, param, param_value, p: Tensor, q, ref, draft, temperature, temperature_value, accept_uniforms, draw_uniforms,
-    seed, offset, maybe_greedy=True,
+    kind: int, param: Tensor | None, param_value: float, p: Tensor, q: Tensor, ref: Tensor | None, draft: Tensor,
+    temperature: Tensor | None, temperature_value: float, accept_uniforms: Tensor | None,
+    draw_uniforms: Tensor | None, seed: Tensor | None, offset: Tensor | None, maybe_greedy: bool = True,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """tokens i64 [B, γ+1], num_accepted i64 [B], flags i32 [B, γ+1]."""
     batch, positions, _ = p.shape

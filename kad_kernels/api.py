@@ -11,7 +11,7 @@ from torch import Tensor
 from . import _validate
 from ._backends import Backend, philox_draws, resolve
 from ._random import as_int64_scalar
-from .rules import Rule
+from .rules import Kind, Param, Rule
 
 
 class Mixture(NamedTuple):
@@ -43,7 +43,10 @@ def resolve_backend(rule: Rule, device: torch.device | str, backend: str = "auto
     return resolve(backend, device, rule.kind).name
 
 
-def _prepare(p_logits, q_logits, ref_logits, rule: Rule, temperature, ndim: int, backend: str, check: bool):
+def _prepare(
+    p_logits: Tensor, q_logits: Tensor, ref_logits: Tensor | None, rule: Rule, temperature: float | Tensor, ndim: int,
+    backend: str, check: bool,
+) -> tuple[Backend, Kind, Param, Param]:  # fmt: skip
     _validate.logits(p_logits, q_logits, ref_logits, rule, ndim)
     _validate.backend_name(backend)
     batch, device = p_logits.shape[0], p_logits.device
@@ -83,7 +86,7 @@ def _maybe_greedy(temperature: float | Tensor) -> bool:
     return isinstance(temperature, Tensor) or temperature == 0
 
 
-def _refuse_mixed_randomness(uniforms, generator, seed, offset) -> None:
+def _refuse_mixed_randomness(uniforms: object, generator: object, seed: object, offset: object) -> None:
     if uniforms is not None and (generator is not None or seed is not None or offset is not None):
         raise ValueError("uniforms fixes the randomness: do not also pass generator, seed or offset")
 

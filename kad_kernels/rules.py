@@ -12,7 +12,7 @@ import math
 import numbers
 from collections.abc import Callable
 from enum import IntEnum
-from typing import Literal, Union
+from typing import Any, Literal, Union
 
 import torch
 
@@ -87,7 +87,7 @@ def _hashable(value: object) -> object:
 class _RuleType(type):
     """Marks a rule built when its constructor returns; :meth:`Rule.__setattr__` then refuses."""
 
-    def __call__(cls, *args, **kwargs):
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         rule = super().__call__(*args, **kwargs)
         object.__setattr__(rule, "_built", True)
         return rule

@@ -25,9 +25,10 @@ MiniMax) or take no ``cache`` argument are refused.
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 
 from torch import Tensor
-from transformers import PreTrainedModel
+from transformers import PretrainedConfig, PreTrainedModel
 from transformers.cache_utils import get_layer_types_and_kwargs
 
 # Layers whose cache the engine can crop to a column and whose masks honour holes.
@@ -60,7 +61,7 @@ class ModelLayers:
         self.attention_free = set(self.types) <= _ATTENTION_FREE
         self.no_drafts = self._no_drafts(config)
 
-    def _no_drafts(self, config) -> str | None:
+    def _no_drafts(self, config: PretrainedConfig) -> str | None:
         """Why the model cannot take speculative drafts (its layers), or ``None``."""
         others = sorted(set(self.types) - _CROPPABLE)
         if others:
@@ -72,13 +73,13 @@ class ModelLayers:
         return None
 
 
-def window_by_position(positions: Tensor, window: int):
+def window_by_position(positions: Tensor, window: int) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
     """A transformers mask function: query column ``q`` sees key column ``kv`` of row ``b``
     when ``kv`` is not later and at most ``window − 1`` real tokens earlier (``positions``
     i64 ``[B, W]``: the batch's position ids).  OR-ed with transformers' sliding mask
     (by column, never wider) and AND-ed with the padding mask, it windows by real tokens."""
 
-    def sees(batch_idx, head_idx, q_idx, kv_idx):
+    def sees(batch_idx: Tensor, head_idx: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
         return (kv_idx <= q_idx) & (positions[batch_idx, q_idx] - positions[batch_idx, kv_idx] < window)
 
     return sees

@@ -31,11 +31,13 @@ import sys
 import threading
 import warnings
 from pathlib import Path
-from typing import Any
+from types import ModuleType
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from ..batch import Batch
 from ..errors import ContextLengthWarning, EngineError
@@ -58,7 +60,7 @@ def check_n_ctx(n_ctx: int | None) -> None:
     check_count("n_ctx", n_ctx, maximum=(2**32 - 1) // MAX_ROWS, optional=True)
 
 
-def _import_llama_cpp():
+def _import_llama_cpp() -> ModuleType:
     try:
         import llama_cpp
     except ImportError as error:
@@ -78,7 +80,7 @@ class _Log:
     _made = threading.Lock()
 
     @classmethod
-    def set(cls, llama_cpp, verbose: bool) -> None:
+    def set(cls, llama_cpp: ModuleType, verbose: bool) -> None:
         cls.logger.setLevel(logging.DEBUG if verbose else logging.ERROR)  # as llama_cpp.Llama sets it
         with cls._made:
             if cls.callback is None:
@@ -92,7 +94,7 @@ class _Log:
             sys.stderr.flush()
 
 
-def _amx_kernels(llama_cpp) -> bool:
+def _amx_kernels(llama_cpp: ModuleType) -> bool:
     """Whether this llama.cpp build has its AMX matrix kernels (llama.cpp's system info)."""
     return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
@@ -122,7 +124,7 @@ class LlamaCppEngine:
     def __init__(
         self,
         model_path: str | Path,
-        tokenizer=None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
         *,
         n_ctx: int | None = None,
         n_threads: int | None = None,
@@ -131,7 +133,7 @@ class LlamaCppEngine:
         kv_unified: bool = False,
         extra_buffers: bool | None = None,
         verbose: bool = False,
-    ):
+    ) -> None:
         check_n_ctx(n_ctx)
         check_count("n_batch", n_batch)
         check_count("n_threads", n_threads, optional=True)
@@ -226,11 +228,11 @@ class LlamaCppEngine:
             lib.llama_model_free(self._model)
             self._model = None
 
-    def __del__(self):  # no generation holds an engine being collected: no turn to wait for
+    def __del__(self) -> None:  # no generation holds an engine being collected: no turn to wait for
         if hasattr(self, "_lib"):
             self._free()
 
-    def __reduce__(self):
+    def __reduce__(self) -> NoReturn:
         raise TypeError(
             f"a LlamaCppEngine ({self.name}) holds llama.cpp's model and context, which cannot be pickled or "
             "copied: make another LlamaCppEngine from the same file"
@@ -427,7 +429,7 @@ class LlamaCppEngine:
         count = self._lib.llama_token_to_piece(self._vocab, token, buffer, len(buffer), 0, True)
         return buffer.raw[:count].decode(errors="replace") if count >= 0 else None
 
-    def _check_vocabulary(self, tokenizer) -> None:
+    def _check_vocabulary(self, tokenizer: PreTrainedTokenizerBase) -> None:
         mismatch = vocabulary_mismatch(tokenizer, self._tokenize, self._token_text)
         if mismatch is not None:
             raise ValueError(

@@ -250,8 +250,9 @@ class KADLogitsProcessor(LogitsProcessor):
         if call is not None and call.config is not None and call.config.max_length is not None:
             self._check_context(max(map(len, prompts)), call.config.max_length - input_ids.shape[1])
         self.engine.reset()
+        batch = Batch(prompts, self.engine.device)
         self._longest, self._warned = max(len(p) for p in prompts), False  # positions of the longest row
-        return Batch(prompts, self.engine.device)
+        return batch
 
     def _check_vocabularies(self, shared: _Named | None) -> None:
         """``ValueError`` naming both if the ``(name, tokenizer)`` pair ``shared`` and the aligned

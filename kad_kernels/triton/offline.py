@@ -24,7 +24,7 @@ import re
 import subprocess
 import tempfile
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 from unittest import mock
 
 import torch
@@ -65,7 +65,7 @@ def compile_launches(call: Callable[[], object], target: GPUTarget = HOPPER,
     backend = CUDABackend(target)
     launches: list[Launch] = []
 
-    def run(fn: JITFunction, *args, grid, warmup, **kwargs):
+    def run(fn: JITFunction, *args: Any, grid: Any, warmup: bool, **kwargs: Any) -> None:
         binder = create_function_from_signature(fn.signature, fn.params, backend)
         bound, specialization, options = binder(*args, **kwargs)
         options, signature, constexprs, attrs = _pack_args(fn, backend, kwargs, bound, specialization, options)
@@ -80,7 +80,10 @@ def compile_launches(call: Callable[[], object], target: GPUTarget = HOPPER,
     return launches
 
 
-def _pack_args(fn: JITFunction, backend, kwargs, bound, specialization, options):
+def _pack_args(
+    fn: JITFunction, backend: CUDABackend, kwargs: dict[str, Any], bound: dict[str, Any], specialization: list[Any],
+    options: Any,
+) -> tuple[Any, dict[str, str], dict[Any, Any], dict[Any, Any]]:  # fmt: skip
     """(options, signature, constexprs, attrs) of a bound launch, as ``JITFunction.run``
     makes them before it compiles (``JITFunction._pack_args`` from triton 3.5 on)."""
     if hasattr(fn, "_pack_args"):

@@ -8,11 +8,13 @@ with kad's decoding method, so the generation config is prepared exactly as for
 package (``kad/hf/generate.py``), pinned in ``requirements.txt``.
 """
 
+from typing import Any
+
 import kad.hf
 from transformers import GenerationMixin
 
 
-def generate(model, *args, **kwargs):
+def generate(model: Any, *args: Any, **kwargs: Any) -> Any:
     """``model.generate(*args, **kwargs)`` decoded by :func:`kad.hf.generate`
     (needs ``aligned_model=`` and ``rule=``; see README.md)."""
     return GenerationMixin.generate(model, *args, custom_generate=kad.hf.generate, **kwargs)
