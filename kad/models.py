@@ -316,7 +316,9 @@ def _checked(choice: ModelChoice) -> _Plan:
     return _Plan(engine, device, dtype)
 
 
-def _served(choice: ModelChoice, base_url: str, tokenizer: PreTrainedTokenizerBase, device: torch.device) -> RemoteEngine:
+def _served(
+    choice: ModelChoice, base_url: str, tokenizer: PreTrainedTokenizerBase, device: torch.device
+) -> RemoteEngine:
     """The served base model (``choice.base_url``), its vocabulary checked against the aligned ``tokenizer``."""
     return RemoteEngine(base_url, choice.base_model, tokenizer, api_key=choice.api_key,
                         approximate=choice.approximate, device=device)  # fmt: skip

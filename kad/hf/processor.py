@@ -163,7 +163,9 @@ class KADLogitsProcessor(LogitsProcessor):
         # The tokenizers whose vocabularies must agree: the aligned model's own, and the shared one (given, or
         # the base model's, found in generate's frame).
         own = local_tokenizer(aligned_model.name_or_path) if isinstance(aligned_model, PreTrainedModel) else None
-        self._aligned_tokenizer: _Named | None = (f"the aligned model {aligned_model.name_or_path!r}", own) if own else None
+        self._aligned_tokenizer: _Named | None = None
+        if own:
+            self._aligned_tokenizer = (f"the aligned model {aligned_model.name_or_path!r}", own)
         self._tokenizer: _Named | None = ("the tokenizer (tokenizer=)", tokenizer) if tokenizer is not None else None
         self._check_vocabularies(self._tokenizer)
         if vocab_size is not None and vocab_size > self.engine.vocab_size:
@@ -198,7 +200,7 @@ class KADLogitsProcessor(LogitsProcessor):
     def _aligned_logits(self, input_ids: Tensor, call: _GenerateCall | None) -> Tensor:
         """The aligned model's logits after each row's tokens, ``[B, V_aligned]``."""
         processors = call.processors if call is not None else None
-        if self._continues(input_ids, processors) and self._batch is not None:  # (set with _previous)
+        if self._continues(input_ids, processors) and self._batch is not None:  # _start set both
             self._batch.append(input_ids[:, -1].to(self._batch.tokens.device))
             self._longest += 1
         else:
@@ -418,7 +420,8 @@ def _refusal(processor: LogitsProcessor, where: str) -> str:
     if option == "temperature":
         return (
             f"{setting(processor)} in generate {where} KADLogitsProcessor tempers log π into π^(1/T), not KAD at T: "
-            f"pass temperature={cast(TemperatureLogitsWarper, processor).temperature!r} to KADLogitsProcessor instead and leave generate's at 1"
+            f"pass temperature={cast(TemperatureLogitsWarper, processor).temperature!r} to KADLogitsProcessor "
+            "instead and leave generate's at 1"
         )
     if option == "top_k":
         return (
